@@ -17,6 +17,7 @@ class LivetwinError(Exception):
         self.message = message
         self.field = field
         self.fix = fix
+        self.details: list[dict] | None = None
 
     def to_dict(self) -> dict:
         body = {"code": self.code, "message": self.message}
@@ -24,6 +25,8 @@ class LivetwinError(Exception):
             body["field"] = self.field
         if self.fix is not None:
             body["fix"] = self.fix
+        if self.details:
+            body["details"] = self.details
         return body
 
 

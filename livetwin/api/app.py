@@ -1,0 +1,290 @@
+"""The REST API: a thin FastAPI layer over `Platform`. Every error is JSON naming field and fix."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import yaml
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from livetwin import __version__
+from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
+from livetwin.platform import Platform
+from livetwin.timefmt import format_ts
+
+log = logging.getLogger(__name__)
+
+OBSERVATIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["twin", "type", "values"],
+                        "properties": {
+                            "twin": {"type": "string"},
+                            "type": {"type": "string"},
+                            "ts": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                            "values": {
+                                "type": "object",
+                                "additionalProperties": {"type": "number"},
+                            },
+                            "key": {"type": "string"},
+                            "parent": {"type": "string"},
+                        },
+                    },
+                },
+                "example": [
+                    {
+                        "twin": "pump-1",
+                        "type": "pump",
+                        "ts": "2026-11-22T10:00:00Z",
+                        "values": {"flow": 1.2, "pressure": 3.4},
+                    }
+                ],
+            }
+        },
+    }
+}
+SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+class FastJSON(JSONResponse):
+    """JSON rendered with orjson (NaN never reaches here: the platform sends None)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(error: LivetwinError) -> FastJSON:
+    return FastJSON({"error": error.to_dict()}, status_code=error.status)
+
+
+async def read_body(request: Request, limit: int) -> Any:
+    """The request body parsed as JSON (or YAML when sent as such), within the size limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes exceeds the limit of {limit} bytes",
+            field="body",
+            fix="send smaller batches",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"body exceeds the limit of {limit} bytes", field="body", fix="send smaller batches"
+            )
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidInput("the request body is empty", field="body", fix="send a JSON body")
+    content_type = request.headers.get("content-type", "")
+    if "yaml" in content_type:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise InvalidInput(
+                f"malformed YAML: {exc}", field="body", fix="check indentation and quoting"
+            ) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        error = InvalidInput(
+            f"malformed JSON: {exc}",
+            field="body",
+            fix="send valid JSON (check quotes, commas and brackets)",
+        )
+        error.status, error.code = 400, "malformed_json"
+        raise error from None
+
+
+def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
+    """The FastAPI app over `platform` (closed on shutdown when `own_platform`)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if own_platform:
+            await run_in_threadpool(platform.close)
+
+    app = FastAPI(
+        title="livetwin",
+        version=__version__,
+        default_response_class=FastJSON,
+        lifespan=lifespan,
+        description="Living digital twins: declare types, send telemetry, read state.",
+    )
+    app.state.platform = platform
+    limit = platform.settings.max_body_bytes
+
+    @app.exception_handler(LivetwinError)
+    async def _livetwin_error(request: Request, exc: LivetwinError):
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"][1:]) or str(first["loc"][0])
+        return error_response(
+            InvalidInput(
+                f"{field}: {first['msg']}",
+                field=field,
+                fix="see /docs for this endpoint's parameters",
+            )
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        error = LivetwinError(str(exc.detail), fix="see /docs for the API's routes")
+        error.status, error.code = exc.status_code, "http_error"
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        error = LivetwinError(
+            "internal error; the server log has the details",
+            fix="report it with the request that caused it",
+        )
+        error.status, error.code = 500, "internal"
+        return error_response(error)
+
+    @app.get("/api/health", tags=["ops"])
+    def health() -> dict:
+        """Liveness and basic counts."""
+        return {"status": "ok", "version": __version__, **platform.stats()}
+
+    # ---- types --------------------------------------------------------------------------
+
+    @app.get("/api/types", tags=["types"])
+    def list_types() -> list[dict]:
+        return platform.list_types()
+
+    @app.put("/api/types/{name}", tags=["types"], openapi_extra=SPEC_BODY)
+    async def put_type(name: str, request: Request) -> dict:
+        """Declare or change a twin type (JSON or YAML). A change makes a new version."""
+        body = await read_body(request, limit)
+        return await run_in_threadpool(platform.put_type, name, body)
+
+    @app.get("/api/types/{name}", tags=["types"])
+    def get_type(name: str, version: int | None = Query(None, ge=1)) -> dict:
+        return platform.get_type(name, version)
+
+    # ---- extractors ---------------------------------------------------------------------
+
+    @app.get("/api/extractors", tags=["ingest"])
+    def list_extractors() -> list[dict]:
+        return platform.list_extractors()
+
+    @app.put("/api/extractors/{name}", tags=["ingest"], openapi_extra=SPEC_BODY)
+    async def put_extractor(name: str, request: Request) -> dict:
+        """Declare how a device's own JSON maps to observations (JSONPath)."""
+        body = await read_body(request, limit)
+        return await run_in_threadpool(platform.put_extractor, name, body)
+
+    @app.get("/api/extractors/{name}", tags=["ingest"])
+    def get_extractor(name: str) -> dict:
+        return platform.extractor_json(name)
+
+    # ---- ingest -------------------------------------------------------------------------
+
+    @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
+    async def ingest(request: Request, atomic: bool = False):
+        """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
+        body = await read_body(request, limit)
+        future = await run_in_threadpool(platform.submit, body, atomic=atomic)
+        return _ingest_response((await asyncio.wrap_future(future)).to_dict())
+
+    @app.post(
+        "/api/ingest/{extractor}",
+        tags=["ingest"],
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
+    )
+    async def ingest_with(extractor: str, request: Request, atomic: bool = False):
+        """A device's own JSON payload, mapped to observations by the named extractor."""
+        body = await read_body(request, limit)
+        future = await run_in_threadpool(platform.submit_extracted, extractor, body, atomic=atomic)
+        return _ingest_response((await asyncio.wrap_future(future)).to_dict())
+
+    # ---- twins --------------------------------------------------------------------------
+
+    @app.get("/api/twins", tags=["twins"])
+    def list_twins(
+        type: str | None = None,
+        parent: str | None = None,
+        where: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict:
+        """Twins filtered by type, parent and an expression over their current values."""
+        return platform.twins(type=type, parent=parent, where=where, limit=limit, offset=offset)
+
+    @app.get("/api/twins/{twin_id}", tags=["twins"])
+    def get_twin(twin_id: str) -> dict:
+        twin = platform.twin(twin_id)
+        twin["created"] = format_ts(twin["created"])
+        twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
+        return twin
+
+    @app.get("/api/twins/{twin_id}/history", tags=["twins"])
+    def history(
+        request: Request,
+        twin_id: str,
+        names: str | None = None,
+        start: str | None = Query(None, alias="from"),
+        end: str | None = Query(None, alias="to"),
+        every: str | None = None,
+        agg: str = "avg",
+    ):
+        """Aligned series; `Accept: text/csv` for CSV."""
+        wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+        result = platform.history(twin_id, wanted, start=start, end=end, every=every, agg=agg)
+        if "text/csv" in request.headers.get("accept", ""):
+            return Response(_csv(result), media_type="text/csv")
+        return result
+
+    @app.get("/api/twins/{twin_id}/events", tags=["twins"])
+    def events(twin_id: str, limit: int = 50, before: str | None = None) -> list[dict]:
+        """The twin's journaled observations, newest first (page with before=<ts>)."""
+        return platform.events(twin_id, limit=limit, before=before)
+
+    return app
+
+
+def _ingest_response(result: dict) -> FastJSON:
+    status = 422 if result["rejected"] and not result["accepted"] else 200
+    return FastJSON(result, status_code=status)
+
+
+def _csv(result: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    names = list(result["series"])
+    writer.writerow(["time", *names])
+    columns = [result["series"][n] for n in names]
+    for i, ts in enumerate(result["ts"]):
+        writer.writerow([format_ts(ts), *("" if c[i] is None else c[i] for c in columns)])
+    return out.getvalue()

@@ -1,0 +1,187 @@
+"""The `livetwin` command: serve, demo, replay, bench."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from livetwin.platform import Platform, Settings, wall_clock_ms
+
+app = typer.Typer(
+    help="livetwin: living digital twins.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+bench_app = typer.Typer(help="Benchmarks (print JSON with --json).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+DATA = typer.Option(Path("livetwin-data"), "--data", help="Data directory (embedded store).")
+
+
+def _serve(platform: Platform, host: str, port: int) -> None:
+    import uvicorn
+
+    from livetwin.api.app import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"[bold yellow]WARNING: listening on {host} with no authentication: "
+            "anyone who can reach this port can read and write twins.[/]"
+        )
+    uvicorn.run(create_app(platform, own_platform=True), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def serve(
+    data: Path = DATA,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body_mb: int = typer.Option(32, help="Largest request body accepted, in MiB."),
+):
+    """Run the REST API (and the web UI) on the embedded store."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    platform = _open(data, Settings(max_body_bytes=max_body_mb * 1024 * 1024))
+    console.print(f"livetwin serving {data} at [bold]http://{host}:{port}[/] (API docs: /docs)")
+    _serve(platform, host, port)
+
+
+@app.command()
+def demo(
+    data: Path = DATA,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    pumps: int = typer.Option(50, help="Pumps in the simulated fleet."),
+    interval: float = typer.Option(1.0, help="Seconds between telemetry rounds."),
+    duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
+):
+    """Serve livetwin with a simulated pump fleet streaming telemetry."""
+    from livetwin.examples.pumps import PumpFleet, declare
+
+    platform = _open(data, Settings())
+    declare(platform)
+    fleet = PumpFleet(pumps)
+    if not platform.twins(type="pump", limit=1)["total"]:
+        _backfill(platform, fleet, minutes=60, step_s=10)
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.wait(interval):
+            platform.ingest(fleet.tick(wall_clock_ms()))
+
+    threading.Thread(target=stream, name="demo-fleet", daemon=True).start()
+    base = f"http://{host}:{port}"
+    console.print(
+        f"\n[bold green]livetwin demo[/]: {pumps} pumps in {len(fleet.stations)} "
+        f"stations stream telemetry every {interval:g} s into {data}/\n"
+        f"  API docs   {base}/docs\n\nTry:\n"
+        f"  curl {base}/api/types\n"
+        f"  curl {base}/api/twins/pump-1\n"
+        f"  curl '{base}/api/twins?type=pump&where=efficiency%20%3C%200.6&limit=5'\n"
+        f"  curl '{base}/api/twins/pump-1/history?names=flow,flow_avg_10m&every=5m'\n"
+        f"  curl -X POST {base}/api/ingest -H 'content-type: application/json' \\\n"
+        f'       -d \'[{{"twin":"pump-1","type":"pump","values":{{"flow":99}}}}]\'\n'
+    )
+    if duration:
+        threading.Timer(duration, _interrupt).start()
+    try:
+        _serve(platform, host, port)
+    finally:
+        stop.set()
+
+
+def _interrupt() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _backfill(platform: Platform, fleet, *, minutes: int, step_s: int) -> None:
+    now = wall_clock_ms()
+    steps = minutes * 60 // step_s
+    with _progress() as progress:
+        task = progress.add_task("backfilling an hour of history", total=steps)
+        for k in range(steps, 0, -1):
+            platform.ingest(fleet.tick(now - k * step_s * 1000))
+            progress.advance(task)
+
+
+@app.command()
+def replay(data: Path = DATA):
+    """Rebuild all twin state from the journal alone (ignores snapshots), then snapshot it."""
+    platform = _open(data, Settings())
+    try:
+        total = platform.stats()["journal_observations"]
+        with _progress() as progress:
+            task = progress.add_task("replaying the journal", total=total or 1)
+            result = platform.rebuild(progress=lambda n: progress.advance(task, n))
+        console.print_json(data=result)
+    finally:
+        platform.close()
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+    quick: bool = typer.Option(False, help="A smaller, faster run."),
+):
+    """Ingest throughput: HTTP, in-process SDK, read latency under load, memory."""
+    _benchmark("ingest").main(json_only=json, quick=quick)
+
+
+@bench_app.command("replay")
+def bench_replay(
+    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+    quick: bool = typer.Option(False, help="A smaller, faster run."),
+):
+    """Replay throughput from the journal."""
+    _benchmark("replay").main(json_only=json, quick=quick)
+
+
+def _benchmark(name: str):
+    """Benchmarks live in the source checkout's benchmarks/ folder."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{name}.py"
+    if not path.exists():
+        console.print(
+            f"[red]benchmark {path} not found: benchmarks ship with the source "
+            "checkout (git clone), not with the wheel[/]"
+        )
+        raise typer.Exit(2)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _open(data: Path, settings: Settings) -> Platform:
+    started = time.perf_counter()
+    platform = Platform(data, settings=settings)
+    info = platform.recovered
+    if info["replayed_observations"] or info["snapshot_seq"]:
+        console.print(
+            f"recovered {platform.engine.twin_count()} twins: snapshot at seq "
+            f"{info['snapshot_seq']} + {info['replayed_observations']} observations "
+            f"replayed in {time.perf_counter() - started:.2f} s"
+        )
+    return platform
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,307 @@
+"""The engine: applies observation batches to columnar per-type state, in waves. Pure: no I/O.
+
+Wave k of a batch holds the k-th observation of every twin in it, so each wave is one vectorised
+step and per-twin order is exactly the batch (journal) order. An observation older than its
+twin's newest applied one is kept in history but does not change current state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from livetwin.engine.state import TypeState
+from livetwin.errors import InvalidInput, NotFound
+from livetwin.expr import EvalContext, compile_expression
+from livetwin.ingest.batch import Batch
+from livetwin.spec.types import CompiledType
+
+
+@dataclass
+class Applied:
+    """What one batch did, for history, the event bus and the caller."""
+
+    type: str
+    version: int
+    twins: list[str]
+    uids: np.ndarray  # int64 (M,)
+    ts: np.ndarray  # int64 (M,)
+    values: np.ndarray  # float64 (M, n_columns): observed inputs (NaN = absent), derived after it
+    fresh: np.ndarray  # bool (M,): False for a late observation that did not change state
+    created: list[str]
+
+
+@dataclass
+class RowProblem:
+    position: int  # index into the batch
+    field: str
+    error: str
+    fix: str
+
+
+class Engine:
+    """All twins of all types. Not thread-safe: the platform serialises writers."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, TypeState] = {}
+        self.type_of: dict[str, str] = {}
+        self.next_uid = 1
+
+    # ---- types -------------------------------------------------------------------------------
+
+    def define_type(self, ctype: CompiledType) -> None:
+        """Install a type version; existing twins of the type migrate to it."""
+        old = self.states.get(ctype.name)
+        self.states[ctype.name] = TypeState(ctype) if old is None else old.migrate(ctype)
+
+    def ctype(self, name: str) -> CompiledType:
+        state = self.states.get(name)
+        if state is None:
+            raise NotFound(
+                f"no twin type '{name}'", field="type", fix=f"declare it with PUT /api/types/{name}"
+            )
+        return state.ctype
+
+    @property
+    def types(self) -> dict[str, CompiledType]:
+        return {name: s.ctype for name, s in self.states.items()}
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def check(self, batch: Batch, pending: dict[str, str] | None = None) -> list[RowProblem]:
+        """Problems that depend on twin state: a twin of another type, an unknown parent.
+
+        `pending` maps twins that earlier batches of the same request create to their type.
+        """
+        problems: list[RowProblem] = []
+        known, pending = self.type_of, pending or {}
+
+        def type_of(twin: str) -> str | None:
+            return known.get(twin) or pending.get(twin)
+
+        wrong = [i for i, t in enumerate(batch.twins) if type_of(t) not in (None, batch.type)]
+        for i in wrong:
+            twin = batch.twins[i]
+            problems.append(
+                RowProblem(
+                    i,
+                    "type",
+                    f"twin '{twin}' is a '{type_of(twin)}', not a '{batch.type}'",
+                    "send the twin's own type, or use another twin id",
+                )
+            )
+        if batch.parents is not None:
+            seen = set()
+            for i, (twin, parent) in enumerate(zip(batch.twins, batch.parents, strict=True)):
+                seen.add(twin)
+                if parent is None:
+                    continue
+                problem = self._parent_problem(twin, parent, batch.type, seen, type_of)
+                if problem:
+                    problems.append(RowProblem(i, "parent", *problem))
+        return problems
+
+    def _parent_problem(self, twin, parent, type_name, seen, type_of):
+        if parent == twin:
+            return f"twin '{twin}' cannot be its own parent", "name another twin as parent"
+        parent_type = type_of(parent) or (type_name if parent in seen else None)
+        if parent_type is None:
+            return (
+                f"parent twin '{parent}' does not exist",
+                "create the parent first (send it an observation), then its children",
+            )
+        allowed = self.states[parent_type].ctype.spec.children
+        if type_name not in allowed:
+            return (
+                f"a '{parent_type}' twin cannot have '{type_name}' children "
+                f"(allowed: {', '.join(allowed) or 'none'})",
+                f"add '{type_name}' to children of type '{parent_type}'",
+            )
+        return None
+
+    def apply(self, batch: Batch) -> Applied:
+        """Apply a checked batch. Creates twins on their first observation."""
+        st = self.states[batch.type]
+        rows, created = self._rows(st, batch)
+        m = len(batch)
+        col_of_input = np.array([st.col[n] for n in batch.names], dtype=np.int64)
+        out = np.full((m, len(st.ctype.columns)), np.nan)
+        out[:, col_of_input] = batch.values.T
+        fresh = np.ones(m, dtype=bool)
+        for sel in _waves(rows):
+            r = rows[sel]
+            t = batch.ts[sel]
+            late = t < st.last_ts[r]
+            if late.any():
+                fresh[sel[late]] = False
+                sel, r, t = sel[~late], r[~late], t[~late]
+            present = {}
+            for k, (name, j) in enumerate(zip(batch.names, col_of_input, strict=True)):
+                v = batch.values[k, sel]
+                seen = ~np.isnan(v)
+                present[name] = seen
+                st.data[j, r[seen]] = v[seen]
+            st.last_ts[r] = t
+            self._evaluate(st, r, t, present, sel, out)
+        return Applied(
+            st.ctype.name,
+            st.ctype.version,
+            batch.twins,
+            st.uid[rows],
+            batch.ts,
+            out,
+            fresh,
+            created,
+        )
+
+    def _rows(self, st: TypeState, batch: Batch) -> tuple[np.ndarray, list[str]]:
+        index = st.index
+        rows = np.fromiter((index.get(t, -1) for t in batch.twins), np.int64, len(batch))
+        created: list[str] = []
+        missing = np.flatnonzero(rows < 0)
+        for i in missing.tolist():
+            twin = batch.twins[i]
+            row = index.get(twin)  # an earlier row of this batch may have created it
+            if row is None:
+                parent = batch.parents[i] if batch.parents else None
+                row = st.add(twin, parent, self.next_uid, int(batch.ts[i]))
+                self.next_uid += 1
+                self.type_of[twin] = st.ctype.name
+                created.append(twin)
+            rows[i] = row
+        if batch.parents is not None:
+            for i, parent in enumerate(batch.parents):
+                if parent is not None:
+                    st.parents[rows[i]] = parent
+        return rows, created
+
+    def _evaluate(self, st, r, t, present, sel, out) -> None:
+        """Evaluate the derived values for rows r (one wave) in dependency order."""
+        ctype = st.ctype
+        if not ctype.derived_order:
+            return
+        absent = np.zeros(len(r), dtype=bool)
+        env: dict[str, np.ndarray] = {}
+        for name in ctype.derived_order:
+            compiled = ctype.compiled[name]
+            for dep in compiled.names:
+                if dep not in env:
+                    env[dep] = st.data[st.col[dep], r]
+            ctx = None
+            if compiled.windows:
+                ctx = EvalContext(
+                    ts=t, rows=r, present=_PresentView(present, absent), states=st.windows[name]
+                )
+            value = compiled.evaluate(env, ctx, size=len(r))
+            env[name] = value
+            present[name] = _any_present(present, compiled.names, absent)
+            j = st.col[name]
+            st.data[j, r] = value
+            out[sel, j] = value
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def locate(self, twin: str) -> tuple[TypeState, int]:
+        type_name = self.type_of.get(twin)
+        if type_name is None:
+            raise NotFound(
+                f"no twin '{twin}'",
+                field="id",
+                fix="twins are created by their first observation: POST /api/ingest",
+            )
+        st = self.states[type_name]
+        return st, st.index[twin]
+
+    def twin(self, twin: str) -> dict:
+        """Everything known about one twin (a row read, never a scan)."""
+        st, row = self.locate(twin)
+        spec = st.ctype.spec
+
+        def values(names: Iterable[str]) -> dict:
+            return {n: _json_number(st.data[st.col[n], row]) for n in names}
+
+        return {
+            "id": twin,
+            "type": st.ctype.name,
+            "version": st.ctype.version,
+            "parent": st.parents[row],
+            "created": int(st.created_ts[row]),
+            "updated": int(st.last_ts[row]) if st.last_ts[row] >= 0 else None,
+            "properties": values(spec.properties),
+            "parameters": values(spec.parameters),
+            "derived": values(st.ctype.derived_order),
+        }
+
+    def find(
+        self, *, type: str | None = None, parent: str | None = None, where: str | None = None
+    ) -> list[tuple[TypeState, np.ndarray]]:
+        """Rows matching the filters, per type state, in creation order."""
+        if where is not None and type is None:
+            raise InvalidInput(
+                "where= needs type=, because names belong to a twin type",
+                field="where",
+                fix="add &type=<type name> to the query",
+            )
+        states = [self.states[self.ctype(type).name]] if type else list(self.states.values())
+        found = []
+        for st in states:
+            n = len(st)
+            mask = np.ones(n, dtype=bool)
+            if parent is not None:
+                mask &= np.fromiter((p == parent for p in st.parents), bool, n)
+            if where is not None:
+                compiled = compile_expression(where, st.col, allow_windows=False, field="where")
+                env = {name: st.column(name) for name in compiled.names}
+                with np.errstate(invalid="ignore"):
+                    mask &= compiled.evaluate(env, size=n) > 0.5
+            found.append((st, np.flatnonzero(mask)))
+        return found
+
+    def twin_count(self) -> int:
+        return len(self.type_of)
+
+
+class _PresentView(dict):
+    """`present[name]`, defaulting to all-False for names not observed in this wave."""
+
+    def __init__(self, present: dict, absent: np.ndarray):
+        super().__init__(present)
+        self._absent = absent
+
+    def __missing__(self, name: str) -> np.ndarray:
+        return self._absent
+
+
+def _any_present(present: dict, names: Iterable[str], absent: np.ndarray) -> np.ndarray:
+    result = absent
+    for name in names:
+        p = present.get(name)
+        if p is not None:
+            result = result | p
+    return result
+
+
+def _waves(rows: np.ndarray) -> list[np.ndarray]:
+    """Positions of the batch split into waves: wave k holds each twin's k-th observation."""
+    m = len(rows)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.empty(m, dtype=bool)
+    starts[:1] = True
+    np.not_equal(sorted_rows[1:], sorted_rows[:-1], out=starts[1:])
+    if starts.all():
+        return [np.arange(m)]
+    positions = np.arange(m)
+    group_start = np.maximum.accumulate(np.where(starts, positions, 0))
+    rank = np.empty(m, dtype=np.int64)
+    rank[order] = positions - group_start
+    by_rank = np.argsort(rank, kind="stable")
+    counts = np.bincount(rank)
+    return np.split(by_rank, np.cumsum(counts)[:-1])
+
+
+def _json_number(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

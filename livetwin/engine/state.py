@@ -1,0 +1,140 @@
+"""Columnar state of all twins of one type: one float64 column per name, one row per twin."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from livetwin.expr import WindowState
+from livetwin.spec.types import CompiledType
+
+INITIAL_CAPACITY = 64
+
+
+class TypeState:
+    """The twins of one type as columns.
+
+    `data[j, row]` is column `ctype.columns[j]` of the twin at `row`; NaN means "not yet known".
+    `last_ts[row]` is the newest observation applied to that twin (-1 before the first one).
+    """
+
+    def __init__(self, ctype: CompiledType, capacity: int = INITIAL_CAPACITY):
+        self.ctype = ctype
+        self.col = ctype.column_index()
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.parents: list[str | None] = []
+        self.uid = np.zeros(capacity, dtype=np.int64)
+        self.last_ts = np.full(capacity, -1, dtype=np.int64)
+        self.created_ts = np.zeros(capacity, dtype=np.int64)
+        self.data = np.full((len(ctype.columns), capacity), np.nan)
+        self.windows: dict[str, list[WindowState]] = {
+            name: [w.new_state(capacity) for w in ctype.compiled[name].windows]
+            for name in ctype.derived_order
+        }
+        self._param_defaults = {n: p.value for n, p in ctype.spec.parameters.items()}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def capacity(self) -> int:
+        return self.data.shape[1]
+
+    def add(self, twin: str, parent: str | None, uid: int, ts: int) -> int:
+        """Append a new twin; parameters start at the spec's initial value."""
+        row = len(self.ids)
+        if row == self.capacity:
+            self._grow(max(INITIAL_CAPACITY, 2 * row))
+        self.ids.append(twin)
+        self.index[twin] = row
+        self.parents.append(parent)
+        self.uid[row] = uid
+        self.created_ts[row] = ts
+        for name, value in self._param_defaults.items():
+            self.data[self.col[name], row] = value
+        return row
+
+    def _grow(self, capacity: int) -> None:
+        n = self.capacity
+        data = np.full((self.data.shape[0], capacity), np.nan)
+        data[:, :n] = self.data
+        self.data = data
+        self.uid = _grown(self.uid, capacity, 0)
+        self.last_ts = _grown(self.last_ts, capacity, -1)
+        self.created_ts = _grown(self.created_ts, capacity, 0)
+        for states in self.windows.values():
+            for state in states:
+                state.grow(capacity)
+
+    def column(self, name: str) -> np.ndarray:
+        """The live values of one column for all twins (a view, length len(self))."""
+        return self.data[self.col[name], : len(self.ids)]
+
+    def migrate(self, ctype: CompiledType) -> TypeState:
+        """The same twins under a new type version.
+
+        Columns whose name survives keep their values (calibrated parameters included); new
+        parameters start at their initial value; a derived value whose expression is unchanged
+        keeps its window state, a changed one starts afresh.
+        """
+        new = TypeState(ctype, self.capacity)
+        n = len(self.ids)
+        new.ids, new.index, new.parents = self.ids, self.index, self.parents
+        new.uid, new.last_ts, new.created_ts = self.uid, self.last_ts, self.created_ts
+        for name, j in new.col.items():
+            if name in self.col:
+                new.data[j, :n] = self.data[self.col[name], :n]
+            elif name in new._param_defaults:
+                new.data[j, :n] = new._param_defaults[name]
+        for name in ctype.derived_order:
+            old = self.ctype.compiled.get(name)
+            if old is not None and old.source == ctype.compiled[name].source:
+                new.windows[name] = self.windows[name]
+        return new
+
+
+def _grown(array: np.ndarray, capacity: int, fill: int) -> np.ndarray:
+    out = np.full(capacity, fill, dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+def export_state(st: TypeState) -> tuple[dict, dict[str, np.ndarray]]:
+    """Meta (JSON-able) and arrays of one type state, trimmed to its twins, for a snapshot."""
+    n = len(st)
+    arrays = {
+        "data": st.data[:, :n].copy(),
+        "uid": st.uid[:n].copy(),
+        "last_ts": st.last_ts[:n].copy(),
+        "created_ts": st.created_ts[:n].copy(),
+    }
+    for name, states in st.windows.items():
+        for k, state in enumerate(states):
+            for key, array in state.to_arrays().items():
+                arrays[f"w/{name}/{k}/{key}"] = np.array(array, copy=True)
+    meta = {"ids": list(st.ids), "parents": list(st.parents)}
+    return meta, arrays
+
+
+def import_state(ctype: CompiledType, meta: dict, arrays: dict[str, np.ndarray]) -> TypeState:
+    """The inverse of `export_state` (same type version)."""
+    n = len(meta["ids"])
+    st = TypeState(ctype, max(INITIAL_CAPACITY, n))
+    st.ids = list(meta["ids"])
+    st.parents = list(meta["parents"])
+    st.index = {twin: row for row, twin in enumerate(st.ids)}
+    st.data[:, :n] = arrays["data"]
+    st.uid[:n] = arrays["uid"]
+    st.last_ts[:n] = arrays["last_ts"]
+    st.created_ts[:n] = arrays["created_ts"]
+    for name in ctype.derived_order:
+        specs = ctype.compiled[name].windows
+        restored = []
+        for k, spec in enumerate(specs):
+            prefix = f"w/{name}/{k}/"
+            parts = {key[len(prefix) :]: a for key, a in arrays.items() if key.startswith(prefix)}
+            state = spec.state_from_arrays(parts)
+            state.grow(st.capacity)
+            restored.append(state)
+        st.windows[name] = restored
+    return st

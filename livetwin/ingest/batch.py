@@ -1,0 +1,100 @@
+"""The columnar batch: observations of one twin type, as the journal stores and the engine applies.
+
+A batch holds M observations; `values[j, i]` is the value of `names[j]` in observation i, NaN
+where that observation did not carry the name (NaN input is rejected at ingest, so NaN always
+means "absent").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+
+@dataclass
+class Batch:
+    type: str
+    twins: list[str]
+    ts: np.ndarray  # int64 epoch milliseconds, shape (M,)
+    names: tuple[str, ...]
+    values: np.ndarray  # float64, shape (len(names), M)
+    parents: list[str | None] | None = None
+    keys: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.twins)
+
+    def take(self, index: np.ndarray) -> Batch:
+        """The sub-batch of the observations at `index` (in that order)."""
+        idx = index.tolist()
+        return Batch(
+            self.type,
+            [self.twins[i] for i in idx],
+            self.ts[index],
+            self.names,
+            self.values[:, index],
+            None if self.parents is None else [self.parents[i] for i in idx],
+            None if self.keys is None else [self.keys[i] for i in idx],
+        )
+
+    @staticmethod
+    def concat(batches: list[Batch]) -> Batch:
+        """One batch of several batches of the same type, in order (names united)."""
+        if len(batches) == 1:
+            return batches[0]
+        names = tuple(dict.fromkeys(n for b in batches for n in b.names))
+        total = sum(len(b) for b in batches)
+        values = np.full((len(names), total), np.nan)
+        start = 0
+        for b in batches:
+            rows = [names.index(n) for n in b.names]
+            values[rows, start : start + len(b)] = b.values
+            start += len(b)
+        has_parents = any(b.parents is not None for b in batches)
+        has_keys = any(b.keys is not None for b in batches)
+        return Batch(
+            batches[0].type,
+            [t for b in batches for t in b.twins],
+            np.concatenate([b.ts for b in batches]),
+            names,
+            values,
+            [p for b in batches for p in (b.parents or [None] * len(b))] if has_parents else None,
+            [k for b in batches for k in (b.keys or [None] * len(b))] if has_keys else None,
+        )
+
+
+class _Wire(msgspec.Struct, array_like=True):
+    type: str
+    twins: list[str]
+    ts: bytes
+    names: list[str]
+    values: bytes
+    parents: list[str | None] | None
+    keys: list[str | None] | None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Wire)
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """Compact binary form for the journal (msgpack with raw little-endian arrays)."""
+    wire = _Wire(
+        batch.type,
+        batch.twins,
+        np.ascontiguousarray(batch.ts, dtype="<i8").tobytes(),
+        list(batch.names),
+        np.ascontiguousarray(batch.values, dtype="<f8").tobytes(),
+        batch.parents,
+        batch.keys,
+    )
+    return _encoder.encode(wire)
+
+
+def decode_batch(blob: bytes) -> Batch:
+    w = _decoder.decode(blob)
+    ts = np.frombuffer(w.ts, dtype="<i8").astype(np.int64)
+    values = np.frombuffer(w.values, dtype="<f8").reshape(len(w.names), len(w.twins))
+    return Batch(w.type, w.twins, ts, tuple(w.names), values.copy(), w.parents, w.keys)

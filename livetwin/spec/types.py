@@ -1,0 +1,210 @@
+"""Twin types as data: properties, parameters, derived values and allowed children.
+
+`TwinTypeSpec` is what a user writes (JSON or YAML); `compile_type` checks it and compiles its
+derived expressions once per version into a `CompiledType` that the engine runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from livetwin.errors import InvalidInput
+from livetwin.expr import Compiled, compile_expression
+from livetwin.spec import parse_model
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+TYPE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Property(_Strict):
+    """A measured quantity (telemetry). Values outside [min, max] are rejected at ingest."""
+
+    unit: str = ""
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> Property:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max}): swap them")
+        return self
+
+
+class Parameter(_Strict):
+    """A constant or a to-be-calibrated model parameter, with its initial value and bounds."""
+
+    value: float
+    min: float | None = None
+    max: float | None = None
+    unit: str = ""
+    calibrate: bool = False
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Parameter:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"bounds inverted: min ({self.min}) must be below max ({self.max})")
+        if not math.isfinite(self.value):
+            raise ValueError("value must be a finite number")
+        if (self.min is not None and self.value < self.min) or (
+            self.max is not None and self.value > self.max
+        ):
+            raise ValueError(f"value {self.value} lies outside [min, max]")
+        return self
+
+
+class Derived(_Strict):
+    """A value computed from properties, parameters and other derived values."""
+
+    expr: str
+    unit: str = ""
+    description: str = ""
+
+
+class TwinTypeSpec(_Strict):
+    """A twin type as a user declares it."""
+
+    name: str | None = Field(default=None, pattern=TYPE_NAME_PATTERN)
+    description: str = ""
+    properties: dict[str, Property] = Field(default_factory=dict)
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    derived: dict[str, Derived] = Field(default_factory=dict)
+    children: list[str] = Field(default_factory=list)
+
+    @field_validator("properties", "parameters", mode="before")
+    @classmethod
+    def _allow_empty_entries(cls, value: Any) -> Any:
+        """`flow: {}` and `flow:` (null in YAML) both declare a property with defaults."""
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
+    @field_validator("derived", mode="before")
+    @classmethod
+    def _derived_shorthand(cls, value: Any) -> Any:
+        """`power: "flow * head"` is short for `power: {expr: "flow * head"}`."""
+        if isinstance(value, dict):
+            return {k: ({"expr": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @field_validator("properties", "parameters", "derived")
+    @classmethod
+    def _names_are_identifiers(cls, value: dict) -> dict:
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(
+                    f"'{name}' is not a valid name: use a letter then letters, digits or _"
+                )
+        return value
+
+
+@dataclass(frozen=True)
+class CompiledType:
+    """A checked type version: its column layout and compiled derived expressions."""
+
+    name: str
+    version: int
+    spec: TwinTypeSpec
+    columns: tuple[str, ...]  # properties, then parameters, then derived (topological order)
+    derived_order: tuple[str, ...]
+    compiled: dict[str, Compiled] = field(repr=False)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names an observation may set: properties and parameters."""
+        return tuple(self.spec.properties) + tuple(self.spec.parameters)
+
+    def column_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.columns)}
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            **self.spec.model_dump(exclude={"name"}, exclude_defaults=False),
+        }
+
+
+def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
+    """Validate a type spec body (a dict); the name comes from the URL."""
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            "a type spec must be a JSON or YAML object",
+            field="body",
+            fix="send an object with properties, parameters, derived and children",
+        )
+    body_name = data.get("name")
+    if body_name is not None and body_name != name:
+        raise InvalidInput(
+            f"the body names type '{body_name}' but the URL names '{name}'",
+            field="name",
+            fix="drop 'name' from the body or make it match the URL",
+        )
+    spec = parse_model(TwinTypeSpec, {**data, "name": name}, what="type spec")
+    return spec
+
+
+def compile_type(spec: TwinTypeSpec, version: int) -> CompiledType:
+    """Check names and expressions, order derived values, reject cycles."""
+    assert spec.name is not None
+    seen: dict[str, str] = {}
+    for section in ("properties", "parameters", "derived"):
+        for name in getattr(spec, section):
+            if name in seen:
+                raise InvalidInput(
+                    f"'{name}' is declared in both {seen[name]} and {section}",
+                    field=f"{section}.{name}",
+                    fix="give each property, parameter and derived value its own name",
+                )
+            seen[name] = section
+    if not spec.properties and not spec.parameters:
+        raise InvalidInput(
+            "a type needs at least one property or parameter",
+            field="properties",
+            fix="declare the telemetry it receives, e.g. properties: {flow: {unit: m3/h}}",
+        )
+    known = set(seen)
+    compiled = {
+        name: compile_expression(d.expr, known, field=f"derived.{name}.expr")
+        for name, d in spec.derived.items()
+    }
+    order = _topological_order(compiled)
+    columns = tuple(spec.properties) + tuple(spec.parameters) + order
+    return CompiledType(spec.name, version, spec, columns, order, compiled)
+
+
+def _topological_order(compiled: dict[str, Compiled]) -> tuple[str, ...]:
+    """Derived values ordered so each comes after the derived values it reads."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name) :] + [name]
+            raise InvalidInput(
+                f"derived values form a cycle: {' -> '.join(cycle)}",
+                field=f"derived.{name}.expr",
+                fix="break the cycle: a derived value cannot depend on itself",
+            )
+        state[name] = 1
+        for dep in sorted(compiled[name].names):
+            if dep in compiled:
+                visit(dep, path + [name])
+        state[name] = 2
+        order.append(name)
+
+    for name in compiled:
+        visit(name, [])
+    return tuple(order)

@@ -1,0 +1,67 @@
+"""Time-series queries over stored history rows: decode, select names, bucket and aggregate.
+
+Rows come from any backend as (ts, seq, version, values_blob); the values are float64 in the
+column layout of the type version that wrote them, so a query spans type versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from livetwin.errors import InvalidInput
+
+AGGREGATES = ("avg", "min", "max", "last", "count", "sum")
+
+
+def decode(
+    rows: Sequence[tuple], names: Sequence[str], columns_of: Callable[[int], tuple[str, ...]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps (n,) and values (len(names), n) of history rows; NaN where a name is absent."""
+    n = len(rows)
+    ts = np.fromiter((r[0] for r in rows), np.int64, n)
+    out = np.full((len(names), n), np.nan)
+    versions = np.fromiter((r[2] for r in rows), np.int64, n)
+    for version in np.unique(versions).tolist():
+        sel = np.flatnonzero(versions == version)
+        columns = columns_of(version)
+        block = np.frombuffer(b"".join(rows[i][3] for i in sel.tolist()), dtype="<f8")
+        block = block.reshape(len(sel), len(columns))
+        for k, name in enumerate(names):
+            if name in columns:
+                out[k, sel] = block[:, columns.index(name)]
+    return ts, out
+
+
+def aggregate(ts: np.ndarray, values: np.ndarray, every: int, agg: str):
+    """Values per time bucket of `every` ms; only buckets holding rows are returned."""
+    if agg not in AGGREGATES:
+        raise InvalidInput(
+            f"unknown aggregate '{agg}'", field="agg", fix=f"use one of {', '.join(AGGREGATES)}"
+        )
+    if len(ts) == 0:
+        return ts, values
+    buckets = ts // every
+    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+    bucket_ts = buckets[starts] * every
+    valid = ~np.isnan(values)
+    counts = np.add.reduceat(valid, starts, axis=1).astype(np.float64)
+    empty = counts == 0
+    if agg == "count":
+        return bucket_ts, counts
+    if agg in ("avg", "sum"):
+        sums = np.add.reduceat(np.where(valid, values, 0.0), starts, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = sums if agg == "sum" else sums / counts
+    elif agg == "min":
+        result = np.minimum.reduceat(np.where(valid, values, np.inf), starts, axis=1)
+    elif agg == "max":
+        result = np.maximum.reduceat(np.where(valid, values, -np.inf), starts, axis=1)
+    else:  # last: the newest non-NaN value of each bucket
+        position = np.where(valid, np.arange(values.shape[1]), -1)
+        last = np.maximum.reduceat(position, starts, axis=1)
+        result = np.take_along_axis(values, np.maximum(last, 0), axis=1)
+    if agg != "sum":
+        result = np.where(empty, np.nan, result)
+    return bucket_ts, result

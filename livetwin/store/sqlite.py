@@ -1,0 +1,177 @@
+"""The embedded store: one SQLite database in WAL mode, fsync on commit (durable before ack)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+
+from livetwin.store.base import HistoryRows, JournalEntry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, type TEXT NOT NULL,
+    count INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS history (
+    uid INTEGER NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL, pos INTEGER NOT NULL,
+    version INTEGER NOT NULL, vals BLOB NOT NULL,
+    PRIMARY KEY (uid, ts, seq, pos)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS types (
+    name TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL, created INTEGER NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS extractors (
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated INTEGER NOT NULL);
+"""
+
+
+class SqliteStore:
+    """Journal, history, idempotency keys, type versions and extractors in `<dir>/livetwin.db`."""
+
+    def __init__(self, directory: str | Path, *, cache_mb: int = 64):
+        self.path = Path(directory) / "livetwin.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._cache_kib = cache_mb * 1024
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._conn().executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        """One connection per thread (SQLite connections are not shared across threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def last_seq(self) -> int:
+        row = self._conn().execute("SELECT max(seq) FROM journal").fetchone()
+        return row[0] or 0
+
+    def commit(self, entries, history, keys, types) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO journal VALUES (?,?,?,?,?,?)",
+                [(e.seq, e.at, e.kind, e.type, e.count, e.body) for e in entries],
+            )
+            for rows in history:
+                conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?)", _history_tuples(rows))
+            if keys:
+                conn.executemany("INSERT INTO idempotency VALUES (?,?)", keys)
+            if types:
+                conn.executemany("INSERT INTO types VALUES (?,?,?,?)", types)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def known_keys(self, keys: list[str]) -> set[str]:
+        conn = self._conn()
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in conn.execute(f"SELECT key FROM idempotency WHERE key IN ({marks})", chunk)
+            )
+        return found
+
+    def journal(self, after: int = 0) -> Iterator[JournalEntry]:
+        cursor = self._conn().execute(
+            "SELECT seq, at, kind, type, count, body FROM journal WHERE seq > ? ORDER BY seq",
+            (after,),
+        )
+        cursor.arraysize = 256
+        while rows := cursor.fetchmany():
+            for row in rows:
+                yield JournalEntry(*row)
+
+    def journal_size(self, after: int = 0) -> tuple[int, int]:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT count(*), coalesce(sum(count), 0) FROM journal WHERE seq > ?", (after,)
+            )
+            .fetchone()
+        )
+        return row[0], row[1]
+
+    def history(self, uid: int, start: int, end: int, limit: int) -> list[tuple]:
+        return (
+            self._conn()
+            .execute(
+                "SELECT ts, seq, version, vals FROM history WHERE uid = ? AND ts >= ? AND ts < ?"
+                " ORDER BY ts, seq, pos LIMIT ?",
+                (uid, start, end, limit),
+            )
+            .fetchall()
+        )
+
+    def recent(self, uid: int, before: int, limit: int) -> list[tuple]:
+        return (
+            self._conn()
+            .execute(
+                "SELECT ts, seq, version, vals FROM history WHERE uid = ? AND ts < ?"
+                " ORDER BY ts DESC, seq DESC, pos DESC LIMIT ?",
+                (uid, before, limit),
+            )
+            .fetchall()
+        )
+
+    def type_versions(self, name: str) -> list[tuple[int, str, int]]:
+        return (
+            self._conn()
+            .execute(
+                "SELECT version, spec, created FROM types WHERE name = ? ORDER BY version", (name,)
+            )
+            .fetchall()
+        )
+
+    def put_extractor(self, name: str, spec: str, at: int) -> None:
+        self._conn().execute(
+            "INSERT INTO extractors VALUES (?,?,?) ON CONFLICT(name) DO UPDATE"
+            " SET spec = excluded.spec, updated = excluded.updated",
+            (name, spec, at),
+        )
+
+    def extractors(self) -> dict[str, str]:
+        return dict(self._conn().execute("SELECT name, spec FROM extractors").fetchall())
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass  # closed already, or owned by a finished thread
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _history_tuples(rows: HistoryRows):
+    vals = np.ascontiguousarray(rows.values, dtype="<f8")
+    blobs = [row.tobytes() for row in vals]
+    return zip(
+        rows.uids.tolist(),
+        rows.ts.tolist(),
+        repeat(rows.seq),
+        range(len(blobs)),
+        repeat(rows.version),
+        blobs,
+        strict=False,
+    )

@@ -1,0 +1,72 @@
+"""Timestamps: ISO 8601 strings or epoch milliseconds in, int64 epoch milliseconds inside."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+SMALLEST_MS = 100_000_000_000  # 1973-03-03: smaller numbers are almost surely epoch *seconds*
+
+
+def parse_ts(value: object) -> int:
+    """Epoch milliseconds from an ISO 8601 string (naive = UTC) or an epoch-ms number.
+
+    Raises ValueError with a message a user can act on.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a timestamp must be an ISO 8601 string or epoch milliseconds, not a bool")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("a timestamp must be finite")
+        ms = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return parse_ts(int(text))
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"cannot parse timestamp '{value[:40]}': use ISO 8601 such as "
+                "2026-11-22T10:00:00Z or epoch milliseconds"
+            ) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return (dt - _EPOCH) // _MS
+    else:
+        raise ValueError("a timestamp must be an ISO 8601 string or epoch milliseconds")
+    if 0 <= ms < SMALLEST_MS:
+        raise ValueError(
+            f"timestamp {value} looks like epoch seconds: send epoch milliseconds (x1000) "
+            "or an ISO 8601 string"
+        )
+    if ms < 0:
+        raise ValueError("timestamps before 1970 are not supported")
+    return ms
+
+
+def format_ts(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. 2026-11-22T10:00:00.000Z."""
+    return (_EPOCH + timedelta(milliseconds=int(ms))).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds of a duration such as '500ms', '30s', '10m', '1h', '2d', '1w'."""
+    t = text.strip()
+    for unit in ("ms", "s", "m", "h", "d", "w"):
+        number = t[: -len(unit)]
+        if t.endswith(unit) and number.replace(".", "", 1).isdigit():
+            ms = float(number) * _UNITS_MS[unit]
+            if ms <= 0:
+                break
+            return int(ms)
+    raise ValueError(
+        f"'{text}' is not a duration: use a positive number with ms, s, m, h, d or w (e.g. '10m')"
+    )
