@@ -20,10 +20,12 @@ import orjson
 from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus
 from livetwin.errors import InvalidInput, NotFound
-from livetwin.ingest.observations import Normalized, normalize
+from livetwin.ingest.extract import extract
+from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
+from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import TwinTypeSpec, compile_type, parse_type_spec
 from livetwin.store.history import aggregate, decode
 from livetwin.store.sqlite import SqliteStore
@@ -250,17 +252,15 @@ class Platform:
 
     # ---- extractors ----------------------------------------------------------------------
 
-    def put_extractor(self, name: str, spec: dict) -> dict:
-        from livetwin.ingest.extract import compile_extractor
+    def put_extractor(self, name: str, spec: Any) -> dict:
+        """Declare (or replace) how a device's own JSON maps to observations."""
+        parsed = ExtractorSpec.from_data(spec, name=name)
+        body = parsed.model_dump(mode="json", exclude_defaults=True)
+        self.store.put_extractor(name, orjson.dumps(body).decode(), self.clock())
+        self._extractors[name] = parsed
+        return body
 
-        compiled = compile_extractor(name, spec)
-        self.store.put_extractor(name, orjson.dumps(compiled.spec_json()).decode(), self.clock())
-        self._extractors[name] = compiled
-        return {"name": name, **compiled.spec_json()}
-
-    def get_extractor(self, name: str):
-        from livetwin.ingest.extract import compile_extractor
-
+    def extractor(self, name: str) -> ExtractorSpec:
         if name not in self._extractors:
             stored = self.store.extractors().get(name)
             if stored is None:
@@ -269,11 +269,48 @@ class Platform:
                     field="extractor",
                     fix=f"declare it with PUT /api/extractors/{name}",
                 )
-            self._extractors[name] = compile_extractor(name, orjson.loads(stored))
+            self._extractors[name] = ExtractorSpec.from_data(orjson.loads(stored), name=name)
         return self._extractors[name]
 
     def list_extractors(self) -> list[dict]:
-        return [{"name": n, **orjson.loads(s)} for n, s in sorted(self.store.extractors().items())]
+        return [orjson.loads(s) for _, s in sorted(self.store.extractors().items())]
+
+    def submit_extracted(
+        self,
+        extractor: str,
+        payload: Any,
+        *,
+        atomic: bool = False,
+        topic_vars: dict[str, str] | None = None,
+    ) -> Future:
+        """Map a device payload with the named extractor, then ingest it like `submit`.
+
+        Rejections from extraction keep their element index; ingest rejections are mapped back
+        to the element that produced the observation.
+        """
+        result = extract(self.extractor(extractor), payload, topic_vars=topic_vars)
+        failed = {e["index"] for e in result.errors}
+        elements = [i for i in range(len(result.observations) + len(failed)) if i not in failed]
+        extraction_rejections = [
+            Rejection(e["index"], e["field"], e["error"], e["fix"]) for e in result.errors
+        ]
+        if atomic and extraction_rejections:
+            return _done(IngestResult(rejected=extraction_rejections))
+        future = self.submit(result.observations, atomic=atomic)
+        out: Future = Future()
+
+        def remap(done: Future) -> None:
+            if done.exception() is not None:
+                out.set_exception(done.exception())
+                return
+            ingest = done.result()
+            for r in ingest.rejected:
+                r.index = elements[r.index] if r.index < len(elements) else r.index
+            ingest.rejected.extend(extraction_rejections)
+            out.set_result(ingest)
+
+        future.add_done_callback(remap)
+        return out
 
     # ---- reads ---------------------------------------------------------------------------
 

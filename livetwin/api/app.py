@@ -207,7 +207,7 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
 
     @app.get("/api/extractors/{name}", tags=["ingest"])
     def get_extractor(name: str) -> dict:
-        return platform.extractor_json(name)
+        return platform.extractor(name).model_dump(mode="json", exclude_defaults=True)
 
     # ---- ingest -------------------------------------------------------------------------
 

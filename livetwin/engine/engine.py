@@ -184,6 +184,8 @@ class Engine:
         if not ctype.derived_order:
             return
         absent = np.zeros(len(r), dtype=bool)
+        for name in st.col:
+            present.setdefault(name, absent)
         env: dict[str, np.ndarray] = {}
         for name in ctype.derived_order:
             compiled = ctype.compiled[name]
@@ -192,9 +194,7 @@ class Engine:
                     env[dep] = st.data[st.col[dep], r]
             ctx = None
             if compiled.windows:
-                ctx = EvalContext(
-                    ts=t, rows=r, present=_PresentView(present, absent), states=st.windows[name]
-                )
+                ctx = EvalContext(ts=t, rows=r, present=present, states=st.windows[name])
             value = compiled.evaluate(env, ctx, size=len(r))
             env[name] = value
             present[name] = _any_present(present, compiled.names, absent)
@@ -262,17 +262,6 @@ class Engine:
 
     def twin_count(self) -> int:
         return len(self.type_of)
-
-
-class _PresentView(dict):
-    """`present[name]`, defaulting to all-False for names not observed in this wave."""
-
-    def __init__(self, present: dict, absent: np.ndarray):
-        super().__init__(present)
-        self._absent = absent
-
-    def __missing__(self, name: str) -> np.ndarray:
-        return self._absent
 
 
 def _any_present(present: dict, names: Iterable[str], absent: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus, StateChanged, TypeDefined
 from livetwin.errors import Unavailable
-from livetwin.ingest.batch import Batch, encode_batch
+from livetwin.ingest.batch import encode_batch
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.spec.types import CompiledType
 from livetwin.store.base import HistoryRows, JournalEntry, Store
@@ -220,7 +220,7 @@ class Writer:
                         new_keys.add(key)
                         batch_keys.append(key)
             if keep.any():
-                pending.update((t, batch.type) for t, k in zip(batch.twins, keep) if k)
+                pending.update((t, batch.type) for t, k in zip(batch.twins, keep, strict=True) if k)
                 planned.append(
                     (batch if keep.all() else batch.take(np.flatnonzero(keep)), batch_keys)
                 )

@@ -1,0 +1,55 @@
+"""Shared fixtures: a platform in a temporary directory, an API client over it, a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from livetwin.api.app import create_app
+from livetwin.platform import Platform, Settings
+
+T0 = 1_795_341_600_000  # 2026-11-22T10:00:00Z
+
+PUMP = {
+    "description": "test pump",
+    "properties": {
+        "flow": {"unit": "m3/h", "min": 0, "max": 1000},
+        "pressure": {"unit": "bar"},
+    },
+    "parameters": {"eff": {"value": 0.8, "min": 0.1, "max": 1}},
+    "derived": {
+        "power": {"expr": "flow * pressure / 36 / eff", "unit": "kW"},
+        "flow_avg": "avg(flow, '10m')",
+    },
+}
+
+
+class FakeClock:
+    """Epoch milliseconds that only move when a test moves them."""
+
+    def __init__(self, now: int = T0 + 3_600_000):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def platform(tmp_path, clock):
+    with Platform(tmp_path / "data", clock=clock, settings=Settings(max_body_bytes=200_000)) as p:
+        yield p
+
+
+@pytest.fixture
+def client(platform):
+    with TestClient(create_app(platform)) as c:
+        yield c
+
+
+def obs(twin: str, ts: int, type: str = "pump", **values) -> dict:
+    return {"twin": twin, "type": type, "ts": ts, "values": values}
