@@ -85,7 +85,8 @@ def demo(
         f"  curl '{base}/api/twins?type=pump&where=efficiency%20%3C%200.6&limit=5'\n"
         f"  curl '{base}/api/twins/pump-1/history?names=flow,flow_avg_10m&every=5m'\n"
         f"  curl -X POST {base}/api/ingest -H 'content-type: application/json' \\\n"
-        f'       -d \'[{{"twin":"pump-1","type":"pump","values":{{"flow":99}}}}]\'\n'
+        f'       -d \'[{{"twin":"pump-1","type":"pump","values":{{"flow":99}}}}]\'\n',
+        soft_wrap=True,
     )
     if duration:
         threading.Timer(duration, _interrupt).start()

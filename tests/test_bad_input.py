@@ -1,0 +1,166 @@
+"""Bad input gets a 4xx JSON error naming the field and the fix; nothing bad reaches the journal."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from conftest import PUMP, T0, obs
+from livetwin.ingest.batch import decode_batch
+
+
+@pytest.fixture
+def pump(client):
+    assert client.put("/api/types/pump", json=PUMP).status_code == 200
+    return client
+
+
+def journaled(platform) -> list[tuple[str, dict]]:
+    """Every observation in the journal as (twin, values)."""
+    out = []
+    for entry in platform.store.journal():
+        if entry.kind == "obs":
+            b = decode_batch(entry.body)
+            for i, twin in enumerate(b.twins):
+                values = {n: b.values[j, i] for j, n in enumerate(b.names)}
+                out.append((twin, {n: v for n, v in values.items() if not math.isnan(v)}))
+    return out
+
+
+BAD_ROWS = [
+    ({"twin": "a", "type": "valve", "values": {"flow": 1}}, "type", "unknown twin type"),
+    ({"twin": "a", "type": "pump", "values": {"speed": 1}}, "values.speed", "unknown property"),
+    ({"twin": "a", "type": "pump", "values": {"flow": "high"}}, "values.flow", "non-numeric"),
+    ({"twin": "a", "type": "pump", "values": {"flow": [1]}}, "values.flow", "non-numeric"),
+    ({"twin": "a", "type": "pump", "values": {"flow": 5000}}, "values.flow", "outside the valid"),
+    ({"twin": "a", "type": "pump", "ts": "yesterday", "values": {"flow": 1}}, "ts", "parse"),
+    ({"twin": "a", "type": "pump", "ts": T0 + 10 * 86_400_000, "values": {"flow": 1}}, "ts",
+     "future"),
+    ({"twin": "a", "type": "pump", "ts": 1_700_000_000, "values": {"flow": 1}}, "ts",
+     "epoch seconds"),
+    ({"twin": "a", "type": "pump", "values": {}}, "values", "non-empty"),
+    ({"twin": 7, "type": "pump", "values": {"flow": 1}}, "twin", "string"),
+    ({"type": "pump", "values": {"flow": 1}}, "twin", "string"),
+    ({"twin": "a", "type": "pump", "values": {"flow": 1}, "colour": "red"}, "colour", "unknown"),
+    ("not an object", None, "JSON object"),
+]
+
+
+@pytest.mark.parametrize(("row", "field", "words"), BAD_ROWS)
+def test_bad_rows_are_rejected_and_good_rows_kept(pump, platform, row, field, words):
+    good = obs("good-1", T0, flow=1.0)
+    r = pump.post("/api/ingest", json=[good, row, obs("good-2", T0, flow=2.0)])
+    assert r.status_code == 200
+    body = r.json()
+    assert body["accepted"] == 2
+    [rejected] = body["rejected"]
+    assert rejected["index"] == 1 and rejected["field"] == field
+    assert words in rejected["error"] and rejected["fix"]
+    assert [twin for twin, _ in journaled(platform)] == ["good-1", "good-2"]
+
+
+def test_atomic_batch_is_all_or_nothing(pump, platform):
+    rows = [obs("a", T0, flow=1.0), obs("b", T0, flow="x")]
+    r = pump.post("/api/ingest", params={"atomic": "true"}, json=rows)
+    assert r.status_code == 422
+    assert r.json()["accepted"] == 0 and r.json()["rejected"][0]["index"] == 1
+    assert journaled(platform) == []
+    # a state-dependent problem (a twin of another type) also sinks an atomic batch
+    pump.put("/api/types/valve", json={"properties": {"open": {}}})
+    pump.post("/api/ingest", json=[obs("v", T0, type="valve", open=1)])
+    rows = [obs("c", T0, flow=1.0), obs("v", T0, flow=1.0)]
+    r = pump.post("/api/ingest", params={"atomic": "true"}, json=rows)
+    assert r.status_code == 422 and "is a 'valve'" in r.json()["rejected"][0]["error"]
+    assert [twin for twin, _ in journaled(platform)] == ["v"]
+
+
+def test_nan_and_infinity_never_reach_the_journal(pump, platform):
+    raw = b'[{"twin": "a", "type": "pump", "values": {"flow": 1e999}}]'
+    r = pump.post("/api/ingest", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "malformed_json"
+    assert "infinity" in r.json()["error"]["message"]
+    result = platform.ingest([obs("a", T0, flow=float("nan")), obs("b", T0, flow=math.inf)])
+    assert result.accepted == 0
+    assert {r.field for r in result.rejected} == {"values.flow"}
+    assert journaled(platform) == []
+
+
+def test_malformed_json(pump):
+    r = pump.post("/api/ingest", content=b'[{"twin": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["field"] == "body" and "malformed JSON" in error["message"] and error["fix"]
+
+
+def test_body_must_be_an_array(pump):
+    r = pump.post("/api/ingest", json={"twin": "a"})
+    assert r.status_code == 422
+    assert r.json()["rejected"][0]["field"] == "body"
+
+
+def test_oversize_body(pump, platform):
+    rows = [obs(f"p{i}", T0, flow=1.0) for i in range(5000)]  # limit is 200 kB in the fixture
+    r = pump.post("/api/ingest", content=orjson.dumps(rows),
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"]["field"] == "body" and "limit" in r.json()["error"]["message"]
+    assert journaled(platform) == []
+
+
+def _put_derived(client, expr):
+    spec = {"properties": {"flow": {}}, "derived": {"x": expr}}
+    return client.put("/api/types/t", json=spec)
+
+
+@pytest.mark.parametrize(
+    ("derived", "field", "words"),
+    [
+        ({"x": "flow +* 2"}, "derived.x.expr", "col"),
+        ({"x": "flow * speed"}, "derived.x.expr", "speed"),
+        ({"x": "avg(flow, '10 fortnights')"}, "derived.x.expr", "duration"),
+        ({"x": "__import__('os')"}, "derived.x.expr", "__import__"),
+        ({"a": "b + 1", "b": "c * 2", "c": "a - flow"}, None, "cycle"),
+        ({"x": "x + 1"}, "derived.x.expr", "cycle"),
+    ],
+)
+def test_bad_type_specs(client, derived, field, words):
+    r = client.put("/api/types/t", json={"properties": {"flow": {}}, "derived": derived})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert words in error["message"], error
+    assert error["fix"]
+    if field:
+        assert error["field"] == field
+    assert client.get("/api/types/t").status_code == 404
+
+
+def test_bad_spec_fields(client):
+    r = client.put("/api/types/t", json={"properties": {"flow": {"unti": "m"}}})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "properties.flow.unti"
+    r = client.put("/api/types/t", json={"parameters": {"k": {"value": 1, "min": 5, "max": 2}}})
+    assert r.status_code == 422 and "inverted" in r.json()["error"]["message"]
+    r = client.put("/api/types/t", json={"properties": {"flow": {}}, "name": "other"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "name"
+
+
+def test_unknown_twin_and_bad_query(pump):
+    r = pump.get("/api/twins/nobody")
+    assert r.status_code == 404 and r.json()["error"]["field"] == "id"
+    pump.post("/api/ingest", json=[obs("a", T0, flow=1.0)])
+    r = pump.get("/api/twins", params={"type": "pump", "where": "flow >"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "where"
+    r = pump.get("/api/twins", params={"where": "flow > 1"})
+    assert r.status_code == 422 and "type=" in r.json()["error"]["message"]
+    r = pump.get("/api/twins/a/history", params={"names": "speed"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "names"
+    r = pump.get("/api/twins/a/history", params={"every": "soon"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "every"
+    r = pump.get("/api/twins/a/history", params={"from": "last tuesday"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "from"
+    r = pump.get("/api/twins", params={"limit": "many"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "limit"
+    r = pump.get("/api/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
