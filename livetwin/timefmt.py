@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,19 +55,21 @@ def format_ts(ms: int) -> str:
     return (_EPOCH + timedelta(milliseconds=int(ms))).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+DURATION_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+MAX_DURATION_MS = 3650 * DURATION_UNITS["d"]
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*")
 
 
 def parse_duration(text: str) -> int:
-    """Milliseconds of a duration such as '500ms', '30s', '10m', '1h', '2d', '1w'."""
-    t = text.strip()
-    for unit in ("ms", "s", "m", "h", "d", "w"):
-        number = t[: -len(unit)]
-        if t.endswith(unit) and number.replace(".", "", 1).isdigit():
-            ms = float(number) * _UNITS_MS[unit]
-            if ms <= 0:
-                break
-            return int(ms)
-    raise ValueError(
-        f"'{text}' is not a duration: use a positive number with ms, s, m, h, d or w (e.g. '10m')"
-    )
+    """Return the duration `text` ('500ms', '30s', '10m', '1h', '2d') in milliseconds.
+
+    Raises ValueError with a message that names the accepted units.
+    """
+    units = ", ".join(DURATION_UNITS)
+    match = _DURATION.fullmatch(text)
+    if match is None or match.group(2) not in DURATION_UNITS:
+        raise ValueError(f"bad duration {text!r}: write a number and a unit ({units}), e.g. '10m'")
+    ms = round(float(match.group(1)) * DURATION_UNITS[match.group(2)])
+    if not 1 <= ms <= MAX_DURATION_MS:
+        raise ValueError(f"bad duration {text!r}: it must be between 1ms and 3650d")
+    return ms

@@ -6,8 +6,8 @@ import math
 
 import orjson
 import pytest
-
 from conftest import PUMP, T0, obs
+
 from livetwin.ingest.batch import decode_batch
 
 
@@ -36,10 +36,16 @@ BAD_ROWS = [
     ({"twin": "a", "type": "pump", "values": {"flow": [1]}}, "values.flow", "non-numeric"),
     ({"twin": "a", "type": "pump", "values": {"flow": 5000}}, "values.flow", "outside the valid"),
     ({"twin": "a", "type": "pump", "ts": "yesterday", "values": {"flow": 1}}, "ts", "parse"),
-    ({"twin": "a", "type": "pump", "ts": T0 + 10 * 86_400_000, "values": {"flow": 1}}, "ts",
-     "future"),
-    ({"twin": "a", "type": "pump", "ts": 1_700_000_000, "values": {"flow": 1}}, "ts",
-     "epoch seconds"),
+    (
+        {"twin": "a", "type": "pump", "ts": T0 + 10 * 86_400_000, "values": {"flow": 1}},
+        "ts",
+        "future",
+    ),
+    (
+        {"twin": "a", "type": "pump", "ts": 1_700_000_000, "values": {"flow": 1}},
+        "ts",
+        "epoch seconds",
+    ),
     ({"twin": "a", "type": "pump", "values": {}}, "values", "non-empty"),
     ({"twin": 7, "type": "pump", "values": {"flow": 1}}, "twin", "string"),
     ({"type": "pump", "values": {"flow": 1}}, "twin", "string"),
@@ -89,7 +95,9 @@ def test_nan_and_infinity_never_reach_the_journal(pump, platform):
 
 
 def test_malformed_json(pump):
-    r = pump.post("/api/ingest", content=b'[{"twin": ', headers={"content-type": "application/json"})
+    r = pump.post(
+        "/api/ingest", content=b'[{"twin": ', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["field"] == "body" and "malformed JSON" in error["message"] and error["fix"]
@@ -103,8 +111,9 @@ def test_body_must_be_an_array(pump):
 
 def test_oversize_body(pump, platform):
     rows = [obs(f"p{i}", T0, flow=1.0) for i in range(5000)]  # limit is 200 kB in the fixture
-    r = pump.post("/api/ingest", content=orjson.dumps(rows),
-                  headers={"content-type": "application/json"})
+    r = pump.post(
+        "/api/ingest", content=orjson.dumps(rows), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413
     assert r.json()["error"]["field"] == "body" and "limit" in r.json()["error"]["message"]
     assert journaled(platform) == []

@@ -78,8 +78,9 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path):
     data.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     for run in range(6):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(data), f"r{run}"], env=env,
-                                 stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(data), f"r{run}"], env=env, stderr=subprocess.PIPE
+        )
         acked_file = data / "acked.txt"
         before = acked_file.stat().st_size if acked_file.exists() else 0
         deadline = time.monotonic() + 60

@@ -1,0 +1,19 @@
+"""The small safe expression language of livetwin: whitelisted Python syntax compiled to NumPy
+over all twins of a type, with window functions (avg, min, max, sum, count, rate, delta, ewma,
+time_in) whose per-twin state has a fixed size.
+"""
+
+from livetwin.expr.compiler import Compiled, EvalContext, compile_expression
+from livetwin.expr.errors import ExpressionError
+from livetwin.expr.windows import BUCKETS, WindowSpec, WindowState, parse_duration
+
+__all__ = [
+    "BUCKETS",
+    "Compiled",
+    "EvalContext",
+    "ExpressionError",
+    "WindowSpec",
+    "WindowState",
+    "compile_expression",
+    "parse_duration",
+]
