@@ -1,0 +1,101 @@
+"""Journal behaviour: group commit, events after durability, snapshots plus tail replay, CLI."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from typer.testing import CliRunner
+
+from conftest import PUMP, T0, obs
+from livetwin.cli import app
+from livetwin.engine.events import StateChanged, TypeDefined
+from livetwin.platform import Platform, Settings
+
+
+def test_concurrent_callers_share_commits(platform, monkeypatch):
+    platform.put_type("pump", PUMP)
+    commits = []
+    real_commit = platform.store.commit
+
+    def slow_commit(*args):
+        time.sleep(0.01)  # an fsync on a slow card: callers pile up behind it
+        commits.append(len(args[0]))
+        real_commit(*args)
+
+    monkeypatch.setattr(platform.store, "commit", slow_commit)
+    results = []
+
+    def client(c: int) -> None:
+        for k in range(10):
+            results.append(platform.ingest([obs(f"p{c}", T0 + k * 1000, flow=float(k))]))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.accepted for r in results) == 80
+    assert sum(commits) == 80  # one journal entry per call ...
+    assert len(commits) < 80  # ... but far fewer commits (fsyncs) than calls
+    assert platform.twin("p3")["properties"]["flow"] == 9.0
+
+
+def test_events_are_published_after_commit(platform):
+    seen = []
+    token = platform.bus.subscribe(seen.append)
+    platform.put_type("pump", PUMP)
+    platform.ingest([obs("a", T0, flow=1.0), obs("b", T0, flow=2.0)])
+    platform.bus.unsubscribe(token)
+    platform.ingest([obs("c", T0, flow=3.0)])
+    assert isinstance(seen[0], TypeDefined) and seen[0].ctype.name == "pump"
+    change = seen[1]
+    assert isinstance(change, StateChanged)
+    assert change.applied.twins == ["a", "b"] and change.applied.created == ["a", "b"]
+    assert change.seq <= platform.store.last_seq()
+    assert len(seen) == 2
+
+
+def test_restart_loads_snapshot_and_replays_only_the_tail(tmp_path, clock):
+    path = tmp_path / "d"
+    with Platform(path, clock=clock) as p:
+        p.put_type("pump", PUMP)
+        p.ingest([obs(f"p{i}", T0, flow=float(i)) for i in range(100)])
+        assert p.snapshot() is not None
+        p.ingest([obs("p1", T0 + 60_000, flow=50.0)])
+        p.writer.stop()  # a crash right here: no final snapshot
+        p.store.close()
+        p._closed = True
+    with Platform(path, clock=clock) as p:
+        assert p.recovered["replayed_observations"] == 1
+        assert p.recovered["snapshot_seq"] == 2
+        twin = p.twin("p1")
+        assert twin["properties"]["flow"] == 50.0 and twin["derived"]["flow_avg"] == 25.5
+
+
+def test_automatic_snapshots(tmp_path, clock):
+    settings = Settings(snapshot_every=50)
+    with Platform(tmp_path / "d", clock=clock, settings=settings) as p:
+        p.put_type("pump", PUMP)
+        for k in range(6):
+            p.ingest([obs(f"p{i}", T0 + k, flow=1.0) for i in range(20)])
+        deadline = time.monotonic() + 5
+        while not list(p.snapshot_dir.glob("snapshot-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(p.snapshot_dir.glob("snapshot-*.npz"))
+
+
+def test_cli_replay_rebuilds_from_the_journal(tmp_path, clock):
+    path = tmp_path / "d"
+    with Platform(path, clock=clock) as p:
+        p.put_type("pump", PUMP)
+        p.ingest([obs(f"p{i}", T0 + k * 1000, flow=float(k)) for k in range(3) for i in range(10)])
+        before = p.twin("p7")
+    for snap in (path / "snapshots").glob("*.npz"):
+        snap.unlink()
+    result = CliRunner().invoke(app, ["replay", "--data", str(path)])
+    assert result.exit_code == 0, result.output
+    assert '"observations": 30' in result.output
+    with Platform(path, clock=clock) as p:
+        assert p.recovered["replayed_observations"] == 0  # the replay left a fresh snapshot
+        assert p.twin("p7") == before
