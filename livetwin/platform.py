@@ -6,11 +6,11 @@ are thin layers over it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,17 @@ import orjson
 
 from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus
-from livetwin.errors import InvalidInput, NotFound
+from livetwin.errors import InvalidInput, NotFound, Unavailable
 from livetwin.ingest.extract import extract
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
+from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import TwinTypeSpec, compile_type, parse_type_spec
-from livetwin.store.history import aggregate, decode
+from livetwin.store.buffer import HistoryBuffer
+from livetwin.store.history import aggregate, assemble
 from livetwin.store.sqlite import SqliteStore
 from livetwin.timefmt import format_ts, parse_duration, parse_ts
 
@@ -36,18 +38,6 @@ log = logging.getLogger(__name__)
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass
-class Settings:
-    """Tunable limits and policies; the defaults suit a laptop or a 1 GB Raspberry Pi."""
-
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_future_ms: int = 86_400_000
-    snapshot_every: int = 1_000_000  # observations between snapshots
-    snapshot_interval_s: float = 300.0  # and at most this long between them
-    cache_mb: int = 64
-    max_history_points: int = 200_000
 
 
 class Platform:
@@ -61,6 +51,7 @@ class Platform:
         clock=wall_clock_ms,
     ):
         self.path = Path(path)
+        self._lock_file = _lock_directory(self.path)
         self.settings = settings or Settings()
         self.clock = clock
         self.store = SqliteStore(self.path, cache_mb=self.settings.cache_mb)
@@ -68,31 +59,46 @@ class Platform:
         self.lock = threading.RLock()
         self._define_lock = threading.Lock()
         self._columns: dict[tuple[str, int], tuple[str, ...]] = {}
-        self._extractors: dict[str, Any] = {}
-        self.engine, self.recovered = self._recover()
-        self._since_snapshot = 0
-        self._snapshot_at = time.monotonic()
-        self._snapshot_seq = self.recovered["snapshot_seq"]
-        self._snapshot_busy = threading.Lock()
+        self._extractors: dict[str, ExtractorSpec] = {}
+        engine, history, self.recovered = self._recover()
         self.writer = Writer(
             self.store,
-            self.engine,
+            engine,
+            history,
             self.lock,
             self.bus,
             self.clock,
-            on_commit=self._after_commit,
+            self.settings,
+            self.snapshot_dir,
+            snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def _recover(self, *, use_snapshot: bool = True) -> tuple[Engine, dict]:
-        """The newest snapshot plus the journal tail after it (or the whole journal)."""
+    @property
+    def engine(self) -> Engine:
+        return self.writer.engine
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.path / "snapshots"
+
+    def _recover(self) -> tuple[Engine, HistoryBuffer, dict]:
+        """The newest snapshot plus the journal tail after it; unstored history is rebuilt."""
         started = time.perf_counter()
-        loaded = snapshot.load_newest(self.snapshot_dir) if use_snapshot else None
+        loaded = snapshot.load_newest(self.snapshot_dir)
         engine, seq = loaded if loaded else (Engine(), 0)
-        last, n = replay(engine, self.store.journal(after=seq))
+        history = HistoryBuffer(self.store.history_seq())
+        if history.flushed_seq < seq:
+            log.warning(
+                "history is stored up to seq %d but the snapshot covers %d: the rows between "
+                "are missing from history",
+                history.flushed_seq,
+                seq,
+            )
+        last, n = replay(engine, self.store.journal(after=seq), history=history)
         info = {
             "snapshot_seq": seq,
             "replayed_observations": n,
@@ -101,21 +107,16 @@ class Platform:
         }
         if n:
             log.info("recovered: snapshot at seq %d + %d observations replayed", seq, n)
-        return engine, info
-
-    @property
-    def snapshot_dir(self) -> Path:
-        return self.path / "snapshots"
+        return engine, history, info
 
     def close(self) -> None:
-        """Drain queued ingest, write a final snapshot, close the store."""
+        """Drain queued ingest, flush history, write a final snapshot, close the store."""
         if self._closed:
             return
         self._closed = True
         self.writer.stop()
-        with self._snapshot_busy:
-            self._write_snapshot()
         self.store.close()
+        self._lock_file.close()
 
     def __enter__(self) -> Platform:
         return self
@@ -124,47 +125,14 @@ class Platform:
         self.close()
 
     def snapshot(self) -> Path | None:
-        """Write a snapshot now (returns its path, or None when nothing changed)."""
-        with self._snapshot_busy:
-            return self._write_snapshot()
-
-    def _write_snapshot(self) -> Path | None:
-        with self.lock:
-            seq = self.writer.next_seq - 1
-            if seq <= self._snapshot_seq:
-                return None
-            meta, arrays = snapshot.capture(self.engine, seq)
-        path = snapshot.write(self.snapshot_dir, meta, arrays)
-        self._snapshot_seq = seq
-        return path
-
-    def _after_commit(self, seq: int, observations: int) -> None:
-        self._since_snapshot += observations
-        due = self._since_snapshot >= self.settings.snapshot_every or (
-            self._since_snapshot
-            and time.monotonic() - self._snapshot_at >= self.settings.snapshot_interval_s
-        )
-        if due and self._snapshot_busy.acquire(blocking=False):
-            self._since_snapshot = 0
-            self._snapshot_at = time.monotonic()
-            with self.lock:
-                meta, arrays = snapshot.capture(self.engine, seq)
-            threading.Thread(target=self._write_captured, args=(meta, arrays), daemon=True).start()
-
-    def _write_captured(self, meta: dict, arrays: dict) -> None:
-        try:
-            snapshot.write(self.snapshot_dir, meta, arrays)
-            self._snapshot_seq = meta["seq"]
-        except OSError:
-            log.exception("snapshot failed; the journal still holds everything")
-        finally:
-            self._snapshot_busy.release()
+        """Flush history and write a snapshot now (its path, or None when nothing changed)."""
+        return self.writer.snapshot().result()
 
     def _after_failure(self, exc: BaseException) -> None:
-        """A commit failed after the engine applied the group: rebuild from what is durable."""
+        """Applying or committing failed after the engine changed: rebuild what is durable."""
         with self.lock:
-            self.engine, _ = self._recover()
-            self.writer.engine = self.engine
+            engine, history, _ = self._recover()
+            self.writer.engine, self.writer.history = engine, history
 
     # ---- types ---------------------------------------------------------------------------
 
@@ -383,15 +351,13 @@ class Platform:
                 )
         start_ms = _time_arg(start, "from", 0)
         end_ms = _time_arg(end, "to", self.clock() + self.settings.max_future_ms + 1)
-        limit = self.settings.max_history_points
-        rows = self.store.history(uid, start_ms, end_ms, limit + 1)
-        if len(rows) > limit and every is None:
+        ts, _, values = self._history_rows(uid, type_name, names, start_ms, end_ms)
+        if len(ts) > self.settings.max_history_points and every is None:
             raise InvalidInput(
-                f"more than {limit} points in range",
+                f"more than {self.settings.max_history_points} points in range",
                 field="every",
                 fix="narrow from/to or aggregate with every=1m",
             )
-        ts, values = decode(rows, names, lambda v: self._columns_of(type_name, v))
         if every is not None:
             try:
                 every_ms = parse_duration(every)
@@ -420,32 +386,45 @@ class Platform:
             st, row = self.engine.locate(twin_id)
             uid, ctype = int(st.uid[row]), st.ctype
         before_ms = _time_arg(before, "before", 2**62)
-        rows = self.store.recent(uid, before_ms, limit)
+        with self.lock:
+            flushed = self.writer.history.flushed_seq
+            parts: list = self.writer.history.rows_of(uid)
+        newest = sorted(t for p in parts for t in p.ts.tolist() if t < before_ms)
+        for ts_max, chunk in self.store.recent(uid, before_ms, flushed):
+            if len(newest) >= limit and ts_max < newest[-limit]:
+                break  # older chunks cannot hold any of the newest `limit` rows
+            parts.append(chunk)
+            newest = sorted(newest + [t for t in chunk.ts.tolist() if t < before_ms])
+        columns = ctype.columns
+        ts, seqs, values = assemble(parts, columns, lambda v: self._columns_of(ctype.name, v))
+        inputs = [k for k, c in enumerate(columns) if c not in ctype.compiled]
+        derived = [k for k, c in enumerate(columns) if c in ctype.compiled]
         out = []
-        for ts, seq, version, blob in rows:
-            columns = self._columns_of(ctype.name, version)
-            values = np.frombuffer(blob, dtype="<f8")
-            observed = {
-                c: float(v)
-                for c, v in zip(columns, values, strict=True)
-                if not np.isnan(v) and c not in ctype.compiled
-            }
-            derived = {
-                c: _json_number(v)
-                for c, v in zip(columns, values, strict=True)
-                if c in ctype.compiled
-            }
+        for i in np.flatnonzero(ts < before_ms)[::-1][:limit].tolist():
             out.append(
                 {
-                    "seq": seq,
-                    "ts": ts,
-                    "time": format_ts(ts),
-                    "type_version": version,
-                    "values": observed,
-                    "derived": derived,
+                    "seq": int(seqs[i]),
+                    "ts": int(ts[i]),
+                    "time": format_ts(int(ts[i])),
+                    "values": {
+                        columns[k]: float(values[k, i])
+                        for k in inputs
+                        if not np.isnan(values[k, i])
+                    },
+                    "derived": {columns[k]: _json_number(values[k, i]) for k in derived},
                 }
             )
         return out
+
+    def _history_rows(self, uid: int, type_name: str, names: list[str], start: int, end: int):
+        """Stored chunks plus buffered rows of one twin within [start, end), sorted."""
+        with self.lock:
+            flushed = self.writer.history.flushed_seq
+            parts: list = self.writer.history.rows_of(uid)
+        parts += self.store.history(uid, start, end, flushed)
+        ts, seqs, values = assemble(parts, names, lambda v: self._columns_of(type_name, v))
+        inside = (ts >= start) & (ts < end)
+        return ts[inside], seqs[inside], values[:, inside]
 
     def stats(self) -> dict:
         entries, observations = self.store.journal_size()
@@ -455,18 +434,22 @@ class Platform:
             "journal_entries": entries,
             "journal_observations": observations,
             "last_seq": self.writer.next_seq - 1,
-            "snapshot_seq": self._snapshot_seq,
+            "snapshot_seq": self.writer.snapshot_seq,
+            "history_buffered": self.writer.history.rows,
         }
 
     def rebuild(self, progress=None) -> dict:
-        """Rebuild all state from the journal alone (ignoring snapshots), then snapshot it."""
+        """Rebuild all twin state from the journal alone (ignoring snapshots), then snapshot it.
+
+        History is not rewritten: it already holds what the journal produced.
+        """
         started = time.perf_counter()
         with self.lock:
             engine = Engine()
             last, n = replay(engine, self.store.journal(after=0), progress=progress)
-            self.engine = self.writer.engine = engine
+            self.writer.engine = engine
         seconds = time.perf_counter() - started
-        self._snapshot_seq = 0
+        self.writer.snapshot_seq = 0
         self.snapshot()
         return {
             "observations": n,
@@ -475,6 +458,22 @@ class Platform:
             "seconds": round(seconds, 3),
             "observations_per_s": round(n / seconds) if seconds else None,
         }
+
+
+def _lock_directory(path: Path):
+    """Hold an exclusive lock on the data directory (released by close or by process death)."""
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / "lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise Unavailable(
+            f"the data directory {path} is in use by another livetwin platform",
+            field="data",
+            fix="stop the other process or choose another --data directory",
+        ) from None
+    return handle
 
 
 def _done(result) -> Future:

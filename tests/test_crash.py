@@ -22,7 +22,7 @@ from livetwin.journal.replay import replay
 from livetwin.platform import Platform, Settings
 
 CHILD = r"""
-import sys, threading, orjson
+import os, sys, threading, orjson
 from pathlib import Path
 from livetwin.platform import Platform, Settings
 
@@ -41,8 +41,10 @@ def work(worker):
         rows = [{"twin": f"t{(i * 7 + k) % 500}", "type": "m", "ts": 1795341600000 + i * 1000 + k,
                  "values": {"a": float(k), "b": float(i % 13)}, "key": f"{run}-{worker}-{i}-{k}"}
                 for k in range(100)]
-        if worker == 0:
-            attempts.write_bytes(orjson.dumps(rows))
+        if worker == 0:  # written atomically: the kill may come at any moment
+            tmp = attempts.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(rows))
+            os.replace(tmp, attempts)
         result = p.ingest(rows)
         assert result.accepted + result.duplicates == 100, result
         with lock:

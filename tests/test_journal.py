@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+from conftest import PUMP, T0, obs
 from typer.testing import CliRunner
 
-from conftest import PUMP, T0, obs
 from livetwin.cli import app
 from livetwin.engine.events import StateChanged, TypeDefined
+from livetwin.errors import Unavailable
 from livetwin.platform import Platform, Settings
 
 
@@ -63,14 +65,33 @@ def test_restart_loads_snapshot_and_replays_only_the_tail(tmp_path, clock):
         p.ingest([obs(f"p{i}", T0, flow=float(i)) for i in range(100)])
         assert p.snapshot() is not None
         p.ingest([obs("p1", T0 + 60_000, flow=50.0)])
-        p.writer.stop()  # a crash right here: no final snapshot
-        p.store.close()
-        p._closed = True
+        # a crash right here: neither the last history rows nor a final snapshot get written
+        p.writer._snapshot = lambda background: None
     with Platform(path, clock=clock) as p:
         assert p.recovered["replayed_observations"] == 1
         assert p.recovered["snapshot_seq"] == 2
         twin = p.twin("p1")
         assert twin["properties"]["flow"] == 50.0 and twin["derived"]["flow_avg"] == 25.5
+        # the history of the replayed tail is rebuilt from the journal
+        history = p.history("p1", ["flow", "flow_avg"])
+        assert history["series"] == {"flow": [1.0, 50.0], "flow_avg": [1.0, 25.5]}
+
+
+def test_history_is_flushed_in_chunks_and_reads_span_store_and_buffer(platform):
+    platform.put_type("pump", PUMP)
+    platform.ingest([obs(f"p{i}", T0, flow=1.0) for i in range(3)])
+    platform.snapshot()  # flushes the buffer into one chunk per twin
+    assert platform.writer.history.rows == 0
+    platform.ingest([obs("p1", T0 + 1000, flow=2.0), obs("p1", T0 + 2000, flow=3.0)])
+    assert platform.writer.history.rows == 2
+    assert platform.history("p1", ["flow"])["series"]["flow"] == [1.0, 2.0, 3.0]
+    assert [e["values"]["flow"] for e in platform.events("p1", limit=2)] == [3.0, 2.0]
+    assert [e["values"]["flow"] for e in platform.events("p1", before=T0 + 1000)] == [1.0]
+
+
+def test_a_data_directory_serves_one_platform_at_a_time(platform):
+    with pytest.raises(Unavailable, match="in use"):
+        Platform(platform.path)
 
 
 def test_automatic_snapshots(tmp_path, clock):

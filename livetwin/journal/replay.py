@@ -1,4 +1,4 @@
-"""Replay: rebuild engine state from journal entries alone.
+"""Replay: rebuild engine state (and unflushed history) from journal entries alone.
 
 Consecutive observation entries of one type are merged into large batches, so replay runs in
 big vectorised waves; per-twin order is unchanged, so the state is the same as when live.
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import orjson
 
 from livetwin.engine.engine import Engine
 from livetwin.ingest.batch import Batch, decode_batch
 from livetwin.spec.types import TwinTypeSpec, compile_type
 from livetwin.store.base import JournalEntry
+from livetwin.store.buffer import HistoryBuffer, Segment
 
 CHUNK = 65_536
 
@@ -22,22 +24,32 @@ def replay(
     engine: Engine,
     entries: Iterable[JournalEntry],
     *,
+    history: HistoryBuffer | None = None,
     progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK,
 ) -> tuple[int, int]:
-    """Apply journal entries to `engine`; returns (last seq, observations applied)."""
-    pending: list[Batch] = []
+    """Apply journal entries to `engine`; returns (last seq, observations applied).
+
+    With `history`, the rows of entries after `history.flushed_seq` (history not yet stored)
+    are added to it, as they were when live.
+    """
+    pending: list[tuple[int, Batch]] = []
     pending_n = 0
     last_seq = 0
-    applied = 0
+    applied_n = 0
+    stored_upto = history.flushed_seq if history is not None else None
 
     def flush() -> None:
-        nonlocal pending, pending_n, applied
-        if pending:
-            engine.apply(Batch.concat(pending))
-            applied += pending_n
-            if progress:
-                progress(pending_n)
+        nonlocal pending, pending_n, applied_n
+        if not pending:
+            return
+        applied = engine.apply(Batch.concat([b for _, b in pending]))
+        if stored_upto is not None and pending[0][0] > stored_upto:
+            seqs = np.concatenate([np.full(len(b), s, dtype=np.int64) for s, b in pending])
+            history.add(Segment(applied.version, applied.uids, applied.ts, seqs, applied.values))
+        applied_n += pending_n
+        if progress:
+            progress(pending_n)
         pending, pending_n = [], 0
 
     for entry in entries:
@@ -49,9 +61,10 @@ def replay(
             engine.define_type(compile_type(spec, body["version"]))
             continue
         batch = decode_batch(entry.body)
-        if pending and (pending[0].type != batch.type or pending_n >= chunk):
+        crosses = stored_upto is not None and pending and pending[-1][0] <= stored_upto < entry.seq
+        if pending and (pending[0][1].type != batch.type or pending_n >= chunk or crosses):
             flush()
-        pending.append(batch)
+        pending.append((entry.seq, batch))
         pending_n += len(batch)
     flush()
-    return last_seq, applied
+    return last_seq, applied_n

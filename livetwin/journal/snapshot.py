@@ -32,10 +32,14 @@ def capture(engine: Engine, seq: int) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def file_name(seq: int) -> str:
+    return f"snapshot-{seq:012d}.npz"
+
+
 def write(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
     """Write a captured snapshot atomically (temp file, fsync, rename) and prune old ones."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"snapshot-{meta['seq']:012d}.npz"
+    path = directory / file_name(meta["seq"])
     buffer = io.BytesIO()
     header = np.frombuffer(msgspec.msgpack.encode(meta), dtype=np.uint8)
     np.savez(buffer, __meta__=header, **arrays)

@@ -1,10 +1,14 @@
-"""Group commit: one writer thread journals, applies and commits the work of many callers at once.
+"""The single writer: journals, applies and commits the work of many callers at once.
 
 Callers submit validated work and wait on a future. The writer takes everything queued, checks
-it against twin state, applies it to the engine, writes journal + history + keys in ONE
-transaction (one fsync for the whole group) and only then resolves the futures and publishes
-events. So an acknowledged observation is always durable, and the engine's order is the
-journal's order.
+it against twin state, applies it to the engine, writes the journal entries and idempotency keys
+in ONE transaction (one fsync for the whole group: group commit) and only then resolves the
+futures and publishes events. So an acknowledged observation is always durable, and the
+engine's order is the journal's order.
+
+The writer also owns what follows from the journal: it flushes the history buffer in chunks and
+takes snapshots (always right after a flush, so a snapshot never covers history that is not
+stored).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +29,11 @@ from livetwin.engine.events import EventBus, StateChanged, TypeDefined
 from livetwin.errors import Unavailable
 from livetwin.ingest.batch import encode_batch
 from livetwin.ingest.observations import Normalized, Rejection
+from livetwin.journal import snapshot
+from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType
-from livetwin.store.base import HistoryRows, JournalEntry, Store
+from livetwin.store.base import JournalEntry, Store
+from livetwin.store.buffer import HistoryBuffer, Segment
 
 log = logging.getLogger(__name__)
 
@@ -57,38 +66,58 @@ class _Define:
     future: Future = field(default_factory=Future)
 
 
+@dataclass
+class _Snapshot:
+    future: Future = field(default_factory=Future)
+
+
 _STOP = object()
 
 
 class Writer:
-    """The single writer thread. `lock` guards the engine against concurrent readers."""
+    """The single writer thread. `lock` guards the engine and history buffer against readers."""
 
     def __init__(
         self,
         store: Store,
         engine: Engine,
+        history: HistoryBuffer,
         lock: threading.RLock,
         bus: EventBus,
         clock: Callable[[], int],
+        settings: Settings,
+        snapshot_dir: Path,
         *,
-        on_commit: Callable[[int, int], None] = lambda seq, n: None,
+        snapshot_seq: int = 0,
         on_failure: Callable[[BaseException], None] = lambda exc: None,
         max_group: int = 1024,
     ):
-        self.store, self.engine, self.lock, self.bus, self.clock = store, engine, lock, bus, clock
-        self.on_commit, self.on_failure = on_commit, on_failure
+        self.store, self.engine, self.history = store, engine, history
+        self.lock, self.bus, self.clock, self.settings = lock, bus, clock, settings
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_seq = snapshot_seq
+        self.on_failure = on_failure
         self.max_group = max_group
         self.next_seq = store.last_seq() + 1
+        self._since_snapshot = 0
+        self._snapshot_at = self._flushed_at = time.monotonic()
+        self._snapshot_thread: threading.Thread | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="livetwin-writer", daemon=True)
         self._closed = False
+        self._thread = threading.Thread(target=self._run, name="livetwin-writer", daemon=True)
         self._thread.start()
+
+    # ---- submitting work -----------------------------------------------------------------
 
     def ingest(self, normalized: Normalized, atomic: bool) -> Future:
         return self._submit(_Ingest(normalized, atomic))
 
     def define(self, ctype: CompiledType, spec_json: str) -> Future:
         return self._submit(_Define(ctype, spec_json))
+
+    def snapshot(self) -> Future:
+        """Flush history and write a snapshot after the work queued so far (path or None)."""
+        return self._submit(_Snapshot())
 
     def _submit(self, work):
         if self._closed:
@@ -97,30 +126,46 @@ class Writer:
         return work.future
 
     def stop(self) -> None:
-        """Finish all queued work, then stop the thread."""
+        """Finish all queued work, flush history, write a final snapshot, stop the thread."""
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
             self._thread.join()
 
+    # ---- the thread ----------------------------------------------------------------------
+
     def _run(self) -> None:
         while True:
-            group = [self._queue.get()]
+            try:
+                group = [self._queue.get(timeout=self.settings.history_flush_s)]
+            except queue.Empty:
+                self._maintain()
+                continue
             while len(group) < self.max_group:
                 try:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = _STOP in group
-            work = [w for w in group if w is not _STOP]
+            work = [w for w in group if isinstance(w, _Ingest | _Define)]
             if work:
                 self._process(work)
-            if stop:
+                self._maintain()
+            for w in group:
+                if isinstance(w, _Snapshot):
+                    self._resolve(w.future, lambda: self._snapshot(background=False))
+            if _STOP in group:
+                self._snapshot(background=False)
                 return
+
+    @staticmethod
+    def _resolve(future: Future, action: Callable) -> None:
+        try:
+            future.set_result(action())
+        except Exception as exc:
+            future.set_exception(exc)
 
     def _process(self, group: list) -> None:
         entries: list[JournalEntry] = []
-        history: list[HistoryRows] = []
         keys: list[tuple[str, int]] = []
         types: list[tuple[str, int, str, int]] = []
         events: list = []
@@ -133,29 +178,33 @@ class Writer:
             with self.lock:
                 for work in group:
                     if isinstance(work, _Define):
-                        self.engine.define_type(work.ctype)
+                        ctype = work.ctype
+                        self.engine.define_type(ctype)
                         body = b'{"version":%d,"spec":%s}' % (
-                            work.ctype.version,
+                            ctype.version,
                             work.spec_json.encode(),
                         )
-                        entries.append(JournalEntry(seq, now, "type", work.ctype.name, 0, body))
-                        types.append((work.ctype.name, work.ctype.version, work.spec_json, now))
-                        events.append(TypeDefined(seq, work.ctype))
+                        entries.append(JournalEntry(seq, now, "type", ctype.name, 0, body))
+                        types.append((ctype.name, ctype.version, work.spec_json, now))
+                        events.append(TypeDefined(seq, ctype))
                         results.append((work, seq))
                         seq += 1
                         continue
                     result = IngestResult(rejected=list(work.normalized.rejected))
-                    planned = self._plan(work, known, result)
-                    for batch, batch_keys in planned:
+                    for batch, batch_keys in self._plan(work, known, result):
                         applied = self.engine.apply(batch)
                         entries.append(
                             JournalEntry(
                                 seq, now, "obs", batch.type, len(batch), encode_batch(batch)
                             )
                         )
-                        history.append(
-                            HistoryRows(
-                                seq, applied.version, applied.uids, applied.ts, applied.values
+                        self.history.add(
+                            Segment(
+                                applied.version,
+                                applied.uids,
+                                applied.ts,
+                                np.full(len(batch), seq, dtype=np.int64),
+                                applied.values,
                             )
                         )
                         keys.extend((k, seq) for k in batch_keys)
@@ -164,25 +213,24 @@ class Writer:
                         observations += len(batch)
                         seq += 1
                     results.append((work, result))
-            self.store.commit(entries, history, keys, types)
-        except BaseException as exc:  # storage failed: nothing of this group is acknowledged
-            log.exception("commit failed; rebuilding state from the journal")
+            self.store.commit(entries, keys, types)
+        except BaseException as exc:  # nothing of this group is acknowledged
+            log.exception("applying or committing a group failed; rebuilding from the journal")
             error = Unavailable(
-                f"storage failed, nothing was stored: {exc}",
-                fix="check the disk and retry the request",
+                f"nothing was stored: {exc}", fix="check the disk and the server log, then retry"
             )
             for work in group:
                 work.future.set_exception(error)
-            self.on_failure(exc)
             self.next_seq = self.store.last_seq() + 1
+            self.on_failure(exc)
             return
         self.next_seq = seq
+        self._since_snapshot += observations
         for work, result in results:
             work.future.set_result(result)
         if self.bus.active:
             for event in events:
                 self.bus.publish(event)
-        self.on_commit(seq - 1, observations)
 
     def _known_keys(self, group: list) -> set[str]:
         wanted = [
@@ -221,11 +269,70 @@ class Writer:
                         batch_keys.append(key)
             if keep.any():
                 pending.update((t, batch.type) for t, k in zip(batch.twins, keep, strict=True) if k)
-                planned.append(
-                    (batch if keep.all() else batch.take(np.flatnonzero(keep)), batch_keys)
-                )
+                kept = batch if keep.all() else batch.take(np.flatnonzero(keep))
+                planned.append((kept, batch_keys))
         if work.atomic and (failed or result.rejected):
             result.duplicates = 0
             return []
         known |= new_keys  # a repeat later in this group is a duplicate too
         return planned
+
+    # ---- history and snapshots -------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        """Flush history and snapshot when their policies say so."""
+        s = self.settings
+        now = time.monotonic()
+        if self.history.rows >= s.history_flush_rows or (
+            self.history.rows and now - self._flushed_at >= s.history_flush_s
+        ):
+            self._flush_history()
+        if self._since_snapshot >= s.snapshot_every or (
+            self._since_snapshot and now - self._snapshot_at >= s.snapshot_interval_s
+        ):
+            self._snapshot(background=True)
+
+    def _flush_history(self) -> None:
+        """Write buffered history as one chunk per twin; on failure keep it for the next try."""
+        self._flushed_at = time.monotonic()
+        segments = list(self.history.segments)
+        if not segments:
+            return
+        upto = self.next_seq - 1
+        try:
+            self.store.write_history(self.history.chunks(segments), upto)
+        except Exception:
+            log.exception("history flush failed; rows stay buffered and will be retried")
+            return
+        with self.lock:
+            self.history.drop(segments, upto)
+
+    def _snapshot(self, *, background: bool) -> Path | None:
+        self._flush_history()
+        seq = self.next_seq - 1
+        if seq <= self.snapshot_seq or self.history.segments:
+            return None
+        if self._snapshot_thread is not None:
+            if background and self._snapshot_thread.is_alive():
+                return None  # the previous one is still being written
+            self._snapshot_thread.join()
+        self._since_snapshot = 0
+        self._snapshot_at = time.monotonic()
+        with self.lock:
+            meta, arrays = snapshot.capture(self.engine, seq)
+        self.snapshot_seq = seq
+        path = self.snapshot_dir / snapshot.file_name(seq)
+        if background:
+            self._snapshot_thread = threading.Thread(
+                target=self._write_snapshot, args=(meta, arrays), daemon=True
+            )
+            self._snapshot_thread.start()
+        else:
+            snapshot.write(self.snapshot_dir, meta, arrays)
+        return path
+
+    def _write_snapshot(self, meta: dict, arrays: dict) -> None:
+        try:
+            snapshot.write(self.snapshot_dir, meta, arrays)
+        except OSError:
+            log.exception("snapshot failed; the journal still holds everything")

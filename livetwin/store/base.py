@@ -1,7 +1,7 @@
 """The storage contract every backend implements (SQLite by default; PostgreSQL later).
 
-One `commit` call is one transaction: journal entries, their history rows and idempotency keys
-become durable together or not at all.
+One `commit` call is one transaction: journal entries and their idempotency keys become durable
+together or not at all. History is written separately, in chunks, from the history buffer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
+from livetwin.store.buffer import Chunk
 
 
 @dataclass
@@ -23,28 +23,23 @@ class JournalEntry:
     body: bytes
 
 
-@dataclass
-class HistoryRows:
-    """History of one applied batch: one row per observation, values in the version's layout."""
-
-    seq: int
-    version: int
-    uids: np.ndarray  # int64 (M,)
-    ts: np.ndarray  # int64 (M,)
-    values: np.ndarray  # float64 (M, n_columns)
-
-
 class Store(Protocol):
     def last_seq(self) -> int: ...
 
     def commit(
         self,
         entries: list[JournalEntry],
-        history: list[HistoryRows],
         keys: list[tuple[str, int]],
         types: list[tuple[str, int, str, int]],
     ) -> None:
-        """Write everything in one durable transaction. `types`: (name, version, spec, at)."""
+        """Write journal entries, idempotency keys and type versions (name, version, spec, at)
+        in one durable transaction."""
+
+    def write_history(self, chunks: list[Chunk], flushed_seq: int) -> None:
+        """Store history chunks and record that all history up to `flushed_seq` is stored."""
+
+    def history_seq(self) -> int:
+        """The journal seq up to which history is stored (0 when none)."""
 
     def known_keys(self, keys: list[str]) -> set[str]: ...
 
@@ -54,11 +49,11 @@ class Store(Protocol):
     def journal_size(self, after: int = 0) -> tuple[int, int]:
         """(entries, observations) after seq `after`."""
 
-    def history(self, uid: int, start: int, end: int, limit: int) -> list[tuple]:
-        """Rows (ts, seq, version, values_blob) of one twin with start <= ts < end, oldest first."""
+    def history(self, uid: int, start: int, end: int, max_seq: int) -> list[Chunk]:
+        """Chunks of one twin that may hold rows with start <= ts < end, flushed up to max_seq."""
 
-    def recent(self, uid: int, before: int, limit: int) -> list[tuple]:
-        """Rows (ts, seq, version, values_blob) with ts < before, newest first."""
+    def recent(self, uid: int, before: int, max_seq: int) -> Iterator[tuple[int, Chunk]]:
+        """(ts_max, chunk) of one twin's chunks with rows older than `before`, newest first."""
 
     def type_versions(self, name: str) -> list[tuple[int, str, int]]:
         """(version, spec JSON, created ms) of every version of a type, oldest first."""

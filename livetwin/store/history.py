@@ -1,6 +1,6 @@
 """Time-series queries over stored history rows: decode, select names, bucket and aggregate.
 
-Rows come from any backend as (ts, seq, version, values_blob); the values are float64 in the
+Rows come as chunks from the store and segments from the history buffer; their values are in the
 column layout of the type version that wrote them, so a query spans type versions.
 """
 
@@ -11,27 +11,36 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from livetwin.errors import InvalidInput
+from livetwin.store.buffer import Chunk, Segment
 
 AGGREGATES = ("avg", "min", "max", "last", "count", "sum")
 
 
-def decode(
-    rows: Sequence[tuple], names: Sequence[str], columns_of: Callable[[int], tuple[str, ...]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Timestamps (n,) and values (len(names), n) of history rows; NaN where a name is absent."""
-    n = len(rows)
-    ts = np.fromiter((r[0] for r in rows), np.int64, n)
-    out = np.full((len(names), n), np.nan)
-    versions = np.fromiter((r[2] for r in rows), np.int64, n)
-    for version in np.unique(versions).tolist():
-        sel = np.flatnonzero(versions == version)
-        columns = columns_of(version)
-        block = np.frombuffer(b"".join(rows[i][3] for i in sel.tolist()), dtype="<f8")
-        block = block.reshape(len(sel), len(columns))
+def assemble(
+    parts: Sequence[Chunk | Segment],
+    names: Sequence[str],
+    columns_of: Callable[[int], tuple[str, ...]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Timestamps, seqs and values (len(names), n) of history parts, sorted by (ts, seq).
+
+    Each part is in the column layout of its type version; NaN where a name is absent.
+    """
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros((len(names), 0))
+    ts = np.concatenate([p.ts for p in parts])
+    seqs = np.concatenate([p.seqs for p in parts])
+    blocks = []
+    for p in parts:
+        columns = columns_of(p.version)
+        block = np.full((len(names), len(p.ts)), np.nan)
         for k, name in enumerate(names):
             if name in columns:
-                out[k, sel] = block[:, columns.index(name)]
-    return ts, out
+                block[k] = p.values[:, columns.index(name)]
+        blocks.append(block)
+    values = np.concatenate(blocks, axis=1)
+    order = np.lexsort((seqs, ts))
+    return ts[order], seqs[order], values[:, order]
 
 
 def aggregate(ts: np.ndarray, values: np.ndarray, every: int, agg: str):

@@ -5,21 +5,22 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from itertools import repeat
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
-from livetwin.store.base import HistoryRows, JournalEntry
+from livetwin.store.base import JournalEntry
+from livetwin.store.buffer import Chunk, decode_chunk, encode_chunk
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, type TEXT NOT NULL,
     count INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS history (
-    uid INTEGER NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL, pos INTEGER NOT NULL,
-    version INTEGER NOT NULL, vals BLOB NOT NULL,
-    PRIMARY KEY (uid, ts, seq, pos)) WITHOUT ROWID;
+    uid INTEGER NOT NULL, ts_min INTEGER NOT NULL, ts_max INTEGER NOT NULL,
+    seq_min INTEGER NOT NULL, seq_max INTEGER NOT NULL, version INTEGER NOT NULL,
+    n INTEGER NOT NULL, ts BLOB NOT NULL, seqs BLOB NOT NULL, vals BLOB NOT NULL,
+    PRIMARY KEY (uid, ts_min, seq_min)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS types (
@@ -60,20 +61,38 @@ class SqliteStore:
         row = self._conn().execute("SELECT max(seq) FROM journal").fetchone()
         return row[0] or 0
 
-    def commit(self, entries, history, keys, types) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    def commit(self, entries, keys, types) -> None:
+        with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO journal VALUES (?,?,?,?,?,?)",
                 [(e.seq, e.at, e.kind, e.type, e.count, e.body) for e in entries],
             )
-            for rows in history:
-                conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?)", _history_tuples(rows))
             if keys:
                 conn.executemany("INSERT INTO idempotency VALUES (?,?)", keys)
             if types:
                 conn.executemany("INSERT INTO types VALUES (?,?,?,?)", types)
+
+    def write_history(self, chunks: list[Chunk], flushed_seq: int) -> None:
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", map(encode_chunk, chunks)
+            )
+            conn.execute(
+                "INSERT INTO meta VALUES ('history_seq', ?) ON CONFLICT(key)"
+                " DO UPDATE SET value = excluded.value",
+                (flushed_seq,),
+            )
+
+    def history_seq(self) -> int:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'history_seq'").fetchone()
+        return row[0] if row else 0
+
+    @contextmanager
+    def _transaction(self):
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -111,27 +130,22 @@ class SqliteStore:
         )
         return row[0], row[1]
 
-    def history(self, uid: int, start: int, end: int, limit: int) -> list[tuple]:
-        return (
-            self._conn()
-            .execute(
-                "SELECT ts, seq, version, vals FROM history WHERE uid = ? AND ts >= ? AND ts < ?"
-                " ORDER BY ts, seq, pos LIMIT ?",
-                (uid, start, end, limit),
-            )
-            .fetchall()
+    def history(self, uid: int, start: int, end: int, max_seq: int) -> list[Chunk]:
+        rows = self._conn().execute(
+            "SELECT uid, version, n, ts, seqs, vals FROM history WHERE uid = ? AND ts_min < ?"
+            " AND ts_max >= ? AND seq_min <= ? ORDER BY ts_min",
+            (uid, end, start, max_seq),
         )
+        return [decode_chunk(*row) for row in rows]
 
-    def recent(self, uid: int, before: int, limit: int) -> list[tuple]:
-        return (
-            self._conn()
-            .execute(
-                "SELECT ts, seq, version, vals FROM history WHERE uid = ? AND ts < ?"
-                " ORDER BY ts DESC, seq DESC, pos DESC LIMIT ?",
-                (uid, before, limit),
-            )
-            .fetchall()
+    def recent(self, uid: int, before: int, max_seq: int) -> Iterator[tuple[int, Chunk]]:
+        rows = self._conn().execute(
+            "SELECT ts_max, uid, version, n, ts, seqs, vals FROM history WHERE uid = ?"
+            " AND ts_min < ? AND seq_min <= ? ORDER BY ts_min DESC",
+            (uid, before, max_seq),
         )
+        for ts_max, *chunk in rows:
+            yield ts_max, decode_chunk(*chunk)
 
     def type_versions(self, name: str) -> list[tuple[int, str, int]]:
         return (
@@ -161,17 +175,3 @@ class SqliteStore:
                     pass  # closed already, or owned by a finished thread
             self._all.clear()
         self._local = threading.local()
-
-
-def _history_tuples(rows: HistoryRows):
-    vals = np.ascontiguousarray(rows.values, dtype="<f8")
-    blobs = [row.tobytes() for row in vals]
-    return zip(
-        rows.uids.tolist(),
-        rows.ts.tolist(),
-        repeat(rows.seq),
-        range(len(blobs)),
-        repeat(rows.version),
-        blobs,
-        strict=False,
-    )

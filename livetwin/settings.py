@@ -1,0 +1,17 @@
+"""Tunable limits and policies; the defaults suit a laptop or a 1 GB Raspberry Pi."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    max_body_bytes: int = 32 * 1024 * 1024  # largest request body the API accepts
+    max_future_ms: int = 86_400_000  # observations further in the future are rejected
+    snapshot_every: int = 1_000_000  # observations between snapshots ...
+    snapshot_interval_s: float = 300.0  # ... and at most this long between them
+    history_flush_rows: int = 100_000  # buffered history rows that trigger a flush ...
+    history_flush_s: float = 2.0  # ... and at most this long between flushes
+    cache_mb: int = 64  # SQLite page cache
+    max_history_points: int = 200_000  # raw rows one history query may return
