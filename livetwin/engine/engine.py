@@ -8,6 +8,7 @@ twin's newest applied one is kept in history but does not change current state.
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -82,7 +83,12 @@ class Engine:
         def type_of(twin: str) -> str | None:
             return known.get(twin) or pending.get(twin)
 
-        wrong = [i for i, t in enumerate(batch.twins) if type_of(t) not in (None, batch.type)]
+        wrong: list[int] = []
+        seen_types = set(map(known.get, batch.twins))
+        if pending:
+            seen_types |= set(map(pending.get, batch.twins))
+        if not seen_types <= {None, batch.type}:  # rare: find the rows at fault
+            wrong = [i for i, t in enumerate(batch.twins) if type_of(t) not in (None, batch.type)]
         for i in wrong:
             twin = batch.twins[i]
             problems.append(
@@ -159,7 +165,7 @@ class Engine:
 
     def _rows(self, st: TypeState, batch: Batch) -> tuple[np.ndarray, list[str]]:
         index = st.index
-        rows = np.fromiter((index.get(t, -1) for t in batch.twins), np.int64, len(batch))
+        rows = np.fromiter(map(index.get, batch.twins, repeat(-1)), np.int64, len(batch))
         created: list[str] = []
         missing = np.flatnonzero(rows < 0)
         for i in missing.tolist():

@@ -2,6 +2,10 @@
 
 Everything that can be checked without twin state is checked here, in the caller's thread:
 shape, type, names, numbers, ranges and timestamps. Nothing malformed reaches the journal.
+
+The common case is vectorised: rows of one type that carry the same value names are checked
+and converted to one float array at once; only a group that fails the fast check is walked row
+by row to say exactly which row and field are wrong.
 """
 
 from __future__ import annotations
@@ -9,15 +13,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
 from livetwin.ingest.batch import Batch
 from livetwin.spec.types import CompiledType
-from livetwin.timefmt import parse_ts
+from livetwin.timefmt import SMALLEST_MS, parse_ts
 
 ALLOWED_FIELDS = frozenset({"twin", "type", "ts", "values", "key", "parent"})
 MAX_ID_LENGTH = 200
+TS_FIX = "send ISO 8601 (2026-11-22T10:00:00Z) or epoch milliseconds"
+_NUMBER_TYPES = frozenset({float, int, bool})
+_FAR_FUTURE = 2**62
 
 
 @dataclass
@@ -50,11 +58,12 @@ class _Reject(Exception):
 
 @dataclass
 class _TypeRows:
+    """The envelope-checked rows of one type, before their values are checked."""
+
     ctype: CompiledType
-    slots: dict[str, int]
     twins: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
-    rows: list[list[float]] = field(default_factory=list)
+    values: list[dict] = field(default_factory=list)
     index: list[int] = field(default_factory=list)
     parents: list[str | None] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
@@ -80,35 +89,35 @@ def normalize(
         )
         return result
     per_type: dict[str, _TypeRows] = {}
-    latest_ok = now_ms + max_future_ms
     for i, obs in enumerate(observations):
         try:
-            _read_one(obs, types, per_type, now_ms, latest_ok, i)
+            _read_envelope(i, obs, types, per_type, now_ms)
         except _Reject as r:
             result.rejected.append(Rejection(i, r.field, r.error, r.fix))
     for rows in per_type.values():
-        _finish_type(rows, result)
+        _finish_type(rows, result, now_ms + max_future_ms)
     result.rejected.sort(key=lambda r: r.index)
     return result
 
 
-def _read_one(obs, types, per_type, now_ms, latest_ok, i) -> None:
-    if not isinstance(obs, dict):
+def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> None:
+    """Check everything but the values of one observation and file it under its type."""
+    if type(obs) is not dict:
         raise _Reject(
             None,
             "an observation must be a JSON object",
             'send {"twin": ..., "type": ..., "ts": ..., "values": {...}}',
         )
-    if not ALLOWED_FIELDS.issuperset(obs):
+    if not obs.keys() <= ALLOWED_FIELDS:
         extra = sorted(set(obs) - ALLOWED_FIELDS)[0]
         raise _Reject(
             extra, f"unknown field '{extra}'", f"use only {', '.join(sorted(ALLOWED_FIELDS))}"
         )
     twin = _identifier(obs.get("twin"), "twin", required=True)
     type_name = obs.get("type")
-    rows = per_type.get(type_name) if isinstance(type_name, str) else None
+    rows = per_type.get(type_name) if type(type_name) is str else None
     if rows is None:
-        ctype = types.get(type_name) if isinstance(type_name, str) else None
+        ctype = types.get(type_name) if type(type_name) is str else None
         if ctype is None:
             known = ", ".join(sorted(types)[:10]) or "none yet"
             raise _Reject(
@@ -116,72 +125,34 @@ def _read_one(obs, types, per_type, now_ms, latest_ok, i) -> None:
                 f"unknown twin type {type_name!r} (known: {known})",
                 f"declare it first with PUT /api/types/{type_name}",
             )
-        rows = _TypeRows(ctype, {n: k for k, n in enumerate(ctype.inputs)})
-        per_type[type_name] = rows
-    raw_ts = obs.get("ts")
-    if raw_ts is None:
+        rows = per_type[type_name] = _TypeRows(ctype)
+    ts = obs.get("ts")
+    if ts is None:
         ts = now_ms
-    else:
+    elif type(ts) is not int or not 0 <= ts < _FAR_FUTURE:  # ints are checked in _finish_type
         try:
-            ts = parse_ts(raw_ts)
+            ts = parse_ts(ts)
         except ValueError as exc:
-            raise _Reject(
-                "ts", str(exc), "send ISO 8601 (2026-11-22T10:00:00Z) or epoch ms"
-            ) from None
-        if ts > latest_ok:
-            raise _Reject(
-                "ts",
-                "timestamp is more than a day in the future",
-                "check the device clock; send UTC times",
-            )
+            raise _Reject("ts", str(exc), TS_FIX) from None
+        ts = min(ts, _FAR_FUTURE)  # rejected as "in the future" with the others
     values = obs.get("values")
-    if not isinstance(values, dict) or not values:
+    if type(values) is not dict or not values:
         raise _Reject(
             "values",
             "values must be a non-empty object of name -> number",
             'send "values": {"flow": 1.2}',
         )
-    row = [math.nan] * len(rows.slots)
-    slots = rows.slots
-    for name, v in values.items():
-        slot = slots.get(name)
-        if slot is None:
-            known = ", ".join(rows.ctype.inputs)
-            raise _Reject(
-                f"values.{name}",
-                f"unknown property '{name}' of type '{rows.ctype.name}' (known: {known})",
-                "add it to the type spec or fix the name",
-            )
-        if type(v) is float or type(v) is int:
-            v = float(v)
-        elif isinstance(v, bool):
-            v = 1.0 if v else 0.0
-        elif isinstance(v, int | float):
-            v = float(v)
-        else:
-            raise _Reject(
-                f"values.{name}",
-                f"non-numeric value {str(v)[:40]!r}",
-                "send a JSON number (true/false count as 1/0)",
-            )
-        if not math.isfinite(v):
-            raise _Reject(
-                f"values.{name}",
-                "NaN and infinity are not valid values",
-                "leave the value out when it is unknown",
-            )
-        row[slot] = v
     parent = _identifier(obs.get("parent"), "parent", required=False)
     key = obs.get("key")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_ID_LENGTH):
+    if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_ID_LENGTH):
         raise _Reject(
             "key",
-            "an idempotency key must be a string of 1-200 characters",
+            f"an idempotency key must be a string of 1-{MAX_ID_LENGTH} characters",
             "send a unique string per observation, or leave key out",
         )
     rows.twins.append(twin)
     rows.ts.append(ts)
-    rows.rows.append(row)
+    rows.values.append(values)
     rows.index.append(i)
     rows.parents.append(parent)
     rows.keys.append(key)
@@ -190,7 +161,7 @@ def _read_one(obs, types, per_type, now_ms, latest_ok, i) -> None:
 def _identifier(value: object, name: str, *, required: bool) -> str | None:
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+    if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH:
         raise _Reject(
             name,
             f"{name} must be a string of 1-{MAX_ID_LENGTH} characters",
@@ -199,39 +170,39 @@ def _identifier(value: object, name: str, *, required: bool) -> str | None:
     return value
 
 
-def _finish_type(rows: _TypeRows, result: Normalized) -> None:
-    """Range checks (vectorised), then one Batch holding only the names actually present."""
+def _finish_type(rows: _TypeRows, result: Normalized, latest_ok: int) -> None:
+    """Check values and timestamps of one type's rows (vectorised) and emit one Batch."""
     ctype = rows.ctype
-    values = np.array(rows.rows, dtype=np.float64).T.reshape(len(rows.slots), len(rows.twins))
-    lo, hi = _bounds(ctype)
-    with np.errstate(invalid="ignore"):
-        bad = (values < lo[:, None]) | (values > hi[:, None])
-    index = np.array(rows.index, dtype=np.int64)
-    keep = np.ones(len(rows.twins), dtype=bool)
-    if bad.any():
-        for slot, obs in zip(*np.nonzero(bad), strict=True):
-            if not keep[obs]:
-                continue
-            keep[obs] = False
-            name = ctype.inputs[slot]
-            result.rejected.append(
-                Rejection(
-                    int(index[obs]),
-                    f"values.{name}",
-                    f"{values[slot, obs]} is outside the valid range "
-                    f"[{lo[slot]}, {hi[slot]}] of '{name}'",
-                    "check the sensor or widen the range in the type spec",
-                )
+    n = len(rows.twins)
+    values = np.full((len(ctype.inputs), n), np.nan)
+    problems: dict[int, _Reject] = {}  # position -> first problem
+    _fill_values(ctype, rows.values, values, problems)
+    ts = np.array(rows.ts, dtype=np.int64)
+    for pos in np.flatnonzero((ts < SMALLEST_MS) | (ts > latest_ok)).tolist():
+        if ts[pos] > latest_ok:
+            problem = _Reject(
+                "ts", "timestamp is more than a day in the future", "check the clock; send UTC"
             )
+        else:
+            try:
+                parse_ts(int(ts[pos]))
+            except ValueError as exc:
+                problem = _Reject("ts", str(exc), TS_FIX)
+        problems.setdefault(pos, problem)
+    _check_ranges(ctype, values, problems)
+    keep = np.ones(n, dtype=bool)
+    index = np.array(rows.index, dtype=np.int64)
+    for pos, p in problems.items():
+        keep[pos] = False
+        result.rejected.append(Rejection(int(index[pos]), p.field, p.error, p.fix))
     if not keep.any():
         return
     present = ~np.isnan(values[:, keep]).all(axis=1)
-    names = tuple(n for n, p in zip(ctype.inputs, present, strict=True) if p)
     batch = Batch(
         ctype.name,
         rows.twins,
-        np.array(rows.ts, dtype=np.int64),
-        ctype.inputs,
+        ts,
+        tuple(name for name, p in zip(ctype.inputs, present, strict=True) if p),
         values,
         rows.parents if any(p is not None for p in rows.parents) else None,
         rows.keys if any(k is not None for k in rows.keys) else None,
@@ -240,12 +211,83 @@ def _finish_type(rows: _TypeRows, result: Normalized) -> None:
         batch = batch.take(np.flatnonzero(keep))
         index = index[keep]
     batch.values = batch.values[present]
-    batch.names = names
     result.batches.append((batch, index))
 
 
-def _bounds(ctype: CompiledType) -> tuple[np.ndarray, np.ndarray]:
+def _fill_values(ctype: CompiledType, dicts: list[dict], out: np.ndarray, problems: dict) -> None:
+    """Write each row's values into `out` (inputs x rows); bad rows go to `problems`."""
+    slots = {name: k for k, name in enumerate(ctype.inputs)}
+    groups: dict[tuple, list[int]] = {}
+    for pos, v in enumerate(dicts):
+        groups.setdefault(tuple(v), []).append(pos)
+    for names, positions in groups.items():
+        rows = [slots.get(name) for name in names]
+        if None not in rows:
+            flat = list(chain.from_iterable(dicts[p].values() for p in positions))
+            if set(map(type, flat)) <= _NUMBER_TYPES:
+                try:
+                    block = np.array(flat, dtype=np.float64).reshape(len(positions), len(names))
+                except OverflowError:
+                    block = None
+                if block is not None and np.isfinite(block).all():
+                    out[np.ix_(rows, positions)] = block.T
+                    continue
+        for pos in positions:  # the slow, precise path: which row, which field
+            try:
+                for name, v in dicts[pos].items():
+                    out[_slot(ctype, slots, name), pos] = _number(name, v)
+            except _Reject as r:
+                problems.setdefault(pos, r)
+
+
+def _slot(ctype: CompiledType, slots: dict[str, int], name: str) -> int:
+    slot = slots.get(name)
+    if slot is None:
+        raise _Reject(
+            f"values.{name}",
+            f"unknown property '{name}' of type '{ctype.name}' (known: {', '.join(ctype.inputs)})",
+            "add it to the type spec or fix the name",
+        )
+    return slot
+
+
+def _number(name: str, v: object) -> float:
+    if type(v) not in _NUMBER_TYPES:
+        raise _Reject(
+            f"values.{name}",
+            f"non-numeric value {str(v)[:40]!r}",
+            "send a JSON number (true/false count as 1/0)",
+        )
+    try:
+        x = float(v)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x):
+        raise _Reject(
+            f"values.{name}",
+            "NaN and infinity are not valid values",
+            "leave the value out when it is unknown",
+        )
+    return x
+
+
+def _check_ranges(ctype: CompiledType, values: np.ndarray, problems: dict) -> None:
+    """Values outside a property's or parameter's [min, max] reject their row."""
     specs = [*ctype.spec.properties.values(), *ctype.spec.parameters.values()]
     lo = np.array([-np.inf if s.min is None else s.min for s in specs])
     hi = np.array([np.inf if s.max is None else s.max for s in specs])
-    return lo, hi
+    with np.errstate(invalid="ignore"):
+        bad = (values < lo[:, None]) | (values > hi[:, None])
+    if not bad.any():
+        return
+    for slot, pos in zip(*np.nonzero(bad), strict=True):
+        name = ctype.inputs[slot]
+        problems.setdefault(
+            int(pos),
+            _Reject(
+                f"values.{name}",
+                f"{values[slot, pos]} is outside the valid range [{lo[slot]}, {hi[slot]}] "
+                f"of '{name}'",
+                "check the sensor or widen the range in the type spec",
+            ),
+        )

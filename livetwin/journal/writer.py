@@ -250,7 +250,8 @@ class Writer:
         failed = False
         new_keys: set[str] = set()
         pending: dict[str, str] = {}  # twins created by earlier batches of this request
-        for batch, index in work.normalized.batches:
+        last = len(work.normalized.batches) - 1
+        for n, (batch, index) in enumerate(work.normalized.batches):
             keep = np.ones(len(batch), dtype=bool)
             for p in self.engine.check(batch, pending):
                 keep[p.position] = False
@@ -268,7 +269,10 @@ class Writer:
                         new_keys.add(key)
                         batch_keys.append(key)
             if keep.any():
-                pending.update((t, batch.type) for t, k in zip(batch.twins, keep, strict=True) if k)
+                if n < last:
+                    pending.update(
+                        (t, batch.type) for t, k in zip(batch.twins, keep, strict=True) if k
+                    )
                 kept = batch if keep.all() else batch.take(np.flatnonzero(keep))
                 planned.append((kept, batch_keys))
         if work.atomic and (failed or result.rejected):
