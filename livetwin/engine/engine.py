@@ -8,9 +8,9 @@ twin's newest applied one is kept in history but does not change current state.
 from __future__ import annotations
 
 import math
-from itertools import repeat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -164,20 +164,23 @@ class Engine:
         )
 
     def _rows(self, st: TypeState, batch: Batch) -> tuple[np.ndarray, list[str]]:
-        index = st.index
-        rows = np.fromiter(map(index.get, batch.twins, repeat(-1)), np.int64, len(batch))
-        created: list[str] = []
+        """The state row of each observation; twins seen for the first time are created."""
+        rows = np.fromiter(map(st.index.get, batch.twins, repeat(-1)), np.int64, len(batch))
         missing = np.flatnonzero(rows < 0)
-        for i in missing.tolist():
-            twin = batch.twins[i]
-            row = index.get(twin)  # an earlier row of this batch may have created it
-            if row is None:
-                parent = batch.parents[i] if batch.parents else None
-                row = st.add(twin, parent, self.next_uid, int(batch.ts[i]))
-                self.next_uid += 1
-                self.type_of[twin] = st.ctype.name
-                created.append(twin)
-            rows[i] = row
+        created: list[str] = []
+        if len(missing):
+            first = {}  # new twin -> position of its first observation
+            for i in missing.tolist():
+                first.setdefault(batch.twins[i], i)
+            created = list(first)
+            positions = list(first.values())
+            parents = (
+                [batch.parents[i] for i in positions] if batch.parents else [None] * len(first)
+            )
+            st.add(created, parents, self.next_uid, batch.ts[positions])
+            self.next_uid += len(created)
+            self.type_of.update(dict.fromkeys(created, st.ctype.name))
+            rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
         if batch.parents is not None:
             for i, parent in enumerate(batch.parents):
                 if parent is not None:

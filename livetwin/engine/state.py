@@ -40,19 +40,19 @@ class TypeState:
     def capacity(self) -> int:
         return self.data.shape[1]
 
-    def add(self, twin: str, parent: str | None, uid: int, ts: int) -> int:
-        """Append a new twin; parameters start at the spec's initial value."""
-        row = len(self.ids)
-        if row == self.capacity:
-            self._grow(max(INITIAL_CAPACITY, 2 * row))
-        self.ids.append(twin)
-        self.index[twin] = row
-        self.parents.append(parent)
-        self.uid[row] = uid
-        self.created_ts[row] = ts
+    def add(self, twins: list[str], parents: list[str | None], first_uid: int, ts: np.ndarray):
+        """Append new twins (distinct, not yet present); parameters start at their initial value."""
+        start, n = len(self.ids), len(twins)
+        if start + n > self.capacity:
+            self._grow(max(INITIAL_CAPACITY, 2 * (start + n)))
+        end = start + n
+        self.ids.extend(twins)
+        self.index.update(zip(twins, range(start, end), strict=True))
+        self.parents.extend(parents)
+        self.uid[start:end] = np.arange(first_uid, first_uid + n)
+        self.created_ts[start:end] = ts
         for name, value in self._param_defaults.items():
-            self.data[self.col[name], row] = value
-        return row
+            self.data[self.col[name], start:end] = value
 
     def _grow(self, capacity: int) -> None:
         n = self.capacity
@@ -111,7 +111,7 @@ def export_state(st: TypeState) -> tuple[dict, dict[str, np.ndarray]]:
     for name, states in st.windows.items():
         for k, state in enumerate(states):
             for key, array in state.to_arrays().items():
-                arrays[f"w/{name}/{k}/{key}"] = np.array(array, copy=True)
+                arrays[f"w/{name}/{k}/{key}"] = np.array(array[:n], copy=True)
     meta = {"ids": list(st.ids), "parents": list(st.parents)}
     return meta, arrays
 
