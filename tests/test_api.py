@@ -104,6 +104,9 @@ def test_hierarchy_with_parent_links(client):
         ],
     )
     assert r.json()["accepted"] == 4, r.text
+    assert client.get("/api/twins/b1/f1/r2").json()["properties"] == {"temp": 22.0}
+    assert client.get("/api/twins/b1/f1/r2/history").json()["series"]["temp"] == [22.0]
+    assert client.get("/api/twins/b1%2Ff1/events").json()[0]["values"] == {"temp": 20.0}
     rooms = client.get("/api/twins", params={"parent": "b1/f1"}).json()
     assert [t["id"] for t in rooms["items"]] == ["b1/f1/r1", "b1/f1/r2"]
     bad = client.post(

@@ -242,14 +242,8 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
         """Twins filtered by type, parent and an expression over their current values."""
         return platform.twins(type=type, parent=parent, where=where, limit=limit, offset=offset)
 
-    @app.get("/api/twins/{twin_id}", tags=["twins"])
-    def get_twin(twin_id: str) -> dict:
-        twin = platform.twin(twin_id)
-        twin["created"] = format_ts(twin["created"])
-        twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
-        return twin
-
-    @app.get("/api/twins/{twin_id}/history", tags=["twins"])
+    # twin ids may contain '/': the more specific routes come first
+    @app.get("/api/twins/{twin_id:path}/history", tags=["twins"])
     def history(
         request: Request,
         twin_id: str,
@@ -266,10 +260,17 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
             return Response(_csv(result), media_type="text/csv")
         return result
 
-    @app.get("/api/twins/{twin_id}/events", tags=["twins"])
+    @app.get("/api/twins/{twin_id:path}/events", tags=["twins"])
     def events(twin_id: str, limit: int = 50, before: str | None = None) -> list[dict]:
         """The twin's journaled observations, newest first (page with before=<ts>)."""
         return platform.events(twin_id, limit=limit, before=before)
+
+    @app.get("/api/twins/{twin_id:path}", tags=["twins"])
+    def get_twin(twin_id: str) -> dict:
+        twin = platform.twin(twin_id)
+        twin["created"] = format_ts(twin["created"])
+        twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
+        return twin
 
     return app
 
