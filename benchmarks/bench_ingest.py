@@ -1,0 +1,511 @@
+"""Ingest benchmarks: HTTP and in-process throughput, read latency under load, memory at 1M twins.
+
+Run with `livetwin bench ingest [--json] [--quick]`; each scenario prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+from common import (  # noqa: E402
+    PROPS,
+    ROOT,
+    T0,
+    Report,
+    Server,
+    cpu_seconds,
+    observations,
+    percentile_ms,
+    rolling_batch,
+    temp_dir,
+    type_spec,
+)
+
+N_TWINS = 10_000  # twins t0..t9999 of the throughput scenarios
+BATCH = 1_000  # observations per request / ingest call
+WARMUP = N_TWINS // BATCH  # untimed batches first: they create every twin
+HTTP_CLIENTS = 6
+SDK_THREADS = 3
+SDK_REPEAT = 3
+CLIENT_NOTE = (
+    "client and server share the machine's cores: the load generator (bodies pre-serialised "
+    "with orjson) runs in this process, the server in a `livetwin serve` subprocess"
+)
+
+
+def main(json_only: bool = False, quick: bool = False) -> None:
+    report = Report(json_only, quick)
+    sizes = {
+        "http": 100 if quick else 600,  # timed batches of 1,000 observations
+        "read": 100 if quick else 600,
+        "sdk": 60 if quick else 400,
+        "twins_1m": 100_000 if quick else 1_000_000,
+    }
+    with temp_dir("livetwin-bench-ingest-") as tmp:
+        # The memory child runs first, while this process is still small: on Linux a child's
+        # ru_maxrss starts from its parent's high-water mark (fork + exec keeps it).
+        memory = run_memory_child(report, tmp, sizes["twins_1m"])
+        http_scenarios(report, tmp, sizes["http"], sizes["read"])
+        sdk_scenarios(report, tmp, sizes["sdk"])
+        emit_memory(report, memory)
+    report.table("livetwin bench ingest" + (" (--quick)" if quick else ""))
+
+
+# ---- 1 + 3: HTTP ingest, its SQLite baseline, reads under load ------------------------------
+
+
+def http_scenarios(report: Report, tmp: Path, n_batches: int, n_read_batches: int) -> None:
+    import httpx
+
+    rng = np.random.default_rng(1)
+    total = WARMUP + n_batches + n_read_batches
+    report.note(f"preparing {total} request bodies of {BATCH} observations ...")
+    batches = [rolling_batch(k, N_TWINS, BATCH, rng) for k in range(total)]
+    bodies = [orjson.dumps(b) for b in batches]
+    warmup, timed, under_read = (
+        bodies[:WARMUP],
+        bodies[WARMUP : WARMUP + n_batches],
+        bodies[WARMUP + n_batches :],
+    )
+
+    report.note(f"http_ingest: {n_batches} x {BATCH} observations, {HTTP_CLIENTS} clients ...")
+    with Server(tmp / "http") as server:
+        r = httpx.put(server.url + "/api/types/bench", json=type_spec(), timeout=30)
+        r.raise_for_status()
+        _post_all(server.url, warmup, clients=1)  # creates the 10,000 twins, untimed
+        cpu0 = cpu_seconds(server.proc.pid)
+        load = _post_all(server.url, timed, clients=HTTP_CLIENTS)
+        load["server_cpu_cores"] = round((cpu_seconds(server.proc.pid) - cpu0) / load["seconds"], 2)
+
+        report.note("read_latency_under_load ...")
+        idle = idle_reads(server.url, 300 if len(under_read) < 200 else 1000)
+        cpu0 = cpu_seconds(server.proc.pid)
+        loaded = _post_all(server.url, under_read, clients=HTTP_CLIENTS, reader=True)
+        loaded["server_cpu_cores"] = round(
+            (cpu_seconds(server.proc.pid) - cpu0) / loaded["seconds"], 2
+        )
+
+    report.note("sqlite_baseline ...")
+    base = sqlite_baseline(tmp / "baseline.db", batches[WARMUP : WARMUP + n_batches])
+    ratio = load["values_per_s"] / base["values_per_s"]
+    valid = load["failures"] == 0
+    report.emit(
+        "http_ingest",
+        values_per_s=load["values_per_s"],
+        observations_per_s=load["observations_per_s"],
+        p99_ms=load["request_p99_ms"],
+        baseline_ratio=ratio,
+        target=">= 200000 values/s",
+        meets_target=valid and load["values_per_s"] >= 200_000,
+        valid=valid,
+        **_public(load),
+        batch=BATCH,
+        values_per_observation=len(PROPS),
+        twins=N_TWINS,
+        clients=HTTP_CLIENTS,
+        note=CLIENT_NOTE + "; every batch is acknowledged only once durable (fsync); p99_ms is "
+        "the POST round trip",
+    )
+    report.emit(
+        "sqlite_baseline",
+        values_per_s=base["values_per_s"],
+        observations_per_s=base["observations_per_s"],
+        n=base["n"],
+        seconds=base["seconds"],
+        rows=base["rows"],
+        note="plain table (twin TEXT, ts INTEGER, name TEXT, value REAL), one row per value, "
+        "executemany, WAL + synchronous=FULL, one transaction per 1,000-observation batch, "
+        "same process, rows prepared before timing",
+    )
+    reads = loaded["reads"]
+    valid = loaded["failures"] == 0 and reads["failures"] == 0
+    p99 = reads["p99_ms"]
+    report.emit(
+        "read_latency_under_load",
+        values_per_s=loaded["values_per_s"],
+        observations_per_s=loaded["observations_per_s"],
+        p99_ms=p99,
+        target="p99 < 20 ms",
+        meets_target=valid and p99 is not None and p99 < 20,
+        valid=valid,
+        p50_ms=reads["p50_ms"],
+        max_ms=reads["max_ms"],
+        idle_p50_ms=idle["p50_ms"],
+        idle_p99_ms=idle["p99_ms"],
+        reads=reads["n"],
+        read_failures=reads["failures"],
+        reads_per_s=reads["per_s"],
+        ingest_n=loaded["n"],
+        ingest_seconds=loaded["seconds"],
+        ingest_failures=loaded["failures"],
+        request_p99_ms=_r(loaded["request_p99_ms"]),
+        values_per_s_by_quarter=loaded["values_per_s_by_quarter"],
+        server_cpu_cores=loaded["server_cpu_cores"],
+        client_cpu_cores=loaded["client_cpu_cores"],
+        clients=HTTP_CLIENTS,
+        note="p99_ms: GET /api/twins/{random id} while HTTP ingest runs at full speed; "
+        + CLIENT_NOTE
+        + "; one extra reader thread in the load generator, latency measured "
+        "client side (includes the client's own GIL waits); idle_*_ms: the same GETs with "
+        "no ingest running",
+    )
+
+
+def _public(load: dict) -> dict:
+    keys = ("n", "seconds", "failures", "first_failure", "request_p50_ms")
+    keys += ("values_per_s_by_quarter",)
+    keys += ("server_cpu_cores", "client_cpu_cores")
+    return {k: load[k] for k in keys}
+
+
+def _post_all(url: str, bodies: list[bytes], *, clients: int, reader: bool = False) -> dict:
+    """POST every body once from `clients` threads; optionally read random twins meanwhile."""
+    import httpx
+
+    counter = itertools.count()
+    lock = threading.Lock()
+    accepted = [0]
+    failures: list[str] = []
+    latencies: list[float] = []
+    finished: list[float] = []
+    start = threading.Barrier(clients + 1 + reader)
+    done = threading.Event()
+    headers = {"content-type": "application/json"}
+
+    def post() -> None:
+        mine: list[float] = []
+        with httpx.Client(base_url=url, timeout=120) as client:
+            start.wait()
+            while (i := next(counter)) < len(bodies):
+                t = time.perf_counter()
+                try:
+                    r = client.post("/api/ingest", content=bodies[i], headers=headers)
+                except httpx.HTTPError as exc:
+                    with lock:
+                        failures.append(f"batch {i}: {exc!r}")
+                    continue
+                now = time.perf_counter()
+                mine.append(now - t)
+                ok = r.status_code == 200 and orjson.loads(r.content).get("accepted") == BATCH
+                with lock:
+                    if ok:
+                        accepted[0] += BATCH
+                        finished.append(now)
+                    else:
+                        failures.append(f"batch {i}: HTTP {r.status_code} {r.text[:200]}")
+        with lock:
+            latencies.extend(mine)
+
+    reads: list[float] = []
+    read_failures = [0]
+
+    def read() -> None:
+        rng = np.random.default_rng(2)
+        with httpx.Client(base_url=url, timeout=120) as client:
+            start.wait()
+            while not done.is_set():
+                path = f"/api/twins/t{int(rng.integers(N_TWINS))}"
+                t = time.perf_counter()
+                try:
+                    ok = client.get(path).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                reads.append(time.perf_counter() - t)
+                read_failures[0] += not ok
+
+    threads = [threading.Thread(target=post) for _ in range(clients)]
+    if reader:
+        reader_thread = threading.Thread(target=read)
+        reader_thread.start()
+    for th in threads:
+        th.start()
+    start.wait()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    for th in threads:
+        th.join()
+    seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
+    done.set()
+    if reader:
+        reader_thread.join()
+    out = {
+        "n": accepted[0],
+        "seconds": round(seconds, 3),
+        "values_per_s": accepted[0] * len(PROPS) / seconds,
+        "observations_per_s": accepted[0] / seconds,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "request_p50_ms": _r(percentile_ms(latencies, 50)),
+        "request_p99_ms": percentile_ms(latencies, 99),
+        "client_cpu_cores": round(cpu / seconds, 2),
+        "values_per_s_by_quarter": _by_quarter(finished, t0, seconds),
+    }
+    if reader:
+        out["reads"] = {
+            "n": len(reads),
+            "failures": read_failures[0],
+            "per_s": round(len(reads) / seconds),
+            "p50_ms": _r(percentile_ms(reads, 50)),
+            "p99_ms": percentile_ms(reads, 99),
+            "max_ms": _r(max(reads) * 1e3 if reads else None),
+        }
+    return out
+
+
+def _by_quarter(finished: list[float], t0: float, seconds: float) -> list[int]:
+    """Values per second acknowledged in each quarter of the run (shows any slow-down)."""
+    quarter = np.minimum(((np.asarray(finished) - t0) / seconds * 4).astype(int), 3)
+    counts = np.bincount(quarter, minlength=4) if len(finished) else np.zeros(4, int)
+    return [round(c * BATCH * len(PROPS) / (seconds / 4)) for c in counts.tolist()]
+
+
+def idle_reads(url: str, n: int) -> dict:
+    """GET /api/twins/{random id} latency with no other load, for comparison."""
+    import httpx
+
+    rng = np.random.default_rng(7)
+    samples = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(n):
+            path = f"/api/twins/t{int(rng.integers(N_TWINS))}"
+            t = time.perf_counter()
+            client.get(path).raise_for_status()
+            samples.append(time.perf_counter() - t)
+    return {"p50_ms": _r(percentile_ms(samples, 50)), "p99_ms": _r(percentile_ms(samples, 99))}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def sqlite_baseline(path: Path, batches: list[list[dict]]) -> dict:
+    """The same observations as one row per value in a plain SQLite table, durable per batch."""
+    prepared = [
+        [(o["twin"], o["ts"], name, v) for o in batch for name, v in o["values"].items()]
+        for batch in batches
+    ]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE obs (twin TEXT, ts INTEGER, name TEXT, value REAL)")
+    started = time.perf_counter()
+    for rows in prepared:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO obs VALUES (?,?,?,?)", rows)
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    conn.close()
+    n = sum(len(b) for b in batches)
+    rows = sum(len(r) for r in prepared)
+    return {
+        "n": n,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "values_per_s": rows / seconds,
+        "observations_per_s": n / seconds,
+    }
+
+
+# ---- 2: in-process ingest -------------------------------------------------------------------
+
+
+def sdk_scenarios(report: Report, tmp: Path, n_batches: int) -> None:
+    rng = np.random.default_rng(3)
+    batches = [rolling_batch(k, N_TWINS, BATCH, rng) for k in range(WARMUP + n_batches)]
+    for threads, name in ((SDK_THREADS, "sdk_ingest"), (1, "sdk_ingest_1thread")):
+        report.note(
+            f"{name}: {n_batches} x {BATCH} observations, {threads} thread(s), "
+            f"median of {SDK_REPEAT} runs ..."
+        )
+        runs = [_sdk_run(tmp / f"{name}-{k}", batches, threads) for k in range(SDK_REPEAT)]
+        result = sorted(runs, key=lambda r: r["values_per_s"])[len(runs) // 2]
+        valid = all(r["failures"] == 0 for r in runs)
+        report.emit(
+            name,
+            values_per_s=result["values_per_s"],
+            observations_per_s=result["observations_per_s"],
+            target=">= 500000 values/s" if threads > 1 else None,
+            meets_target=(valid and result["values_per_s"] >= 500_000) if threads > 1 else None,
+            valid=valid,
+            n=result["n"],
+            seconds=result["seconds"],
+            failures=sum(r["failures"] for r in runs),
+            values_per_s_all_runs=[round(r["values_per_s"]) for r in runs],
+            threads=threads,
+            batch=BATCH,
+            twins=N_TWINS,
+            cpu_cores=result["cpu_cores"],
+            close_seconds=result["close_seconds"],
+            values_per_s_incl_close=result["values_per_s_incl_close"],
+            note="median of 3 runs (each on a fresh directory, all listed); "
+            "platform.ingest(list of dicts) in-process, timed until the last call "
+            "returns (journal durable: validation, apply, journal write and fsync with group "
+            "commit); close_seconds is the platform.close() that follows (deferred work such "
+            "as buffered history and the final snapshot), counted in values_per_s_incl_close",
+        )
+
+
+def _sdk_run(path: Path, batches: list[list[dict]], threads: int) -> dict:
+    from livetwin.platform import Platform
+
+    with Platform(path) as platform:
+        platform.put_type("bench", type_spec())
+        for b in batches[:WARMUP]:
+            platform.ingest(b)
+        timed = batches[WARMUP:]
+        counter = itertools.count()
+        accepted, failures = [0], [0]
+        lock = threading.Lock()
+        start = threading.Barrier(threads + 1)
+
+        def work() -> None:
+            start.wait()
+            while (i := next(counter)) < len(timed):
+                n = platform.ingest(timed[i]).accepted
+                with lock:
+                    accepted[0] += n
+                    failures[0] += n != BATCH
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        for th in pool:
+            th.start()
+        start.wait()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        for th in pool:
+            th.join()
+        seconds = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
+        started = time.perf_counter()
+        platform.close()  # drains deferred work (buffered history, final snapshot)
+        close_s = time.perf_counter() - started
+    return {
+        "n": accepted[0],
+        "failures": failures[0],
+        "seconds": round(seconds, 3),
+        "values_per_s": accepted[0] * len(PROPS) / seconds,
+        "observations_per_s": accepted[0] / seconds,
+        "cpu_cores": round(cpu / seconds, 2),
+        "close_seconds": round(close_s, 3),
+        "values_per_s_incl_close": round(accepted[0] * len(PROPS) / (seconds + close_s)),
+    }
+
+
+# ---- 4: memory at a million twins (in a subprocess, so RSS is clean) -------------------------
+
+MEMORY_BATCH = 10_000
+
+
+def run_memory_child(report: Report, tmp: Path, n_twins: int) -> dict:
+    report.note(f"memory_1m_twins: {n_twins:,} twins in a subprocess ...")
+    proc = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(n_twins), str(tmp / "memory")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def emit_memory(report: Report, child: dict) -> None:
+    n_twins = child["n_twins"]
+    peak = max(child[k] for k in child if k.endswith("_mb") and k != "rss_before_platform_mb")
+    report.emit(
+        "memory_1m_twins",
+        values_per_s=child["values_per_s"],
+        observations_per_s=child["observations_per_s"],
+        target="peak RSS < 1500 MB at 1M twins",
+        meets_target=peak < 1500 if n_twins >= 1_000_000 else None,
+        **{k: v for k, v in child.items() if k not in ("values_per_s", "observations_per_s")},
+        note="one observation of 5 values per twin, platform.ingest in batches of 10,000; "
+        "rates count ingest calls only (close_seconds: the close() after them, which drains "
+        "deferred work); peak_rss_mb is VmHWM of the child (ingest done, "
+        "before close), ru_maxrss_mb the getrusage figure, vm_rss_mb VmRSS at that point, "
+        "*_after_close_mb include the final snapshot; the target is judged on the largest "
+        "of these figures"
+        + ("; --quick: 100,000 twins, so the 1M target is not judged" if n_twins < 1e6 else ""),
+    )
+
+
+def _memory_child(n_twins: int, path: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from livetwin.platform import Platform
+
+    rss_start = _status_mb("VmRSS")
+    rng = np.random.default_rng(4)
+    spent = 0.0
+    with Platform(path) as platform:
+        platform.put_type("bench", type_spec())
+        for start in range(0, n_twins, MEMORY_BATCH):
+            size = min(MEMORY_BATCH, n_twins - start)
+            twins = [f"twin-{i:07d}" for i in range(start, start + size)]
+            batch = observations(twins, T0 + np.arange(start, start + size), rng)
+            t = time.perf_counter()
+            accepted = platform.ingest(batch).accepted
+            spent += time.perf_counter() - t
+            if accepted != size:
+                raise SystemExit(f"batch at {start}: accepted {accepted} of {size}")
+            del batch, twins
+        twins_now = platform.engine.twin_count()
+        rss_loaded = _status_mb("VmRSS")
+        hwm_loaded = _status_mb("VmHWM")
+        maxrss_loaded = _ru_maxrss_mb()
+        started = time.perf_counter()
+        platform.close()
+        close_s = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "n_twins": n_twins,
+                "twins": twins_now,
+                "n": n_twins,
+                "seconds": round(spent, 3),
+                "values_per_s": round(n_twins * len(PROPS) / spent),
+                "observations_per_s": round(n_twins / spent),
+                "peak_rss_mb": round(hwm_loaded, 1),
+                "ru_maxrss_mb": round(maxrss_loaded, 1),
+                "vm_rss_mb": round(rss_loaded, 1),
+                "peak_rss_after_close_mb": round(_status_mb("VmHWM"), 1),
+                "ru_maxrss_after_close_mb": round(_ru_maxrss_mb(), 1),
+                "rss_before_platform_mb": round(rss_start, 1),
+                "close_seconds": round(close_s, 3),
+                "batch": MEMORY_BATCH,
+            }
+        )
+    )
+
+
+def _ru_maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--memory-child":
+        _memory_child(int(sys.argv[2]), sys.argv[3])
+    else:
+        main(json_only="--json" in sys.argv, quick="--quick" in sys.argv)
