@@ -160,8 +160,8 @@ def http_scenarios(report: Report, tmp: Path, n_batches: int, n_read_batches: in
         clients=HTTP_CLIENTS,
         note="p99_ms: GET /api/twins/{random id} while HTTP ingest runs at full speed; "
         + CLIENT_NOTE
-        + "; one extra reader thread in the load generator, latency measured "
-        "client side (includes the client's own GIL waits); idle_*_ms: the same GETs with "
+        + "; one reader in its own process (as a dashboard would be), latency measured "
+        "client side; idle_*_ms: the same GETs with "
         "no ingest running",
     )
 
@@ -171,6 +171,27 @@ def _public(load: dict) -> dict:
     keys += ("values_per_s_by_quarter",)
     keys += ("server_cpu_cores", "client_cpu_cores")
     return {k: load[k] for k in keys}
+
+
+READER = """
+import sys, threading, time
+import httpx, numpy as np, orjson
+url, n_twins = sys.argv[1], int(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+rng, latencies, failures = np.random.default_rng(2), [], 0
+with httpx.Client(base_url=url, timeout=120) as client:
+    print("ready", flush=True)
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            ok = client.get(f"/api/twins/t{int(rng.integers(n_twins))}").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        latencies.append(time.perf_counter() - t)
+        failures += not ok
+sys.stdout.write(orjson.dumps({"latencies": latencies, "failures": failures}).decode())
+"""
 
 
 def _post_all(url: str, bodies: list[bytes], *, clients: int, reader: bool = False) -> dict:
@@ -183,8 +204,7 @@ def _post_all(url: str, bodies: list[bytes], *, clients: int, reader: bool = Fal
     failures: list[str] = []
     latencies: list[float] = []
     finished: list[float] = []
-    start = threading.Barrier(clients + 1 + reader)
-    done = threading.Event()
+    start = threading.Barrier(clients + 1)
     headers = {"content-type": "application/json"}
 
     def post() -> None:
@@ -211,27 +231,14 @@ def _post_all(url: str, bodies: list[bytes], *, clients: int, reader: bool = Fal
         with lock:
             latencies.extend(mine)
 
-    reads: list[float] = []
-    read_failures = [0]
-
-    def read() -> None:
-        rng = np.random.default_rng(2)
-        with httpx.Client(base_url=url, timeout=120) as client:
-            start.wait()
-            while not done.is_set():
-                path = f"/api/twins/t{int(rng.integers(N_TWINS))}"
-                t = time.perf_counter()
-                try:
-                    ok = client.get(path).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                reads.append(time.perf_counter() - t)
-                read_failures[0] += not ok
-
     threads = [threading.Thread(target=post) for _ in range(clients)]
-    if reader:
-        reader_thread = threading.Thread(target=read)
-        reader_thread.start()
+    if reader:  # its own process, as a dashboard would be: the load generator's GIL stays out
+        reader_proc = subprocess.Popen(
+            [sys.executable, "-c", READER, url, str(N_TWINS)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        reader_proc.stdout.readline()  # "ready"
     for th in threads:
         th.start()
     start.wait()
@@ -240,9 +247,11 @@ def _post_all(url: str, bodies: list[bytes], *, clients: int, reader: bool = Fal
         th.join()
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
-    done.set()
     if reader:
-        reader_thread.join()
+        reader_proc.stdin.close()
+        result = orjson.loads(reader_proc.stdout.read())
+        reader_proc.wait()
+        reads, read_failures = result["latencies"], [result["failures"]]
     out = {
         "n": accepted[0],
         "seconds": round(seconds, 3),

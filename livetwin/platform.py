@@ -130,7 +130,7 @@ class Platform:
 
     def _after_failure(self, exc: BaseException) -> None:
         """Applying or committing failed after the engine changed: rebuild what is durable."""
-        with self.lock:
+        with self.writer.flusher.busy, self.lock:
             engine, history, _ = self._recover()
             self.writer.engine, self.writer.history = engine, history
 
@@ -434,7 +434,7 @@ class Platform:
             "journal_entries": entries,
             "journal_observations": observations,
             "last_seq": self.writer.next_seq - 1,
-            "snapshot_seq": self.writer.snapshot_seq,
+            "snapshot_seq": self.writer.flusher.snapshot_seq,
             "history_buffered": self.writer.history.rows,
         }
 
@@ -449,8 +449,7 @@ class Platform:
             last, n = replay(engine, self.store.journal(after=0), progress=progress)
             self.writer.engine = engine
         seconds = time.perf_counter() - started
-        self.writer.snapshot_seq = 0
-        self.snapshot()
+        self.writer.snapshot(force=True).result()
         return {
             "observations": n,
             "last_seq": last,

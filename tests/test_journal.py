@@ -66,7 +66,8 @@ def test_restart_loads_snapshot_and_replays_only_the_tail(tmp_path, clock):
         assert p.snapshot() is not None
         p.ingest([obs("p1", T0 + 60_000, flow=50.0)])
         # a crash right here: neither the last history rows nor a final snapshot get written
-        p.writer._snapshot = lambda background: None
+        p.writer._snapshot = lambda **options: None
+        p.writer.flusher.flush = lambda: None
     with Platform(path, clock=clock) as p:
         assert p.recovered["replayed_observations"] == 1
         assert p.recovered["snapshot_seq"] == 2

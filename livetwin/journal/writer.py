@@ -6,9 +6,8 @@ in ONE transaction (one fsync for the whole group: group commit) and only then r
 futures and publishes events. So an acknowledged observation is always durable, and the
 engine's order is the journal's order.
 
-The writer also owns what follows from the journal: it flushes the history buffer in chunks and
-takes snapshots (always right after a flush, so a snapshot never covers history that is not
-stored).
+The writer also keeps what follows from the journal: it fills the history buffer and captures
+snapshots; its `Flusher` stores both on another thread.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from livetwin.errors import Unavailable
 from livetwin.ingest.batch import encode_batch
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.journal import snapshot
+from livetwin.journal.flusher import Flusher
 from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType
 from livetwin.store.base import JournalEntry, Store
@@ -68,6 +68,7 @@ class _Define:
 
 @dataclass
 class _Snapshot:
+    force: bool = False
     future: Future = field(default_factory=Future)
 
 
@@ -94,14 +95,21 @@ class Writer:
     ):
         self.store, self.engine, self.history = store, engine, history
         self.lock, self.bus, self.clock, self.settings = lock, bus, clock, settings
-        self.snapshot_dir = snapshot_dir
-        self.snapshot_seq = snapshot_seq
         self.on_failure = on_failure
         self.max_group = max_group
         self.next_seq = store.last_seq() + 1
+        self._requested_seq = snapshot_seq  # the newest snapshot asked of the flusher
         self._since_snapshot = 0
-        self._snapshot_at = self._flushed_at = time.monotonic()
-        self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_at = time.monotonic()
+        self.flusher = Flusher(
+            store,
+            lock,
+            lambda: self.history,
+            lambda: self.next_seq - 1,
+            snapshot_dir,
+            settings.history_flush_s,
+            snapshot_seq,
+        )
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="livetwin-writer", daemon=True)
@@ -115,9 +123,9 @@ class Writer:
     def define(self, ctype: CompiledType, spec_json: str) -> Future:
         return self._submit(_Define(ctype, spec_json))
 
-    def snapshot(self) -> Future:
+    def snapshot(self, *, force: bool = False) -> Future:
         """Flush history and write a snapshot after the work queued so far (path or None)."""
-        return self._submit(_Snapshot())
+        return self._submit(_Snapshot(force=force))
 
     def _submit(self, work):
         if self._closed:
@@ -131,16 +139,13 @@ class Writer:
             self._closed = True
             self._queue.put(_STOP)
             self._thread.join()
+            self.flusher.stop()
 
     # ---- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            try:
-                group = [self._queue.get(timeout=self.settings.history_flush_s)]
-            except queue.Empty:
-                self._maintain()
-                continue
+            group = [self._queue.get()]
             while len(group) < self.max_group:
                 try:
                     group.append(self._queue.get_nowait())
@@ -152,9 +157,9 @@ class Writer:
                 self._maintain()
             for w in group:
                 if isinstance(w, _Snapshot):
-                    self._resolve(w.future, lambda: self._snapshot(background=False))
+                    self._resolve(w.future, lambda w=w: self._snapshot(force=w.force))
             if _STOP in group:
-                self._snapshot(background=False)
+                self._snapshot()
                 return
 
     @staticmethod
@@ -175,44 +180,36 @@ class Writer:
         observations = 0
         try:
             known = self._known_keys(group)
-            with self.lock:
-                for work in group:
-                    if isinstance(work, _Define):
-                        ctype = work.ctype
+            # Only this thread changes the engine, so it reads it without the lock and takes
+            # the lock just while it changes state: readers wait at most one batch.
+            for work in group:
+                if isinstance(work, _Define):
+                    ctype = work.ctype
+                    with self.lock:
                         self.engine.define_type(ctype)
-                        body = b'{"version":%d,"spec":%s}' % (
-                            ctype.version,
-                            work.spec_json.encode(),
-                        )
-                        entries.append(JournalEntry(seq, now, "type", ctype.name, 0, body))
-                        types.append((ctype.name, ctype.version, work.spec_json, now))
-                        events.append(TypeDefined(seq, ctype))
-                        results.append((work, seq))
-                        seq += 1
-                        continue
-                    result = IngestResult(rejected=list(work.normalized.rejected))
-                    for batch, batch_keys in self._plan(work, known, result):
+                    body = b'{"version":%d,"spec":%s}' % (ctype.version, work.spec_json.encode())
+                    entries.append(JournalEntry(seq, now, "type", ctype.name, 0, body))
+                    types.append((ctype.name, ctype.version, work.spec_json, now))
+                    events.append(TypeDefined(seq, ctype))
+                    results.append((work, seq))
+                    seq += 1
+                    continue
+                result = IngestResult(rejected=list(work.normalized.rejected))
+                for batch, batch_keys in self._plan(work, known, result):
+                    seqs = np.full(len(batch), seq, dtype=np.int64)
+                    with self.lock:
                         applied = self.engine.apply(batch)
-                        entries.append(
-                            JournalEntry(
-                                seq, now, "obs", batch.type, len(batch), encode_batch(batch)
-                            )
-                        )
                         self.history.add(
-                            Segment(
-                                applied.version,
-                                applied.uids,
-                                applied.ts,
-                                np.full(len(batch), seq, dtype=np.int64),
-                                applied.values,
-                            )
+                            Segment(applied.version, applied.uids, applied.ts, seqs, applied.values)
                         )
-                        keys.extend((k, seq) for k in batch_keys)
-                        events.append(StateChanged(seq, applied))
-                        result.accepted += len(batch)
-                        observations += len(batch)
-                        seq += 1
-                    results.append((work, result))
+                    body = encode_batch(batch)
+                    entries.append(JournalEntry(seq, now, "obs", batch.type, len(batch), body))
+                    keys.extend((k, seq) for k in batch_keys)
+                    events.append(StateChanged(seq, applied))
+                    result.accepted += len(batch)
+                    observations += len(batch)
+                    seq += 1
+                results.append((work, result))
             self.store.commit(entries, keys, types)
         except BaseException as exc:  # nothing of this group is acknowledged
             log.exception("applying or committing a group failed; rebuilding from the journal")
@@ -284,59 +281,31 @@ class Writer:
     # ---- history and snapshots -------------------------------------------------------------
 
     def _maintain(self) -> None:
-        """Flush history and snapshot when their policies say so."""
+        """Ask for a history flush or a snapshot when their policies say so."""
         s = self.settings
-        now = time.monotonic()
-        if self.history.rows >= s.history_flush_rows or (
-            self.history.rows and now - self._flushed_at >= s.history_flush_s
-        ):
-            self._flush_history()
+        if self.history.rows >= 4 * s.history_flush_rows:
+            self.flusher.request().result()  # back-pressure: the flusher is falling behind
+        elif self.history.rows >= s.history_flush_rows:
+            self.flusher.request()
         if self._since_snapshot >= s.snapshot_every or (
-            self._since_snapshot and now - self._snapshot_at >= s.snapshot_interval_s
+            self._since_snapshot and time.monotonic() - self._snapshot_at >= s.snapshot_interval_s
         ):
-            self._snapshot(background=True)
+            self._snapshot(wait=False)
 
-    def _flush_history(self) -> None:
-        """Write buffered history as one chunk per twin; on failure keep it for the next try."""
-        self._flushed_at = time.monotonic()
-        segments = list(self.history.segments)
-        if not segments:
-            return
-        upto = self.next_seq - 1
-        try:
-            self.store.write_history(self.history.chunks(segments), upto)
-        except Exception:
-            log.exception("history flush failed; rows stay buffered and will be retried")
-            return
-        with self.lock:
-            self.history.drop(segments, upto)
-
-    def _snapshot(self, *, background: bool) -> Path | None:
-        self._flush_history()
+    def _snapshot(self, *, wait: bool = True, force: bool = False) -> Path | None:
+        """Capture engine state now; the flusher flushes history, then writes the file."""
         seq = self.next_seq - 1
-        if seq <= self.snapshot_seq or self.history.segments:
+        if seq <= self._requested_seq and not force:
             return None
-        if self._snapshot_thread is not None:
-            if background and self._snapshot_thread.is_alive():
-                return None  # the previous one is still being written
-            self._snapshot_thread.join()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
         with self.lock:
             meta, arrays = snapshot.capture(self.engine, seq)
-        self.snapshot_seq = seq
-        path = self.snapshot_dir / snapshot.file_name(seq)
-        if background:
-            self._snapshot_thread = threading.Thread(
-                target=self._write_snapshot, args=(meta, arrays), daemon=True
-            )
-            self._snapshot_thread.start()
-        else:
-            snapshot.write(self.snapshot_dir, meta, arrays)
-        return path
+        self._requested_seq = seq
+        future = self.flusher.snapshot(meta, arrays)
+        future.add_done_callback(self._snapshot_done)
+        return future.result() if wait else None
 
-    def _write_snapshot(self, meta: dict, arrays: dict) -> None:
-        try:
-            snapshot.write(self.snapshot_dir, meta, arrays)
-        except OSError:
-            log.exception("snapshot failed; the journal still holds everything")
+    def _snapshot_done(self, future: Future) -> None:
+        if future.exception() is not None:  # try again at the next occasion
+            self._requested_seq = self.flusher.snapshot_seq

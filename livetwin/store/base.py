@@ -35,8 +35,9 @@ class Store(Protocol):
         """Write journal entries, idempotency keys and type versions (name, version, spec, at)
         in one durable transaction."""
 
-    def write_history(self, chunks: list[Chunk], flushed_seq: int) -> None:
-        """Store history chunks and record that all history up to `flushed_seq` is stored."""
+    def write_history(self, rows: list[tuple], flushed_seq: int) -> None:
+        """Store history chunk rows (see `buffer.chunk_rows`) and record, in the same
+        transaction, that all history up to `flushed_seq` is stored."""
 
     def history_seq(self) -> int:
         """The journal seq up to which history is stored (0 when none)."""

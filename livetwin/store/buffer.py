@@ -9,6 +9,7 @@ observation. Rows not yet flushed are rebuilt from the journal after a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -58,25 +59,6 @@ class HistoryBuffer:
                 )
         return out
 
-    def chunks(self, segments: list[Segment]) -> list[Chunk]:
-        """The rows of `segments` as one chunk per (twin, version), each sorted by (ts, seq)."""
-        by_version: dict[int, list[Segment]] = {}
-        for s in segments:
-            by_version.setdefault(s.version, []).append(s)
-        out: list[Chunk] = []
-        for version, parts in by_version.items():
-            uids = np.concatenate([p.uids for p in parts])
-            ts = np.concatenate([p.ts for p in parts])
-            seqs = np.concatenate([p.seqs for p in parts])
-            values = np.concatenate([p.values for p in parts])
-            order = np.lexsort((seqs, ts, uids))
-            uids, ts, seqs, values = uids[order], ts[order], seqs[order], values[order]
-            starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]])
-            ends = np.r_[starts[1:], len(uids)]
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                out.append(Chunk(int(uids[a]), version, ts[a:b], seqs[a:b], values[a:b]))
-        return out
-
     def drop(self, segments: list[Segment], flushed_seq: int) -> None:
         """Forget segments that are now in the store."""
         gone = {id(s) for s in segments}
@@ -85,20 +67,43 @@ class HistoryBuffer:
         self.flushed_seq = flushed_seq
 
 
-def encode_chunk(c: Chunk) -> tuple:
-    """A chunk as a row: (uid, ts_min, ts_max, seq_min, seq_max, version, n, blobs...)."""
-    return (
-        c.uid,
-        int(c.ts[0]),
-        int(c.ts[-1]),
-        int(c.seqs.min()),
-        int(c.seqs.max()),
-        c.version,
-        len(c.ts),
-        np.ascontiguousarray(c.ts, dtype="<i8").tobytes(),
-        np.ascontiguousarray(c.seqs, dtype="<i8").tobytes(),
-        np.ascontiguousarray(c.values, dtype="<f8").tobytes(),
-    )
+def chunk_rows(segments: list[Segment]) -> list[tuple]:
+    """Segments as store rows, one per (twin, version), rows sorted by (ts, seq) inside:
+    (uid, ts_min, ts_max, seq_min, seq_max, version, n, ts_blob, seqs_blob, values_blob)."""
+    by_version: dict[int, list[Segment]] = {}
+    for s in segments:
+        by_version.setdefault(s.version, []).append(s)
+    out: list[tuple] = []
+    for version, parts in by_version.items():
+        uids = np.concatenate([p.uids for p in parts])
+        order = np.lexsort(
+            (np.concatenate([p.seqs for p in parts]), np.concatenate([p.ts for p in parts]), uids)
+        )
+        uids = uids[order]
+        ts = np.concatenate([p.ts for p in parts]).astype("<i8")[order]
+        seqs = np.concatenate([p.seqs for p in parts]).astype("<i8")[order]
+        values = np.concatenate([p.values for p in parts]).astype("<f8")[order]
+        starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]])
+        ends = np.r_[starts[1:], len(uids)]
+        ts_bytes, seq_bytes, value_bytes = ts.tobytes(), seqs.tobytes(), values.tobytes()
+        width = values.shape[1] * 8
+        spans = list(zip(starts.tolist(), ends.tolist(), strict=True))
+        out.extend(
+            zip(
+                uids[starts].tolist(),
+                ts[starts].tolist(),
+                ts[ends - 1].tolist(),
+                np.minimum.reduceat(seqs, starts).tolist(),
+                np.maximum.reduceat(seqs, starts).tolist(),
+                repeat(version),
+                (ends - starts).tolist(),
+                [ts_bytes[a * 8 : b * 8] for a, b in spans],
+                [seq_bytes[a * 8 : b * 8] for a, b in spans],
+                [value_bytes[a * width : b * width] for a, b in spans],
+                strict=False,
+            )
+        )
+    return out
 
 
 def decode_chunk(uid: int, version: int, n: int, ts: bytes, seqs: bytes, vals: bytes) -> Chunk:

@@ -1,4 +1,8 @@
-"""The embedded store: one SQLite database in WAL mode, fsync on commit (durable before ack)."""
+"""The embedded store: SQLite in WAL mode, fsync on commit (durable before ack).
+
+Two database files, so that history flushes never hold the journal's write lock:
+`livetwin.db` (journal, idempotency keys, type versions, extractors) and `history.db`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from livetwin.store.base import JournalEntry
-from livetwin.store.buffer import Chunk, decode_chunk, encode_chunk
+from livetwin.store.buffer import Chunk, decode_chunk
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, type TEXT NOT NULL,
     count INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS history (
-    uid INTEGER NOT NULL, ts_min INTEGER NOT NULL, ts_max INTEGER NOT NULL,
-    seq_min INTEGER NOT NULL, seq_max INTEGER NOT NULL, version INTEGER NOT NULL,
-    n INTEGER NOT NULL, ts BLOB NOT NULL, seqs BLOB NOT NULL, vals BLOB NOT NULL,
-    PRIMARY KEY (uid, ts_min, seq_min)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS types (
@@ -30,29 +28,40 @@ CREATE TABLE IF NOT EXISTS extractors (
     name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated INTEGER NOT NULL);
 """
 
+HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    uid INTEGER NOT NULL, ts_min INTEGER NOT NULL, ts_max INTEGER NOT NULL,
+    seq_min INTEGER NOT NULL, seq_max INTEGER NOT NULL, version INTEGER NOT NULL,
+    n INTEGER NOT NULL, ts BLOB NOT NULL, seqs BLOB NOT NULL, vals BLOB NOT NULL,
+    PRIMARY KEY (uid, ts_min, seq_min)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
 
 class SqliteStore:
     """Journal, history, idempotency keys, type versions and extractors in `<dir>/livetwin.db`."""
 
     def __init__(self, directory: str | Path, *, cache_mb: int = 64):
-        self.path = Path(directory) / "livetwin.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.paths = {"main": directory / "livetwin.db", "history": directory / "history.db"}
         self._cache_kib = cache_mb * 1024
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._conn().executescript(SCHEMA)
+        self._conn("history").executescript(HISTORY_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        """One connection per thread (SQLite connections are not shared across threads)."""
-        conn = getattr(self._local, "conn", None)
+    def _conn(self, db: str = "main") -> sqlite3.Connection:
+        """One connection per thread and database (connections are not shared across threads)."""
+        conn = getattr(self._local, db, None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.paths[db], isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
             conn.execute("PRAGMA busy_timeout=10000")
-            self._local.conn = conn
+            setattr(self._local, db, conn)
             with self._all_lock:
                 self._all.append(conn)
         return conn
@@ -72,11 +81,9 @@ class SqliteStore:
             if types:
                 conn.executemany("INSERT INTO types VALUES (?,?,?,?)", types)
 
-    def write_history(self, chunks: list[Chunk], flushed_seq: int) -> None:
-        with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", map(encode_chunk, chunks)
-            )
+    def write_history(self, rows: list[tuple], flushed_seq: int) -> None:
+        with self._transaction("history") as conn:
+            conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             conn.execute(
                 "INSERT INTO meta VALUES ('history_seq', ?) ON CONFLICT(key)"
                 " DO UPDATE SET value = excluded.value",
@@ -84,12 +91,16 @@ class SqliteStore:
             )
 
     def history_seq(self) -> int:
-        row = self._conn().execute("SELECT value FROM meta WHERE key = 'history_seq'").fetchone()
+        row = (
+            self._conn("history")
+            .execute("SELECT value FROM meta WHERE key = 'history_seq'")
+            .fetchone()
+        )
         return row[0] if row else 0
 
     @contextmanager
-    def _transaction(self):
-        conn = self._conn()
+    def _transaction(self, db: str = "main"):
+        conn = self._conn(db)
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -131,7 +142,7 @@ class SqliteStore:
         return row[0], row[1]
 
     def history(self, uid: int, start: int, end: int, max_seq: int) -> list[Chunk]:
-        rows = self._conn().execute(
+        rows = self._conn("history").execute(
             "SELECT uid, version, n, ts, seqs, vals FROM history WHERE uid = ? AND ts_min < ?"
             " AND ts_max >= ? AND seq_min <= ? ORDER BY ts_min",
             (uid, end, start, max_seq),
@@ -139,7 +150,7 @@ class SqliteStore:
         return [decode_chunk(*row) for row in rows]
 
     def recent(self, uid: int, before: int, max_seq: int) -> Iterator[tuple[int, Chunk]]:
-        rows = self._conn().execute(
+        rows = self._conn("history").execute(
             "SELECT ts_max, uid, version, n, ts, seqs, vals FROM history WHERE uid = ?"
             " AND ts_min < ? AND seq_min <= ? ORDER BY ts_min DESC",
             (uid, before, max_seq),
