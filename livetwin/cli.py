@@ -45,7 +45,13 @@ def _serve(platform: Platform, host: str, port: int) -> None:
             f"[bold yellow]WARNING: listening on {host} with no authentication: "
             "anyone who can reach this port can read and write twins.[/]"
         )
-    uvicorn.run(create_app(platform, own_platform=True), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_app(platform, own_platform=True),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=3,  # live streams (SSE) never end by themselves
+    )
 
 
 @app.command()

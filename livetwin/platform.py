@@ -58,7 +58,7 @@ class Platform:
         self.bus = EventBus()
         self.lock = threading.RLock()
         self._define_lock = threading.Lock()
-        self._columns: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._layouts: dict[tuple[str, int], tuple[tuple[str, ...], frozenset[str]]] = {}
         self._extractors: dict[str, ExtractorSpec] = {}
         engine, history, self.recovered = self._recover()
         self.writer = Writer(
@@ -189,13 +189,18 @@ class Platform:
                 for name, st in sorted(self.engine.states.items())
             ]
 
-    def _columns_of(self, name: str, version: int) -> tuple[str, ...]:
+    def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
+        """The column names of a type version and which of them are derived values."""
         key = (name, version)
-        if key not in self._columns:
+        if key not in self._layouts:
             for number, spec_json, _ in self.store.type_versions(name):
                 spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
-                self._columns[(name, number)] = compile_type(spec, number).columns
-        return self._columns[key]
+                ctype = compile_type(spec, number)
+                self._layouts[(name, number)] = (ctype.columns, frozenset(ctype.derived_order))
+        return self._layouts[key]
+
+    def _columns_of(self, name: str, version: int) -> tuple[str, ...]:
+        return self.layout(name, version)[0]
 
     # ---- ingest --------------------------------------------------------------------------
 

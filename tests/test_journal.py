@@ -90,6 +90,15 @@ def test_history_is_flushed_in_chunks_and_reads_span_store_and_buffer(platform):
     assert [e["values"]["flow"] for e in platform.events("p1", before=T0 + 1000)] == [1.0]
 
 
+def test_one_flush_holds_several_types(platform):
+    platform.put_type("pump", PUMP)
+    platform.put_type("valve", {"properties": {"open": {}}})
+    platform.ingest([obs("p", T0, flow=1.0), obs("v", T0, type="valve", open=1.0)])
+    platform.snapshot()
+    assert platform.history("v")["series"] == {"open": [1.0]}
+    assert platform.history("p", ["flow"])["series"] == {"flow": [1.0]}
+
+
 def test_a_data_directory_serves_one_platform_at_a_time(platform):
     with pytest.raises(Unavailable, match="in use"):
         Platform(platform.path)

@@ -14,11 +14,12 @@ import orjson
 import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
+from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
 from livetwin.platform import Platform
 from livetwin.timefmt import format_ts
@@ -129,9 +130,12 @@ def parse_body(raw: bytes, content_type: str) -> Any:
 def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
     """The FastAPI app over `platform` (closed on shutdown when `own_platform`)."""
 
+    feed = LiveFeed(platform.bus)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        feed.close()
         if own_platform:
             await run_in_threadpool(platform.close)
 
@@ -238,6 +242,38 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
                 platform.submit_extracted, extractor, body, atomic=atomic
             )
         return _ingest_response((await asyncio.wrap_future(future)).to_dict())
+
+    # ---- live ---------------------------------------------------------------------------
+
+    @app.get("/api/stream", tags=["live"])
+    async def stream(
+        request: Request,
+        type: str | None = None,
+        twin: str | None = None,
+        kinds: str = "state",
+        last_event_id: str | None = Query(None, description="or the Last-Event-ID header"),
+    ):
+        """Server-Sent Events of state changes; reconnect with Last-Event-ID to resume."""
+        unknown = set(kinds.split(",")) - set(KINDS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown event kind(s): {', '.join(sorted(unknown))}",
+                field="kinds",
+                fix=f"use some of: {', '.join(KINDS)}",
+            )
+        cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
+
+        def wanted(type_name: str, twin_id: str) -> bool:
+            return (type is None or type_name == type) and (twin is None or twin_id == twin)
+
+        events = feed.stream(
+            cursor=cursor,
+            wanted=wanted,
+            columns_of=platform.layout,
+            disconnected=request.is_disconnected,
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     # ---- twins --------------------------------------------------------------------------
 

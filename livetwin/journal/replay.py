@@ -46,7 +46,11 @@ def replay(
         applied = engine.apply(Batch.concat([b for _, b in pending]))
         if stored_upto is not None and pending[0][0] > stored_upto:
             seqs = np.concatenate([np.full(len(b), s, dtype=np.int64) for s, b in pending])
-            history.add(Segment(applied.version, applied.uids, applied.ts, seqs, applied.values))
+            history.add(
+                Segment(
+                    applied.type, applied.version, applied.uids, applied.ts, seqs, applied.values
+                )
+            )
         applied_n += pending_n
         if progress:
             progress(pending_n)

@@ -200,7 +200,14 @@ class Writer:
                     with self.lock:
                         applied = self.engine.apply(batch)
                         self.history.add(
-                            Segment(applied.version, applied.uids, applied.ts, seqs, applied.values)
+                            Segment(
+                                applied.type,
+                                applied.version,
+                                applied.uids,
+                                applied.ts,
+                                seqs,
+                                applied.values,
+                            )
                         )
                     body = encode_batch(batch)
                     entries.append(JournalEntry(seq, now, "obs", batch.type, len(batch), body))

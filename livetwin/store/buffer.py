@@ -18,6 +18,7 @@ import numpy as np
 class Segment:
     """History rows of one applied batch (one type version)."""
 
+    type: str
     version: int
     uids: np.ndarray  # int64 (M,)
     ts: np.ndarray  # int64 (M,)
@@ -55,7 +56,9 @@ class HistoryBuffer:
             mask = s.uids == uid
             if mask.any():
                 out.append(
-                    Segment(s.version, s.uids[mask], s.ts[mask], s.seqs[mask], s.values[mask])
+                    Segment(
+                        s.type, s.version, s.uids[mask], s.ts[mask], s.seqs[mask], s.values[mask]
+                    )
                 )
         return out
 
@@ -70,11 +73,11 @@ class HistoryBuffer:
 def chunk_rows(segments: list[Segment]) -> list[tuple]:
     """Segments as store rows, one per (twin, version), rows sorted by (ts, seq) inside:
     (uid, ts_min, ts_max, seq_min, seq_max, version, n, ts_blob, seqs_blob, values_blob)."""
-    by_version: dict[int, list[Segment]] = {}
+    by_layout: dict[tuple[str, int], list[Segment]] = {}
     for s in segments:
-        by_version.setdefault(s.version, []).append(s)
+        by_layout.setdefault((s.type, s.version), []).append(s)
     out: list[tuple] = []
-    for version, parts in by_version.items():
+    for (_, version), parts in by_layout.items():
         uids = np.concatenate([p.uids for p in parts])
         order = np.lexsort(
             (np.concatenate([p.seqs for p in parts]), np.concatenate([p.ts for p in parts]), uids)
