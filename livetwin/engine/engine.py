@@ -239,7 +239,7 @@ class Engine:
             "parent": st.parents[row],
             "created": int(st.created_ts[row]),
             "updated": int(st.last_ts[row]) if st.last_ts[row] >= 0 else None,
-            "properties": values(spec.properties),
+            "properties": values(st.ctype.properties),
             "parameters": values(spec.parameters),
             "derived": values(st.ctype.derived_order),
         }

@@ -273,9 +273,7 @@ def _number(name: str, v: object) -> float:
 
 def _check_ranges(ctype: CompiledType, values: np.ndarray, problems: dict) -> None:
     """Values outside a property's or parameter's [min, max] reject their row."""
-    specs = [*ctype.spec.properties.values(), *ctype.spec.parameters.values()]
-    lo = np.array([-np.inf if s.min is None else s.min for s in specs])
-    hi = np.array([np.inf if s.max is None else s.max for s in specs])
+    lo, hi = (np.array(b, dtype=np.float64) for b in ctype.input_bounds())
     with np.errstate(invalid="ignore"):
         bad = (values < lo[:, None]) | (values > hi[:, None])
     if not bad.any():

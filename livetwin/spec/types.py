@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from livetwin.errors import InvalidInput
 from livetwin.expr import Compiled, compile_expression
 from livetwin.spec import parse_model
+from livetwin.spec.calibration import (
+    CalibrationPlan,
+    CalibrationSection,
+    ModelSection,
+    plan_calibration,
+)
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 TYPE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -80,6 +86,8 @@ class TwinTypeSpec(_Strict):
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     derived: dict[str, Derived] = Field(default_factory=dict)
     children: list[str] = Field(default_factory=list)
+    model: ModelSection | None = None
+    calibration: CalibrationSection | None = None
 
     @field_validator("properties", "parameters", mode="before")
     @classmethod
@@ -110,29 +118,38 @@ class TwinTypeSpec(_Strict):
 
 @dataclass(frozen=True)
 class CompiledType:
-    """A checked type version: its column layout and compiled derived expressions."""
+    """A checked type version: its column layout and compiled derived expressions.
+
+    Columns are the properties (declared, then those calibration publishes), the parameters,
+    then the derived values in dependency order.
+    """
 
     name: str
     version: int
     spec: TwinTypeSpec
-    columns: tuple[str, ...]  # properties, then parameters, then derived (topological order)
+    properties: tuple[str, ...]
+    columns: tuple[str, ...]
     derived_order: tuple[str, ...]
     compiled: dict[str, Compiled] = field(repr=False)
+    calibration: CalibrationPlan | None = field(default=None, repr=False)
 
     @property
     def inputs(self) -> tuple[str, ...]:
         """Names an observation may set: properties and parameters."""
-        return tuple(self.spec.properties) + tuple(self.spec.parameters)
+        return self.properties + tuple(self.spec.parameters)
+
+    def input_bounds(self) -> tuple[list[float], list[float]]:
+        """Valid [min, max] of each input (infinite where none is declared)."""
+        declared = {**self.spec.properties, **self.spec.parameters}
+        lo, hi = [], []
+        for name in self.inputs:
+            spec = declared.get(name)
+            lo.append(-math.inf if spec is None or spec.min is None else spec.min)
+            hi.append(math.inf if spec is None or spec.max is None else spec.max)
+        return lo, hi
 
     def column_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.columns)}
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            **self.spec.model_dump(exclude={"name"}, exclude_defaults=False),
-        }
 
 
 def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
@@ -179,8 +196,25 @@ def compile_type(spec: TwinTypeSpec, version: int) -> CompiledType:
         for name, d in spec.derived.items()
     }
     order = _topological_order(compiled)
-    columns = tuple(spec.properties) + tuple(spec.parameters) + order
-    return CompiledType(spec.name, version, spec, columns, order, compiled)
+    plan = None
+    if spec.model is not None:
+        plan = plan_calibration(spec.model, spec.calibration, spec.properties, spec.parameters)
+        for name in plan.published:
+            if name in seen:
+                raise InvalidInput(
+                    f"'{name}' is published by calibration and also declared in {seen[name]}",
+                    field=f"{seen[name]}.{name}",
+                    fix="rename it: calibration publishes <name>, <name>_std, _lower and _upper",
+                )
+    elif spec.calibration is not None:
+        raise InvalidInput(
+            "calibration needs a model",
+            field="calibration",
+            fix="add model: {ref: 'package.module:function'}",
+        )
+    properties = tuple(spec.properties) + (plan.published if plan else ())
+    columns = properties + tuple(spec.parameters) + order
+    return CompiledType(spec.name, version, spec, properties, columns, order, compiled, plan)
 
 
 def _topological_order(compiled: dict[str, Compiled]) -> tuple[str, ...]:

@@ -1,0 +1,141 @@
+"""The `model` and `calibration` sections of a twin type: which physics model the twin runs, which
+parameters it calibrates, and which virtual sensors it publishes (with uncertainty bands).
+
+Names are matched one to one: a model parameter is the type parameter of the same name, a model
+input is the property (or parameter) of the same name, a model output with the name of a
+property is *measured*; every other output is a *virtual sensor*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from livetwin.errors import InvalidInput
+from livetwin.models.base import Model, resolve_model
+from livetwin.timefmt import parse_duration
+
+BAND_SUFFIXES = ("_std", "_lower", "_upper")
+
+
+class ModelSection(BaseModel):
+    """`model:` -- the physics model, referenced by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str = Field(description="'package.module:function' of a vectorised model")
+    dt: str = Field("1s", description="the model/filter step; measurements are aligned on it")
+    virtual: list[str] | None = Field(
+        None, description="outputs to publish as virtual sensors (default: all unmeasured)"
+    )
+
+
+class CalibrationSection(BaseModel):
+    """`calibration:` -- how the model's parameters follow the measurements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: list[str] | None = Field(
+        None, description="parameters to calibrate (default: those with calibrate: true)"
+    )
+    estimator: Literal["ukf", "enkf"] = "ukf"
+    every: str | None = Field(None, description="run on this interval, e.g. '10m'")
+    prior_std: dict[str, float] = Field(
+        default_factory=dict, description="std of a parameter's initial guess (default 30 %)"
+    )
+    process_noise: dict[str, float] = Field(
+        default_factory=dict,
+        description="random-walk std per step of a parameter (relative for positive ones)",
+    )
+    measurement_noise: dict[str, float] = Field(
+        default_factory=dict, description="std of a measured output (default: from the data)"
+    )
+    min_steps: int = Field(5, ge=1, description="fewer aligned rows than this is too little data")
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """The checked model and calibration sections of one type version."""
+
+    model: Model
+    dt_ms: int
+    parameters: tuple[str, ...]  # calibrated
+    measured: tuple[str, ...]  # model outputs that are properties of the type
+    virtual: tuple[str, ...]  # model outputs published as virtual sensors
+    section: CalibrationSection
+
+    @property
+    def published(self) -> tuple[str, ...]:
+        """Columns calibration adds to the type: bands of parameters, virtual sensors and bands."""
+        bands = tuple(p + s for p in self.parameters for s in BAND_SUFFIXES)
+        return bands + tuple(v + s for v in self.virtual for s in ("", *BAND_SUFFIXES))
+
+
+def plan_calibration(
+    model_section: ModelSection,
+    calibration: CalibrationSection | None,
+    properties: dict,
+    parameters: dict,
+) -> CalibrationPlan:
+    """Resolve the model and check every name against it and the type; errors name the field."""
+    try:
+        model = resolve_model(model_section.ref)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="model.ref", fix=exc.fix) from None
+    try:
+        dt_ms = parse_duration(model_section.dt)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="model.dt", fix="e.g. dt: 1s") from None
+    calibration = calibration or CalibrationSection()
+    for name in model.params:
+        _require(name in parameters, "model.ref", f"model parameter '{name}'", "parameters")
+    for name in model.inputs:
+        known = name in properties or name in parameters
+        _require(known, "model.ref", f"model input '{name}'", "properties")
+    measured = tuple(o for o in model.outputs if o in properties)
+    if not measured:
+        raise InvalidInput(
+            f"none of the model's outputs ({', '.join(model.outputs)}) is a property of the type",
+            field="model.ref",
+            fix="declare the measured outputs as properties with the same names",
+        )
+    unmeasured = tuple(o for o in model.outputs if o not in properties)
+    virtual = unmeasured if model_section.virtual is None else tuple(model_section.virtual)
+    for name in virtual:
+        _require(name in unmeasured, "model.virtual", f"virtual sensor '{name}'", "")
+    chosen = calibration.parameters
+    if chosen is None:
+        chosen = [p for p, spec in parameters.items() if spec.calibrate]
+    for name in chosen:
+        _require(name in model.params, "calibration.parameters", f"parameter '{name}'", "")
+    if not chosen:
+        raise InvalidInput(
+            "nothing to calibrate",
+            field="calibration.parameters",
+            fix="mark parameters with calibrate: true or list them in calibration.parameters",
+        )
+    for section in ("prior_std", "process_noise"):
+        for name, value in getattr(calibration, section).items():
+            _require(name in chosen, f"calibration.{section}", f"'{name}'", "")
+            _positive(value, f"calibration.{section}.{name}")
+    for name, value in calibration.measurement_noise.items():
+        _require(name in measured, "calibration.measurement_noise", f"'{name}'", "")
+        _positive(value, f"calibration.measurement_noise.{name}")
+    return CalibrationPlan(model, dt_ms, tuple(chosen), measured, virtual, calibration)
+
+
+def _require(ok: bool, field: str, what: str, where: str) -> None:
+    if not ok:
+        place = f"declare it in {where} of the type" if where else "use a name the model has"
+        raise InvalidInput(f"{what} is not known here", field=field, fix=place)
+
+
+def _positive(value: float, field: str) -> None:
+    if not value > 0:
+        raise InvalidInput(
+            f"{value} is not positive: a noise or prior std must be > 0",
+            field=field,
+            fix="give a positive standard deviation",
+        )
