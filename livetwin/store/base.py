@@ -63,4 +63,16 @@ class Store(Protocol):
 
     def extractors(self) -> dict[str, str]: ...
 
+    def save_calibration(self, type_name: str, state: bytes, record: dict, at: int) -> int:
+        """Store a type's filter state and record the run that produced it (one transaction);
+        returns the run id."""
+
+    def add_calibration_run(self, type_name: str, record: dict) -> int:
+        """Record a calibration run that changed no state (it failed or had no data)."""
+
+    def calibration_state(self, type_name: str) -> bytes | None: ...
+
+    def calibration_runs(self, type_name: str, limit: int) -> list[dict]:
+        """Recent calibration runs of a type, newest first."""
+
     def close(self) -> None: ...

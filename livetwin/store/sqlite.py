@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
+
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk, decode_chunk
 
@@ -26,6 +28,11 @@ CREATE TABLE IF NOT EXISTS types (
     PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS extractors (
     name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS calibration_state (
+    type TEXT PRIMARY KEY, state BLOB NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS calibration_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, started INTEGER NOT NULL,
+    record TEXT NOT NULL);
 """
 
 HISTORY_SCHEMA = """
@@ -176,6 +183,42 @@ class SqliteStore:
 
     def extractors(self) -> dict[str, str]:
         return dict(self._conn().execute("SELECT name, spec FROM extractors").fetchall())
+
+    def save_calibration(self, type_name: str, state: bytes, record: dict, at: int) -> int:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO calibration_state VALUES (?,?,?) ON CONFLICT(type) DO UPDATE"
+                " SET state = excluded.state, updated = excluded.updated",
+                (type_name, state, at),
+            )
+            return self._add_run(conn, type_name, record)
+
+    def add_calibration_run(self, type_name: str, record: dict) -> int:
+        with self._transaction() as conn:
+            return self._add_run(conn, type_name, record)
+
+    @staticmethod
+    def _add_run(conn: sqlite3.Connection, type_name: str, record: dict) -> int:
+        cursor = conn.execute(
+            "INSERT INTO calibration_runs (type, started, record) VALUES (?,?,?)",
+            (type_name, record["started"], orjson.dumps(record).decode()),
+        )
+        return cursor.lastrowid
+
+    def calibration_state(self, type_name: str) -> bytes | None:
+        row = (
+            self._conn()
+            .execute("SELECT state FROM calibration_state WHERE type = ?", (type_name,))
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def calibration_runs(self, type_name: str, limit: int) -> list[dict]:
+        rows = self._conn().execute(
+            "SELECT id, record FROM calibration_runs WHERE type = ? ORDER BY id DESC LIMIT ?",
+            (type_name, limit),
+        )
+        return [{"id": run_id, **orjson.loads(record)} for run_id, record in rows]
 
     def close(self) -> None:
         with self._all_lock:

@@ -1,0 +1,189 @@
+"""Calibration benchmark: filter-steps per second of the batched UKF on the demo models, the ratio
+to FilterPy run twin by twin (when installed), and accuracy on synthetic fleets.
+
+``run(quick)`` returns one dict per scenario; ``python -m livetwin.calibrate.bench [--quick]``
+prints them as JSON lines. A "filter-step" is one twin advanced by one predict + update.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from livetwin.calibrate.evaluate import coverage, rmse, run_synthetic, true_calibrated
+from livetwin.calibrate.spec import CalibrationSpec
+from livetwin.calibrate.ukf import BatchUKF
+from livetwin.examples.rollers import TENSIONS, roller_fleet, roller_spec
+from livetwin.models.chain import PARAMS, STATES, TRUE_PARAMS, chain_fleet
+from livetwin.models.simulate import FleetSimulator
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    fleet: Callable[[int], FleetSimulator]
+    spec: Callable[[FleetSimulator], CalibrationSpec]
+
+
+def _roller_spec(sim: FleetSimulator) -> CalibrationSpec:
+    return roller_spec(sim.step().z)
+
+
+def _chain_spec(model: str) -> Callable[[FleetSimulator], CalibrationSpec]:
+    def spec(sim: FleetSimulator) -> CalibrationSpec:
+        prior = {p: (v, 0.4 * v) for p, v in zip(PARAMS, TRUE_PARAMS, strict=True)}
+        prior.update({s: (0.0, 0.05) for s in STATES})
+        return CalibrationSpec(
+            model=model,
+            measured=("x1", "x2", "x3"),
+            prior=prior,
+            process_noise={p: 1e-4 for p in PARAMS},
+            meas_noise={x: 1e-3 for x in ("x1", "x2", "x3")},
+        )
+
+    return spec
+
+
+ROLLERS = Scenario("rollers-4-drags-rk4x20", lambda n: roller_fleet(n, seed=1), _roller_spec)
+CHAIN = Scenario(
+    "chain-9-params-rk4x200",
+    lambda n: chain_fleet(n, seed=1),
+    _chain_spec("livetwin.models.chain:chain3"),
+)
+CHAIN_LOOP = Scenario(
+    "chain-9-params-rk4x200-substep-loop",
+    lambda n: chain_fleet(n, seed=1),
+    _chain_spec("livetwin.models.chain:chain3_loop"),
+)
+
+
+def time_steps(
+    scenario: Scenario, n: int, steps: int, *, workers: int = 0, chunk_size: int = 1000
+) -> dict:
+    """Median wall time of `steps` UKF steps of `n` twins (simulation not timed)."""
+    sim = scenario.fleet(n)
+    spec = scenario.spec(sim)
+    samples = [sim.step() for _ in range(steps + 1)]
+    with BatchUKF(spec, n, workers=workers, chunk_size=chunk_size) as flt:
+        state = flt.init()
+        state, _ = flt.step(state, samples[0].inputs, samples[0].z, sim.dt)  # warm-up
+        times = []
+        for s in samples[1:]:
+            t0 = time.perf_counter()
+            state, _ = flt.step(state, s.inputs, s.z, sim.dt)
+            times.append(time.perf_counter() - t0)
+    per_step = float(np.median(times))
+    return {
+        "scenario": scenario.name + (f"-{workers}-workers" if workers else ""),
+        "n_twins": n,
+        "filter_steps_per_s": round(n / per_step, 1),
+        "us_per_filter_step": round(per_step / n * 1e6, 2),
+        "filter_vars": len(flt.names),
+        "chunk_size": chunk_size,
+    }
+
+
+def filterpy_steps_per_s(scenario: Scenario, twins: int = 2, steps: int = 3) -> float | None:
+    """FilterPy's UnscentedKalmanFilter, twin by twin, on the same model and noise; None when
+    FilterPy is not installed."""
+    try:
+        from filterpy.kalman import MerweScaledSigmaPoints, UnscentedKalmanFilter
+    except ImportError:
+        return None
+    sim = scenario.fleet(twins)
+    flt = BatchUKF(scenario.spec(sim), twins)
+    plan = flt.plan
+    n, p = plan.n, plan.n_params
+    samples = [sim.step() for _ in range(steps)]
+    spent = 0.0
+    for i in range(twins):
+        u_now = {"u": samples[0].inputs[i : i + 1]}
+
+        def fx(x, dt, u_now=u_now, i=i):
+            params = np.empty((1, len(plan.model.params)))
+            params[:, plan.cal_idx] = plan.tf.to_param(x[None, :p])
+            params[:, plan.fixed_idx] = plan.fixed[i]
+            new, _ = plan.model.step(x[None, p:], params, u_now["u"], dt)
+            return np.concatenate([x[:p], new[0]])
+
+        def hx(x):  # in these models the measured outputs are the first dynamic states
+            return x[p + plan.meas_idx]
+
+        ukf = UnscentedKalmanFilter(
+            dim_x=n,
+            dim_z=len(plan.meas_idx),
+            dt=sim.dt,
+            fx=fx,
+            hx=hx,
+            points=MerweScaledSigmaPoints(n, alpha=1.0, beta=2.0, kappa=0.0),
+        )
+        ukf.x, ukf.P = plan.prior_mean[i].copy(), plan.prior_cov[i].copy()
+        ukf.Q = plan.q[i] if plan.q is not None else np.zeros((n, n))
+        ukf.R = plan.r[i]
+        t0 = time.perf_counter()
+        for s in samples:
+            u_now["u"] = s.inputs[i : i + 1]
+            ukf.predict()
+            ukf.update(s.z[i])
+        spent += time.perf_counter() - t0
+    return twins * steps / spent
+
+
+def accuracy(scenario: Scenario, n: int, steps: int, outputs: tuple[str, ...]) -> dict:
+    """Coverage of the 95 % parameter bands (mean over the last 10 % of steps) and the RMSE of
+    the named virtual sensors at the end, on a synthetic fleet with known truth."""
+    sim = scenario.fleet(n)
+    flt = BatchUKF(scenario.spec(sim), n)
+    result = run_synthetic(flt, sim, steps)
+    tail = max(1, steps // 10)
+    return {
+        "scenario": scenario.name + "-accuracy",
+        "n_twins": n,
+        "steps": steps,
+        "filter_steps_per_s": round(n * steps / result.filter_seconds, 1),
+        "us_per_filter_step": round(result.filter_seconds / (n * steps) * 1e6, 2),
+        "coverage_95": round(float(np.mean(result.coverage[-tail:])), 4),
+        "coverage_95_final": round(coverage(result.result, true_calibrated(flt, result.truth)), 4),
+        "rmse": round(rmse(result.result, result.truth, outputs), 4) if outputs else None,
+        "rmse_of": list(outputs),
+        "failed_twins": int(result.state.failed.sum()),
+        "filterpy_ratio": None,
+    }
+
+
+def run(quick: bool = False) -> list[dict]:
+    """All scenarios; `quick` skips the 10,000-twin runs and shortens the accuracy runs."""
+    sizes = (1, 1000) if quick else (1, 1000, 10_000)
+    rows: list[dict] = []
+    for scenario in (ROLLERS, CHAIN):
+        ratio_base = filterpy_steps_per_s(scenario)
+        for n in sizes:
+            row = time_steps(scenario, n, steps={1: 50, 1000: 5, 10_000: 2}[n])
+            row["filterpy_ratio"] = (
+                None if ratio_base is None else round(row["filter_steps_per_s"] / ratio_base, 1)
+            )
+            row["coverage_95"] = row["rmse"] = None
+            rows.append(row)
+        if not quick:
+            rows.append(_with_ratio(time_steps(scenario, 10_000, 2, workers=2), ratio_base))
+    if not quick:
+        rows.append(_with_ratio(time_steps(CHAIN_LOOP, 1000, 2), filterpy_steps_per_s(CHAIN_LOOP)))
+    rows.append(accuracy(ROLLERS, 200, 200 if quick else 400, TENSIONS))
+    rows.append(accuracy(CHAIN, 100, 150 if quick else 300, ("f1", "f2", "f3")))
+    return rows
+
+
+def _with_ratio(row: dict, base: float | None) -> dict:
+    row["filterpy_ratio"] = None if base is None else round(row["filter_steps_per_s"] / base, 1)
+    row["coverage_95"] = row["rmse"] = None
+    return row
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(json.dumps(r))
