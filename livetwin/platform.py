@@ -60,6 +60,7 @@ class Platform:
         self._define_lock = threading.Lock()
         self._layouts: dict[tuple[str, int], tuple[tuple[str, ...], frozenset[str]]] = {}
         self._extractors: dict[str, ExtractorSpec] = {}
+        self._calibration_locks: dict[str, threading.Lock] = {}
         engine, history, self.recovered = self._recover()
         self.writer = Writer(
             self.store,
@@ -430,6 +431,64 @@ class Platform:
         ts, seqs, values = assemble(parts, names, lambda v: self._columns_of(type_name, v))
         inside = (ts >= start) & (ts < end)
         return ts[inside], seqs[inside], values[:, inside]
+
+    # ---- calibration -----------------------------------------------------------------------
+
+    def calibrate(self, type_name: str, twins: list[str] | None = None) -> dict:
+        """Calibrate the twins of a type (all by default) on their new data; the run record."""
+        from livetwin.jobs.calibration import calibrate
+
+        with self._calibration_locks.setdefault(type_name, threading.Lock()):
+            return calibrate(self, type_name, twins)
+
+    def calibration(self, twin_id: str, *, runs: int = 10) -> dict:
+        """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
+        from livetwin.jobs.calibration import TypeCalibration
+
+        with self.lock:
+            st, row = self.engine.locate(twin_id)
+            plan = st.ctype.calibration
+            if plan is None:
+                raise InvalidInput(
+                    f"twin '{twin_id}' is a '{st.ctype.name}', which has no model",
+                    field="type",
+                    fix="add model: and calibration: sections to the type spec",
+                )
+
+            def stats(name: str) -> dict:
+                return {
+                    key: _json_number(st.data[st.col[name + suffix], row])
+                    for key, suffix in (
+                        ("value", ""),
+                        ("std", "_std"),
+                        ("lower", "_lower"),
+                        ("upper", "_upper"),
+                    )
+                }
+
+            parameters = {p: stats(p) for p in plan.parameters}
+            virtual = {v: stats(v) for v in plan.virtual}
+        blob = self.store.calibration_state(st.ctype.name)
+        saved = TypeCalibration.from_bytes(blob) if blob is not None else None
+        filter_info = None
+        if saved is not None and twin_id in saved.ids:
+            i = saved.ids.index(twin_id)
+            filter_info = {
+                "calibrated_until": format_ts(int(saved.last_ts[i])),
+                "failed": bool(saved.state.failed[i]),
+                "reason": int(saved.state.reason[i]),
+                "model": saved.state.model,
+                "estimator": saved.state.kind,
+            }
+        return {
+            "twin": twin_id,
+            "type": st.ctype.name,
+            "model": plan.model.name,
+            "parameters": parameters,
+            "virtual_sensors": virtual,
+            "filter": filter_info,
+            "runs": self.store.calibration_runs(st.ctype.name, runs),
+        }
 
     def stats(self) -> dict:
         entries, observations = self.store.journal_size()

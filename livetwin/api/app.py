@@ -243,6 +243,30 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
             )
         return _ingest_response((await asyncio.wrap_future(future)).to_dict())
 
+    # ---- calibration --------------------------------------------------------------------
+
+    @app.post("/api/types/{name}/calibrate", tags=["calibration"])
+    async def calibrate_type(name: str) -> dict:
+        """Calibrate every twin of the type on its new measurements; returns the run record."""
+        return await run_in_threadpool(platform.calibrate, name)
+
+    @app.get("/api/types/{name}/calibration", tags=["calibration"])
+    def calibration_runs(name: str, limit: int = Query(20, ge=1, le=1000)) -> list[dict]:
+        """Recent calibration runs of a type, newest first."""
+        platform.engine.ctype(name)
+        return platform.store.calibration_runs(name, limit)
+
+    @app.post("/api/twins/{twin_id:path}/calibrate", tags=["calibration"])
+    async def calibrate_twin(twin_id: str) -> dict:
+        """Calibrate one twin on its new measurements; returns the run record."""
+        type_name = platform.twin(twin_id)["type"]
+        return await run_in_threadpool(platform.calibrate, type_name, [twin_id])
+
+    @app.get("/api/twins/{twin_id:path}/calibration", tags=["calibration"])
+    def twin_calibration(twin_id: str) -> dict:
+        """Calibrated parameters and virtual sensors with std and 95 % bands; recent runs."""
+        return platform.calibration(twin_id)
+
     # ---- live ---------------------------------------------------------------------------
 
     @app.get("/api/stream", tags=["live"])

@@ -177,3 +177,42 @@ def roller_spec(
         process_noise=noise,
         meas_noise=None if meas_noise is None else {w: meas_noise for w in SPEEDS},
     )
+
+
+# ---- the twin type and a live feed, for the demo and the tests ---------------------------------
+
+ROLLER_TYPE = {
+    "description": "A web-handling roller line; its bearing drags wear and are calibrated",
+    "properties": {
+        **{w: {"unit": "rad/s"} for w in SPEEDS},
+        "brake_torque": {"unit": "N m"},
+        "motor_torque": {"unit": "N m"},
+    },
+    "parameters": {
+        **{b: {"value": 0.025, "min": 0, "unit": "N m s", "calibrate": True} for b in DRAGS},
+        **{name: {"value": value} for name, value in GEOMETRY.items()},
+    },
+    "derived": {"line_speed": "w4 * r"},
+    "model": {"ref": ROLLER_LINE, "dt": "100ms"},
+    "calibration": {
+        "prior_std": {b: 0.015 for b in DRAGS},
+        "process_noise": {**{b: 2e-3 for b in DRAGS}, **STATE_NOISE},
+        "measurement_noise": {w: 0.01 for w in SPEEDS},
+        "state_prior": {t: [110.0 + 10.0 * i, 40.0] for i, t in enumerate(TENSIONS)},
+    },
+}
+
+
+def observations(sample, ids: list[str], ts_ms: int) -> list[dict]:
+    """One simulated step of a fleet as ingest observations (inputs and measured speeds)."""
+    rows = np.concatenate([sample.inputs, sample.z], axis=1).round(6).tolist()
+    names = ("brake_torque", "motor_torque") + SPEEDS
+    return [
+        {
+            "twin": twin,
+            "type": "roller_line",
+            "ts": ts_ms,
+            "values": dict(zip(names, row, strict=True)),
+        }
+        for twin, row in zip(ids, rows, strict=True)
+    ]

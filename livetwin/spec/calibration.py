@@ -52,6 +52,10 @@ class CalibrationSection(BaseModel):
     measurement_noise: dict[str, float] = Field(
         default_factory=dict, description="std of a measured output (default: from the data)"
     )
+    state_prior: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="(initial value, std) of a model state that is not measured",
+    )
     min_steps: int = Field(5, ge=1, description="fewer aligned rows than this is too little data")
 
 
@@ -116,10 +120,23 @@ def plan_calibration(
             field="calibration.parameters",
             fix="mark parameters with calibrate: true or list them in calibration.parameters",
         )
-    for section in ("prior_std", "process_noise"):
-        for name, value in getattr(calibration, section).items():
-            _require(name in chosen, f"calibration.{section}", f"'{name}'", "")
-            _positive(value, f"calibration.{section}.{name}")
+    for name, value in calibration.prior_std.items():
+        _require(name in chosen, "calibration.prior_std", f"'{name}'", "")
+        _positive(value, f"calibration.prior_std.{name}")
+    for name, value in calibration.process_noise.items():
+        known = name in chosen or name in model.states
+        _require(known, "calibration.process_noise", f"'{name}'", "")
+        _positive(value, f"calibration.process_noise.{name}")
+    for name, (_, std) in calibration.state_prior.items():
+        _require(name in model.states, "calibration.state_prior", f"state '{name}'", "")
+        _positive(std, f"calibration.state_prior.{name}")
+    for name in model.states:
+        if name not in measured and name not in calibration.state_prior:
+            raise InvalidInput(
+                f"state '{name}' of the model is not measured, so it needs an initial guess",
+                field=f"calibration.state_prior.{name}",
+                fix=f"add state_prior: {{{name}: [initial value, std]}}",
+            )
     for name, value in calibration.measurement_noise.items():
         _require(name in measured, "calibration.measurement_noise", f"'{name}'", "")
         _positive(value, f"calibration.measurement_noise.{name}")

@@ -1,0 +1,1 @@
+"""Jobs that read history and state and write results back through ingest."""

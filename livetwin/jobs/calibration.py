@@ -1,0 +1,388 @@
+"""The calibration job: measured history in, calibrated parameters and virtual sensors out.
+
+For the twins of one type it reads the rows measured since each twin's last calibrated step,
+aligns them on the model's step `dt` (the last value per step; inputs carried forward), runs
+the batched filter, and publishes every step's parameters and virtual sensors with their std
+and 95 % band through the ordinary ingest path (journal, engine, history). The filter state of
+the type (one row per twin) is stored with a record of the run, so the next run -- or the next
+process -- resumes where this one ended.
+
+Twins that start at the same step are filtered together as one batch (a cohort); scheduled
+runs keep a whole fleet in one cohort. One twin's failure never stops the others: the run
+record says which twins failed or were skipped and why.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from livetwin.calibrate import BatchEnKF, BatchUKF, CalibrationSpec, FilterState
+from livetwin.calibrate.state import FAILURE_REASONS
+from livetwin.errors import InvalidInput
+from livetwin.ingest.batch import Batch
+from livetwin.ingest.observations import Normalized
+from livetwin.spec.calibration import CalibrationPlan
+from livetwin.store.history import aggregate
+from livetwin.timefmt import format_ts
+
+if TYPE_CHECKING:
+    from livetwin.platform import Platform
+
+MAX_STEPS = 20_000  # per cohort and run; the rest waits for the next run
+DEFAULT_PRIOR_STD = 0.3  # relative, for a parameter without calibration.prior_std
+DEFAULT_PARAM_WALK = 1e-3  # random-walk std per step of a (log-)parameter
+
+
+@dataclass
+class TypeCalibration:
+    """The stored calibration of one type: filter rows and the last calibrated step per twin."""
+
+    ids: list[str]
+    last_ts: np.ndarray  # int64 (N,): end of the last step consumed, epoch ms
+    state: FilterState
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        arrays = {f"f/{k}": v for k, v in self.state.to_arrays().items()}
+        np.savez(buffer, ids=np.array(self.ids, dtype=str), last_ts=self.last_ts, **arrays)
+        return buffer.getvalue()
+
+    @staticmethod
+    def from_bytes(blob: bytes) -> TypeCalibration:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            state = FilterState.from_arrays({k[2:]: npz[k] for k in npz.files if k[:2] == "f/"})
+            return TypeCalibration([str(i) for i in npz["ids"]], npz["last_ts"].copy(), state)
+
+
+def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None) -> dict:
+    """Run one calibration of `twins` (default: all twins of the type); returns the run record."""
+    started = platform.clock()
+    with platform.lock:
+        st = platform.engine.states.get(type_name)
+        if st is None:
+            platform.engine.ctype(type_name)  # raises NotFound with the fix
+        ctype = st.ctype
+        plan = ctype.calibration
+        if plan is None:
+            raise InvalidInput(
+                f"type '{type_name}' has no model to calibrate",
+                field="model",
+                fix="add model: and calibration: sections to the type spec",
+            )
+        chosen = list(st.ids) if twins is None else twins
+        for twin in chosen:
+            if twin not in st.index:
+                platform.engine.locate(twin)  # NotFound, or a twin of another type:
+                raise InvalidInput(
+                    f"twin '{twin}' is not a '{type_name}'", field="twin", fix="check the id"
+                )
+        rows = np.array([st.index[t] for t in chosen], dtype=np.int64)
+        uids = st.uid[rows].copy()
+        params = {p: st.data[st.col[p], rows].copy() for p in plan.model.params}
+        last_seen = st.last_ts[rows].copy()
+    saved = _load(platform, type_name, plan)
+    record = {
+        "type": type_name,
+        "type_version": ctype.version,
+        "model": plan.model.name,
+        "estimator": plan.section.estimator,
+        "started": format_ts(started),
+        "twins": len(chosen),
+        "steps": 0,
+        "calibrated": 0,
+        "failed": {},
+        "skipped": {},
+        "pending": False,
+        "window": None,
+    }
+    data = {}
+    for i, twin in enumerate(chosen):
+        since = saved.last_ts[saved.ids.index(twin)] + 1 if twin in saved.ids else 0
+        aligned = _aligned(platform, type_name, plan, int(uids[i]), since, int(last_seen[i]))
+        problem = _too_little(aligned, plan)
+        if problem:
+            record["skipped"][twin] = problem
+        else:
+            data[twin] = aligned
+    cohorts: dict[tuple[int, bool], list[str]] = {}
+    for twin, aligned in data.items():
+        cohorts.setdefault((int(aligned.buckets[0]), twin in saved.ids), []).append(twin)
+    for (first, resumed), members in sorted(cohorts.items()):
+        index = [chosen.index(t) for t in members]
+        outcome = _run_cohort(
+            platform,
+            ctype,
+            plan,
+            saved,
+            members,
+            [data[t] for t in members],
+            {p: v[index] for p, v in params.items()},
+            first,
+            resumed,
+        )
+        record["steps"] = max(record["steps"], outcome["steps"])
+        record["calibrated"] += outcome["calibrated"]
+        record["failed"].update(outcome["failed"])
+        record["pending"] |= outcome["pending"]
+        window = outcome["window"]
+        if record["window"] is None:
+            record["window"] = window
+        else:
+            record["window"] = {
+                "from": min(record["window"]["from"], window["from"]),
+                "to": max(record["window"]["to"], window["to"]),
+            }
+    record["finished"] = format_ts(platform.clock())
+    record["status"] = _status(record)
+    if record["calibrated"]:
+        platform.store.save_calibration(type_name, saved.to_bytes(), record, platform.clock())
+    else:
+        platform.store.add_calibration_run(type_name, record)
+    return record
+
+
+@dataclass
+class _Aligned:
+    buckets: np.ndarray  # int64 (K,) consecutive step indices (ts // dt)
+    last_ts: np.ndarray  # int64 (K,) newest measurement time in each step (or the step start)
+    inputs: np.ndarray  # (K, u) carried forward
+    measured: np.ndarray  # (K, m) NaN where nothing was measured
+    rows: int  # steps holding a measurement
+
+
+def _aligned(platform, type_name, plan: CalibrationPlan, uid: int, since: int, until: int):
+    """One twin's rows since `since`, one row per model step, or None without data."""
+    names = list(plan.model.inputs) + list(plan.measured)
+    ts, _, values = platform._history_rows(uid, type_name, names, since, until + 1)
+    if len(ts) == 0:
+        return None
+    step_ts, last = aggregate(ts, values, plan.dt_ms, "last")
+    _, newest = aggregate(ts, ts[None, :].astype(float), plan.dt_ms, "max")
+    buckets = step_ts // plan.dt_ms
+    span = np.arange(buckets[0], buckets[-1] + 1)
+    at = np.searchsorted(span, buckets)
+    grid = np.full((len(names), len(span)), np.nan)
+    grid[:, at] = last
+    step_last = span * plan.dt_ms
+    step_last[at] = newest[0].astype(np.int64)
+    u = len(plan.model.inputs)
+    inputs = _carry_forward(grid[:u])
+    measured = grid[u:]
+    return _Aligned(span, step_last, inputs.T, measured.T, int((~np.isnan(measured)).any(0).sum()))
+
+
+def _carry_forward(x: np.ndarray) -> np.ndarray:
+    """Each row's last known value carried forward; leading gaps take the first known value."""
+    out = x.copy()
+    for row in out:
+        known = np.flatnonzero(~np.isnan(row))
+        if len(known):
+            index = np.maximum.accumulate(np.where(~np.isnan(row), np.arange(len(row)), -1))
+            row[:] = row[np.where(index < 0, known[0], index)]
+    return out
+
+
+def _too_little(aligned: _Aligned | None, plan: CalibrationPlan) -> str | None:
+    if aligned is None:
+        return "no new measurements"
+    missing = [
+        n for n, col in zip(plan.model.inputs, aligned.inputs.T, strict=True) if np.isnan(col).all()
+    ]
+    if missing:
+        return f"no data for input {', '.join(missing)}"
+    if aligned.rows < plan.section.min_steps:
+        return (
+            f"too little data: {aligned.rows} aligned rows, at least "
+            f"{plan.section.min_steps} needed (calibration.min_steps)"
+        )
+    return None
+
+
+def _run_cohort(platform, ctype, plan, saved, members, aligned, params, first, resumed) -> dict:
+    """Filter twins that start at the same step; publish results; update `saved` in place."""
+    n = len(members)
+    end = min(max(int(a.buckets[-1]) for a in aligned), first + MAX_STEPS - 1)
+    steps = end - first + 1
+    inputs = np.full((steps, n, len(plan.model.inputs)), np.nan)
+    measured = np.full((steps, n, len(plan.measured)), np.nan)
+    step_ts = np.tile(np.arange(first, end + 1)[:, None] * plan.dt_ms, (1, n))
+    for i, a in enumerate(aligned):
+        k = min(len(a.buckets), steps)
+        inputs[:k, i], measured[:k, i], step_ts[:k, i] = a.inputs[:k], a.measured[:k], a.last_ts[:k]
+        inputs[k:, i] = a.inputs[k - 1]  # a twin whose data ends early is carried forward
+    spec = _spec(ctype, plan, params, measured)
+    estimator = BatchEnKF if plan.section.estimator == "enkf" else BatchUKF
+    dt = plan.dt_ms / 1000.0
+    published = []
+    with estimator(spec, n) as filt:
+        if resumed:
+            state = _take(saved.state, [saved.ids.index(t) for t in members])
+        else:
+            state = filt.init(type_version=ctype.version)
+        for k in range(steps):
+            state, result = filt.step(state, inputs[k], measured[k], dt)
+            published.append(_values(plan, result))
+    _publish(platform, ctype, plan, members, step_ts, published)
+    _store(saved, state, members, (end + 1) * plan.dt_ms - 1)
+    failed = {
+        members[i]: FAILURE_REASONS.get(int(state.reason[i]), "failed")
+        for i in np.flatnonzero(state.failed)
+    }
+    return {
+        "steps": steps,
+        "calibrated": n - len(failed),
+        "failed": failed,
+        "pending": any(int(a.buckets[-1]) > end for a in aligned),
+        "window": {"from": format_ts(first * plan.dt_ms), "to": format_ts((end + 1) * plan.dt_ms)},
+    }
+
+
+def _spec(ctype, plan: CalibrationPlan, params: dict, measured: np.ndarray) -> CalibrationSpec:
+    """The filter's spec for a cohort: priors at the twins' current values, bounds from the type."""
+    section = plan.section
+    declared = ctype.spec.parameters
+    prior, fixed, bounds = {}, {}, {}
+    for name in plan.model.params:
+        if name in plan.parameters:
+            mean = params[name]
+            std = section.prior_std.get(name)
+            prior[name] = (mean, DEFAULT_PRIOR_STD * np.abs(mean) if std is None else std)
+            bounds[name] = (declared[name].min, declared[name].max)
+        else:
+            fixed[name] = params[name]
+    for name in plan.model.states:
+        if name in plan.measured:  # start at the first measurement of the window
+            column = measured[:, :, plan.measured.index(name)]
+            first = column[np.argmax(~np.isnan(column), axis=0), np.arange(column.shape[1])]
+            std = section.measurement_noise.get(name, 0.05 * np.nanmax(np.abs(first)) + 1e-9)
+            prior[name] = (first, std)
+        else:
+            prior[name] = section.state_prior[name]
+    noise = {p: DEFAULT_PARAM_WALK for p in plan.parameters}
+    noise.update(section.process_noise)
+    return CalibrationSpec(
+        model=plan.model,
+        measured=plan.measured,
+        prior=prior,
+        fixed=fixed,
+        bounds={k: v for k, v in bounds.items() if v != (None, None)},
+        process_noise=noise,
+        meas_noise=section.measurement_noise or None,
+    )
+
+
+def _values(plan: CalibrationPlan, result) -> np.ndarray:
+    """One step's published columns (`plan.published` order plus the parameters), (N, k)."""
+    columns = []
+    for p in plan.parameters:
+        stats = result.param(p)
+        columns += [stats["mean"], stats["std"], stats["lower"], stats["upper"]]
+    for v in plan.virtual:
+        stats = result.output(v)
+        columns += [stats["mean"], stats["std"], stats["lower"], stats["upper"]]
+    return np.stack(columns, axis=1)
+
+
+def published_names(plan: CalibrationPlan) -> tuple[str, ...]:
+    """The names `_values` fills, in its order."""
+    names: list[str] = []
+    for p in plan.parameters:
+        names += [p, f"{p}_std", f"{p}_lower", f"{p}_upper"]
+    for v in plan.virtual:
+        names += [v, f"{v}_std", f"{v}_lower", f"{v}_upper"]
+    return tuple(names)
+
+
+def _publish(platform, ctype, plan, members, step_ts, published) -> None:
+    """Every step of every twin as one observation, through the journal like device data."""
+    steps, n = step_ts.shape
+    values = np.stack(published)  # (steps, n, k)
+    values = np.where(np.isfinite(values), values, np.nan)
+    names = published_names(plan)
+    twins = [t for _ in range(steps) for t in members]
+    batch = Batch(
+        ctype.name,
+        twins,
+        step_ts.reshape(-1).astype(np.int64),
+        names,
+        np.ascontiguousarray(values.reshape(steps * n, len(names)).T),
+    )
+    keep = ~np.isnan(batch.values).all(axis=0)  # a twin reset this step has nothing to say
+    if not keep.all():
+        batch = batch.take(np.flatnonzero(keep))
+    normalized = Normalized(batches=[(batch, np.arange(len(batch)))])
+    platform.submit_normalized(normalized).result()
+
+
+def _store(saved: TypeCalibration, state: FilterState, members: list[str], end_ts: int) -> None:
+    """Write a cohort's filter rows and last step into the type's stored calibration."""
+    for i, twin in enumerate(members):
+        if twin not in saved.ids:
+            saved.ids.append(twin)
+            saved.last_ts = np.append(saved.last_ts, -1)
+            saved.state = _append(saved.state, _take(state, [i]))
+        row = saved.ids.index(twin)
+        saved.last_ts[row] = end_ts
+        _put(saved.state, row, _take(state, [i]))
+
+
+def _load(platform, type_name: str, plan: CalibrationPlan) -> TypeCalibration:
+    """The stored calibration, or an empty one when none fits the current model."""
+    blob = platform.store.calibration_state(type_name)
+    if blob is not None:
+        saved = TypeCalibration.from_bytes(blob)
+        expected = tuple(plan.parameters) + tuple(plan.model.states)
+        if saved.state.model == plan.model.name and saved.state.names == expected:
+            return saved
+    empty = FilterState(
+        mean=np.zeros((0, len(plan.parameters) + len(plan.model.states))),
+        cov=np.zeros((0,) + (len(plan.parameters) + len(plan.model.states),) * 2),
+        names=tuple(plan.parameters) + tuple(plan.model.states),
+        model=plan.model.name,
+        kind=plan.section.estimator,
+    )
+    return TypeCalibration([], np.zeros(0, dtype=np.int64), empty)
+
+
+# ---- filter-state rows ------------------------------------------------------------------------
+
+
+def _row_fields(state: FilterState) -> list[str]:
+    n = state.n_twins
+    return [
+        f.name
+        for f in fields(state)
+        if isinstance(getattr(state, f.name), np.ndarray) and len(getattr(state, f.name)) == n
+    ]
+
+
+def _take(state: FilterState, rows: list[int]) -> FilterState:
+    return replace(state, **{k: getattr(state, k)[rows].copy() for k in _row_fields(state)})
+
+
+def _append(state: FilterState, more: FilterState) -> FilterState:
+    if state.n_twins == 0:
+        return more.copy()
+    joined = {k: np.concatenate([getattr(state, k), getattr(more, k)]) for k in _row_fields(more)}
+    return replace(state, **joined, steps=max(state.steps, more.steps))
+
+
+def _put(state: FilterState, row: int, one: FilterState) -> None:
+    for k in _row_fields(one):
+        getattr(state, k)[row] = getattr(one, k)[0]
+    state.steps = max(state.steps, one.steps)
+
+
+def _status(record: dict) -> str:
+    if record["calibrated"] == 0:
+        return "failed" if record["failed"] else "no-data"
+    return "partial" if record["failed"] else "succeeded"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
