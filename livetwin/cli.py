@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -162,6 +163,36 @@ def bench_replay(
     _benchmark("replay").main(json_only=json, quick=quick)
 
 
+@bench_app.command("calibrate")
+def bench_calibrate(
+    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+    quick: bool = typer.Option(False, help="A smaller, faster run."),
+):
+    """Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE."""
+    _benchmark("calibrate").main(json_only=json, quick=quick)
+
+
+@app.command()
+def calibrate(
+    type_name: str = typer.Argument(..., metavar="TYPE", help="The twin type to calibrate."),
+    twin: list[str] = typer.Option(None, "--twin", help="Only these twins (repeatable)."),
+    data: Path = DATA,
+):
+    """Calibrate a type's twins on their new measurements and print the run record."""
+    from livetwin.errors import LivetwinError
+
+    platform = _open(data, Settings())
+    try:
+        with console.status(f"calibrating {type_name} ..."):
+            record = platform.calibrate(type_name, twin or None)
+        console.print_json(data=record)
+    except LivetwinError as exc:
+        console.print(f"[red]{exc.message}[/]" + (f"\n  fix: {exc.fix}" if exc.fix else ""))
+        raise typer.Exit(2) from None
+    finally:
+        platform.close()
+
+
 def _benchmark(name: str):
     """Benchmarks live in the source checkout's benchmarks/ folder."""
     path = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{name}.py"
@@ -173,6 +204,7 @@ def _benchmark(name: str):
         raise typer.Exit(2)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -1,8 +1,8 @@
 """Calibration benchmark: filter-steps per second of the batched UKF on the demo models, the ratio
 to FilterPy run twin by twin (when installed), and accuracy on synthetic fleets.
 
-``run(quick)`` returns one dict per scenario; ``python -m livetwin.calibrate.bench [--quick]``
-prints them as JSON lines. A "filter-step" is one twin advanced by one predict + update.
+``livetwin bench calibrate [--json] [--quick]`` prints one JSON line per scenario. A
+"filter-step" is one twin advanced by one predict + update.
 """
 
 from __future__ import annotations
@@ -184,6 +184,21 @@ def _with_ratio(row: dict, base: float | None) -> dict:
     return row
 
 
+def main(json_only: bool = False, quick: bool = False) -> None:
+    """Print one JSON line per scenario (the `livetwin bench calibrate` entry point)."""
+    rows = run(quick=quick)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    if not json_only:
+        for row in rows:
+            rate = row.get("filter_steps_per_s")
+            print(
+                f"{row['scenario']:<44} N={row.get('n_twins')!s:>6} "
+                f"steps/s={rate if rate is None else round(rate):>8} "
+                f"filterpy x{row.get('filterpy_ratio')} coverage={row.get('coverage_95')}",
+                file=sys.stderr,
+            )
+
+
 if __name__ == "__main__":
-    for r in run(quick="--quick" in sys.argv):
-        print(json.dumps(r))
+    main(json_only="--json" in sys.argv, quick="--quick" in sys.argv)
