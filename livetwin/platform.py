@@ -22,6 +22,8 @@ from livetwin.engine.events import EventBus
 from livetwin.errors import InvalidInput, NotFound, Unavailable
 from livetwin.ingest.extract import extract
 from livetwin.ingest.observations import Normalized, Rejection, normalize
+from livetwin.jobs.calibration import CalibrationTimer, TypeCalibration
+from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
@@ -74,6 +76,7 @@ class Platform:
             snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
+        self._timer = CalibrationTimer(self) if self.settings.run_schedules else None
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -115,6 +118,8 @@ class Platform:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.stop()
         self.writer.stop()
         self.store.close()
         self._lock_file.close()
@@ -436,15 +441,11 @@ class Platform:
 
     def calibrate(self, type_name: str, twins: list[str] | None = None) -> dict:
         """Calibrate the twins of a type (all by default) on their new data; the run record."""
-        from livetwin.jobs.calibration import calibrate
-
         with self._calibration_locks.setdefault(type_name, threading.Lock()):
-            return calibrate(self, type_name, twins)
+            return run_calibration(self, type_name, twins)
 
     def calibration(self, twin_id: str, *, runs: int = 10) -> dict:
         """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
-        from livetwin.jobs.calibration import TypeCalibration
-
         with self.lock:
             st, row = self.engine.locate(twin_id)
             plan = st.ctype.calibration

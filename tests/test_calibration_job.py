@@ -162,3 +162,23 @@ def test_bad_model_specs(client, change, field, words):
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["field"].startswith(field) and words in error["message"], error
+
+
+def test_types_calibrate_on_their_interval(tmp_path, clock, fleet):
+    import time
+
+    sim, ids = fleet
+    clock.now = T0 + 10**8
+    spec = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "every": "1s"}}
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        platform.put_type("roller_line", spec)
+        feed(platform, sim, ids, 20, 0)
+        deadline = time.monotonic() + 15
+        while not platform.store.calibration_runs("roller_line", 1):
+            assert time.monotonic() < deadline, "no scheduled calibration ran"
+            time.sleep(0.1)
+        assert platform.store.calibration_runs("roller_line", 1)[0]["status"] == "succeeded"
+    bad = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "every": "often"}}
+    with Platform(tmp_path / "e", clock=clock) as platform, pytest.raises(Exception) as info:
+        platform.put_type("roller_line", bad)
+    assert info.value.field == "calibration.every"

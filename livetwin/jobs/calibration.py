@@ -15,6 +15,8 @@ record says which twins failed or were skipped and why.
 from __future__ import annotations
 
 import io
+import logging
+import threading
 import time
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
@@ -28,10 +30,12 @@ from livetwin.ingest.batch import Batch
 from livetwin.ingest.observations import Normalized
 from livetwin.spec.calibration import CalibrationPlan
 from livetwin.store.history import aggregate
-from livetwin.timefmt import format_ts
+from livetwin.timefmt import format_ts, parse_duration
 
 if TYPE_CHECKING:
     from livetwin.platform import Platform
+
+log = logging.getLogger(__name__)
 
 MAX_STEPS = 20_000  # per cohort and run; the rest waits for the next run
 DEFAULT_PRIOR_STD = 0.3  # relative, for a parameter without calibration.prior_std
@@ -384,5 +388,40 @@ def _status(record: dict) -> str:
     return "partial" if record["failed"] else "succeeded"
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class CalibrationTimer:
+    """Calibrates each type on its `calibration.every` interval, on a thread of its own.
+
+    A small stand-in for the scheduler: runs are recorded like on-demand ones, and a failing
+    run is logged and retried at the next interval.
+    """
+
+    def __init__(self, platform: Platform, tick_s: float = 1.0):
+        self.platform, self.tick_s = platform, tick_s
+        self._last: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="livetwin-calibration", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            for name, interval_s in self._due_types():
+                now = time.monotonic()
+                if now - self._last.setdefault(name, now) < interval_s:
+                    continue
+                self._last[name] = now
+                try:
+                    self.platform.calibrate(name)
+                except Exception:
+                    log.exception("scheduled calibration of %s failed", name)
+
+    def _due_types(self) -> list[tuple[str, float]]:
+        out = []
+        for name, ctype in self.platform.engine.types.items():
+            plan = ctype.calibration
+            if plan is not None and plan.section.every:
+                out.append((name, parse_duration(plan.section.every) / 1000))
+        return out

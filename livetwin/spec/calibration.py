@@ -93,6 +93,11 @@ def plan_calibration(
     except ValueError as exc:
         raise InvalidInput(str(exc), field="model.dt", fix="e.g. dt: 1s") from None
     calibration = calibration or CalibrationSection()
+    if calibration.every is not None:
+        try:
+            parse_duration(calibration.every)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="calibration.every", fix="e.g. every: 10m") from None
     for name in model.params:
         _require(name in parameters, "model.ref", f"model parameter '{name}'", "parameters")
     for name in model.inputs:

@@ -1,0 +1,166 @@
+// Fleet: types with twin counts, twins per type with last update and a stale marker, search by
+// id, filter with the expression language, and the parent/children hierarchy.
+import { api, errorBox, qs, twinPath } from '../api.js';
+import { append, freshness, h, link, navigate, replace, setStaleMinutes, staleMinutes, table } from '../dom.js';
+
+const PAGE = 50;
+const SEARCH_SCAN = 1000; // the API has no id search: a search scans this many twins here
+const REFRESH_MS = 15_000;
+
+export async function render(root, { params, signal }) {
+  const filters = {
+    type: params.get('type') || '',
+    where: params.get('where') || '',
+    parent: params.get('parent') || '',
+    q: params.get('q') || '',
+  };
+  const offset = Math.max(0, Number(params.get('offset')) || 0);
+  const go = (changes) => {
+    navigate(`#/fleet?${qs({ ...filters, ...changes })}`);
+  };
+
+  const types = await api('api/types', { signal });
+  const specs = Object.fromEntries(
+    await Promise.all(
+      types.map(async (t) => [t.name, (await api(`api/types/${encodeURIComponent(t.name)}`, { signal })).spec]),
+    ),
+  );
+  const hasChildren = (typeName) => (specs[typeName]?.children || []).length > 0;
+
+  const typeCards = h(
+    'div',
+    { class: 'cards' },
+    types.length === 0
+      ? h('p', { class: 'muted' }, 'No twin types yet: declare one on the ', h('a', { href: '#/types' }, 'Types'), ' page.')
+      : types.map((t) =>
+          h(
+            'button',
+            {
+              type: 'button',
+              class: t.name === filters.type ? 'card selected' : 'card',
+              'data-type': t.name,
+              onclick: () => go({ type: t.name === filters.type ? '' : t.name, where: '', offset: '' }),
+            },
+            h('span', { class: 'card-title' }, t.name),
+            h('span', { class: 'count', 'data-count': t.name }, String(t.twins)),
+            h('span', { class: 'muted' }, t.twins === 1 ? 'twin' : 'twins'),
+          ),
+        ),
+  );
+
+  const text = (name, placeholder, extra = {}) =>
+    h('input', { name, value: filters[name], placeholder, autocomplete: 'off', spellcheck: 'false', ...extra });
+  const typeSelect = h(
+    'select',
+    { name: 'type' },
+    h('option', { value: '' }, 'all types'),
+    types.map((t) => h('option', { value: t.name, selected: t.name === filters.type }, t.name)),
+  );
+  const form = h(
+    'form',
+    {
+      class: 'filters',
+      onsubmit: (e) => {
+        e.preventDefault();
+        const data = Object.fromEntries([...new FormData(e.target)].map(([k, v]) => [k, v.trim()]));
+        go({ ...data, offset: '' });
+      },
+    },
+    h('label', {}, 'Type', typeSelect),
+    h('label', { class: 'grow' }, 'Filter', text('where', 'flow > 100 and efficiency < 0.6 (needs a type)')),
+    h('label', {}, 'Parent', text('parent', 'parent id')),
+    h('label', {}, 'Search id', text('q', 'part of an id', { type: 'search' })),
+    h('button', { type: 'submit' }, 'Apply'),
+    h('a', { href: '#/fleet', class: 'button secondary' }, 'Clear'),
+  );
+
+  const staleInput = h('input', {
+    type: 'number',
+    min: '1',
+    value: String(staleMinutes()),
+    class: 'short',
+    'aria-label': 'stale after minutes',
+    onchange: (e) => {
+      if (Number(e.target.value) > 0) setStaleMinutes(Number(e.target.value));
+      load();
+    },
+  });
+  const result = h('div', { class: 'result' });
+  append(
+    root,
+    h('h1', {}, 'Fleet'),
+    typeCards,
+    form,
+    h('p', { class: 'muted small' }, 'Twins without an update for more than ', staleInput, ' min are marked stale.'),
+    filters.parent &&
+      h('p', { class: 'crumbs' }, 'Children of ', link('#/twin/', filters.parent), ' · ', h('a', { href: '#/fleet' }, 'all twins')),
+    result,
+  );
+
+  async function load() {
+    const searching = !!filters.q;
+    const { type, where, parent } = filters;
+    const query = { type, where, parent, limit: searching ? SEARCH_SCAN : PAGE, offset: searching ? 0 : offset };
+    let page;
+    try {
+      page = await api('api/twins', { query, signal });
+    } catch (err) {
+      if (err.name === 'AbortError') return;
+      result.replaceChildren(errorBox(err));
+      return;
+    }
+    let items = page.items;
+    let note = `${page.total} twin${page.total === 1 ? '' : 's'}`;
+    if (searching) {
+      const needle = filters.q.toLowerCase();
+      items = items.filter((t) => t.id.toLowerCase().includes(needle));
+      note = `${items.length} of ${page.total} matching '${filters.q}'`;
+      if (page.total > SEARCH_SCAN) note += ` (searched the first ${SEARCH_SCAN}; narrow with a type or filter)`;
+      if (!items.length) {
+        const exact = await api(twinPath(filters.q), { signal }).catch(() => null);
+        if (exact) items = [exact]; // the id exactly, beyond the scanned twins
+      }
+    } else if (page.total > PAGE) {
+      note = `${offset + 1}–${offset + items.length} of ${page.total} twins`;
+    }
+    const rows = items.map((t) =>
+      h(
+        'tr',
+        { 'data-twin': t.id },
+        h('td', {}, link('#/twin/', t.id)),
+        h('td', {}, t.type),
+        h('td', {}, t.parent ? link('#/twin/', t.parent) : h('span', { class: 'muted' }, '—')),
+        h('td', {}, freshness(t.updated)),
+        h('td', {}, hasChildren(t.type) ? h('a', { href: `#/fleet?${qs({ parent: t.id })}` }, 'children') : null),
+      ),
+    );
+    const pager = searching || page.total <= PAGE ? null : h(
+      'div',
+      { class: 'pager' },
+      h('button', { type: 'button', disabled: offset === 0, onclick: () => go({ offset: Math.max(0, offset - PAGE) }) }, '‹ previous'),
+      h('button', { type: 'button', disabled: offset + PAGE >= page.total, onclick: () => go({ offset: offset + PAGE }) }, 'next ›'),
+    );
+    replace(
+      result,
+      h('p', { class: 'muted', id: 'fleet-count' }, note),
+      items.length
+        ? table('twins', ['Twin', 'Type', 'Parent', 'Last update', ''], rows)
+        : h('p', { class: 'empty' }, 'No twins match.'),
+      pager,
+    );
+  }
+
+  async function refreshCounts() {
+    const fresh = await api('api/types', { signal }).catch(() => null);
+    for (const t of fresh || []) {
+      const el = typeCards.querySelector(`[data-count="${CSS.escape(t.name)}"]`);
+      if (el) el.textContent = String(t.twins);
+    }
+  }
+
+  await load();
+  const timer = setInterval(() => {
+    if (document.visibilityState === 'visible') load().then(refreshCounts);
+  }, REFRESH_MS);
+  signal.addEventListener('abort', () => clearInterval(timer));
+}

@@ -1,0 +1,278 @@
+// Twin detail: current values (live over Server-Sent Events), hierarchy, charts of history with
+// uncertainty bands, and the twin's recent events.
+import { api, errorBox, qs, twinPath } from '../api.js';
+import { bandsOf, figure, loadPlotly, withBands } from '../chart.js';
+import { fmt, freshness, h, link, localTime, replaceQuery, table } from '../dom.js';
+
+const RANGES = [
+  ['15m', 'last 15 min', 15 * 60e3],
+  ['1h', 'last hour', 3600e3],
+  ['6h', 'last 6 hours', 6 * 3600e3],
+  ['24h', 'last 24 hours', 86400e3],
+  ['7d', 'last 7 days', 7 * 86400e3],
+  ['30d', 'last 30 days', 30 * 86400e3],
+  ['all', 'all time', null],
+  ['custom', 'custom…', null],
+];
+const STEPS = ['1s', '5s', '10s', '30s', '1m', '5m', '15m', '30m', '1h', '3h', '6h', '12h', '1d'];
+const STEP_MS = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 };
+const stepMs = (step) => Number(step.slice(0, -1)) * STEP_MS[step.slice(-1)];
+const EVERY = ['auto', 'raw', '1s', '10s', '1m', '5m', '15m', '1h', '6h', '1d'];
+const AGGS = ['avg', 'min', 'max', 'last', 'count', 'sum'];
+const MAX_BUCKETS = 400;
+const LIVE_REDRAW_MS = 3000;
+
+export async function render(root, { args: [id], params, signal }) {
+  const twin = await api(twinPath(id), { signal });
+  const type = await api(`api/types/${encodeURIComponent(twin.type)}`, { signal });
+  const { spec, columns } = type;
+  const unitOf = (n) => (spec.properties[n] || spec.parameters[n] || spec.derived[n] || {}).unit || '';
+  const bands = bandsOf(columns);
+  const bandEdges = new Set([...bands].flatMap((n) => [`${n}_lower`, `${n}_upper`]));
+  const chartable = columns.filter((c) => !bandEdges.has(c));
+  let lastTs = twin.updated ? Date.parse(twin.updated) : -Infinity;
+
+  // ---- header, hierarchy, current values --------------------------------------------------
+  const updated = h('span', { id: 'updated' }, freshness(twin.updated));
+  const live = h('span', { class: 'live off', id: 'live' }, 'connecting…');
+  root.append(
+    h('p', { class: 'crumbs', id: 'crumbs' }, h('a', { href: '#/fleet' }, 'Fleet')),
+    h('h1', { class: 'twin-id' }, twin.id),
+    h(
+      'p',
+      { class: 'meta' },
+      link('#/types/', twin.type, `${twin.type} v${twin.version}`),
+      ' · created ', localTime(Date.parse(twin.created)),
+      ' · updated ', updated, ' ', live,
+    ),
+  );
+  ancestors(twin, signal).then((chain) => {
+    root.querySelector('#crumbs')?.append(...chain.flatMap((t) => [' › ', link('#/twin/', t)]), ' › ', twin.id);
+  });
+
+  const valueCard = (title, values, extra) =>
+    h(
+      'section',
+      { class: 'card values' },
+      h('h2', {}, title),
+      Object.keys(values).length
+        ? h('table', {}, h('tbody', {}, Object.entries(values).map(([name, v]) =>
+            h('tr', { 'data-name': name },
+              h('th', { title: extra?.(name) || '' }, name),
+              h('td', { class: 'value num' }, fmt(v)),
+              h('td', { class: 'unit muted' }, unitOf(name))))))
+        : h('p', { class: 'muted' }, 'none'),
+    );
+  const exprOf = (n) => spec.derived[n]?.expr;
+  const values = h(
+    'div',
+    { class: 'grid3' },
+    valueCard('Properties', twin.properties),
+    valueCard('Parameters', twin.parameters),
+    valueCard('Derived', twin.derived, exprOf),
+  );
+  root.append(values);
+
+  if ((spec.children || []).length) {
+    const kids = h('section', { class: 'card' }, h('h2', {}, 'Children'), h('p', { class: 'muted' }, 'loading…'));
+    root.append(kids);
+    api('api/twins', { query: { parent: twin.id, limit: 100 }, signal })
+      .then((page) => {
+        kids.lastChild.replaceWith(
+          page.items.length
+            ? h(
+                'p',
+                { class: 'children' },
+                page.items.flatMap((t, i) => [i ? ', ' : '', link('#/twin/', t.id)]),
+                page.total > page.items.length &&
+                  h('span', {}, ' … ', h('a', { href: `#/fleet?${qs({ parent: twin.id })}` }, `all ${page.total}`)),
+              )
+            : h('p', { class: 'muted' }, 'none yet'),
+        );
+      })
+      .catch((err) => err.name !== 'AbortError' && kids.lastChild.replaceWith(errorBox(err)));
+  }
+
+  // ---- chart -------------------------------------------------------------------------------
+  const wanted = (params.get('names') || '').split(',').filter((n) => chartable.includes(n));
+  const properties = Object.keys(spec.properties).filter((n) => chartable.includes(n));
+  const selected = new Set(
+    wanted.length ? wanted : [...new Set([...[...bands].slice(0, 1), ...properties, ...chartable])].slice(0, 2),
+  );
+  const recent = Date.now() - lastTs < 3600e3;
+  const select = (name, options, value) =>
+    h('select', { name }, options.map(([v, label]) => h('option', { value: v, selected: v === value }, label ?? v)));
+  const chip = (n) =>
+    h(
+      'label',
+      { class: 'chip' },
+      h('input', { type: 'checkbox', name: 'name', value: n, checked: selected.has(n) }),
+      n,
+      bands.has(n) && h('span', { class: 'band-mark', title: `band from ${n}_lower to ${n}_upper` }, '±'),
+    );
+  const when = (name) => h('input', { type: 'datetime-local', name, step: '1', value: params.get(name) || '' });
+  const controls = h(
+    'form',
+    { class: 'chart-controls', onsubmit: (e) => e.preventDefault(), onchange: () => draw() },
+    h('fieldset', { class: 'names' }, h('legend', {}, 'Names'), chartable.map(chip)),
+    h('label', {}, 'Range', select('range', RANGES, params.get('range') || (recent ? '1h' : 'all'))),
+    h('label', { class: 'custom' }, 'From', when('from')),
+    h('label', { class: 'custom' }, 'To', when('to')),
+    h('label', {}, 'Every', select('every', EVERY.map((e) => [e]), params.get('every') || 'auto')),
+    h('label', {}, 'Aggregate', select('agg', AGGS.map((a) => [a]), params.get('agg') || 'avg')),
+  );
+  const chart = h('div', { id: 'chart', class: 'chart' });
+  const chartNote = h('p', { class: 'muted small', id: 'chart-note' });
+  const chartError = h('div', { id: 'chart-error' });
+  root.append(h('section', { class: 'card' }, h('h2', {}, 'History'), controls, chartError, chart, chartNote));
+  signal.addEventListener('abort', () => window.Plotly?.purge(chart));
+
+  let drawing = 0;
+  async function draw() {
+    const form = new FormData(controls);
+    const names = form.getAll('name');
+    const range = form.get('range');
+    controls.classList.toggle('show-custom', range === 'custom');
+    controls.elements.agg.disabled = form.get('every') === 'raw';
+    const custom = range === 'custom' ? { from: form.get('from'), to: form.get('to') } : {};
+    replaceQuery({ names: names.join(','), range, every: form.get('every'), agg: form.get('agg'), ...custom });
+    const run = ++drawing;
+    chartError.replaceChildren();
+    if (!names.length) {
+      window.Plotly?.purge(chart);
+      chartNote.textContent = 'Pick one or more names to chart.';
+      return;
+    }
+    const now = Date.now();
+    let from = '';
+    let to = '';
+    let span;
+    if (range === 'custom') {
+      from = form.get('from') ? new Date(form.get('from')).getTime() : '';
+      to = form.get('to') ? new Date(form.get('to')).getTime() : '';
+      span = (to || now) - (from || Date.parse(twin.created));
+    } else if (range === 'all') {
+      span = Math.max(lastTs, now) - Date.parse(twin.created);
+    } else {
+      span = RANGES.find(([key]) => key === range)[2];
+      from = now - span;
+    }
+    let every = form.get('every');
+    if (every === 'auto') every = STEPS.find((s) => span / stepMs(s) <= MAX_BUCKETS) || '1d';
+    const query = { names: withBands(names, bands).join(','), from, to, every: every === 'raw' ? '' : every, agg: form.get('agg') };
+    try {
+      const [history, Plotly] = await Promise.all([api(twinPath(id, '/history'), { query, signal }), loadPlotly()]);
+      if (run !== drawing || signal.aborted) return;
+      const fig = figure(history, names, bands, unitOf);
+      await Plotly.react(chart, fig.data, fig.layout, fig.config);
+      chart.dataset.points = String(history.ts.length);
+      chartNote.textContent = `${history.ts.length} point${history.ts.length === 1 ? '' : 's'}` +
+        (every === 'raw' ? ' (raw)' : `, ${form.get('agg')} per ${every}`) +
+        (names.some((n) => bands.has(n)) ? '; shaded: uncertainty band (lower to upper)' : '') +
+        '. Drag to zoom, double-click to reset.';
+    } catch (err) {
+      if (err.name === 'AbortError' || run !== drawing) return;
+      window.Plotly?.purge(chart);
+      chartNote.textContent = '';
+      chartError.replaceChildren(errorBox(err));
+    }
+  }
+
+  // ---- recent events -------------------------------------------------------------------------
+  const events = h('div', { id: 'events' });
+  root.append(h('section', { class: 'card' }, h('h2', {}, 'Recent events'), events));
+  const pairs = (obj) => Object.entries(obj).map(([k, v]) => `${k}=${fmt(v)}`).join(', ');
+  async function loadEvents() {
+    try {
+      const list = await api(twinPath(id, '/events'), { query: { limit: 20 }, signal });
+      events.replaceChildren(
+        list.length
+          ? table(
+              'events',
+              ['Time', 'Observed', 'Derived'],
+              list.map((e) =>
+                h(
+                  'tr',
+                  {},
+                  h('td', { class: 'nowrap' }, localTime(e.ts, true)),
+                  h('td', {}, pairs(e.values)),
+                  h('td', { class: 'muted' }, pairs(e.derived)),
+                ),
+              ),
+            )
+          : h('p', { class: 'muted' }, 'No events yet.'),
+      );
+    } catch (err) {
+      if (err.name !== 'AbortError') events.replaceChildren(errorBox(err));
+    }
+  }
+
+  await Promise.all([draw(), loadEvents()]);
+
+  // ---- live updates ----------------------------------------------------------------------------
+  let redraw = null;
+  const later = () => {
+    redraw ??= setTimeout(() => {
+      redraw = null;
+      const range = controls.elements.range.value;
+      if (range !== 'custom') draw();
+      loadEvents();
+    }, LIVE_REDRAW_MS);
+  };
+  const show = (name, value) => {
+    const cell = values.querySelector(`tr[data-name="${CSS.escape(name)}"] .value`);
+    if (!cell) return;
+    cell.textContent = fmt(value);
+    cell.classList.remove('flash');
+    void cell.offsetWidth; // restart the highlight animation
+    cell.classList.add('flash');
+  };
+  const setUpdated = (iso) => updated.replaceChildren(freshness(iso));
+  const setLive = (text, on) => {
+    live.textContent = text;
+    live.className = on ? 'live on' : 'live off';
+  };
+
+  const source = new EventSource(`api/stream?${qs({ twin: id })}`);
+  source.addEventListener('open', () => setLive('live', true));
+  source.addEventListener('error', () =>
+    setLive(source.readyState === EventSource.CLOSED ? 'live updates unavailable' : 'reconnecting…', false));
+  source.addEventListener('state', (e) => {
+    const msg = JSON.parse(e.data);
+    if (msg.twin !== id) return;
+    if (msg.ts >= lastTs) {
+      lastTs = msg.ts;
+      for (const [name, value] of Object.entries(msg.values)) show(name, value);
+      setUpdated(new Date(msg.ts).toISOString());
+    }
+    later();
+  });
+  source.addEventListener('reset', async () => {
+    // events were missed while disconnected: read the whole state again
+    const fresh = await api(twinPath(id), { signal }).catch(() => null);
+    if (!fresh) return;
+    for (const group of [fresh.properties, fresh.parameters, fresh.derived]) {
+      for (const [name, value] of Object.entries(group)) show(name, value);
+    }
+    lastTs = fresh.updated ? Date.parse(fresh.updated) : lastTs;
+    setUpdated(fresh.updated);
+    later();
+  });
+  const tick = setInterval(() => setUpdated(Number.isFinite(lastTs) ? new Date(lastTs).toISOString() : null), 15_000);
+  signal.addEventListener('abort', () => {
+    source.close();
+    clearInterval(tick);
+    clearTimeout(redraw);
+  });
+}
+
+/** The ids above `twin`, root first (at most 20 levels). */
+async function ancestors(twin, signal) {
+  const chain = [];
+  let parent = twin.parent;
+  while (parent && chain.length < 20) {
+    chain.unshift(parent);
+    parent = (await api(twinPath(parent), { signal }).catch(() => null))?.parent;
+  }
+  return chain;
+}
