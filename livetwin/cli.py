@@ -75,33 +75,48 @@ def demo(
     host: str = "127.0.0.1",
     port: int = 8000,
     pumps: int = typer.Option(50, help="Pumps in the simulated fleet."),
+    lines: int = typer.Option(10, help="Roller lines whose bearings wear."),
     interval: float = typer.Option(1.0, help="Seconds between telemetry rounds."),
+    calibrate_every: float = typer.Option(15.0, help="Seconds between roller calibrations."),
     duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
 ):
-    """Serve livetwin with a simulated pump fleet streaming telemetry."""
+    """Serve livetwin with simulated pumps and roller lines streaming telemetry."""
     from livetwin.examples.pumps import PumpFleet, declare
+    from livetwin.examples.roller_demo import RollerDemo, coverage
 
     platform = _open(data, Settings())
     declare(platform)
     fleet = PumpFleet(pumps)
     if not platform.twins(type="pump", limit=1)["total"]:
         _backfill(platform, fleet, minutes=60, step_s=10)
+    rollers = RollerDemo(platform, lines)
+    rollers.run_until(wall_clock_ms())
     stop = threading.Event()
 
     def stream() -> None:
+        last_calibration = 0.0
         while not stop.wait(interval):
-            platform.ingest(fleet.tick(wall_clock_ms()))
+            now = wall_clock_ms()
+            platform.ingest(fleet.tick(now))
+            rollers.run_until(now)
+            if time.monotonic() - last_calibration >= calibrate_every:
+                last_calibration = time.monotonic()
+                _show_calibration(rollers.calibrate(), coverage)
 
     threading.Thread(target=stream, name="demo-fleet", daemon=True).start()
     base = f"http://{host}:{port}"
     console.print(
-        f"\n[bold green]livetwin demo[/]: {pumps} pumps in {len(fleet.stations)} "
-        f"stations stream telemetry every {interval:g} s into {data}/\n"
+        f"\n[bold green]livetwin demo[/]: {pumps} pumps in {len(fleet.stations)} stations and "
+        f"{lines} roller lines stream telemetry into {data}/; the lines' bearing drags wear and "
+        f"are calibrated every {calibrate_every:g} s.\n"
         f"  API docs   {base}/docs\n\nTry:\n"
         f"  curl {base}/api/types\n"
         f"  curl {base}/api/twins/pump-1\n"
         f"  curl '{base}/api/twins?type=pump&where=efficiency%20%3C%200.6&limit=5'\n"
         f"  curl '{base}/api/twins/pump-1/history?names=flow,flow_avg_10m&every=5m'\n"
+        f"  curl {base}/api/twins/line-1/calibration\n"
+        f"  curl '{base}/api/twins/line-1/history?names=b2,b2_lower,b2_upper&every=5s&agg=last'\n"
+        f"  curl -N {base}/api/stream?twin=line-1\n"
         f"  curl -X POST {base}/api/ingest -H 'content-type: application/json' \\\n"
         f'       -d \'[{{"twin":"pump-1","type":"pump","values":{{"flow":99}}}}]\'\n',
         soft_wrap=True,
@@ -112,6 +127,23 @@ def demo(
         _serve(platform, host, port)
     finally:
         stop.set()
+
+
+def _show_calibration(rows: list[tuple], coverage) -> None:
+    """Print true vs calibrated drag b2 of a few lines."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"bearing drag b2: truth vs calibration (95 % band covers "
+        f"{coverage(rows):.0%} of lines)"
+    )
+    for column in ("line", "true b2", "calibrated b2", "95 % band"):
+        table.add_column(column)
+    for twin, true, value, lower, upper in rows[:5]:
+        band = "-" if lower is None else f"{lower:.4f} .. {upper:.4f}"
+        shown = "-" if value is None else f"{value:.4f}"
+        table.add_row(twin, f"{true:.4f}", shown, band)
+    console.print(table)
 
 
 def _interrupt() -> None:

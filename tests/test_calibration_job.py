@@ -72,6 +72,7 @@ def test_calibration_follows_wearing_bearings_and_resumes(tmp_path, clock, fleet
     # a new process resumes from the stored filter state: only the new rows are filtered
     with Platform(tmp_path / "d", clock=clock) as platform:
         samples = feed(platform, sim, ids, 100, 300)
+        platform.snapshot()  # the new rows now come from stored history, not the buffer
         record = platform.calibrate("roller_line")
         assert record["status"] == "succeeded" and record["steps"] == 100
         assert 0.8 <= coverage(platform, ids, samples[-1].params[:, : len(DRAGS)]) <= 1.0

@@ -23,6 +23,7 @@ from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
 from livetwin.platform import Platform
 from livetwin.timefmt import format_ts
+from livetwin.ui import mount as mount_ui
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,7 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
+    mount_ui(app)  # the web dashboard at / (the API stays under /api)
     return app
 
 

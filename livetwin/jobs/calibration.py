@@ -106,7 +106,7 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
     }
     data = {}
     for i, twin in enumerate(chosen):
-        since = saved.last_ts[saved.ids.index(twin)] + 1 if twin in saved.ids else 0
+        since = int(saved.last_ts[saved.ids.index(twin)]) + 1 if twin in saved.ids else 0
         aligned = _aligned(platform, type_name, plan, int(uids[i]), since, int(last_seen[i]))
         problem = _too_little(aligned, plan)
         if problem:

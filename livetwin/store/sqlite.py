@@ -152,7 +152,8 @@ class SqliteStore:
         rows = self._conn("history").execute(
             "SELECT uid, version, n, ts, seqs, vals FROM history WHERE uid = ? AND ts_min < ?"
             " AND ts_max >= ? AND seq_min <= ? ORDER BY ts_min",
-            (uid, end, start, max_seq),
+            (int(uid), int(end), int(start), int(max_seq)),  # never a NumPy int: SQLite
+            # would bind it as a blob, which compares greater than every integer
         )
         return [decode_chunk(*row) for row in rows]
 
@@ -160,7 +161,7 @@ class SqliteStore:
         rows = self._conn("history").execute(
             "SELECT ts_max, uid, version, n, ts, seqs, vals FROM history WHERE uid = ?"
             " AND ts_min < ? AND seq_min <= ? ORDER BY ts_min DESC",
-            (uid, before, max_seq),
+            (int(uid), int(before), int(max_seq)),
         )
         for ts_max, *chunk in rows:
             yield ts_max, decode_chunk(*chunk)

@@ -1,0 +1,372 @@
+"""The web dashboard in a real headless Chromium against a real server: every page loads
+cleanly, errors from the server show in place, bands are drawn, live values change."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import quote
+
+import httpx
+import pytest
+import uvicorn
+
+from livetwin.api.app import create_app
+from livetwin.platform import Platform, wall_clock_ms
+from livetwin.ui import mount
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+STATION = {"properties": {"level": {"unit": "m"}}, "children": ["pump"]}
+PUMP = {
+    "description": "a pump with a calibrated temperature estimate",
+    "properties": {
+        "flow": {"unit": "m3/h", "min": 0, "max": 1000},
+        "pressure": {"unit": "bar"},
+        "x": {"unit": "degC"},
+        "x_lower": {"unit": "degC"},
+        "x_upper": {"unit": "degC"},
+    },
+    "parameters": {"eff": {"value": 0.8, "min": 0.1, "max": 1}},
+    "derived": {
+        "power": {"expr": "flow * pressure / 36 / eff", "unit": "kW"},
+        "flow_avg": "avg(flow, '10m')",
+    },
+}
+LAB = {"description": "a type to edit", "properties": {"t": {"unit": "degC"}}}
+ODD_ID = "lab/room #2?"  # ids may hold '/', '#' and '?': links must encode them
+
+
+def test_mount_serves_the_page_its_modules_and_plotly(platform, monkeypatch):
+    """No browser needed: what `mount(app)` serves, and the error when plotly is missing."""
+    from fastapi.testclient import TestClient
+
+    import livetwin.ui
+
+    app = create_app(platform)
+    if not any(getattr(route, "path", None) == "/" for route in app.routes):
+        mount(app)
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and 'src="ui/app.js"' in page.text
+        module = client.get("/ui/app.js")
+        assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+        assert client.get("/ui/pages/twin.js").status_code == 200
+        assert client.get("/ui/nope.js").json()["error"]["code"] == "http_error"
+        plotly = client.get("/ui/vendor/plotly.min.js")
+        assert plotly.status_code == 200 and "javascript" in plotly.headers["content-type"]
+        assert len(plotly.content) > 1_000_000  # the real bundle from the plotly package
+        etag = plotly.headers["etag"]
+        again = client.get("/ui/vendor/plotly.min.js", headers={"if-none-match": etag})
+        assert again.status_code == 304
+        assert client.get("/api/health").json()["status"] == "ok"  # the API is untouched
+
+        monkeypatch.setattr(livetwin.ui, "plotly_js", lambda: None)
+        missing = client.get("/ui/vendor/plotly.min.js")
+        assert missing.status_code == 404 and "pip install" in missing.json()["error"]["fix"]
+
+
+def _require_browser() -> None:
+    """Skip (or fail under CI=true) when Playwright or Debian's Chromium is missing."""
+    problem = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problem = "Playwright for Python is not installed (pip install playwright)"
+    if problem is None and not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        problem = f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the UI tests need a browser under CI: {problem}")
+        pytest.skip(problem)
+
+
+def _seed(platform: Platform, now: int) -> None:
+    platform.put_type("station", STATION)
+    platform.put_type("pump", PUMP)
+    platform.put_type("lab", LAB)
+    rows = [{"twin": "station-1", "type": "station", "ts": now - 60_000, "values": {"level": 4}}]
+    for k in range(120, 0, -1):  # an hour of pump-1, every 30 s, with a band around x
+        ts = now - k * 30_000
+        x = 40 + 5 * math.sin(k / 10)
+        width = 1 + 0.5 * math.cos(k / 7)
+        rows.append(
+            {
+                "twin": "pump-1",
+                "type": "pump",
+                "ts": ts,
+                "parent": "station-1",
+                "values": {
+                    "flow": 100 + 10 * math.sin(k / 5),
+                    "pressure": 3 + 0.2 * math.cos(k / 9),
+                    "x": x,
+                    "x_lower": x - width,
+                    "x_upper": x + width,
+                },
+            }
+        )
+    rows.append(  # pump-2 went quiet half an hour ago: stale
+        {
+            "twin": "pump-2",
+            "type": "pump",
+            "ts": now - 30 * 60_000,
+            "parent": "station-1",
+            "values": {"flow": 50, "pressure": 2},
+        }
+    )
+    rows.append({"twin": "lab-1", "type": "lab", "ts": now - 1000, "values": {"t": 21.5}})
+    rows.append({"twin": ODD_ID, "type": "lab", "ts": now - 2000, "values": {"t": 19}})
+    result = platform.ingest(rows)
+    assert not result.rejected, result.rejected
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """A real uvicorn server in a thread on a free port, over a seeded platform."""
+    _require_browser()
+    platform = Platform(tmp_path_factory.mktemp("ui") / "data")
+    app = create_app(platform)
+    if not any(getattr(route, "path", None) == "/" for route in app.routes):
+        mount(app)  # until create_app mounts the dashboard itself
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.02)
+    _seed(platform, wall_clock_ms())
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", platform=platform)
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        sock.close()
+        platform.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def errors() -> list[str]:
+    """Console errors and uncaught exceptions of the test's page."""
+    return []
+
+
+@pytest.fixture
+def page(browser, errors):
+    context = browser.new_context(viewport=DESKTOP)
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    tab.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+    tab.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    yield tab
+    context.close()
+
+
+def visit(page, server, route: str) -> None:
+    """Load the dashboard at `#<route>` and wait until the page has rendered."""
+    page.goto("about:blank")
+    page.goto(f"{server.url}/#{route}")
+    page.wait_for_selector('#view[data-ready="1"]')
+
+
+def api_error(server, method: str, path: str, **kwargs) -> dict:
+    response = httpx.request(method, server.url + path, **kwargs)
+    assert response.status_code == 422, response.text
+    return response.json()["error"]
+
+
+def test_every_page_loads_without_console_errors(server, page, errors):
+    from playwright.sync_api import expect
+
+    pages = {
+        "/fleet": "table.twins",
+        "/twin/pump-1": "#chart .main-svg",
+        "/twin/station-1": "#chart .main-svg",
+        f"/twin/{quote(ODD_ID, safe='')}": "#chart .main-svg",
+        "/types": "table.types",
+        "/types/pump": "form.editor textarea",
+        "/alarms": ".placeholder",
+        "/jobs": ".placeholder",
+        "/models": ".placeholder",
+    }
+    for route, marker in pages.items():
+        visit(page, server, route)
+        page.wait_for_selector(marker)
+        assert not page.locator("#view .error").count(), (route, page.inner_text("#view"))
+    assert errors == []
+
+    visit(page, server, "/fleet")
+    page.click(f'tr[data-twin="{ODD_ID}"] td:first-child a')
+    expect(page.locator("h1")).to_have_text(ODD_ID)
+    expect(page.locator('tr[data-name="t"] .value')).to_have_text("19")
+
+    visit(page, server, "/fleet")
+    expect(page.locator('[data-count="pump"]')).to_have_text("2")
+    expect(page.locator('tr[data-twin="pump-1"] .badge')).to_have_class("badge fresh")
+    expect(page.locator('tr[data-twin="pump-2"] .badge')).to_contain_text("stale")
+    page.click('tr[data-twin="station-1"] a:text("children")')  # the hierarchy
+    expect(page.locator("table.twins tbody tr")).to_have_count(2)
+    page.click('tr[data-twin="pump-1"] td:first-child a')
+    page.wait_for_selector("#chart .main-svg")
+    expect(page.locator("#crumbs")).to_contain_text("station-1")
+    expect(page.locator('tr[data-name="eff"] .value')).to_have_text("0.8")
+    expect(page.locator("#events tbody tr")).to_have_count(20)
+    assert errors == []
+
+
+def test_fleet_filter_shows_the_servers_error_in_place(server, page):
+    from playwright.sync_api import expect
+
+    bad = "flow >"
+    message = api_error(server, "GET", "/api/twins", params={"type": "pump", "where": bad})
+    visit(page, server, "/fleet?type=pump")
+    page.fill('input[name="where"]', bad)
+    page.click('form.filters button[type="submit"]')
+    error = page.locator(".result .error")
+    expect(error).to_contain_text(message["message"][:60])
+    expect(error).to_contain_text("where")
+    expect(page.locator('input[name="where"]')).to_have_value(bad)
+
+    page.fill('input[name="where"]', "flow > 80")  # a good filter replaces the error
+    page.click('form.filters button[type="submit"]')
+    expect(page.locator("table.twins tbody tr")).to_have_count(1)
+    expect(page.locator('tr[data-twin="pump-1"]')).to_be_visible()
+
+    page.fill('input[name="where"]', "")  # search by id
+    page.fill('input[name="q"]', "P-2")
+    page.click('form.filters button[type="submit"]')
+    expect(page.locator("table.twins tbody tr")).to_have_count(1)
+    expect(page.locator('tr[data-twin="pump-2"]')).to_be_visible()
+
+
+def test_twin_chart_draws_an_uncertainty_band(server, page, errors):
+    visit(page, server, "/twin/pump-1?names=x,flow&range=1h")
+    page.wait_for_selector("#chart .main-svg")
+    traces = page.evaluate(
+        """() => document.getElementById('chart').data.map(
+            t => ({name: t.name, fill: t.fill || null, yaxis: t.yaxis,
+                   points: t.y.filter(v => v !== null).length}))"""
+    )
+    assert [t["name"] for t in traces] == ["flow", "x_lower", "x_upper", "x"]  # column order
+    # the upper edge fills down to the lower edge (the trace before it), under the line of x
+    assert [t["fill"] for t in traces] == [None, None, "tonexty", None]
+    assert [t["yaxis"] for t in traces] == ["y", "y2", "y2", "y2"]
+    assert all(t["points"] > 10 for t in traces)
+    fills = page.eval_on_selector_all(
+        "#chart path.js-fill", "paths => paths.map(p => p.getAttribute('d') || '')"
+    )
+    assert any(len(d) > 100 for d in fills), fills  # a real shaded area, not an empty path
+    assert "uncertainty band" in page.inner_text("#chart-note")
+    assert errors == []
+
+
+def test_type_edit_with_a_bad_expression_shows_the_error_in_place(server, page):
+    from playwright.sync_api import expect
+
+    bad = {**LAB, "derived": {"twice": "t +* 2"}}
+    message = api_error(server, "PUT", "/api/types/lab", json=bad)
+    visit(page, server, "/types/lab")
+    page.fill("form.editor textarea", json.dumps(bad, indent=2))
+    page.click('form.editor button[type="submit"]')
+    error = page.locator(".editor-result .error")
+    expect(error).to_contain_text(message["message"][:60])
+    expect(error).to_contain_text("derived.twice.expr")
+    assert httpx.get(f"{server.url}/api/types/lab").json()["latest"] == 1
+
+    page.fill("form.editor textarea", "{not json")  # the server's JSON error, in place too
+    page.click('form.editor button[type="submit"]')
+    expect(error).to_contain_text("malformed JSON")
+
+    good = {**LAB, "derived": {"twice": "t * 2"}}
+    page.fill("form.editor textarea", json.dumps(good, indent=2))
+    page.click('form.editor button[type="submit"]')
+    expect(page.locator(".notice").first).to_contain_text("Saved as version 2")
+    assert httpx.get(f"{server.url}/api/types/lab").json()["latest"] == 2
+
+
+def test_screenshots_at_desktop_and_phone_width(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name, viewport in {"desktop": DESKTOP, "phone": PHONE}.items():
+        context = browser.new_context(viewport=viewport)
+        tab = context.new_page()
+        visit(tab, server, "/fleet")
+        tab.screenshot(path=ARTIFACTS / f"fleet-{name}.png", full_page=True)
+        visit(tab, server, "/twin/pump-1?names=x,flow,power&range=1h")
+        tab.wait_for_selector("#chart path.js-fill")
+        tab.wait_for_timeout(300)  # let Plotly settle its responsive layout
+        overflow = tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the twin page scrolls sideways at {name} width ({overflow} px)"
+        tab.screenshot(path=ARTIFACTS / f"twin-{name}.png", full_page=True)
+        context.close()
+    if os.environ.get("LIVETWIN_DOCS_SCREENSHOTS") == "1":  # refresh the README's picture
+        shutil.copyfile(ARTIFACTS / "twin-desktop.png", ROOT / "docs" / "ui-twin.png")
+
+
+def _stream_exists(server) -> bool:
+    with httpx.stream("GET", f"{server.url}/api/stream", params={"twin": "pump-1"}) as r:
+        return r.status_code != 404
+
+
+def test_a_live_value_changes_on_screen_while_telemetry_arrives(server, page, errors):
+    from playwright.sync_api import expect
+
+    if not _stream_exists(server):
+        pytest.xfail("needs /api/stream")
+    visit(page, server, "/twin/pump-1")
+    expect(page.locator("#live")).to_have_text("live")
+    flow = page.locator('tr[data-name="flow"] .value')
+    power = page.locator('tr[data-name="power"] .value')
+    assert flow.inner_text() != "777.5"
+    stop = threading.Event()
+
+    def send() -> None:  # keep sending until the page shows it (or the test gives up)
+        while not stop.is_set():
+            row = {"twin": "pump-1", "type": "pump", "values": {"flow": 777.5, "pressure": 3.6}}
+            server.platform.ingest([row])
+            stop.wait(0.3)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        expect(flow).to_have_text("777.5", timeout=10_000)
+        expect(power).to_have_text("97.188")  # 777.5 * 3.6 / 36 / 0.8, derived live
+    finally:
+        stop.set()
+        sender.join()
+    assert errors == []
