@@ -183,3 +183,22 @@ def test_types_calibrate_on_their_interval(tmp_path, clock, fleet):
     with Platform(tmp_path / "e", clock=clock) as platform, pytest.raises(Exception) as info:
         platform.put_type("roller_line", bad)
     assert info.value.field == "calibration.every"
+
+
+def test_continuous_calibration_follows_new_data(tmp_path, clock, fleet):
+    import time
+
+    sim, ids = fleet
+    clock.now = T0 + 10**8
+    spec = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "continuous": True}}
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        platform.put_type("roller_line", spec)
+        for round_ in range(2):
+            feed(platform, sim, ids, 20, 20 * round_)
+            deadline = time.monotonic() + 15
+            while len(platform.store.calibration_runs("roller_line", 5)) <= round_:
+                assert time.monotonic() < deadline, "new data did not start a calibration"
+                time.sleep(0.05)
+        time.sleep(2.5)  # its own published results do not start another run
+        runs = platform.store.calibration_runs("roller_line", 5)
+        assert [r["status"] for r in runs] == ["succeeded", "succeeded"]

@@ -389,15 +389,18 @@ def _status(record: dict) -> str:
 
 
 class CalibrationTimer:
-    """Calibrates each type on its `calibration.every` interval, on a thread of its own.
+    """Calibrates types on their own: every `calibration.every`, and, with
+    `calibration.continuous`, within a tick of new measurements arriving.
 
     A small stand-in for the scheduler: runs are recorded like on-demand ones, and a failing
-    run is logged and retried at the next interval.
+    run is logged and retried at the next occasion.
     """
 
     def __init__(self, platform: Platform, tick_s: float = 1.0):
         self.platform, self.tick_s = platform, tick_s
         self._last: dict[str, float] = {}
+        self._fresh: set[str] = set()  # continuous types with unseen measurements
+        self._token = platform.bus.subscribe(self._on_event)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="livetwin-calibration", daemon=True)
         self._thread.start()
@@ -405,23 +408,42 @@ class CalibrationTimer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.platform.bus.unsubscribe(self._token)
+
+    def _on_event(self, event) -> None:
+        """Note new measurements of continuous types (calibration's own output is not one)."""
+        applied = getattr(event, "applied", None)
+        if applied is None or applied.type in self._fresh:
+            return
+        ctype = self.platform.engine.types.get(applied.type)
+        plan = ctype.calibration if ctype is not None else None
+        if plan is None or not plan.section.continuous:
+            return
+        measured = [ctype.columns.index(name) for name in plan.measured]
+        if not np.isnan(applied.values[:, measured]).all():
+            self._fresh.add(applied.type)
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):
-            for name, interval_s in self._due_types():
-                now = time.monotonic()
-                if now - self._last.setdefault(name, now) < interval_s:
-                    continue
-                self._last[name] = now
+            for name in self._due():
                 try:
                     self.platform.calibrate(name)
                 except Exception:
-                    log.exception("scheduled calibration of %s failed", name)
+                    log.exception("automatic calibration of %s failed", name)
 
-    def _due_types(self) -> list[tuple[str, float]]:
-        out = []
+    def _due(self) -> list[str]:
+        due = []
+        now = time.monotonic()
         for name, ctype in self.platform.engine.types.items():
             plan = ctype.calibration
-            if plan is not None and plan.section.every:
-                out.append((name, parse_duration(plan.section.every) / 1000))
-        return out
+            if plan is None:
+                continue
+            if plan.section.continuous and name in self._fresh:
+                self._fresh.discard(name)
+                due.append(name)
+            elif plan.section.every:
+                interval_s = parse_duration(plan.section.every) / 1000
+                if now - self._last.setdefault(name, now) >= interval_s:
+                    self._last[name] = now
+                    due.append(name)
+        return due

@@ -42,6 +42,7 @@ class CalibrationSection(BaseModel):
     )
     estimator: Literal["ukf", "enkf"] = "ukf"
     every: str | None = Field(None, description="run on this interval, e.g. '10m'")
+    continuous: bool = Field(False, description="run within a second of new measurements")
     prior_std: dict[str, float] = Field(
         default_factory=dict, description="std of a parameter's initial guess (default 30 %)"
     )
