@@ -175,7 +175,29 @@ def run(quick: bool = False) -> list[dict]:
         rows.append(_with_ratio(time_steps(CHAIN_LOOP, 1000, 2), filterpy_steps_per_s(CHAIN_LOOP)))
     rows.append(accuracy(ROLLERS, 200, 200 if quick else 400, TENSIONS))
     rows.append(accuracy(CHAIN, 100, 150 if quick else 300, ("f1", "f2", "f3")))
+    rows += fmu_rows(steps=10 if quick else 40)
     return rows
+
+
+def fmu_rows(steps: int) -> list[dict]:
+    """FMU filter-steps/s, serial vs a 2-process pool, on the test suite's first-order FMU
+    (FMI 2.0 co-simulation, built here with pythonfmu)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    try:
+        from livetwin.models.fmu import bench_rows
+    except ImportError:
+        return [{"scenario": "fmu", "skipped": "install livetwin[fmu] and pythonfmu"}]
+    source = Path(__file__).resolve().parent.parent / "tests" / "fmus" / "FirstOrder.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        build = [sys.executable, "-m", "pythonfmu", "build", "-f", str(source), "-d", tmp]
+        done = subprocess.run(build, capture_output=True, text=True)
+        if done.returncode != 0:
+            return [{"scenario": "fmu", "skipped": f"pythonfmu build failed: {done.stderr[-200:]}"}]
+        path = next(Path(tmp).glob("*.fmu"))
+        return [bench_rows(path, n_twins=20, steps=steps, workers=w) for w in (0, 2)]
 
 
 def _with_ratio(row: dict, base: float | None) -> dict:

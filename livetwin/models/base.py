@@ -106,6 +106,10 @@ def resolve_model(ref: str | Model | Callable) -> Model:
     """
     if isinstance(ref, Model):
         return ref
+    if isinstance(ref, str) and ref.startswith("fmu:"):
+        from livetwin.models.fmu import resolve_fmu_ref  # FMPy is an optional extra
+
+        return resolve_fmu_ref(ref)
     if isinstance(ref, str):
         obj = _import(ref)
         name = ref

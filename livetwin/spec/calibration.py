@@ -25,7 +25,10 @@ class ModelSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ref: str = Field(description="'package.module:function' of a vectorised model")
+    ref: str = Field(
+        description="'package.module:function' of a vectorised model, or "
+        "'fmu:path/to/model.fmu[?options]' (see docs/fmu.md)"
+    )
     dt: str = Field("1s", description="the model/filter step; measurements are aligned on it")
     virtual: list[str] | None = Field(
         None, description="outputs to publish as virtual sensors (default: all unmeasured)"
