@@ -30,7 +30,8 @@ class Applied:
     twins: list[str]
     uids: np.ndarray  # int64 (M,)
     ts: np.ndarray  # int64 (M,)
-    values: np.ndarray  # float64 (M, n_columns): observed inputs (NaN = absent), derived after it
+    values: np.ndarray | None  # float64 (M, n_columns): observed inputs (NaN = absent) and
+    # derived values after each observation; None when apply(record=False)
     fresh: np.ndarray  # bool (M,): False for a late observation that did not change state
     created: list[str]
 
@@ -128,14 +129,16 @@ class Engine:
             )
         return None
 
-    def apply(self, batch: Batch) -> Applied:
-        """Apply a checked batch. Creates twins on their first observation."""
+    def apply(self, batch: Batch, *, record: bool = True) -> Applied:
+        """Apply a checked batch. Creates twins on their first observation. `record=False`
+        skips the per-observation history rows (replay when history is already stored)."""
         st = self.states[batch.type]
         rows, created = self._rows(st, batch)
         m = len(batch)
         col_of_input = np.array([st.col[n] for n in batch.names], dtype=np.int64)
-        out = np.full((m, len(st.ctype.columns)), np.nan)
-        out[:, col_of_input] = batch.values.T
+        out = np.full((m, len(st.ctype.columns)), np.nan) if record else None
+        if record:
+            out[:, col_of_input] = batch.values.T
         fresh = np.ones(m, dtype=bool)
         for sel in _waves(rows):
             r = rows[sel]
@@ -209,7 +212,8 @@ class Engine:
             present[name] = _any_present(present, compiled.names, absent)
             j = st.col[name]
             st.data[j, r] = value
-            out[sel, j] = value
+            if out is not None:
+                out[sel, j] = value
 
     # ---- reads -------------------------------------------------------------------------------
 

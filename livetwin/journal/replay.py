@@ -43,8 +43,9 @@ def replay(
         nonlocal pending, pending_n, applied_n
         if not pending:
             return
-        applied = engine.apply(Batch.concat([b for _, b in pending]))
-        if stored_upto is not None and pending[0][0] > stored_upto:
+        rebuild_history = stored_upto is not None and pending[0][0] > stored_upto
+        applied = engine.apply(Batch.concat([b for _, b in pending]), record=rebuild_history)
+        if rebuild_history:
             seqs = np.concatenate([np.full(len(b), s, dtype=np.int64) for s, b in pending])
             history.add(
                 Segment(
