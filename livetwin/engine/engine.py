@@ -167,8 +167,15 @@ class Engine:
         )
 
     def _rows(self, st: TypeState, batch: Batch) -> tuple[np.ndarray, list[str]]:
-        """The state row of each observation; twins seen for the first time are created."""
-        rows = np.fromiter(map(st.index.get, batch.twins, repeat(-1)), np.int64, len(batch))
+        """The state row of each observation; twins seen for the first time are created.
+
+        A journaled batch carries the twins' uids, so replay finds rows with one array gather
+        instead of a dictionary lookup per observation.
+        """
+        if batch.uids is not None:
+            rows = st.rows_of(batch.uids)
+        else:
+            rows = np.fromiter(map(st.index.get, batch.twins, repeat(-1)), np.int64, len(batch))
         missing = np.flatnonzero(rows < 0)
         created: list[str] = []
         if len(missing):
@@ -180,8 +187,12 @@ class Engine:
             parents = (
                 [batch.parents[i] for i in positions] if batch.parents else [None] * len(first)
             )
-            st.add(created, parents, self.next_uid, batch.ts[positions])
-            self.next_uid += len(created)
+            if batch.uids is not None:
+                uids = batch.uids[positions]
+            else:
+                uids = np.arange(self.next_uid, self.next_uid + len(created), dtype=np.int64)
+            st.add(created, parents, uids, batch.ts[positions])
+            self.next_uid = max(self.next_uid, int(uids.max()) + 1)
             self.type_of.update(dict.fromkeys(created, st.ctype.name))
             rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
         if batch.parents is not None:

@@ -24,6 +24,7 @@ class TypeState:
         self.index: dict[str, int] = {}
         self.parents: list[str | None] = []
         self.uid = np.zeros(capacity, dtype=np.int64)
+        self.row_of_uid = np.full(capacity, -1, dtype=np.int64)  # uid -> row, -1 if not here
         self.last_ts = np.full(capacity, -1, dtype=np.int64)
         self.created_ts = np.zeros(capacity, dtype=np.int64)
         self.data = np.full((len(ctype.columns), capacity), np.nan)
@@ -40,7 +41,7 @@ class TypeState:
     def capacity(self) -> int:
         return self.data.shape[1]
 
-    def add(self, twins: list[str], parents: list[str | None], first_uid: int, ts: np.ndarray):
+    def add(self, twins: list[str], parents: list[str | None], uids: np.ndarray, ts: np.ndarray):
         """Append new twins (distinct, not yet present); parameters start at their initial value."""
         start, n = len(self.ids), len(twins)
         if start + n > self.capacity:
@@ -49,10 +50,23 @@ class TypeState:
         self.ids.extend(twins)
         self.index.update(zip(twins, range(start, end), strict=True))
         self.parents.extend(parents)
-        self.uid[start:end] = np.arange(first_uid, first_uid + n)
+        self.uid[start:end] = uids
+        self._map_uids(uids, np.arange(start, end))
         self.created_ts[start:end] = ts
         for name, value in self._param_defaults.items():
             self.data[self.col[name], start:end] = value
+
+    def rows_of(self, uids: np.ndarray) -> np.ndarray:
+        """The rows of twins given by uid (-1 for a uid this type does not hold)."""
+        inside = uids < len(self.row_of_uid)
+        if inside.all():
+            return self.row_of_uid[uids]
+        return np.where(inside, self.row_of_uid[np.where(inside, uids, 0)], -1)
+
+    def _map_uids(self, uids: np.ndarray, rows: np.ndarray) -> None:
+        if len(uids) and uids.max() >= len(self.row_of_uid):
+            self.row_of_uid = _grown(self.row_of_uid, 2 * int(uids.max()) + 1, -1)
+        self.row_of_uid[uids] = rows
 
     def _grow(self, capacity: int) -> None:
         n = self.capacity
@@ -81,6 +95,7 @@ class TypeState:
         n = len(self.ids)
         new.ids, new.index, new.parents = self.ids, self.index, self.parents
         new.uid, new.last_ts, new.created_ts = self.uid, self.last_ts, self.created_ts
+        new.row_of_uid = self.row_of_uid
         for name, j in new.col.items():
             if name in self.col:
                 new.data[j, :n] = self.data[self.col[name], :n]
@@ -125,6 +140,7 @@ def import_state(ctype: CompiledType, meta: dict, arrays: dict[str, np.ndarray])
     st.index = {twin: row for row, twin in enumerate(st.ids)}
     st.data[:, :n] = arrays["data"]
     st.uid[:n] = arrays["uid"]
+    st._map_uids(st.uid[:n], np.arange(n))
     st.last_ts[:n] = arrays["last_ts"]
     st.created_ts[:n] = arrays["created_ts"]
     for name in ctype.derived_order:

@@ -22,6 +22,7 @@ class Batch:
     values: np.ndarray  # float64, shape (len(names), M)
     parents: list[str | None] | None = None
     keys: list[str | None] | None = None
+    uids: np.ndarray | None = None  # int64 (M,): the twins' engine ids, set once journaled
 
     def __len__(self) -> int:
         return len(self.twins)
@@ -37,6 +38,7 @@ class Batch:
             self.values[:, index],
             None if self.parents is None else [self.parents[i] for i in idx],
             None if self.keys is None else [self.keys[i] for i in idx],
+            None if self.uids is None else self.uids[index],
         )
 
     @staticmethod
@@ -62,6 +64,9 @@ class Batch:
             values,
             [p for b in batches for p in (b.parents or [None] * len(b))] if has_parents else None,
             [k for b in batches for k in (b.keys or [None] * len(b))] if has_keys else None,
+            np.concatenate([b.uids for b in batches])
+            if all(b.uids is not None for b in batches)
+            else None,
         )
 
 
@@ -73,6 +78,7 @@ class _Wire(msgspec.Struct, array_like=True):
     values: bytes
     parents: list[str | None] | None
     keys: list[str | None] | None
+    uids: bytes | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -89,6 +95,7 @@ def encode_batch(batch: Batch) -> bytes:
         np.ascontiguousarray(batch.values, dtype="<f8").tobytes(),
         batch.parents,
         batch.keys,
+        None if batch.uids is None else np.ascontiguousarray(batch.uids, dtype="<i8").tobytes(),
     )
     return _encoder.encode(wire)
 
@@ -97,4 +104,5 @@ def decode_batch(blob: bytes) -> Batch:
     w = _decoder.decode(blob)
     ts = np.frombuffer(w.ts, dtype="<i8").astype(np.int64)
     values = np.frombuffer(w.values, dtype="<f8").reshape(len(w.names), len(w.twins))
-    return Batch(w.type, w.twins, ts, tuple(w.names), values.copy(), w.parents, w.keys)
+    uids = None if w.uids is None else np.frombuffer(w.uids, dtype="<i8").astype(np.int64)
+    return Batch(w.type, w.twins, ts, tuple(w.names), values.copy(), w.parents, w.keys, uids)

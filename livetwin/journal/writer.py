@@ -209,6 +209,7 @@ class Writer:
                                 applied.values,
                             )
                         )
+                    batch.uids = applied.uids  # replay finds rows by uid, without lookups
                     body = encode_batch(batch)
                     entries.append(JournalEntry(seq, now, "obs", batch.type, len(batch), body))
                     keys.extend((k, seq) for k in batch_keys)
