@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from livetwin.engine.engine import Engine
+from livetwin.engine.engine import Engine, json_number
 from livetwin.engine.events import EventBus
 from livetwin.errors import InvalidInput, NotFound, Unavailable
 from livetwin.ingest.extract import extract
@@ -422,7 +422,7 @@ class Platform:
                         for k in inputs
                         if not np.isnan(values[k, i])
                     },
-                    "derived": {columns[k]: _json_number(values[k, i]) for k in derived},
+                    "derived": {columns[k]: json_number(values[k, i]) for k in derived},
                 }
             )
         return out
@@ -458,7 +458,7 @@ class Platform:
 
             def stats(name: str) -> dict:
                 return {
-                    key: _json_number(st.data[st.col[name + suffix], row])
+                    key: json_number(st.data[st.col[name + suffix], row])
                     for key, suffix in (
                         ("value", ""),
                         ("std", "_std"),
@@ -555,10 +555,6 @@ def _time_arg(value: Any, field: str, default: int) -> int:
         raise InvalidInput(
             str(exc), field=field, fix="use ISO 8601 (2026-11-22T10:00:00Z) or epoch ms"
         ) from None
-
-
-def _json_number(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def _json_list(values: np.ndarray) -> list:

@@ -245,7 +245,7 @@ class Engine:
         spec = st.ctype.spec
 
         def values(names: Iterable[str]) -> dict:
-            return {n: _json_number(st.data[st.col[n], row]) for n in names}
+            return {n: json_number(st.data[st.col[n], row]) for n in names}
 
         return {
             "id": twin,
@@ -316,5 +316,6 @@ def _waves(rows: np.ndarray) -> list[np.ndarray]:
     return np.split(by_rank, np.cumsum(counts)[:-1])
 
 
-def _json_number(x: float) -> float | None:
+def json_number(x: float) -> float | None:
+    """A float for JSON: NaN and infinities (unknown) become None."""
     return float(x) if math.isfinite(x) else None
