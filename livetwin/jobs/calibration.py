@@ -223,7 +223,7 @@ def _run_cohort(platform, ctype, plan, saved, members, aligned, params, first, r
     estimator = BatchEnKF if plan.section.estimator == "enkf" else BatchUKF
     dt = plan.dt_ms / 1000.0
     published = []
-    with estimator(spec, n) as filt:
+    with estimator(spec, n, workers=plan.section.workers) as filt:
         if resumed:
             state = _take(saved.state, [saved.ids.index(t) for t in members])
         else:

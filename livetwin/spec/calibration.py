@@ -61,6 +61,7 @@ class CalibrationSection(BaseModel):
         description="(initial value, std) of a model state that is not measured",
     )
     min_steps: int = Field(5, ge=1, description="fewer aligned rows than this is too little data")
+    workers: int = Field(0, ge=0, le=64, description="processes for large fleets (0: this one)")
 
 
 @dataclass(frozen=True)

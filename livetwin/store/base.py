@@ -63,6 +63,14 @@ class Store(Protocol):
 
     def extractors(self) -> dict[str, str]: ...
 
+    def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
+        """Store a named piece of configuration (JSON) of some kind, e.g. an MQTT subscription."""
+
+    def delete_config(self, kind: str, name: str) -> bool: ...
+
+    def configs(self, kind: str) -> dict[str, str]:
+        """All configuration of one kind: name -> JSON."""
+
     def save_calibration(self, type_name: str, state: bytes, record: dict, at: int) -> int:
         """Store a type's filter state and record the run that produced it (one transaction);
         returns the run id."""

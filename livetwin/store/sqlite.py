@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS types (
     PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS extractors (
     name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS config (
+    kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL, updated INTEGER NOT NULL,
+    PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS calibration_state (
     type TEXT PRIMARY KEY, state BLOB NOT NULL, updated INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS calibration_runs (
@@ -184,6 +187,23 @@ class SqliteStore:
 
     def extractors(self) -> dict[str, str]:
         return dict(self._conn().execute("SELECT name, spec FROM extractors").fetchall())
+
+    def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
+        self._conn().execute(
+            "INSERT INTO config VALUES (?,?,?,?) ON CONFLICT(kind, name) DO UPDATE"
+            " SET spec = excluded.spec, updated = excluded.updated",
+            (kind, name, spec, at),
+        )
+
+    def delete_config(self, kind: str, name: str) -> bool:
+        cursor = self._conn().execute(
+            "DELETE FROM config WHERE kind = ? AND name = ?", (kind, name)
+        )
+        return cursor.rowcount > 0
+
+    def configs(self, kind: str) -> dict[str, str]:
+        rows = self._conn().execute("SELECT name, spec FROM config WHERE kind = ?", (kind,))
+        return dict(rows.fetchall())
 
     def save_calibration(self, type_name: str, state: bytes, record: dict, at: int) -> int:
         with self._transaction() as conn:
