@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import threading
 import time
@@ -334,8 +333,6 @@ def test_screenshots_at_desktop_and_phone_width(server, browser):
         assert overflow <= 1, f"the twin page scrolls sideways at {name} width ({overflow} px)"
         tab.screenshot(path=ARTIFACTS / f"twin-{name}.png", full_page=True)
         context.close()
-    if os.environ.get("LIVETWIN_DOCS_SCREENSHOTS") == "1":  # refresh the README's picture
-        shutil.copyfile(ARTIFACTS / "twin-desktop.png", ROOT / "docs" / "ui-twin.png")
 
 
 def _stream_exists(server) -> bool:

@@ -50,19 +50,28 @@ export async function render(root, { args: [id], params, signal }) {
     root.querySelector('#crumbs')?.append(...chain.flatMap((t) => [' › ', link('#/twin/', t)]), ' › ', twin.id);
   });
 
-  const valueCard = (title, values, extra) =>
-    h(
+  // A name with an uncertainty band shows "value  [lower .. upper]" in one row; its _std,
+  // _lower and _upper columns get no rows of their own.
+  const current = { ...twin.properties, ...twin.parameters, ...twin.derived };
+  const bandParts = new Set([...bands].flatMap((n) => [`${n}_lower`, `${n}_upper`, `${n}_std`]));
+  const bandText = (name) =>
+    current[`${name}_lower`] == null ? '' : `[${fmt(current[`${name}_lower`])} .. ${fmt(current[`${name}_upper`])}]`;
+  const valueCard = (title, values, extra) => {
+    const shown = Object.entries(values).filter(([name]) => !bandParts.has(name));
+    return h(
       'section',
       { class: 'card values' },
       h('h2', {}, title),
-      Object.keys(values).length
-        ? h('table', {}, h('tbody', {}, Object.entries(values).map(([name, v]) =>
+      shown.length
+        ? h('table', {}, h('tbody', {}, shown.map(([name, v]) =>
             h('tr', { 'data-name': name },
               h('th', { title: extra?.(name) || '' }, name),
               h('td', { class: 'value num' }, fmt(v)),
-              h('td', { class: 'unit muted' }, unitOf(name))))))
+              h('td', { class: 'unit muted' }, unitOf(name),
+                bands.has(name) && h('span', { class: 'band-range', 'data-band': name }, ' ', bandText(name)))))))
         : h('p', { class: 'muted' }, 'none'),
     );
+  };
   const exprOf = (n) => spec.derived[n]?.expr;
   const values = h(
     'div',
@@ -220,6 +229,12 @@ export async function render(root, { args: [id], params, signal }) {
     }, LIVE_REDRAW_MS);
   };
   const show = (name, value) => {
+    current[name] = value;
+    const base = name.replace(/_(lower|upper)$/, '');
+    if (base !== name && bands.has(base)) {
+      const range = values.querySelector(`[data-band="${CSS.escape(base)}"]`);
+      if (range) range.textContent = ` ${bandText(base)}`;
+    }
     const cell = values.querySelector(`tr[data-name="${CSS.escape(name)}"] .value`);
     if (!cell) return;
     cell.textContent = fmt(value);
