@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import logging
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -128,8 +129,16 @@ def parse_body(raw: bytes, content_type: str) -> Any:
         raise error from None
 
 
-def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
-    """The FastAPI app over `platform` (closed on shutdown when `own_platform`)."""
+def create_app(
+    platform: Platform,
+    *,
+    own_platform: bool = False,
+    extra_routes: Iterable[Callable[[FastAPI], None]] = (),
+) -> FastAPI:
+    """The FastAPI app over `platform` (closed on shutdown when `own_platform`).
+
+    `extra_routes` are callables that add routes to the app before the dashboard's catch-all.
+    """
 
     feed = LiveFeed(platform.bus)
 
@@ -344,6 +353,8 @@ def create_app(platform: Platform, *, own_platform: bool = False) -> FastAPI:
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
+    for add_routes in extra_routes:
+        add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)
     return app
 

@@ -35,7 +35,19 @@ class TypeDefined:
     kind = "type"
 
 
-Event = StateChanged | TypeDefined
+@dataclass
+class Notice:
+    """A service's announcement for SSE and webhooks: an alarm changed, a job run finished.
+
+    `id` is unique and stable (a redelivery carries the same one); `data` is JSON-able.
+    """
+
+    kind: str  # "alarm" | "job"
+    id: str
+    data: dict
+
+
+Event = StateChanged | TypeDefined | Notice
 
 
 class EventBus:
