@@ -70,3 +70,41 @@ def test_stream_filters_by_type_and_rejects_bad_input(live_server, platform):
     assert r.status_code == 422 and r.json()["error"]["field"] == "kinds"
     r = httpx.get(f"{live_server}/api/stream", headers={"Last-Event-ID": "yesterday"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "Last-Event-ID"
+
+
+def test_alarm_and_job_notices_share_the_stream_and_resume(live_server, platform):
+    from livetwin.engine.events import Notice
+
+    platform.put_type("pump", PUMP)
+    url = f"{live_server}/api/stream?kinds=state,alarm&twin=p1"
+    thread, first = stream_in_background(url, 3)
+    platform.ingest([obs("p1", T0, flow=1.0)])
+    platform.bus.publish(Notice("job", "run-1", {"function": "calibrate"}))  # not asked for
+    platform.bus.publish(Notice("alarm", "a1.1", {"twin": "p1", "type": "pump", "state": "active"}))
+    platform.bus.publish(Notice("alarm", "a2.1", {"twin": "p9", "type": "pump"}))  # other twin
+    platform.ingest([obs("p1", T0 + 1, flow=2.0)])
+    thread.join(10)
+    assert [e["event"] for e in first] == ["state", "alarm", "state"]
+    assert first[1]["data"] == {
+        "kind": "alarm",
+        "id": "a1.1",
+        "twin": "p1",
+        "type": "pump",
+        "state": "active",
+    }
+
+    # resume right after the alarm: the next state change comes, nothing is repeated
+    thread, resumed = stream_in_background(url, 2, {"Last-Event-ID": first[1]["id"]})
+    platform.bus.publish(Notice("alarm", "a1.2", {"twin": "p1", "type": "pump"}))
+    thread.join(10)
+    assert [(e["event"], e["data"].get("id")) for e in resumed] == [
+        ("state", None),
+        ("alarm", "a1.2"),
+    ]
+    assert resumed[0]["data"]["values"]["flow"] == 2.0
+
+    thread, jobs = stream_in_background(f"{live_server}/api/stream?kinds=job", 1)
+    platform.ingest([obs("p1", T0 + 2, flow=3.0)])  # state is not asked for
+    platform.bus.publish(Notice("job", "run-2", {"function": "calibrate", "state": "succeeded"}))
+    thread.join(10)
+    assert jobs[0]["event"] == "job" and jobs[0]["data"]["id"] == "run-2"

@@ -140,7 +140,7 @@ def create_app(
     `extra_routes` are callables that add routes to the app before the dashboard's catch-all.
     """
 
-    feed = LiveFeed(platform.bus)
+    feed = LiveFeed(platform.bus, last_seq=platform.recovered["last_seq"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -287,8 +287,10 @@ def create_app(
         kinds: str = "state",
         last_event_id: str | None = Query(None, description="or the Last-Event-ID header"),
     ):
-        """Server-Sent Events of state changes; reconnect with Last-Event-ID to resume."""
-        unknown = set(kinds.split(",")) - set(KINDS)
+        """Server-Sent Events of state changes, alarms and job results (`kinds`, comma-separated);
+        reconnect with Last-Event-ID to resume."""
+        wanted_kinds = frozenset(kinds.split(","))
+        unknown = wanted_kinds - set(KINDS)
         if unknown:
             raise InvalidInput(
                 f"unknown event kind(s): {', '.join(sorted(unknown))}",
@@ -297,11 +299,12 @@ def create_app(
             )
         cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
 
-        def wanted(type_name: str, twin_id: str) -> bool:
+        def wanted(type_name: str | None, twin_id: str | None) -> bool:
             return (type is None or type_name == type) and (twin is None or twin_id == twin)
 
         events = feed.stream(
             cursor=cursor,
+            kinds=wanted_kinds,
             wanted=wanted,
             columns_of=platform.layout,
             disconnected=request.is_disconnected,

@@ -1,8 +1,9 @@
 """Server-Sent Events: a live feed of what became durable, resumable with Last-Event-ID.
 
-The feed keeps the most recent applied batches (not one object per observation) in a ring;
-each connection keeps a cursor into it and turns only the rows it wants into JSON. An event id
-is `<seq>.<row>`: the journal sequence number and the row within that journal entry.
+The feed keeps the most recent applied batches (not one object per observation) and notices
+(alarms, job results) in a ring; each connection keeps a cursor into it and turns only the rows
+it wants into JSON. A state event's id is `<seq>.<row>`: the journal sequence number and the row
+within that journal entry; a notice takes the next row after the newest state event.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from livetwin.engine.events import Event, EventBus, StateChanged
+from livetwin.engine.events import Event, EventBus, Notice, StateChanged
 from livetwin.errors import InvalidInput
 
-KINDS = ("state",)
+KINDS = ("state", "alarm", "job")
 HEARTBEAT_S = 15.0
 
 
@@ -43,13 +44,31 @@ class Cursor:
             ) from None
 
 
-class LiveFeed:
-    """Recent state changes for SSE clients (bounded by `max_rows` observations)."""
+@dataclass(frozen=True)
+class _Item:
+    """One ring entry: an applied batch (rows first..last) or a service's notice (one row)."""
 
-    def __init__(self, bus: EventBus, *, max_rows: int = 100_000):
+    first: Cursor
+    last: Cursor
+    event: StateChanged | Notice
+
+    @property
+    def rows(self) -> int:
+        return self.last.row - self.first.row + 1
+
+
+class LiveFeed:
+    """Recent state changes and notices (alarms, job results) for SSE clients.
+
+    Bounded by `max_rows` observations. A notice takes the position right after the newest
+    state row, so one cursor orders both and Last-Event-ID resumes either.
+    """
+
+    def __init__(self, bus: EventBus, *, last_seq: int = 0, max_rows: int = 100_000):
         self.max_rows = max_rows
-        self._ring: deque[StateChanged] = deque()
+        self._ring: deque[_Item] = deque()
         self._rows = 0
+        self._head = Cursor(last_seq, -1)  # the newest position handed out
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._token = bus.subscribe(self._on_event)
@@ -62,41 +81,49 @@ class LiveFeed:
         self._wake()
 
     def _on_event(self, event: Event) -> None:
-        """Called on the writer thread right after a commit: store, then wake the clients."""
-        if not isinstance(event, StateChanged):
-            return
+        """Called on the publishing thread (the writer's, for state): store, wake the clients."""
         with self._lock:
-            self._ring.append(event)
-            self._rows += len(event.applied.twins)
+            if isinstance(event, StateChanged):
+                first = Cursor(event.seq, 0)
+                last = Cursor(event.seq, len(event.applied.twins) - 1)
+            elif isinstance(event, Notice):
+                first = last = Cursor(self._head.seq, self._head.row + 1)
+            else:
+                return
+            self._head = last
+            self._ring.append(_Item(first, last, event))
+            self._rows += self._ring[-1].rows
             while self._rows > self.max_rows and len(self._ring) > 1:
-                self._rows -= len(self._ring.popleft().applied.twins)
+                self._rows -= self._ring.popleft().rows
         self._wake()
 
     def _wake(self) -> None:
         for loop, flag in list(self._waiters):
             loop.call_soon_threadsafe(flag.set)
 
-    def after(self, cursor: Cursor | None) -> tuple[list[StateChanged], bool]:
-        """Batches holding events after `cursor`, and whether the ring still reaches back there."""
+    def after(self, cursor: Cursor | None) -> tuple[list[_Item], bool]:
+        """Entries holding events after `cursor`, and whether the ring still reaches back there."""
         with self._lock:
             ring = list(self._ring)
         if cursor is None:
             return [], True
-        complete = not ring or ring[0].seq <= cursor.seq + 1
-        return [e for e in ring if e.seq >= cursor.seq], complete
+        complete = (
+            not ring
+            or _key(ring[0].first) <= (cursor.seq, cursor.row + 1)
+            or (ring[0].first.row == 0 and ring[0].first.seq <= cursor.seq + 1)
+        )
+        return [item for item in ring if _key(item.last) > _key(cursor)], complete
 
     def newest(self) -> Cursor:
         with self._lock:
-            if not self._ring:
-                return Cursor(0, -1)
-            last = self._ring[-1]
-        return Cursor(last.seq, len(last.applied.twins) - 1)
+            return self._head
 
     async def stream(
         self,
         *,
         cursor: Cursor | None,
-        wanted: Callable[[str, str], bool],
+        kinds: frozenset[str],
+        wanted: Callable[[str | None, str | None], bool],
         columns_of: Callable[[str, int], tuple[tuple[str, ...], frozenset[str]]],
         disconnected: Callable[[], object],
     ) -> AsyncIterator[bytes]:
@@ -112,8 +139,14 @@ class LiveFeed:
                 yield b'event: reset\ndata: {"reason": "events were missed; reload state"}\n\n'
             while not self.closed:
                 flag.clear()  # an event that lands while we send sets it again
-                for event in self.after(cursor)[0]:
-                    chunks, cursor = _encode(event, cursor, wanted, columns_of)
+                for item in self.after(cursor)[0]:
+                    if isinstance(item.event, Notice):
+                        chunks = _encode_notice(item, kinds, wanted)
+                    elif "state" in kinds:
+                        chunks = _encode_state(item, cursor, wanted, columns_of)
+                    else:
+                        chunks = []
+                    cursor = item.last
                     for chunk in chunks:
                         yield chunk
                 try:
@@ -126,14 +159,24 @@ class LiveFeed:
             self._waiters.discard(waiter)
 
 
-def _encode(event: StateChanged, cursor: Cursor, wanted, columns_of):
-    """SSE messages for the rows of `event` after `cursor` that the client wants, and the new
-    cursor (the end of `event`)."""
-    applied = event.applied
-    start = cursor.row + 1 if event.seq == cursor.seq else 0
-    end = Cursor(event.seq, len(applied.twins) - 1)
-    if event.seq < cursor.seq or start >= len(applied.twins):
-        return [], max(cursor, end, key=lambda c: (c.seq, c.row))
+def _key(cursor: Cursor) -> tuple[int, int]:
+    return cursor.seq, cursor.row
+
+
+def _encode_notice(item: _Item, kinds: frozenset[str], wanted) -> list[bytes]:
+    notice = item.event
+    data = notice.data
+    if notice.kind not in kinds or not wanted(data.get("type"), data.get("twin")):
+        return []
+    body = orjson.dumps({"kind": notice.kind, "id": notice.id, **data})
+    return [b"id: %d.%d\nevent: %s\ndata: %s\n\n" % (*_key(item.last), notice.kind.encode(), body)]
+
+
+def _encode_state(item: _Item, cursor: Cursor, wanted, columns_of) -> list[bytes]:
+    """SSE messages for the rows of a state entry after `cursor` that the client wants."""
+    applied = item.event.applied
+    seq = item.first.seq
+    start = cursor.row + 1 if seq == cursor.seq else 0
     columns, derived = columns_of(applied.type, applied.version)
     chunks = []
     for row in range(start, len(applied.twins)):
@@ -146,7 +189,5 @@ def _encode(event: StateChanged, cursor: Cursor, wanted, columns_of):
             if name in derived or not np.isnan(v)
         }
         body = {"twin": twin, "type": applied.type, "ts": int(applied.ts[row]), "values": values}
-        chunks.append(
-            b"id: %d.%d\nevent: state\ndata: %s\n\n" % (event.seq, row, orjson.dumps(body))
-        )
-    return chunks, end
+        chunks.append(b"id: %d.%d\nevent: state\ndata: %s\n\n" % (seq, row, orjson.dumps(body)))
+    return chunks
