@@ -27,6 +27,7 @@ from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
+from livetwin.registry import LineageStore, Registry
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import TwinTypeSpec, compile_type, parse_type_spec
@@ -76,6 +77,10 @@ class Platform:
             snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
+        self.lineage = LineageStore(self.path, clock=self.clock)
+        self.registry = Registry(
+            self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
+        ).start()
         self._timer = CalibrationTimer(self) if self.settings.run_schedules else None
         self._closed = False
 
@@ -121,6 +126,8 @@ class Platform:
         if self._timer is not None:
             self._timer.stop()
         self.writer.stop()
+        self.registry.stop()
+        self.lineage.close()
         self.store.close()
         self._lock_file.close()
 

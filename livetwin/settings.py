@@ -15,4 +15,5 @@ class Settings:
     history_flush_s: float = 2.0  # ... and at most this long between flushes
     cache_mb: int = 64  # SQLite page cache
     max_history_points: int = 200_000  # raw rows one history query may return
+    max_artifact_bytes: int = 512 * 1024 * 1024  # largest model artifact the registry stores
     run_schedules: bool = True  # calibrate types on their calibration.every interval

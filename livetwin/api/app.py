@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
+from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
 from livetwin.platform import Platform
@@ -356,6 +357,8 @@ def create_app(
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
+    registry_routes(app, platform.registry)
+    lineage_routes(app, platform.lineage)
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

@@ -5,7 +5,8 @@ aligns them on the model's step `dt` (the last value per step; inputs carried fo
 the batched filter, and publishes every step's parameters and virtual sensors with their std
 and 95 % band through the ordinary ingest path (journal, engine, history). The filter state of
 the type (one row per twin) is stored with a record of the run, so the next run -- or the next
-process -- resumes where this one ended.
+process -- resumes where this one ended. A run that published values records a lineage node
+(data window, model ref/registered version and code hash, published names; `record["lineage"]`).
 
 Twins that start at the same step are filtered together as one batch (a cohort); scheduled
 runs keep a whole fleet in one cohort. One twin's failure never stops the others: the run
@@ -28,6 +29,7 @@ from livetwin.calibrate.state import FAILURE_REASONS
 from livetwin.errors import InvalidInput
 from livetwin.ingest.batch import Batch
 from livetwin.ingest.observations import Normalized
+from livetwin.registry.jobs import Cohort, record_calibration
 from livetwin.spec.calibration import CalibrationPlan
 from livetwin.store.history import aggregate
 from livetwin.timefmt import format_ts, parse_duration
@@ -114,6 +116,7 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
         else:
             data[twin] = aligned
     cohorts: dict[tuple[int, bool], list[str]] = {}
+    ran: list[Cohort] = []  # for lineage: who was filtered over which window
     for twin, aligned in data.items():
         cohorts.setdefault((int(aligned.buckets[0]), twin in saved.ids), []).append(twin)
     for (first, resumed), members in sorted(cohorts.items()):
@@ -133,6 +136,7 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
         record["calibrated"] += outcome["calibrated"]
         record["failed"].update(outcome["failed"])
         record["pending"] |= outcome["pending"]
+        ran.append(Cohort(tuple(members), *outcome["span"], resumed))
         window = outcome["window"]
         if record["window"] is None:
             record["window"] = window
@@ -143,6 +147,9 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
             }
     record["finished"] = format_ts(platform.clock())
     record["status"] = _status(record)
+    record["lineage"] = record_calibration(
+        platform, record, ctype, plan, ran, published_names(plan), started
+    )
     if record["calibrated"]:
         platform.store.save_calibration(type_name, saved.to_bytes(), record, platform.clock())
     else:
@@ -243,6 +250,7 @@ def _run_cohort(platform, ctype, plan, saved, members, aligned, params, first, r
         "failed": failed,
         "pending": any(int(a.buckets[-1]) > end for a in aligned),
         "window": {"from": format_ts(first * plan.dt_ms), "to": format_ts((end + 1) * plan.dt_ms)},
+        "span": (first * plan.dt_ms, (end + 1) * plan.dt_ms),
     }
 
 

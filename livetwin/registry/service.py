@@ -1,0 +1,323 @@
+"""The model registry service: register immutable versions with metadata and artifacts, archive
+(never delete) them, move aliases, and serve predictions of a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from livetwin.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from livetwin.registry.artifacts import ArtifactStore, artifact_store, hash_file
+from livetwin.registry.lineage import LineageStore, code_hash
+from livetwin.registry.serving import Predictor, load_predictor
+from livetwin.registry.store import (
+    ALIAS,
+    FILENAME,
+    RegistryStore,
+    artifact_immutable,
+    check_name,
+    immutable,
+    parse_version_spec,
+)
+
+DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+PREDICTOR_CACHE = 16
+DEFAULT_ALIAS = "production"
+
+
+def model_node_id(name: str, version: int) -> str:
+    """The lineage node of a registered version."""
+    return f"model:{name}/{version}"
+
+
+class Registry:
+    """Model versions of every kind; metadata in `<data>/registry.db`, blobs in `artifacts`."""
+
+    def __init__(
+        self,
+        platform: Any,
+        *,
+        artifacts: ArtifactStore | None = None,
+        lineage: LineageStore | None = None,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+    ):
+        self.platform = platform
+        self.clock = platform.clock
+        self.store = RegistryStore(platform.path)
+        self.artifacts = artifacts if artifacts is not None else artifact_store(platform.path)
+        self.lineage = lineage if lineage is not None else platform.lineage
+        self.max_artifact_bytes = max_artifact_bytes
+        self.tmp_dir = Path(platform.path) / "tmp"
+        self._predictors: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
+        self._predictors_lock = threading.Lock()
+
+    def start(self) -> Registry:
+        """Check the artifact store (a missing S3 bucket fails here, with the fix)."""
+        self.artifacts.check()
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def stop(self) -> None:
+        self.store.close()
+
+    # ---- registering -------------------------------------------------------------------------
+
+    def register(
+        self, name: str, body: Any, artifacts: Mapping[str, bytes | Path] | None = None
+    ) -> dict:
+        """Register the next version of `name`; `artifacts` (file name -> bytes or a path) are
+        uploaded right away and must be listed in the body's `artifacts`."""
+        check_name(name, "name")
+        spec = parse_version_spec(body)
+        if artifacts:
+            spec.artifacts = list(dict.fromkeys([*spec.artifacts, *artifacts]))
+            for i, filename in enumerate(spec.artifacts):
+                check_name(filename, f"artifacts.{i}", FILENAME)
+        extra: dict = {"code_hash": None}
+        if spec.ref is not None:
+            flavor = spec.flavor or "python"
+            if flavor == "python":
+                from livetwin.models.base import resolve_model
+
+                try:
+                    model = resolve_model(spec.ref)
+                except InvalidInput as exc:
+                    raise InvalidInput(exc.message, field="ref", fix=exc.fix) from None
+                extra["code_hash"] = code_hash(spec.ref, model.fn)
+        elif spec.flavor in (None, "python"):
+            if spec.kind != "inductive":
+                raise InvalidInput(
+                    f"a {spec.kind} model of flavor python needs a ref",
+                    field="ref",
+                    fix="give ref: 'package.module:function' (or 'fmu:path'), or another flavor",
+                )
+        number = self.store.add_version(name, spec, extra, self.clock())
+        self._record_lineage(name, number, spec, extra["code_hash"])
+        for filename, content in (artifacts or {}).items():
+            if isinstance(content, Path):
+                self.put_artifact_file(name, number, filename, content)
+            else:
+                self.put_artifact(name, number, filename, [content])
+        return self.get(name, number)
+
+    def _record_lineage(self, name: str, number: int, spec, hash_: str | None) -> None:
+        """A model node per version, fed by its parents and by its training data window."""
+        parents = [model_node_id(p.name, p.version) for p in spec.parents]
+        parents = [p for p in parents if self.lineage.exists(p)]
+        if spec.training is not None:
+            window = {"start": spec.training.start, "end": spec.training.end}
+            digest = hashlib.sha256(repr((name, window)).encode()).hexdigest()[:16]
+            parents.append(
+                self.lineage.ensure(
+                    f"data:training/{digest}",
+                    "data",
+                    f"training data of {name}",
+                    inputs={"window": window, "description": spec.training.description},
+                )
+            )
+        self.lineage.ensure(
+            model_node_id(name, number),
+            "model",
+            name,
+            inputs={"version": number, "kind": spec.kind, "ref": spec.ref, "flavor": spec.flavor},
+            parents=parents,
+            code_hash=hash_,
+        )
+
+    def put_artifact(self, name: str, version: int, filename: str, chunks) -> dict:
+        """Upload a declared artifact from an iterable of byte chunks (size-limited)."""
+        self.check_upload(name, version, filename)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = 0
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_artifact_bytes:
+                        raise self.too_large()
+                    out.write(chunk)
+            return self.put_artifact_file(name, version, filename, Path(tmp))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def put_artifact_file(self, name: str, version: int, filename: str, path: Path) -> dict:
+        """Upload a declared artifact from a file (hashed, stored, then recorded)."""
+        self.check_upload(name, version, filename)
+        sha256, size = hash_file(path)
+        if size > self.max_artifact_bytes:
+            raise self.too_large()
+        self.artifacts.put(path, sha256)
+        self.store.add_artifact(name, version, filename, sha256, size, self.clock())
+        return {
+            "name": name,
+            "version": version,
+            "filename": filename,
+            "sha256": sha256,
+            "size": size,
+        }
+
+    def check_upload(self, name: str, version: int, filename: str) -> None:
+        check_name(name, "name")
+        check_name(filename, "filename", FILENAME)
+        if self.store.artifact_state(name, version, filename):
+            raise artifact_immutable(name, version, filename)
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the artifact exceeds the limit of {self.max_artifact_bytes} bytes",
+            field="body",
+            fix="upload a smaller artifact (compress it, or split it into several declared files)"
+            " or raise the registry's max_artifact_bytes",
+        )
+
+    def rewrite(self, name: str, version: int | str) -> None:
+        """Any attempt to write an existing (or a chosen) version number: always a Conflict."""
+        check_name(name, "name")
+        number = self.store.resolve(name, version)
+        raise immutable(name, number, self.store.version_count(name) + 1)
+
+    # ---- archive and aliases ---------------------------------------------------------------------
+
+    def archive(self, name: str, version: int | str, archived: bool = True) -> dict:
+        """Hide (or show again) a version in default listings; it stays readable by number."""
+        number = self.store.resolve(name, version)
+        self.store.set_archived(name, number, archived, self.clock())
+        return self.get(name, number)
+
+    def set_alias(self, name: str, alias: str, version: Any, author: str | None = None) -> dict:
+        """Point `alias` at a version (a new alias record; the history is kept)."""
+        check_name(alias, "alias", ALIAS)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InvalidInput(
+                "version must be an integer", field="version", fix='send {"version": 3}'
+            )
+        number = self.store.resolve(name, version)
+        if self.get(name, number)["archived"]:
+            raise Conflict(
+                f"{name}/{number} is archived",
+                field="version",
+                fix=f"unarchive it (POST .../versions/{number}/unarchive) or choose another",
+            )
+        self.store.set_alias(name, alias, number, self.clock(), author)
+        return self.aliases(name)
+
+    def aliases(self, name: str) -> dict:
+        self.store.version_count(name)
+        return {
+            "name": name,
+            "aliases": self.store.current_aliases(name),
+            "history": self.store.alias_history(name),
+        }
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get(self, name: str, version: int | str) -> dict:
+        check_name(name, "name")
+        number = self.store.resolve(name, version)
+        record = self.store.version(name, number)
+        record["lineage"] = model_node_id(name, number)
+        return record
+
+    def versions(
+        self, name: str, *, archived: bool = False, limit: int = 100, offset: int = 0
+    ) -> list[dict]:
+        check_name(name, "name")
+        return self.store.versions(name, archived=archived, limit=limit, offset=offset)
+
+    def models(self, *, archived: bool = False) -> list[dict]:
+        out = []
+        for name in self.store.names():
+            listed = self.store.versions(name, archived=archived, limit=10**9, offset=0)
+            if not listed:
+                continue
+            latest = listed[-1]
+            out.append(
+                {
+                    "name": name,
+                    "versions": len(listed),
+                    "latest": latest["version"],
+                    "kind": latest["kind"],
+                    "description": latest["description"],
+                    "aliases": self.store.current_aliases(name),
+                }
+            )
+        return out
+
+    def default_version(self, name: str) -> int:
+        """What serving uses without a version: the `production` alias, else the newest
+        version that is not archived."""
+        aliases = self.store.current_aliases(name)
+        if DEFAULT_ALIAS in aliases:
+            return aliases[DEFAULT_ALIAS]
+        listed = self.store.versions(name, archived=False, limit=10**9, offset=0)
+        if not listed:
+            raise NotFound(
+                f"every version of model '{name}' is archived",
+                field="version",
+                fix="name a version or alias explicitly",
+            )
+        return listed[-1]["version"]
+
+    def artifact(self, name: str, version: int | str, filename: str) -> tuple[dict, Iterator]:
+        """An uploaded artifact's record and its bytes (chunks)."""
+        check_name(filename, "filename", FILENAME)
+        number = self.store.resolve(name, version)
+        info = self.store.artifact(name, number, filename)
+        return info, self.artifacts.read(info["sha256"])
+
+    # ---- serving -----------------------------------------------------------------------------
+
+    def predictor(self, name: str, version: int | str | None = None) -> tuple[int, Predictor]:
+        check_name(name, "name")
+        number = (
+            self.default_version(name) if version is None else self.store.resolve(name, version)
+        )
+        key = (name, number)
+        with self._predictors_lock:
+            if key in self._predictors:
+                self._predictors.move_to_end(key)
+                return number, self._predictors[key]
+        record = self.get(name, number)
+        missing = [a["filename"] for a in record["artifacts"] if not a["uploaded"]]
+        if missing:
+            raise Conflict(
+                f"{name}/{number} is incomplete: {', '.join(missing)} not uploaded",
+                field="artifacts",
+                fix=f"PUT /api/models/{name}/versions/{number}/artifacts/{missing[0]}",
+            )
+        predictor = load_predictor(record, _Artifacts(self, name, number))
+        with self._predictors_lock:  # versions are immutable, so a loaded one stays right
+            self._predictors[key] = predictor
+            while len(self._predictors) > PREDICTOR_CACHE:
+                self._predictors.popitem(last=False)
+        return number, predictor
+
+    def predict(self, name: str, body: Any, version: int | str | None = None) -> dict:
+        number, predictor = self.predictor(name, version)
+        return {"name": name, "version": number, **predictor.predict(body)}
+
+
+class _Artifacts:
+    """The `ArtifactReader` loaders get: one version's files, whole."""
+
+    def __init__(self, registry: Registry, name: str, version: int):
+        self.registry, self.name, self.version = registry, name, version
+
+    def read(self, filename: str) -> bytes:
+        declared = [a["filename"] for a in self.registry.get(self.name, self.version)["artifacts"]]
+        if filename not in declared:
+            raise InvalidInput(
+                f"{self.name}/{self.version} has no artifact '{filename}', which its flavor needs",
+                field="artifacts",
+                fix=f"register a new version that lists '{filename}' in artifacts and upload it",
+            )
+        _, chunks = self.registry.artifact(self.name, self.version, filename)
+        return b"".join(chunks)

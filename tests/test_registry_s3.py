@@ -1,0 +1,152 @@
+"""The S3 artifact store against a real S3-protocol server (moto's, on a free loopback port):
+configuration from the environment or a file, round trips through the registry API, and a
+clear error at start for a missing bucket or an unreachable endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from livetwin.api.app import create_app
+from livetwin.errors import InvalidInput, Unavailable
+from livetwin.platform import Platform
+from livetwin.registry import FileArtifactStore, Registry, S3ArtifactStore, artifact_store
+
+try:
+    import boto3
+    from moto.server import ThreadedMotoServer
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip(
+        f"moto[server] and boto3 are needed for the S3 tests: {exc}", allow_module_level=True
+    )
+
+BUCKET = "livetwin-artifacts"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint):
+    env = {
+        "LIVETWIN_S3_ENDPOINT": s3_endpoint,
+        "LIVETWIN_S3_BUCKET": BUCKET,
+        "LIVETWIN_S3_REGION": "us-east-1",
+        "LIVETWIN_S3_PREFIX": "site-a/",
+        **CREDENTIALS,
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
+    )
+    client.create_bucket(Bucket=BUCKET)
+    yield env, client
+    listed = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    for item in listed:  # the test server's bucket, emptied for the next test
+        client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def test_the_backend_is_chosen_by_configuration(tmp_path, s3_env):
+    env, _ = s3_env
+    assert isinstance(artifact_store(tmp_path, {}), FileArtifactStore)
+    assert isinstance(artifact_store(tmp_path, env), S3ArtifactStore)
+    with pytest.raises(InvalidInput) as info:
+        artifact_store(tmp_path, {"LIVETWIN_ARTIFACTS": "ftp"})
+    assert info.value.field == "LIVETWIN_ARTIFACTS"
+    with pytest.raises(InvalidInput) as info:
+        artifact_store(tmp_path, {"LIVETWIN_ARTIFACTS": "s3"})
+    assert info.value.field == "LIVETWIN_S3_BUCKET"
+    # a config file works too; the environment overrides it
+    config = tmp_path / "s3.json"
+    config.write_bytes(
+        orjson.dumps(
+            {
+                "endpoint": env["LIVETWIN_S3_ENDPOINT"],
+                "bucket": "from-file",
+                "access_key_id": "test-key",
+                "secret_access_key": "test-secret",
+            }
+        )
+    )
+    store = artifact_store(tmp_path, {"LIVETWIN_S3_CONFIG": str(config)})
+    assert store.config.bucket == "from-file"
+    store = artifact_store(
+        tmp_path, {"LIVETWIN_S3_CONFIG": str(config), "LIVETWIN_S3_BUCKET": BUCKET}
+    )
+    assert store.config.bucket == BUCKET
+    store.check()
+    config.write_bytes(b'{"bucket": "b", "pasword": "x"}')
+    with pytest.raises(InvalidInput) as info:
+        artifact_store(tmp_path, {"LIVETWIN_S3_CONFIG": str(config)})
+    assert "pasword" in info.value.message
+
+
+def test_artifacts_round_trip_through_s3(tmp_path, clock, s3_env, monkeypatch):
+    env, client = s3_env
+    for name, value in env.items():  # the platform's registry reads its store from the env
+        monkeypatch.setenv(name, value)
+    with Platform(tmp_path / "s3-data", clock=clock) as platform:
+        assert isinstance(platform.registry.artifacts, S3ArtifactStore)
+        app = create_app(platform)
+        with TestClient(app) as api:
+            meta = {"kind": "inductive", "artifacts": ["weights.bin"]}
+            assert api.post("/api/models/net/versions", json=meta).status_code == 201
+            content = os.urandom(3 * 1024 * 1024 + 17)  # several chunks
+            r = api.put("/api/models/net/versions/1/artifacts/weights.bin", content=content)
+            assert r.status_code == 201, r.text
+            digest = hashlib.sha256(content).hexdigest()
+            key = f"site-a/sha256/{digest[:2]}/{digest}"
+            stored = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            assert stored == content
+            down = api.get("/api/models/net/versions/1/artifacts/weights.bin")
+            assert down.status_code == 200 and down.content == content
+            # nothing of it is kept on local disk
+            assert not (platform.path / "artifacts").exists()
+            api.post("/api/models/net/versions", json=meta)
+            api.put("/api/models/net/versions/2/artifacts/weights.bin", content=content)
+            keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]]
+            assert keys == [key]  # content-addressed: stored once
+
+
+def test_a_missing_bucket_fails_at_start(platform, s3_env):
+    env, _ = s3_env
+    store = artifact_store(platform.path, {**env, "LIVETWIN_S3_BUCKET": "no-such-bucket"})
+    with pytest.raises(Unavailable) as info:
+        Registry(platform, artifacts=store).start()
+    assert info.value.field == "LIVETWIN_S3_BUCKET"
+    assert "no-such-bucket" in info.value.message and "create it" in info.value.fix
+
+
+def test_an_unreachable_endpoint_fails_at_start(platform):
+    env = {
+        "LIVETWIN_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "LIVETWIN_S3_BUCKET": BUCKET,
+        **CREDENTIALS,
+    }
+    with pytest.raises(Unavailable) as info:
+        Registry(platform, artifacts=artifact_store(platform.path, env)).start()
+    assert info.value.field == "LIVETWIN_S3_ENDPOINT"
