@@ -1,12 +1,15 @@
 """Ingest benchmarks: HTTP and in-process throughput, read latency under load, memory at 1M twins.
 
 Run with `livetwin bench ingest [--json] [--quick]`; each scenario prints one JSON line.
+`--backend sqlite|postgres|both` runs the storage-backend comparison instead (ingest through COPY,
+history writes, history query p50/p99; PostgreSQL from LIVETWIN_DATABASE_URL or 127.0.0.1:5432).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import resource
 import sqlite3
 import subprocess
@@ -48,8 +51,12 @@ CLIENT_NOTE = (
 )
 
 
-def main(json_only: bool = False, quick: bool = False) -> None:
+def main(json_only: bool = False, quick: bool = False, backend: str | None = None) -> None:
     report = Report(json_only, quick)
+    if backend is not None:
+        backend_scenarios(report, backend)
+        report.table("livetwin bench ingest --backend " + backend + (" (--quick)" if quick else ""))
+        return
     sizes = {
         "http": 100 if quick else 600,  # timed batches of 1,000 observations
         "read": 100 if quick else 600,
@@ -372,7 +379,13 @@ def sdk_scenarios(report: Report, tmp: Path, n_batches: int) -> None:
 def _sdk_run(path: Path, batches: list[list[dict]], threads: int) -> dict:
     from livetwin.platform import Platform
 
-    with Platform(path) as platform:
+    return _timed_ingest(Platform(path), batches, threads)
+
+
+def _timed_ingest(platform, batches: list[list[dict]], threads: int) -> dict:
+    """Warm up (create the twins), then time the other batches from `threads` threads; closes
+    the platform (the close is timed separately)."""
+    with platform:
         platform.put_type("bench", type_spec())
         for b in batches[:WARMUP]:
             platform.ingest(b)
@@ -411,6 +424,226 @@ def _sdk_run(path: Path, batches: list[list[dict]], threads: int) -> dict:
         "cpu_cores": round(cpu / seconds, 2),
         "close_seconds": round(close_s, 3),
         "values_per_s_incl_close": round(accepted[0] * len(PROPS) / (seconds + close_s)),
+    }
+
+
+# ---- 5: storage backends compared (--backend sqlite|postgres|both) ----------------------------
+
+BACKENDS = ("sqlite", "postgres")
+PG_DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+HISTORY_QUERIES = 500
+
+
+def backend_scenarios(report: Report, backend: str) -> None:
+    """Platform ingest (journal by COPY on PostgreSQL), raw history writes and history queries
+    on each chosen backend, then the SQLite/PostgreSQL ratios when both ran."""
+    if backend not in (*BACKENDS, "both"):
+        raise SystemExit(f"--backend must be sqlite, postgres or both, not {backend!r}")
+    chosen = BACKENDS if backend == "both" else (backend,)
+    n_batches = 60 if report.quick else 400
+    rng = np.random.default_rng(3)
+    batches = [rolling_batch(k, N_TWINS, BATCH, rng) for k in range(WARMUP + n_batches)]
+    results: dict[str, dict] = {}
+    with temp_dir("livetwin-bench-backend-") as tmp:
+        for name in chosen:
+            with _backend_location(name, tmp) as location:
+                report.note(f"{name}: ingest {n_batches} x {BATCH} observations ...")
+                ingest = _backend_ingest(location, batches)
+                report.note(f"{name}: history writes and {HISTORY_QUERIES} history queries ...")
+                copy = _history_write(location)
+                query = _history_queries(location)
+            results[name] = {"ingest": ingest, "copy": copy, "query": query}
+            _emit_backend(report, name, location, results[name])
+    if len(results) == 2:
+        sq, pg = results["sqlite"], results["postgres"]
+        report.emit(
+            "backend_ratio",
+            values_per_s=None,
+            observations_per_s=None,
+            baseline_ratio=sq["ingest"]["values_per_s"] / pg["ingest"]["values_per_s"],
+            ingest_sqlite_over_postgres=round(
+                sq["ingest"]["values_per_s"] / pg["ingest"]["values_per_s"], 3
+            ),
+            ingest_incl_close_sqlite_over_postgres=round(
+                sq["ingest"]["values_per_s_incl_close"] / pg["ingest"]["values_per_s_incl_close"],
+                3,
+            ),
+            history_write_sqlite_over_postgres=round(
+                sq["copy"]["values_per_s"] / pg["copy"]["values_per_s"], 3
+            ),
+            query_p50_postgres_over_sqlite=round(pg["query"]["p50_ms"] / sq["query"]["p50_ms"], 3),
+            query_p99_postgres_over_sqlite=round(pg["query"]["p99_ms"] / sq["query"]["p99_ms"], 3),
+            note="baseline_ratio = SQLite ingest values/s / PostgreSQL ingest values/s (> 1: "
+            "SQLite faster); query ratios > 1: PostgreSQL slower",
+        )
+
+
+def _emit_backend(report: Report, name: str, location: dict, result: dict) -> None:
+    ingest, copy, query = result["ingest"], result["copy"], result["query"]
+    postgres = name == "postgres"
+    valid = ingest["failures"] == 0
+    where = location.get("safe_url", "SQLite files in a temporary directory")
+    report.emit(
+        f"ingest_{name}",
+        values_per_s=ingest["values_per_s"],
+        observations_per_s=ingest["observations_per_s"],
+        target=">= 150000 values/s" if postgres else None,
+        meets_target=(valid and ingest["values_per_s_incl_close"] >= 150_000) if postgres else None,
+        valid=valid,
+        **{k: ingest[k] for k in ("n", "seconds", "failures", "cpu_cores", "close_seconds")},
+        values_per_s_incl_close=ingest["values_per_s_incl_close"],
+        threads=SDK_THREADS,
+        batch=BATCH,
+        twins=N_TWINS,
+        backend=name,
+        database=where,
+        note="platform.ingest(list of dicts) from 3 threads, timed until the last call returns "
+        "(journal durable: "
+        + (
+            "COPY journal + idempotency in one transaction per group commit, synchronous_commit"
+            if postgres
+            else "SQLite WAL, synchronous=FULL"
+        )
+        + "); values_per_s_incl_close adds the close() that flushes buffered history"
+        + (" (binary COPY of array chunks)" if postgres else "")
+        + " and writes the final snapshot; the target is judged on values_per_s_incl_close",
+    )
+    report.emit(
+        f"history_write_{name}",
+        values_per_s=copy["values_per_s"],
+        observations_per_s=copy["observations_per_s"],
+        n=copy["n"],
+        seconds=copy["seconds"],
+        chunks=copy["chunks"],
+        backend=name,
+        note="store.write_history of prepared chunk rows (buffer.chunk_rows), "
+        f"{copy['n']:,} observations over {N_TWINS:,} twins per call, median of 5 calls; "
+        + (
+            "one binary COPY of int8[]/float8[] arrays per call"
+            if postgres
+            else "executemany of blobs, one transaction per call"
+        ),
+    )
+    report.emit(
+        f"history_query_{name}",
+        values_per_s=None,
+        observations_per_s=None,
+        p99_ms=query["p99_ms"],
+        p50_ms=query["p50_ms"],
+        max_ms=query["max_ms"],
+        queries=query["n"],
+        rows_per_query=query["rows_per_query"],
+        backend=name,
+        note="platform.history(random twin, all names, whole range) after a restart, so every "
+        "row comes from the store (chunks decoded and assembled), one thread",
+    )
+
+
+class _backend_location:
+    """Where a backend keeps its data for one run: a directory, plus a fresh PostgreSQL schema
+    (dropped afterwards) for postgres."""
+
+    def __init__(self, name: str, tmp: Path):
+        self.name, self.tmp = name, tmp
+
+    def __enter__(self) -> dict:
+        import uuid
+
+        self.location = {"name": self.name, "path": self.tmp / self.name}
+        if self.name == "postgres":
+            from livetwin.store.postgres import safe_url
+
+            base = os.environ.get("LIVETWIN_DATABASE_URL") or PG_DEFAULT_URL
+            self.schema = f"lt_bench_{uuid.uuid4().hex[:10]}"
+            sep = "&" if "?" in base else "?"
+            self.base = base
+            self.location["url"] = f"{base}{sep}options=-csearch_path%3D{self.schema}"
+            self.location["safe_url"] = safe_url(base)
+        return self.location
+
+    def __exit__(self, *exc) -> None:
+        if self.name == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.base, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+def _open_platform(location: dict, path: Path):
+    """A Platform on the location's backend, chosen through LIVETWIN_DATABASE_URL."""
+    import livetwin.platform as platform_module
+
+    url = location.get("url", "")
+    previous = os.environ.get("LIVETWIN_DATABASE_URL")
+    os.environ["LIVETWIN_DATABASE_URL"] = url
+    try:
+        platform = platform_module.Platform(path)
+    finally:
+        if previous is None:
+            del os.environ["LIVETWIN_DATABASE_URL"]
+        else:
+            os.environ["LIVETWIN_DATABASE_URL"] = previous
+    expected = "PostgresStore" if url else "SqliteStore"
+    if type(platform.store).__name__ != expected:
+        raise SystemExit(f"the platform opened a {type(platform.store).__name__}, not {expected}")
+    return platform
+
+
+def _backend_ingest(location: dict, batches: list[list[dict]]) -> dict:
+    """Like sdk_ingest (3 threads), on the location's backend; the data stays for the queries."""
+    platform = _open_platform(location, location["path"] / "ingest")
+    return _timed_ingest(platform, batches, SDK_THREADS)
+
+
+def _history_write(location: dict) -> dict:
+    """write_history of 100,000 observations (10 per twin) per call, straight to the store."""
+    from livetwin.store.buffer import Segment, chunk_rows
+    from livetwin.store.open import open_store
+
+    n = 100_000
+    rng = np.random.default_rng(5)
+    store = open_store(location["path"] / "raw", database_url=location.get("url", ""))
+    seconds = []
+    try:
+        for k in range(5):
+            uids = np.arange(n, dtype=np.int64) % N_TWINS + 1_000_000
+            ts = T0 + 10**9 * (k + 1) + np.arange(n, dtype=np.int64)
+            seqs = np.full(n, 10**6 + k, dtype=np.int64)
+            rows = chunk_rows([Segment("raw", 1, uids, ts, seqs, rng.random((n, len(PROPS))))])
+            t = time.perf_counter()
+            store.write_history(rows, 10**6 + k)
+            seconds.append(time.perf_counter() - t)
+    finally:
+        store.close()
+    median = sorted(seconds)[len(seconds) // 2]
+    return {
+        "n": n,
+        "chunks": len(rows),
+        "seconds": round(median, 4),
+        "values_per_s": n * len(PROPS) / median,
+        "observations_per_s": n / median,
+    }
+
+
+def _history_queries(location: dict) -> dict:
+    platform = _open_platform(location, location["path"] / "ingest")
+    rng = np.random.default_rng(6)
+    samples, rows = [], 0
+    try:
+        for _ in range(HISTORY_QUERIES):
+            twin = f"t{int(rng.integers(N_TWINS))}"
+            t = time.perf_counter()
+            result = platform.history(twin)
+            samples.append(time.perf_counter() - t)
+            rows += len(result["ts"])
+    finally:
+        platform.close()
+    return {
+        "n": len(samples),
+        "p50_ms": round(percentile_ms(samples, 50), 3),
+        "p99_ms": round(percentile_ms(samples, 99), 3),
+        "max_ms": round(max(samples) * 1e3, 3),
+        "rows_per_query": round(rows / len(samples), 1),
     }
 
 
@@ -517,4 +750,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--memory-child":
         _memory_child(int(sys.argv[2]), sys.argv[3])
     else:
-        main(json_only="--json" in sys.argv, quick="--quick" in sys.argv)
+        backend = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else None
+        main(json_only="--json" in sys.argv, quick="--quick" in sys.argv, backend=backend)

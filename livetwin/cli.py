@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 import threading
 import time
@@ -13,6 +12,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from livetwin.api.ops import configure_logging
+from livetwin.cli_admin import fail, grafana_dashboard, token_app
+from livetwin.errors import LivetwinError
 from livetwin.platform import Platform, Settings, wall_clock_ms
 
 app = typer.Typer(
@@ -20,12 +22,15 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks (print JSON with --json).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(token_app, name="token")
+app.command("grafana-dashboard")(grafana_dashboard)
 console = Console()
 
 DATA = typer.Option(Path("livetwin-data"), "--data", help="Data directory (embedded store).")
 
 
-def _serve(platform: Platform, host: str, port: int) -> None:
+def _serve(platform: Platform, host: str, port: int, auth: str | None = None, **oidc) -> None:
+    """Run the API over `platform` until Ctrl-C; `auth` is open, tokens or oidc (docs/auth.md)."""
     import gc
     import sys
 
@@ -40,14 +45,22 @@ def _serve(platform: Platform, host: str, port: int) -> None:
     gc.set_threshold(50_000, 20, 50)
 
     from livetwin.api.app import create_app
+    from livetwin.api.auth import default_mode, install_auth
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    mode = auth or default_mode(host)
+    api = create_app(platform, own_platform=True)
+    try:
+        install_auth(api, platform, mode, host=host, **oidc)  # after every route is added
+    except LivetwinError as exc:
+        platform.close()
+        fail(exc)
+    if mode == "open":
         console.print(
-            f"[bold yellow]WARNING: listening on {host} with no authentication: "
-            "anyone who can reach this port can read and write twins.[/]"
+            f"[bold yellow]WARNING: authentication is off: anyone who can reach {host}:{port} "
+            "can read and write every twin (use --auth tokens).[/]"
         )
     uvicorn.run(
-        create_app(platform, own_platform=True),
+        api,
         host=host,
         port=port,
         log_level="warning",
@@ -61,12 +74,18 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_body_mb: int = typer.Option(32, help="Largest request body accepted, in MiB."),
+    auth: str = typer.Option(
+        None, "--auth", help="open, tokens or oidc (default: open on localhost, tokens elsewhere)."
+    ),
+    jwks_url: str = typer.Option(None, "--jwks-url", envvar="LIVETWIN_JWKS_URL"),
+    audience: str = typer.Option(None, "--audience", envvar="LIVETWIN_JWT_AUDIENCE"),
+    issuer: str = typer.Option(None, "--issuer", envvar="LIVETWIN_JWT_ISSUER"),
 ):
-    """Run the REST API (and the web UI) on the embedded store."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Run the REST API (and the web UI) on the embedded store (or LIVETWIN_DATABASE_URL)."""
+    configure_logging()
     platform = _open(data, Settings(max_body_bytes=max_body_mb * 1024 * 1024))
     console.print(f"livetwin serving {data} at [bold]http://{host}:{port}[/] (API docs: /docs)")
-    _serve(platform, host, port)
+    _serve(platform, host, port, auth, jwks_url=jwks_url, audience=audience, issuer=issuer)
 
 
 @app.command()
@@ -181,9 +200,12 @@ def replay(data: Path = DATA):
 def bench_ingest(
     json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
     quick: bool = typer.Option(False, help="A smaller, faster run."),
+    backend: str = typer.Option(
+        None, "--backend", help="Compare storage backends: sqlite, postgres or both."
+    ),
 ):
     """Ingest throughput: HTTP, in-process SDK, read latency under load, memory."""
-    _benchmark("ingest").main(json_only=json, quick=quick)
+    _benchmark("ingest").main(json_only=json, quick=quick, backend=backend)
 
 
 @bench_app.command("replay")
@@ -211,16 +233,13 @@ def calibrate(
     data: Path = DATA,
 ):
     """Calibrate a type's twins on their new measurements and print the run record."""
-    from livetwin.errors import LivetwinError
-
     platform = _open(data, Settings())
     try:
         with console.status(f"calibrating {type_name} ..."):
             record = platform.calibrate(type_name, twin or None)
         console.print_json(data=record)
     except LivetwinError as exc:
-        console.print(f"[red]{exc.message}[/]" + (f"\n  fix: {exc.fix}" if exc.fix else ""))
-        raise typer.Exit(2) from None
+        fail(exc)
     finally:
         platform.close()
 
@@ -243,7 +262,10 @@ def _benchmark(name: str):
 
 def _open(data: Path, settings: Settings) -> Platform:
     started = time.perf_counter()
-    platform = Platform(data, settings=settings)
+    try:
+        platform = Platform(data, settings=settings)
+    except LivetwinError as exc:  # e.g. an unreachable LIVETWIN_DATABASE_URL: no stack trace
+        fail(exc)
     info = platform.recovered
     if info["replayed_observations"] or info["snapshot_seq"]:
         console.print(

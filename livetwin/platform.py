@@ -33,7 +33,7 @@ from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import TwinTypeSpec, compile_type, parse_type_spec
 from livetwin.store.buffer import HistoryBuffer
 from livetwin.store.history import aggregate, assemble
-from livetwin.store.sqlite import SqliteStore
+from livetwin.store.open import open_store
 from livetwin.timefmt import format_ts, parse_duration, parse_ts
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ class Platform:
         self._lock_file = _lock_directory(self.path)
         self.settings = settings or Settings()
         self.clock = clock
-        self.store = SqliteStore(self.path, cache_mb=self.settings.cache_mb)
+        try:
+            self.store = open_store(self.path, cache_mb=self.settings.cache_mb)
+        except BaseException:
+            self._lock_file.close()
+            raise
         self.bus = EventBus()
         self.lock = threading.RLock()
         self._define_lock = threading.Lock()

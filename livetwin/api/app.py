@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
+from livetwin.api.ops import ops_routes
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
@@ -193,11 +194,6 @@ def create_app(
         error.status, error.code = 500, "internal"
         return error_response(error)
 
-    @app.get("/api/health", tags=["ops"])
-    def health() -> dict:
-        """Liveness and basic counts."""
-        return {"status": "ok", "version": __version__, **platform.stats()}
-
     # ---- types --------------------------------------------------------------------------
 
     @app.get("/api/types", tags=["types"])
@@ -357,6 +353,7 @@ def create_app(
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
+    ops_routes(app, platform, health_path="/api/health")  # /metrics and dependency health
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
     for add_routes in extra_routes:

@@ -226,8 +226,7 @@ class Writer:
             )
             for work in group:
                 work.future.set_exception(error)
-            self.next_seq = self.store.last_seq() + 1
-            self.on_failure(exc)
+            self._resync(exc)
             return
         self.next_seq = seq
         self._since_snapshot += observations
@@ -236,6 +235,19 @@ class Writer:
         if self.bus.active:
             for event in events:
                 self.bus.publish(event)
+
+    def _resync(self, exc: BaseException) -> None:
+        """Rebuild from what is durable, waiting (with backoff) while the store is away."""
+        delay = 0.5
+        while True:
+            try:
+                self.next_seq = self.store.last_seq() + 1
+                self.on_failure(exc)
+                return
+            except Exception as again:
+                log.warning("the store is still unavailable (%s); retrying in %.1f s", again, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _known_keys(self, group: list) -> set[str]:
         wanted = [

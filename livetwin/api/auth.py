@@ -1,0 +1,343 @@
+"""Auth over HTTP: an ASGI middleware that checks every /api request, and the /api/tokens routes.
+
+`install_auth(app, platform, mode=...)` picks the mode: `open`, `tokens` or `oidc` (JWTs from a
+JWKS URL, and API tokens too). The rule itself lives in `livetwin.auth` (docs/auth.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from livetwin.api.app import error_response, parse_body
+from livetwin.auth import (
+    ALL,
+    TOKEN_PREFIX,
+    JwtVerifier,
+    Principal,
+    Requirement,
+    TokenStore,
+    Unauthorized,
+    namespace_of,
+    requirement,
+)
+from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+MODES = ("open", "tokens", "oidc")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+TWIN_PARAMS = ("twin_id", "twin")  # path parameters that name a twin (and so a namespace)
+PUBLIC = ("/api/health",)  # liveness for load balancers: no twin data
+NAMESPACED_INGEST = "/api/ingest"  # its body's twins are checked for namespaced tokens
+
+
+def default_mode(host: str) -> str:
+    """`open` when only this machine can connect, `tokens` otherwise."""
+    return "open" if host in LOOPBACK else "tokens"
+
+
+class Authenticator:
+    """Turns a presented bearer credential into a Principal: API tokens, and JWTs if configured."""
+
+    def __init__(self, tokens: TokenStore | None, jwt: JwtVerifier | None = None):
+        self.tokens, self.jwt = tokens, jwt
+
+    async def principal(self, credential: str) -> Principal:
+        if credential.startswith(TOKEN_PREFIX) and self.tokens is not None:
+            return self.tokens.authenticate(credential)  # one indexed SQLite read
+        if self.jwt is not None and credential.count(".") == 2:
+            # a JWKS fetch on a key-cache miss blocks: keep it off the event loop
+            return await anyio.to_thread.run_sync(self.jwt.authenticate, credential)
+        raise Unauthorized(
+            "malformed bearer credential",
+            field="authorization",
+            fix="send 'Authorization: Bearer <token>' with a token from `livetwin token create`"
+            + (" or a JWT from the identity provider" if self.jwt else ""),
+        )
+
+
+class AuthMiddleware:
+    """Checks every request under /api (and /metrics) before any route runs.
+
+    Routes are found generically through the app's router, so route modules added later are
+    covered without being listed here.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api: FastAPI,
+        authenticator: Authenticator,
+        public: Iterable[str] = PUBLIC,
+        admin_paths: Iterable[str] = (),
+        max_body: int = 32 * 1024 * 1024,
+    ):
+        self.app, self.api, self.authenticator = app, api, authenticator
+        self.public = frozenset(public)
+        self.admin_paths = tuple(admin_paths)
+        self.max_body = max_body
+
+    def protects(self, scope: Scope) -> bool:
+        path = _route_path(scope)
+        guarded = path == "/api" or path.startswith("/api/") or path == "/metrics"
+        return guarded and path not in self.public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.protects(scope):
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self.authenticator.principal(_credential(scope))
+            need = requirement(
+                scope["method"], _route_path(scope), self._twin_in_path(scope), self.admin_paths
+            )
+            if self._ingest_by_namespace(scope, need, principal):
+                receive = await self._check_ingest_body(scope, receive, principal)
+            else:
+                need.check(principal)
+        except LivetwinError as exc:
+            response = error_response(exc)
+            if exc.status == 401:
+                response.headers["www-authenticate"] = 'Bearer realm="livetwin"'
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    def _twin_in_path(self, scope: Scope) -> str | None:
+        """The twin named in the path of the route the router will pick (`{twin_id}`), if any.
+
+        Like the router: the first route whose path and method match, else the first whose
+        path matches (the router then answers 405). Regexes only: no scope copies.
+        """
+        path = _route_path(scope)
+        fallback: tuple[str | None] | None = None
+        for route in self.api.router.routes:
+            regex = getattr(route, "path_regex", None)
+            found = regex.match(path) if regex is not None else None
+            if found is None:
+                continue
+            names = found.groupdict()
+            twin = next((names[p] for p in TWIN_PARAMS if p in names), None)
+            methods = getattr(route, "methods", None)
+            if methods is None or scope["method"] in methods:
+                return twin
+            fallback = fallback or (twin,)
+        return fallback[0] if fallback else None
+
+    @staticmethod
+    def _ingest_by_namespace(scope: Scope, need: Requirement, principal: Principal) -> bool:
+        """POST /api/ingest from credentials that may write some namespaces but not all."""
+        return (
+            _route_path(scope) == NAMESPACED_INGEST
+            and scope["method"] == "POST"
+            and not principal.allows(need.scope, ALL)
+            and any(principal.allows("write", ns) for ns in principal.namespaces)
+        )
+
+    async def _check_ingest_body(
+        self, scope: Scope, receive: Receive, principal: Principal
+    ) -> Receive:
+        """Every observation's twin (and parent) must lie in a namespace the caller may write.
+
+        The body is read here (within the size limit) and replayed to the route unchanged.
+        """
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                raise PayloadTooLarge(
+                    f"body exceeds the limit of {self.max_body} bytes",
+                    field="body",
+                    fix="send smaller batches",
+                )
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        headers = dict(scope["headers"])
+        body = await run_in_threadpool(parse_body, raw, headers.get(b"content-type", b"").decode())
+        rows = body if isinstance(body, list) else [body]
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                continue  # the route rejects it; nothing is written
+            for field in ("twin", "parent"):
+                twin = row.get(field)
+                if isinstance(twin, str):
+                    need = Requirement("write", namespace_of(twin))
+                    try:
+                        need.check(principal)
+                    except LivetwinError as exc:
+                        exc.field = f"[{i}].{field}"
+                        raise
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router sees (without a proxy's root_path prefix)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _credential(scope: Scope) -> str:
+    """The bearer credential: the Authorization header, else `access_token` (for EventSource)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, credential = value.decode("latin-1").strip().partition(" ")
+            if kind.lower() != "bearer" or not credential.strip():
+                raise Unauthorized(
+                    "the Authorization header is not 'Bearer <token>'",
+                    field="authorization",
+                    fix="send 'Authorization: Bearer <token>'",
+                )
+            return credential.strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query.get("access_token"):
+        return query["access_token"][0]
+    raise Unauthorized(
+        "this endpoint needs a bearer token",
+        field="authorization",
+        fix="send 'Authorization: Bearer <token>' (create one with `livetwin token create`)",
+    )
+
+
+def auth_routes(app: FastAPI, tokens: TokenStore) -> None:
+    """`/api/tokens`: list, create (the secret is shown once) and revoke API tokens (admin)."""
+
+    @app.get("/api/tokens", tags=["auth"])
+    def list_tokens() -> list[dict]:
+        """All tokens (never their secrets)."""
+        return tokens.list()
+
+    @app.post(
+        "/api/tokens",
+        tags=["auth"],
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "example": {"name": "ci", "scope": "write", "namespace": "plant-a"}
+                    }
+                },
+            }
+        },
+    )
+    async def create_token(request: Request) -> dict:
+        """Create a token: `{name, scope, namespace, expires?}`; `token` is shown only here."""
+        body = parse_body(await request.body(), "application/json")
+        if not isinstance(body, dict):
+            raise InvalidInput(
+                "the body must be a JSON object", field="body", fix='send {"name": "ci", ...}'
+            )
+        unknown = set(body) - {"name", "scope", "namespace", "expires"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown field(s): {', '.join(sorted(unknown))}",
+                field=sorted(unknown)[0],
+                fix="use name, scope, namespace and expires",
+            )
+        return tokens.create(
+            name=body.get("name", ""),
+            scope=body.get("scope", "read"),
+            namespace=body.get("namespace", "*"),
+            expires=body.get("expires"),
+        )
+
+    @app.delete("/api/tokens/{token_id}", tags=["auth"])
+    def revoke_token(token_id: str) -> dict:
+        """Revoke a token from now on."""
+        return tokens.revoke(token_id)
+
+
+def install_auth(
+    app: FastAPI,
+    platform: Any,
+    mode: str = "tokens",
+    *,
+    host: str | None = None,
+    jwks_url: str | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+    claim: str = "permissions",
+    public: Iterable[str] = PUBLIC,
+    admin_paths: Iterable[str] = (),
+) -> TokenStore | None:
+    """Protect `app` (call it after all routes are added); returns the token store, if any.
+
+    `open` checks nothing and logs a loud warning. `tokens` checks API tokens. `oidc` also
+    accepts JWTs signed by a key from `jwks_url` with claims such as `read:plant-a`.
+    """
+    if mode not in MODES:
+        raise InvalidInput(
+            f"unknown auth mode '{mode}'", field="auth", fix=f"use one of: {', '.join(MODES)}"
+        )
+    if mode == "open":
+        where = host or "this server"
+        log.warning(
+            "AUTHENTICATION IS OFF (--auth open): anyone who can reach %s can read and write "
+            "every twin. Use --auth tokens before exposing it.",
+            where,
+        )
+        return None
+    if mode == "oidc" and not jwks_url:
+        raise InvalidInput(
+            "--auth oidc needs the identity provider's JWKS URL",
+            field="jwks_url",
+            fix="pass --jwks-url https://idp.example.com/.well-known/jwks.json",
+        )
+    tokens = TokenStore.of(platform).start()
+    verifier = (
+        JwtVerifier(jwks_url, audience=audience, issuer=issuer, claim=claim)
+        if mode == "oidc"
+        else None
+    )
+    auth_routes(app, tokens)
+    app.add_middleware(
+        AuthMiddleware,
+        api=app,
+        authenticator=Authenticator(tokens, verifier),
+        public=public,
+        admin_paths=admin_paths,
+        max_body=platform.settings.max_body_bytes,
+    )
+    app.state.tokens = tokens
+    _close_on_shutdown(app, tokens)
+    return tokens
+
+
+def _close_on_shutdown(app: FastAPI, tokens: TokenStore) -> None:
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a):
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            tokens.stop()
+
+    app.router.lifespan_context = lifespan

@@ -1,0 +1,419 @@
+"""Auth: tokens hashed at rest, the access rule on every route of the API, JWTs from a JWKS URL."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import pkgutil
+import threading
+import time
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from conftest import PUMP, T0, obs
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import livetwin.api
+from livetwin.api.app import create_app
+from livetwin.api.auth import install_auth
+from livetwin.auth import (
+    ALL,
+    Grant,
+    Principal,
+    TokenStore,
+    Unauthorized,
+    grants_from_claims,
+    namespace_of,
+    requirement,
+)
+from livetwin.cli_admin import token_app
+
+SECRET_VALUE = 424.125  # a value only plant-a's twin holds: it must never appear in a refusal
+TWIN_A = "plant-a/pump-1"
+TWIN_B = "plant-b/pump-1"
+
+
+class _Untouchable:
+    """Stands in for a route module's service: any use means a handler ran, i.e. auth leaked."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a route handler ran (used .{name}) although auth should refuse")
+
+
+def _route_adders(platform) -> list:
+    """Every `*_routes` function of livetwin.api.* that exists now (other helpers add more),
+    called with the platform where it asks for one and an untouchable stand-in otherwise."""
+    adders = []
+    paths = {route.path for route in create_app(platform).routes}  # wired already
+    for info in pkgutil.iter_modules(livetwin.api.__path__, "livetwin.api."):
+        if info.name == "livetwin.api.auth":  # install_auth adds the token routes
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except Exception as exc:  # a module another helper is still writing
+            warnings.warn(f"skipped {info.name}: {exc}", stacklevel=1)
+            continue
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if not name.endswith("_routes") or fn.__module__ != module.__name__:
+                continue
+            params = list(inspect.signature(fn).parameters)[1:]
+            args = [platform if p == "platform" else _Untouchable() for p in params]
+            probe = FastAPI()
+            try:
+                fn(probe, *args)  # registration alone must not touch the service
+            except Exception as exc:
+                warnings.warn(f"skipped {info.name}.{name}: {exc}", stacklevel=1)
+                continue
+            if {route.path for route in probe.routes} <= paths:
+                continue
+            adders.append(lambda app, fn=fn, args=args: fn(app, *args))
+    return adders
+
+
+@pytest.fixture
+def secured(platform):
+    """An app with every route module there is, ops routes and token auth; the token store."""
+    platform.put_type("pump", PUMP)
+    result = platform.ingest(
+        [
+            obs(TWIN_A, T0, flow=SECRET_VALUE, pressure=3.0),
+            obs(TWIN_B, T0, flow=10.0, pressure=2.0),
+            obs("pump-9", T0, flow=11.0, pressure=2.0),
+        ]
+    )
+    assert result.accepted == 3, result.rejected
+    app = create_app(platform, extra_routes=_route_adders(platform))
+    tokens = install_auth(app, platform, mode="tokens")
+    with TestClient(app) as client:
+        yield client, tokens
+
+
+def _bearer(token: str) -> dict:
+    return {"authorization": f"Bearer {token}"}
+
+
+def _concrete(path: str) -> str:
+    """An OpenAPI path with its parameters filled: twins are plant-a's, anything else 'x'."""
+    out = path
+    for part in path.split("{")[1:]:
+        name = part.split("}")[0]
+        value = TWIN_A if name.split(":")[0] in ("twin_id", "twin") else "x"
+        out = out.replace("{" + name + "}", value)
+    return out
+
+
+def _operations(client) -> list[tuple[str, str, str]]:
+    """(method, template, concrete path) of every operation in the OpenAPI document."""
+    paths = client.app.openapi()["paths"]
+    return [
+        (method.upper(), template, _concrete(template))
+        for template, item in paths.items()
+        for method in item
+        if method in ("get", "head", "post", "put", "patch", "delete")
+    ]
+
+
+def _assert_refused(response, status: int, what: str) -> None:
+    assert response.status_code == status, f"{what}: {response.status_code} {response.text[:300]}"
+    body = response.json()
+    assert set(body) == {"error"}, what
+    assert body["error"]["code"] == ("unauthorized" if status == 401 else "forbidden"), what
+    assert body["error"]["fix"], what
+    assert str(SECRET_VALUE) not in response.text, f"{what} leaked twin data"
+    assert "flow" not in response.text and "pressure" not in response.text, what
+
+
+def test_every_route_refuses_missing_wrong_scope_and_foreign_tokens(secured, platform):
+    client, tokens = secured
+    operations = _operations(client)
+    templates = {t for _, t, _ in operations}
+    # the walk covers the core routes, the twin routes, ops and tokens (and whatever else exists)
+    assert {"/api/ingest", "/api/twins/{twin_id}", "/api/types/{name}", "/metrics"} <= templates
+    assert {"/api/tokens", "/api/tokens/{token_id}"} <= templates
+    foreign = tokens.create(name="plant-b admin", scope="admin", namespace="plant-b")["token"]
+    below = {
+        s: tokens.create(name=f"{s}-all", scope=s, namespace="*")["token"]
+        for s in ("read", "write")
+    }
+    rank_below = {"write": "read", "admin": "write"}
+    journal_before = platform.stats()["journal_observations"]
+    body = [{"twin": TWIN_A, "type": "pump", "values": {"flow": 1.0}}]
+    checked = 0
+    for method, template, path in operations:
+        if template == "/api/health":
+            continue  # public liveness probe (docs/auth.md); it carries no twin data
+        twin = TWIN_A if "{twin_id" in template else None
+        need = requirement(method, template, twin)
+        send = {"json": body} if method in ("POST", "PUT", "PATCH") else {}
+        what = f"{method} {path}"
+        _assert_refused(client.request(method, path, **send), 401, f"{what} without a token")
+        response = client.request(method, path, headers=_bearer(foreign), **send)
+        _assert_refused(response, 403, f"{what} with another namespace's admin token")
+        if need.scope in rank_below:  # read routes have no weaker scope to try
+            weaker = below[rank_below[need.scope]]
+            response = client.request(method, path, headers=_bearer(weaker), **send)
+            _assert_refused(response, 403, f"{what} with a {rank_below[need.scope]} token")
+        checked += 1
+    assert checked >= 20
+    # nothing was written and the twin is as it was
+    assert platform.stats()["journal_observations"] == journal_before
+    assert platform.twin(TWIN_A)["properties"]["flow"] == SECRET_VALUE
+
+
+def test_expired_malformed_unknown_and_revoked_tokens_are_401(secured, clock):
+    client, tokens = secured
+    url = f"/api/twins/{TWIN_A}"
+    short = tokens.create(name="short", scope="read", namespace="plant-a", expires="1h")
+    assert client.get(url, headers=_bearer(short["token"])).status_code == 200
+    clock.now += 2 * 3_600_000
+    response = client.get(url, headers=_bearer(short["token"]))
+    _assert_refused(response, 401, "expired")
+    assert "expired" in response.json()["error"]["message"]
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+    good = tokens.create(name="good", scope="read", namespace="*")["token"]
+    wrong_secret = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    unknown_id = "lt_000000000000_" + good.split("_", 2)[2]
+    for header in (
+        "Bearer garbage",
+        "Bearer lt_123",
+        f"Bearer {wrong_secret}",
+        f"Bearer {unknown_id}",
+        f"Bearer {good}x",
+        "Bearer a.b.c",  # JWT-shaped, but this server accepts API tokens only
+        "Basic dXNlcjpwdw==",
+        "Bearer ",
+    ):
+        _assert_refused(client.get(url, headers={"authorization": header}), 401, header)
+    tokens.revoke(good.split("_")[1])
+    response = client.get(url, headers=_bearer(good))
+    _assert_refused(response, 401, "revoked")
+    assert "revoked" in response.json()["error"]["message"]
+
+
+def test_scoped_tokens_reach_their_namespace_only(secured, platform):
+    client, tokens = secured
+    read_a = tokens.create(name="ra", scope="read", namespace="plant-a")["token"]
+    write_a = tokens.create(name="wa", scope="write", namespace="plant-a")["token"]
+    admin = tokens.create(name="root", scope="admin", namespace="*")["token"]
+    got = client.get(f"/api/twins/{TWIN_A}", headers=_bearer(read_a))
+    assert got.status_code == 200 and got.json()["properties"]["flow"] == SECRET_VALUE
+    assert client.get(f"/api/twins/{TWIN_A}/history", headers=_bearer(read_a)).status_code == 200
+    assert client.get(f"/api/twins/{TWIN_B}", headers=_bearer(read_a)).status_code == 403
+    assert client.get("/api/twins/pump-9", headers=_bearer(read_a)).status_code == 403
+    assert client.get("/api/twins", headers=_bearer(read_a)).status_code == 403  # fleet-wide
+    # the query string token works for EventSource-style clients
+    assert client.get(f"/api/twins/{TWIN_A}?access_token={read_a}").status_code == 200
+    # namespaced ingest: the body's twins (and parents) are checked
+    mine = [obs(TWIN_A, T0 + 1000, flow=5.0), obs("plant-a/pump-2", T0, flow=6.0)]
+    response = client.post("/api/ingest", json=mine, headers=_bearer(write_a))
+    assert response.status_code == 200 and response.json()["accepted"] == 2
+    mixed = [obs(TWIN_A, T0 + 2000, flow=7.0), obs(TWIN_B, T0 + 2000, flow=7.0)]
+    response = client.post("/api/ingest", json=mixed, headers=_bearer(write_a))
+    _assert_refused(response, 403, "ingest into plant-b")
+    assert response.json()["error"]["field"] == "[1].twin"
+    adopt = [{**obs("plant-a/pump-3", T0, flow=1.0), "parent": TWIN_B}]
+    _assert_refused(client.post("/api/ingest", json=adopt, headers=_bearer(write_a)), 403, "parent")
+    assert client.post("/api/ingest", json=mine, headers=_bearer(read_a)).status_code == 403
+    assert platform.twin(TWIN_B)["properties"]["flow"] == 10.0
+    # type definitions and token management need admin
+    response = client.put(
+        "/api/types/valve", json={"properties": {"x": {}}}, headers=_bearer(write_a)
+    )
+    _assert_refused(response, 403, "define a type with write")
+    response = client.put(
+        "/api/types/valve", json={"properties": {"x": {}}}, headers=_bearer(admin)
+    )
+    assert response.status_code == 200
+    created = client.post(
+        "/api/tokens", json={"name": "new", "scope": "read"}, headers=_bearer(admin)
+    )
+    assert created.status_code == 201 and created.json()["token"].startswith("lt_")
+    listed = client.get("/api/tokens", headers=_bearer(admin)).json()
+    assert {t["name"] for t in listed} >= {"ra", "wa", "root", "new"}
+    assert all("token" not in t for t in listed)
+    # health stays public for load balancers
+    assert client.get("/api/health").status_code == 200
+    # the UI's static files are public; /metrics needs read on '*'
+    assert client.get("/metrics", headers=_bearer(read_a)).status_code == 403
+
+
+def test_tokens_are_stored_hashed_and_shown_once(tmp_path):
+    with TokenStore(tmp_path) as store:
+        created = store.create(name="ci", scope="write", namespace="plant-a")
+        secret = created["token"].split("_", 2)[2]
+        assert store.get(created["id"]).get("token") is None
+        principal = store.authenticate(created["token"])
+    assert principal.grants == (Grant("write", "plant-a"),)
+    raw = (tmp_path / "auth.db").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("auth.db-*")
+    )
+    assert secret.encode() not in raw
+    assert hashlib.sha256(secret.encode()).digest() in raw
+
+
+def test_bad_token_requests_name_the_field(tmp_path):
+    from livetwin.errors import InvalidInput
+
+    with TokenStore(tmp_path) as store:
+        for kwargs, field in (
+            ({"name": "x", "scope": "root", "namespace": "*"}, "scope"),
+            ({"name": "x", "scope": "read", "namespace": "a/b"}, "namespace"),
+            ({"name": "", "scope": "read", "namespace": "*"}, "name"),
+            ({"name": "x", "scope": "read", "namespace": "*", "expires": "soon"}, "expires"),
+        ):
+            with pytest.raises(InvalidInput) as caught:
+                store.create(**kwargs)
+            assert caught.value.field == field
+        with pytest.raises(Unauthorized):
+            store.authenticate("lt_" + "0" * 12 + "_" + "A" * 43)
+
+
+def test_the_rule():
+    assert namespace_of("plant-a/pump-1") == "plant-a"
+    assert namespace_of("b1/f1/r2") == "b1"
+    assert namespace_of("pump-1") == ALL and namespace_of("/x") == ALL
+    assert requirement("GET", "/api/twins/a/b", "a/b").scope == "read"
+    assert requirement("POST", "/api/twins/a/b/calibrate", "a/b").scope == "write"
+    assert requirement("PUT", "/api/types/pump", None).scope == "admin"
+    assert requirement("POST", "/api/types/pump/calibrate", None).scope == "write"
+    assert requirement("GET", "/api/tokens", None).scope == "admin"
+    assert requirement("DELETE", "/api/alarms/1", None).scope == "write"
+    p = Principal("t", (Grant("write", "plant-a"),))
+    assert p.allows("read", "plant-a") and not p.allows("admin", "plant-a")
+    assert not p.allows("read", "plant-b") and not p.allows("read", ALL)
+    assert grants_from_claims({"permissions": ["read:plant-a", "write:*", "bogus", "x:y"]}) == (
+        Grant("read", "plant-a"),
+        Grant("write", "*"),
+    )
+    assert grants_from_claims({"scope": "openid admin:plant-b"}) == (Grant("admin", "plant-b"),)
+
+
+def test_open_mode_warns_loudly_and_checks_nothing(platform, caplog):
+    app = create_app(platform)
+    with caplog.at_level(logging.WARNING):
+        assert install_auth(app, platform, mode="open", host="127.0.0.1") is None
+    assert "AUTHENTICATION IS OFF" in caplog.text
+    with TestClient(app) as client:
+        assert client.get("/api/twins").status_code == 200
+
+
+def test_cli_token_create_list_revoke(tmp_path):
+    runner = CliRunner()
+    data = str(tmp_path / "d")
+    made = runner.invoke(
+        token_app,
+        [
+            "create",
+            "--scope",
+            "write",
+            "--namespace",
+            "plant-a",
+            "--name",
+            "ci",
+            "--data",
+            data,
+        ],  # fmt: skip
+    )
+    assert made.exit_code == 0, made.output
+    token = made.output.strip().splitlines()[-1]
+    assert token.startswith("lt_")
+    listed = runner.invoke(token_app, ["list", "--json", "--data", data])
+    rows = json.loads(listed.output)
+    assert [(r["name"], r["scope"], r["namespace"]) for r in rows] == [("ci", "write", "plant-a")]
+    assert token not in listed.output
+    revoked = runner.invoke(token_app, ["revoke", rows[0]["id"], "--data", data])
+    assert revoked.exit_code == 0, revoked.output
+    with TokenStore(tmp_path / "d") as store, pytest.raises(Unauthorized):
+        store.authenticate(token)
+    bad = runner.invoke(token_app, ["create", "--scope", "root", "--name", "x", "--data", data])
+    assert bad.exit_code == 2 and "fix:" in bad.output
+    missing = runner.invoke(token_app, ["revoke", "nope", "--data", data])
+    assert missing.exit_code == 2 and "no token" in missing.output
+
+
+# ---- OIDC / JWT ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jwks():
+    """An RSA key and a real JWKS endpoint on loopback serving its public half."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    document = json.dumps({"keys": [{**public, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = document.encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield key, f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    server.shutdown()
+    thread.join(5)
+
+
+def _jwt(key, permissions, *, exp_in=300, kid="k1", aud="livetwin", iss="https://idp.test/"):
+    now = int(time.time())
+    claims = {"sub": "alice", "permissions": permissions, "iat": now, "exp": now + exp_in}
+    claims |= {"aud": aud, "iss": iss}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_oidc_bearer_jwts_with_permission_claims(platform, jwks):
+    key, url = jwks
+    platform.put_type("pump", PUMP)
+    platform.ingest([obs(TWIN_A, T0, flow=SECRET_VALUE), obs(TWIN_B, T0, flow=1.0)])
+    app = create_app(platform)
+    tokens = install_auth(
+        app, platform, mode="oidc", jwks_url=url, audience="livetwin", issuer="https://idp.test/"
+    )
+    with TestClient(app) as client:
+        reader = _jwt(key, ["read:plant-a"])
+        assert client.get(f"/api/twins/{TWIN_A}", headers=_bearer(reader)).status_code == 200
+        _assert_refused(client.get(f"/api/twins/{TWIN_B}", headers=_bearer(reader)), 403, "b")
+        _assert_refused(client.get("/api/twins", headers=_bearer(reader)), 403, "fleet")
+        everything = _jwt(key, ["write:*"])
+        assert client.get("/api/twins", headers=_bearer(everything)).status_code == 200
+        other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        for bad, why in (
+            (_jwt(key, ["read:*"], exp_in=-120), "expired"),
+            (_jwt(other_key, ["read:*"]), "signature"),
+            (_jwt(key, ["read:*"], kid="unknown"), "kid"),
+            (_jwt(key, ["read:*"], aud="someone-else"), "audience"),
+            (_jwt(key, ["read:*"], iss="https://evil.test/"), "issuer"),
+            (reader[:-6] + "AAAAAA", "tampered"),
+        ):
+            response = client.get(f"/api/twins/{TWIN_A}", headers=_bearer(bad))
+            _assert_refused(response, 401, why)
+        # API tokens keep working next to JWTs
+        api_token = tokens.create(name="gw", scope="read", namespace="plant-a")["token"]
+        assert client.get(f"/api/twins/{TWIN_A}", headers=_bearer(api_token)).status_code == 200
+
+
+def test_oidc_needs_a_jwks_url_and_modes_are_checked(platform):
+    from livetwin.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as caught:
+        install_auth(create_app(platform), platform, mode="oidc")
+    assert caught.value.field == "jwks_url"
+    with pytest.raises(InvalidInput) as caught:
+        install_auth(create_app(platform), platform, mode="password")
+    assert caught.value.field == "auth"
