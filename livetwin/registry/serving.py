@@ -235,3 +235,4 @@ def load_linear(version: dict, artifacts: ArtifactReader) -> Predictor:
 
 register_flavor("python", load_python)
 register_flavor("linear", load_linear)
+register_flavor("seasonal-baseline", "livetwin.models.baseline:load_seasonal")

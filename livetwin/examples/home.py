@@ -1,0 +1,322 @@
+"""The home demo fleet: homes with rooms and motion sensors, a few weeks of synthetic motion with a
+weekday x hour rhythm (one occupant stops moving), seasonal baselines per room and home, and the
+"no activity for too long" emergency check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from livetwin.engine.events import Notice
+from livetwin.models.baseline import (
+    ARTIFACT,
+    DAY_MS,
+    HOUR_MS,
+    ActivityBaseline,
+    baseline_metadata,
+    emergency_check,
+    fit_activity,
+    utc_offsets_ms,
+    week_cells,
+)
+from livetwin.timefmt import format_ts, parse_ts
+
+ROOMS = ("bedroom", "bathroom", "kitchen", "living")
+TZ = "Europe/Berlin"
+DEMO_NOW = parse_ts("2026-04-08T13:00:00Z")  # Wednesday 15:00 in Berlin (after the DST change)
+
+ROOM_TYPE = {
+    "description": "A room with a motion (PIR occupancy) sensor that reports changes",
+    "properties": {
+        "motion": {
+            "min": 0,
+            "max": 1,
+            "description": "1 when motion starts, 0 when the sensor times out (still or gone)",
+        },
+    },
+    "derived": {
+        "occupied_min_1h": {"expr": "time_in(motion > 0, '1h') / 60", "unit": "min"},
+        "visits_1h": {"expr": "sum(motion, '1h')", "unit": "1/h"},
+    },
+}
+
+HOME_TYPE = {
+    "description": "A home whose rooms have motion sensors; the emergency check writes back here",
+    "properties": {
+        "emergency": {"min": 0, "max": 1, "description": "1 when inactive beyond the baseline"},
+        "inactive_min": {"min": 0, "unit": "min", "description": "minutes since any motion"},
+        "threshold_min": {"min": 0, "unit": "min", "description": "the emergency threshold now"},
+    },
+    "children": ["room"],
+}
+
+# (first hour, presence intervals per hour, room weights in ROOMS order) until the next row.
+_RETIRED = (
+    (0, 0.4, (6, 4, 0, 0)),
+    (6, 2.0, (4, 4, 2, 0)),
+    (7, 6.0, (2, 3, 4, 1)),
+    (9, 4.0, (1.5, 1.5, 3, 4)),
+    (12, 5.0, (0, 2, 5, 3)),
+    (14, 3.0, (1, 1.5, 1.5, 6)),
+    (18, 5.0, (0, 1, 5, 4)),
+    (20, 4.0, (0.5, 1, 2, 6.5)),
+    (22, 2.0, (4, 4, 0.5, 1.5)),
+    (23, 0.6, (7, 3, 0, 0)),
+)
+_WORKER_WEEKDAY = (
+    (0, 0.4, (6, 4, 0, 0)),
+    (6, 6.0, (2, 4, 3, 1)),
+    (8, 3.0, (1, 3, 3, 3)),
+    (9, 0.0, (1, 1, 1, 1)),  # away at work
+    (17, 5.0, (0.5, 1.5, 4, 4)),
+    (19, 4.0, (0, 1, 3, 6)),
+    (22, 2.0, (4, 4, 0.5, 1.5)),
+    (23, 0.6, (7, 3, 0, 0)),
+)
+_WORKER_WEEKEND = (
+    (0, 0.5, (6, 4, 0, 0)),
+    (8, 4.0, (2, 3, 4, 1)),
+    (10, 2.5, (1, 1.5, 2, 5.5)),
+    (13, 1.0, (1, 1, 1, 1)),  # out in the afternoon
+    (18, 5.0, (0, 1, 5, 4)),
+    (20, 4.0, (0.5, 1, 2, 6.5)),
+    (23, 1.0, (6, 4, 0, 0)),
+)
+_MEDIAN_MIN = np.array([18.0, 5.0, 9.0, 14.0])  # typical presence interval per room
+
+
+def _profile(weekday_rows: tuple, weekend_rows: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(7, 24) rates and (7, 24, rooms) room probabilities from hour tables."""
+    rates = np.zeros((7, 24))
+    weights = np.zeros((7, 24, len(ROOMS)))
+    for day in range(7):
+        rows = weekday_rows if day < 5 else weekend_rows
+        for (hour, rate, w), nxt in zip(rows, (*rows[1:], (24, 0, ())), strict=True):
+            rates[day, hour : nxt[0]] = rate
+            weights[day, hour : nxt[0]] = np.asarray(w) / np.sum(w)
+    return rates, weights
+
+
+PERSONAS = {
+    "retired": _profile(_RETIRED, _RETIRED),
+    "worker": _profile(_WORKER_WEEKDAY, _WORKER_WEEKEND),
+}
+
+
+def expected_visits(persona: str) -> np.ndarray:
+    """The generator's true mean presence intervals per hour, (7, 24, rooms), local time."""
+    rates, weights = PERSONAS[persona]
+    return rates[:, :, None] * weights
+
+
+@dataclass
+class HomeFleet:
+    """Synthetic motion reports of `homes` homes x 4 rooms (sorted by time, a fixed seed)."""
+
+    homes: list[str]
+    personas: list[str]
+    emergency_home: str | None
+    stop_ms: int | None
+    start_ms: int
+    end_ms: int
+    tz: str
+    twin: np.ndarray = field(repr=False)  # room id per report
+    ts: np.ndarray = field(repr=False)
+    motion: np.ndarray = field(repr=False)
+
+    def observations(self) -> list[dict]:
+        """Room observations for `Platform.ingest` (the first of each room names its home)."""
+        out = []
+        parented: set[str] = set()
+        for twin, ts, value in zip(
+            self.twin.tolist(), self.ts.tolist(), self.motion.tolist(), strict=True
+        ):
+            obs = {"twin": twin, "type": "room", "ts": ts, "values": {"motion": value}}
+            if twin not in parented:
+                obs["parent"] = twin.rsplit("/", 1)[0]
+                parented.add(twin)
+            out.append(obs)
+        return out
+
+
+def home_fleet(
+    homes: int = 4,
+    *,
+    weeks: int = 4,
+    seed: int = 5,
+    tz: str = TZ,
+    end_ms: int = DEMO_NOW,
+    emergency_home: int | None = -1,
+    stop_before_end_ms: int = 5 * HOUR_MS,
+) -> HomeFleet:
+    """Generate motion reports for the `weeks` before `end_ms`.
+
+    Even homes are workers (away on weekday daytime), odd homes retired (at home all day). Each
+    hour draws Poisson(rate x a daily mood factor) presence intervals at uniform instants,
+    rooms by the hour's weights, lognormal durations; an interval ends before the next starts
+    (one occupant). In `emergency_home` (an index; None for none) every report after
+    `end_ms - stop_before_end_ms` is missing: the occupant stopped moving.
+    """
+    rng = np.random.default_rng(seed)
+    start = end_ms - weeks * 7 * DAY_MS
+    ids = [f"home-{i + 1}" for i in range(homes)]
+    personas = ["worker" if i % 2 == 0 else "retired" for i in range(homes)]
+    stopped = ids[emergency_home] if emergency_home is not None and homes else None
+    stop_ms = end_ms - stop_before_end_ms if stopped else None
+    hours = np.arange(start - start % HOUR_MS, end_ms, HOUR_MS, dtype=np.int64)
+    cells = week_cells(hours, tz)
+    day_index = (hours - hours[0]) // DAY_MS
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for home, persona in zip(ids, personas, strict=True):
+        rates, weights = PERSONAS[persona]
+        mood = rng.gamma(10.0, 0.1, int(day_index[-1]) + 1)[day_index]
+        n = rng.poisson(rates.ravel()[cells] * mood)
+        begin = np.repeat(hours, n) + rng.integers(0, HOUR_MS, int(n.sum()))
+        cum = np.cumsum(weights.reshape(-1, len(ROOMS))[np.repeat(cells, n)], axis=1)
+        room = (cum < rng.random(begin.size)[:, None]).sum(axis=1).clip(0, len(ROOMS) - 1)
+        order = np.argsort(begin, kind="stable")
+        begin, room = begin[order], room[order]
+        length = (_MEDIAN_MIN[room] * 60_000 * rng.lognormal(0, 0.6, begin.size)).astype(np.int64)
+        gap = np.diff(begin, append=np.int64(end_ms))
+        finish = np.minimum(begin + length, begin + gap - np.minimum(1000, gap // 2))
+        if home == stopped:
+            keep = begin < stop_ms
+            begin, room, finish = begin[keep], room[keep], np.minimum(finish[keep], stop_ms)
+        keep = (begin >= start) & (finish < end_ms) & (finish > begin)
+        begin, room, finish = begin[keep], room[keep], finish[keep]
+        names = np.array([f"{home}/{r}" for r in ROOMS])[room]
+        parts.append(
+            (
+                np.concatenate([names, names]),
+                np.concatenate([begin, finish]),
+                np.repeat([1.0, 0.0], begin.size),
+            )
+        )
+    twin = np.concatenate([p[0] for p in parts])
+    ts = np.concatenate([p[1] for p in parts])
+    motion = np.concatenate([p[2] for p in parts])
+    order = np.argsort(ts, kind="stable")
+    return HomeFleet(
+        homes=ids,
+        personas=personas,
+        emergency_home=stopped,
+        stop_ms=stop_ms,
+        start_ms=int(start),
+        end_ms=int(end_ms),
+        tz=tz,
+        twin=twin[order],
+        ts=ts[order],
+        motion=motion[order],
+    )
+
+
+def emergency_notices(verdicts: list[dict]) -> list[Notice]:
+    """An "alarm" notice per emergency; the id is stable for one episode (twin + last activity)."""
+    return [
+        Notice(
+            "alarm",
+            f"inactivity/{v['twin']}/{v['last_activity']}",
+            {"rule": "inactivity-beyond-seasonal-p99", "state": "active", **v},
+        )
+        for v in verdicts
+        if v["emergency"]
+    ]
+
+
+def run_home_demo(
+    platform,
+    *,
+    homes: int = 4,
+    weeks: int = 4,
+    seed: int = 5,
+    tz: str = TZ,
+    now_ms: int = DEMO_NOW,
+    emergency_home: int | None = -1,
+    announce: bool = True,
+    out: Callable[[str], None] | None = print,
+) -> dict:
+    """Ingest a home fleet's history, fit baselines per room and home from the stored history
+    up to last midnight (as a nightly retrain would), run the emergency check at `now_ms`, write
+    each home's verdict back and announce alarms.
+
+    Returns {"now", "homes": verdicts, "rooms": verdicts, "emergencies": [home ids],
+    "baselines": {twin: ActivityBaseline}, "fleet": HomeFleet}.
+    """
+    fleet = home_fleet(
+        homes, weeks=weeks, seed=seed, tz=tz, end_ms=now_ms, emergency_home=emergency_home
+    )
+    platform.put_type("room", ROOM_TYPE)
+    platform.put_type("home", HOME_TYPE)
+    start = fleet.start_ms
+    local_now = now_ms + int(utc_offsets_ms(np.array([now_ms]), tz)[0])
+    trained_until = now_ms - local_now % DAY_MS  # last midnight: as a nightly retrain would be
+    platform.ingest(
+        [{"twin": h, "type": "home", "ts": start, "values": {"emergency": 0}} for h in fleet.homes]
+    )
+    platform.ingest(fleet.observations())
+    baselines: dict[str, ActivityBaseline] = {}
+    last: dict[str, int | None] = {}
+    for home in fleet.homes:
+        home_ts, home_motion = [], []
+        for room in ROOMS:
+            twin = f"{home}/{room}"
+            series = platform.history(twin, ["motion"], start=start, end=now_ms + 1)
+            ts = np.asarray(series["ts"], dtype=np.int64)
+            motion = np.asarray(series["series"]["motion"], dtype=np.float64)
+            baselines[twin] = fit_activity(ts, motion, tz, start_ms=start, end_ms=trained_until)
+            last[twin] = int(ts[-1]) if ts.size else None
+            home_ts.append(ts)
+            home_motion.append(motion)
+        ts, motion = np.concatenate(home_ts), np.concatenate(home_motion)
+        baselines[home] = fit_activity(ts, motion, tz, start_ms=start, end_ms=trained_until)
+        last[home] = int(ts.max()) if ts.size else None
+    models = {home: _register(platform, home, baselines[home]) for home in fleet.homes}
+    home_verdicts = emergency_check(now_ms, {h: last[h] for h in fleet.homes}, baselines)
+    room_verdicts = emergency_check(now_ms, {t: v for t, v in last.items() if "/" in t}, baselines)
+    platform.ingest(
+        [
+            {
+                "twin": v["twin"],
+                "type": "home",
+                "ts": now_ms,
+                "values": {
+                    "emergency": int(v["emergency"]),
+                    **{k: v[k] for k in ("inactive_min", "threshold_min") if k in v},
+                },
+            }
+            for v in home_verdicts
+        ]
+    )
+    if announce:
+        for notice in emergency_notices(home_verdicts):
+            platform.bus.publish(notice)
+    emergencies = [v["twin"] for v in home_verdicts if v["emergency"]]
+    if out is not None:
+        out(
+            f"home demo: {len(fleet.ts)} motion reports from {len(fleet.homes)} homes x "
+            f"{len(ROOMS)} rooms, {format_ts(start)} .. {format_ts(now_ms)} ({tz})"
+        )
+        for v in home_verdicts:
+            flag = "EMERGENCY" if v["emergency"] else "ok"
+            out(
+                f"  {v['twin']:8} {flag:9} inactive {v.get('inactive_min', '?')} min, threshold "
+                f"{v.get('threshold_min', '?')} min ({v.get('weekday')} {v.get('hour')}:00)"
+            )
+    return {
+        "now": format_ts(now_ms),
+        "homes": home_verdicts,
+        "rooms": room_verdicts,
+        "emergencies": emergencies,
+        "baselines": baselines,
+        "models": models,
+        "fleet": fleet,
+    }
+
+
+def _register(platform, home: str, model: ActivityBaseline) -> dict:
+    """Register a home's fitted baseline as the next version of model `activity.<home>`."""
+    body = baseline_metadata(model, description=f"weekday x hour activity of {home}")
+    return platform.registry.register(f"activity.{home}", body, {ARTIFACT: model.to_bytes()})
