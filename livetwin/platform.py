@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from livetwin.actions.alarms import AlarmService
+from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.engine.engine import Engine, json_number
 from livetwin.engine.events import EventBus
 from livetwin.errors import InvalidInput, NotFound, Unavailable
@@ -81,6 +83,9 @@ class Platform:
             snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
+        self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
+        smtp = SmtpSettings.from_env()
+        self.mailer = AlarmMailer(self, smtp).start() if smtp else None
         self.lineage = LineageStore(self.path, clock=self.clock)
         self.registry = Registry(
             self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
@@ -129,7 +134,10 @@ class Platform:
         self._closed = True
         if self._timer is not None:
             self._timer.stop()
-        self.writer.stop()
+        self.writer.stop()  # publishes its last batches: the services below still hear them
+        self.alarms.stop()
+        if self.mailer is not None:
+            self.mailer.stop()
         self.registry.stop()
         self.lineage.close()
         self.store.close()

@@ -16,4 +16,5 @@ class Settings:
     cache_mb: int = 64  # SQLite page cache
     max_history_points: int = 200_000  # raw rows one history query may return
     max_artifact_bytes: int = 512 * 1024 * 1024  # largest model artifact the registry stores
+    alarm_tick_s: float = 1.0  # how often `for:` conditions without new data are checked
     run_schedules: bool = True  # calibrate types on their calibration.every interval

@@ -223,6 +223,12 @@ def test_home_demo_finds_the_stopped_occupant(platform):
     assert platform.twin("home-1")["properties"]["emergency"] == 0.0
     assert platform.twin("home-4/kitchen")["parent"] == "home-4"
     assert [n.data["twin"] for n in notices] == ["home-4"] and notices[0].kind == "alarm"
+    (alarm,) = platform.alarms.list(state="open")["items"]
+    assert (
+        alarm["twin"] == "home-4"
+        and alarm["rule"] == "inactivity"
+        and alarm["severity"] == "critical"
+    )
     # the baselines were trained up to last midnight, from the stored history
     model = result["baselines"]["home-4"]
     assert model.end_ms == parse_ts("2026-04-07T22:00:00Z")  # midnight in Berlin (summer time)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
+from livetwin.api.alarms import alarm_routes
 from livetwin.api.ops import ops_routes
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
@@ -354,6 +355,7 @@ def create_app(
         return twin
 
     ops_routes(app, platform, health_path="/api/health")  # /metrics and dependency health
+    alarm_routes(app, platform.alarms)
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
     for add_routes in extra_routes:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from livetwin.engine.events import Notice
 from livetwin.models.baseline import (
     ARTIFACT,
     DAY_MS,
@@ -213,13 +212,19 @@ def home_fleet(
     )
 
 
-def emergency_notices(verdicts: list[dict]) -> list[Notice]:
-    """An "alarm" notice per emergency; the id is stable for one episode (twin + last activity)."""
+def raise_emergencies(platform, verdicts: list[dict], now_ms: int) -> list[dict]:
+    """A critical alarm per home in emergency, through the platform's alarm service (so it is
+    kept, listed, mailed and sent to webhooks like any rule's alarm)."""
     return [
-        Notice(
-            "alarm",
-            f"inactivity/{v['twin']}/{v['last_activity']}",
-            {"rule": "inactivity-beyond-seasonal-p99", "state": "active", **v},
+        platform.alarms.raise_alarm(
+            v["twin"],
+            "inactivity",
+            "critical",
+            f"no activity in {v['twin']} for {v['inactive_min']} min: longer than the seasonal "
+            f"threshold of {v['threshold_min']} min for {v['weekday']} {v['hour']}:00",
+            v,
+            type="home",
+            ts=now_ms,
         )
         for v in verdicts
         if v["emergency"]
@@ -290,9 +295,7 @@ def run_home_demo(
             for v in home_verdicts
         ]
     )
-    if announce:
-        for notice in emergency_notices(home_verdicts):
-            platform.bus.publish(notice)
+    alarms = raise_emergencies(platform, home_verdicts, now_ms) if announce else []
     emergencies = [v["twin"] for v in home_verdicts if v["emergency"]]
     if out is not None:
         out(
@@ -310,6 +313,7 @@ def run_home_demo(
         "homes": home_verdicts,
         "rooms": room_verdicts,
         "emergencies": emergencies,
+        "alarms": alarms,
         "baselines": baselines,
         "models": models,
         "fleet": fleet,

@@ -22,6 +22,7 @@ from livetwin.spec.calibration import (
     ModelSection,
     plan_calibration,
 )
+from livetwin.spec.rules import CompiledRule, Rule, compile_rules
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 TYPE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -88,6 +89,7 @@ class TwinTypeSpec(_Strict):
     children: list[str] = Field(default_factory=list)
     model: ModelSection | None = None
     calibration: CalibrationSection | None = None
+    rules: dict[str, Rule] = Field(default_factory=dict)
 
     @field_validator("properties", "parameters", mode="before")
     @classmethod
@@ -105,7 +107,7 @@ class TwinTypeSpec(_Strict):
             return {k: ({"expr": v} if isinstance(v, str) else v) for k, v in value.items()}
         return value
 
-    @field_validator("properties", "parameters", "derived")
+    @field_validator("properties", "parameters", "derived", "rules")
     @classmethod
     def _names_are_identifiers(cls, value: dict) -> dict:
         for name in value:
@@ -132,6 +134,7 @@ class CompiledType:
     derived_order: tuple[str, ...]
     compiled: dict[str, Compiled] = field(repr=False)
     calibration: CalibrationPlan | None = field(default=None, repr=False)
+    rules: dict[str, CompiledRule] = field(default_factory=dict, repr=False)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -214,7 +217,10 @@ def compile_type(spec: TwinTypeSpec, version: int) -> CompiledType:
         )
     properties = tuple(spec.properties) + (plan.published if plan else ())
     columns = properties + tuple(spec.parameters) + order
-    return CompiledType(spec.name, version, spec, properties, columns, order, compiled, plan)
+    rules = compile_rules(spec.rules, set(columns))
+    return CompiledType(
+        spec.name, version, spec, properties, columns, order, compiled, plan, rules=rules
+    )
 
 
 def _topological_order(compiled: dict[str, Compiled]) -> tuple[str, ...]:
