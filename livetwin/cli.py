@@ -208,6 +208,15 @@ def bench_ingest(
     _benchmark("ingest").main(json_only=json, quick=quick, backend=backend)
 
 
+@bench_app.command("scheduler")
+def bench_scheduler(
+    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+    quick: bool = typer.Option(False, help="A smaller, faster run."),
+):
+    """Scheduler: joined events dispatched per second, trigger latency p50/p99."""
+    _benchmark("scheduler").main(json_only=json, quick=quick)
+
+
 @bench_app.command("replay")
 def bench_replay(
     json: bool = typer.Option(False, "--json", help="Print JSON lines only."),

@@ -30,6 +30,7 @@ from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
 from livetwin.registry import LineageStore, Registry
+from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import TwinTypeSpec, compile_type, parse_type_spec
@@ -90,6 +91,9 @@ class Platform:
         self.registry = Registry(
             self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
         ).start()
+        self.scheduler = Scheduler(self, allow_modules=self.settings.scheduler_modules)
+        if self.settings.run_schedules:
+            self.scheduler.start()
         self._timer = CalibrationTimer(self) if self.settings.run_schedules else None
         self._closed = False
 
@@ -132,6 +136,7 @@ class Platform:
         if self._closed:
             return
         self._closed = True
+        self.scheduler.stop()  # first: running functions may still ingest
         if self._timer is not None:
             self._timer.stop()
         self.writer.stop()  # publishes its last batches: the services below still hear them

@@ -23,6 +23,7 @@ from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
 from livetwin.api.ops import ops_routes
 from livetwin.api.registry import lineage_routes, registry_routes
+from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
 from livetwin.platform import Platform
@@ -356,6 +357,7 @@ def create_app(
 
     ops_routes(app, platform, health_path="/api/health")  # /metrics and dependency health
     alarm_routes(app, platform.alarms)
+    schedule_routes(app, platform.scheduler)
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
     for add_routes in extra_routes:

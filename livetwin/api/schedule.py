@@ -1,0 +1,196 @@
+"""REST routes of the scheduler: functions, schedules, events (joins) and runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from livetwin.errors import InvalidInput, PayloadTooLarge
+from livetwin.schedule import Scheduler
+from livetwin.schedule.service import RUN_STATES
+
+MAX_BODY = 1024 * 1024
+MAX_EVENTS_PER_POST = 1_000
+NAMESPACE = Query(None, description="namespace (default 'default')")
+
+
+def _body(schema: dict, example: Any) -> dict:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema, "example": example}},
+        }
+    }
+
+
+FUNCTION_BODY = _body(
+    {
+        "type": "object",
+        "required": ["kind"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["builtin", "python", "http"]},
+            "job": {"type": "string"},
+            "ref": {"type": "string"},
+            "url": {"type": "string", "format": "uri"},
+            "method": {"type": "string"},
+            "timeout_s": {"type": "number"},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "args": {"type": "object"},
+            "concurrency": {"type": "integer"},
+            "retries": {"type": "integer"},
+            "backoff_s": {"type": "number"},
+        },
+    },
+    {"kind": "http", "url": "https://example.com/retrain", "events": ["data-ready"]},
+)
+SCHEDULE_BODY = _body(
+    {
+        "type": "object",
+        "required": ["function", "trigger"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "namespace": {"type": "string"},
+            "trigger": {"type": "object"},
+            "missed": {"type": "string", "enum": ["skip", "once", "catch_up"]},
+            "args": {"type": "object"},
+            "enabled": {"type": "boolean"},
+        },
+    },
+    {
+        "id": "nightly-calibration",
+        "function": "calibrate-pumps",
+        "trigger": {"kind": "cron", "cron": "0 3 * * *", "tz": "Europe/Berlin"},
+        "missed": "once",
+    },
+)
+EVENT_BODY = _body(
+    {
+        "oneOf": [
+            {"type": "object", "required": ["name"]},
+            {"type": "array", "items": {"type": "object", "required": ["name"]}},
+        ]
+    },
+    {"name": "data-ready", "data": {"rows": 1200}, "key": "pump-1"},
+)
+
+
+async def _json(request: Request, required: bool = True) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge(
+            f"body exceeds the limit of {MAX_BODY} bytes", field="body", fix="send a smaller body"
+        )
+    if not raw.strip():
+        if not required:
+            return None
+        raise InvalidInput("the request body is empty", field="body", fix="send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"malformed JSON: {exc}", field="body", fix="send valid JSON (check quotes and commas)"
+        ) from None
+
+
+def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
+    """Add the `/api/functions`, `/api/schedules`, `/api/events` and `/api/runs` routes."""
+
+    # ---- functions ------------------------------------------------------------------------
+
+    @app.put("/api/functions/{name}", tags=["scheduler"], openapi_extra=FUNCTION_BODY)
+    async def put_function(name: str, request: Request, namespace: str | None = NAMESPACE) -> dict:
+        """Declare or replace a function: a built-in job, a Python reference or a remote URL."""
+        body = await _json(request)
+        return await run_in_threadpool(
+            scheduler.define_function, name, body, namespace, trusted=False
+        )
+
+    @app.get("/api/functions", tags=["scheduler"])
+    def list_functions(namespace: str | None = Query(None)) -> list[dict]:
+        """Functions with their ready and waiting events, queue, last run and last error."""
+        return scheduler.functions(namespace)
+
+    @app.get("/api/functions/{name}", tags=["scheduler"])
+    def get_function(name: str, namespace: str | None = NAMESPACE) -> dict:
+        return scheduler.function(name, namespace)
+
+    @app.delete("/api/functions/{name}", tags=["scheduler"])
+    def delete_function(name: str, namespace: str | None = NAMESPACE) -> dict:
+        """Remove a function and its pending join events (refused while a schedule uses it)."""
+        return scheduler.delete_function(name, namespace)
+
+    @app.post("/api/functions/{name}/run", tags=["scheduler"], status_code=202)
+    async def run_function(name: str, request: Request, namespace: str | None = NAMESPACE) -> dict:
+        """Queue a run now; an optional JSON object body gives its args."""
+        args = await _json(request, required=False)
+        return await run_in_threadpool(scheduler.run_function, name, namespace, args)
+
+    # ---- schedules ------------------------------------------------------------------------
+
+    @app.post("/api/schedules", tags=["scheduler"], status_code=201, openapi_extra=SCHEDULE_BODY)
+    async def create_schedule(request: Request) -> dict:
+        """Bind a trigger (once, interval, cron, event, condition) to a function."""
+        body = await _json(request)
+        return await run_in_threadpool(scheduler.add_schedule, body)
+
+    @app.get("/api/schedules", tags=["scheduler"])
+    def list_schedules(namespace: str | None = Query(None)) -> list[dict]:
+        return scheduler.schedules(namespace)
+
+    @app.get("/api/schedules/{schedule_id}", tags=["scheduler"])
+    def get_schedule(schedule_id: str) -> dict:
+        return scheduler.schedule(schedule_id)
+
+    @app.patch("/api/schedules/{schedule_id}", tags=["scheduler"])
+    async def patch_schedule(schedule_id: str, request: Request) -> dict:
+        """Enable or disable: `{"enabled": false}`."""
+        body = await _json(request)
+        return await run_in_threadpool(scheduler.update_schedule, schedule_id, body)
+
+    @app.delete("/api/schedules/{schedule_id}", tags=["scheduler"])
+    def delete_schedule(schedule_id: str) -> dict:
+        return scheduler.delete_schedule(schedule_id)
+
+    @app.post("/api/schedules/{schedule_id}/run", tags=["scheduler"], status_code=202)
+    def run_schedule(schedule_id: str) -> dict:
+        """Run the schedule's function now, with its args, whatever its trigger."""
+        return scheduler.run_schedule(schedule_id)
+
+    # ---- events ---------------------------------------------------------------------------
+
+    @app.post("/api/events", tags=["scheduler"], status_code=202, openapi_extra=EVENT_BODY)
+    async def post_events(request: Request) -> dict:
+        """Post one event (or a list): durable when answered; joins and event triggers fire."""
+        body = await _json(request)
+        events = body if isinstance(body, list) else [body]
+        if not 1 <= len(events) <= MAX_EVENTS_PER_POST:
+            raise InvalidInput(
+                f"send 1 to {MAX_EVENTS_PER_POST} events",
+                field="body",
+                fix="split the list into smaller posts",
+            )
+        stored = await run_in_threadpool(scheduler.post_events, events)
+        return {"accepted": len(stored), "events": stored}
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    @app.get("/api/runs", tags=["scheduler"])
+    def list_runs(
+        function: str | None = Query(None),
+        state: str | None = Query(None, description=" | ".join(RUN_STATES)),
+        namespace: str | None = Query(None),
+        schedule: str | None = Query(None),
+        limit: int = Query(100),
+    ) -> list[dict]:
+        """Runs, newest first (logs are in GET /api/runs/{id})."""
+        return scheduler.runs(
+            function=function, state=state, namespace=namespace, schedule=schedule, limit=limit
+        )
+
+    @app.get("/api/runs/{run_id}", tags=["scheduler"])
+    def get_run(run_id: str) -> dict:
+        return scheduler.run(run_id)
