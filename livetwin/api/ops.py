@@ -86,8 +86,8 @@ class PlatformCollector:
         queues = GaugeMetricFamily(
             "livetwin_queue_depth", "Work items waiting in a queue", labels=["queue"]
         )
-        queues.add_metric(["writer"], writer._queue.qsize())
-        queues.add_metric(["flusher"], writer.flusher._queue.qsize())
+        queues.add_metric(["writer"], writer.queue_depth)
+        queues.add_metric(["flusher"], writer.flusher.queue_depth)
         yield queues
         age = snapshot_age_s(p.snapshot_dir)
         if age is not None:
@@ -238,13 +238,13 @@ class Monitor:
 
     def _check_writer(self) -> dict:
         writer = self.platform.writer
-        if writer._closed or not writer._thread.is_alive():
+        if not writer.alive:
             raise RuntimeError("the journal writer is stopped")
-        return {"queue": writer._queue.qsize(), "last_seq": writer.next_seq - 1}
+        return {"queue": writer.queue_depth, "last_seq": writer.next_seq - 1}
 
     def _check_flusher(self) -> dict:
         writer = self.platform.writer
-        if not writer.flusher._thread.is_alive():
+        if not writer.flusher.alive:
             raise RuntimeError("the history flusher is stopped")
         return {
             "buffered_rows": writer.history.rows,

@@ -58,6 +58,15 @@ class Flusher:
         self._queue.put((meta, arrays, future))
         return future
 
+    @property
+    def queue_depth(self) -> int:
+        """Flushes and snapshots waiting for the flusher thread."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Finish queued work, flush once more and stop."""
         self._queue.put((_STOP, None))

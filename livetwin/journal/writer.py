@@ -133,6 +133,16 @@ class Writer:
         self._queue.put(work)
         return work.future
 
+    @property
+    def queue_depth(self) -> int:
+        """Work items waiting for the writer thread."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writer takes work (not stopped, thread running)."""
+        return not self._closed and self._thread.is_alive()
+
     def stop(self) -> None:
         """Finish all queued work, flush history, write a final snapshot, stop the thread."""
         if not self._closed:
