@@ -10,21 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from livetwin.models.baseline import (
-    ARTIFACT,
-    DAY_MS,
-    HOUR_MS,
-    ActivityBaseline,
-    baseline_metadata,
-    emergency_check,
-    fit_activity,
-    utc_offsets_ms,
-    week_cells,
-)
+from livetwin.errors import NotFound
+from livetwin.jobs.baseline import check_inactivity, load_baselines, model_name, train_baselines
+from livetwin.models.baseline import DAY_MS, HOUR_MS, week_cells
 from livetwin.timefmt import format_ts, parse_ts
 
 ROOMS = ("bedroom", "bathroom", "kitchen", "living")
 TZ = "Europe/Berlin"
+PREFIX = "activity."  # model `activity.<home>` (and `activity.<home>.<room>`) per twin
 DEMO_NOW = parse_ts("2026-04-08T13:00:00Z")  # Wednesday 15:00 in Berlin (after the DST change)
 
 ROOM_TYPE = {
@@ -212,25 +205,6 @@ def home_fleet(
     )
 
 
-def raise_emergencies(platform, verdicts: list[dict], now_ms: int) -> list[dict]:
-    """A critical alarm per home in emergency, through the platform's alarm service (so it is
-    kept, listed, mailed and sent to webhooks like any rule's alarm)."""
-    return [
-        platform.alarms.raise_alarm(
-            v["twin"],
-            "inactivity",
-            "critical",
-            f"no activity in {v['twin']} for {v['inactive_min']} min: longer than the seasonal "
-            f"threshold of {v['threshold_min']} min for {v['weekday']} {v['hour']}:00",
-            v,
-            type="home",
-            ts=now_ms,
-        )
-        for v in verdicts
-        if v["emergency"]
-    ]
-
-
 def run_home_demo(
     platform,
     *,
@@ -243,64 +217,43 @@ def run_home_demo(
     announce: bool = True,
     out: Callable[[str], None] | None = print,
 ) -> dict:
-    """Ingest a home fleet's history, fit baselines per room and home from the stored history
-    up to last midnight (as a nightly retrain would), run the emergency check at `now_ms`, write
-    each home's verdict back and announce alarms.
+    """Ingest a home fleet's history, then do what the scheduled jobs do (`schedule_home_jobs`):
+    train a baseline per room and per home from the stored history up to last midnight into the
+    registry (`train-baseline`), and check every home and room at `now_ms` with the registered
+    versions (`check-inactivity`): each home's verdict is written back and, with `announce`,
+    an emergency raises a critical `inactivity` alarm (rooms are evidence, never alarmed).
 
-    Returns {"now", "homes": verdicts, "rooms": verdicts, "emergencies": [home ids],
-    "baselines": {twin: ActivityBaseline}, "fleet": HomeFleet}.
+    Returns {"now", "homes": verdicts, "rooms": verdicts, "emergencies": [home ids], "alarms",
+    "baselines": {twin: ActivityBaseline}, "models": {twin: {model, version}}, "training",
+    "fleet": HomeFleet}.
     """
     fleet = home_fleet(
         homes, weeks=weeks, seed=seed, tz=tz, end_ms=now_ms, emergency_home=emergency_home
     )
     platform.put_type("room", ROOM_TYPE)
     platform.put_type("home", HOME_TYPE)
-    start = fleet.start_ms
-    local_now = now_ms + int(utc_offsets_ms(np.array([now_ms]), tz)[0])
-    trained_until = now_ms - local_now % DAY_MS  # last midnight: as a nightly retrain would be
-    platform.ingest(
-        [{"twin": h, "type": "home", "ts": start, "values": {"emergency": 0}} for h in fleet.homes]
-    )
-    platform.ingest(fleet.observations())
-    baselines: dict[str, ActivityBaseline] = {}
-    last: dict[str, int | None] = {}
-    for home in fleet.homes:
-        home_ts, home_motion = [], []
-        for room in ROOMS:
-            twin = f"{home}/{room}"
-            series = platform.history(twin, ["motion"], start=start, end=now_ms + 1)
-            ts = np.asarray(series["ts"], dtype=np.int64)
-            motion = np.asarray(series["series"]["motion"], dtype=np.float64)
-            baselines[twin] = fit_activity(ts, motion, tz, start_ms=start, end_ms=trained_until)
-            last[twin] = int(ts[-1]) if ts.size else None
-            home_ts.append(ts)
-            home_motion.append(motion)
-        ts, motion = np.concatenate(home_ts), np.concatenate(home_motion)
-        baselines[home] = fit_activity(ts, motion, tz, start_ms=start, end_ms=trained_until)
-        last[home] = int(ts.max()) if ts.size else None
-    models = {home: _register(platform, home, baselines[home]) for home in fleet.homes}
-    home_verdicts = emergency_check(now_ms, {h: last[h] for h in fleet.homes}, baselines)
-    room_verdicts = emergency_check(now_ms, {t: v for t, v in last.items() if "/" in t}, baselines)
     platform.ingest(
         [
-            {
-                "twin": v["twin"],
-                "type": "home",
-                "ts": now_ms,
-                "values": {
-                    "emergency": int(v["emergency"]),
-                    **{k: v[k] for k in ("inactive_min", "threshold_min") if k in v},
-                },
-            }
-            for v in home_verdicts
+            {"twin": h, "type": "home", "ts": fleet.start_ms, "values": {"emergency": 0}}
+            for h in fleet.homes
         ]
     )
-    alarms = raise_emergencies(platform, home_verdicts, now_ms) if announce else []
-    emergencies = [v["twin"] for v in home_verdicts if v["emergency"]]
+    platform.ingest(fleet.observations())
+    training = {
+        kind: train_baselines(platform, kind, tz=tz, since=fleet.start_ms, now_ms=now_ms)
+        for kind in ("room", "home")
+    }
+    home_check = check_inactivity(platform, "home", now_ms=now_ms, alarms=announce)
+    room_check = check_inactivity(platform, "room", now_ms=now_ms, alarms=False, publish=False)
+    twins = [*fleet.homes, *np.unique(fleet.twin).tolist()]
+    baselines, models = load_baselines(platform, {t: model_name(PREFIX, t) for t in twins})
+    home_verdicts = home_check["verdicts"]
     if out is not None:
         out(
             f"home demo: {len(fleet.ts)} motion reports from {len(fleet.homes)} homes x "
-            f"{len(ROOMS)} rooms, {format_ts(start)} .. {format_ts(now_ms)} ({tz})"
+            f"{len(ROOMS)} rooms, {format_ts(fleet.start_ms)} .. {format_ts(now_ms)} ({tz}); "
+            f"{sum(t['versions'] for t in training.values())} baselines trained up to "
+            f"{training['home']['training']['end']}"
         )
         for v in home_verdicts:
             flag = "EMERGENCY" if v["emergency"] else "ok"
@@ -311,16 +264,82 @@ def run_home_demo(
     return {
         "now": format_ts(now_ms),
         "homes": home_verdicts,
-        "rooms": room_verdicts,
-        "emergencies": emergencies,
-        "alarms": alarms,
+        "rooms": room_check["verdicts"],
+        "emergencies": home_check["emergencies"],
+        "alarms": [v["alarm"] for v in home_verdicts if v["alarm"] is not None],
         "baselines": baselines,
         "models": models,
+        "training": training,
         "fleet": fleet,
     }
 
 
-def _register(platform, home: str, model: ActivityBaseline) -> dict:
-    """Register a home's fitted baseline as the next version of model `activity.<home>`."""
-    body = baseline_metadata(model, description=f"weekday x hour activity of {home}")
-    return platform.registry.register(f"activity.{home}", body, {ARTIFACT: model.to_bytes()})
+def home_job_functions(tz: str = TZ) -> dict[str, dict]:
+    """The scheduler functions of the home fleet: nightly training of rooms and homes, and the
+    inactivity check of homes."""
+    return {
+        "train-home-baselines": {
+            "kind": "builtin",
+            "job": "train-baseline",
+            "args": {"type": "home", "tz": tz, "model_prefix": PREFIX},
+            "description": "retrain each home's activity baseline up to last midnight",
+        },
+        "train-room-baselines": {
+            "kind": "builtin",
+            "job": "train-baseline",
+            "args": {"type": "room", "tz": tz, "model_prefix": PREFIX},
+            "description": "retrain each room's activity baseline up to last midnight",
+        },
+        "check-home-inactivity": {
+            "kind": "builtin",
+            "job": "check-inactivity",
+            "args": {"type": "home", "model_prefix": PREFIX, "severity": "critical"},
+            "description": "raise (and clear) inactivity alarms against the seasonal baseline",
+        },
+    }
+
+
+def home_job_schedules(tz: str = TZ, namespace: str = "default") -> list[dict]:
+    """Retrain nightly at 03:00 local time, check every 5 minutes."""
+    nightly = {"kind": "cron", "cron": "0 3 * * *", "tz": tz}
+    return [
+        {"id": "home-baselines-nightly", "function": "train-home-baselines", "trigger": nightly,
+         "missed": "once", "namespace": namespace},
+        {"id": "room-baselines-nightly", "function": "train-room-baselines", "trigger": nightly,
+         "missed": "once", "namespace": namespace},
+        {"id": "home-inactivity-5m", "function": "check-home-inactivity",
+         "trigger": {"kind": "cron", "cron": "*/5 * * * *", "tz": tz}, "missed": "skip",
+         "namespace": namespace},
+    ]  # fmt: skip
+
+
+def schedule_home_jobs(platform, *, tz: str = TZ, namespace: str = "default") -> dict:
+    """Declare the home fleet's functions and cron schedules on `platform.scheduler`
+    (idempotent: an unchanged schedule keeps its next run; a changed one is replaced)."""
+    scheduler = platform.scheduler
+    functions = [
+        scheduler.define_function(name, spec, namespace)
+        for name, spec in home_job_functions(tz).items()
+    ]
+    schedules = []
+    for body in home_job_schedules(tz, namespace):
+        try:
+            have = scheduler.schedule(body["id"])
+        except NotFound:
+            have = None
+        if have is not None and _same_schedule(have, body):
+            schedules.append(have)
+            continue
+        if have is not None:
+            scheduler.delete_schedule(body["id"])
+        schedules.append(scheduler.add_schedule(body))
+    return {"functions": functions, "schedules": schedules}
+
+
+def _same_schedule(have: dict, body: dict) -> bool:
+    return (
+        have["function"] == body["function"]
+        and have["namespace"] == body["namespace"]
+        and have["missed"] == body["missed"]
+        and all(have["trigger"].get(k) == v for k, v in body["trigger"].items())
+    )

@@ -17,6 +17,7 @@ import httpx
 import orjson
 
 from livetwin.errors import InvalidInput
+from livetwin.jobs.baseline import check_inactivity_job, train_baseline_job
 from livetwin.schedule.triggers import check_name, check_namespace
 
 KINDS = ("builtin", "python", "http")
@@ -46,6 +47,8 @@ def _calibrate(ctx: RunContext) -> Any:
 
 
 register_job("calibrate", _calibrate)
+register_job("train-baseline", train_baseline_job)
+register_job("check-inactivity", check_inactivity_job)
 
 
 @dataclass
