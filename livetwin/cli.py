@@ -95,11 +95,13 @@ def demo(
     port: int = 8000,
     pumps: int = typer.Option(50, help="Pumps in the simulated fleet."),
     lines: int = typer.Option(10, help="Roller lines whose bearings wear."),
+    homes: int = typer.Option(4, help="Homes with motion sensors (one occupant stops moving)."),
     interval: float = typer.Option(1.0, help="Seconds between telemetry rounds."),
     calibrate_every: float = typer.Option(15.0, help="Seconds between roller calibrations."),
     duration: float = typer.Option(0, help="Stop after this many seconds (0: run until Ctrl-C)."),
 ):
     """Serve livetwin with simulated pumps and roller lines streaming telemetry."""
+    from livetwin.examples.home import run_home_demo, schedule_home_jobs
     from livetwin.examples.pumps import PumpFleet, declare
     from livetwin.examples.roller_demo import RollerDemo, coverage
 
@@ -110,6 +112,10 @@ def demo(
         _backfill(platform, fleet, minutes=60, step_s=10)
     rollers = RollerDemo(platform, lines)
     rollers.run_until(wall_clock_ms())
+    if homes and "home" not in {t["name"] for t in platform.list_types()}:
+        with console.status("home fleet: four weeks of motion history, baselines, check ..."):
+            run_home_demo(platform, homes=homes, now_ms=wall_clock_ms(), out=console.print)
+    schedule_home_jobs(platform)  # nightly retraining, a check every 5 minutes
     stop = threading.Event()
 
     def stream() -> None:
@@ -127,7 +133,8 @@ def demo(
     console.print(
         f"\n[bold green]livetwin demo[/]: {pumps} pumps in {len(fleet.stations)} stations and "
         f"{lines} roller lines stream telemetry into {data}/; the lines' bearing drags wear and "
-        f"are calibrated every {calibrate_every:g} s.\n"
+        f"are calibrated every {calibrate_every:g} s; {homes} homes' activity baselines are "
+        "registered models, retrained nightly and checked every 5 minutes.\n"
         f"  API docs   {base}/docs\n\nTry:\n"
         f"  curl {base}/api/types\n"
         f"  curl {base}/api/twins/pump-1\n"
@@ -136,6 +143,9 @@ def demo(
         f"  curl {base}/api/twins/line-1/calibration\n"
         f"  curl '{base}/api/twins/line-1/history?names=b2,b2_lower,b2_upper&every=5s&agg=last'\n"
         f"  curl -N {base}/api/stream?twin=line-1\n"
+        f"  curl '{base}/api/alarms?state=open'\n"
+        f"  curl {base}/api/models/activity.home-{homes}/versions/1\n"
+        f"  curl {base}/api/runs?limit=5\n"
         f"  curl -X POST {base}/api/ingest -H 'content-type: application/json' \\\n"
         f'       -d \'[{{"twin":"pump-1","type":"pump","values":{{"flow":99}}}}]\'\n',
         soft_wrap=True,
