@@ -25,7 +25,7 @@ from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.registry.db import SqliteFile
 from livetwin.timefmt import format_ts
 
-KINDS = ("run", "data", "model", "value")
+KINDS = ("run", "data", "model", "value", "task", "workflow")
 DIRECTIONS = ("up", "down")
 MAX_DEPTH = 100
 MAX_WALK_NODES = 5_000

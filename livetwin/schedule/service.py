@@ -165,6 +165,7 @@ class Scheduler:
         self._state_lock = threading.RLock()
         self._changed = threading.Condition()
         self.invoker = Invoker()
+        self._workflows = None  # an Executor, made by the first register_workflow
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -277,6 +278,8 @@ class Scheduler:
             self._pool.shutdown(wait=False, cancel_futures=True)
         logging.getLogger().removeHandler(self._log_handler)
         self.invoker.close()
+        if self._workflows is not None:
+            self._workflows.close()
         with self._state_lock, self._read_lock:
             self._db.close()
             self._read.close()
@@ -626,6 +629,14 @@ class Scheduler:
         parsed = parse_function(name, {**base, **spec, "kind": "python"}, namespace)
         self.invoker.callables[parsed.key] = fn
         return self._call(self._op_define, parsed)
+
+    def register_workflow(self, name: str, wf: Any, **spec) -> dict:
+        """Register a `@workflow` as a function: its runs execute it on the platform's lineage."""
+        from livetwin.schedule.workflow import Executor, workflow_job
+
+        if self._workflows is None:
+            self._workflows = Executor(self.platform.lineage)
+        return self.register(name, workflow_job(self._workflows, wf), **spec)
 
     def _op_define(self, spec: FunctionSpec) -> dict:
         old = self._functions.get(spec.key)
