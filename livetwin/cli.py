@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from livetwin.api.ops import configure_logging
 from livetwin.cli_admin import fail, grafana_dashboard, token_app
 from livetwin.errors import LivetwinError
+from livetwin.ingest.mqtt import load_mqtt_config, parse_address
 from livetwin.platform import Platform, Settings, wall_clock_ms
 
 app = typer.Typer(
@@ -80,10 +81,31 @@ def serve(
     jwks_url: str = typer.Option(None, "--jwks-url", envvar="LIVETWIN_JWKS_URL"),
     audience: str = typer.Option(None, "--audience", envvar="LIVETWIN_JWT_AUDIENCE"),
     issuer: str = typer.Option(None, "--issuer", envvar="LIVETWIN_JWT_ISSUER"),
+    mqtt: str = typer.Option(
+        None, "--mqtt", help="MQTT broker host:port for ingest subscriptions and commands."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="YAML file with an mqtt: section (broker and subscriptions)."
+    ),
 ):
     """Run the REST API (and the web UI) on the embedded store (or LIVETWIN_DATABASE_URL)."""
     configure_logging()
-    platform = _open(data, Settings(max_body_bytes=max_body_mb * 1024 * 1024))
+    settings = Settings(max_body_bytes=max_body_mb * 1024 * 1024)
+    subscriptions: dict = {}
+    try:
+        if config is not None:
+            settings.mqtt_host, settings.mqtt_port, subscriptions = load_mqtt_config(config)
+        if mqtt:
+            settings.mqtt_host, settings.mqtt_port = parse_address(mqtt)
+    except LivetwinError as exc:
+        fail(exc)
+    platform = _open(data, settings)
+    for name, body in subscriptions.items():
+        try:
+            platform.mqtt.put_subscription(name, body)
+        except LivetwinError as exc:
+            platform.close()
+            fail(exc)
     console.print(f"livetwin serving {data} at [bold]http://{host}:{port}[/] (API docs: /docs)")
     _serve(platform, host, port, auth, jwks_url=jwks_url, audience=audience, issuer=issuer)
 
@@ -225,6 +247,15 @@ def bench_scheduler(
 ):
     """Scheduler: joined events dispatched per second, trigger latency p50/p99."""
     _benchmark("scheduler").main(json_only=json, quick=quick)
+
+
+@bench_app.command("mqtt")
+def bench_mqtt(
+    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+    quick: bool = typer.Option(False, help="A smaller, faster run."),
+):
+    """MQTT ingest at QoS 1 through the local broker: messages/s, values/s, lost."""
+    _benchmark("mqtt").main(json_only=json, quick=quick)
 
 
 @bench_app.command("replay")

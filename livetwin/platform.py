@@ -18,11 +18,13 @@ import numpy as np
 import orjson
 
 from livetwin.actions.alarms import AlarmService
+from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.engine.engine import Engine, json_number
 from livetwin.engine.events import EventBus
 from livetwin.errors import InvalidInput, NotFound, Unavailable
 from livetwin.ingest.extract import extract
+from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.jobs.calibration import CalibrationTimer, TypeCalibration
 from livetwin.jobs.calibration import calibrate as run_calibration
@@ -84,6 +86,7 @@ class Platform:
             snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
+        self.mqtt, self.commands = self._start_mqtt()
         self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
         smtp = SmtpSettings.from_env()
         self.mailer = AlarmMailer(self, smtp).start() if smtp else None
@@ -131,12 +134,23 @@ class Platform:
             log.info("recovered: snapshot at seq %d + %d observations replayed", seq, n)
         return engine, history, info
 
+    def _start_mqtt(self) -> tuple[MqttBridge | None, CommandService | None]:
+        """MQTT ingest and device commands, when a broker is configured (settings.mqtt_host)."""
+        host = self.settings.mqtt_host
+        if not host:
+            return None, None
+        port = self.settings.mqtt_port
+        return MqttBridge(self, host, port).start(), CommandService(self, host, port).start()
+
     def close(self) -> None:
         """Drain queued ingest, flush history, write a final snapshot, close the store."""
         if self._closed:
             return
         self._closed = True
         self.scheduler.stop()  # first: running functions may still ingest
+        for service in (self.mqtt, self.commands):  # MQTT: what it submitted is drained below
+            if service is not None:
+                service.stop()
         if self._timer is not None:
             self._timer.stop()
         self.writer.stop()  # publishes its last batches: the services below still hear them

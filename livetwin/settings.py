@@ -17,5 +17,7 @@ class Settings:
     max_history_points: int = 200_000  # raw rows one history query may return
     max_artifact_bytes: int = 512 * 1024 * 1024  # largest model artifact the registry stores
     alarm_tick_s: float = 1.0  # how often `for:` conditions without new data are checked
+    mqtt_host: str | None = None  # an MQTT broker: ingest subscriptions and device commands
+    mqtt_port: int = 1883
     run_schedules: bool = True  # calibrate on calibration.every; run the scheduler's triggers
     scheduler_modules: tuple[str, ...] = ()  # module prefixes an API `ref` may import

@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
+from livetwin.api.commands import commands_routes
+from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.ops import ops_routes
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.schedule import schedule_routes
@@ -313,6 +315,8 @@ def create_app(
 
     # ---- twins --------------------------------------------------------------------------
 
+    commands_routes(app, platform, platform.commands)  # .../desired before the catch-all
+
     @app.get("/api/twins", tags=["twins"])
     def list_twins(
         type: str | None = None,
@@ -357,6 +361,7 @@ def create_app(
 
     ops_routes(app, platform, health_path="/api/health")  # /metrics and dependency health
     alarm_routes(app, platform.alarms)
+    mqtt_routes(app, platform, platform.mqtt)
     schedule_routes(app, platform.scheduler)
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)

@@ -22,6 +22,7 @@ from livetwin.spec.calibration import (
     ModelSection,
     plan_calibration,
 )
+from livetwin.spec.commands import CommandSection
 from livetwin.spec.rules import CompiledRule, Rule, compile_rules
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
@@ -89,6 +90,7 @@ class TwinTypeSpec(_Strict):
     children: list[str] = Field(default_factory=list)
     model: ModelSection | None = None
     calibration: CalibrationSection | None = None
+    commands: CommandSection | None = None
     rules: dict[str, Rule] = Field(default_factory=dict)
 
     @field_validator("properties", "parameters", mode="before")

@@ -1,0 +1,601 @@
+"""MQTT ingest: subscribe to broker topics and feed each message through an extractor spec.
+
+`MqttBridge` keeps named subscriptions (topic pattern -> extractor) in the platform's config
+store, acknowledges a QoS 1 message to the broker only once it is durable in the journal, and
+never lets one bad message stop or delay the good ones. See docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from livetwin.errors import InvalidInput, LivetwinError, NotFound
+from livetwin.ingest.extract import extract
+from livetwin.ingest.mqtt_wire import Received, SubscriberSession
+from livetwin.spec.extractor import ExtractorSpec
+
+__all__ = [
+    "MqttBridge",
+    "Subscription",
+    "load_mqtt_config",
+    "parse_address",
+    "topic_matches",
+    "validate_topic_filter",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_KIND = "mqtt"
+TOPIC_TWIN_KEY = "twin"  # key of the wrapper object used by `twin_from_topic`
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_FIELDS = ("topic", "extractor", "qos", "twin_from_topic")
+COUNTERS = (
+    "received",
+    "ingested",
+    "rejected",
+    "malformed",
+    "observations_accepted",
+    "observations_rejected",
+    "errors",
+)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One topic pattern mapped to an extractor.
+
+    `twin_from_topic` (1-based index of a `+` level) makes that topic level the twin id: the
+    extractor's own `twin` path is then not read (its `twin_prefix` still applies).
+    """
+
+    name: str
+    topic: str
+    extractor: str
+    qos: int = 1
+    twin_from_topic: int | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "topic": self.topic,
+            "extractor": self.extractor,
+            "qos": self.qos,
+            "twin_from_topic": self.twin_from_topic,
+        }
+
+    def topic_vars(self, topic: str) -> dict[str, str]:
+        """The levels of `topic` matched by this pattern's `+` levels, as {"1": ..., "2": ...}."""
+        levels = topic.split("/")
+        found: dict[str, str] = {}
+        for position, pattern in enumerate(self.topic.split("/")):
+            if pattern == "#":
+                break
+            if pattern == "+":
+                found[str(len(found) + 1)] = levels[position]
+        return found
+
+
+def validate_topic_filter(topic: Any, field: str = "topic") -> str:
+    """Return `topic` if it is a valid MQTT topic filter, else raise InvalidInput naming `field`."""
+    fix = "write levels separated by '/'; use '+' or '#' only as a whole level, '#' only last"
+    if not isinstance(topic, str) or not topic:
+        raise InvalidInput(
+            f"{field} must be a non-empty string", field=field, fix="e.g. plant/+/telemetry"
+        )
+    if "\x00" in topic or len(topic.encode()) > 65535:
+        raise InvalidInput(f"{field} has a NUL character or is too long", field=field, fix=fix)
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if level in ("+", "#"):
+            if level == "#" and i != len(levels) - 1:
+                raise InvalidInput(
+                    f"{field} {topic!r}: '#' must be the last level", field=field, fix=fix
+                )
+        elif "+" in level or "#" in level:
+            raise InvalidInput(
+                f"{field} {topic!r}: level {level!r} mixes a wildcard with text",
+                field=field,
+                fix=fix,
+            )
+    return topic
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` (or `host`, port 1883) as used by `livetwin serve --mqtt`."""
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "1883")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(
+            f"MQTT address {text!r} is not host:port", field="mqtt", fix="e.g. 127.0.0.1:1883"
+        )
+    return host, int(port)
+
+
+class MqttBridge:
+    """Subscribes to an MQTT broker and ingests messages into `platform`.
+
+    The session thread hands every socket read to a bounded inbox (blocking when it is full, so
+    the broker holds the rest in its inflight window); a worker drains the whole inbox, extracts
+    it and submits it as one ingest batch; the batch's QoS 1 messages are acknowledged (one
+    write) only once it is durable. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        platform: Any,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        queue_size: int = 50_000,
+        batch_max: int = 20_000,
+        receive_maximum: int = 65_535,
+        max_pending_batches: int = 4,
+        keepalive: int = 30,
+    ) -> None:
+        self.platform = platform
+        self.host, self.port = host, port
+        # A fixed client id keeps the broker session (and its queued QoS 1 messages) across
+        # restarts; without one every start is a fresh session.
+        self.client_id = client_id or f"livetwin-{uuid.uuid4().hex[:12]}"
+        self.queue_size, self.batch_max = queue_size, batch_max
+        self._session_options = {
+            "persistent": client_id is not None,
+            "receive_maximum": receive_maximum,
+            "keepalive": keepalive,
+            "username": username,
+            "password": password,
+        }
+        self._max_pending = max_pending_batches
+        self._pending = threading.BoundedSemaphore(max_pending_batches)
+        self._lock = threading.Lock()
+        self._inbox_cond = threading.Condition()
+        self._inbox: list[tuple[int, list[Received]]] = []
+        self._queued = 0
+        self._subs: dict[str, Subscription] = {}
+        self._routes: dict[str, Subscription | None] = {}  # topic -> first matching subscription
+        self._derived: dict[tuple[str, int], tuple[ExtractorSpec, ExtractorSpec]] = {}
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._connected = False
+        self._last_error: str | None = None
+        self._session: SubscriberSession | None = None
+        self._worker: threading.Thread | None = None
+        self._running = False
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> MqttBridge:
+        """Load persisted subscriptions, connect (in the background) and start the worker."""
+        if self._running:
+            return self
+        loaded = {}
+        for name, text in self.platform.store.configs(CONFIG_KIND).items():
+            try:
+                loaded[name] = self._validate(name, orjson.loads(text))
+            except (LivetwinError, ValueError) as exc:
+                log.error("MQTT subscription %r is invalid and was not loaded: %s", name, exc)
+        with self._lock:
+            self._subs = loaded
+            self._routes.clear()
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="mqtt-ingest", daemon=True)
+        self._worker.start()
+        self._session = SubscriberSession(
+            self.host,
+            self.port,
+            self.client_id,
+            self._on_messages,
+            subscriptions=self._topics,
+            on_state=self._on_state,
+            **self._session_options,
+        ).start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop reading, let the worker store and acknowledge what is queued, then disconnect."""
+        if not self._running:
+            return
+        with self._inbox_cond:
+            self._running = False
+            self._inbox_cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        held = [self._pending.acquire(timeout=timeout) for _ in range(self._max_pending)]
+        for got in held:  # every slot taken once: no batch is still being made durable
+            if got:
+                self._pending.release()
+        if self._session is not None:
+            self._session.stop()
+        self._session = None
+        self._connected = False
+        with self._inbox_cond:
+            self._inbox, self._queued = [], 0
+
+    def __enter__(self) -> MqttBridge:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Block until connected and subscribed (True) or `timeout` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._connected:
+                return True
+            time.sleep(0.02)
+        return self._connected
+
+    # ---- subscriptions ----------------------------------------------------------------------
+
+    def subscriptions(self) -> list[dict]:
+        with self._lock:
+            return [s.to_dict() for _, s in sorted(self._subs.items())]
+
+    def subscription(self, name: str) -> dict:
+        with self._lock:
+            sub = self._subs.get(name)
+        if sub is None:
+            raise NotFound(
+                f"no MQTT subscription '{name}'",
+                field="name",
+                fix=f"create it with PUT /api/mqtt/subscriptions/{name}",
+            )
+        return sub.to_dict()
+
+    def put_subscription(self, name: str, body: Any) -> dict:
+        """Validate, persist and (when connected) subscribe; replaces a same-named one."""
+        sub = self._validate(name, body)
+        stored = {k: v for k, v in sub.to_dict().items() if k != "name"}
+        self.platform.store.put_config(
+            CONFIG_KIND, name, orjson.dumps(stored).decode(), self.platform.clock()
+        )
+        with self._lock:
+            old = self._subs.get(name)
+            self._subs[name] = sub
+            self._routes.clear()
+            unused = old is not None and not any(s.topic == old.topic for s in self._subs.values())
+        if self._session is not None:
+            if unused:
+                self._session.unsubscribe(old.topic)
+            self._session.subscribe({sub.topic: sub.qos})
+        return sub.to_dict()
+
+    def delete_subscription(self, name: str) -> None:
+        with self._lock:
+            sub = self._subs.pop(name, None)
+            self._routes.clear()
+            unused = sub is not None and not any(s.topic == sub.topic for s in self._subs.values())
+        deleted = self.platform.store.delete_config(CONFIG_KIND, name)
+        if sub is None and not deleted:
+            raise NotFound(f"no MQTT subscription '{name}'", field="name", fix="list them first")
+        if unused and self._session is not None:
+            self._session.unsubscribe(sub.topic)
+
+    def _topics(self) -> dict[str, int]:
+        with self._lock:
+            return {s.topic: s.qos for s in self._subs.values()}
+
+    def _route(self, topic: str) -> Subscription | None:
+        """The first subscription (by name) whose filter matches `topic`; cached per topic."""
+        try:
+            return self._routes[topic]
+        except KeyError:
+            pass
+        with self._lock:
+            found = next(
+                (s for _, s in sorted(self._subs.items()) if topic_matches(s.topic, topic)), None
+            )
+            if len(self._routes) >= 100_000:
+                self._routes.clear()
+            self._routes[topic] = found
+        return found
+
+    def _validate(self, name: str, body: Any) -> Subscription:
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise InvalidInput(
+                f"subscription name {name!r} is not allowed",
+                field="name",
+                fix="use 1-128 letters, digits, '_', '.', '-', starting with a letter or digit",
+            )
+        if not isinstance(body, Mapping):
+            raise InvalidInput(
+                "the subscription must be a JSON object",
+                field="body",
+                fix='send {"topic": "plant/+/telemetry", "extractor": "my-extractor", "qos": 1}',
+            )
+        unknown = sorted(set(body) - set(_FIELDS) - {"name"})
+        if unknown:
+            raise InvalidInput(
+                f"unknown field(s): {', '.join(unknown)}",
+                field=unknown[0],
+                fix=f"allowed fields: {', '.join(_FIELDS)}",
+            )
+        topic = validate_topic_filter(body.get("topic"))
+        extractor = body.get("extractor")
+        if not isinstance(extractor, str) or not extractor:
+            raise InvalidInput(
+                "extractor must name an extractor", field="extractor", fix="e.g. pump-json"
+            )
+        try:
+            spec = self.platform.extractor(extractor)
+        except NotFound:
+            raise InvalidInput(
+                f"no extractor '{extractor}'",
+                field="extractor",
+                fix=f"declare it first with PUT /api/extractors/{extractor}",
+            ) from None
+        qos = body.get("qos", 1)
+        if type(qos) is not int or qos not in (0, 1):
+            raise InvalidInput(
+                f"qos must be 0 or 1, not {qos!r}",
+                field="qos",
+                fix="use 1 (at least once; acknowledged once durable) or 0 (at most once)",
+            )
+        n_plus = topic.split("/").count("+")
+        index = body.get("twin_from_topic")
+        if index is not None and (type(index) is not int or not 1 <= index <= n_plus):
+            raise InvalidInput(
+                f"twin_from_topic must be null or 1..{n_plus} (a '+' level of the topic), "
+                f"not {index!r}",
+                field="twin_from_topic",
+                fix="count the '+' levels of topic from 1, or add a '+' level for the twin id",
+            )
+        missing = [v for v in spec.prefix_vars if not (v.isdigit() and 1 <= int(v) <= n_plus)]
+        if missing:
+            raise InvalidInput(
+                f"extractor '{extractor}' has twin_prefix {spec.twin_prefix!r} needing "
+                f"{{{missing[0]}}}, but topic {topic!r} has {n_plus} '+' level(s)",
+                field="extractor",
+                fix="use {1}, {2}... for the topic's '+' levels, or change the topic",
+            )
+        return Subscription(name, topic, extractor, qos, index)
+
+    # ---- stats ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counters since start, queue depth and connection state."""
+        with self._lock:
+            counts = dict(self._counts)
+            n_subs = len(self._subs)
+        return {
+            "broker": f"{self.host}:{self.port}",
+            "client_id": self.client_id,
+            "connected": self._connected,
+            "queue_depth": self._queued,
+            "subscriptions": n_subs,
+            **counts,
+            "last_error": self._last_error,
+        }
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for key, delta in deltas.items():
+                self._counts[key] += delta
+
+    # ---- session callbacks (session thread) -------------------------------------------------
+
+    def _on_state(self, connected: bool, error: str | None) -> None:
+        self._connected = connected
+        if connected:
+            log.info("MQTT connected to %s:%d", self.host, self.port)
+        elif self._running:
+            self._last_error = error
+
+    def _on_messages(self, generation: int, messages: list[Received]) -> None:
+        """Queue one read's messages; blocks while the inbox is full (back-pressure)."""
+        with self._inbox_cond:
+            while self._running and self._queued >= self.queue_size:
+                self._inbox_cond.wait(0.5)
+            if not self._running:  # stopping: left unacknowledged, so the broker resends them
+                return
+            self._inbox.append((generation, messages))
+            self._queued += len(messages)
+            self._inbox_cond.notify_all()
+        self._count(received=len(messages))
+
+    # ---- worker -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._inbox_cond:
+                while self._running and not self._inbox:
+                    self._inbox_cond.wait(0.5)
+                if not self._inbox:
+                    return  # stopped and drained
+                taken, size = 0, 0
+                while taken < len(self._inbox) and (not taken or size < self.batch_max):
+                    size += len(self._inbox[taken][1])
+                    taken += 1
+                chunks, self._inbox = self._inbox[:taken], self._inbox[taken:]
+                self._queued -= size
+                self._inbox_cond.notify_all()
+            try:
+                self._ingest(chunks)
+            except Exception as exc:  # never let the worker die
+                log.exception("MQTT batch of %d messages failed", size)
+                self._last_error = f"ingest failed: {exc}"
+                self._count(errors=size)
+
+    def _spec(self, sub: Subscription) -> ExtractorSpec:
+        """The extractor for `sub`; with twin_from_topic, a variant reading the wrapper object."""
+        spec = self.platform.extractor(sub.extractor)
+        if sub.twin_from_topic is None:
+            return spec
+        key = (sub.extractor, sub.twin_from_topic)
+        cached = self._derived.get(key)
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        data = spec.model_dump(mode="json", exclude_defaults=True)
+        for field, value in list(data.items()):
+            if field in ("foreach", "type_path", "ts", "key", "parent"):
+                data[field] = _rebase(value)
+        data["values"] = {k: _rebase(v) for k, v in data["values"].items()}
+        data["twin"] = f"$.{TOPIC_TWIN_KEY}"
+        derived = ExtractorSpec.from_data(data, name=spec.name)
+        self._derived[key] = (spec, derived)
+        return derived
+
+    def _ingest(self, chunks: list[tuple[int, list[Received]]]) -> None:
+        """Extract every queued message, submit all observations as one batch, ack once durable.
+
+        Messages that can never be ingested (no subscription, not JSON, rejected by the
+        extractor) are acknowledged too, so the broker does not resend them.
+        """
+        observations: list[dict] = []
+        owners: list[int] = []  # observation -> message number, to count rejected messages
+        acks: dict[int, list[int]] = {}  # generation -> QoS 1 packet ids
+        rejected: set[int] = set()
+        malformed = unrouted = extraction_rejects = number = 0
+        specs: dict[str, ExtractorSpec] = {}
+        for generation, messages in chunks:
+            ids = acks.setdefault(generation, [])
+            for topic, data, packet_id, qos in messages:
+                number += 1
+                if qos:
+                    ids.append(packet_id)
+                sub = self._route(topic)
+                if sub is None:  # a subscription was just removed: nothing to map it with
+                    unrouted += 1
+                    continue
+                try:
+                    payload = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    malformed += 1
+                    if malformed <= 3:
+                        log.warning("MQTT %s: payload is not JSON; dropped", topic)
+                    continue
+                try:
+                    spec = specs.get(sub.name) or specs.setdefault(sub.name, self._spec(sub))
+                    topic_vars = sub.topic_vars(topic)
+                    if sub.twin_from_topic is not None:
+                        twin = topic_vars[str(sub.twin_from_topic)]
+                        payload = {"payload": payload, TOPIC_TWIN_KEY: twin}
+                    result = extract(spec, payload, topic_vars=topic_vars)
+                except LivetwinError as exc:
+                    log.warning("MQTT %s: %s", topic, exc)
+                    extraction_rejects += 1
+                    rejected.add(number)
+                    continue
+                if result.errors:
+                    rejected.add(number)
+                    extraction_rejects += len(result.errors)
+                    if len(rejected) <= 3:
+                        log.warning("MQTT %s: rejected: %s", topic, result.errors[0]["error"])
+                observations.extend(result.observations)
+                owners.extend([number] * len(result.observations))
+        self._count(malformed=malformed, rejected=unrouted)
+
+        def finish(result: Any) -> None:
+            for r in result.rejected if result is not None else ():
+                if r.index < len(owners):
+                    rejected.add(owners[r.index])
+            self._count(
+                ingested=number - malformed - unrouted - len(rejected),
+                rejected=len(rejected),
+                observations_accepted=0 if result is None else result.accepted + result.duplicates,
+                observations_rejected=extraction_rejects
+                + (0 if result is None else len(result.rejected)),
+            )
+            session = self._session
+            if session is not None:
+                for generation, ids in acks.items():
+                    session.ack(generation, ids)
+
+        if not observations:
+            finish(None)
+            return
+        self._pending.acquire()
+        try:
+            future = self.platform.submit(observations)
+        except Exception:
+            self._pending.release()
+            raise
+
+        def durable(done: Future) -> None:
+            try:
+                error = done.exception()
+                if error is not None:  # not durable: leave unacked, the broker will resend
+                    self._last_error = f"ingest failed: {error}"
+                    log.error("MQTT batch of %d messages not stored: %s", number, error)
+                    self._count(errors=number)
+                    return
+                finish(done.result())
+            finally:
+                self._pending.release()
+
+        future.add_done_callback(durable)
+
+
+def _rebase(path: str) -> str:
+    """Point an absolute JSONPath at the original payload inside the twin_from_topic wrapper."""
+    return "$.payload" + path.strip()[1:] if path.strip().startswith("$") else path
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether MQTT topic filter `pattern` matches `topic` (wildcards never match `$` topics)."""
+    if topic.startswith("$") and pattern[:1] in ("+", "#"):
+        return False
+    levels = topic.split("/")
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        if part == "#":
+            return True
+        if i >= len(levels) or (part != "+" and part != levels[i]):
+            return False
+    return len(parts) == len(levels)
+
+
+def load_mqtt_config(path: str | Path) -> tuple[str, int, dict[str, dict]]:
+    """Read the `mqtt:` section of a YAML (or JSON) config file for `livetwin serve`.
+
+    Returns (host, port, subscriptions by name); apply the subscriptions with
+    `MqttBridge.put_subscription` (it validates each against the declared extractors).
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(
+            f"cannot read the config file {path}: {exc}", field="config", fix="pass a YAML file"
+        ) from None
+    section = data.get("mqtt", data) if isinstance(data, dict) else None
+    example = "mqtt: {host: 127.0.0.1, port: 1883, subscriptions: {lines: {topic: ..., ...}}}"
+    if not isinstance(section, dict):
+        raise InvalidInput(f"{path} has no mqtt: mapping", field="mqtt", fix=example)
+    unknown = sorted(set(section) - {"host", "port", "subscriptions"})
+    if unknown:
+        raise InvalidInput(
+            f"unknown key mqtt.{unknown[0]}",
+            field=f"mqtt.{unknown[0]}",
+            fix="use host, port and subscriptions",
+        )
+    host, port = section.get("host", "127.0.0.1"), section.get("port", 1883)
+    if not isinstance(host, str) or not host:
+        raise InvalidInput("mqtt.host must be a host name", field="mqtt.host", fix=example)
+    if type(port) is not int or not 0 < port < 65536:
+        raise InvalidInput("mqtt.port must be 1-65535", field="mqtt.port", fix="e.g. port: 1883")
+    subscriptions = section.get("subscriptions") or {}
+    if not isinstance(subscriptions, dict) or not all(
+        isinstance(v, dict) for v in subscriptions.values()
+    ):
+        raise InvalidInput(
+            "mqtt.subscriptions must map names to {topic, extractor, qos, twin_from_topic}",
+            field="mqtt.subscriptions",
+            fix=example,
+        )
+    for name, body in subscriptions.items():
+        validate_topic_filter(body.get("topic"), field=f"mqtt.subscriptions.{name}.topic")
+    return host, port, {str(k): dict(v) for k, v in subscriptions.items()}
