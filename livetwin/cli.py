@@ -258,6 +258,15 @@ def bench_mqtt(
     _benchmark("mqtt").main(json_only=json, quick=quick)
 
 
+@bench_app.command("webhooks")
+def bench_webhooks(
+    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+    quick: bool = typer.Option(False, help="A smaller, faster run."),
+):
+    """Webhook deliveries/s and latency: one dead endpoint among ten live ones."""
+    _benchmark("webhooks").main(json_only=json, quick=quick)
+
+
 @bench_app.command("replay")
 def bench_replay(
     json: bool = typer.Option(False, "--json", help="Print JSON lines only."),

@@ -20,6 +20,7 @@ import orjson
 from livetwin.actions.alarms import AlarmService
 from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
+from livetwin.actions.webhooks import WebhookService
 from livetwin.engine.engine import Engine, json_number
 from livetwin.engine.events import EventBus
 from livetwin.errors import InvalidInput, NotFound, Unavailable
@@ -86,6 +87,7 @@ class Platform:
             snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
+        self.webhooks = WebhookService(self).start() if self.settings.webhooks else None
         self.mqtt, self.commands = self._start_mqtt()
         self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
         smtp = SmtpSettings.from_env()
@@ -154,9 +156,9 @@ class Platform:
         if self._timer is not None:
             self._timer.stop()
         self.writer.stop()  # publishes its last batches: the services below still hear them
-        self.alarms.stop()
-        if self.mailer is not None:
-            self.mailer.stop()
+        for service in (self.alarms, self.mailer, self.webhooks):  # in order: alarms notify
+            if service is not None:
+                service.stop()
         self.registry.stop()
         self.lineage.close()
         self.store.close()

@@ -19,5 +19,6 @@ class Settings:
     alarm_tick_s: float = 1.0  # how often `for:` conditions without new data are checked
     mqtt_host: str | None = None  # an MQTT broker: ingest subscriptions and device commands
     mqtt_port: int = 1883
+    webhooks: bool = True  # deliver webhooks (tests run their own service with fast retries)
     run_schedules: bool = True  # calibrate on calibration.every; run the scheduler's triggers
     scheduler_modules: tuple[str, ...] = ()  # module prefixes an API `ref` may import

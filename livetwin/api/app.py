@@ -27,6 +27,7 @@ from livetwin.api.ops import ops_routes
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
+from livetwin.api.webhooks import webhook_routes
 from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
 from livetwin.platform import Platform
 from livetwin.timefmt import format_ts
@@ -362,6 +363,8 @@ def create_app(
     ops_routes(app, platform, health_path="/api/health")  # /metrics and dependency health
     alarm_routes(app, platform.alarms)
     mqtt_routes(app, platform, platform.mqtt)
+    if platform.webhooks is not None:
+        webhook_routes(app, platform.webhooks)
     schedule_routes(app, platform.scheduler)
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
