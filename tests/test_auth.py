@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import logging
-import pkgutil
 import threading
 import time
-import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
 from conftest import PUMP, T0, obs
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-import livetwin.api
 from livetwin.api.app import create_app
 from livetwin.api.auth import install_auth
 from livetwin.auth import (
@@ -41,43 +35,6 @@ TWIN_A = "plant-a/pump-1"
 TWIN_B = "plant-b/pump-1"
 
 
-class _Untouchable:
-    """Stands in for a route module's service: any use means a handler ran, i.e. auth leaked."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"a route handler ran (used .{name}) although auth should refuse")
-
-
-def _route_adders(platform) -> list:
-    """Every `*_routes` function of livetwin.api.* that exists now (other helpers add more),
-    called with the platform where it asks for one and an untouchable stand-in otherwise."""
-    adders = []
-    paths = {route.path for route in create_app(platform).routes}  # wired already
-    for info in pkgutil.iter_modules(livetwin.api.__path__, "livetwin.api."):
-        if info.name == "livetwin.api.auth":  # install_auth adds the token routes
-            continue
-        try:
-            module = importlib.import_module(info.name)
-        except Exception as exc:  # a module another helper is still writing
-            warnings.warn(f"skipped {info.name}: {exc}", stacklevel=1)
-            continue
-        for name, fn in inspect.getmembers(module, inspect.isfunction):
-            if not name.endswith("_routes") or fn.__module__ != module.__name__:
-                continue
-            params = list(inspect.signature(fn).parameters)[1:]
-            args = [platform if p == "platform" else _Untouchable() for p in params]
-            probe = FastAPI()
-            try:
-                fn(probe, *args)  # registration alone must not touch the service
-            except Exception as exc:
-                warnings.warn(f"skipped {info.name}.{name}: {exc}", stacklevel=1)
-                continue
-            if {route.path for route in probe.routes} <= paths:
-                continue
-            adders.append(lambda app, fn=fn, args=args: fn(app, *args))
-    return adders
-
-
 @pytest.fixture
 def secured(platform):
     """An app with every route module there is, ops routes and token auth; the token store."""
@@ -90,7 +47,7 @@ def secured(platform):
         ]
     )
     assert result.accepted == 3, result.rejected
-    app = create_app(platform, extra_routes=_route_adders(platform))
+    app = create_app(platform)  # every route module of the platform is wired in
     tokens = install_auth(app, platform, mode="tokens")
     with TestClient(app) as client:
         yield client, tokens
@@ -138,6 +95,8 @@ def test_every_route_refuses_missing_wrong_scope_and_foreign_tokens(secured, pla
     # the walk covers the core routes, the twin routes, ops and tokens (and whatever else exists)
     assert {"/api/ingest", "/api/twins/{twin_id}", "/api/types/{name}", "/metrics"} <= templates
     assert {"/api/tokens", "/api/tokens/{token_id}"} <= templates
+    services = {"/api/alarms", "/api/schedules", "/api/models", "/api/webhooks", "/api/mqtt"}
+    assert services <= templates and "/api/twins/{twin_id}/desired" in templates
     foreign = tokens.create(name="plant-b admin", scope="admin", namespace="plant-b")["token"]
     below = {
         s: tokens.create(name=f"{s}-all", scope=s, namespace="*")["token"]
