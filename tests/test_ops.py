@@ -167,3 +167,19 @@ def test_configure_logging_from_the_environment(monkeypatch, capsys):
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_platform_services_are_in_the_metrics(ops, platform):
+    client, _ = ops
+    rules = {"hot": {"when": "flow > 900", "severity": "critical"}}
+    platform.put_type("pump", {**PUMP, "rules": rules})
+    platform.ingest([obs("p1", T0, flow=950.0)])
+    platform.alarms.sync()
+    platform.scheduler.register("noop", lambda ctx: None)
+    platform.scheduler.run_function("noop")
+    platform.scheduler.wait_idle()
+    metrics = scrape(client)
+    assert metrics[("livetwin_alarms_open", (("kind", "critical"),))] == 1
+    assert metrics[("livetwin_scheduler_functions", ())] == 1
+    assert metrics[("livetwin_scheduler_runs", (("kind", "succeeded"),))] == 1
+    assert ("livetwin_webhooks_delivered_total", ()) in metrics

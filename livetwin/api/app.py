@@ -23,7 +23,7 @@ from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
-from livetwin.api.ops import ops_routes
+from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
@@ -360,7 +360,7 @@ def create_app(
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
-    ops_routes(app, platform, health_path="/api/health")  # /metrics and dependency health
+    monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
     alarm_routes(app, platform.alarms)
     mqtt_routes(app, platform, platform.mqtt)
     if platform.webhooks is not None:

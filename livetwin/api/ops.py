@@ -279,6 +279,35 @@ def ops_routes(
     return monitor
 
 
+def monitor_services(monitor: Monitor, platform) -> None:
+    """Publish the platform's services as metrics (and MQTT's connection as a health check)."""
+    monitor.add_stats("scheduler", platform.scheduler.stats)
+    monitor.add_stats("alarms", lambda: _open_alarms(platform.alarms.counts()))
+    if platform.webhooks is not None:
+        counters = ("attempts", "failed_attempts", "delivered")
+        monitor.add_stats("webhooks", platform.webhooks.stats, counters=counters)
+    if platform.mailer is not None:
+        counters = ("sent", "failed", "retried", "dropped")
+        monitor.add_stats("mail", lambda: platform.mailer.stats, counters=counters)
+    if platform.mqtt is not None:
+        from livetwin.ingest.mqtt import COUNTERS
+
+        monitor.add_stats("mqtt", platform.mqtt.stats, counters=COUNTERS)
+
+        def broker() -> dict:
+            stats = platform.mqtt.stats()
+            if not stats["connected"]:
+                raise ConnectionError(f"not connected to {stats['broker']}: {stats['last_error']}")
+            return {"broker": stats["broker"]}
+
+        monitor.add_check("mqtt", broker)
+
+
+def _open_alarms(counts: dict) -> dict:
+    """Open alarms per severity as one labelled gauge."""
+    return {"open": {s: c["total"] for s, c in counts.items() if s != "total"}}
+
+
 def snapshot_age_s(directory) -> float | None:
     """Seconds since the newest snapshot file was written (None when there is none)."""
     try:

@@ -1332,7 +1332,12 @@ class Scheduler:
                 "pending_events": sum(
                     len(d) for g in self._inbox.values() for n in g.values() for d in n.values()
                 ),
+                "runs": self._runs_by_state(),
             }
+
+    def _runs_by_state(self) -> dict[str, int]:
+        with self._read_lock:
+            return dict(self._read.execute("SELECT state, count(*) FROM runs GROUP BY state"))
 
 
 class _RunLogHandler(logging.Handler):
