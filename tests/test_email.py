@@ -171,7 +171,7 @@ def test_a_raised_alarm_is_mailed_with_subject_and_twin_link(platform, clock, sm
     assert message["From"] == "Livetwin <alarms@plant.example>"
     body = body_of(message)
     assert "site-a/pump-7 temperature 91.2 above 80" in body
-    assert "https://twins.plant.example/#/twins/site-a/pump-7" in body
+    assert "https://twins.plant.example/#/twin/site-a/pump-7" in body
     assert "temp = 91.25" in body and "2026-11-22T10:00:00.000Z" in body
 
 
@@ -239,7 +239,7 @@ def test_settings_from_the_environment(tmp_path):
     assert loaded.password == "from a file" and loaded.effective_port == 465
     assert loaded.recipients == ("a@example.com", "b@example.com")
     assert "from a file" not in repr(loaded)
-    assert twin_link(loaded.public_url, "b1/f 2") == "https://twins.example.com/#/twins/b1/f%202"
+    assert twin_link(loaded.public_url, "b1/f 2") == "https://twins.example.com/#/twin/b1/f%202"
     assert SmtpSettings.from_env({}) is None
 
     broken = {

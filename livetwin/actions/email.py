@@ -135,7 +135,7 @@ def _bad(name: str, message: str, fix: str):
 
 def twin_link(public_url: str, twin: str) -> str:
     """The dashboard address of a twin."""
-    return f"{public_url.rstrip('/')}/#/twins/{quote(twin, safe='/')}"
+    return f"{public_url.rstrip('/')}/#/twin/{quote(twin, safe='/')}"
 
 
 def alarm_message(settings: SmtpSettings, alarm: dict) -> EmailMessage:

@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 import orjson
-import yaml
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -21,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
+from livetwin.api.body import read_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.ops import monitor_services, ops_routes
@@ -28,7 +28,7 @@ from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.api.webhooks import webhook_routes
-from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
+from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.platform import Platform
 from livetwin.timefmt import format_ts
 from livetwin.ui import mount as mount_ui
@@ -90,50 +90,6 @@ class FastJSON(JSONResponse):
 
 def error_response(error: LivetwinError) -> FastJSON:
     return FastJSON({"error": error.to_dict()}, status_code=error.status)
-
-
-async def read_body(request: Request, limit: int) -> Any:
-    """The request body within the size limit, parsed off the event loop (JSON, or YAML)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"body of {declared} bytes exceeds the limit of {limit} bytes",
-            field="body",
-            fix="send smaller batches",
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"body exceeds the limit of {limit} bytes", field="body", fix="send smaller batches"
-            )
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    return await run_in_threadpool(parse_body, raw, request.headers.get("content-type", ""))
-
-
-def parse_body(raw: bytes, content_type: str) -> Any:
-    """JSON (or YAML when the content type says so) with errors that say where it broke."""
-    if not raw.strip():
-        raise InvalidInput("the request body is empty", field="body", fix="send a JSON body")
-    if "yaml" in content_type:
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise InvalidInput(
-                f"malformed YAML: {exc}", field="body", fix="check indentation and quoting"
-            ) from None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        error = InvalidInput(
-            f"malformed JSON: {exc}",
-            field="body",
-            fix="send valid JSON (check quotes, commas and brackets)",
-        )
-        error.status, error.code = 400, "malformed_json"
-        raise error from None
 
 
 def create_app(

@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from livetwin.api.app import error_response, parse_body
+from livetwin.api.app import error_response
+from livetwin.api.body import parse_body
 from livetwin.auth import (
     ALL,
     TOKEN_PREFIX,

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
+from livetwin.api.body import read_body
 from livetwin.errors import Unavailable
 
 __all__ = ["commands_routes"]
@@ -35,8 +36,6 @@ def commands_routes(app: FastAPI, platform: Any, service: Any | None) -> None:
 
     Call it before the app's `GET /api/twins/{twin_id:path}`, which would answer .../desired.
     """
-    from livetwin.api.app import read_body  # the app module's body parsing and size limit
-
     limit = platform.settings.max_body_bytes
 
     def need_service():

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from livetwin.api.body import read_body
 from livetwin.errors import Unavailable
 
 __all__ = ["mqtt_routes"]
@@ -40,8 +41,6 @@ SUBSCRIPTION_BODY = {
 
 def mqtt_routes(app: FastAPI, platform: Any, bridge: Any | None) -> None:
     """Add /api/mqtt routes to `app`; `bridge` is an `MqttBridge`, or None when MQTT is off."""
-    from livetwin.api.app import read_body  # the app module's body parsing and size limit
-
     limit = platform.settings.max_body_bytes
 
     def need_bridge():

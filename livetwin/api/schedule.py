@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from livetwin.errors import InvalidInput, PayloadTooLarge
+from livetwin.api.body import read_body
+from livetwin.errors import InvalidInput
 from livetwin.schedule import Scheduler
 from livetwin.schedule.service import RUN_STATES
 
@@ -78,24 +78,6 @@ EVENT_BODY = _body(
 )
 
 
-async def _json(request: Request, required: bool = True) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise PayloadTooLarge(
-            f"body exceeds the limit of {MAX_BODY} bytes", field="body", fix="send a smaller body"
-        )
-    if not raw.strip():
-        if not required:
-            return None
-        raise InvalidInput("the request body is empty", field="body", fix="send a JSON object")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"malformed JSON: {exc}", field="body", fix="send valid JSON (check quotes and commas)"
-        ) from None
-
-
 def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     """Add the `/api/functions`, `/api/schedules`, `/api/events` and `/api/runs` routes."""
 
@@ -104,7 +86,7 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     @app.put("/api/functions/{name}", tags=["scheduler"], openapi_extra=FUNCTION_BODY)
     async def put_function(name: str, request: Request, namespace: str | None = NAMESPACE) -> dict:
         """Declare or replace a function: a built-in job, a Python reference or a remote URL."""
-        body = await _json(request)
+        body = await read_body(request, MAX_BODY)
         return await run_in_threadpool(
             scheduler.define_function, name, body, namespace, trusted=False
         )
@@ -126,7 +108,7 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     @app.post("/api/functions/{name}/run", tags=["scheduler"], status_code=202)
     async def run_function(name: str, request: Request, namespace: str | None = NAMESPACE) -> dict:
         """Queue a run now; an optional JSON object body gives its args."""
-        args = await _json(request, required=False)
+        args = await read_body(request, MAX_BODY, required=False)
         return await run_in_threadpool(scheduler.run_function, name, namespace, args)
 
     # ---- schedules ------------------------------------------------------------------------
@@ -134,7 +116,7 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     @app.post("/api/schedules", tags=["scheduler"], status_code=201, openapi_extra=SCHEDULE_BODY)
     async def create_schedule(request: Request) -> dict:
         """Bind a trigger (once, interval, cron, event, condition) to a function."""
-        body = await _json(request)
+        body = await read_body(request, MAX_BODY)
         return await run_in_threadpool(scheduler.add_schedule, body)
 
     @app.get("/api/schedules", tags=["scheduler"])
@@ -148,7 +130,7 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     @app.patch("/api/schedules/{schedule_id}", tags=["scheduler"])
     async def patch_schedule(schedule_id: str, request: Request) -> dict:
         """Enable or disable: `{"enabled": false}`."""
-        body = await _json(request)
+        body = await read_body(request, MAX_BODY)
         return await run_in_threadpool(scheduler.update_schedule, schedule_id, body)
 
     @app.delete("/api/schedules/{schedule_id}", tags=["scheduler"])
@@ -165,7 +147,7 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     @app.post("/api/events", tags=["scheduler"], status_code=202, openapi_extra=EVENT_BODY)
     async def post_events(request: Request) -> dict:
         """Post one event (or a list): durable when answered; joins and event triggers fire."""
-        body = await _json(request)
+        body = await read_body(request, MAX_BODY)
         events = body if isinstance(body, list) else [body]
         if not 1 <= len(events) <= MAX_EVENTS_PER_POST:
             raise InvalidInput(

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.actions.webhooks import KINDS, MIN_SECRET, STATUSES, WebhookService
-from livetwin.errors import InvalidInput, PayloadTooLarge
+from livetwin.api.body import read_body
 
 MAX_BODY = 64 * 1024
 
@@ -52,27 +49,13 @@ SUBSCRIPTION_BODY = {
 }
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise PayloadTooLarge(
-            f"body exceeds the limit of {MAX_BODY} bytes", field="body", fix="send a smaller body"
-        )
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"malformed JSON: {exc}", field="body", fix="send a valid JSON object"
-        ) from None
-
-
 def webhook_routes(app: FastAPI, hooks: WebhookService) -> None:
     """Add the `/api/webhooks` routes of `hooks` to `app`."""
 
     @app.post("/api/webhooks", tags=["webhooks"], status_code=201, openapi_extra=SUBSCRIPTION_BODY)
     async def create_webhook(request: Request) -> dict:
         """Subscribe a URL to events committed from now on, signed with `secret` (HMAC-SHA256)."""
-        body = await _json_body(request)
+        body = await read_body(request, MAX_BODY)
         return await run_in_threadpool(hooks.create, body)
 
     @app.get("/api/webhooks", tags=["webhooks"])

@@ -1,0 +1,61 @@
+"""Request bodies: read within a size limit, parsed as JSON (or YAML) with errors naming the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import yaml
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from livetwin.errors import InvalidInput, PayloadTooLarge
+
+
+async def read_body(request: Request, limit: int, *, required: bool = True) -> Any:
+    """The request body within the size limit, parsed off the event loop (JSON, or YAML).
+
+    An empty body is an error, or None when not `required`.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes exceeds the limit of {limit} bytes",
+            field="body",
+            fix="send smaller batches",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"body exceeds the limit of {limit} bytes", field="body", fix="send smaller batches"
+            )
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not required and not raw.strip():
+        return None
+    return await run_in_threadpool(parse_body, raw, request.headers.get("content-type", ""))
+
+
+def parse_body(raw: bytes, content_type: str) -> Any:
+    """JSON (or YAML when the content type says so) with errors that say where it broke."""
+    if not raw.strip():
+        raise InvalidInput("the request body is empty", field="body", fix="send a JSON body")
+    if "yaml" in content_type:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise InvalidInput(
+                f"malformed YAML: {exc}", field="body", fix="check indentation and quoting"
+            ) from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        error = InvalidInput(
+            f"malformed JSON: {exc}",
+            field="body",
+            fix="send valid JSON (check quotes, commas and brackets)",
+        )
+        error.status, error.code = 400, "malformed_json"
+        raise error from None
