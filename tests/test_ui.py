@@ -1,5 +1,6 @@
 """The web dashboard in a real headless Chromium against a real server: every page loads
-cleanly, errors from the server show in place, bands are drawn, live values change."""
+cleanly, errors from the server show in place, bands are drawn, live values change, alarms are
+acknowledged, schedules run now, and a calibrated value's lineage graph is drawn."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
 import uvicorn
 
 from livetwin.api.app import create_app
+from livetwin.examples.rollers import ROLLER_LINE, ROLLER_TYPE, observations, roller_fleet
 from livetwin.platform import Platform, wall_clock_ms
 from livetwin.ui import mount
 
@@ -55,6 +57,22 @@ PUMP = {
     },
 }
 LAB = {"description": "a type to edit", "properties": {"t": {"unit": "degC"}}}
+BOILER = {
+    "description": "a boiler with alarm rules",
+    "properties": {"temp": {"unit": "degC"}},
+    "parameters": {"limit": {"value": 80, "unit": "degC"}},
+    "rules": {
+        "overheat": {
+            "when": "temp > limit",
+            "severity": "critical",
+            "message": "{twin} temperature {temp:.1f} above {limit:.0f}",
+        },
+        "warm": {"when": "temp > 60", "severity": "warning"},
+    },
+}
+LINES = ["line-0", "line-1"]
+MODEL_NODE = "model:roller_line/1"
+LOG_LINE = "hello from the dashboard test"
 ODD_ID = "lab/room #2?"  # ids may hold '/', '#' and '?': links must encode them
 
 
@@ -139,6 +157,50 @@ def _seed(platform: Platform, now: int) -> None:
     rows.append({"twin": ODD_ID, "type": "lab", "ts": now - 2000, "values": {"t": 19}})
     result = platform.ingest(rows)
     assert not result.rejected, result.rejected
+    _seed_alarms_jobs_models(platform, now)
+
+
+def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
+    """A boiler over its limit (rule alarms), a schedule and a join waiting for an event, and
+    a registered roller-line model that a calibration run used (lineage)."""
+    platform.put_type("boiler", BOILER)
+    row = {"twin": "boiler-1", "type": "boiler", "ts": now - 5000, "values": {"temp": 91.0}}
+    assert not platform.ingest([row]).rejected
+
+    def hello(ctx) -> dict:
+        ctx.log(LOG_LINE)
+        return {"greeted": ctx.args.get("who")}
+
+    scheduler = platform.scheduler
+    scheduler.register("hello", hello)
+    scheduler.register("joiner", hello, events=["data-ready", "model-ready"])
+    scheduler.add_schedule(
+        {
+            "id": "hourly-hello",
+            "function": "hello",
+            "trigger": {"kind": "interval", "every": "1h"},
+            "args": {"who": "dashboard"},
+        }
+    )
+    scheduler.post_event("data-ready", {"rows": 10}, key="pump-1")
+
+    platform.put_type("roller_line", ROLLER_TYPE)
+    model = {
+        "kind": "deductive",
+        "ref": ROLLER_LINE,
+        "author": "ana",
+        "description": "roller line with bearing drags",
+        "training": {"start": now - 86_400_000, "end": now - 3_600_000},
+        "metrics": {"rmse_T1": 1.9},
+    }
+    platform.registry.register("roller_line", model)
+    platform.registry.set_alias("roller_line", "production", 1, "ana")
+    sim = roller_fleet(len(LINES), seed=5)
+    rows = []
+    for k in range(20):
+        rows += observations(sim.step(), LINES, now - 60_000 + k * 100)
+    assert not platform.ingest(rows).rejected
+    assert platform.calibrate("roller_line")["status"] == "succeeded"
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +266,19 @@ def visit(page, server, route: str) -> None:
     page.wait_for_selector('#view[data-ready="1"]')
 
 
+def go(page, route: str) -> None:
+    """Move the loaded dashboard to `#<route>` (no reload) and wait until it has rendered."""
+    page.evaluate(
+        """route => new Promise(done => {
+            addEventListener('hashchange', done, {once: true});  // after the router's own
+            if (location.hash === '#' + route) dispatchEvent(new HashChangeEvent('hashchange'));
+            else location.hash = route;
+        })""",
+        route,
+    )
+    page.wait_for_selector('#view[data-ready="1"]')
+
+
 def api_error(server, method: str, path: str, **kwargs) -> dict:
     response = httpx.request(method, server.url + path, **kwargs)
     assert response.status_code == 422, response.text
@@ -220,12 +295,15 @@ def test_every_page_loads_without_console_errors(server, page, errors):
         f"/twin/{quote(ODD_ID, safe='')}": "#chart .main-svg",
         "/types": "table.types",
         "/types/pump": "form.editor textarea",
-        "/alarms": ".placeholder",
-        "/jobs": ".placeholder",
-        "/models": ".placeholder",
+        "/alarms": "table.alarms",
+        "/jobs": "table.schedules",
+        "/models": "table.models",
+        "/models/roller_line": "article.version",
+        "/lineage?" + urlencode({"node": MODEL_NODE, "direction": "down"}): "svg.lineage .node",
     }
+    visit(page, server, "/fleet")
     for route, marker in pages.items():
-        visit(page, server, route)
+        go(page, route)
         page.wait_for_selector(marker)
         assert not page.locator("#view .error").count(), (route, page.inner_text("#view"))
     assert errors == []
@@ -319,6 +397,14 @@ def test_type_edit_with_a_bad_expression_shows_the_error_in_place(server, page):
     assert httpx.get(f"{server.url}/api/types/lab").json()["latest"] == 2
 
 
+SCREENS = {  # artifact name -> (route, what must be on screen before the picture)
+    "alarms": ("/alarms?state=all", "table.alarms"),
+    "jobs": ("/jobs", "table.schedules"),
+    "models": ("/models/roller_line", "article.version"),
+    "lineage": ("/lineage?twin=line-1&name=b1", "svg.lineage"),  # the newest published b1
+}
+
+
 def test_screenshots_at_desktop_and_phone_width(server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     for name, viewport in {"desktop": DESKTOP, "phone": PHONE}.items():
@@ -332,6 +418,17 @@ def test_screenshots_at_desktop_and_phone_width(server, browser):
         overflow = tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"the twin page scrolls sideways at {name} width ({overflow} px)"
         tab.screenshot(path=ARTIFACTS / f"twin-{name}.png", full_page=True)
+        for page_name, (route, marker) in SCREENS.items():
+            go(tab, route)
+            tab.wait_for_selector(marker)
+            overflow = tab.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"{route} scrolls sideways at {name} width ({overflow} px)"
+            tab.screenshot(path=ARTIFACTS / f"{page_name}-{name}.png", full_page=True)
+        # at phone width the lineage graph stacks its layers top to bottom and fits the screen
+        graph = tab.eval_on_selector(
+            "svg.lineage", "svg => [svg.dataset.vertical, svg.getBoundingClientRect().width]"
+        )
+        assert graph[0] == str(name == "phone").lower() and graph[1] <= viewport["width"], graph
         context.close()
 
 
@@ -367,3 +464,157 @@ def test_a_live_value_changes_on_screen_while_telemetry_arrives(server, page, er
         stop.set()
         sender.join()
     assert errors == []
+
+
+def _alarm(server, alarm_id: str) -> dict:
+    return httpx.get(f"{server.url}/api/alarms/{alarm_id}").json()
+
+
+def test_an_alarm_raised_by_a_rule_is_acknowledged_from_the_ui(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/alarms")
+    expect(page.locator("#live")).to_have_text("live")
+    critical = httpx.get(f"{server.url}/api/alarms/counts").json()["critical"]["total"]
+    page.fill('input[name="actor"]', "ann")
+    page.press('input[name="actor"]', "Tab")  # stored on change
+    # the rule raises an alarm while the page is open: it appears without a reload
+    server.platform.ingest([{"twin": "boiler-2", "type": "boiler", "values": {"temp": 95.5}}])
+    row = page.locator("table.alarms tr[data-alarm]").filter(has_text="temperature 95.5 above 80")
+    expect(row).to_be_visible()
+    count = page.locator('#alarm-counts [data-severity="critical"] .count')
+    expect(count).to_have_text(str(critical + 1))
+    alarm_id = row.get_attribute("data-alarm")
+    assert _alarm(server, alarm_id)["state"] == "active"
+
+    row.locator("button.ack").click()
+    expect(row.locator("[data-state]")).to_have_text("acknowledged")
+    alarm = _alarm(server, alarm_id)
+    assert (alarm["state"], alarm["acknowledged_by"], alarm["rule"]) == (
+        "acknowledged",
+        "ann",
+        "overheat",
+    )
+
+    assert errors == []
+    # a comment the server refuses shows its error in place; a good one shows in the list
+    refused = api_error(server, "POST", f"/api/alarms/{alarm_id}/comments", json={"text": ""})
+    row.locator("button.more").click()
+    details = page.locator(f'tr[data-alarm="{alarm_id}"] + tr.details')
+    details.locator("form.comment button").click()
+    expect(details.locator(".comment-result .error")).to_contain_text(refused["message"])
+    details.locator("textarea").fill("valve checked")
+    details.locator("form.comment button").click()
+    expect(details.locator("ul.comments")).to_contain_text("ann: valve checked")
+    assert [c["text"] for c in _alarm(server, alarm_id)["comments"]] == ["valve checked"]
+
+    row.locator("button.clear").click()
+    expect(row.locator("[data-state]")).to_have_text("cleared")
+    assert _alarm(server, alarm_id)["cleared_by"] == "ann"
+    expect(count).to_have_text(str(critical))
+
+    # filters: open critical alarms only (the cleared one is gone)
+    visit(page, server, "/alarms?severity=critical")
+    severities = page.locator("table.alarms tr[data-alarm] .badge[class*=sev-]")
+    expect(severities.first).to_be_visible()
+    assert set(severities.all_inner_texts()) == {"critical"}
+    expect(page.locator(f'tr[data-alarm="{alarm_id}"]')).to_have_count(0)
+    page.select_option('select[name="state"]', "cleared")
+    page.click('form.filters button[type="submit"]')
+    expect(page.locator(f'tr[data-alarm="{alarm_id}"] [data-state]')).to_have_text("cleared")
+    assert [e for e in errors if "status of 422" not in e] == []  # the refused comment
+
+
+def test_fleet_and_twin_pages_show_open_alarms(server, page, errors):
+    from playwright.sync_api import expect
+
+    counts = httpx.get(f"{server.url}/api/alarms/counts").json()
+    visit(page, server, "/fleet")
+    badge = page.locator('#fleet-alarms [data-severity="critical"]')
+    expect(badge).to_have_text(f"{counts['critical']['total']} critical")
+    marker = page.locator('tr[data-twin="boiler-1"] .alarm-marker')
+    expect(marker).to_have_attribute("data-severity", "critical")
+    expect(page.locator('tr[data-twin="pump-1"] .alarm-marker')).to_have_count(0)
+    marker.click()  # the twin's open alarms
+    rows = page.locator("table.alarms tr[data-alarm]")
+    expect(rows).to_have_count(2)
+    assert {t.split("\n")[0] for t in rows.locator("td:nth-child(3)").all_inner_texts()} == {
+        "boiler-1"
+    }
+
+    visit(page, server, "/twin/boiler-1")
+    overheat = page.locator("#twin-alarms tr[data-alarm]").filter(has_text="overheat")
+    expect(overheat.locator("[data-state]")).to_have_text("active")
+    alarm_id = overheat.get_attribute("data-alarm")
+    overheat.locator("button.ack").click()
+    expect(overheat.locator("[data-state]")).to_have_text("acknowledged")
+    expect(overheat.locator("button.ack")).to_have_count(0)
+    assert _alarm(server, alarm_id)["state"] == "acknowledged"
+    assert errors == []
+
+
+def test_run_now_shows_the_run_succeeded(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/jobs")
+    joiner = page.locator('#functions tr[data-function="joiner"]')
+    expect(joiner.locator(".event.ready")).to_have_text("✓ data-ready")
+    expect(joiner.locator(".event.waiting")).to_have_text("… model-ready")
+    expect(page.locator("#live")).to_have_text("live")
+    page.click('tr[data-schedule="hourly-hello"] button.run-now')
+    run = page.locator('#runs tr[data-function="hello"]').first
+    expect(run.locator("[data-state]")).to_have_text("succeeded")
+    expect(run.locator(".attempts")).to_have_text("1")
+    run.locator("button.logs").click()
+    expect(page.locator("#runs pre.logs")).to_contain_text(LOG_LINE)
+    expect(page.locator("#runs pre.json").first).to_contain_text('"greeted": "dashboard"')
+    expect(page.locator('#functions tr[data-function="hello"] [data-state]')).to_have_text(
+        "succeeded"
+    )
+    runs = httpx.get(f"{server.url}/api/runs", params={"schedule": "hourly-hello"}).json()
+    assert [(r["state"], r["id"]) for r in runs] == [("succeeded", run.get_attribute("data-run"))]
+
+    page.select_option('select[name="state"]', "failed")  # filters apply on change
+    expect(page.locator("#runs")).to_contain_text("No runs match.")
+    assert errors == []
+
+
+def test_the_lineage_of_a_calibrated_parameter_shows_its_model_version(server, page, errors):
+    from playwright.sync_api import expect
+
+    history = server.platform.history("line-1", ["b1"])
+    ts = [t for t, v in zip(history["ts"], history["series"]["b1"], strict=True) if v is not None]
+    run_id = server.platform.lineage.producer("line-1", "b1", ts[-1])["id"]
+
+    visit(page, server, "/models")
+    page.click('tr[data-model="roller_line"] a')
+    version = page.locator('article.version[data-version="1"]')
+    expect(version.locator('[data-alias="production"]')).to_be_visible()
+    expect(version).to_contain_text("rmse_T1 1.9")
+    expect(version).to_contain_text("deductive")
+    expect(version).to_contain_text(ROLLER_LINE)
+
+    visit(page, server, "/models")  # trace a value with the form
+    form = page.locator("form.lineage-value")
+    form.locator('input[name="twin"]').fill("line-1")
+    form.locator('input[name="name"]').fill("b1")
+    form.locator('input[name="ts"]').fill(str(ts[-1]))
+    form.locator("button").click()
+    model = page.locator(f'svg.lineage g.node[data-id="{MODEL_NODE}"]')
+    expect(model).to_have_attribute("data-kind", "model")
+    kinds = page.eval_on_selector_all("svg.lineage g.node", "gs => gs.map(g => g.dataset.kind)")
+    assert {"value", "run", "data", "model"} <= set(kinds)
+    edge = f'svg.lineage path.edge[data-from="{MODEL_NODE}"][data-to="{run_id}"]'
+    expect(page.locator(edge)).to_have_count(1)
+    expect(page.locator("#node-details")).to_contain_text(run_id)  # the run is selected
+    model.click()
+    expect(page.locator("#node-details h3")).to_have_text("model: roller_line")
+    expect(page.locator("#node-details")).to_contain_text("model roller_line v1")
+
+    # a blank time traces the newest published value; a measured value says it has no run
+    visit(page, server, "/lineage?twin=line-1&name=b1")
+    expect(page.locator(f'svg.lineage g.node[data-id="{MODEL_NODE}"]')).to_be_visible()
+    assert errors == []
+    visit(page, server, f"/lineage?twin=line-1&name=w1&ts={ts[-1]}")
+    expect(page.locator("#lineage .error")).to_contain_text("measured values have no producing run")
+    assert [e for e in errors if "status of 404" not in e] == []

@@ -58,3 +58,32 @@ export function errorBox(err) {
   }
   return box;
 }
+
+/**
+ * Server-Sent Events from `api/stream` (`query`: kinds, twin, type) until `signal` aborts.
+ * `handlers` maps event names ('state', 'alarm', 'job', 'reset') to functions of the parsed
+ * data; `onStatus(text, live)` hears the connection come and go.
+ */
+export function listen(query, handlers, signal, onStatus = () => {}) {
+  const source = new EventSource(`api/stream?${qs(query)}`);
+  source.addEventListener('open', () => onStatus('live', true));
+  source.addEventListener('error', () =>
+    onStatus(source.readyState === EventSource.CLOSED ? 'live updates unavailable' : 'reconnecting…', false));
+  for (const [name, handler] of Object.entries(handlers)) {
+    source.addEventListener(name, (e) => handler(e.data ? JSON.parse(e.data) : null));
+  }
+  signal.addEventListener('abort', () => source.close());
+  return source;
+}
+
+/** `fn` once, `ms` after the first of a burst of calls (live refreshes: at most one per `ms`). */
+export function coalesce(fn, ms, signal) {
+  let timer = null;
+  signal?.addEventListener('abort', () => clearTimeout(timer));
+  return () => {
+    timer ??= setTimeout(() => {
+      timer = null;
+      fn();
+    }, ms);
+  };
+}

@@ -1,8 +1,10 @@
-// The dashboard's router: hash routes (#/fleet, #/twin/<id>, #/types/<name>, ...) -> pages.
+// The dashboard's router: hash routes (#/fleet, #/twin/<id>, #/alarms, #/lineage?...) -> pages.
 import { errorBox } from './api.js';
 import { h } from './dom.js';
+import * as alarms from './pages/alarms.js';
 import * as fleet from './pages/fleet.js';
-import * as placeholders from './pages/placeholders.js';
+import * as jobs from './pages/jobs.js';
+import * as models from './pages/models.js';
 import * as twin from './pages/twin.js';
 import * as types from './pages/types.js';
 
@@ -11,9 +13,11 @@ const ROUTES = [
   [/^\/twin\/(.+)$/, 'fleet', twin.render],
   [/^\/types$/, 'types', types.renderList],
   [/^\/types\/(.+)$/, 'types', types.renderType],
-  [/^\/alarms$/, 'alarms', placeholders.alarms],
-  [/^\/jobs$/, 'jobs', placeholders.jobs],
-  [/^\/models$/, 'models', placeholders.models],
+  [/^\/alarms$/, 'alarms', alarms.render],
+  [/^\/jobs$/, 'jobs', jobs.render],
+  [/^\/models$/, 'models', models.renderList],
+  [/^\/models\/(.+)$/, 'models', models.renderModel],
+  [/^\/lineage$/, 'models', models.renderLineage],
 ];
 
 let current = null; // the AbortController of the page on screen: aborting it cleans the page up

@@ -1,11 +1,15 @@
 // Fleet: types with twin counts, twins per type with last update and a stale marker, search by
-// id, filter with the expression language, and the parent/children hierarchy.
-import { api, errorBox, qs, twinPath } from '../api.js';
+// id, filter with the expression language, the parent/children hierarchy, and open alarms (per
+// severity and per twin, live over SSE).
+import { api, coalesce, errorBox, listen, qs, twinPath } from '../api.js';
 import { append, freshness, h, link, navigate, replace, setStaleMinutes, staleMinutes, table } from '../dom.js';
+import { countBadges, worst } from './alarms.js';
 
 const PAGE = 50;
 const SEARCH_SCAN = 1000; // the API has no id search: a search scans this many twins here
 const REFRESH_MS = 15_000;
+const ALARM_SCAN = 1000; // open alarms read for the per-twin markers (the API's page limit)
+const LIVE_MS = 1000;
 
 export async function render(root, { params, signal }) {
   const filters = {
@@ -86,9 +90,11 @@ export async function render(root, { params, signal }) {
     },
   });
   const result = h('div', { class: 'result' });
+  const alarmSummary = h('p', { class: 'alarm-summary', id: 'fleet-alarms' }, 'Open alarms: ', h('span', { class: 'muted' }, 'loading…'));
   append(
     root,
     h('h1', {}, 'Fleet'),
+    alarmSummary,
     typeCards,
     form,
     h('p', { class: 'muted small' }, 'Twins without an update for more than ', staleInput, ' min are marked stale.'),
@@ -102,8 +108,9 @@ export async function render(root, { params, signal }) {
     const { type, where, parent } = filters;
     const query = { type, where, parent, limit: searching ? SEARCH_SCAN : PAGE, offset: searching ? 0 : offset };
     let page;
+    let alarms;
     try {
-      page = await api('api/twins', { query, signal });
+      [page, alarms] = await Promise.all([api('api/twins', { query, signal }), openAlarms()]);
     } catch (err) {
       if (err.name === 'AbortError') return;
       result.replaceChildren(errorBox(err));
@@ -127,7 +134,7 @@ export async function render(root, { params, signal }) {
       h(
         'tr',
         { 'data-twin': t.id },
-        h('td', {}, link('#/twin/', t.id)),
+        h('td', {}, link('#/twin/', t.id), ' ', alarmMarker(t.id, alarms.byTwin.get(t.id))),
         h('td', {}, t.type),
         h('td', {}, t.parent ? link('#/twin/', t.parent) : h('span', { class: 'muted' }, '—')),
         h('td', {}, freshness(t.updated)),
@@ -143,6 +150,7 @@ export async function render(root, { params, signal }) {
     replace(
       result,
       h('p', { class: 'muted', id: 'fleet-count' }, note),
+      alarms.partial && h('p', { class: 'muted small' }, `Alarm markers show the newest ${ALARM_SCAN} open alarms.`),
       items.length
         ? table('twins', ['Twin', 'Type', 'Parent', 'Last update', ''], rows)
         : h('p', { class: 'empty' }, 'No twins match.'),
@@ -158,9 +166,39 @@ export async function render(root, { params, signal }) {
     }
   }
 
+  /** Open alarms grouped by twin, and the counts per severity for the summary. */
+  async function openAlarms() {
+    const [list, counts] = await Promise.all([
+      api('api/alarms', { query: { state: 'open', limit: ALARM_SCAN }, signal }),
+      api('api/alarms/counts', { signal }),
+    ]);
+    replace(alarmSummary, h('a', { href: '#/alarms' }, 'Open alarms'), ': ', countBadges(counts));
+    const byTwin = new Map();
+    for (const a of list.items) byTwin.set(a.twin, [...(byTwin.get(a.twin) || []), a]);
+    return { byTwin, partial: list.total > list.items.length };
+  }
+
   await load();
+  listen({ kinds: 'alarm' }, { alarm: coalesce(load, LIVE_MS, signal) }, signal);
   const timer = setInterval(() => {
     if (document.visibilityState === 'visible') load().then(refreshCounts);
   }, REFRESH_MS);
   signal.addEventListener('abort', () => clearInterval(timer));
+}
+
+/** A marker of a twin's open alarms (count, coloured by the worst severity), linking to them. */
+function alarmMarker(twin, alarms) {
+  if (!alarms?.length) return null;
+  const severity = worst(alarms);
+  const active = alarms.filter((a) => a.state === 'active').length;
+  return h(
+    'a',
+    {
+      class: `alarm-marker sev-${severity}`,
+      'data-severity': severity,
+      href: `#/alarms?${qs({ twin, state: 'open' })}`,
+      title: `${alarms.length} open alarm${alarms.length === 1 ? '' : 's'} (${active} active): ${alarms.map((a) => a.rule).join(', ')}`,
+    },
+    `⚠ ${alarms.length}`,
+  );
 }

@@ -1,8 +1,9 @@
 // Twin detail: current values (live over Server-Sent Events), hierarchy, charts of history with
-// uncertainty bands, and the twin's recent events.
-import { api, errorBox, qs, twinPath } from '../api.js';
+// uncertainty bands, its open alarms (acknowledge in place) and its recent events.
+import { api, coalesce, errorBox, qs, twinPath } from '../api.js';
 import { bandsOf, figure, loadPlotly, withBands } from '../chart.js';
-import { fmt, freshness, h, link, localTime, replaceQuery, table } from '../dom.js';
+import { ago, fmt, freshness, h, link, localTime, replace, replaceQuery, table } from '../dom.js';
+import { alarmButtons, severityBadge, stateBadge } from './alarms.js';
 
 const RANGES = [
   ['15m', 'last 15 min', 15 * 60e3],
@@ -81,6 +82,37 @@ export async function render(root, { args: [id], params, signal }) {
     valueCard('Derived', twin.derived, exprOf),
   );
   root.append(values);
+
+  // ---- open alarms -----------------------------------------------------------------------------
+  const alarmList = h('div', { id: 'twin-alarms' });
+  root.append(
+    h('section', { class: 'card' },
+      h('h2', {}, 'Open alarms ', h('a', { class: 'small', href: `#/alarms?${qs({ twin: id, state: 'all' })}` }, 'all alarms of this twin')),
+      alarmList),
+  );
+  async function loadAlarms() {
+    try {
+      const page = await api('api/alarms', { query: { twin: id, state: 'open', limit: 50 }, signal });
+      replace(
+        alarmList,
+        page.items.length
+          ? table('alarms', ['Severity', 'State', 'Rule and message', 'Raised', ''], page.items.map((a) => {
+              const out = h('div', { class: 'row-error' });
+              return h('tr', { 'data-alarm': String(a.id) },
+                h('td', {}, severityBadge(a.severity)),
+                h('td', {}, stateBadge(a.state)),
+                h('td', {}, h('strong', {}, a.rule), h('div', { class: 'msg' }, a.message)),
+                h('td', { class: 'nowrap', title: localTime(Date.parse(a.raised), true) }, ago(Date.parse(a.raised))),
+                h('td', { class: 'act' }, alarmButtons(a, out, () => loadAlarms(), signal), out));
+            }))
+          : h('p', { class: 'muted' }, 'No open alarms.'),
+        page.total > page.items.length && h('p', { class: 'muted small' }, `${page.items.length} of ${page.total} shown.`),
+      );
+    } catch (err) {
+      if (err.name !== 'AbortError') replace(alarmList, errorBox(err));
+    }
+  }
+  const reloadAlarms = coalesce(loadAlarms, 300, signal);
 
   if ((spec.children || []).length) {
     const kids = h('section', { class: 'card' }, h('h2', {}, 'Children'), h('p', { class: 'muted' }, 'loading…'));
@@ -216,7 +248,7 @@ export async function render(root, { args: [id], params, signal }) {
     }
   }
 
-  await Promise.all([draw(), loadEvents()]);
+  await Promise.all([draw(), loadEvents(), loadAlarms()]);
 
   // ---- live updates ----------------------------------------------------------------------------
   let redraw = null;
@@ -248,7 +280,8 @@ export async function render(root, { args: [id], params, signal }) {
     live.className = on ? 'live on' : 'live off';
   };
 
-  const source = new EventSource(`api/stream?${qs({ twin: id })}`);
+  const source = new EventSource(`api/stream?${qs({ twin: id, kinds: 'state,alarm' })}`);
+  source.addEventListener('alarm', reloadAlarms);
   source.addEventListener('open', () => setLive('live', true));
   source.addEventListener('error', () =>
     setLive(source.readyState === EventSource.CLOSED ? 'live updates unavailable' : 'reconnecting…', false));
@@ -272,6 +305,7 @@ export async function render(root, { args: [id], params, signal }) {
     lastTs = fresh.updated ? Date.parse(fresh.updated) : lastTs;
     setUpdated(fresh.updated);
     later();
+    reloadAlarms();
   });
   const tick = setInterval(() => setUpdated(Number.isFinite(lastTs) ? new Date(lastTs).toISOString() : null), 15_000);
   signal.addEventListener('abort', () => {
