@@ -240,49 +240,30 @@ def bench_ingest(
     _benchmark("ingest").main(json_only=json, quick=quick, backend=backend)
 
 
-@bench_app.command("scheduler")
-def bench_scheduler(
-    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
-    quick: bool = typer.Option(False, help="A smaller, faster run."),
-):
-    """Scheduler: joined events dispatched per second, trigger latency p50/p99."""
-    _benchmark("scheduler").main(json_only=json, quick=quick)
+BENCHMARKS = {
+    "scheduler": "Scheduler: joined events dispatched per second, trigger latency p50/p99.",
+    "mqtt": "MQTT ingest at QoS 1 through the local broker: messages/s, values/s, lost.",
+    "webhooks": "Webhook deliveries/s and latency: one dead endpoint among ten live ones.",
+    "replay": "Replay throughput from the journal.",
+    "calibrate": "Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE.",
+}
 
 
-@bench_app.command("mqtt")
-def bench_mqtt(
-    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
-    quick: bool = typer.Option(False, help="A smaller, faster run."),
-):
-    """MQTT ingest at QoS 1 through the local broker: messages/s, values/s, lost."""
-    _benchmark("mqtt").main(json_only=json, quick=quick)
+def _bench_command(name: str, doc: str):
+    """`livetwin bench <name> [--json] [--quick]`: runs benchmarks/bench_<name>.py."""
+
+    def command(
+        json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
+        quick: bool = typer.Option(False, help="A smaller, faster run."),
+    ):
+        _benchmark(name).main(json_only=json, quick=quick)
+
+    command.__doc__ = doc
+    return command
 
 
-@bench_app.command("webhooks")
-def bench_webhooks(
-    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
-    quick: bool = typer.Option(False, help="A smaller, faster run."),
-):
-    """Webhook deliveries/s and latency: one dead endpoint among ten live ones."""
-    _benchmark("webhooks").main(json_only=json, quick=quick)
-
-
-@bench_app.command("replay")
-def bench_replay(
-    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
-    quick: bool = typer.Option(False, help="A smaller, faster run."),
-):
-    """Replay throughput from the journal."""
-    _benchmark("replay").main(json_only=json, quick=quick)
-
-
-@bench_app.command("calibrate")
-def bench_calibrate(
-    json: bool = typer.Option(False, "--json", help="Print JSON lines only."),
-    quick: bool = typer.Option(False, help="A smaller, faster run."),
-):
-    """Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE."""
-    _benchmark("calibrate").main(json_only=json, quick=quick)
+for _name, _doc in BENCHMARKS.items():
+    bench_app.command(_name)(_bench_command(_name, _doc))
 
 
 @app.command()
