@@ -37,7 +37,7 @@ def main(json_only: bool = False, quick: bool = False) -> None:
 
 def _services(path: Path, concurrency: int) -> tuple[Platform, Scheduler, list]:
     platform = Platform(path, settings=Settings(run_schedules=False))
-    scheduler = Scheduler(platform)
+    scheduler = platform.scheduler  # not started: run_schedules=False
     done: list = []
     scheduler.register(
         "joined", lambda ctx: done.append(1), events=["data", "model"], concurrency=concurrency
@@ -137,7 +137,7 @@ def trigger_latency(report: Report, path: Path, n: int) -> None:
     """Once-triggers due at staggered instants: the delay from due to the function starting."""
     report.note(f"{n} once-triggers on the real clock ...")
     platform = Platform(path, settings=Settings(run_schedules=False))
-    scheduler = Scheduler(platform)
+    scheduler = platform.scheduler  # not started: run_schedules=False
     late_ms: list[float] = []
     scheduler.register(
         "timed",

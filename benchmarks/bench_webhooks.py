@@ -23,7 +23,7 @@ except ImportError:  # run as a script from benchmarks/
 
 from livetwin.actions.webhooks import WebhookService
 from livetwin.engine.events import StateChanged
-from livetwin.platform import Platform
+from livetwin.platform import Platform, Settings
 
 LIVE = 10
 TWINS_PER_EVENT = 10  # observations per ingest call, so one state change carries 10 rows
@@ -61,7 +61,7 @@ def run(tmp: Path, receivers: Receivers, dead_url: str | None, events: int, rate
     receivers.reset()
     published: dict[int, float] = {}
     data = tmp / f"run-{time.monotonic_ns()}"
-    with Platform(data) as platform:
+    with Platform(data, settings=Settings(webhooks=False)) as platform:  # ours, below
         platform.put_type("bench", type_spec())
         hooks = WebhookService(platform, timeout_s=TIMEOUT_S, max_attempts=1000).start()
         try:
