@@ -291,3 +291,25 @@ def test_migrate_takes_a_connection(pg_url):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_url.rsplit('%3D', 1)[1]}")
         assert migrate(conn, available_migrations()) == [1, 2]
         assert migrate(conn, available_migrations()) == []
+
+
+def test_a_calibration_runs_on_postgres(monkeypatch, tmp_path):
+    """The calibration job end to end on PostgreSQL: filter state saved and the run recorded."""
+    from conftest import FakeClock
+    from test_calibration_job import feed
+
+    from livetwin.examples.rollers import ROLLER_TYPE, roller_fleet
+
+    ids = ["line-1", "line-2"]
+    with fresh_schema() as url:
+        platform = postgres_platform(monkeypatch, tmp_path / "d", url, clock=FakeClock(T0 + 10**8))
+        try:
+            platform.put_type("roller_line", ROLLER_TYPE)
+            feed(platform, roller_fleet(len(ids), seed=3), ids, 20, 0)
+            record = platform.calibrate("roller_line")
+            assert record["status"] == "succeeded", record
+            assert platform.store.calibration_state("roller_line") is not None
+            (run,) = platform.store.calibration_runs("roller_line", 5)
+            assert run["status"] == "succeeded" and run["started"] == record["started"]
+        finally:
+            platform.close()

@@ -181,7 +181,7 @@ def test_calibration_state_and_runs(store):
     first = store.save_calibration("pump", b"\x00state1", {"started": T0, "ok": True}, T0)
     failed = store.add_calibration_run("pump", {"started": T0 + 1, "ok": False, "error": "x"})
     second = store.save_calibration("pump", b"\x00state2", {"started": T0 + 2, "n": 3}, T0 + 2)
-    store.add_calibration_run("fan", {"started": T0})
+    store.add_calibration_run("fan", {"started": "2026-11-22T10:00:00Z"})  # as the job writes
     assert first < failed < second
     assert store.calibration_state("pump") == b"\x00state2"
     assert store.calibration_state("fan") is None

@@ -73,7 +73,7 @@ class Store(Protocol):
 
     def save_calibration(self, type_name: str, state: bytes, record: dict, at: int) -> int:
         """Store a type's filter state and record the run that produced it (one transaction);
-        returns the run id."""
+        returns the run id. `record["started"]` is epoch ms or ISO 8601."""
 
     def add_calibration_run(self, type_name: str, record: dict) -> int:
         """Record a calibration run that changed no state (it failed or had no data)."""

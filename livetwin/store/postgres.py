@@ -26,6 +26,7 @@ from livetwin.errors import Unavailable
 from livetwin.ingest.batch import decode_batch
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk
+from livetwin.timefmt import parse_ts
 
 log = logging.getLogger(__name__)
 
@@ -552,7 +553,7 @@ def _add_run(cur: psycopg.Cursor, type_name: str, record: dict) -> int:
     return cur.execute(
         "INSERT INTO calibration_runs (type, started, record) VALUES (%s, %s, %s::jsonb)"
         " RETURNING id",
-        (type_name, record["started"], orjson.dumps(record).decode()),
+        (type_name, parse_ts(record["started"]), orjson.dumps(record).decode()),
     ).fetchone()[0]
 
 

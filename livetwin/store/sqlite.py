@@ -16,6 +16,7 @@ import orjson
 
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk, decode_chunk
+from livetwin.timefmt import parse_ts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -222,7 +223,7 @@ class SqliteStore:
     def _add_run(conn: sqlite3.Connection, type_name: str, record: dict) -> int:
         cursor = conn.execute(
             "INSERT INTO calibration_runs (type, started, record) VALUES (?,?,?)",
-            (type_name, record["started"], orjson.dumps(record).decode()),
+            (type_name, parse_ts(record["started"]), orjson.dumps(record).decode()),
         )
         return cursor.lastrowid
 
