@@ -49,6 +49,11 @@ def fresh_schema() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            services = conn.execute(  # the services' own schemas: <schema>_alarms, ...
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (schema + "\\_%",)
+            ).fetchall()
+            for (name,) in services:
+                conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def postgres_platform(

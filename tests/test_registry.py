@@ -1,9 +1,11 @@
 """The model registry over its REST API: immutable versions with metadata, aliases with history,
-archiving instead of deleting, artifacts (content-addressed files), serving, and bad input."""
+archiving instead of deleting, artifacts (content-addressed files), serving, namespaces, the
+migration of a registry.db from before namespaces, and bad input."""
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from livetwin.api.app import create_app
+from livetwin.errors import InvalidInput, NotFound
 from livetwin.examples.rollers import DRAGS, GEOMETRY, ROLLER_LINE, roller_line
 from livetwin.platform import Platform, Settings
 from livetwin.registry import FileArtifactStore, Registry, RegistryStore, fit_linear
@@ -130,8 +133,14 @@ def test_no_route_deletes_a_version(api, registry, platform):
     for route in api.app.routes:
         if "DELETE" in getattr(route, "methods", ()) and route.path.startswith("/api/models"):
             assert route.endpoint.__name__ == "_refuser"
+    registry.register("keep", {"kind": "inductive"}, {"w.bin": b"1"}, namespace="fleet-a")
+    for path in sorted(paths):  # a namespace changes nothing: still refused
+        url = path.format(**{**values, "filename": "w.bin"})
+        error(api.request("DELETE", url, params={"namespace": "fleet-a"}), 405)
     assert api.get("/api/models/keep/versions/1").status_code == 200
     assert api.get("/api/models/keep/versions/1/artifacts/linear.json").content == b"{}"
+    kept = api.get("/api/models/keep/versions/1/artifacts/w.bin", params={"namespace": "fleet-a"})
+    assert kept.content == b"1"
     # nor does the Python API or the artifact store offer a way
     for cls in (Registry, RegistryStore, FileArtifactStore):
         assert not [m for m in dir(cls) if any(w in m for w in ("delete", "remove", "drop"))]
@@ -324,3 +333,261 @@ def test_concurrent_registrations_get_distinct_numbers(registry):
     for t in threads:
         t.join()
     assert not errors and sorted(numbers) == list(range(1, 21))
+
+
+# ---- namespaces ----------------------------------------------------------------------------------
+
+FLEET = {"namespace": "fleet-a"}
+
+
+def linear_artifact(slope: float) -> bytes:
+    x = np.arange(10.0).reshape(-1, 1)
+    return fit_linear(x, slope * x, ["x"], ["y"])[0]
+
+
+def test_a_name_in_two_namespaces_is_two_models(api):
+    for _ in range(2):
+        assert api.post("/api/models/rollers/versions", json=ROLLER_V).status_code == 201
+    r = api.post("/api/models/rollers/versions", json=ROLLER_V, params=FLEET)
+    assert r.status_code == 201, r.text
+    mine = r.json()
+    assert (mine["namespace"], mine["version"]) == ("fleet-a", 1)  # numbered on its own
+    assert mine["lineage"] == "model:fleet-a/rollers/1"
+    assert api.get("/api/models/rollers/versions/1").json()["lineage"] == "model:rollers/1"
+    body = error(
+        api.post("/api/models/rollers/versions", json=ROLLER_V | {"version": 1}, params=FLEET), 409
+    )
+    assert "?namespace=fleet-a" in body["fix"] and "the next is 2" in body["fix"]
+    api.post(
+        "/api/models/solo/versions", json={"kind": "inductive"}, params={"namespace": "pump-1"}
+    )
+
+    def listed(**params) -> list[tuple]:
+        models = api.get("/api/models", params=params).json()
+        return [(m["namespace"], m["name"], m["versions"]) for m in models]
+
+    assert listed() == [("default", "rollers", 2)]
+    assert listed(namespace="default") == listed()
+    assert listed(namespace="fleet-a") == [("fleet-a", "rollers", 1)]
+    assert listed(namespace="*") == [
+        ("default", "rollers", 2),
+        ("fleet-a", "rollers", 1),
+        ("pump-1", "solo", 1),
+    ]
+    assert listed(namespace="nobody") == []
+    versions = api.get("/api/models/rollers/versions", params=FLEET).json()
+    assert [(v["namespace"], v["version"]) for v in versions] == [("fleet-a", 1)]
+    assert api.get("/api/models/rollers/versions/2", params=FLEET).status_code == 404
+    body = error(api.get("/api/models/solo/versions"), 404)  # only in pump-1
+    assert body["field"] == "name" and "namespace=*" in body["fix"]
+
+    # a parent in another namespace is named with its namespace; both model nodes stay apart
+    child = {**ROLLER_V, "parents": [{"name": "rollers", "version": 2, "namespace": "default"}]}
+    r = api.post("/api/models/rollers/versions", json=child, params=FLEET)
+    assert r.status_code == 201 and r.json()["parents"] == child["parents"]
+    walk = api.get("/api/lineage/model:fleet-a/rollers/2", params={"direction": "up"}).json()
+    ids = {n["id"] for n in walk["nodes"]}
+    assert {"model:rollers/2", "model:fleet-a/rollers/2"} <= ids
+    assert "model:fleet-a/rollers/1" not in ids
+    same_ns = {**ROLLER_V, "parents": [{"name": "rollers", "version": 1}]}  # its own namespace
+    r = api.post("/api/models/rollers/versions", json=same_ns, params=FLEET)
+    walk = api.get(f"/api/lineage/{r.json()['lineage']}", params={"depth": 1}).json()
+    assert "model:fleet-a/rollers/1" in {n["id"] for n in walk["nodes"]}
+    gone = {**ROLLER_V, "parents": [{"name": "rollers", "version": 3, "namespace": "default"}]}
+    assert error(api.post("/api/models/x/versions", json=gone, params=FLEET), 404)["field"] == (
+        "parents"
+    )
+
+
+def test_aliases_archive_artifacts_and_predict_are_per_namespace(api):
+    meta = {"kind": "inductive", "flavor": "linear", "artifacts": ["linear.json"]}
+    for namespace, slope in (("default", 2.0), ("default", 5.0), ("fleet-a", 3.0)):
+        params = {"namespace": namespace}
+        number = api.post("/api/models/lin/versions", json=meta, params=params).json()["version"]
+        url = f"/api/models/lin/versions/{number}/artifacts/linear.json"
+        assert api.put(url, content=linear_artifact(slope), params=params).status_code == 201
+    row = {"rows": [{"x": 1.0}]}
+
+    def predicted(**params) -> tuple[str, int, float]:
+        r = api.post("/api/models/lin/predict", json=row, params=params)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        return out["namespace"], out["version"], round(out["predictions"][0]["y"], 6)
+
+    assert predicted() == ("default", 2, 5.0)
+    assert predicted(**FLEET) == ("fleet-a", 1, 3.0)
+    api.put("/api/models/lin/aliases/production", json={"version": 1})
+    assert predicted() == ("default", 1, 2.0)
+    assert predicted(**FLEET) == ("fleet-a", 1, 3.0)  # the alias is not fleet-a's
+    assert api.get("/api/models/lin/aliases", params=FLEET).json() == {
+        "namespace": "fleet-a",
+        "name": "lin",
+        "aliases": {},
+        "history": [],
+    }
+    body = error(
+        api.post("/api/models/lin/predict", json=row, params={"version": "production", **FLEET}),
+        404,
+    )
+    assert body["field"] == "alias" and "?namespace=fleet-a" in body["fix"]
+    # archiving v1 of default leaves fleet-a's v1 alone
+    assert api.post("/api/models/lin/versions/1/archive").json()["archived"] is True
+    assert api.get("/api/models/lin/versions/1", params=FLEET).json()["archived"] is False
+    assert [v["version"] for v in api.get("/api/models/lin/versions", params=FLEET).json()] == [1]
+    # uploads are per namespace too: fleet-a's file is taken, v2 exists only in default
+    again = api.put("/api/models/lin/versions/1/artifacts/linear.json", content=b"{}", params=FLEET)
+    assert error(again, 409)["field"] == "filename"
+    missing = api.put(
+        "/api/models/lin/versions/2/artifacts/linear.json", content=b"{}", params=FLEET
+    )
+    assert error(missing, 404)["field"] == "version"
+
+
+def test_the_python_api_takes_a_namespace(registry):
+    meta = {"kind": "inductive", "flavor": "linear"}
+    first = registry.register("lin", meta, {"linear.json": linear_artifact(4.0)}, namespace="t-1")
+    assert (first["namespace"], first["version"]) == ("t-1", 1)
+    registry.register("lin", meta, {"linear.json": linear_artifact(7.0)})  # the default one
+    registry.set_alias("lin", "production", 1, namespace="t-1")
+    rows = {"rows": [{"x": 2.0}]}
+    assert registry.predict("lin", rows, namespace="t-1")["predictions"][0]["y"] == pytest.approx(8)
+    assert registry.predict("lin", rows)["predictions"][0]["y"] == pytest.approx(14)
+    assert registry.get("lin", "production", namespace="t-1")["version"] == 1
+    with pytest.raises(NotFound):
+        registry.get("lin", "production")
+    assert [m["namespace"] for m in registry.models(namespace="*")] == ["default", "t-1"]
+    _, chunks = registry.artifact("lin", 1, "linear.json", namespace="t-1")
+    assert b"".join(chunks) == linear_artifact(4.0)
+    for bad in ("", "a b", "*", "x" * 201, 7):
+        with pytest.raises(InvalidInput) as info:
+            registry.get("lin", 1, namespace=bad)
+        assert info.value.field == "namespace" and info.value.fix
+
+
+BAD_NAMESPACES = [
+    ("GET", "/api/models", "a b"),
+    ("GET", "/api/models/m/versions", "*"),  # '*' only lists models
+    ("GET", "/api/models/m/versions/1", "-x"),
+    ("POST", "/api/models/m/versions", "a?b"),
+    ("PUT", "/api/models/m/aliases/production", "é"),
+    ("POST", "/api/models/m/predict", ""),
+    ("PUT", "/api/models/m/versions/1/artifacts/a.bin", "x" * 201),
+]
+
+
+def test_a_bad_namespace_is_refused(api):
+    api.post("/api/models/m/versions", json=ROLLER_V)
+    for method, url, namespace in BAD_NAMESPACES:
+        r = api.request(method, url, params={"namespace": namespace}, json={"version": 1})
+        body = error(r, 422)
+        assert body["field"] == "namespace" and "fleet-a" in body["fix"], (url, body)
+
+
+# the registry.db schema from before namespaces, as the earlier registry created it
+OLD_SCHEMA = """
+CREATE TABLE versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, created INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE artifacts (
+    name TEXT NOT NULL, version INTEGER NOT NULL, filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, uploaded INTEGER NOT NULL,
+    PRIMARY KEY (name, version, filename));
+CREATE TABLE archive_log (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
+    archived INTEGER NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX archive_log_version ON archive_log (name, version, n);
+CREATE TABLE aliases (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
+    version INTEGER NOT NULL, at INTEGER NOT NULL, author TEXT);
+CREATE INDEX aliases_name ON aliases (name, alias, n);
+"""
+
+
+def old_registry(directory, clock) -> str:
+    """A registry.db in the old schema: m/1 (an uploaded file), m/2 (archived), m/3, an alias
+    moved twice, and other/1; returns the uploaded file's sha256."""
+    content = b"old bytes"
+    blob = directory / "upload"
+    blob.write_bytes(content)
+    sha256 = hashlib.sha256(content).hexdigest()
+    FileArtifactStore(directory / "artifacts").put(blob, sha256)
+    body = '{"kind": "inductive", "flavor": null, "ref": null, "description": "v%d", '
+    body += '"author": "ana", "training": null, "metrics": {}, "hyperparameters": {}, '
+    body += '"parents": %s, "tags": {}, "code_hash": null}'
+    db = sqlite3.connect(directory / "registry.db")
+    db.executescript(OLD_SCHEMA)
+    with db:
+        for name, number in (("m", 1), ("m", 2), ("m", 3), ("other", 1)):
+            parents = '[{"name": "m", "version": 1}]' if number == 2 else "[]"
+            db.execute(
+                "INSERT INTO versions VALUES (?,?,?,?)",
+                (name, number, clock.now - 1000 + number, body % (number, parents)),
+            )
+        db.execute("INSERT INTO artifacts VALUES ('m', 1, 'w.bin', ?, ?, ?)", (sha256, 9, 1))
+        db.execute("INSERT INTO artifacts VALUES ('m', 3, 'late.bin', '', 0, 0)")
+        db.execute("INSERT INTO archive_log (name, version, archived, at) VALUES ('m', 2, 1, 5)")
+        for version, author in ((1, "ana"), (3, "bo")):
+            db.execute(
+                "INSERT INTO aliases (name, alias, version, at, author) VALUES (?,?,?,?,?)",
+                ("m", "production", version, 7, author),
+            )
+    db.close()
+    blob.unlink()
+    return sha256
+
+
+def test_a_registry_db_from_before_namespaces_is_migrated_in_place(tmp_path, clock):
+    data = tmp_path / "d"
+    data.mkdir()
+    sha256 = old_registry(data, clock)
+    with Platform(data, clock=clock) as platform:
+        reg = platform.registry
+        every = reg.versions("m", archived=True)
+        assert [(v["namespace"], v["version"], v["description"]) for v in every] == [
+            ("default", 1, "v1"),
+            ("default", 2, "v2"),
+            ("default", 3, "v3"),
+        ]
+        assert every[1]["archived"] and every[1]["parents"] == [{"name": "m", "version": 1}]
+        assert [v["version"] for v in reg.versions("m")] == [1, 3]
+        assert reg.get("m", "production")["version"] == 3
+        history = reg.aliases("m")["history"]
+        assert [(h["version"], h["author"]) for h in history] == [(1, "ana"), (3, "bo")]
+        info, chunks = reg.artifact("m", 1, "w.bin")
+        assert info["sha256"] == sha256 and b"".join(chunks) == b"old bytes"
+        assert reg.get("m", 3)["artifacts"][0] == {
+            "filename": "late.bin",
+            "uploaded": False,
+            "sha256": None,
+            "size": None,
+        }
+        assert [(m["namespace"], m["name"]) for m in reg.models(namespace="*")] == [
+            ("default", "m"),
+            ("default", "other"),
+        ]
+        # still writable: numbering continues, and the name is free in another namespace
+        assert reg.register("m", {"kind": "inductive"})["version"] == 4
+        assert reg.register("m", {"kind": "inductive"}, namespace="fleet-a")["version"] == 1
+        reg.put_artifact("m", 3, "late.bin", [b"now"])
+        reg.set_alias("m", "production", 4)
+        reg.archive("m", 2, False)
+    with Platform(data, clock=clock) as platform:  # opening a migrated file changes nothing
+        reg = platform.registry
+        assert [v["version"] for v in reg.versions("m")] == [1, 2, 3, 4]
+        assert reg.get("m", "production")["version"] == 4
+        assert [h["version"] for h in reg.aliases("m")["history"]] == [1, 3, 4]
+        assert reg.get("m", 3)["artifacts"][0]["uploaded"] is True
+        assert reg.versions("m", namespace="fleet-a")[0]["version"] == 1
+        assert reg.register("m", {"kind": "inductive"})["version"] == 5
+    db = sqlite3.connect(data / "registry.db")
+    tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "versions_before_namespaces" not in tables
+    assert db.execute("SELECT count(*) FROM versions").fetchone()[0] == 7
+    for table in ("versions", "artifacts", "archive_log", "aliases"):
+        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        assert "namespace" in columns, table
+    keyed = {row[1]: row[5] for row in db.execute("PRAGMA table_info(versions)")}
+    assert keyed["namespace"] and keyed["name"] and keyed["version"]  # the primary key
+    indexed = [row[2] for row in db.execute("PRAGMA index_info(aliases_name)")]
+    assert indexed == ["namespace", "name", "alias", "n"]
+    db.close()

@@ -130,6 +130,16 @@ def test_artifacts_round_trip_through_s3(tmp_path, clock, s3_env, monkeypatch):
             api.put("/api/models/net/versions/2/artifacts/weights.bin", content=content)
             keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]]
             assert keys == [key]  # content-addressed: stored once
+            # another namespace's version of the same name shares the blob, not the record
+            fleet = {"namespace": "fleet-a"}
+            assert (
+                api.post("/api/models/net/versions", json=meta, params=fleet).json()["version"] == 1
+            )
+            url = "/api/models/net/versions/1/artifacts/weights.bin"
+            assert api.put(url, content=content, params=fleet).status_code == 201
+            assert api.get(url, params=fleet).content == content
+            keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]]
+            assert keys == [key]
 
 
 def test_a_missing_bucket_fails_at_start(platform, s3_env):

@@ -1,12 +1,11 @@
 """Alarms: type rules checked per observation (vectorised, `for` held in observation time, a
 clock tick for silent twins) and the alarm lifecycle active -> acknowledged -> cleared, kept in
-`<data>/alarms.db` (SQLite, WAL) and announced as `Notice("alarm", ...)`. See docs/alarms.md."""
+`<data>/alarms.db` or PostgreSQL (store/servicedb.py), announced as `Notice("alarm", ...)`."""
 
 from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from livetwin.engine.events import Event, Notice, StateChanged, TypeDefined
 from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.spec.rules import SEVERITIES, CompiledRule
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
+from livetwin.store.servicedb import open_service_db
 from livetwin.timefmt import format_ts
 
 log = logging.getLogger(__name__)
@@ -161,16 +161,13 @@ class AlarmService:
     """Evaluates type rules on the bus's state changes and keeps the alarms.
 
     `tick_s` is how often (wall seconds) pending conditions are checked against `platform.clock()`.
+    `database_url` None reads LIVETWIN_DATABASE_URL ('' keeps `<data>/alarms.db`).
     """
 
-    def __init__(self, platform, *, tick_s: float = 1.0, path=None):
+    def __init__(self, platform, *, tick_s: float = 1.0, database_url: str | None = None):
         self.platform = platform
         self.tick_s = tick_s
-        self.path = path or platform.path / "alarms.db"
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_service_db(platform.path, "alarms", SCHEMA, database_url=database_url)
         self._lock = threading.RLock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._ctypes: dict[tuple[str, int], CompiledType] = {}
@@ -182,6 +179,7 @@ class AlarmService:
         self._stopping = threading.Event()
         self._token: int | None = None
         self._threads: list[threading.Thread] = []
+        self._stale = False  # the in-memory state must be reloaded (a transaction failed)
         self.errors = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -226,10 +224,10 @@ class AlarmService:
 
     def _load(self) -> None:
         """Open alarms and pending conditions from the database."""
-        rows = self._db.execute("SELECT id, type, twin, rule FROM alarms WHERE state != 'cleared'")
+        rows = self._sql("SELECT id, type, twin, rule FROM alarms WHERE state != 'cleared'")
         for alarm_id, type_name, twin, rule in rows:
             self._open.setdefault(type_name, {})[(twin, rule)] = alarm_id
-        pending = self._db.execute("SELECT twin, rule, type, since, data FROM alarm_pending")
+        pending = self._sql("SELECT twin, rule, type, since, data FROM alarm_pending")
         for twin, rule_name, type_name, since, data in pending.fetchall():
             rule = self._latest.get(type_name) and self._latest[type_name].rules.get(rule_name)
             if rule:
@@ -273,11 +271,7 @@ class AlarmService:
                     self._transaction(self._handle, item)
             except Exception:
                 self.errors += 1
-                log.exception("alarm evaluation failed; reloading alarm state from disk")
-                with self._lock:
-                    self._open.clear()
-                    self._pending.clear()
-                    self._load()
+                log.exception("alarm evaluation failed; the alarm state will be reloaded")
 
     def _handle(self, item) -> None:
         if isinstance(item, StateChanged):
@@ -289,14 +283,20 @@ class AlarmService:
             self._check_pending(self.platform.clock())
 
     def _transaction(self, work, *args):
-        """Run `work(*args)` in one SQLite transaction; publish its notices after the commit."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Run `work(*args)` in one transaction; publish its notices after the commit. After a
+        failed one, the open alarms and pending conditions are first reloaded from the database
+        (while it is away, that fails too and the next transaction tries again)."""
+        if self._stale:
+            self._open.clear()
+            self._pending.clear()
+            self._load()
+            self._stale = False
         try:
-            result = work(*args)
-            self._db.execute("COMMIT")
+            with self._db.write():  # statements on this thread (self._sql) join it
+                result = work(*args)
         except BaseException:
-            self._db.execute("ROLLBACK")
             self._notices.clear()
+            self._stale = True
             raise
         notices, self._notices = self._notices, []
         for notice in notices:
@@ -466,16 +466,17 @@ class AlarmService:
     def _start_pending(self, type_name, key, rule, ts, values) -> _Pending:
         pending = _Pending(rule, ts, values)
         self._pending.setdefault(type_name, {})[key] = pending
-        self._db.execute(
-            "INSERT OR REPLACE INTO alarm_pending (twin, rule, type, since, data) "
-            "VALUES (?, ?, ?, ?, ?)",
+        self._sql(
+            "INSERT INTO alarm_pending (twin, rule, type, since, data) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (twin, rule) DO UPDATE SET "
+            "type = excluded.type, since = excluded.since, data = excluded.data",
             (key[0], key[1], type_name, ts, orjson.dumps(values).decode()),
         )
         return pending
 
     def _drop_pending(self, type_name: str, key: tuple[str, str]) -> None:
         self._pending.get(type_name, {}).pop(key, None)
-        self._db.execute("DELETE FROM alarm_pending WHERE twin = ? AND rule = ?", key)
+        self._sql("DELETE FROM alarm_pending WHERE twin = ? AND rule = ?", key)
 
     def _fire(self, type_name: str, twin: str, pending: _Pending) -> int:
         """Raise the alarm of a condition that held `for` long enough (at since + for)."""
@@ -506,18 +507,18 @@ class AlarmService:
         alarm_id = opened.get((twin, rule))
         body = orjson.dumps(data).decode()
         if alarm_id is None:
-            cursor = self._db.execute(
+            (alarm_id,) = self._sql(
                 "INSERT INTO alarms (twin, type, rule, severity, state, message, data, source, "
-                "since, raised, updated) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                "since, raised, updated) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (twin, type_name, rule, severity, message, body, source, since, at, at),
-            )
-            alarm_id = cursor.lastrowid
+            ).fetchone()
             opened[(twin, rule)] = alarm_id
             self._record(alarm_id, 1, at, "raised", source, None)
             return alarm_id
         row = self._row(alarm_id)
         worst = max(row["severity"], severity, key=SEVERITIES.index)
-        self._db.execute(
+        self._sql(
             "UPDATE alarms SET severity = ?, message = ?, data = ?, count = count + 1, "
             "updated = ?, version = version + 1 WHERE id = ?",
             (worst, message, body, at, alarm_id),
@@ -528,7 +529,7 @@ class AlarmService:
     def _finish(self, alarm_id: int, at: int, by: str, note: str | None) -> None:
         """Clear an open alarm (by its condition or by a person)."""
         row = self._row(alarm_id)
-        self._db.execute(
+        self._sql(
             "UPDATE alarms SET state = 'cleared', cleared = ?, cleared_by = ?, updated = ?, "
             "version = version + 1 WHERE id = ?",
             (at, by, at, alarm_id),
@@ -538,7 +539,7 @@ class AlarmService:
 
     def _record(self, alarm_id: int, version: int, at: int, event: str, by, note) -> None:
         """A history entry, and the notice announcing the alarm's new version after commit."""
-        self._db.execute(
+        self._sql(
             "INSERT INTO alarm_history (alarm_id, version, ts, event, by, note) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (alarm_id, version, at, event, by, note),
@@ -594,7 +595,7 @@ class AlarmService:
             at = self.platform.clock()
 
             def work():
-                self._db.execute(
+                self._sql(
                     "UPDATE alarms SET state = 'acknowledged', acknowledged = ?, "
                     "acknowledged_by = ?, updated = ?, version = version + 1 WHERE id = ?",
                     (at, by, at, alarm_id),
@@ -626,11 +627,11 @@ class AlarmService:
             at = self.platform.clock()
 
             def work():
-                self._db.execute(
+                self._sql(
                     "INSERT INTO alarm_comments (alarm_id, ts, author, text) VALUES (?, ?, ?, ?)",
                     (alarm_id, at, author, text),
                 )
-                self._db.execute(
+                self._sql(
                     "UPDATE alarms SET updated = ?, version = version + 1 WHERE id = ?",
                     (at, alarm_id),
                 )
@@ -643,12 +644,12 @@ class AlarmService:
         """One alarm with its history and comments."""
         with self._lock:
             alarm = self._existing(alarm_id)
-            history = self._db.execute(
+            history = self._sql(
                 "SELECT version, ts, event, by, note FROM alarm_history WHERE alarm_id = ? "
                 "ORDER BY version",
                 (alarm_id,),
             ).fetchall()
-            comments = self._db.execute(
+            comments = self._sql(
                 "SELECT ts, author, text FROM alarm_comments WHERE alarm_id = ? ORDER BY id",
                 (alarm_id,),
             ).fetchall()
@@ -664,7 +665,7 @@ class AlarmService:
     def find_open(self, twin: str, rule: str) -> dict | None:
         """The open alarm of a twin and rule, if any."""
         with self._lock:
-            row = self._db.execute(
+            row = self._sql(
                 "SELECT id FROM alarms WHERE twin = ? AND rule = ? AND state != 'cleared'",
                 (twin, rule),
             ).fetchone()
@@ -705,8 +706,8 @@ class AlarmService:
                 args.append(value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
-            total = self._db.execute(f"SELECT count(*) FROM alarms {clause}", args).fetchone()[0]
-            rows = self._db.execute(
+            total = self._sql(f"SELECT count(*) FROM alarms {clause}", args).fetchone()[0]
+            rows = self._sql(
                 f"SELECT {COLUMNS} FROM alarms {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
@@ -721,7 +722,7 @@ class AlarmService:
         """Open alarms per severity and state, and their totals."""
         out = {s: {"active": 0, "acknowledged": 0, "total": 0} for s in reversed(SEVERITIES)}
         with self._lock:
-            rows = self._db.execute(
+            rows = self._sql(
                 "SELECT severity, state, count(*) FROM alarms WHERE state != 'cleared' "
                 "GROUP BY severity, state"
             ).fetchall()
@@ -735,8 +736,12 @@ class AlarmService:
 
     # ---- helpers -----------------------------------------------------------------------------
 
+    def _sql(self, statement: str, args=()):
+        """Run one statement (inside this thread's transaction, if one is open)."""
+        return self._db.read().execute(statement, args)
+
     def _row(self, alarm_id: int) -> dict | None:
-        row = self._db.execute(f"SELECT {COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
+        row = self._sql(f"SELECT {COLUMNS} FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
         return _alarm(row) if row else None
 
     def _existing(self, alarm_id: int) -> dict:

@@ -1,6 +1,7 @@
 """REST routes of the model registry (`/api/models`) and the lineage graph (`/api/lineage`).
 
-No route deletes a model version: DELETE anywhere under /api/models answers 405 with the fix.
+Every route takes `?namespace=` (default "default"). No route deletes a model version: DELETE
+anywhere under /api/models answers 405 with the fix.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from livetwin.registry.service import Registry
 from livetwin.timefmt import parse_ts
 
 MAX_JSON_BODY = 1024 * 1024
+NS = Query(None, description="the model's namespace (default 'default')")
 
 VERSION_BODY = {
     "requestBody": {
@@ -114,20 +116,23 @@ async def _spool(request: Request, directory: Path, limit: int, too_large) -> Pa
 
 
 def registry_routes(app: FastAPI, registry: Registry) -> None:
-    """Add the `/api/models` routes of `registry` to `app`."""
+    """Add the `/api/models` routes of `registry` to `app`; each takes `?namespace=`."""
 
     @app.get("/api/models", tags=["models"])
-    def list_models(archived: bool = Query(False, description="count archived versions")) -> list:
+    def list_models(
+        archived: bool = Query(False, description="count archived versions"),
+        namespace: str | None = Query(None, description="default 'default'; '*': every one"),
+    ) -> list:
         """Registered models with their latest version, version count and aliases."""
-        return registry.models(archived=archived)
+        return registry.models(archived=archived, namespace=namespace)
 
     @app.post(
         "/api/models/{name}/versions", tags=["models"], status_code=201, openapi_extra=VERSION_BODY
     )
-    async def register_version(name: str, request: Request) -> dict:
+    async def register_version(name: str, request: Request, namespace: str | None = NS) -> dict:
         """Register the next version of a model (immutable); declare its artifact files."""
         body = await _json(request)
-        return await run_in_threadpool(registry.register, name, body)
+        return await run_in_threadpool(registry.register, name, body, namespace=namespace)
 
     @app.get("/api/models/{name}/versions", tags=["models"])
     def list_versions(
@@ -135,30 +140,33 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         archived: bool = Query(False, description="include archived versions"),
         limit: int = Query(100, ge=1, le=1000),
         offset: int = Query(0, ge=0),
+        namespace: str | None = NS,
     ) -> list:
         """A model's versions, oldest first (archived ones only with archived=true)."""
-        return registry.versions(name, archived=archived, limit=limit, offset=offset)
+        return registry.versions(
+            name, archived=archived, limit=limit, offset=offset, namespace=namespace
+        )
 
     @app.get("/api/models/{name}/versions/{version}", tags=["models"])
-    def get_version(name: str, version: str) -> dict:
+    def get_version(name: str, version: str, namespace: str | None = NS) -> dict:
         """One version by number or alias (archived versions too)."""
-        return registry.get(name, version)
+        return registry.get(name, version, namespace=namespace)
 
     @app.put("/api/models/{name}/versions/{version}", tags=["models"])
-    def rewrite_version(name: str, version: str) -> dict:
+    def rewrite_version(name: str, version: str, namespace: str | None = NS) -> dict:
         """Always refused: versions are immutable (409 with the fix)."""
-        registry.rewrite(name, version)
+        registry.rewrite(name, version, namespace=namespace)
         return {}  # not reached
 
     @app.post("/api/models/{name}/versions/{version}/archive", tags=["models"])
-    def archive_version(name: str, version: str) -> dict:
+    def archive_version(name: str, version: str, namespace: str | None = NS) -> dict:
         """Hide a version from default listings and from default serving (never deletes)."""
-        return registry.archive(name, _version_number(version), True)
+        return registry.archive(name, _version_number(version), True, namespace=namespace)
 
     @app.post("/api/models/{name}/versions/{version}/unarchive", tags=["models"])
-    def unarchive_version(name: str, version: str) -> dict:
+    def unarchive_version(name: str, version: str, namespace: str | None = NS) -> dict:
         """Show an archived version again."""
-        return registry.archive(name, _version_number(version), False)
+        return registry.archive(name, _version_number(version), False, namespace=namespace)
 
     @app.put(
         "/api/models/{name}/versions/{version}/artifacts/{filename}",
@@ -166,22 +174,32 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         status_code=201,
         openapi_extra=ARTIFACT_BODY,
     )
-    async def upload_artifact(name: str, version: str, filename: str, request: Request) -> dict:
+    async def upload_artifact(
+        name: str, version: str, filename: str, request: Request, namespace: str | None = NS
+    ) -> dict:
         """Upload a file declared in the version's `artifacts`, once (raw body, size-limited)."""
         number = _version_number(version)
-        await run_in_threadpool(registry.check_upload, name, number, filename)
+        namespace = await run_in_threadpool(
+            registry.check_upload, name, number, filename, namespace=namespace
+        )
         path = await _spool(
             request, registry.tmp_dir, registry.max_artifact_bytes, registry.too_large
         )
         try:
-            return await run_in_threadpool(registry.put_artifact_file, name, number, filename, path)
+            return await run_in_threadpool(
+                registry.put_artifact_file, name, number, filename, path, namespace=namespace
+            )
         finally:
             path.unlink(missing_ok=True)
 
     @app.get("/api/models/{name}/versions/{version}/artifacts/{filename}", tags=["models"])
-    async def download_artifact(name: str, version: str, filename: str) -> Response:
+    async def download_artifact(
+        name: str, version: str, filename: str, namespace: str | None = NS
+    ) -> Response:
         """An artifact's bytes (ETag: its sha256)."""
-        info, chunks = await run_in_threadpool(registry.artifact, name, version, filename)
+        info, chunks = await run_in_threadpool(
+            registry.artifact, name, version, filename, namespace=namespace
+        )
         return StreamingResponse(
             iterate_in_threadpool(chunks),
             media_type="application/octet-stream",
@@ -193,12 +211,14 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         )
 
     @app.get("/api/models/{name}/aliases", tags=["models"])
-    def list_aliases(name: str) -> dict:
+    def list_aliases(name: str, namespace: str | None = NS) -> dict:
         """Current aliases and every move of them."""
-        return registry.aliases(name)
+        return registry.aliases(name, namespace=namespace)
 
     @app.put("/api/models/{name}/aliases/{alias}", tags=["models"])
-    async def set_alias(name: str, alias: str, request: Request) -> dict:
+    async def set_alias(
+        name: str, alias: str, request: Request, namespace: str | None = NS
+    ) -> dict:
         """Point an alias at a version: `{"version": 3, "author": "ana"}` (history is kept)."""
         body = await _json(request)
         if not isinstance(body, dict) or set(body) - {"version", "author"}:
@@ -210,7 +230,9 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         author = body.get("author")
         if author is not None and not isinstance(author, str):
             raise InvalidInput("author must be a string", field="author", fix='e.g. "ana"')
-        return await run_in_threadpool(registry.set_alias, name, alias, body.get("version"), author)
+        return await run_in_threadpool(
+            registry.set_alias, name, alias, body.get("version"), author, namespace=namespace
+        )
 
     @app.post("/api/models/{name}/predict", tags=["models"], openapi_extra=PREDICT_BODY)
     async def predict(
@@ -219,10 +241,11 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         version: str | None = Query(
             None, description="number or alias (default: production, else the newest)"
         ),
+        namespace: str | None = NS,
     ) -> dict:
         """Predictions of a model version for JSON rows."""
         body = await _json(request)
-        return await run_in_threadpool(registry.predict, name, body, version)
+        return await run_in_threadpool(registry.predict, name, body, version, namespace=namespace)
 
     # DELETE on every registry path (and on a model itself) answers 405 with the fix
     paths = {"/api/models/{name}"} | {

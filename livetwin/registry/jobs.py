@@ -32,16 +32,19 @@ class Cohort:
 
 
 def model_node(platform: Any, ref: str, fn: Any) -> tuple[str, dict]:
-    """The lineage node of the model behind `ref`: its registered version when there is one
-    (matching code hash preferred), else a node for the unregistered code."""
+    """The lineage node of the model behind `ref`: its registered version in any namespace when
+    there is one (matching code hash preferred), else a node for the unregistered code."""
     lineage = platform.lineage
     hash_ = code_hash(ref, fn)
     found = platform.registry.store.lookup_ref(ref, hash_)
     info = {"ref": ref, "code_hash": hash_, "registry": found}
     if found is not None:
-        node_id = model_node_id(found["name"], found["version"])
+        node_id = model_node_id(found["name"], found["version"], found["namespace"])
         lineage.ensure(
-            node_id, "model", found["name"], inputs={"version": found["version"], "ref": ref}
+            node_id,
+            "model",
+            found["name"],
+            inputs={"namespace": found["namespace"], "version": found["version"], "ref": ref},
         )
     else:
         node_id = lineage.ensure(

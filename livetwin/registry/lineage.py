@@ -1,8 +1,9 @@
 """The lineage graph: which runs read which data windows and model versions and produced which
 values. Nodes are immutable; edges point from an input (or parent) to what it fed.
 
-Stored in `<data>/lineage.db`. Jobs call `LineageStore.record`; the API walks the graph
-(`walk`), finds the run behind a published value (`producer`) and exports JSON or GraphML.
+Stored in `<data>/lineage.db` or PostgreSQL (store/servicedb.py). Jobs call
+`LineageStore.record`; the API walks the graph (`walk`), finds the run behind a published value
+(`producer`) and exports JSON or GraphML.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 
 from livetwin.errors import Conflict, InvalidInput, NotFound
-from livetwin.registry.db import SqliteFile
+from livetwin.store.servicedb import open_service_db
 from livetwin.timefmt import format_ts
 
 KINDS = ("run", "data", "model", "value", "task", "workflow")
@@ -30,9 +31,11 @@ DIRECTIONS = ("up", "down")
 MAX_DEPTH = 100
 MAX_WALK_NODES = 5_000
 
+# n numbers nodes and spans in the order they were recorded (the newest wins a tie in time)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, created INTEGER NOT NULL,
+    n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    name TEXT NOT NULL, created INTEGER NOT NULL,
     started INTEGER, finished INTEGER, host TEXT, code_hash TEXT, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS nodes_name ON nodes (kind, name, created);
 CREATE TABLE IF NOT EXISTS edges (
@@ -41,9 +44,28 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE INDEX IF NOT EXISTS edges_dst ON edges (dst, src);
 -- which twin's values a node published over [ts_from, ts_to): traces a value to its run
 CREATE TABLE IF NOT EXISTS produced (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL, twin TEXT NOT NULL, ts_from INTEGER NOT NULL, ts_to INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS produced_twin ON produced (twin, ts_from);
 """
+NODE_COLUMNS = "id, kind, name, created, started, finished, host, code_hash, body"
+PRODUCED_COLUMNS = "node, twin, ts_from, ts_to"
+
+
+def migrate(conn) -> None:
+    """A lineage.db from before `n` (SQLite ordered by rowid): rebuild `nodes` and `produced`
+    with their rowid as n, in one transaction (SCHEMA then re-creates their indexes)."""
+    for table, columns in (("nodes", NODE_COLUMNS), ("produced", PRODUCED_COLUMNS)):
+        names = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        if not names or "n" in names:
+            continue
+        (create,) = [s for s in SCHEMA.split(";") if f"EXISTS {table} (" in s]
+        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_before_n")
+        conn.execute(create)
+        conn.execute(
+            f"INSERT INTO {table} (n, {columns}) SELECT rowid, {columns} FROM {table}_before_n"
+        )
+        conn.execute(f"DROP TABLE {table}_before_n")  # its indexes go with it
 
 
 def new_run_id(prefix: str = "run") -> str:
@@ -52,10 +74,13 @@ def new_run_id(prefix: str = "run") -> str:
 
 
 class LineageStore:
-    """Lineage nodes and edges in `<directory>/lineage.db` (thread-safe; no background work)."""
+    """Lineage nodes and edges in `<directory>/lineage.db` or the configured PostgreSQL
+    (`database_url` None reads LIVETWIN_DATABASE_URL); thread-safe, no background work."""
 
-    def __init__(self, directory: str | Path, *, clock=None):
-        self.db = SqliteFile(Path(directory) / "lineage.db", SCHEMA)
+    def __init__(self, directory: str | Path, *, clock=None, database_url: str | None = None):
+        self.db = open_service_db(
+            directory, "lineage", SCHEMA, database_url=database_url, sqlite_migrate=migrate
+        )
         self.clock = clock
 
     def close(self) -> None:
@@ -97,25 +122,23 @@ class LineageStore:
         host = host if host is not None else f"{socket.gethostname()}:{os.getpid()}"
         with self.db.write() as conn:
             self._require(conn, parents)
-            try:
-                conn.execute(
-                    "INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?,?)",
-                    (node_id, kind, name, self._now(), started, finished, host, code_hash, body),
-                )
-            except Exception as exc:
-                if "UNIQUE" not in str(exc):
-                    raise
+            added = conn.execute(
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO NOTHING RETURNING n",
+                (node_id, kind, name, self._now(), started, finished, host, code_hash, body),
+            ).fetchone()
+            if added is None:
                 raise Conflict(
                     f"lineage node '{node_id}' exists already",
                     field="id",
                     fix="lineage nodes are immutable: record a new node with a new id",
-                ) from None
+                )
             conn.executemany(
-                "INSERT OR IGNORE INTO edges VALUES (?,?,?)",
+                "INSERT INTO edges (src, dst, role) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                 [(p, node_id, "parent") for p in dict.fromkeys(parents)],
             )
             conn.executemany(
-                "INSERT INTO produced VALUES (?,?,?,?)",
+                f"INSERT INTO produced ({PRODUCED_COLUMNS}) VALUES (?,?,?,?)",
                 [(node_id, str(t), int(a), int(b)) for t, a, b in produced],
             )
         return node_id
@@ -156,7 +179,11 @@ class LineageStore:
         return row is not None
 
     def node(self, node_id: str) -> dict:
-        row = self.db.read().execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        row = (
+            self.db.read()
+            .execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?", (node_id,))
+            .fetchone()
+        )
         if row is None:
             raise NotFound(
                 f"no lineage node '{node_id}'",
@@ -188,7 +215,7 @@ class LineageStore:
         row = (
             self.db.read()
             .execute(
-                "SELECT id FROM nodes WHERE kind = ? AND name = ? ORDER BY created DESC, rowid DESC"
+                "SELECT id FROM nodes WHERE kind = ? AND name = ? ORDER BY created DESC, n DESC"
                 " LIMIT 1",
                 (kind, name),
             )
@@ -246,7 +273,7 @@ class LineageStore:
         """The run node that published `name` of `twin` at `ts` (the newest, if it was re-run)."""
         rows = self.db.read().execute(
             "SELECT node FROM produced WHERE twin = ? AND ts_from <= ? AND ts_to > ?"
-            " ORDER BY rowid DESC",  # the newest run that covered ts wrote the value last
+            " ORDER BY n DESC",  # the newest run that covered ts wrote the value last
             (twin, ts, ts),
         )
         for (node_id,) in rows.fetchall():

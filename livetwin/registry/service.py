@@ -1,5 +1,5 @@
 """The model registry service: register immutable versions with metadata and artifacts, archive
-(never delete) them, move aliases, and serve predictions of a version.
+(never delete) them, move aliases, and serve predictions of a version; all per namespace.
 """
 
 from __future__ import annotations
@@ -19,26 +19,36 @@ from livetwin.registry.lineage import LineageStore, code_hash
 from livetwin.registry.serving import Predictor, load_predictor
 from livetwin.registry.store import (
     ALIAS,
+    ALL_NAMESPACES,
+    DEFAULT_NAMESPACE,
     FILENAME,
     RegistryStore,
     artifact_immutable,
     check_name,
     immutable,
+    in_namespace,
+    of,
     parse_version_spec,
 )
+from livetwin.schedule.triggers import check_namespace
 
 DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 PREDICTOR_CACHE = 16
 DEFAULT_ALIAS = "production"
 
 
-def model_node_id(name: str, version: int) -> str:
-    """The lineage node of a registered version."""
-    return f"model:{name}/{version}"
+def model_node_id(name: str, version: int, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The lineage node of a registered version: `model:{name}/{version}`, or
+    `model:{namespace}/{name}/{version}` outside the default namespace (a name has no '/', so
+    the ids of different namespaces never meet)."""
+    if namespace == DEFAULT_NAMESPACE:
+        return f"model:{name}/{version}"
+    return f"model:{namespace}/{name}/{version}"
 
 
 class Registry:
-    """Model versions of every kind; metadata in `<data>/registry.db`, blobs in `artifacts`."""
+    """Model versions of every kind, per (namespace, name); metadata in `<data>/registry.db`,
+    blobs in `artifacts`. Every method takes `namespace=` (default "default")."""
 
     def __init__(
         self,
@@ -55,7 +65,7 @@ class Registry:
         self.lineage = lineage if lineage is not None else platform.lineage
         self.max_artifact_bytes = max_artifact_bytes
         self.tmp_dir = Path(platform.path) / "tmp"
-        self._predictors: OrderedDict[tuple[str, int], Predictor] = OrderedDict()
+        self._predictors: OrderedDict[tuple[str, str, int], Predictor] = OrderedDict()
         self._predictors_lock = threading.Lock()
 
     def start(self) -> Registry:
@@ -70,10 +80,16 @@ class Registry:
     # ---- registering -------------------------------------------------------------------------
 
     def register(
-        self, name: str, body: Any, artifacts: Mapping[str, bytes | Path] | None = None
+        self,
+        name: str,
+        body: Any,
+        artifacts: Mapping[str, bytes | Path] | None = None,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
     ) -> dict:
-        """Register the next version of `name`; `artifacts` (file name -> bytes or a path) are
-        uploaded right away and must be listed in the body's `artifacts`."""
+        """Register the next version of `name` in `namespace`; `artifacts` (file name -> bytes
+        or a path) are uploaded right away and must be listed in the body's `artifacts`."""
+        namespace = check_namespace(namespace)
         check_name(name, "name")
         spec = parse_version_spec(body)
         if artifacts:
@@ -98,22 +114,25 @@ class Registry:
                     field="ref",
                     fix="give ref: 'package.module:function' (or 'fmu:path'), or another flavor",
                 )
-        number = self.store.add_version(name, spec, extra, self.clock())
-        self._record_lineage(name, number, spec, extra["code_hash"])
+        number = self.store.add_version(name, spec, extra, self.clock(), namespace)
+        self._record_lineage(namespace, name, number, spec, extra["code_hash"])
         for filename, content in (artifacts or {}).items():
             if isinstance(content, Path):
-                self.put_artifact_file(name, number, filename, content)
+                self.put_artifact_file(name, number, filename, content, namespace=namespace)
             else:
-                self.put_artifact(name, number, filename, [content])
-        return self.get(name, number)
+                self.put_artifact(name, number, filename, [content], namespace=namespace)
+        return self.get(name, number, namespace=namespace)
 
-    def _record_lineage(self, name: str, number: int, spec, hash_: str | None) -> None:
+    def _record_lineage(
+        self, namespace: str, name: str, number: int, spec, hash_: str | None
+    ) -> None:
         """A model node per version, fed by its parents and by its training data window."""
-        parents = [model_node_id(p.name, p.version) for p in spec.parents]
+        parents = [model_node_id(p.name, p.version, p.namespace or namespace) for p in spec.parents]
         parents = [p for p in parents if self.lineage.exists(p)]
         if spec.training is not None:
             window = {"start": spec.training.start, "end": spec.training.end}
-            digest = hashlib.sha256(repr((name, window)).encode()).hexdigest()[:16]
+            owner = (name, window) if namespace == DEFAULT_NAMESPACE else (namespace, name, window)
+            digest = hashlib.sha256(repr(owner).encode()).hexdigest()[:16]
             parents.append(
                 self.lineage.ensure(
                     f"data:training/{digest}",
@@ -122,18 +141,27 @@ class Registry:
                     inputs={"window": window, "description": spec.training.description},
                 )
             )
+        inputs = {"version": number, "kind": spec.kind, "ref": spec.ref, "flavor": spec.flavor}
         self.lineage.ensure(
-            model_node_id(name, number),
+            model_node_id(name, number, namespace),
             "model",
             name,
-            inputs={"version": number, "kind": spec.kind, "ref": spec.ref, "flavor": spec.flavor},
+            inputs={"namespace": namespace, **inputs},
             parents=parents,
             code_hash=hash_,
         )
 
-    def put_artifact(self, name: str, version: int, filename: str, chunks) -> dict:
+    def put_artifact(
+        self,
+        name: str,
+        version: int,
+        filename: str,
+        chunks,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> dict:
         """Upload a declared artifact from an iterable of byte chunks (size-limited)."""
-        self.check_upload(name, version, filename)
+        self.check_upload(name, version, filename, namespace=namespace)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
         try:
@@ -144,19 +172,28 @@ class Registry:
                     if size > self.max_artifact_bytes:
                         raise self.too_large()
                     out.write(chunk)
-            return self.put_artifact_file(name, version, filename, Path(tmp))
+            return self.put_artifact_file(name, version, filename, Path(tmp), namespace=namespace)
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def put_artifact_file(self, name: str, version: int, filename: str, path: Path) -> dict:
+    def put_artifact_file(
+        self,
+        name: str,
+        version: int,
+        filename: str,
+        path: Path,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> dict:
         """Upload a declared artifact from a file (hashed, stored, then recorded)."""
-        self.check_upload(name, version, filename)
+        namespace = self.check_upload(name, version, filename, namespace=namespace)
         sha256, size = hash_file(path)
         if size > self.max_artifact_bytes:
             raise self.too_large()
         self.artifacts.put(path, sha256)
-        self.store.add_artifact(name, version, filename, sha256, size, self.clock())
+        self.store.add_artifact(name, version, filename, sha256, size, self.clock(), namespace)
         return {
+            "namespace": namespace,
             "name": name,
             "version": version,
             "filename": filename,
@@ -164,11 +201,16 @@ class Registry:
             "size": size,
         }
 
-    def check_upload(self, name: str, version: int, filename: str) -> None:
+    def check_upload(
+        self, name: str, version: int, filename: str, *, namespace: str | None = DEFAULT_NAMESPACE
+    ) -> str:
+        """Refuse an upload before its bytes are read; the checked namespace."""
+        namespace = check_namespace(namespace)
         check_name(name, "name")
         check_name(filename, "filename", FILENAME)
-        if self.store.artifact_state(name, version, filename):
-            raise artifact_immutable(name, version, filename)
+        if self.store.artifact_state(name, version, filename, namespace):
+            raise artifact_immutable(name, version, filename, namespace)
+        return namespace
 
     def too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
@@ -178,146 +220,222 @@ class Registry:
             " or raise the registry's max_artifact_bytes",
         )
 
-    def rewrite(self, name: str, version: int | str) -> None:
+    def rewrite(
+        self, name: str, version: int | str, *, namespace: str | None = DEFAULT_NAMESPACE
+    ) -> None:
         """Any attempt to write an existing (or a chosen) version number: always a Conflict."""
+        namespace = check_namespace(namespace)
         check_name(name, "name")
-        number = self.store.resolve(name, version)
-        raise immutable(name, number, self.store.version_count(name) + 1)
+        number = self.store.resolve(name, version, namespace)
+        raise immutable(name, number, self.store.version_count(name, namespace) + 1, namespace)
 
     # ---- archive and aliases ---------------------------------------------------------------------
 
-    def archive(self, name: str, version: int | str, archived: bool = True) -> dict:
+    def archive(
+        self,
+        name: str,
+        version: int | str,
+        archived: bool = True,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> dict:
         """Hide (or show again) a version in default listings; it stays readable by number."""
-        number = self.store.resolve(name, version)
-        self.store.set_archived(name, number, archived, self.clock())
-        return self.get(name, number)
+        namespace = check_namespace(namespace)
+        number = self.store.resolve(name, version, namespace)
+        self.store.set_archived(name, number, archived, self.clock(), namespace)
+        return self.get(name, number, namespace=namespace)
 
-    def set_alias(self, name: str, alias: str, version: Any, author: str | None = None) -> dict:
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: Any,
+        author: str | None = None,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> dict:
         """Point `alias` at a version (a new alias record; the history is kept)."""
+        namespace = check_namespace(namespace)
         check_name(alias, "alias", ALIAS)
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput(
                 "version must be an integer", field="version", fix='send {"version": 3}'
             )
-        number = self.store.resolve(name, version)
-        if self.get(name, number)["archived"]:
+        number = self.store.resolve(name, version, namespace)
+        if self.get(name, number, namespace=namespace)["archived"]:
             raise Conflict(
                 f"{name}/{number} is archived",
                 field="version",
-                fix=f"unarchive it (POST .../versions/{number}/unarchive) or choose another",
+                fix=f"unarchive it (POST .../versions/{number}/unarchive"
+                f"{in_namespace(namespace)}) or choose another",
             )
-        self.store.set_alias(name, alias, number, self.clock(), author)
-        return self.aliases(name)
+        self.store.set_alias(name, alias, number, self.clock(), author, namespace)
+        return self.aliases(name, namespace=namespace)
 
-    def aliases(self, name: str) -> dict:
-        self.store.version_count(name)
+    def aliases(self, name: str, *, namespace: str | None = DEFAULT_NAMESPACE) -> dict:
+        namespace = check_namespace(namespace)
+        self.store.version_count(name, namespace)
         return {
+            "namespace": namespace,
             "name": name,
-            "aliases": self.store.current_aliases(name),
-            "history": self.store.alias_history(name),
+            "aliases": self.store.current_aliases(name, namespace),
+            "history": self.store.alias_history(name, namespace),
         }
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def get(self, name: str, version: int | str) -> dict:
+    def get(
+        self, name: str, version: int | str, *, namespace: str | None = DEFAULT_NAMESPACE
+    ) -> dict:
+        namespace = check_namespace(namespace)
         check_name(name, "name")
-        number = self.store.resolve(name, version)
-        record = self.store.version(name, number)
-        record["lineage"] = model_node_id(name, number)
+        number = self.store.resolve(name, version, namespace)
+        record = self.store.version(name, number, namespace)
+        record["lineage"] = model_node_id(name, number, namespace)
         return record
 
     def versions(
-        self, name: str, *, archived: bool = False, limit: int = 100, offset: int = 0
+        self,
+        name: str,
+        *,
+        archived: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+        namespace: str | None = DEFAULT_NAMESPACE,
     ) -> list[dict]:
+        namespace = check_namespace(namespace)
         check_name(name, "name")
-        return self.store.versions(name, archived=archived, limit=limit, offset=offset)
+        return self.store.versions(
+            name, archived=archived, limit=limit, offset=offset, namespace=namespace
+        )
 
-    def models(self, *, archived: bool = False) -> list[dict]:
+    def models(
+        self, *, archived: bool = False, namespace: str | None = DEFAULT_NAMESPACE
+    ) -> list[dict]:
+        """The models of `namespace` ('*': of every namespace) with their latest version."""
+        if namespace != ALL_NAMESPACES:
+            namespace = check_namespace(namespace)
         out = []
-        for name in self.store.names():
-            listed = self.store.versions(name, archived=archived, limit=10**9, offset=0)
+        for space, name in self.store.names(namespace):
+            listed = self.store.versions(
+                name, archived=archived, limit=10**9, offset=0, namespace=space
+            )
             if not listed:
                 continue
             latest = listed[-1]
             out.append(
                 {
+                    "namespace": space,
                     "name": name,
                     "versions": len(listed),
                     "latest": latest["version"],
                     "kind": latest["kind"],
                     "description": latest["description"],
-                    "aliases": self.store.current_aliases(name),
+                    "aliases": self.store.current_aliases(name, space),
                 }
             )
         return out
 
-    def default_version(self, name: str) -> int:
+    def default_version(self, name: str, *, namespace: str | None = DEFAULT_NAMESPACE) -> int:
         """What serving uses without a version: the `production` alias, else the newest
         version that is not archived."""
-        aliases = self.store.current_aliases(name)
+        namespace = check_namespace(namespace)
+        aliases = self.store.current_aliases(name, namespace)
         if DEFAULT_ALIAS in aliases:
             return aliases[DEFAULT_ALIAS]
-        listed = self.store.versions(name, archived=False, limit=10**9, offset=0)
+        listed = self.store.versions(
+            name, archived=False, limit=10**9, offset=0, namespace=namespace
+        )
         if not listed:
             raise NotFound(
-                f"every version of model '{name}' is archived",
+                f"every version of model {of(name, namespace)} is archived",
                 field="version",
                 fix="name a version or alias explicitly",
             )
         return listed[-1]["version"]
 
-    def artifact(self, name: str, version: int | str, filename: str) -> tuple[dict, Iterator]:
+    def artifact(
+        self,
+        name: str,
+        version: int | str,
+        filename: str,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> tuple[dict, Iterator]:
         """An uploaded artifact's record and its bytes (chunks)."""
+        namespace = check_namespace(namespace)
         check_name(filename, "filename", FILENAME)
-        number = self.store.resolve(name, version)
-        info = self.store.artifact(name, number, filename)
+        number = self.store.resolve(name, version, namespace)
+        info = self.store.artifact(name, number, filename, namespace)
         return info, self.artifacts.read(info["sha256"])
 
     # ---- serving -----------------------------------------------------------------------------
 
-    def predictor(self, name: str, version: int | str | None = None) -> tuple[int, Predictor]:
+    def predictor(
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> tuple[int, Predictor]:
+        """The loaded version (default: `default_version`) and its number; cached."""
+        namespace = check_namespace(namespace)
         check_name(name, "name")
         number = (
-            self.default_version(name) if version is None else self.store.resolve(name, version)
+            self.default_version(name, namespace=namespace)
+            if version is None
+            else self.store.resolve(name, version, namespace)
         )
-        key = (name, number)
+        key = (namespace, name, number)
         with self._predictors_lock:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
                 return number, self._predictors[key]
-        record = self.get(name, number)
+        record = self.get(name, number, namespace=namespace)
         missing = [a["filename"] for a in record["artifacts"] if not a["uploaded"]]
         if missing:
             raise Conflict(
                 f"{name}/{number} is incomplete: {', '.join(missing)} not uploaded",
                 field="artifacts",
-                fix=f"PUT /api/models/{name}/versions/{number}/artifacts/{missing[0]}",
+                fix=f"PUT /api/models/{name}/versions/{number}/artifacts/{missing[0]}"
+                + in_namespace(namespace),
             )
-        predictor = load_predictor(record, _Artifacts(self, name, number))
+        predictor = load_predictor(record, _Artifacts(self, namespace, name, number))
         with self._predictors_lock:  # versions are immutable, so a loaded one stays right
             self._predictors[key] = predictor
             while len(self._predictors) > PREDICTOR_CACHE:
                 self._predictors.popitem(last=False)
         return number, predictor
 
-    def predict(self, name: str, body: Any, version: int | str | None = None) -> dict:
-        number, predictor = self.predictor(name, version)
-        return {"name": name, "version": number, **predictor.predict(body)}
+    def predict(
+        self,
+        name: str,
+        body: Any,
+        version: int | str | None = None,
+        *,
+        namespace: str | None = DEFAULT_NAMESPACE,
+    ) -> dict:
+        namespace = check_namespace(namespace)
+        number, predictor = self.predictor(name, version, namespace=namespace)
+        return {"namespace": namespace, "name": name, "version": number, **predictor.predict(body)}
 
 
 class _Artifacts:
     """The `ArtifactReader` loaders get: one version's files, whole."""
 
-    def __init__(self, registry: Registry, name: str, version: int):
-        self.registry, self.name, self.version = registry, name, version
+    def __init__(self, registry: Registry, namespace: str, name: str, version: int):
+        self.registry, self.namespace = registry, namespace
+        self.name, self.version = name, version
 
     def read(self, filename: str) -> bytes:
-        declared = [a["filename"] for a in self.registry.get(self.name, self.version)["artifacts"]]
-        if filename not in declared:
+        record = self.registry.get(self.name, self.version, namespace=self.namespace)
+        if filename not in [a["filename"] for a in record["artifacts"]]:
             raise InvalidInput(
                 f"{self.name}/{self.version} has no artifact '{filename}', which its flavor needs",
                 field="artifacts",
                 fix=f"register a new version that lists '{filename}' in artifacts and upload it",
             )
-        _, chunks = self.registry.artifact(self.name, self.version, filename)
+        _, chunks = self.registry.artifact(
+            self.name, self.version, filename, namespace=self.namespace
+        )
         return b"".join(chunks)

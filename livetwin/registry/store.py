@@ -1,10 +1,12 @@
-"""Model registry metadata in `<data>/registry.db`: immutable versions, their artifacts' hashes,
-the archived flag and the alias history. Nothing here deletes a version.
+"""Model registry metadata in `<data>/registry.db` or PostgreSQL (store/servicedb.py): immutable
+versions, their artifacts' hashes, the archived flag and the alias history, per (namespace, name).
+Nothing here deletes a version.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +14,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from livetwin.errors import Conflict, InvalidInput, NotFound
-from livetwin.registry.db import SqliteFile
+from livetwin.schedule.triggers import check_namespace
+from livetwin.store.servicedb import open_service_db
 from livetwin.timefmt import format_ts, parse_ts
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -20,25 +23,83 @@ ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # starts with a letter: ne
 FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KINDS = ("deductive", "inductive", "hybrid")
 
+DEFAULT_NAMESPACE = "default"
+ALL_NAMESPACES = "*"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, created INTEGER NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (name, version));
+    namespace TEXT NOT NULL DEFAULT 'default', name TEXT NOT NULL, version INTEGER NOT NULL,
+    created INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, version));
 CREATE TABLE IF NOT EXISTS artifacts (
-    name TEXT NOT NULL, version INTEGER NOT NULL, filename TEXT NOT NULL,
-    sha256 TEXT NOT NULL, size INTEGER NOT NULL, uploaded INTEGER NOT NULL,
-    PRIMARY KEY (name, version, filename));
+    namespace TEXT NOT NULL DEFAULT 'default', name TEXT NOT NULL, version INTEGER NOT NULL,
+    filename TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, uploaded INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, version, filename));
 -- the archived flag is the one mutable thing about a version; every change is kept
 CREATE TABLE IF NOT EXISTS archive_log (
     n INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
-    archived INTEGER NOT NULL, at INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS archive_log_version ON archive_log (name, version, n);
--- moving an alias adds a record; the newest record per (name, alias) is the current one
+    archived INTEGER NOT NULL, at INTEGER NOT NULL, namespace TEXT NOT NULL DEFAULT 'default');
+CREATE INDEX IF NOT EXISTS archive_log_version ON archive_log (namespace, name, version, n);
+-- moving an alias adds a record; the newest record per (namespace, name, alias) is current
 CREATE TABLE IF NOT EXISTS aliases (
     n INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
-    version INTEGER NOT NULL, at INTEGER NOT NULL, author TEXT);
-CREATE INDEX IF NOT EXISTS aliases_name ON aliases (name, alias, n);
+    version INTEGER NOT NULL, at INTEGER NOT NULL, author TEXT,
+    namespace TEXT NOT NULL DEFAULT 'default');
+CREATE INDEX IF NOT EXISTS aliases_name ON aliases (namespace, name, alias, n);
 """
+
+# registry.db files from before namespaces: tables whose key becomes (namespace, ...), rebuilt
+# with every row copied into namespace 'default'; the log tables just gain the column
+_REKEYED = {
+    "versions": "name, version, created, body",
+    "artifacts": "name, version, filename, sha256, size, uploaded",
+}
+_EXTENDED = ("archive_log", "aliases")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a registry.db from before namespaces up to date, in place and in one transaction
+    (run before SCHEMA, which creates the new indexes)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    old = [t for t in (*_REKEYED, *_EXTENDED) if t in tables and not _has_namespace(conn, t)]
+    if not old:
+        return
+    create = {
+        table: statement
+        for statement in SCHEMA.split(";")
+        for table in _REKEYED
+        if f"CREATE TABLE IF NOT EXISTS {table} (" in statement
+    }
+    for table in old:
+        if table in _REKEYED:
+            columns = _REKEYED[table]
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_before_namespaces")
+            conn.execute(create[table])
+            conn.execute(
+                f"INSERT INTO {table} (namespace, {columns})"
+                f" SELECT 'default', {columns} FROM {table}_before_namespaces"
+            )
+            conn.execute(f"DROP TABLE {table}_before_namespaces")
+        else:
+            conn.execute(
+                f"ALTER TABLE {table} ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'"
+            )
+    conn.execute("DROP INDEX IF EXISTS archive_log_version")  # re-created with the namespace
+    conn.execute("DROP INDEX IF EXISTS aliases_name")
+
+
+def _has_namespace(conn: sqlite3.Connection, table: str) -> bool:
+    return any(row[1] == "namespace" for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def in_namespace(namespace: str) -> str:
+    """The query string that names a non-default namespace in a route (for fixes)."""
+    return "" if namespace == DEFAULT_NAMESPACE else f"?namespace={namespace}"
+
+
+def of(name: str, namespace: str) -> str:
+    """A model as messages name it: 'name', or 'name' in namespace 'ns'."""
+    return f"'{name}'" if namespace == DEFAULT_NAMESPACE else f"'{name}' (namespace '{namespace}')"
 
 
 def check_name(value: str, field: str, pattern: re.Pattern = NAME) -> str:
@@ -57,9 +118,12 @@ def check_name(value: str, field: str, pattern: re.Pattern = NAME) -> str:
 
 
 class ParentRef(BaseModel):
+    """A version this one derives from; `namespace` defaults to the new version's own."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     version: int = Field(ge=1)
+    namespace: str | None = None
 
 
 class TrainingPeriod(BaseModel):
@@ -115,6 +179,9 @@ def parse_version_spec(body: Any) -> VersionSpec:
         check_name(spec.flavor, "flavor")
     for i, filename in enumerate(spec.artifacts):
         check_name(filename, f"artifacts.{i}", FILENAME)
+    for i, parent in enumerate(spec.parents):
+        if parent.namespace is not None:
+            check_namespace(parent.namespace, f"parents.{i}.namespace")
     if len(set(spec.artifacts)) != len(spec.artifacts):
         raise InvalidInput("artifact names repeat", field="artifacts", fix="list each file once")
     if spec.training and spec.training.end < spec.training.start:
@@ -125,121 +192,155 @@ def parse_version_spec(body: Any) -> VersionSpec:
 
 
 class RegistryStore:
-    """Versions, artifacts, archive flags and aliases in `<directory>/registry.db`."""
+    """Versions, artifacts, archive flags and aliases in `<directory>/registry.db` (or the
+    configured PostgreSQL; `database_url` None reads LIVETWIN_DATABASE_URL), each keyed
+    by (namespace, name); a file from before namespaces is migrated in place when opened."""
 
-    def __init__(self, directory: str | Path):
-        self.db = SqliteFile(Path(directory) / "registry.db", SCHEMA)
+    def __init__(self, directory: str | Path, *, database_url: str | None = None):
+        self.db = open_service_db(
+            directory, "registry", SCHEMA, database_url=database_url, sqlite_migrate=migrate
+        )
 
     def close(self) -> None:
         self.db.close()
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def add_version(self, name: str, spec: VersionSpec, extra: dict, at: int) -> int:
+    def add_version(
+        self, name: str, spec: VersionSpec, extra: dict, at: int, namespace: str = "default"
+    ) -> int:
         """Store a new version (the next number); Conflict if `spec.version` is taken."""
-        body = spec.model_dump(mode="json", exclude={"version", "artifacts"})
+        body = spec.model_dump(mode="json", exclude={"version", "artifacts", "parents"})
+        body["parents"] = [p.model_dump(exclude_none=True) for p in spec.parents]
         body.update(extra)
         with self.db.write() as conn:
             latest = conn.execute(
-                "SELECT max(version) FROM versions WHERE name = ?", (name,)
+                "SELECT max(version) FROM versions WHERE namespace = ? AND name = ?",
+                (namespace, name),
             ).fetchone()[0]
             number = (latest or 0) + 1
             if spec.version is not None and spec.version != number:
                 if spec.version < number:
-                    raise immutable(name, spec.version, number)
+                    raise immutable(name, spec.version, number, namespace)
                 raise Conflict(
-                    f"model '{name}' would get version {number}, not {spec.version}",
+                    f"model {of(name, namespace)} would get version {number}, not {spec.version}",
                     field="version",
                     fix=f"versions are numbered 1, 2, ...: leave version out or send {number}",
                 )
             for p in spec.parents:
-                if not self._has(conn, p.name, p.version):
+                if not self._has(conn, p.namespace or namespace, p.name, p.version):
                     raise NotFound(
-                        f"parent version {p.name}/{p.version} does not exist",
+                        f"parent version {p.name}/{p.version} of namespace "
+                        f"'{p.namespace or namespace}' does not exist",
                         field="parents",
-                        fix="name registered versions as parents",
+                        fix="name registered versions as parents (give namespace for one in "
+                        "another namespace)",
                     )
             conn.execute(
-                "INSERT INTO versions VALUES (?,?,?,?)",
-                (name, number, at, orjson.dumps(body).decode()),
+                "INSERT INTO versions (namespace, name, version, created, body) VALUES (?,?,?,?,?)",
+                (namespace, name, number, at, orjson.dumps(body).decode()),
             )
             conn.executemany(
-                "INSERT INTO artifacts VALUES (?,?,?,'',0,0)",
-                [(name, number, f) for f in spec.artifacts],
+                "INSERT INTO artifacts (namespace, name, version, filename, sha256, size, uploaded)"
+                " VALUES (?,?,?,?,'',0,0)",
+                [(namespace, name, number, f) for f in spec.artifacts],
             )
         return number
 
     def add_artifact(
-        self, name: str, version: int, filename: str, sha256: str, size: int, at: int
+        self,
+        name: str,
+        version: int,
+        filename: str,
+        sha256: str,
+        size: int,
+        at: int,
+        namespace: str = "default",
     ) -> None:
         """Record the upload of a declared file; Conflict when it was uploaded before."""
         with self.db.write() as conn:
-            row = self._artifact_row(conn, name, version, filename)
+            row = self._artifact_row(conn, namespace, name, version, filename)
             if row[0]:
-                raise artifact_immutable(name, version, filename)
+                raise artifact_immutable(name, version, filename, namespace)
             conn.execute(
                 "UPDATE artifacts SET sha256 = ?, size = ?, uploaded = ?"
-                " WHERE name = ? AND version = ? AND filename = ?",
-                (sha256, int(size), int(at), name, version, filename),
+                " WHERE namespace = ? AND name = ? AND version = ? AND filename = ?",
+                (sha256, int(size), int(at), namespace, name, version, filename),
             )
 
-    def set_archived(self, name: str, version: int, archived: bool, at: int) -> None:
+    def set_archived(
+        self, name: str, version: int, archived: bool, at: int, namespace: str = "default"
+    ) -> None:
         with self.db.write() as conn:
-            self._require(conn, name, version)
+            self._require(conn, namespace, name, version)
             conn.execute(
-                "INSERT INTO archive_log (name, version, archived, at) VALUES (?,?,?,?)",
-                (name, version, int(archived), at),
+                "INSERT INTO archive_log (namespace, name, version, archived, at)"
+                " VALUES (?,?,?,?,?)",
+                (namespace, name, version, int(archived), at),
             )
 
-    def set_alias(self, name: str, alias: str, version: int, at: int, author: str | None) -> None:
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        at: int,
+        author: str | None,
+        namespace: str = "default",
+    ) -> None:
         with self.db.write() as conn:
-            self._require(conn, name, version)
+            self._require(conn, namespace, name, version)
             conn.execute(
-                "INSERT INTO aliases (name, alias, version, at, author) VALUES (?,?,?,?,?)",
-                (name, alias, version, at, author),
+                "INSERT INTO aliases (namespace, name, alias, version, at, author)"
+                " VALUES (?,?,?,?,?,?)",
+                (namespace, name, alias, version, at, author),
             )
 
     # ---- reads -------------------------------------------------------------------------------
 
     @staticmethod
-    def _has(conn, name: str, version: int) -> bool:
+    def _has(conn, namespace: str, name: str, version: int) -> bool:
         row = conn.execute(
-            "SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)
+            "SELECT 1 FROM versions WHERE namespace = ? AND name = ? AND version = ?",
+            (namespace, name, version),
         ).fetchone()
         return row is not None
 
-    def _require(self, conn, name: str, version: int) -> None:
-        if not self._has(conn, name, version):
-            self.version_count(name)  # NotFound for an unknown model
+    def _require(self, conn, namespace: str, name: str, version: int) -> None:
+        if not self._has(conn, namespace, name, version):
+            self.version_count(name, namespace)  # NotFound for an unknown model
             raise NotFound(
-                f"model '{name}' has no version {version}",
+                f"model {of(name, namespace)} has no version {version}",
                 field="version",
-                fix=f"GET /api/models/{name}/versions lists its versions",
+                fix=f"GET /api/models/{name}/versions{in_namespace(namespace)} lists its versions",
             )
 
-    def version_count(self, name: str) -> int:
+    def version_count(self, name: str, namespace: str = "default") -> int:
         row = (
             self.db.read()
-            .execute("SELECT count(*) FROM versions WHERE name = ?", (name,))
+            .execute(
+                "SELECT count(*) FROM versions WHERE namespace = ? AND name = ?", (namespace, name)
+            )
             .fetchone()
         )
         if not row[0]:
+            q = in_namespace(namespace)
             raise NotFound(
-                f"no model '{name}'",
+                f"no model {of(name, namespace)}",
                 field="name",
-                fix=f"register it with POST /api/models/{name}/versions (GET /api/models lists "
-                "models)",
+                fix=f"register it with POST /api/models/{name}/versions{q} (GET /api/models{q} "
+                "lists models; ?namespace=* lists every namespace)",
             )
         return row[0]
 
-    def _artifact_row(self, conn, name: str, version: int, filename: str) -> tuple:
+    def _artifact_row(self, conn, namespace: str, name: str, version: int, filename: str) -> tuple:
         row = conn.execute(
             "SELECT uploaded, sha256, size FROM artifacts"
-            " WHERE name = ? AND version = ? AND filename = ?",
-            (name, version, filename),
+            " WHERE namespace = ? AND name = ? AND version = ? AND filename = ?",
+            (namespace, name, version, filename),
         ).fetchone()
         if row is None:
-            self._require(conn, name, version)
+            self._require(conn, namespace, name, version)
             raise Conflict(
                 f"'{filename}' is not an artifact of {name}/{version}",
                 field="filename",
@@ -248,69 +349,81 @@ class RegistryStore:
             )
         return row
 
-    def artifact(self, name: str, version: int, filename: str) -> dict:
+    def artifact(self, name: str, version: int, filename: str, namespace: str = "default") -> dict:
         """An uploaded artifact's record (NotFound until it is uploaded)."""
-        uploaded, sha256, size = self._artifact_row(self.db.read(), name, version, filename)
+        conn = self.db.read()
+        uploaded, sha256, size = self._artifact_row(conn, namespace, name, version, filename)
         if not uploaded:
             raise NotFound(
                 f"artifact '{filename}' of {name}/{version} has not been uploaded",
                 field="filename",
-                fix=f"PUT /api/models/{name}/versions/{version}/artifacts/{filename}",
+                fix=f"PUT /api/models/{name}/versions/{version}/artifacts/{filename}"
+                + in_namespace(namespace),
             )
         return {"filename": filename, "sha256": sha256, "size": size}
 
-    def artifact_state(self, name: str, version: int, filename: str) -> bool:
+    def artifact_state(
+        self, name: str, version: int, filename: str, namespace: str = "default"
+    ) -> bool:
         """Whether a declared artifact was uploaded (Conflict if it is not declared)."""
-        return bool(self._artifact_row(self.db.read(), name, version, filename)[0])
+        return bool(self._artifact_row(self.db.read(), namespace, name, version, filename)[0])
 
-    def resolve(self, name: str, ref: str | int) -> int:
+    def resolve(self, name: str, ref: str | int, namespace: str = "default") -> int:
         """The version number for a number or an alias."""
-        self.version_count(name)
+        self.version_count(name, namespace)
         if isinstance(ref, int) or str(ref).isdigit():
             number = int(ref)
-            self._require(self.db.read(), name, number)
+            self._require(self.db.read(), namespace, name, number)
             return number
         check_name(str(ref), "alias", ALIAS)
         row = (
             self.db.read()
             .execute(
-                "SELECT version FROM aliases WHERE name = ? AND alias = ? ORDER BY n DESC LIMIT 1",
-                (name, ref),
+                "SELECT version FROM aliases WHERE namespace = ? AND name = ? AND alias = ?"
+                " ORDER BY n DESC LIMIT 1",
+                (namespace, name, ref),
             )
             .fetchone()
         )
         if row is None:
             raise NotFound(
-                f"model '{name}' has no alias '{ref}'",
+                f"model {of(name, namespace)} has no alias '{ref}'",
                 field="alias",
-                fix=f"set it with PUT /api/models/{name}/aliases/{ref} or use a version number",
+                fix=f"set it with PUT /api/models/{name}/aliases/{ref}{in_namespace(namespace)} "
+                "or use a version number",
             )
         return row[0]
 
-    def version(self, name: str, number: int) -> dict:
+    def version(self, name: str, number: int, namespace: str = "default") -> dict:
         conn = self.db.read()
-        self._require(conn, name, number)
+        self._require(conn, namespace, name, number)
         row = conn.execute(
-            "SELECT created, body FROM versions WHERE name = ? AND version = ?", (name, number)
+            "SELECT created, body FROM versions WHERE namespace = ? AND name = ? AND version = ?",
+            (namespace, name, number),
         ).fetchone()
-        return self._public(conn, name, number, row[0], row[1])
+        return self._public(conn, namespace, name, number, row[0], row[1])
 
-    def _public(self, conn, name: str, number: int, created: int, body: str) -> dict:
+    def _public(
+        self, conn, namespace: str, name: str, number: int, created: int, body: str
+    ) -> dict:
         data = orjson.loads(body)
         if data.get("training"):
             for key in ("start", "end"):
                 data["training"][key] = format_ts(data["training"][key])
+        key = (namespace, name, number)
         artifacts = conn.execute(
             "SELECT filename, sha256, size, uploaded FROM artifacts"
-            " WHERE name = ? AND version = ? ORDER BY filename",
-            (name, number),
+            " WHERE namespace = ? AND name = ? AND version = ? ORDER BY filename",
+            key,
         )
         archived = conn.execute(
-            "SELECT archived FROM archive_log WHERE name = ? AND version = ? ORDER BY n DESC"
-            " LIMIT 1",
-            (name, number),
+            "SELECT archived FROM archive_log WHERE namespace = ? AND name = ? AND version = ?"
+            " ORDER BY n DESC LIMIT 1",
+            key,
         ).fetchone()
+        aliases = self.current_aliases(name, namespace)
         return {
+            "namespace": namespace,
             "name": name,
             "version": number,
             "created": format_ts(created),
@@ -320,74 +433,106 @@ class RegistryStore:
                 for f, s, z, u in artifacts
             ],
             "archived": bool(archived and archived[0]),
-            "aliases": sorted(a for a, v in self.current_aliases(name).items() if v == number),
+            "aliases": sorted(a for a, v in aliases.items() if v == number),
         }
 
-    def versions(self, name: str, *, archived: bool, limit: int, offset: int) -> list[dict]:
-        self.version_count(name)
+    def versions(
+        self, name: str, *, archived: bool, limit: int, offset: int, namespace: str = "default"
+    ) -> list[dict]:
+        self.version_count(name, namespace)
         conn = self.db.read()
         rows = conn.execute(
-            "SELECT version, created, body FROM versions WHERE name = ? ORDER BY version",
-            (name,),
+            "SELECT version, created, body FROM versions WHERE namespace = ? AND name = ?"
+            " ORDER BY version",
+            (namespace, name),
         ).fetchall()
         out = []
         for number, created, body in rows:
-            record = self._public(conn, name, number, created, body)
+            record = self._public(conn, namespace, name, number, created, body)
             if archived or not record["archived"]:
                 out.append(record)
         return out[offset : offset + limit]
 
-    def current_aliases(self, name: str) -> dict[str, int]:
+    def current_aliases(self, name: str, namespace: str = "default") -> dict[str, int]:
         rows = self.db.read().execute(
-            "SELECT alias, version FROM aliases WHERE name = ? ORDER BY n", (name,)
+            "SELECT alias, version FROM aliases WHERE namespace = ? AND name = ? ORDER BY n",
+            (namespace, name),
         )
         return dict(rows.fetchall())
 
-    def alias_history(self, name: str) -> list[dict]:
+    def alias_history(self, name: str, namespace: str = "default") -> list[dict]:
         rows = self.db.read().execute(
-            "SELECT alias, version, at, author FROM aliases WHERE name = ? ORDER BY n", (name,)
+            "SELECT alias, version, at, author FROM aliases WHERE namespace = ? AND name = ?"
+            " ORDER BY n",
+            (namespace, name),
         )
         return [
             {"alias": a, "version": v, "at": format_ts(at), "author": who}
             for a, v, at, who in rows.fetchall()
         ]
 
-    def names(self) -> list[str]:
-        rows = self.db.read().execute("SELECT DISTINCT name FROM versions ORDER BY name")
-        return [n for (n,) in rows.fetchall()]
+    def names(self, namespace: str = "default") -> list[tuple[str, str]]:
+        """(namespace, name) of every model in `namespace` ('*': in every namespace)."""
+        if namespace == ALL_NAMESPACES:
+            rows = self.db.read().execute(
+                "SELECT DISTINCT namespace, name FROM versions ORDER BY namespace, name"
+            )
+        else:
+            rows = self.db.read().execute(
+                "SELECT DISTINCT namespace, name FROM versions WHERE namespace = ? ORDER BY name",
+                (namespace,),
+            )
+        return [tuple(row) for row in rows.fetchall()]
 
-    def lookup_ref(self, ref: str, code_hash: str | None) -> dict | None:
-        """The registered version of a model ref: the newest whose code hash matches, else the
-        newest with that ref (then `code_matches` is false); None when it is not registered."""
+    def lookup_ref(
+        self, ref: str, code_hash: str | None, namespace: str = ALL_NAMESPACES
+    ) -> dict | None:
+        """The registered version of a model ref (in `namespace`; '*': in any): the newest whose
+        code hash matches, else the newest with that ref (then `code_matches` is false); None
+        when it is not registered."""
+        where, args = f"{self.db.json_text('body', 'ref')} = ?", [ref]
+        if namespace != ALL_NAMESPACES:
+            where, args = where + " AND namespace = ?", [ref, namespace]
         found = (
             self.db.read()
             .execute(
-                "SELECT name, version, json_extract(body, '$.code_hash') FROM versions"
-                " WHERE json_extract(body, '$.ref') = ? ORDER BY created DESC, version DESC",
-                (ref,),
+                "SELECT namespace, name, version, "
+                f"{self.db.json_text('body', 'code_hash')} FROM versions"
+                f" WHERE {where} ORDER BY created DESC, version DESC",
+                args,
             )
             .fetchall()
         )
         if not found:
             return None
-        exact = [f for f in found if f[2] == code_hash]
-        name, number, stored = (exact or found)[0]
-        return {"name": name, "version": number, "code_matches": stored == code_hash}
+        exact = [f for f in found if f[3] == code_hash]
+        space, name, number, stored = (exact or found)[0]
+        return {
+            "namespace": space,
+            "name": name,
+            "version": number,
+            "code_matches": stored == code_hash,
+        }
 
 
-def immutable(name: str, version: int, latest: int | None = None) -> Conflict:
+def immutable(
+    name: str, version: int, latest: int | None = None, namespace: str = "default"
+) -> Conflict:
     nxt = f" (the next is {latest})" if latest else ""
     return Conflict(
-        f"version {version} of model '{name}' exists and versions are immutable",
+        f"version {version} of model {of(name, namespace)} exists and versions are immutable",
         field="version",
-        fix=f"register a new version with POST /api/models/{name}/versions{nxt}; "
-        "to hide an old one, POST .../archive",
+        fix=f"register a new version with POST /api/models/{name}/versions"
+        f"{in_namespace(namespace)}{nxt}; to hide an old one, POST .../archive",
     )
 
 
-def artifact_immutable(name: str, version: int, filename: str) -> Conflict:
+def artifact_immutable(
+    name: str, version: int, filename: str, namespace: str = "default"
+) -> Conflict:
     return Conflict(
         f"artifact '{filename}' of {name}/{version} was uploaded already and cannot change",
         field="filename",
-        fix=f"register a new version with POST /api/models/{name}/versions and upload it there",
+        fix=f"register a new version with POST /api/models/{name}/versions"
+        f"{in_namespace(namespace)} and upload it there",
     )
