@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote, urlencode
@@ -22,6 +23,7 @@ import uvicorn
 from livetwin.api.app import create_app
 from livetwin.examples.rollers import ROLLER_LINE, ROLLER_TYPE, observations, roller_fleet
 from livetwin.platform import Platform, wall_clock_ms
+from livetwin.settings import Settings
 from livetwin.ui import mount
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,11 +205,10 @@ def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
     assert platform.calibrate("roller_line")["status"] == "succeeded"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[SimpleNamespace]:
-    """A real uvicorn server in a thread on a free port, over a seeded platform."""
-    _require_browser()
-    platform = Platform(tmp_path_factory.mktemp("ui") / "data")
+@contextmanager
+def _serve(platform: Platform, seed=None) -> Iterator[SimpleNamespace]:
+    """A real uvicorn server in a thread on a free port over `platform` (closed afterwards);
+    `seed(platform)` runs once the server is up."""
     app = create_app(platform)
     if not any(getattr(route, "path", None) == "/" for route in app.routes):
         mount(app)  # until create_app mounts the dashboard itself
@@ -217,19 +218,29 @@ def server(tmp_path_factory) -> Iterator[SimpleNamespace]:
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.02)
-    _seed(platform, wall_clock_ms())
     try:
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not uv.started:
+            assert time.monotonic() < deadline, "the test server did not start"
+            time.sleep(0.02)
+        if seed is not None:
+            seed(platform)
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}", platform=platform)
     finally:
         uv.should_exit = True
         thread.join(10)
         sock.close()
         platform.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """The dashboard over a seeded platform."""
+    _require_browser()
+    platform = Platform(tmp_path_factory.mktemp("ui") / "data")
+    with _serve(platform, lambda p: _seed(p, wall_clock_ms())) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +335,7 @@ def test_every_page_loads_without_console_errors(server, page, errors):
     expect(page.locator("#crumbs")).to_contain_text("station-1")
     expect(page.locator('tr[data-name="eff"] .value')).to_have_text("0.8")
     expect(page.locator("#events tbody tr")).to_have_count(20)
+    expect(page.locator("#desired")).to_have_count(0)  # its type has no commands section
     assert errors == []
 
 
@@ -618,3 +630,138 @@ def test_the_lineage_of_a_calibrated_parameter_shows_its_model_version(server, p
     visit(page, server, f"/lineage?twin=line-1&name=w1&ts={ts[-1]}")
     expect(page.locator("#lineage .error")).to_contain_text("measured values have no producing run")
     assert [e for e in errors if "status of 404" not in e] == []
+
+
+MQTT = ("127.0.0.1", 1883)  # the real Mosquitto
+
+
+def _require_broker() -> None:
+    """Skip (or fail under CI=true) when Mosquitto is not listening."""
+    try:
+        socket.create_connection(MQTT, timeout=1).close()
+    except OSError:
+        message = f"Mosquitto is not reachable on {MQTT[0]}:{MQTT[1]} (start it: mosquitto -d)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def command_server(tmp_path, server) -> Iterator[SimpleNamespace]:
+    """A second dashboard whose platform owns a CommandService on the real broker, with a fan
+    (speed 0..100) whose commands go to a topic of its own, and a device subscribed to it."""
+    import paho.mqtt.client as mqtt
+    import paho.mqtt.enums
+
+    _require_broker()
+    prefix = f"ui-{os.getpid()}-{time.monotonic_ns()}"
+    fan = {
+        "properties": {"speed": {"unit": "rpm", "min": 0, "max": 100}, "temp": {"unit": "degC"}},
+        "parameters": {"gain": {"value": 1.0}},
+        "commands": {"topic": prefix + "/{twin}/set", "tolerance": 0.01},
+    }
+    received: list[dict] = []
+    subscribed = threading.Event()
+    device = mqtt.Client(paho.mqtt.enums.CallbackAPIVersion.VERSION2)
+    device.on_message = lambda c, u, m: received.append(json.loads(m.payload))
+    device.on_subscribe = lambda *args: subscribed.set()
+    device.connect(*MQTT)
+    device.subscribe(f"{prefix}/#", qos=1)
+    device.loop_start()
+
+    def seed(platform: Platform) -> None:
+        platform.put_type("fan", fan)
+        row = {"twin": "fan-1", "type": "fan", "values": {"speed": 10, "temp": 20}}
+        assert not platform.ingest([row]).rejected
+        deadline = time.monotonic() + 10
+        while not (platform.commands._client.is_connected() and subscribed.is_set()):
+            assert time.monotonic() < deadline, "no connection to the broker"
+            time.sleep(0.02)
+
+    settings = Settings(mqtt_host=MQTT[0], mqtt_port=MQTT[1], run_schedules=False)
+    try:
+        with _serve(Platform(tmp_path / "data", settings=settings), seed) as served:
+            served.received, served.topic = received, f"{prefix}/fan-1/set"
+            yield served
+    finally:
+        device.disconnect()
+        device.loop_stop()
+
+
+def test_a_desired_value_set_from_the_ui_turns_reached_when_reported(command_server, page, errors):
+    from playwright.sync_api import expect
+
+    server = command_server
+    desired_of = lambda: httpx.get(f"{server.url}/api/twins/fan-1/desired").json()  # noqa: E731
+    visit(page, server, "/twin/fan-1")
+    expect(page.locator("#live")).to_have_text("live")
+    speed = page.locator('table.desired tr[data-name="speed"]')
+    expect(page.locator("table.desired tbody tr")).to_have_count(3)  # speed, temp, gain
+    expect(speed.locator(".desired-value")).to_have_text("—")
+    expect(speed.locator(".reported-value")).to_have_text("10")
+    page.evaluate("window.notReloaded = true")
+
+    form = page.locator("form.set-desired")
+    form.locator('select[name="name"]').select_option("speed")
+    expect(form.locator(".hint")).to_have_text("0 … 100 rpm")
+    form.locator('input[name="value"]').fill("55")
+    form.locator("button").click()
+    expect(speed.locator(".desired-value")).to_have_text("55")
+    expect(speed.locator('[data-state="pending"]')).to_contain_text("pending since")
+    expect(page.locator(".desired-result .notice")).to_have_text(
+        f"speed = 55 sent to {server.topic}"
+    )
+    view = desired_of()
+    assert (view["desired"], view["pending"], view["command"]["published"]) == (
+        {"speed": 55.0},
+        ["speed"],
+        True,
+    )
+    deadline = time.monotonic() + 5
+    while not server.received:  # the device got the command the page sent
+        assert time.monotonic() < deadline, "the device received no command"
+        time.sleep(0.02)
+    assert server.received[0]["values"] == {"speed": 55.0}
+    assert server.received[0]["id"] == view["command"]["id"]
+
+    # the device reports the new speed: the row turns reached on screen, without a reload
+    server.platform.ingest([{"twin": "fan-1", "type": "fan", "values": {"speed": 55.004}}])
+    expect(speed.locator('[data-state="reached"]')).to_contain_text("reached")
+    expect(speed.locator(".reported-value")).to_have_text("55.004")
+    expect(speed.locator('[data-state="reached"] span[title]')).to_have_count(1)  # when
+    assert desired_of()["pending"] == []
+    assert page.evaluate("window.notReloaded") is True
+
+    # out of range: the server's 422 shows in place, naming the field; nothing changes
+    refused = api_error(server, "PUT", "/api/twins/fan-1/desired", json={"values": {"speed": 500}})
+    form.locator('input[name="value"]').fill("500")
+    form.locator("button").click()
+    error = page.locator(".desired-result .error")
+    expect(error).to_contain_text(refused["message"])
+    expect(error).to_contain_text("values.speed")
+    expect(form.locator('input[name="value"]')).to_have_attribute("aria-invalid", "true")
+    expect(form.locator('input[name="value"]')).to_have_value("500")
+    expect(speed.locator(".desired-value")).to_have_text("55")
+    assert desired_of()["desired"] == {"speed": 55.0}
+    assert [e for e in errors if "status of 422" not in e] == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#desired").screenshot(path=ARTIFACTS / "twin-desired-desktop.png")
+    page.set_viewport_size(PHONE)
+    # the card fits (its table scrolls in its own box); the page settles once Plotly re-lays out
+    assert (
+        page.eval_on_selector("#desired", "e => e.getBoundingClientRect().right") <= PHONE["width"]
+    )
+    page.wait_for_function("document.documentElement.scrollWidth - innerWidth <= 1", timeout=5000)
+
+
+def test_the_desired_state_card_says_when_the_server_has_no_broker(server, page):
+    from playwright.sync_api import expect
+
+    server.platform.put_type(
+        "valve", {"properties": {"open": {}}, "commands": {"topic": "v/{twin}"}}
+    )
+    server.platform.ingest([{"twin": "valve-1", "type": "valve", "values": {"open": 0}}])
+    visit(page, server, "/twin/valve-1")
+    error = page.locator("#desired .error")
+    expect(error).to_contain_text("commands need an MQTT broker")
+    expect(error).to_contain_text("mqtt")

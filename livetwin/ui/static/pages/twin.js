@@ -1,7 +1,9 @@
 // Twin detail: current values (live over Server-Sent Events), hierarchy, charts of history with
-// uncertainty bands, its open alarms (acknowledge in place) and its recent events.
+// uncertainty bands, desired vs reported values (types with commands), its open alarms
+// (acknowledge in place) and its recent events.
 import { api, coalesce, errorBox, qs, twinPath } from '../api.js';
 import { bandsOf, figure, loadPlotly, withBands } from '../chart.js';
+import { desiredCard } from '../desired.js';
 import { ago, fmt, freshness, h, link, localTime, replace, replaceQuery, table } from '../dom.js';
 import { alarmButtons, severityBadge, stateBadge } from './alarms.js';
 
@@ -82,6 +84,10 @@ export async function render(root, { args: [id], params, signal }) {
     valueCard('Derived', twin.derived, exprOf),
   );
   root.append(values);
+
+  // ---- desired vs reported (only types with a commands: section) ---------------------------
+  const desired = spec.commands ? desiredCard(id, spec, current, signal) : null;
+  if (desired) root.append(desired.element);
 
   // ---- open alarms -----------------------------------------------------------------------------
   const alarmList = h('div', { id: 'twin-alarms' });
@@ -248,7 +254,7 @@ export async function render(root, { args: [id], params, signal }) {
     }
   }
 
-  await Promise.all([draw(), loadEvents(), loadAlarms()]);
+  await Promise.all([draw(), loadEvents(), loadAlarms(), desired?.loaded]);
 
   // ---- live updates ----------------------------------------------------------------------------
   let redraw = null;
@@ -293,6 +299,7 @@ export async function render(root, { args: [id], params, signal }) {
       for (const [name, value] of Object.entries(msg.values)) show(name, value);
       setUpdated(new Date(msg.ts).toISOString());
     }
+    desired?.refresh();
     later();
   });
   source.addEventListener('reset', async () => {
@@ -306,6 +313,7 @@ export async function render(root, { args: [id], params, signal }) {
     setUpdated(fresh.updated);
     later();
     reloadAlarms();
+    desired?.refresh();
   });
   const tick = setInterval(() => setUpdated(Number.isFinite(lastTs) ? new Date(lastTs).toISOString() : null), 15_000);
   signal.addEventListener('abort', () => {
