@@ -4,17 +4,19 @@ conditions, engine-event triggers, event joins (FIFO, per key, namespaces), runs
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
 from conftest import PUMP, T0, obs
-from schedule_support import new_scheduler
+from schedule_support import FailingCommit, new_scheduler
 
 from livetwin.engine.events import Notice
 from livetwin.platform import Platform
 from livetwin.schedule import CronTrigger, Scheduler
+from livetwin.store.open import DATABASE_URL_ENV
 
 HOUR = 3_600_000
 
@@ -370,23 +372,6 @@ def test_one_scheduler_per_data_directory_and_allowed_modules(platform, schedule
         s.stop()
 
 
-class FailingCommit:
-    """Wraps the scheduler's connection; the next COMMIT fails like a full disk would."""
-
-    def __init__(self, db):
-        self.db, self.armed = db, True
-
-    def execute(self, sql, *args):
-        if sql == "COMMIT" and self.armed:
-            self.armed = False
-            self.db.execute("ROLLBACK")
-            raise OSError("disk full")
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self.db, name)
-
-
 def test_a_failed_commit_loses_nothing_acknowledged_and_runs_nothing_twice(platform, scheduler):
     from livetwin.errors import Unavailable
 
@@ -399,11 +384,12 @@ def test_a_failed_commit_loses_nothing_acknowledged_and_runs_nothing_twice(platf
     while scheduler.run(slow)["state"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    real = scheduler._db
-    scheduler._db = FailingCommit(real)
+    real = scheduler._store
+    scheduler._store = FailingCommit(real)
     with pytest.raises(Unavailable):
         scheduler.post_event("b", {"n": 2})  # not acknowledged: not stored, no run
-    scheduler._db = real
+    assert scheduler._store.failures == 0  # it was the commit that failed
+    scheduler._store = real
     scheduler.tick()  # dispatches whatever the recovery queued: the running "slow" must not be
     assert scheduler.function("pair")["joins"] == [
         {"key": None, "ready": {"a": 1}, "waiting": ["b"]}
@@ -431,3 +417,16 @@ def test_runs_of_a_callable_not_yet_registered_wait_for_it(tmp_path, clock):
             assert s.wait(run)["result"] == "second process"
         finally:
             s.stop()
+
+
+def test_a_schedule_db_from_before_the_meta_table_keeps_its_event_ids(tmp_path, clock, monkeypatch):
+    """Older files kept the event-id high-water mark only in sqlite_sequence."""
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)  # a SQLite file, whatever is configured
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        last = platform.scheduler.post_events([{"name": "tick"}] * 3)[-1]["id"]
+    with sqlite3.connect(tmp_path / "d" / "schedule.db") as db:
+        db.execute("DROP TABLE meta")
+        db.execute("DELETE FROM events")  # pruned: only sqlite_sequence remembers
+    db.close()
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        assert platform.scheduler.post_event("tick")["id"] == last + 1

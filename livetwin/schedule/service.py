@@ -1,10 +1,11 @@
 """The scheduler service: triggers, event joins, and runs of functions on a worker pool.
 
 One writer thread owns all scheduler state: every change (a posted event, a due trigger, a run
-starting or finishing) is an operation on its queue, applied in groups that share one SQLite
-transaction (one fsync), so a posted event is durable before the call returns and a join
-consumes its events in the same transaction that records the run. Functions run on a thread
-pool with a concurrency limit per function; a failing or slow one only occupies its own slots.
+starting or finishing) is an operation on its queue, applied in groups that share one database
+transaction (SQLite or PostgreSQL, see store.py), so a posted event is durable before the call
+returns and a join consumes its events in the same transaction that records the run. Functions
+run on a thread pool with a concurrency limit per function; a failing or slow one only occupies
+its own slots.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class _Op:
 
 
 class Scheduler:
-    """Triggers, event joins and function runs for one platform (state in `schedule.db`).
+    """Triggers, event joins and function runs for one platform (state in `schedule.db`, or a
+    PostgreSQL schema when `database_url` / LIVETWIN_DATABASE_URL is set).
 
     `tick()` fires the time triggers due at `platform.clock()`; the service's own thread calls
     it when a trigger falls due, and tests with a FakeClock call it directly after moving time.
@@ -143,6 +145,7 @@ class Scheduler:
         catch_up_limit: int = 1_000,
         event_retention_ms: int = 7 * 86_400_000,
         allow_modules: tuple[str, ...] = (),
+        database_url: str | None = None,
     ):
         self.platform = platform
         self.clock = platform.clock
@@ -152,16 +155,9 @@ class Scheduler:
         self.event_retention_ms = event_retention_ms
         self.allow_modules = allow_modules
         self.path = platform.path / "schedule.db"
-        self._lock_file = store.lock(platform.path / "schedule.lock")
-        try:
-            self._db = store.connect(self.path)
-            self._db.executescript(store.SCHEMA)
-            self._read = store.connect(self.path)
-        except BaseException:
-            self._lock_file.close()
-            raise
-        self._sync = "FULL"
-        self._read_lock = threading.Lock()
+        self._store, self._owner_lock = store.open_owned(platform.path, database_url)
+        self._sqlite = self._store.dialect == "sqlite"
+        self._sync = threading.local()  # the synchronous level of this thread's SQLite connection
         self._state_lock = threading.RLock()
         self._changed = threading.Condition()
         self.invoker = Invoker()
@@ -179,34 +175,52 @@ class Scheduler:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
+    def _read_state(self) -> dict[str, Any]:
+        """All durable state, read in one transaction (a consistent snapshot); nothing in
+        memory changes, so a database that fails here leaves the scheduler as it was."""
+        with self._store.write() as db:
+            return {
+                "functions": db.execute("SELECT namespace, name, spec FROM functions").fetchall(),
+                "schedules": db.execute(
+                    "SELECT id, namespace, function, trigger, missed, args, description, "
+                    "enabled, next_at, last_fired, fired, last_error, created FROM schedules "
+                    "ORDER BY created"
+                ).fetchall(),
+                "conditions": db.execute("SELECT schedule_id, twin FROM conditions").fetchall(),
+                "inbox": db.execute(
+                    "SELECT i.namespace, i.function, e.id, e.name, e.key, e.data, e.ts "
+                    "FROM inbox i JOIN events e ON e.id = i.event_id ORDER BY e.id"
+                ).fetchall(),
+                "last_event_id": store.last_event_id(self._store),
+                "runs": db.execute(
+                    "SELECT id, namespace, function, schedule_id, trigger, args, events, "
+                    "attempts, logs FROM runs WHERE state IN ('queued', 'running') ORDER BY n"
+                ).fetchall(),
+            }
+
     def _load(self) -> None:
         """Read functions, schedules, pending joins and unfinished runs from the database."""
-        db = self._db
+        rows = self._read_state()
+        self._reload = False  # set when memory may hold what a failed transaction undid
         self._functions: dict[Key, FunctionSpec] = {}
-        for ns, name, spec in db.execute("SELECT namespace, name, spec FROM functions"):
+        for ns, name, spec in rows["functions"]:
             self._functions[(ns, name)] = parse_function(
                 name, orjson.loads(spec), ns, resolve=False
             )
         self._schedules: dict[str, Schedule] = {}
-        for row in db.execute(
-            "SELECT id, namespace, function, trigger, missed, args, description, enabled, "
-            "next_at, last_fired, fired, last_error, created FROM schedules ORDER BY created"
-        ):
+        for row in rows["schedules"]:
             sid, ns, fn, trig, missed, args, desc, enabled, nxt, last, fired, err, created = row
             trigger = parse_trigger(orjson.loads(trig), created)
             self._schedules[sid] = Schedule(
                 sid, ns, fn, trigger, missed, orjson.loads(args), desc, bool(enabled), nxt,
                 last, fired, err, created,
             )  # fmt: skip
-        for sid, twin in db.execute("SELECT schedule_id, twin FROM conditions"):
+        for sid, twin in rows["conditions"]:
             if sid in self._schedules:
                 self._schedules[sid].true_twins.add(twin)
         # inbox[(ns, fn)][key][event name] = FIFO of (event id, event dict)
         self._inbox: dict[Key, dict[str | None, dict[str, deque]]] = {}
-        for ns, fn, eid, name, key, data, ts in db.execute(
-            "SELECT i.namespace, i.function, e.id, e.name, e.key, e.data, e.ts FROM inbox i "
-            "JOIN events e ON e.id = i.event_id ORDER BY e.id"
-        ):
+        for ns, fn, eid, name, key, data, ts in rows["inbox"]:
             event = _event_dict(eid, name, key, data, ts)
             self._pending((ns, fn), key, name).append((eid, event))
         self._active: dict[str, RunItem] = {}
@@ -219,15 +233,8 @@ class Scheduler:
         self._finished: list[tuple] = []
         self._posted = 0
         self._run_rows: list[tuple] | None = None
-        (last_event,) = db.execute(
-            "SELECT max(coalesce((SELECT max(id) FROM events), 0), "
-            "coalesce((SELECT seq FROM sqlite_sequence WHERE name='events'), 0))"
-        ).fetchone()
-        self._next_event_id = last_event + 1
-        for row in db.execute(
-            "SELECT id, namespace, function, schedule_id, trigger, args, events, attempts, logs "
-            "FROM runs WHERE state IN ('queued', 'running') ORDER BY n"
-        ):
+        self._next_event_id = rows["last_event_id"] + 1
+        for row in rows["runs"]:
             run_id, ns, fn, sid, trig, args, events, attempts, logs = row
             item = RunItem(
                 run_id, (ns, fn), sid, orjson.loads(trig), orjson.loads(args),
@@ -242,8 +249,8 @@ class Scheduler:
             return self
         if self._closed:
             raise Unavailable("the scheduler was stopped", fix="create a new Scheduler")
-        with self._state_lock:
-            self._db.execute(
+        with self._state_lock, self._store.write() as db:
+            db.execute(
                 "UPDATE runs SET state='queued' WHERE state='running'"
             )  # interrupted by the last stop or crash: they run again
             self._prune_events(self.clock())
@@ -280,10 +287,9 @@ class Scheduler:
         self.invoker.close()
         if self._workflows is not None:
             self._workflows.close()
-        with self._state_lock, self._read_lock:
-            self._db.close()
-            self._read.close()
-        self._lock_file.close()
+        with self._state_lock:
+            self._store.close()
+        self._owner_lock.close()
 
     def __enter__(self) -> Scheduler:
         return self.start()
@@ -292,6 +298,11 @@ class Scheduler:
         self.stop()
 
     # ---- the writer thread ---------------------------------------------------------------
+
+    @property
+    def _db(self) -> Any:
+        """The connection for this thread: inside `_apply`'s transaction, that transaction."""
+        return self._store.read()
 
     def _call(self, fn: Callable, *args) -> Any:
         """Apply an operation on the writer thread and wait for its result."""
@@ -344,49 +355,49 @@ class Scheduler:
         now = self.clock()
         due = self._next_due is not None and self._next_due <= now and not self._stopping
         retry = bool(self._delayed) and self._delayed[0][0] <= time.monotonic()
-        if not ops and not due and not retry:
+        if not ops and not due and not retry and not self._reload:  # a reload is retried
             return
-        db = self._db
+        if self._reload and not self._recovered(ops):
+            return
         # Acknowledged work (a posted event, a new schedule) is fsynced before the answer; run
-        # bookkeeping alone is not: an OS crash may lose it, and those runs then run again.
-        sync = "FULL" if any(op.future is not None for op in ops) else "NORMAL"
-        if sync != self._sync:
-            db.execute(f"PRAGMA synchronous={sync}")
-            self._sync = sync
+        # bookkeeping alone is not on SQLite: an OS crash may lose it, and those runs then run
+        # again. (A PostgreSQL commit is durable either way.)
+        if self._sqlite:
+            self._set_sync("FULL" if any(op.future is not None for op in ops) else "NORMAL")
         results: list[tuple[_Op, Any, BaseException | None]] = []
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                if op.future is None:  # internal bookkeeping: no caller to answer
+            with self._store.write() as db:
+                for op in ops:
+                    if op.future is None:  # internal bookkeeping: no caller to answer
+                        try:
+                            op.fn(*op.args)
+                        except Exception:
+                            log.exception("scheduler operation %s failed", op.fn.__name__)
+                        continue
+                    db.execute("SAVEPOINT op")  # a caller's error undoes only its own writes
                     try:
-                        op.fn(*op.args)
-                    except Exception:
-                        log.exception("scheduler operation %s failed", op.fn.__name__)
-                    continue
-                db.execute("SAVEPOINT op")  # a caller's error undoes only its own writes
-                try:
-                    results.append((op, op.fn(*op.args), None))
-                    db.execute("RELEASE op")
-                except Exception as exc:
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
-                    if not isinstance(exc, LivetwinError):
-                        log.exception("scheduler operation %s failed", op.fn.__name__)
-                    results.append((op, None, exc))
-            if due:
-                self._fire_due(now)
-            self._release_retries()
-            self._write_outcomes()
-            db.execute("COMMIT")
-        except BaseException as exc:
+                        results.append((op, op.fn(*op.args), None))
+                        db.execute("RELEASE op")
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO op")
+                        db.execute("RELEASE op")
+                        if not isinstance(exc, LivetwinError):
+                            log.exception("scheduler operation %s failed", op.fn.__name__)
+                        results.append((op, None, exc))
+                if due:
+                    self._fire_due(now)
+                self._release_retries()
+                self._write_outcomes()
+        except BaseException as exc:  # rolled back by write()
             log.exception("a scheduler transaction failed; reloading its state")
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            error = Unavailable(f"nothing was stored: {exc}", fix="check the disk and retry")
+            error = Unavailable(
+                f"nothing was stored: {exc}", fix="check the disk or the database and retry"
+            )
             for op in ops:
                 if op.future is not None:
                     op.future.set_exception(error)
-            self._recover()
+            self._reload = True
+            self._recovered([])
             return
         for op, value, exc in results:
             if op.future is not None:
@@ -400,6 +411,29 @@ class Scheduler:
         self._dispatch()
         with self._changed:
             self._changed.notify_all()
+
+    def _set_sync(self, level: str) -> None:
+        """PRAGMA synchronous on this thread's SQLite connection, when it changes."""
+        if getattr(self._sync, "level", "FULL") != level:  # servicedb connects with FULL
+            self._db.execute(f"PRAGMA synchronous={level}")
+            self._sync.level = level
+
+    def _recovered(self, ops: list[_Op]) -> bool:
+        """Reload the durable state after a failed transaction; False (and `ops` answered
+        Unavailable) while the database cannot be read."""
+        try:
+            self._recover()
+            return True
+        except Exception as exc:
+            log.warning("the scheduler cannot reload its state yet: %s", exc)
+            error = Unavailable(
+                f"the scheduler's database is unavailable: {exc}",
+                fix="check the disk or the database and retry",
+            )
+            for op in ops:
+                if op.future is not None:
+                    op.future.set_exception(error)
+            return False
 
     def _recover(self) -> None:
         """After a failed commit: reload what is durable, keeping track of runs on the pool
@@ -709,17 +743,16 @@ class Scheduler:
                     joins.append({"key": group_key, "ready": ready, "waiting": waiting})
             running = self._running[key]
             queued = sum(1 for item in self._active.values() if item.key == key) - running
-        with self._read_lock:
-            last = self._read.execute(
-                "SELECT id, state, finished, error FROM runs WHERE namespace=? AND function=? "
-                "AND state IN ('succeeded', 'failed') ORDER BY n DESC LIMIT 1",
-                key,
-            ).fetchall()
-            failed = self._read.execute(
-                "SELECT id, finished, error FROM runs WHERE namespace=? AND function=? "
-                "AND state='failed' ORDER BY n DESC LIMIT 1",
-                key,
-            ).fetchall()
+        last = self._db.execute(
+            "SELECT id, state, finished, error FROM runs WHERE namespace=? AND function=? "
+            "AND state IN ('succeeded', 'failed') ORDER BY n DESC LIMIT 1",
+            key,
+        ).fetchall()
+        failed = self._db.execute(
+            "SELECT id, finished, error FROM runs WHERE namespace=? AND function=? "
+            "AND state='failed' ORDER BY n DESC LIMIT 1",
+            key,
+        ).fetchall()
         return {
             **spec.to_dict(),
             "joins": joins,
@@ -1084,6 +1117,7 @@ class Scheduler:
     def _prune_events(self, now: int) -> None:
         """Forget posted events past retention that no join still waits for."""
         self._posted = 0
+        store.keep_last_event_id(self._db, self._next_event_id - 1)  # deleted ids stay used
         self._db.execute(
             "DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM inbox)",
             (now - self.event_retention_ms,),
@@ -1222,7 +1256,7 @@ class Scheduler:
             return
         sched.true_twins.update(rising)
         self._db.executemany(
-            "INSERT OR IGNORE INTO conditions (schedule_id, twin) VALUES (?,?)",
+            "INSERT INTO conditions (schedule_id, twin) VALUES (?,?) ON CONFLICT DO NOTHING",
             [(sched.id, t) for t in rising],
         )
         for twin in rising:
@@ -1279,16 +1313,14 @@ class Scheduler:
         sql = f"SELECT {store.RUN_COLUMNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with self._read_lock:
-            rows = self._read.execute(sql + " ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._db.execute(sql + " ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._live(store.run_dict(row, logs=False)) for row in rows]
 
     def run(self, run_id: str) -> dict:
         """One run with its logs, result or error."""
-        with self._read_lock:
-            rows = self._read.execute(
-                f"SELECT {store.RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)
-            ).fetchall()
+        rows = self._db.execute(
+            f"SELECT {store.RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)
+        ).fetchall()
         if not rows:
             raise NotFound(f"no run '{run_id}'", field="id", fix="list runs with GET /api/runs")
         return self._live(store.run_dict(rows[0]))
@@ -1336,8 +1368,7 @@ class Scheduler:
             }
 
     def _runs_by_state(self) -> dict[str, int]:
-        with self._read_lock:
-            return dict(self._read.execute("SELECT state, count(*) FROM runs GROUP BY state"))
+        return dict(self._db.execute("SELECT state, count(*) FROM runs GROUP BY state"))
 
 
 class _RunLogHandler(logging.Handler):

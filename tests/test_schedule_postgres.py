@@ -1,0 +1,186 @@
+"""The scheduler's state on both backends: SQLite (`<data>/schedule.db`) and PostgreSQL (a fresh
+schema per test, LIVETWIN_DATABASE_URL set): joins and cron schedules across a restart, run
+listings, event ids never reused, one scheduler per deployment."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+from conftest import FakeClock
+from postgres_support import PG_URL, fresh_schema
+from schedule_support import FailingCommit
+
+from livetwin.errors import Unavailable
+from livetwin.platform import Platform
+from livetwin.schedule import Scheduler
+from livetwin.store.open import DATABASE_URL_ENV
+
+HOUR = 3_600_000
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, monkeypatch):
+    """'sqlite', or the PostgreSQL URL of a fresh schema (set as LIVETWIN_DATABASE_URL)."""
+    if request.param == "sqlite":
+        monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+        yield "sqlite"
+        return
+    with fresh_schema() as url:
+        monkeypatch.setenv(DATABASE_URL_ENV, url)
+        yield url
+
+
+def scheduler_schema_tables(url: str) -> set[str]:
+    """The tables of the scheduler's own PostgreSQL schema (`<schema>_schedule`)."""
+    with psycopg.connect(PG_URL) as conn:
+        rows = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema LIKE %s",
+            ("%\\_schedule",),
+        ).fetchall()
+    schema = url.rsplit("%3D", 1)[1]
+    return {table for owner, table in rows if owner == f"{schema}_schedule"}
+
+
+def test_the_state_lives_in_the_configured_backend(backend, tmp_path):
+    with Platform(tmp_path / "data", clock=FakeClock()) as platform:
+        platform.scheduler.register("job", lambda ctx: None)
+    if backend == "sqlite":
+        assert (tmp_path / "data" / "schedule.db").exists()
+    else:
+        assert not (tmp_path / "data" / "schedule.db").exists()
+        assert {"functions", "schedules", "events", "inbox", "runs", "meta"} <= (
+            scheduler_schema_tables(backend)
+        )
+
+
+def test_a_join_across_a_restart_runs_exactly_once(backend, tmp_path):
+    clock, calls = FakeClock(), []
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append([e["data"] for e in ctx.events]))
+        s.register("pair", lambda ctx: None, events=["a", "b"])
+        first = s.post_event("a", {"n": 1}, key="k1")
+        assert first["runs"] == []
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append([e["data"] for e in ctx.events]),
+                   events=["a", "b"])  # fmt: skip
+        assert s.function("pair")["joins"] == [{"key": "k1", "ready": {"a": 1}, "waiting": ["b"]}]
+        second = s.post_event("b", {"n": 2}, key="k1")
+        assert second["id"] > first["id"]
+        (run,) = second["runs"]
+        assert s.wait(run)["state"] == "succeeded"
+        assert s.post_event("b", {"n": 3}, key="k1")["runs"] == []  # "a" was consumed
+        s.wait_idle(10)
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append("again"), events=["a", "b"])
+        s.tick()
+        s.wait_idle(10)
+        assert [r["id"] for r in s.runs(function="pair")] == [run]
+        assert s.function("pair")["joins"] == [{"key": "k1", "ready": {"b": 1}, "waiting": ["a"]}]
+    assert calls == [[{"n": 1}, {"n": 2}]]
+
+
+def test_a_cron_schedule_is_kept_and_fires_after_a_restart(backend, tmp_path):
+    clock, calls = FakeClock(ms("2026-03-02T09:30:00")), []
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        platform.scheduler.register("report", lambda ctx: None)
+        sid = platform.scheduler.add_schedule(
+            {"id": "hourly", "function": "report", "args": {"to": "ops"},
+             "trigger": {"kind": "cron", "cron": "0 * * * *", "tz": "Europe/Berlin"}}
+        )["id"]  # fmt: skip
+        assert platform.scheduler.schedule(sid)["fired"] == 0
+    clock.now = ms("2026-03-02T10:00:00")  # 11:00 in Berlin: one run due while it was down
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        s = platform.scheduler
+        s.register("report", lambda ctx: calls.append((ctx.args["to"], ctx.trigger)))
+        s.tick()
+        s.wait_idle(10)
+        clock.now += HOUR
+        s.tick()
+        s.wait_idle(10)
+        runs = s.runs(schedule=sid)
+        assert [r["state"] for r in runs] == ["succeeded", "succeeded"]
+        assert s.schedule(sid)["fired"] == 2
+    assert [(to, t["scheduled_for"]) for to, t in calls] == [
+        ("ops", ms("2026-03-02T10:00:00")),
+        ("ops", ms("2026-03-02T11:00:00")),
+    ]
+
+
+def test_runs_are_listed_newest_first_with_filters(backend, tmp_path):
+    with Platform(tmp_path / "data", clock=FakeClock()) as platform:
+        s = platform.scheduler
+        s.register("ok", lambda ctx: ctx.args["i"])
+        s.register("bad", lambda ctx: 1 / 0, retries=0)
+        s.register("ok", lambda ctx: "other", namespace="lab")
+        oks = [s.run_function("ok", args={"i": i})["id"] for i in range(3)]
+        bad = s.run_function("bad")["id"]
+        lab = s.run_function("ok", namespace="lab")["id"]
+        s.wait_idle(10)
+        assert [r["id"] for r in s.runs()] == [lab, bad, *reversed(oks)]
+        assert [r["id"] for r in s.runs(function="ok")] == [lab, *reversed(oks)]
+        assert [r["id"] for r in s.runs(function="ok", namespace="default")] == oks[::-1]
+        assert [r["id"] for r in s.runs(namespace="lab")] == [lab]
+        assert [r["id"] for r in s.runs(state="failed")] == [bad]
+        assert [r["id"] for r in s.runs(state="succeeded", limit=2)] == [lab, oks[2]]
+        assert s.run(oks[1])["result"] == 1
+        assert "ZeroDivisionError" in s.run(bad)["error"]
+        assert s.stats()["runs"] == {"succeeded": 4, "failed": 1}
+
+
+def test_event_ids_are_not_reused_after_old_events_are_pruned(backend, tmp_path):
+    clock = FakeClock()
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        last = platform.scheduler.post_events([{"name": "tick"}] * 3)[-1]["id"]
+    clock.now += 8 * 24 * HOUR  # past the week of retention: pruned on the next start
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        assert platform.scheduler.stats()["pending_events"] == 0
+    with Platform(tmp_path / "data", clock=clock) as platform:  # no event row left to count on
+        assert platform.scheduler.post_event("tick")["id"] == last + 1
+
+
+def test_a_second_scheduler_is_refused(backend, tmp_path):
+    with Platform(tmp_path / "data", clock=FakeClock()) as platform:
+        with pytest.raises(Unavailable, match="another scheduler already runs") as refused:
+            Scheduler(platform)
+        if backend != "sqlite":  # another machine's data directory, the same database
+            elsewhere = SimpleNamespace(path=Path(tmp_path / "elsewhere"), clock=platform.clock,
+                                        bus=platform.bus)  # fmt: skip
+            elsewhere.path.mkdir()
+            with pytest.raises(Unavailable, match="PostgreSQL schema"):
+                Scheduler(elsewhere)
+        assert refused.value.fix
+        platform.scheduler.stop()
+        s = platform.scheduler = Scheduler(platform).start()  # the lock went with the first one
+        s.register("job", lambda ctx: "fine")
+        assert s.wait(s.run_function("job")["id"])["result"] == "fine"
+
+
+@pytest.mark.parametrize("failures", [1, 2])  # 2: reloading the state fails once too
+def test_a_failed_transaction_stores_nothing_and_the_state_is_reloaded(backend, tmp_path, failures):
+    with Platform(tmp_path / "data", clock=FakeClock()) as platform:
+        s = platform.scheduler
+        s.register("pair", lambda ctx: [e["data"] for e in ctx.events], events=["a", "b"])
+        s.post_event("a", {"n": 1})
+        real = s._store
+        s._store = FailingCommit(real, failures)
+        with pytest.raises(Unavailable, match="nothing was stored"):
+            s.post_event("b", {"n": 2})  # would have joined: undone, in memory too
+        s.tick()  # an operation: the state is reloaded first (failed once more with 2)
+        assert s.function("pair")["joins"] == [{"key": None, "ready": {"a": 1}, "waiting": ["b"]}]
+        assert s._store.failures == 0
+        s._store = real
+        (run,) = s.post_event("b", {"n": 3})["runs"]
+        assert s.wait(run)["result"] == [{"n": 1}, {"n": 3}]
+        assert [r["id"] for r in s.runs(function="pair")] == [run]
