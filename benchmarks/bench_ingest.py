@@ -567,6 +567,12 @@ class _backend_location:
 
             with psycopg.connect(self.base, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+                services = conn.execute(  # the services' schemas: <schema>_alarms, ...
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                    (self.schema + "\\_%",),
+                ).fetchall()
+                for (name,) in services:
+                    conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def _open_platform(location: dict, path: Path):
