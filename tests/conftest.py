@@ -51,6 +51,23 @@ def client(platform):
         yield c
 
 
+MQTT_HOST, MQTT_PORT = "127.0.0.1", 1883  # the machine's Mosquitto
+
+
+def require_mosquitto() -> None:
+    """Skip when Mosquitto is not listening (fail under CI=true, where it must be)."""
+    import os
+    import socket
+
+    try:
+        socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=1).close()
+    except OSError:
+        message = f"Mosquitto is not reachable on {MQTT_HOST}:{MQTT_PORT} (start it: mosquitto -d)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def obs(twin: str, ts: int, type: str = "pump", **values) -> dict:
     return {"twin": twin, "type": type, "ts": ts, "values": values}
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import queue
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +10,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import T0, obs
+from conftest import T0, obs, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -24,13 +22,7 @@ HOST, PORT = "127.0.0.1", 1883
 
 @pytest.fixture(scope="module", autouse=True)
 def broker() -> None:
-    try:
-        socket.create_connection((HOST, PORT), timeout=1).close()
-    except OSError:
-        message = f"Mosquitto is not reachable on {HOST}:{PORT} (start it: mosquitto -d)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_mosquitto()
 
 
 @pytest.fixture

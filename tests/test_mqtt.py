@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -11,7 +10,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import PUMP
+from conftest import PUMP, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -28,21 +27,9 @@ from livetwin.ingest.mqtt import (
 HOST, PORT = "127.0.0.1", 1883
 
 
-def _broker_up() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module", autouse=True)
 def broker() -> None:
-    if not _broker_up():
-        message = f"Mosquitto is not reachable on {HOST}:{PORT} (start it: mosquitto -d)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_mosquitto()
 
 
 @pytest.fixture

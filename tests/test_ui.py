@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import pytest
 import uvicorn
+from conftest import require_mosquitto
 
 from livetwin.api.app import create_app
 from livetwin.examples.rollers import ROLLER_LINE, ROLLER_TYPE, observations, roller_fleet
@@ -635,17 +636,6 @@ def test_the_lineage_of_a_calibrated_parameter_shows_its_model_version(server, p
 MQTT = ("127.0.0.1", 1883)  # the real Mosquitto
 
 
-def _require_broker() -> None:
-    """Skip (or fail under CI=true) when Mosquitto is not listening."""
-    try:
-        socket.create_connection(MQTT, timeout=1).close()
-    except OSError:
-        message = f"Mosquitto is not reachable on {MQTT[0]}:{MQTT[1]} (start it: mosquitto -d)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture
 def command_server(tmp_path, server) -> Iterator[SimpleNamespace]:
     """A second dashboard whose platform owns a CommandService on the real broker, with a fan
@@ -653,7 +643,7 @@ def command_server(tmp_path, server) -> Iterator[SimpleNamespace]:
     import paho.mqtt.client as mqtt
     import paho.mqtt.enums
 
-    _require_broker()
+    require_mosquitto()
     prefix = f"ui-{os.getpid()}-{time.monotonic_ns()}"
     fan = {
         "properties": {"speed": {"unit": "rpm", "min": 0, "max": 100}, "temp": {"unit": "degC"}},

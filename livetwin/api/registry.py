@@ -11,12 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
+from livetwin.api.body import read_body
+from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.registry.lineage import LineageStore, to_graphml
 from livetwin.registry.service import Registry
 from livetwin.timefmt import parse_ts
@@ -68,22 +68,6 @@ class NotAllowed(LivetwinError):
     code = "method_not_allowed"
 
 
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BODY:
-        raise PayloadTooLarge(
-            f"body exceeds the limit of {MAX_JSON_BODY} bytes",
-            field="body",
-            fix="send less per request",
-        )
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"malformed JSON: {exc}", field="body", fix="send a valid JSON object"
-        ) from None
-
-
 def _version_number(version: str) -> int:
     if not version.isdigit() or int(version) < 1:
         raise InvalidInput(
@@ -131,7 +115,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
     )
     async def register_version(name: str, request: Request, namespace: str | None = NS) -> dict:
         """Register the next version of a model (immutable); declare its artifact files."""
-        body = await _json(request)
+        body = await read_body(request, MAX_JSON_BODY)
         return await run_in_threadpool(registry.register, name, body, namespace=namespace)
 
     @app.get("/api/models/{name}/versions", tags=["models"])
@@ -220,7 +204,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         name: str, alias: str, request: Request, namespace: str | None = NS
     ) -> dict:
         """Point an alias at a version: `{"version": 3, "author": "ana"}` (history is kept)."""
-        body = await _json(request)
+        body = await read_body(request, MAX_JSON_BODY)
         if not isinstance(body, dict) or set(body) - {"version", "author"}:
             raise InvalidInput(
                 "the body must be an object with version (and author)",
@@ -244,7 +228,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         namespace: str | None = NS,
     ) -> dict:
         """Predictions of a model version for JSON rows."""
-        body = await _json(request)
+        body = await read_body(request, MAX_JSON_BODY)
         return await run_in_threadpool(registry.predict, name, body, version, namespace=namespace)
 
     # DELETE on every registry path (and on a model itself) answers 405 with the fix
