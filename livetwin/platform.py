@@ -115,7 +115,7 @@ class Platform:
     def _recover(self) -> tuple[Engine, HistoryBuffer, dict]:
         """The newest snapshot plus the journal tail after it; unstored history is rebuilt."""
         started = time.perf_counter()
-        loaded = snapshot.load_newest(self.snapshot_dir)
+        loaded = snapshot.load_newest(self.snapshot_dir, self.store.newest_snapshot())
         engine, seq = loaded if loaded else (Engine(), 0)
         history = HistoryBuffer(self.store.history_seq())
         if history.flushed_seq < seq:

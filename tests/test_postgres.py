@@ -59,11 +59,14 @@ def test_platform_ingests_restarts_and_recovers_from_postgres(pg_url, tmp_path, 
     assert again.history("p3", ["flow", "power"]) == history
     again.close()
 
-    # a new machine with an empty data directory: everything comes back from the database
+    # a new machine with an empty data directory: everything comes back from the database,
+    # state from the snapshot kept there (nothing to replay)
     fresh = postgres_platform(monkeypatch, tmp_path / "b", pg_url, clock=clock)
-    assert fresh.recovered["snapshot_seq"] == 0
-    assert fresh.recovered["replayed_observations"] == 160
+    assert fresh.recovered["snapshot_seq"] == 9
+    assert fresh.recovered["replayed_observations"] == 0
     assert state(fresh) == before
+    kept = [seq for (seq,) in psycopg.connect(pg_url).execute("SELECT seq FROM snapshots")]
+    assert sorted(kept) == [6, 9]  # the two newest are kept
     assert fresh.history("p3", ["flow"])["series"]["flow"] == [float(r * 100 + 3) for r in range(8)]
     assert [e["values"]["flow"] for e in fresh.events("p3", limit=3)] == [703.0, 603.0, 503.0]
     fresh.close()
@@ -289,7 +292,7 @@ def test_shipped_migrations_are_numbered_and_never_destructive():
 def test_migrate_takes_a_connection(pg_url):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {pg_url.rsplit('%3D', 1)[1]}")
-        assert migrate(conn, available_migrations()) == [1, 2]
+        assert migrate(conn, available_migrations()) == [1, 2, 3]
         assert migrate(conn, available_migrations()) == []
 
 

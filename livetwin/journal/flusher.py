@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -103,7 +104,9 @@ class Flusher:
 
     def _write_snapshot(self, meta: dict, arrays: dict) -> Path:
         self.flush()
-        path = snapshot.write(self.snapshot_dir, meta, arrays)
+        data = snapshot.encode(meta, arrays)
+        path = snapshot.write(self.snapshot_dir, meta["seq"], data)
+        self.store.put_snapshot(meta["seq"], data, time.time_ns() // 1_000_000)
         self.snapshot_seq = meta["seq"]
         return path
 

@@ -36,16 +36,21 @@ def file_name(seq: int) -> str:
     return f"snapshot-{seq:012d}.npz"
 
 
-def write(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
-    """Write a captured snapshot atomically (temp file, fsync, rename) and prune old ones."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(meta["seq"])
+def encode(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """A captured snapshot as npz bytes."""
     buffer = io.BytesIO()
     header = np.frombuffer(msgspec.msgpack.encode(meta), dtype=np.uint8)
     np.savez(buffer, __meta__=header, **arrays)
+    return buffer.getvalue()
+
+
+def write(directory: Path, seq: int, data: bytes) -> Path:
+    """Write an encoded snapshot atomically (temp file, fsync, rename) and prune old ones."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name(seq)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        f.write(buffer.getbuffer())
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -54,18 +59,27 @@ def write(directory: Path, meta: dict, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def load_newest(directory: Path) -> tuple[Engine, int] | None:
-    """The engine restored from the newest readable snapshot and its seq, or None."""
-    for path in sorted(directory.glob("snapshot-*.npz"), reverse=True):
+def load_newest(
+    directory: Path, kept: tuple[int, bytes] | None = None
+) -> tuple[Engine, int] | None:
+    """The engine restored from the newest readable snapshot and its seq, or None.
+
+    `kept` is the store's newest snapshot (seq, bytes), used when it is newer than the files.
+    """
+    paths = sorted(directory.glob("snapshot-*.npz"), reverse=True)
+    sources: list = list(paths)
+    if kept is not None and (not paths or kept[0] > int(paths[0].stem.split("-")[1])):
+        sources.insert(0, io.BytesIO(kept[1]))
+    for source in sources:
         try:
-            return _load(path)
+            return _load(source)
         except (OSError, ValueError, KeyError, msgspec.DecodeError):
             continue  # a damaged snapshot: fall back to an older one or to a full replay
     return None
 
 
-def _load(path: Path) -> tuple[Engine, int]:
-    with np.load(path, allow_pickle=False) as npz:
+def _load(source) -> tuple[Engine, int]:
+    with np.load(source, allow_pickle=False) as npz:
         meta = msgspec.msgpack.decode(npz["__meta__"].tobytes())
         engine = Engine()
         engine.next_uid = meta["next_uid"]

@@ -63,6 +63,13 @@ class Store(Protocol):
 
     def extractors(self) -> dict[str, str]: ...
 
+    def put_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        """Keep an engine snapshot (an npz) in the store; a store whose data directory holds
+        the snapshot files already keeps nothing here."""
+
+    def newest_snapshot(self) -> tuple[int, bytes] | None:
+        """(seq, npz bytes) of the newest snapshot kept by `put_snapshot`, or None."""
+
     def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
         """Store a named piece of configuration (JSON) of some kind, e.g. an MQTT subscription."""
 

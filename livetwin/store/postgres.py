@@ -435,6 +435,23 @@ class PostgresStore:
         )[0]
         return int(row[0]), int(row[1])
 
+    # ---- snapshots -------------------------------------------------------------------------
+
+    def put_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO snapshots VALUES (%s, %s, %s) ON CONFLICT (seq) DO NOTHING",
+                (seq, data, at),
+            )
+            cur.execute(
+                "DELETE FROM snapshots WHERE seq < (SELECT min(seq) FROM "
+                "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 2) AS newest)"
+            )
+
+    def newest_snapshot(self) -> tuple[int, bytes] | None:
+        rows = self._read("SELECT seq, data FROM snapshots ORDER BY seq DESC LIMIT 1")
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
+
     # ---- history ---------------------------------------------------------------------------
 
     def write_history(self, rows: list[tuple], flushed_seq: int) -> None:

@@ -189,6 +189,12 @@ class SqliteStore:
     def extractors(self) -> dict[str, str]:
         return dict(self._conn().execute("SELECT name, spec FROM extractors").fetchall())
 
+    def put_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        """Snapshots are files beside this database, in the same data directory: nothing to do."""
+
+    def newest_snapshot(self) -> tuple[int, bytes] | None:
+        return None
+
     def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
         self._conn().execute(
             "INSERT INTO config VALUES (?,?,?,?) ON CONFLICT(kind, name) DO UPDATE"
