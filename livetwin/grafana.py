@@ -1,7 +1,7 @@
 """Grafana dashboard JSON for a twin type, reading the PostgreSQL view `livetwin_samples`.
 
 The view is `livetwin_samples(twin, type, name, ts timestamptz, value)`; alarms come from
-`livetwin_alarms(twin, type, name, severity, state, raised timestamptz, cleared, message)`.
+the alarm service's table `livetwin_alarms.alarms` (times in epoch ms, converted in the query).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from livetwin.spec.calibration import BAND_SUFFIXES
 
 POSTGRES_PLUGIN = "grafana-postgresql-datasource"  # "postgres" before Grafana 10.3
 SAMPLES_VIEW = "livetwin_samples"
-ALARMS_VIEW = "livetwin_alarms"
+ALARMS_VIEW = "livetwin_alarms.alarms"  # the alarm service's table (its schema on PostgreSQL)
 WIDTH = 24  # Grafana's grid width
 
 
@@ -215,10 +215,11 @@ def _samples_sql(type_name: str, names: list[str]) -> str:
 
 def _alarms_panel(type_name: str, view: str, datasource: dict) -> dict:
     sql = (
-        'SELECT raised AS "time", twin, name AS alarm, severity, state, cleared, message\n'
+        'SELECT to_timestamp(raised / 1000.0) AS "time", twin, rule AS alarm, severity, state,\n'
+        "  to_timestamp(cleared / 1000.0) AS cleared, message\n"
         f"FROM {_identifier(view)}\n"
         f"WHERE type = {_literal(type_name)} AND twin = ${{twin:sqlstring}}\n"
-        "  AND (cleared IS NULL OR $__timeFilter(raised))\n"
+        "  AND (cleared IS NULL OR $__timeFilter(to_timestamp(raised / 1000.0)))\n"
         "ORDER BY raised DESC\nLIMIT 200"
     )
     return {

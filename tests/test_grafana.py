@@ -145,8 +145,8 @@ def pg():
     with conn:
         conn.execute("CREATE TEMP TABLE livetwin_samples (twin text, type text, name text, "
                      "ts timestamptz, value double precision)")  # fmt: skip
-        conn.execute("CREATE TEMP TABLE livetwin_alarms (twin text, type text, name text, "
-                     "severity text, state text, raised timestamptz, cleared timestamptz, "
+        conn.execute("CREATE TEMP TABLE alarms (twin text, type text, rule text, "
+                     "severity text, state text, raised bigint, cleared bigint, "
                      "message text)")  # fmt: skip
         yield conn
         conn.rollback()
@@ -158,7 +158,10 @@ def grafana_expand(sql: str, twin: str) -> str:
     sql = sql.replace(
         "$__timeFilter(ts)", "ts BETWEEN '2026-11-22T09:00:00Z' AND '2026-11-22T11:00:00Z'"
     )
-    sql = sql.replace("$__timeFilter(raised)", "raised BETWEEN '2026-11-22T09:00:00Z' AND now()")
+    sql = sql.replace(
+        "$__timeFilter(to_timestamp(raised / 1000.0))",
+        "to_timestamp(raised / 1000.0) BETWEEN '2026-11-22T09:00:00Z' AND now()",
+    )
     sql = sql.replace("${twin:sqlstring}", "'" + twin + "'")
     assert not re.search(r"\$\{?\w", sql), sql
     return sql
@@ -173,8 +176,8 @@ def test_the_generated_sql_runs_on_postgres(pg, roller_info):
     with pg.cursor() as cur:
         cur.executemany("INSERT INTO livetwin_samples VALUES (%s,%s,%s,%s,%s)", rows)
         cur.execute(
-            "INSERT INTO livetwin_alarms VALUES ('line-1','roller_line','drag_high','warning',"
-            "'open','2026-11-22T10:00:00Z',NULL,'b1 above 0.035')"
+            "INSERT INTO alarms VALUES ('line-1','roller_line','drag_high','warning',"
+            "'active',1795341600000,NULL,'b1 above 0.035')"
         )
     board = dashboard(roller_info)
     titled = by_title(board)
@@ -188,7 +191,7 @@ def test_the_generated_sql_runs_on_postgres(pg, roller_info):
     assert [m for _, m, _ in measured.fetchall()] == ["w1"]
     twin_query = {v["name"]: v for v in board["templating"]["list"]}["twin"]["query"]
     assert pg.execute(grafana_expand(twin_query, "")).fetchall() == [("line-1",), ("line-2",)]
-    (alarm,) = pg.execute(
-        grafana_expand(panels(board, "table")[0]["targets"][0]["rawSql"], "line-1")
-    ).fetchall()
-    assert alarm[1:5] == ("line-1", "drag_high", "warning", "open")
+    alarms_sql = panels(dashboard(roller_info, alarms_view="pg_temp.alarms"), "table")[0]
+    (alarm,) = pg.execute(grafana_expand(alarms_sql["targets"][0]["rawSql"], "line-1")).fetchall()
+    assert alarm[1:5] == ("line-1", "drag_high", "warning", "active")
+    assert alarm[0].timestamp() * 1000 == 1795341600000
