@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from livetwin.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from livetwin.namespaces import check_namespace
 from livetwin.registry.artifacts import ArtifactStore, artifact_store, hash_file
 from livetwin.registry.lineage import LineageStore, code_hash
 from livetwin.registry.serving import Predictor, load_predictor
@@ -30,7 +31,6 @@ from livetwin.registry.store import (
     of,
     parse_version_spec,
 )
-from livetwin.schedule.triggers import check_namespace
 
 DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 PREDICTOR_CACHE = 16

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from livetwin.errors import Conflict, InvalidInput, NotFound
-from livetwin.schedule.triggers import check_namespace
+from livetwin.namespaces import DEFAULT, check_namespace
 from livetwin.store.servicedb import open_service_db
 from livetwin.timefmt import format_ts, parse_ts
 
@@ -23,7 +23,7 @@ ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # starts with a letter: ne
 FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KINDS = ("deductive", "inductive", "hybrid")
 
-DEFAULT_NAMESPACE = "default"
+DEFAULT_NAMESPACE = DEFAULT
 ALL_NAMESPACES = "*"
 
 SCHEMA = """

@@ -18,7 +18,8 @@ import orjson
 
 from livetwin.errors import InvalidInput
 from livetwin.jobs.baseline import check_inactivity_job, train_baseline_job
-from livetwin.schedule.triggers import check_name, check_namespace
+from livetwin.namespaces import check_namespace
+from livetwin.schedule.triggers import check_name
 
 KINDS = ("builtin", "python", "http")
 HTTP_METHODS = ("POST", "PUT", "PATCH", "GET")

@@ -29,6 +29,7 @@ import orjson
 from livetwin.engine.events import Event, Notice, StateChanged, TypeDefined
 from livetwin.errors import Conflict, InvalidInput, LivetwinError, NotFound, Unavailable
 from livetwin.expr import Compiled, compile_expression
+from livetwin.namespaces import check_namespace
 from livetwin.schedule import store
 from livetwin.schedule.functions import (
     MAX_LOG_CHARS,
@@ -43,7 +44,6 @@ from livetwin.schedule.triggers import (
     TIME_KINDS,
     Trigger,
     check_name,
-    check_namespace,
     due_instants,
     parse_trigger,
 )

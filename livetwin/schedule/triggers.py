@@ -21,7 +21,6 @@ TIME_KINDS = ("once", "interval", "cron")
 MISSED = ("skip", "once", "catch_up")
 EVENT_SOURCES = ("event", "state", "created", "type", "job")
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
-NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,199}")
 CRON_EXAMPLE = "e.g. '0 3 * * *' (03:00 every day) or '*/15 * * * *' (every 15 minutes)"
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -35,19 +34,6 @@ def check_name(value: Any, field: str) -> str:
             f"{field} must be a name: a letter, then letters, digits, '_', '.' or '-' (max 64)",
             field=field,
             fix="e.g. 'recalibrate' or 'line-3.done'",
-        )
-    return value
-
-
-def check_namespace(value: Any, field: str = "namespace") -> str:
-    """A namespace (per twin or fleet): 1-200 characters of letters, digits, _ . : / -."""
-    if value is None:
-        return "default"
-    if not isinstance(value, str) or not NAMESPACE.fullmatch(value):
-        raise InvalidInput(
-            "namespace must be 1-200 letters, digits, '_', '.', ':', '/' or '-'",
-            field=field,
-            fix="e.g. 'default', 'fleet-a' or a twin id such as 'pump-1'",
         )
     return value
 
