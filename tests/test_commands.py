@@ -10,14 +10,14 @@ from collections.abc import Callable, Iterator
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import T0, obs, require_mosquitto
+from conftest import MQTT_HOST, MQTT_PORT, T0, obs, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from livetwin.actions.commands import CommandService
 from livetwin.api.app import create_app
 
-HOST, PORT = "127.0.0.1", 1883
+HOST, PORT = MQTT_HOST, MQTT_PORT
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import PUMP, require_mosquitto
+from conftest import MQTT_HOST, MQTT_PORT, PUMP, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -24,7 +24,7 @@ from livetwin.ingest.mqtt import (
     validate_topic_filter,
 )
 
-HOST, PORT = "127.0.0.1", 1883
+HOST, PORT = MQTT_HOST, MQTT_PORT
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode
 import httpx
 import pytest
 import uvicorn
-from conftest import require_mosquitto
+from conftest import MQTT_HOST, MQTT_PORT, require_mosquitto
 
 from livetwin.api.app import create_app
 from livetwin.examples.rollers import ROLLER_LINE, ROLLER_TYPE, observations, roller_fleet
@@ -633,7 +633,7 @@ def test_the_lineage_of_a_calibrated_parameter_shows_its_model_version(server, p
     assert [e for e in errors if "status of 404" not in e] == []
 
 
-MQTT = ("127.0.0.1", 1883)  # the real Mosquitto
+MQTT = (MQTT_HOST, MQTT_PORT)  # the real Mosquitto
 
 
 @pytest.fixture

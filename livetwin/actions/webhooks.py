@@ -29,6 +29,7 @@ import orjson
 from livetwin.engine.events import Event, Notice, StateChanged
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.ingest.batch import decode_batch
+from livetwin.store.sqlite import immediate
 
 log = logging.getLogger(__name__)
 
@@ -728,14 +729,8 @@ class WebhookService:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The outbox connection inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an error)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     @staticmethod
     def _save_cursor(db: sqlite3.Connection, seq: int, max_uid: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from livetwin.errors import Unavailable
 from livetwin.store.open import configured_url
+from livetwin.store.sqlite import immediate
 
 TIMEOUT_S = 5.0  # the longest wait for a PostgreSQL connection
 
@@ -111,14 +112,8 @@ class SqliteFile:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its start (BEGIN IMMEDIATE)."""
-        conn = self.read()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.read()) as conn:
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def json_text(column: str, key: str) -> str:

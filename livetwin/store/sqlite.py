@@ -18,6 +18,20 @@ from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk, decode_chunk
 from livetwin.timefmt import parse_ts
 
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction on `conn` that holds the write lock from its start (BEGIN IMMEDIATE),
+    committed at the end or rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, type TEXT NOT NULL,
@@ -109,16 +123,8 @@ class SqliteStore:
         )
         return row[0] if row else 0
 
-    @contextmanager
     def _transaction(self, db: str = "main"):
-        conn = self._conn(db)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        return immediate(self._conn(db))
 
     def known_keys(self, keys: list[str]) -> set[str]:
         conn = self._conn()
