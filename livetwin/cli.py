@@ -16,7 +16,8 @@ from livetwin.api.ops import configure_logging
 from livetwin.cli_admin import fail, grafana_dashboard, token_app
 from livetwin.errors import LivetwinError
 from livetwin.ingest.mqtt import load_mqtt_config, parse_address
-from livetwin.platform import Platform, Settings, wall_clock_ms
+from livetwin.platform import Platform, Settings
+from livetwin.timefmt import wall_clock_ms
 
 app = typer.Typer(
     help="livetwin: living digital twins.", no_args_is_help=True, pretty_exceptions_enable=False

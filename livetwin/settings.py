@@ -13,6 +13,7 @@ class Settings:
     snapshot_interval_s: float = 300.0  # ... and at most this long between them
     history_flush_rows: int = 100_000  # buffered history rows that trigger a flush ...
     history_flush_s: float = 2.0  # ... and at most this long between flushes
+    database_url: str | None = None  # postgresql://...; None reads LIVETWIN_DATABASE_URL
     cache_mb: int = 64  # SQLite page cache
     max_history_points: int = 200_000  # raw rows one history query may return
     max_artifact_bytes: int = 512 * 1024 * 1024  # largest model artifact the registry stores

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SMALLEST_MS = 100_000_000_000  # 1973-03-03: smaller numbers are almost surely epoch *seconds*
+
+
+def wall_clock_ms() -> int:
+    """Epoch milliseconds now (the default clock; tests pass a fake one)."""
+    return time.time_ns() // 1_000_000
 
 
 def parse_ts(value: object) -> int:

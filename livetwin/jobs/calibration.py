@@ -157,6 +157,40 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
     return record
 
 
+def calibration_view(query, store, twin_id: str, *, runs: int = 10) -> dict:
+    """A twin's calibrated parameters and virtual sensors with bands, its filter and recent runs."""
+    ctype = query.type_of(twin_id)
+    plan = ctype.calibration
+    if plan is None:
+        raise InvalidInput(
+            f"twin '{twin_id}' is a '{ctype.name}', which has no model",
+            field="type",
+            fix="add model: and calibration: sections to the type spec",
+        )
+    stats = query.stats(twin_id, [*plan.parameters, *plan.virtual])
+    blob = store.calibration_state(ctype.name)
+    saved = TypeCalibration.from_bytes(blob) if blob is not None else None
+    filter_info = None
+    if saved is not None and twin_id in saved.ids:
+        i = saved.ids.index(twin_id)
+        filter_info = {
+            "calibrated_until": format_ts(int(saved.last_ts[i])),
+            "failed": bool(saved.state.failed[i]),
+            "reason": int(saved.state.reason[i]),
+            "model": saved.state.model,
+            "estimator": saved.state.kind,
+        }
+    return {
+        "twin": twin_id,
+        "type": ctype.name,
+        "model": plan.model.name,
+        "parameters": {p: stats[p] for p in plan.parameters},
+        "virtual_sensors": {v: stats[v] for v in plan.virtual},
+        "filter": filter_info,
+        "runs": store.calibration_runs(ctype.name, runs),
+    }
+
+
 @dataclass
 class _Aligned:
     buckets: np.ndarray  # int64 (K,) consecutive step indices (ts // dt)

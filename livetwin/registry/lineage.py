@@ -87,7 +87,7 @@ class LineageStore:
         self.db.close()
 
     def _now(self) -> int:
-        from livetwin.platform import wall_clock_ms
+        from livetwin.timefmt import wall_clock_ms
 
         return int(self.clock()) if self.clock is not None else wall_clock_ms()
 

@@ -25,8 +25,7 @@ import orjson
 import yaml
 
 from livetwin.errors import InvalidInput
-from livetwin.platform import wall_clock_ms
-from livetwin.timefmt import parse_ts
+from livetwin.timefmt import parse_ts, wall_clock_ms
 
 if TYPE_CHECKING:
     from livetwin.registry.lineage import LineageStore

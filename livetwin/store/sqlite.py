@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,14 +63,20 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+DATABASES = {"main": "livetwin", "history": "history"}  # the two files of a data directory
+
 
 class SqliteStore:
     """Journal, history, idempotency keys, type versions and extractors in `<dir>/livetwin.db`."""
 
-    def __init__(self, directory: str | Path, *, cache_mb: int = 64):
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.paths = {"main": directory / "livetwin.db", "history": directory / "history.db"}
+    def __init__(self, directory: str | Path | None, *, cache_mb: int = 64):
+        if directory is None:  # in memory: shared by this store's connections, gone on close
+            name = f"livetwin-{uuid.uuid4().hex}"
+            self.paths = {db: f"file:{name}-{db}?mode=memory&cache=shared" for db in DATABASES}
+        else:
+            directory = Path(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.paths = {db: str(directory / f"{file}.db") for db, file in DATABASES.items()}
         self._cache_kib = cache_mb * 1024
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -77,11 +84,18 @@ class SqliteStore:
         self._conn().executescript(SCHEMA)
         self._conn("history").executescript(HISTORY_SCHEMA)
 
+    @classmethod
+    def in_memory(cls) -> SqliteStore:
+        """A store that lives in this process only (a sandbox core's)."""
+        return cls(None)
+
     def _conn(self, db: str = "main") -> sqlite3.Connection:
         """One connection per thread and database (connections are not shared across threads)."""
         conn = getattr(self._local, db, None)
         if conn is None:
-            conn = sqlite3.connect(self.paths[db], isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.paths[db], isolation_level=None, check_same_thread=False, uri=True
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")

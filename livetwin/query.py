@@ -1,0 +1,311 @@
+"""Reads of twin state, types, history and journaled observations from a twin core.
+
+This is the one reader of engine columns outside `engine/`: services and the API ask it
+(through the `TwinReader` port) instead of reaching into the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from livetwin.core import TwinCore
+from livetwin.engine.engine import json_number
+from livetwin.errors import InvalidInput, NotFound
+from livetwin.spec.types import CompiledType
+from livetwin.store.history import aggregate, assemble
+from livetwin.timefmt import format_ts, parse_duration, parse_ts
+
+
+class Query:
+    """Read-only views over one core. Thread-safe (takes the core's lock while it reads)."""
+
+    def __init__(self, core: TwinCore):
+        self.core = core
+        self.settings = core.settings
+
+    # ---- types -----------------------------------------------------------------------------
+
+    def get_type(self, name: str, version: int | None = None) -> dict:
+        versions = self.core.type_versions(name)
+        if not versions:
+            raise NotFound(
+                f"no twin type '{name}'", field="name", fix=f"declare it with PUT /api/types/{name}"
+            )
+        chosen = (
+            versions[-1]
+            if version is None
+            else next((v for v in versions if v[0] == version), None)
+        )
+        if chosen is None:
+            raise NotFound(
+                f"type '{name}' has no version {version}",
+                field="version",
+                fix=f"use a version from 1 to {versions[-1][0]}",
+            )
+        number, spec_json, created = chosen
+        return {
+            "name": name,
+            "version": number,
+            "latest": versions[-1][0],
+            "created": format_ts(created),
+            "spec": orjson.loads(spec_json),
+            "columns": list(self.layout(name, number)[0]),
+            "versions": [v[0] for v in versions],
+        }
+
+    def list_types(self) -> list[dict]:
+        with self.core.lock:
+            return [
+                {
+                    "name": name,
+                    "version": st.ctype.version,
+                    "twins": len(st),
+                    "description": st.ctype.spec.description,
+                }
+                for name, st in sorted(self.core.engine.states.items())
+            ]
+
+    def compiled_type(self, name: str) -> CompiledType | None:
+        return self.core.compiled_type(name)
+
+    def compiled_types(self) -> dict[str, CompiledType]:
+        """The current compiled version of every declared type, by name."""
+        with self.core.lock:
+            return dict(self.core.engine.types)
+
+    def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
+        return self.core.layout(name, version)
+
+    def type_of(self, twin_id: str) -> CompiledType:
+        """The compiled type of a twin (NotFound when there is no such twin)."""
+        with self.core.lock:
+            st, _ = self.core.engine.locate(twin_id)
+            return st.ctype
+
+    # ---- twins -----------------------------------------------------------------------------
+
+    def twin(self, twin_id: str) -> dict:
+        with self.core.lock:
+            return self.core.engine.twin(twin_id)
+
+    def twin_count(self) -> int:
+        with self.core.lock:
+            return self.core.engine.twin_count()
+
+    def twins(
+        self,
+        *,
+        type: str | None = None,
+        parent: str | None = None,
+        where: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict:
+        """Twins matching the filters, paged (creation order within a type)."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(
+                "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
+            )
+        if offset < 0:
+            raise InvalidInput("offset must not be negative", field="offset", fix="use 0 or more")
+        with self.core.lock:
+            found = self.core.engine.find(type=type, parent=parent, where=where)
+            total = sum(len(rows) for _, rows in found)
+            items: list[dict] = []
+            skip = offset
+            for st, rows in found:
+                if skip >= len(rows):
+                    skip -= len(rows)
+                    continue
+                for row in rows[skip : skip + limit - len(items)].tolist():
+                    last = int(st.last_ts[row])
+                    items.append(
+                        {
+                            "id": st.ids[row],
+                            "type": st.ctype.name,
+                            "version": st.ctype.version,
+                            "parent": st.parents[row],
+                            "updated": format_ts(last) if last >= 0 else None,
+                        }
+                    )
+                skip = 0
+                if len(items) >= limit:
+                    break
+        return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+    def columns(self, type_name: str, names: list[str], twins: list[str] | None = None):
+        """Current values of columns `names` of a type's twins (all, or `twins` in that order):
+        (twin ids, {name: float array}). Unknown twins raise NotFound."""
+        with self.core.lock:
+            st = self.core.engine.states.get(type_name)
+            if st is None:
+                return [], {n: np.zeros(0) for n in names}
+            if twins is None:
+                rows = np.arange(len(st))
+                ids = list(st.ids)
+            else:
+                rows = np.array([self._row_of(st, t) for t in twins], dtype=np.int64)
+                ids = list(twins)
+            return ids, {n: st.data[st.col[n], rows].copy() for n in names}
+
+    def _row_of(self, st, twin_id: str) -> int:
+        found, row = self.core.engine.locate(twin_id)
+        if found is not st:
+            raise InvalidInput(
+                f"twin '{twin_id}' is a '{found.ctype.name}', not a '{st.ctype.name}'",
+                field="twins",
+                fix=f"list only twins of type '{st.ctype.name}'",
+            )
+        return row
+
+    def last_ts(self, type_name: str) -> dict[str, int]:
+        """The newest observation time of every twin of a type (-1 before its first)."""
+        with self.core.lock:
+            st = self.core.engine.states.get(type_name)
+            if st is None:
+                return {}
+            return dict(zip(st.ids, st.last_ts.tolist(), strict=True))
+
+    def stats(self, twin_id: str, names: list[str]) -> dict[str, dict]:
+        """value, std, lower and upper of calibrated names (parameters, virtual sensors)."""
+        with self.core.lock:
+            st, row = self.core.engine.locate(twin_id)
+            return {
+                name: {
+                    key: json_number(st.data[st.col[name + suffix], row])
+                    for key, suffix in (
+                        ("value", ""),
+                        ("std", "_std"),
+                        ("lower", "_lower"),
+                        ("upper", "_upper"),
+                    )
+                }
+                for name in names
+            }
+
+    # ---- history ---------------------------------------------------------------------------
+
+    def history(
+        self,
+        twin_id: str,
+        names: list[str] | None = None,
+        *,
+        start: Any = None,
+        end: Any = None,
+        every: str | None = None,
+        agg: str = "avg",
+    ) -> dict:
+        """Aligned series of a twin's properties, parameters and derived values."""
+        with self.core.lock:
+            st, row = self.core.engine.locate(twin_id)
+            uid, type_name, columns = int(st.uid[row]), st.ctype.name, st.ctype.columns
+        names = list(names) if names else list(columns)
+        for name in names:
+            if name not in columns:
+                raise InvalidInput(
+                    f"'{name}' is not a name of type '{type_name}'",
+                    field="names",
+                    fix=f"use some of: {', '.join(columns)}",
+                )
+        start_ms = time_arg(start, "from", 0)
+        end_ms = time_arg(end, "to", self.core.clock() + self.settings.max_future_ms + 1)
+        ts, _, values = self.history_rows(uid, type_name, names, start_ms, end_ms)
+        if len(ts) > self.settings.max_history_points and every is None:
+            raise InvalidInput(
+                f"more than {self.settings.max_history_points} points in range",
+                field="every",
+                fix="narrow from/to or aggregate with every=1m",
+            )
+        if every is not None:
+            try:
+                every_ms = parse_duration(every)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="every", fix="e.g. every=1m") from None
+            ts, values = aggregate(ts, values, every_ms, agg)
+        return {
+            "twin": twin_id,
+            "from": format_ts(start_ms),
+            "to": format_ts(end_ms),
+            "every": every,
+            "agg": agg if every else None,
+            "ts": ts.tolist(),
+            "series": {n: _json_list(values[k]) for k, n in enumerate(names)},
+        }
+
+    def history_of(self, twin_id: str, names: list[str], start: int, end: int):
+        """Raw (ts, seqs, values) of a twin's columns `names` within [start, end), sorted."""
+        with self.core.lock:
+            st, row = self.core.engine.locate(twin_id)
+            uid, type_name = int(st.uid[row]), st.ctype.name
+        return self.history_rows(uid, type_name, names, start, end)
+
+    def history_rows(self, uid: int, type_name: str, names: list[str], start: int, end: int):
+        """Stored chunks plus buffered rows of one twin within [start, end), sorted."""
+        with self.core.lock:
+            flushed = self.core.history.flushed_seq
+            parts: list = self.core.history.rows_of(uid)
+        parts += self.core.store.history(uid, start, end, flushed)
+        ts, seqs, values = assemble(parts, names, lambda v: self.layout(type_name, v)[0])
+        inside = (ts >= start) & (ts < end)
+        return ts[inside], seqs[inside], values[:, inside]
+
+    def observations(self, twin_id: str, *, limit: int = 50, before: Any = None) -> list[dict]:
+        """The twin's journaled observations, newest first, with the derived values they caused."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(
+                "limit must be between 1 and 1000",
+                field="limit",
+                fix="use a smaller limit and page with before=",
+            )
+        with self.core.lock:
+            st, row = self.core.engine.locate(twin_id)
+            uid, ctype = int(st.uid[row]), st.ctype
+        before_ms = time_arg(before, "before", 2**62)
+        with self.core.lock:
+            flushed = self.core.history.flushed_seq
+            parts: list = self.core.history.rows_of(uid)
+        newest = sorted(t for p in parts for t in p.ts.tolist() if t < before_ms)
+        for ts_max, chunk in self.core.store.recent(uid, before_ms, flushed):
+            if len(newest) >= limit and ts_max < newest[-limit]:
+                break  # older chunks cannot hold any of the newest `limit` rows
+            parts.append(chunk)
+            newest = sorted(newest + [t for t in chunk.ts.tolist() if t < before_ms])
+        columns = ctype.columns
+        ts, seqs, values = assemble(parts, columns, lambda v: self.layout(ctype.name, v)[0])
+        inputs = [k for k, c in enumerate(columns) if c not in ctype.compiled]
+        derived = [k for k, c in enumerate(columns) if c in ctype.compiled]
+        out = []
+        for i in np.flatnonzero(ts < before_ms)[::-1][:limit].tolist():
+            out.append(
+                {
+                    "seq": int(seqs[i]),
+                    "ts": int(ts[i]),
+                    "time": format_ts(int(ts[i])),
+                    "values": {
+                        columns[k]: float(values[k, i])
+                        for k in inputs
+                        if not np.isnan(values[k, i])
+                    },
+                    "derived": {columns[k]: json_number(values[k, i]) for k in derived},
+                }
+            )
+        return out
+
+
+def time_arg(value: Any, field: str, default: int) -> int:
+    """A time query argument (ISO 8601 or epoch ms) as epoch ms; `default` when absent."""
+    if value is None or value == "":
+        return default
+    try:
+        return parse_ts(value)
+    except ValueError as exc:
+        raise InvalidInput(
+            str(exc), field=field, fix="use ISO 8601 (2026-11-22T10:00:00Z) or epoch ms"
+        ) from None
+
+
+def _json_list(values: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else v for v in values.tolist()]

@@ -1,0 +1,67 @@
+"""Twin cores: several in one process share nothing; a sandbox is fed from another's journal."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from livetwin.core import TwinCore
+from livetwin.query import Query
+from livetwin.settings import Settings
+
+from conftest import PUMP, T0, obs
+
+
+def test_two_cores_in_one_process_stay_independent(tmp_path, clock):
+    heard: dict[str, list] = {"a": [], "b": []}
+    with (
+        TwinCore.open(tmp_path / "a", clock=clock) as a,
+        TwinCore.open(tmp_path / "b", clock=clock) as b,
+    ):
+        a.bus.subscribe(lambda e: heard["a"].append(e))
+        b.bus.subscribe(lambda e: heard["b"].append(e))
+        a.put_type("pump", PUMP)
+        b.put_type("pump", {**PUMP, "description": "another pump"})
+        a.ingest([obs("p-1", T0, flow=10, pressure=2), obs("p-2", T0, flow=1, pressure=1)])
+        b.ingest([obs("p-1", T0, flow=99, pressure=3)])
+        qa, qb = Query(a), Query(b)
+        assert qa.twin("p-1")["properties"]["flow"] == 10
+        assert qb.twin("p-1")["properties"]["flow"] == 99
+        assert qa.twin_count() == 2 and qb.twin_count() == 1
+        assert qa.get_type("pump")["spec"]["description"] == "test pump"
+        assert qb.get_type("pump")["spec"]["description"] == "another pump"
+        assert a.engine is not b.engine and a.lock is not b.lock and a.bus is not b.bus
+        assert len([e for e in heard["a"] if e.kind == "state"]) == 1
+        assert len([e for e in heard["b"] if e.kind == "state"]) == 1
+        a.snapshot()
+    with TwinCore.open(tmp_path / "a", clock=clock) as again:  # a's data survived a's close
+        assert Query(again).twin("p-2")["properties"]["flow"] == 1
+        assert again.stats()["twins"] == 2
+
+
+def test_a_sandbox_replays_a_journal_range_and_writes_nowhere_live(tmp_path, clock):
+    with TwinCore.open(tmp_path / "live", clock=clock) as live:
+        live.put_type("pump", PUMP)
+        for k in range(5):
+            live.ingest([obs("p-1", T0 + k * 60_000, flow=10 + k, pressure=2)])
+        live_entries = live.stats()["journal_entries"]
+        with TwinCore.sandbox(clock=clock, settings=Settings()) as sandbox:
+            fed = sandbox.feed(live.store.journal(after=0))
+            assert fed == {"types": 1, "observations": 5}
+            query = Query(sandbox)
+            assert query.twin("p-1")["properties"]["flow"] == 14
+            ts, _, values = query.history_of("p-1", ["flow"], 0, T0 + 3_600_000)
+            assert np.array_equal(values[0], [10, 11, 12, 13, 14])
+            sandbox.ingest([obs("p-1", T0 + 600_000, flow=500, pressure=2)])
+            assert query.twin("p-1")["properties"]["flow"] == 500
+        assert Query(live).twin("p-1")["properties"]["flow"] == 14
+        assert live.stats()["journal_entries"] == live_entries
+    left = {p.name for p in (tmp_path / "live").iterdir()}
+    assert left <= {
+        "history.db",
+        "livetwin.db",
+        "snapshots",
+        "livetwin.db-wal",
+        "livetwin.db-shm",
+        "history.db-wal",
+        "history.db-shm",
+    }
