@@ -27,8 +27,9 @@ from livetwin.errors import NotFound, Unavailable
 from livetwin.ingest.extract import extract
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection
-from livetwin.jobs.calibration import CalibrationTimer, calibration_view
+from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
+from livetwin.jobs.calibration import calibration_view
 from livetwin.journal.writer import IngestResult
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry
@@ -75,11 +76,26 @@ class Platform:
         self.registry = Registry(
             self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
         ).start()
-        self.scheduler = Scheduler(self, allow_modules=self.settings.scheduler_modules)
+        self.scheduler = self.new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
-        self._timer = CalibrationTimer(self) if self.settings.run_schedules else None
         self._closed = False
+
+    def new_scheduler(self, **options) -> Scheduler:
+        """A scheduler on this platform's ports with the built-in jobs registered, not started
+        (`options`: Scheduler's tuning arguments). Only one may own the data directory."""
+        scheduler = Scheduler(
+            clock=self.clock,
+            bus=self.bus,
+            reader=self.query,
+            open_db=self.open_db,
+            lineage=self.lineage,
+            functions_platform=self,  # ctx.platform of Python functions
+            database_url=self.settings.database_url,
+            **{"allow_modules": self.settings.scheduler_modules, **options},
+        )
+        register_builtins(scheduler, calibrate=self.calibrate, baseline_host=self)
+        return scheduler
 
     def open_db(self, name: str, schema: str, *, sqlite_migrate=None) -> ServiceDB:
         """A service's own database, on the deployment's storage (the `OpenServiceDB` port)."""
@@ -136,8 +152,6 @@ class Platform:
         for service in (self.mqtt, self.commands):  # MQTT: what it submitted is drained below
             if service is not None:
                 service.stop()
-        if self._timer is not None:
-            self._timer.stop()
         self.core.stop_writer()  # publishes its last batches: the services below still hear them
         for service in (self.alarms, self.mailer, self.webhooks):  # in order: alarms notify
             if service is not None:
@@ -289,10 +303,13 @@ class Platform:
 
     # ---- calibration -----------------------------------------------------------------------
 
-    def calibrate(self, type_name: str, twins: list[str] | None = None) -> dict:
-        """Calibrate the twins of a type (all by default) on their new data; the run record."""
+    def calibrate(
+        self, type_name: str, twins: list[str] | None = None, *, run: str | None = None
+    ) -> dict:
+        """Calibrate the twins of a type (all by default) on their new data; the run record
+        (`run`: the id of this execution, e.g. the scheduler's run id; new when None)."""
         with self._calibration_locks.setdefault(type_name, threading.Lock()):
-            return run_calibration(self, type_name, twins)
+            return run_calibration(self, type_name, twins, run=run)
 
     def calibration(self, twin_id: str, *, runs: int = 10) -> dict:
         """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""

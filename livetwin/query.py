@@ -6,6 +6,7 @@ This is the one reader of engine columns outside `engine/`: services and the API
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import orjson
 from livetwin.core import TwinCore
 from livetwin.engine.engine import json_number
 from livetwin.errors import InvalidInput, NotFound
+from livetwin.expr import Compiled
 from livetwin.spec.types import CompiledType
 from livetwin.store.history import aggregate, assemble
 from livetwin.timefmt import format_ts, parse_duration, parse_ts
@@ -150,6 +152,26 @@ class Query:
                 rows = np.array([self._row_of(st, t) for t in twins], dtype=np.int64)
                 ids = list(twins)
             return ids, {n: st.data[st.col[n], rows].copy() for n in names}
+
+    def truth(
+        self,
+        type_name: str,
+        compile_for: Callable[[CompiledType], Compiled],
+        twins: list[str] | None = None,
+    ) -> tuple[list[str], np.ndarray] | None:
+        """Whether a condition holds now for a type's twins (all, or those of `twins` that are of
+        the type): (twin ids, bool array), or None when there is no such type. `compile_for`
+        compiles the expression for the type's current version (callers cache it)."""
+        with self.core.lock:
+            st = self.core.engine.states.get(type_name)
+            if st is None:
+                return None
+            compiled = compile_for(st.ctype)
+            ids = list(st.ids) if twins is None else [t for t in twins if t in st.index]
+            rows = np.fromiter((st.index[t] for t in ids), np.int64, len(ids))
+            env = {n: st.data[st.col[n], rows] for n in compiled.names}
+            with np.errstate(invalid="ignore"):
+                return ids, compiled.evaluate(env, size=len(rows)) > 0.5
 
     def _row_of(self, st, twin_id: str) -> int:
         found, row = self.core.engine.locate(twin_id)

@@ -14,7 +14,7 @@ from livetwin.schedule import Scheduler
 def new_scheduler(platform: Any, **options) -> Scheduler:
     """A new, not yet started Scheduler with `options` that replaces the platform's own."""
     platform.scheduler.stop()
-    platform.scheduler = Scheduler(platform, **options)
+    platform.scheduler = platform.new_scheduler(**options)
     return platform.scheduler
 
 

@@ -177,8 +177,17 @@ def test_types_calibrate_on_their_interval(tmp_path, clock, fleet):
         deadline = time.monotonic() + 15
         while not platform.store.calibration_runs("roller_line", 1):
             assert time.monotonic() < deadline, "no scheduled calibration ran"
+            clock.now += 200  # the scheduler runs on the platform's clock
             time.sleep(0.1)
-        assert platform.store.calibration_runs("roller_line", 1)[0]["status"] == "succeeded"
+        record = platform.store.calibration_runs("roller_line", 1)[0]
+        assert record["status"] == "succeeded"
+        # a system schedule of the one scheduler: listed, and its run is the record's run
+        (schedule,) = platform.scheduler.schedules(namespace="system")
+        assert schedule["id"] == "calibrate.every.roller_line"
+        assert schedule["trigger"] == {"kind": "interval", "every": 1000, "start": None}
+        run = platform.scheduler.wait(record["run"])
+        assert run["schedule"] == schedule["id"] and run["state"] == "succeeded"
+        assert run["result"]["run"] == record["run"] == record["lineage"]
     bad = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "every": "often"}}
     with Platform(tmp_path / "e", clock=clock) as platform, pytest.raises(Exception) as info:
         platform.put_type("roller_line", bad)

@@ -195,13 +195,13 @@ def test_the_store_records_immutable_nodes_and_walks_both_ways(tmp_path):
 
 
 def test_model_nodes_stay_apart_across_namespaces_and_calibration_finds_any(platform):
+    from livetwin.jobs.lineage import model_node
     from livetwin.models.base import resolve_model
-    from livetwin.registry.jobs import model_node
 
     fn = resolve_model(ROLLER_LINE).fn
     body = {"kind": "deductive", "ref": ROLLER_LINE}
     platform.registry.register("roller_line", body, namespace="fleet-a")
-    node_id, info = model_node(platform, ROLLER_LINE, fn)
+    node_id, info = model_node(platform.lineage, platform.registry.store, ROLLER_LINE, fn)
     assert node_id == "model:fleet-a/roller_line/1"
     assert info["registry"] == {
         "namespace": "fleet-a",
@@ -213,7 +213,10 @@ def test_model_nodes_stay_apart_across_namespaces_and_calibration_finds_any(plat
     assert store.lookup_ref(ROLLER_LINE, info["code_hash"], namespace="default") is None
     platform.clock.now += 1000  # the newest registration of the ref wins
     platform.registry.register("roller_line", body)
-    assert model_node(platform, ROLLER_LINE, fn)[0] == "model:roller_line/1"
+    assert (
+        model_node(platform.lineage, platform.registry.store, ROLLER_LINE, fn)[0]
+        == "model:roller_line/1"
+    )
     fleet, default = (platform.lineage.node(n) for n in (node_id, "model:roller_line/1"))
     assert fleet["inputs"]["namespace"] == "fleet-a" and default["inputs"]["namespace"] == "default"
     assert store.lookup_ref(ROLLER_LINE, "other-code", namespace="fleet-a") == {

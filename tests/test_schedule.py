@@ -357,9 +357,9 @@ def test_one_scheduler_per_data_directory_and_allowed_modules(platform, schedule
     from livetwin.errors import InvalidInput, Unavailable
 
     with pytest.raises(Unavailable):
-        Scheduler(platform)
+        platform.new_scheduler()
     scheduler.stop()
-    s = Scheduler(platform, allow_modules=("test_schedule",)).start()
+    s = platform.new_scheduler(allow_modules=("test_schedule",)).start()
     try:
         s.define_function(
             "ok", {"kind": "python", "ref": "test_schedule:referenced"}, trusted=False

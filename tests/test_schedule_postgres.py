@@ -5,8 +5,8 @@ listings, event ids never reused, one scheduler per deployment."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -18,6 +18,7 @@ from livetwin.errors import Unavailable
 from livetwin.platform import Platform
 from livetwin.schedule import Scheduler
 from livetwin.store.open import DATABASE_URL_ENV
+from livetwin.store.servicedb import open_service_db
 
 HOUR = 3_600_000
 
@@ -153,16 +154,20 @@ def test_event_ids_are_not_reused_after_old_events_are_pruned(backend, tmp_path)
 def test_a_second_scheduler_is_refused(backend, tmp_path):
     with Platform(tmp_path / "data", clock=FakeClock()) as platform:
         with pytest.raises(Unavailable, match="another scheduler already runs") as refused:
-            Scheduler(platform)
+            platform.new_scheduler()
         if backend != "sqlite":  # another machine's data directory, the same database
-            elsewhere = SimpleNamespace(path=Path(tmp_path / "elsewhere"), clock=platform.clock,
-                                        bus=platform.bus)  # fmt: skip
-            elsewhere.path.mkdir()
+            elsewhere = Path(tmp_path / "elsewhere")
+            elsewhere.mkdir()
             with pytest.raises(Unavailable, match="PostgreSQL schema"):
-                Scheduler(elsewhere)
+                Scheduler(
+                    clock=platform.clock,
+                    bus=platform.bus,
+                    reader=platform.query,
+                    open_db=partial(open_service_db, elsewhere),
+                )
         assert refused.value.fix
         platform.scheduler.stop()
-        s = platform.scheduler = Scheduler(platform).start()  # the lock went with the first one
+        s = platform.scheduler = platform.new_scheduler().start()  # the lock went with the first
         s.register("job", lambda ctx: "fine")
         assert s.wait(s.run_function("job")["id"])["result"] == "fine"
 

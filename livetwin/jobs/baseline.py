@@ -402,13 +402,13 @@ def register_baseline(
     return platform.registry.register(name, body, {ARTIFACT: model.to_bytes()})
 
 
-def _explained(job: Callable[[RunContext], dict]) -> Callable[[RunContext], dict]:
+def _explained(job: Callable[[RunContext, Any], dict]) -> Callable[[RunContext, Any], dict]:
     """A job whose errors a user can fix leave their field and fix in the run's log (the run's
     `error` keeps only the message)."""
 
-    def run(ctx: RunContext) -> dict:
+    def run(ctx: RunContext, platform: Any) -> dict:
         try:
-            return job(ctx)
+            return job(ctx, platform)
         except LivetwinError as exc:
             ctx.log(f"error in {exc.field or 'input'}: {exc.message}; fix: {exc.fix or '-'}")
             raise
@@ -419,9 +419,9 @@ def _explained(job: Callable[[RunContext], dict]) -> Callable[[RunContext], dict
 
 
 @_explained
-def train_baseline_job(ctx: RunContext) -> dict:
+def train_baseline_job(ctx: RunContext, platform: Platform) -> dict:
     """Built-in job `train-baseline`: args {type, property?, tz?, twins?, model_prefix?, until?,
-    since?, window?}."""
+    since?, window?} (registered bound to its platform by `livetwin.jobs.register_builtins`)."""
     args = ctx.args
     _check_keys(
         args,
@@ -429,7 +429,7 @@ def train_baseline_job(ctx: RunContext) -> dict:
         "train-baseline",
     )
     return train_baselines(
-        ctx.platform,
+        platform,
         _text(args, "type"),
         prop=_text(args, "property", "motion"),
         tz=_text(args, "tz", "UTC"),
@@ -579,7 +579,7 @@ def _publish(platform: Platform, type_name: str, verdicts: list[dict], now: int)
 
 
 @_explained
-def check_inactivity_job(ctx: RunContext) -> dict:
+def check_inactivity_job(ctx: RunContext, platform: Platform) -> dict:
     """Built-in job `check-inactivity`: args {type, property?, twins?, model_prefix?, version?,
     severity?, alarms?, publish?, level?, factor?, min_minutes?, neighbours?}."""
     args = ctx.args
@@ -600,7 +600,7 @@ def check_inactivity_job(ctx: RunContext) -> dict:
                 )
             rule[key] = int(value) if key == "neighbours" else float(value)
     result = check_inactivity(
-        ctx.platform,
+        platform,
         _text(args, "type"),
         prop=_text(args, "property", "motion"),
         twins=args.get("twins"),

@@ -5,8 +5,11 @@ aligns them on the model's step `dt` (the last value per step; inputs carried fo
 the batched filter, and publishes every step's parameters and virtual sensors with their std
 and 95 % band through the ordinary ingest path (journal, engine, history). The filter state of
 the type (one row per twin) is stored with a record of the run, so the next run -- or the next
-process -- resumes where this one ended. A run that published values records a lineage node
-(data window, model ref/registered version and code hash, published names; `record["lineage"]`).
+process -- resumes where this one ended. A run has one id (`record["run"]`: the scheduler's
+run id when the scheduler started it); a run that published values records the lineage node of
+that id (data window, model ref/registered version and code hash, published names;
+`record["lineage"]`). A type's `calibration.every` and `continuous` become system schedules of
+the scheduler (`calibration_schedules`), which runs the `calibrate` job (`calibrate_job`).
 
 Twins that start at the same step are filtered together as one batch (a cohort); scheduled
 runs keep a whole fleet in one cohort. One twin's failure never stops the others: the run
@@ -17,8 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
@@ -29,13 +31,15 @@ from livetwin.calibrate.state import FAILURE_REASONS
 from livetwin.errors import InvalidInput
 from livetwin.ingest.batch import Batch
 from livetwin.ingest.observations import Normalized
-from livetwin.registry.jobs import Cohort, record_calibration
+from livetwin.jobs.lineage import Cohort, record_calibration
+from livetwin.registry.lineage import new_run_id
 from livetwin.spec.calibration import CalibrationPlan
 from livetwin.store.history import aggregate
-from livetwin.timefmt import format_ts, parse_duration
+from livetwin.timefmt import format_ts
 
 if TYPE_CHECKING:
     from livetwin.platform import Platform
+    from livetwin.schedule.functions import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +69,14 @@ class TypeCalibration:
             return TypeCalibration([str(i) for i in npz["ids"]], npz["last_ts"].copy(), state)
 
 
-def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None) -> dict:
-    """Run one calibration of `twins` (default: all twins of the type); returns the run record."""
+def calibrate(
+    platform: Platform, type_name: str, twins: list[str] | None = None, *, run: str | None = None
+) -> dict:
+    """Run one calibration of `twins` (default: all twins of the type); returns the run record.
+    `run` is the run's id (the scheduler's run id; a new one when None), also its lineage node's.
+    """
     started = platform.clock()
+    run = run or new_run_id("calibrate")
     with platform.lock:
         st = platform.engine.states.get(type_name)
         if st is None:
@@ -93,6 +102,7 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
         last_seen = st.last_ts[rows].copy()
     saved = _load(platform, type_name, plan)
     record = {
+        "run": run,
         "type": type_name,
         "type_version": ctype.version,
         "model": plan.model.name,
@@ -148,8 +158,9 @@ def calibrate(platform: Platform, type_name: str, twins: list[str] | None = None
     record["finished"] = format_ts(platform.clock())
     record["status"] = _status(record)
     record["lineage"] = record_calibration(
-        platform, record, ctype, plan, ran, published_names(plan), started
-    )
+        platform.lineage, platform.registry.store, record, ctype, plan, ran,
+        published_names(plan), started, platform.clock(),
+    )  # fmt: skip
     if record["calibrated"]:
         platform.store.save_calibration(type_name, saved.to_bytes(), record, platform.clock())
     else:
@@ -430,62 +441,71 @@ def _status(record: dict) -> str:
     return "partial" if record["failed"] else "succeeded"
 
 
-class CalibrationTimer:
-    """Calibrates types on their own: every `calibration.every`, and, with
-    `calibration.continuous`, within a tick of new measurements arriving.
+# ---- the job and its system schedules ------------------------------------------------------
 
-    A small stand-in for the scheduler: runs are recorded like on-demand ones, and a failing
-    run is logged and retried at the next occasion.
-    """
+CALIBRATE_FUNCTION = {
+    "kind": "builtin",
+    "job": "calibrate",
+    "concurrency": 4,  # types calibrate side by side; one type's runs wait for each other
+    "retries": 1,
+    "backoff_s": 5.0,
+    "description": "calibrates a twin type on calibration.every and calibration.continuous",
+}
 
-    def __init__(self, platform: Platform, tick_s: float = 1.0):
-        self.platform, self.tick_s = platform, tick_s
-        self._last: dict[str, float] = {}
-        self._fresh: set[str] = set()  # continuous types with unseen measurements
-        self._token = platform.bus.subscribe(self._on_event)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="livetwin-calibration", daemon=True)
-        self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.platform.bus.unsubscribe(self._token)
+def calibrate_job(calibrate_type: Callable[..., dict]) -> Callable[[RunContext], dict]:
+    """The built-in job `calibrate`: args {type, twins?} (twins "all", or a list; default: a
+    condition or state trigger's twins, else all). `calibrate_type(type, twins, run=run_id)`
+    is the platform's calibration entry (it serialises runs of one type)."""
 
-    def _on_event(self, event) -> None:
-        """Note new measurements of continuous types (calibration's own output is not one)."""
-        applied = getattr(event, "applied", None)
-        if applied is None or applied.type in self._fresh:
-            return
-        ctype = self.platform.engine.types.get(applied.type)
-        plan = ctype.calibration if ctype is not None else None
-        if plan is None or not plan.section.continuous:
-            return
-        measured = [ctype.columns.index(name) for name in plan.measured]
-        if not np.isnan(applied.values[:, measured]).all():
-            self._fresh.add(applied.type)
+    def run(ctx: RunContext) -> dict:
+        type_name = ctx.args.get("type") or ctx.trigger.get("type")
+        if not isinstance(type_name, str):
+            raise ValueError("calibrate needs args.type, the twin type to calibrate")
+        twins = ctx.args.get("twins")
+        if twins == "all":
+            twins = None
+        else:
+            twins = twins or ctx.trigger.get("twins")
+        ctx.log(f"calibrating {type_name} ({len(twins) if twins else 'all'} twins)")
+        return calibrate_type(type_name, list(twins) if twins else None, run=ctx.run_id)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            for name in self._due():
-                try:
-                    self.platform.calibrate(name)
-                except Exception:
-                    log.exception("automatic calibration of %s failed", name)
+    run.__name__ = run.__qualname__ = "calibrate"
+    return run
 
-    def _due(self) -> list[str]:
-        due = []
-        now = time.monotonic()
-        for name, ctype in self.platform.engine.types.items():
-            plan = ctype.calibration
-            if plan is None:
-                continue
-            if plan.section.continuous and name in self._fresh:
-                self._fresh.discard(name)
-                due.append(name)
-            elif plan.section.every:
-                interval_s = parse_duration(plan.section.every) / 1000
-                if now - self._last.setdefault(name, now) >= interval_s:
-                    self._last[name] = now
-                    due.append(name)
-        return due
+
+def calibration_schedules(ctype) -> list[dict]:
+    """The system schedules a type's calibration section implies: `every` -> an interval
+    schedule; `continuous` -> a run when a batch carries new measurements (the calibration's
+    own published values are not measurements, so they start nothing)."""
+    plan = ctype.calibration
+    if plan is None:
+        return []
+    args = {"type": ctype.name, "twins": "all"}
+    found = []
+    if plan.section.every:
+        found.append(
+            {
+                "id": f"calibrate.every.{ctype.name}",
+                "function": "calibrate",
+                "trigger": {"kind": "interval", "every": plan.section.every},
+                "args": args,
+                "description": f"calibration.every of type {ctype.name}",
+            }
+        )
+    if plan.section.continuous:
+        found.append(
+            {
+                "id": f"calibrate.continuous.{ctype.name}",
+                "function": "calibrate",
+                "trigger": {
+                    "kind": "event",
+                    "on": "state",
+                    "type": ctype.name,
+                    "names": list(plan.measured),
+                },
+                "args": args,
+                "description": f"calibration.continuous of type {ctype.name}",
+            }
+        )
+    return found

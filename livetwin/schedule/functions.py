@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +17,6 @@ import httpx
 import orjson
 
 from livetwin.errors import InvalidInput
-from livetwin.jobs.baseline import check_inactivity_job, train_baseline_job
 from livetwin.namespaces import check_namespace
 from livetwin.schedule.triggers import check_name
 
@@ -33,23 +32,9 @@ JOBS: dict[str, JobFn] = {}
 
 
 def register_job(name: str, fn: JobFn) -> None:
-    """Make a built-in job available by name (train, predict, import and workflow plug in here)."""
+    """Make a job kind available to every scheduler in this process by name (the built-in ones,
+    bound to a core's ports, are registered per scheduler: `Scheduler.register_job`)."""
     JOBS[check_name(name, "job")] = fn
-
-
-def _calibrate(ctx: RunContext) -> Any:
-    """Calibrate a twin type: args {type, twins?}; a condition trigger's twins by default."""
-    type_name = ctx.args.get("type") or ctx.trigger.get("type")
-    if not isinstance(type_name, str):
-        raise ValueError("calibrate needs args.type, the twin type to calibrate")
-    twins = ctx.args.get("twins") or ctx.trigger.get("twins")
-    ctx.log(f"calibrating {type_name} ({len(twins) if twins else 'all'} twins)")
-    return ctx.platform.calibrate(type_name, list(twins) if twins else None)
-
-
-register_job("calibrate", _calibrate)
-register_job("train-baseline", train_baseline_job)
-register_job("check-inactivity", check_inactivity_job)
 
 
 @dataclass
@@ -103,10 +88,12 @@ def parse_function(
     *,
     allow_modules: Sequence[str] | None = None,
     resolve: bool = True,
+    jobs: Collection[str] | None = None,
 ) -> FunctionSpec:
     """Validate a function declaration. `allow_modules` limits "module:function" references to
     modules under these prefixes (None: any module, for trusted in-process callers); `resolve`
-    False skips importing references and looking up jobs (reloading stored declarations)."""
+    False skips importing references and looking up jobs (reloading stored declarations);
+    `jobs` are the job kinds a builtin function may name (default: those of `register_job`)."""
     if not isinstance(raw, dict):
         raise InvalidInput(
             "a function must be a JSON object",
@@ -150,11 +137,12 @@ def parse_function(
     )
     if kind == "builtin":
         job = raw.get("job")
-        if resolve and job not in JOBS:
+        known = JOBS if jobs is None else jobs
+        if resolve and job not in known:
             raise InvalidInput(
                 f"unknown built-in job {job!r}",
                 field="job",
-                fix=f"use one of: {', '.join(sorted(JOBS))}",
+                fix=f"use one of: {', '.join(sorted(known))}",
             )
         spec.job = job
     elif kind == "python":
@@ -258,7 +246,8 @@ def _number(value: Any, field_name: str, low: float, high: float) -> float:
 
 @dataclass
 class RunContext:
-    """What a function receives: its run, arguments, joined events, trigger and the platform."""
+    """What a function receives: its run, arguments, joined events, trigger, and `platform`
+    (what the composition root hands Python functions; None for a bare scheduler)."""
 
     run_id: str
     function: str
@@ -277,9 +266,11 @@ class RunContext:
 
 
 class Invoker:
-    """Calls one attempt of a function; holds the in-code registrations and an HTTP client."""
+    """Calls one attempt of a function; holds the in-code registrations and an HTTP client.
+    `jobs` are the scheduler's own job kinds (looked up before the process-wide ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: dict[str, JobFn] | None = None) -> None:
+        self.jobs = {} if jobs is None else jobs
         self.callables: dict[tuple[str, str], Callable] = {}
         self._refs: dict[str, Callable] = {}
         self._lock = threading.Lock()
@@ -290,7 +281,7 @@ class Invoker:
 
     def invoke(self, spec: FunctionSpec, ctx: RunContext) -> Any:
         if spec.kind == "builtin":
-            job = JOBS.get(spec.job)
+            job = self.jobs.get(spec.job) or JOBS.get(spec.job)
             if job is None:
                 raise LookupError(f"built-in job '{spec.job}' is not registered in this process")
             return job(ctx)

@@ -1,5 +1,6 @@
 """The scheduler's durable state: `<data>/schedule.db` (SQLite, WAL), or its own PostgreSQL schema
-when LIVETWIN_DATABASE_URL is set: the schema, the one-scheduler-per-deployment lock, row readers.
+when LIVETWIN_DATABASE_URL is set: the schema, the one-scheduler-per-deployment lock, and every
+statement the scheduler runs (`conn` is the connection of the current transaction, or a read).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any, Protocol
 import orjson
 
 from livetwin.errors import Unavailable
+from livetwin.ports import OpenServiceDB
 from livetwin.store.open import configured_url
-from livetwin.store.servicedb import ServiceDB, open_service_db
+from livetwin.store.servicedb import ServiceDB
 from livetwin.timefmt import format_ts
 
 SCHEMA = """
@@ -102,30 +104,19 @@ class Lock(Protocol):
     def close(self) -> None: ...
 
 
-def open_owned(directory: Path, database_url: str | None = None) -> tuple[ServiceDB, Lock]:
+def open_owned(open_db: OpenServiceDB, database_url: str | None = None) -> tuple[ServiceDB, Lock]:
     """The scheduler's database and the lock that makes this scheduler its only one: a file lock
-    beside `schedule.db`, or a session advisory lock on the PostgreSQL schema. Unavailable if
-    another scheduler holds it."""
-    url = configured_url(database_url)
-    if not url:
-        held = _lock_file(directory / "schedule.lock")
-        try:
-            return _open(directory, url), held
-        except BaseException:
-            held.close()
-            raise
-    db = _open(directory, url)
+    beside `schedule.db`, or a session advisory lock on the PostgreSQL schema (`database_url`,
+    default LIVETWIN_DATABASE_URL, names the server to hold it on). Unavailable if another
+    scheduler holds it."""
+    db = open_db("schedule", SCHEMA, sqlite_migrate=_keep_sqlite_sequence)
     try:
-        return db, _lock_schema(url, db)
+        if db.dialect == "sqlite":
+            return db, _lock_file(Path(db.path).with_name("schedule.lock"))
+        return db, _lock_schema(configured_url(database_url), db)
     except BaseException:
         db.close()
         raise
-
-
-def _open(directory: Path, url: str) -> ServiceDB:
-    return open_service_db(
-        directory, "schedule", SCHEMA, database_url=url, sqlite_migrate=_keep_sqlite_sequence
-    )
 
 
 def _keep_sqlite_sequence(conn: sqlite3.Connection) -> None:
@@ -236,3 +227,216 @@ def run_dict(row: tuple, *, logs: bool = True) -> dict[str, Any]:
     if logs:
         out["logs"] = orjson.loads(log_lines) if log_lines else []
     return out
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def read_state(db: ServiceDB) -> dict[str, Any]:
+    """All durable state, read in one transaction (a consistent snapshot)."""
+    with db.write() as conn:
+        return {
+            "functions": conn.execute("SELECT namespace, name, spec FROM functions").fetchall(),
+            "schedules": conn.execute(
+                "SELECT id, namespace, function, trigger, missed, args, description, "
+                "enabled, next_at, last_fired, fired, last_error, created FROM schedules "
+                "ORDER BY created"
+            ).fetchall(),
+            "conditions": conn.execute("SELECT schedule_id, twin FROM conditions").fetchall(),
+            "inbox": conn.execute(
+                "SELECT i.namespace, i.function, e.id, e.name, e.key, e.data, e.ts "
+                "FROM inbox i JOIN events e ON e.id = i.event_id ORDER BY e.id"
+            ).fetchall(),
+            "last_event_id": last_event_id(db),
+            "runs": conn.execute(
+                "SELECT id, namespace, function, schedule_id, trigger, args, events, "
+                "attempts, logs FROM runs WHERE state IN ('queued', 'running') ORDER BY n"
+            ).fetchall(),
+        }
+
+
+def requeue_interrupted(conn: Any) -> None:
+    """Runs a stop or crash interrupted run again."""
+    conn.execute("UPDATE runs SET state='queued' WHERE state='running'")
+
+
+# ---- runs -----------------------------------------------------------------------------------
+
+INSERT_RUN = (
+    "INSERT INTO runs (id, namespace, function, schedule_id, state, trigger, args, events, "
+    "created) VALUES (?,?,?,?,?,?,?,?,?)"
+)
+
+
+def insert_runs(conn: Any, rows: list[tuple]) -> None:
+    """New queued runs: (id, namespace, function, schedule_id, state, trigger, args, events,
+    created) each."""
+    if len(rows) == 1:
+        conn.execute(INSERT_RUN, rows[0])
+    elif rows:
+        conn.executemany(INSERT_RUN, rows)
+
+
+def set_run_trigger(conn: Any, run_id: str, trigger_json: str) -> None:
+    conn.execute("UPDATE runs SET trigger=? WHERE id=?", (trigger_json, run_id))
+
+
+def write_retried(conn: Any, rows: list[tuple]) -> None:
+    """Failed attempts that retry: (attempts, started, error, logs, id) each."""
+    conn.executemany(
+        "UPDATE runs SET state='queued', attempts=?, started=?, error=?, logs=? WHERE id=?", rows
+    )
+
+
+def write_finished(conn: Any, rows: list[tuple]) -> None:
+    """Finished runs: (state, attempts, started, result, error, logs, finished, duration_ms,
+    id) each."""
+    conn.executemany(
+        "UPDATE runs SET state=?, attempts=?, started=?, result=?, error=?, logs=?, "
+        "finished=?, duration_ms=? WHERE id=?",
+        rows,
+    )
+
+
+def select_runs(conn: Any, filters: dict[str, Any], limit: int) -> list[tuple]:
+    """Runs (RUN_COLUMNS), newest first, whose columns equal the non-None `filters`."""
+    where, args = [], []
+    for column in ("namespace", "function", "state", "schedule_id"):
+        value = filters.get(column)
+        if value is not None:
+            where.append(f"{column}=?")
+            args.append(value)
+    sql = f"SELECT {RUN_COLUMNS} FROM runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return conn.execute(sql + " ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
+
+
+def select_run(conn: Any, run_id: str) -> tuple | None:
+    rows = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchall()
+    return rows[0] if rows else None
+
+
+def runs_by_state(conn: Any) -> dict[str, int]:
+    return dict(conn.execute("SELECT state, count(*) FROM runs GROUP BY state"))
+
+
+def last_outcomes(conn: Any, key: tuple[str, str]) -> tuple[tuple | None, tuple | None]:
+    """A function's last finished run (id, state, finished, error) and last failed one (id,
+    finished, error)."""
+    last = conn.execute(
+        "SELECT id, state, finished, error FROM runs WHERE namespace=? AND function=? "
+        "AND state IN ('succeeded', 'failed') ORDER BY n DESC LIMIT 1",
+        key,
+    ).fetchall()
+    failed = conn.execute(
+        "SELECT id, finished, error FROM runs WHERE namespace=? AND function=? "
+        "AND state='failed' ORDER BY n DESC LIMIT 1",
+        key,
+    ).fetchall()
+    return (last[0] if last else None), (failed[0] if failed else None)
+
+
+# ---- functions ------------------------------------------------------------------------------
+
+
+def upsert_function(conn: Any, key: tuple[str, str], spec_json: str, created: int) -> None:
+    conn.execute(
+        "INSERT INTO functions (namespace, name, spec, created) VALUES (?,?,?,?) "
+        "ON CONFLICT (namespace, name) DO UPDATE SET spec=excluded.spec",
+        (*key, spec_json, created),
+    )
+
+
+def delete_function(conn: Any, key: tuple[str, str]) -> None:
+    """A function and the events its joins still waited for."""
+    conn.execute("DELETE FROM functions WHERE namespace=? AND name=?", key)
+    conn.execute("DELETE FROM inbox WHERE namespace=? AND function=?", key)
+
+
+# ---- schedules ------------------------------------------------------------------------------
+
+
+def insert_schedule(conn: Any, row: tuple, true_twins: list[str]) -> None:
+    """A new schedule: (id, namespace, function, trigger, missed, args, description, enabled,
+    next_at, created), with the twins its condition holds for already."""
+    conn.execute(
+        "INSERT INTO schedules (id, namespace, function, trigger, missed, args, description, "
+        "enabled, next_at, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        row,
+    )
+    conn.executemany(
+        "INSERT INTO conditions (schedule_id, twin) VALUES (?,?)", [(row[0], t) for t in true_twins]
+    )
+
+
+def delete_schedule(conn: Any, schedule_id: str) -> None:
+    conn.execute("DELETE FROM schedules WHERE id=?", (schedule_id,))
+    conn.execute("DELETE FROM conditions WHERE schedule_id=?", (schedule_id,))
+
+
+def set_enabled(conn: Any, schedule_id: str, enabled: bool, next_at: int | None) -> None:
+    conn.execute(
+        "UPDATE schedules SET enabled=?, next_at=? WHERE id=?", (int(enabled), next_at, schedule_id)
+    )
+
+
+def set_fired(conn: Any, schedule_id: str, fired: int, last_fired: int | None) -> None:
+    conn.execute(
+        "UPDATE schedules SET fired=?, last_fired=? WHERE id=?", (fired, last_fired, schedule_id)
+    )
+
+
+def set_after_firing(conn: Any, row: tuple) -> None:
+    """A time trigger fired: (next_at, enabled, fired, last_fired, last_error, id)."""
+    conn.execute(
+        "UPDATE schedules SET next_at=?, enabled=?, fired=?, last_fired=?, last_error=? WHERE id=?",
+        row,
+    )
+
+
+def set_last_error(conn: Any, schedule_id: str, error: str | None) -> None:
+    conn.execute("UPDATE schedules SET last_error=? WHERE id=?", (error, schedule_id))
+
+
+def add_conditions(conn: Any, schedule_id: str, twins: list[str]) -> None:
+    """Twins whose condition became true."""
+    conn.executemany(
+        "INSERT INTO conditions (schedule_id, twin) VALUES (?,?) ON CONFLICT DO NOTHING",
+        [(schedule_id, t) for t in twins],
+    )
+
+
+def remove_conditions(conn: Any, schedule_id: str, twins: list[str]) -> None:
+    """Twins whose condition became false."""
+    conn.executemany(
+        "DELETE FROM conditions WHERE schedule_id=? AND twin=?", [(schedule_id, t) for t in twins]
+    )
+
+
+# ---- events and joins -----------------------------------------------------------------------
+
+
+def insert_events(conn: Any, rows: list[tuple]) -> None:
+    """Posted events: (id, namespace, name, key, data, ts) each."""
+    conn.executemany(
+        "INSERT INTO events (id, namespace, name, key, data, ts) VALUES (?,?,?,?,?,?)", rows
+    )
+
+
+def add_to_inbox(conn: Any, rows: Any) -> None:
+    """Events a join now waits for: (namespace, function, event id) each."""
+    conn.executemany("INSERT INTO inbox (namespace, function, event_id) VALUES (?,?,?)", rows)
+
+
+def take_from_inbox(conn: Any, rows: Any) -> None:
+    """Events a join consumed (or no longer waits for): (namespace, function, event id) each."""
+    conn.executemany("DELETE FROM inbox WHERE namespace=? AND function=? AND event_id=?", rows)
+
+
+def prune_events(conn: Any, next_event_id: int, before_ts: int) -> None:
+    """Forget events posted before `before_ts` that no join waits for (their ids stay used)."""
+    keep_last_event_id(conn, next_event_id - 1)
+    conn.execute(
+        "DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM inbox)", (before_ts,)
+    )

@@ -194,7 +194,7 @@ def parse_trigger(raw: Any, now_ms: int) -> Trigger:
         "once": {"at", "after"},
         "interval": {"every", "start"},
         "cron": {"cron", "tz"},
-        "event": {"on", "name", "type", "twin_prefix", "function", "state"},
+        "event": {"on", "name", "type", "twin_prefix", "function", "state", "names"},
         "condition": {"type", "when", "twin_prefix"},
     }[kind] | {"kind"}
     unknown = sorted(set(raw) - allowed)
@@ -271,6 +271,21 @@ def _event(raw: dict, now_ms: int) -> Trigger:
                 fix=f"give a string or leave {key} out to match all",
             )
         spec[key] = value
+    names = raw.get("names")
+    if names is not None:
+        if on != "state" or not isinstance(names, list) or not names:
+            raise InvalidInput(
+                "trigger.names must be a non-empty list of property names, with on: state",
+                field="trigger.names",
+                fix='e.g. "names": ["flow"]: only batches carrying a flow value fire',
+            )
+        if not all(isinstance(n, str) and n for n in names):
+            raise InvalidInput(
+                "trigger.names must list property names",
+                field="trigger.names",
+                fix='e.g. ["flow", "pressure"]',
+            )
+        spec["names"] = list(names)
     if spec.get("state") not in (None, "succeeded", "failed"):
         raise InvalidInput(
             "trigger.state must be succeeded or failed",

@@ -1,7 +1,6 @@
 """Lineage for jobs that publish values: a run node fed by its data window and model version.
 
-Works with or without a started registry service: the stores are the platform's own
-(`platform.lineage`, `platform.registry`) when it owns them, else opened on its data directory.
+The ports: `lineage` (a LineageStore) and `models` (the registry's store: `lookup_ref`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from livetwin.registry.lineage import code_hash, new_run_id
+from livetwin.registry.lineage import code_hash
 from livetwin.registry.service import model_node_id
 from livetwin.timefmt import format_ts
 
@@ -31,12 +30,12 @@ class Cohort:
     resumed: bool
 
 
-def model_node(platform: Any, ref: str, fn: Any) -> tuple[str, dict]:
+def model_node(lineage: Any, models: Any, ref: str, fn: Any) -> tuple[str, dict]:
     """The lineage node of the model behind `ref`: its registered version in any namespace when
-    there is one (matching code hash preferred), else a node for the unregistered code."""
-    lineage = platform.lineage
+    there is one (matching code hash preferred, looked up in `models`), else a node for the
+    unregistered code."""
     hash_ = code_hash(ref, fn)
-    found = platform.registry.store.lookup_ref(ref, hash_)
+    found = models.lookup_ref(ref, hash_)
     info = {"ref": ref, "code_hash": hash_, "registry": found}
     if found is not None:
         node_id = model_node_id(found["name"], found["version"], found["namespace"])
@@ -58,21 +57,23 @@ def model_node(platform: Any, ref: str, fn: Any) -> tuple[str, dict]:
 
 
 def record_calibration(
-    platform: Any,
+    lineage: Any,
+    models: Any,
     record: dict,
     ctype: Any,
     plan: Any,
     cohorts: Sequence[Cohort],
     published: Sequence[str],
     started: int,
+    finished: int,
 ) -> str | None:
-    """Record a calibration run that published values; its node id (None if it failed: a
-    lineage problem is logged and never fails the calibration itself)."""
+    """Record a calibration run that published values as node `record["run"]` (the run's one
+    id); its node id (None if it failed: a lineage problem is logged and never fails the
+    calibration itself)."""
     if not cohorts:
         return None
     try:
-        lineage = platform.lineage
-        model_id, model = model_node(platform, plan.model.name, plan.model.fn)
+        model_id, model = model_node(lineage, models, plan.model.name, plan.model.fn)
         windows = [
             {"twins": list(c.twins), "from": format_ts(c.start), "to": format_ts(c.end)}
             for c in cohorts
@@ -95,7 +96,7 @@ def record_calibration(
         return lineage.record(
             "run",
             f"calibrate:{ctype.name}",
-            id=new_run_id("calibrate"),
+            id=record["run"],
             inputs={
                 "job": "calibrate",
                 "type": ctype.name,
@@ -120,7 +121,7 @@ def record_calibration(
             parents=parents,
             code_hash=model["code_hash"],
             started=started,
-            finished=platform.clock(),
+            finished=finished,
             produced=[(t, c.start, c.end) for c in cohorts for t in c.twins],
         )
     except Exception:
