@@ -211,3 +211,38 @@ def test_continuous_calibration_follows_new_data(tmp_path, clock, fleet):
         time.sleep(2.5)  # its own published results do not start another run
         runs = platform.store.calibration_runs("roller_line", 5)
         assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+
+
+def test_one_execution_has_one_id_for_run_record_and_lineage(tmp_path, clock, fleet):
+    sim, ids = fleet
+    clock.now = T0 + 10**8
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        platform.put_type("roller_line", ROLLER_TYPE)
+        feed(platform, sim, ids, 50, 0)
+        scheduler = platform.scheduler
+        body = {"kind": "builtin", "job": "calibrate", "args": {"type": "roller_line"}}
+        scheduler.define_function("recalibrate", body)
+        run = scheduler.wait(scheduler.run_function("recalibrate")["id"], 60)
+        assert run["state"] == "succeeded", run
+        (record,) = platform.store.calibration_runs("roller_line", 1)
+        node = platform.lineage.node(run["id"])
+        assert record["run"] == run["result"]["run"] == record["lineage"] == node["id"] == run["id"]
+        assert node["inputs"]["job"] == "calibrate" and node["outputs"]["status"] == "succeeded"
+        feed(platform, sim, ids, 20, 50)
+        direct = platform.calibrate("roller_line")  # on demand: one new id, shared the same way
+        assert direct["run"] == direct["lineage"] != run["id"]
+        assert platform.lineage.node(direct["run"])["parents"][-1] == run["id"]  # it resumed
+
+
+def test_a_redeclared_interval_moves_its_system_schedule(platform):
+    def every() -> list:
+        platform.scheduler.tick()  # queued behind the type's bus event
+        return [s["trigger"]["every"] for s in platform.scheduler.schedules(namespace="system")]
+
+    calibration = ROLLER_TYPE["calibration"]
+    platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": {**calibration, "every": "1s"}})
+    assert every() == [1000]
+    platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": {**calibration, "every": "1m"}})
+    assert every() == [60_000]
+    platform.put_type("roller_line", ROLLER_TYPE)
+    assert every() == []

@@ -14,6 +14,7 @@ from conftest import PUMP, T0, obs
 from schedule_support import FailingCommit, new_scheduler
 
 from livetwin.engine.events import Notice
+from livetwin.errors import InvalidInput
 from livetwin.platform import Platform
 from livetwin.schedule import CronTrigger, Scheduler
 from livetwin.store.open import DATABASE_URL_ENV
@@ -354,7 +355,7 @@ def referenced(ctx) -> str:
 
 
 def test_one_scheduler_per_data_directory_and_allowed_modules(platform, scheduler):
-    from livetwin.errors import InvalidInput, Unavailable
+    from livetwin.errors import Unavailable
 
     with pytest.raises(Unavailable):
         platform.new_scheduler()
@@ -430,3 +431,73 @@ def test_a_schedule_db_from_before_the_meta_table_keeps_its_event_ids(tmp_path, 
     db.close()
     with Platform(tmp_path / "d", clock=clock) as platform:
         assert platform.scheduler.post_event("tick")["id"] == last + 1
+
+
+def test_a_state_trigger_with_names_fires_only_for_batches_carrying_them(platform, scheduler):
+    platform.put_type("pump", PUMP)
+    scheduler.register("on-flow", lambda ctx: ctx.trigger["twins"])
+    sid = scheduler.add_schedule(
+        {"function": "on-flow",
+         "trigger": {"kind": "event", "on": "state", "type": "pump", "names": ["flow"]}}
+    )["id"]  # fmt: skip
+    platform.ingest([obs("p1", T0, pressure=2)])  # no flow: nothing to do
+    settle(platform, scheduler)
+    assert scheduler.runs(schedule=sid) == []
+    platform.ingest([obs("p1", T0 + 1, pressure=3), obs("p2", T0 + 1, flow=5)])
+    settle(platform, scheduler)
+    (run,) = scheduler.runs(schedule=sid)
+    assert run["result"] == ["p2"]
+    with pytest.raises(InvalidInput) as info:
+        scheduler.add_schedule(
+            {"function": "on-flow", "trigger": {"kind": "event", "on": "created", "names": ["x"]}}
+        )
+    assert info.value.field == "trigger.names"
+
+
+# ---- system schedules ------------------------------------------------------------------------
+
+
+def per_type(ctype) -> list[dict]:
+    """A system schedule for each type whose description names an interval."""
+    every = ctype.spec.description
+    if not every:
+        return []
+    trigger = {"kind": "interval", "every": every}
+    return [{"id": f"slow.{ctype.name}", "function": "slow", "trigger": trigger, "args": {}}]
+
+
+def test_system_schedules_follow_their_types_and_never_overlap_a_run(platform, clock):
+    s = new_scheduler(platform, workers=4)
+    release = threading.Event()
+    s.register_job("slow", lambda ctx: release.wait(10))
+    s.add_system_schedules(per_type, {"slow": {"kind": "builtin", "job": "slow"}})
+    platform.put_type("early", {"description": "1s", "properties": {"x": {}}})  # before start
+    s.start()
+    platform.put_type("late", {"properties": {"x": {}}})
+    s.tick()  # after the bus events: the system schedules are in step
+
+    def system() -> dict[str, int]:
+        return {x["id"]: x["trigger"]["every"] for x in s.schedules(namespace="system")}
+
+    assert system() == {"slow.early": 1000}
+    assert s.function("slow", "system")["job"] == "slow"
+    platform.put_type("late", {"description": "5s", "properties": {"x": {}}})
+    platform.put_type("early", {"description": "2s", "properties": {"x": {}}})
+    s.tick()
+    assert system() == {"slow.early": 2000, "slow.late": 5000}
+    platform.put_type("late", {"properties": {"x": {}}})  # no interval any more
+    s.tick()
+    assert system() == {"slow.early": 2000}
+    # a run still going when the next is due: not started twice
+    clock.now += 2000
+    s.tick()
+    clock.now += 2000
+    s.tick()
+    assert len(s.runs(schedule="slow.early")) == 1
+    release.set()
+    s.wait_idle(10)
+    clock.now += 2000
+    s.tick()
+    s.wait_idle(10)
+    assert [r["state"] for r in s.runs(schedule="slow.early")] == ["succeeded", "succeeded"]
+    s.stop()
