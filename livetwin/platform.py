@@ -28,8 +28,8 @@ from livetwin.ingest.extract import extract
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.jobs.builtins import register_builtins
+from livetwin.jobs.calibration import CalibrationPorts, calibration_view
 from livetwin.jobs.calibration import calibrate as run_calibration
-from livetwin.jobs.calibration import calibration_view
 from livetwin.journal.writer import IngestResult
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry
@@ -76,6 +76,14 @@ class Platform:
         self.registry = Registry(
             self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
         ).start()
+        self._calibration = CalibrationPorts(
+            clock=self.clock,
+            reader=self.query,
+            ingest=self.core,
+            store=self.core.store,
+            lineage=self.lineage,
+            models=self.registry.store,
+        )
         self.scheduler = self.new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
@@ -309,7 +317,7 @@ class Platform:
         """Calibrate the twins of a type (all by default) on their new data; the run record
         (`run`: the id of this execution, e.g. the scheduler's run id; new when None)."""
         with self._calibration_locks.setdefault(type_name, threading.Lock()):
-            return run_calibration(self, type_name, twins, run=run)
+            return run_calibration(self._calibration, type_name, twins, run=run)
 
     def calibration(self, twin_id: str, *, runs: int = 10) -> dict:
         """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""

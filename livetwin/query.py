@@ -153,6 +153,32 @@ class Query:
                 ids = list(twins)
             return ids, {n: st.data[st.col[n], rows].copy() for n in names}
 
+    def type_rows(
+        self,
+        type_name: str,
+        names_of: Callable[[CompiledType], list[str]],
+        twins: list[str] | None = None,
+    ):
+        """One consistent read of a type's twins (all, or `twins` in that order):
+        (compiled type, twin ids, uids, last observation times, {name: current values}) for the
+        names `names_of(compiled type)` picks (it may raise). NotFound for an unknown type or
+        twin; InvalidInput for a twin of another type."""
+        with self.core.lock:
+            st = self.core.engine.states.get(type_name)
+            if st is None:
+                self.core.engine.ctype(type_name)  # raises NotFound with the fix
+            names = names_of(st.ctype)
+            ids = list(st.ids) if twins is None else list(twins)
+            for twin in ids:
+                if twin not in st.index:
+                    self.core.engine.locate(twin)  # NotFound, or a twin of another type:
+                    raise InvalidInput(
+                        f"twin '{twin}' is not a '{type_name}'", field="twin", fix="check the id"
+                    )
+            rows = np.array([st.index[t] for t in ids], dtype=np.int64)
+            values = {n: st.data[st.col[n], rows].copy() for n in names}
+            return st.ctype, ids, st.uid[rows].copy(), st.last_ts[rows].copy(), values
+
     def truth(
         self,
         type_name: str,

@@ -22,7 +22,7 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from livetwin.store.history import aggregate
 from livetwin.timefmt import format_ts
 
 if TYPE_CHECKING:
-    from livetwin.platform import Platform
+    from livetwin.ports import Clock, Ingest
     from livetwin.schedule.functions import RunContext
 
 log = logging.getLogger(__name__)
@@ -69,38 +69,33 @@ class TypeCalibration:
             return TypeCalibration([str(i) for i in npz["ids"]], npz["last_ts"].copy(), state)
 
 
+@dataclass(frozen=True)
+class CalibrationPorts:
+    """What a calibration reads and writes through (the composition root builds it)."""
+
+    clock: Clock
+    reader: Any  # livetwin.query.Query: type_rows, history_rows
+    ingest: Ingest  # results go in like device data
+    store: Any  # the core's store: calibration_state, save_calibration, add_calibration_run
+    lineage: Any  # LineageStore
+    models: Any  # the registry's store: lookup_ref (the model version behind a ref)
+
+
 def calibrate(
-    platform: Platform, type_name: str, twins: list[str] | None = None, *, run: str | None = None
+    ports: CalibrationPorts,
+    type_name: str,
+    twins: list[str] | None = None,
+    *,
+    run: str | None = None,
 ) -> dict:
     """Run one calibration of `twins` (default: all twins of the type); returns the run record.
     `run` is the run's id (the scheduler's run id; a new one when None), also its lineage node's.
     """
-    started = platform.clock()
+    started = ports.clock()
     run = run or new_run_id("calibrate")
-    with platform.lock:
-        st = platform.engine.states.get(type_name)
-        if st is None:
-            platform.engine.ctype(type_name)  # raises NotFound with the fix
-        ctype = st.ctype
-        plan = ctype.calibration
-        if plan is None:
-            raise InvalidInput(
-                f"type '{type_name}' has no model to calibrate",
-                field="model",
-                fix="add model: and calibration: sections to the type spec",
-            )
-        chosen = list(st.ids) if twins is None else twins
-        for twin in chosen:
-            if twin not in st.index:
-                platform.engine.locate(twin)  # NotFound, or a twin of another type:
-                raise InvalidInput(
-                    f"twin '{twin}' is not a '{type_name}'", field="twin", fix="check the id"
-                )
-        rows = np.array([st.index[t] for t in chosen], dtype=np.int64)
-        uids = st.uid[rows].copy()
-        params = {p: st.data[st.col[p], rows].copy() for p in plan.model.params}
-        last_seen = st.last_ts[rows].copy()
-    saved = _load(platform, type_name, plan)
+    ctype, chosen, uids, last_seen, params = ports.reader.type_rows(type_name, _params, twins)
+    plan = ctype.calibration
+    saved = _load(ports.store, type_name, plan)
     record = {
         "run": run,
         "type": type_name,
@@ -119,7 +114,7 @@ def calibrate(
     data = {}
     for i, twin in enumerate(chosen):
         since = int(saved.last_ts[saved.ids.index(twin)]) + 1 if twin in saved.ids else 0
-        aligned = _aligned(platform, type_name, plan, int(uids[i]), since, int(last_seen[i]))
+        aligned = _aligned(ports.reader, type_name, plan, int(uids[i]), since, int(last_seen[i]))
         problem = _too_little(aligned, plan)
         if problem:
             record["skipped"][twin] = problem
@@ -132,7 +127,7 @@ def calibrate(
     for (first, resumed), members in sorted(cohorts.items()):
         index = [chosen.index(t) for t in members]
         outcome = _run_cohort(
-            platform,
+            ports.ingest,
             ctype,
             plan,
             saved,
@@ -155,16 +150,16 @@ def calibrate(
                 "from": min(record["window"]["from"], window["from"]),
                 "to": max(record["window"]["to"], window["to"]),
             }
-    record["finished"] = format_ts(platform.clock())
+    record["finished"] = format_ts(ports.clock())
     record["status"] = _status(record)
     record["lineage"] = record_calibration(
-        platform.lineage, platform.registry.store, record, ctype, plan, ran,
-        published_names(plan), started, platform.clock(),
+        ports.lineage, ports.models, record, ctype, plan, ran, published_names(plan), started,
+        ports.clock(),
     )  # fmt: skip
     if record["calibrated"]:
-        platform.store.save_calibration(type_name, saved.to_bytes(), record, platform.clock())
+        ports.store.save_calibration(type_name, saved.to_bytes(), record, ports.clock())
     else:
-        platform.store.add_calibration_run(type_name, record)
+        ports.store.add_calibration_run(type_name, record)
     return record
 
 
@@ -211,10 +206,21 @@ class _Aligned:
     rows: int  # steps holding a measurement
 
 
-def _aligned(platform, type_name, plan: CalibrationPlan, uid: int, since: int, until: int):
+def _params(ctype) -> list[str]:
+    """The model parameters of a type with a model to calibrate (InvalidInput otherwise)."""
+    if ctype.calibration is None:
+        raise InvalidInput(
+            f"type '{ctype.name}' has no model to calibrate",
+            field="model",
+            fix="add model: and calibration: sections to the type spec",
+        )
+    return list(ctype.calibration.model.params)
+
+
+def _aligned(reader, type_name, plan: CalibrationPlan, uid: int, since: int, until: int):
     """One twin's rows since `since`, one row per model step, or None without data."""
     names = list(plan.model.inputs) + list(plan.measured)
-    ts, _, values = platform._history_rows(uid, type_name, names, since, until + 1)
+    ts, _, values = reader.history_rows(uid, type_name, names, since, until + 1)
     if len(ts) == 0:
         return None
     step_ts, last = aggregate(ts, values, plan.dt_ms, "last")
@@ -259,7 +265,7 @@ def _too_little(aligned: _Aligned | None, plan: CalibrationPlan) -> str | None:
     return None
 
 
-def _run_cohort(platform, ctype, plan, saved, members, aligned, params, first, resumed) -> dict:
+def _run_cohort(ingest, ctype, plan, saved, members, aligned, params, first, resumed) -> dict:
     """Filter twins that start at the same step; publish results; update `saved` in place."""
     n = len(members)
     end = min(max(int(a.buckets[-1]) for a in aligned), first + MAX_STEPS - 1)
@@ -283,7 +289,7 @@ def _run_cohort(platform, ctype, plan, saved, members, aligned, params, first, r
         for k in range(steps):
             state, result = filt.step(state, inputs[k], measured[k], dt)
             published.append(_values(plan, result))
-    _publish(platform, ctype, plan, members, step_ts, published)
+    _publish(ingest, ctype, plan, members, step_ts, published)
     _store(saved, state, members, (end + 1) * plan.dt_ms - 1)
     failed = {
         members[i]: FAILURE_REASONS.get(int(state.reason[i]), "failed")
@@ -355,7 +361,7 @@ def published_names(plan: CalibrationPlan) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _publish(platform, ctype, plan, members, step_ts, published) -> None:
+def _publish(ingest: Ingest, ctype, plan, members, step_ts, published) -> None:
     """Every step of every twin as one observation, through the journal like device data."""
     steps, n = step_ts.shape
     values = np.stack(published)  # (steps, n, k)
@@ -373,7 +379,7 @@ def _publish(platform, ctype, plan, members, step_ts, published) -> None:
     if not keep.all():
         batch = batch.take(np.flatnonzero(keep))
     normalized = Normalized(batches=[(batch, np.arange(len(batch)))])
-    platform.submit_normalized(normalized).result()
+    ingest.submit_normalized(normalized).result()
 
 
 def _store(saved: TypeCalibration, state: FilterState, members: list[str], end_ts: int) -> None:
@@ -388,9 +394,9 @@ def _store(saved: TypeCalibration, state: FilterState, members: list[str], end_t
         _put(saved.state, row, _take(state, [i]))
 
 
-def _load(platform, type_name: str, plan: CalibrationPlan) -> TypeCalibration:
+def _load(store, type_name: str, plan: CalibrationPlan) -> TypeCalibration:
     """The stored calibration, or an empty one when none fits the current model."""
-    blob = platform.store.calibration_state(type_name)
+    blob = store.calibration_state(type_name)
     if blob is not None:
         saved = TypeCalibration.from_bytes(blob)
         expected = tuple(plan.parameters) + tuple(plan.model.states)
