@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from livetwin.api.body import read_body
 from livetwin.errors import InvalidInput
 from livetwin.schedule import Scheduler
-from livetwin.schedule.service import RUN_STATES
+from livetwin.schedule.model import RUN_STATES
 
 MAX_BODY = 1024 * 1024
 MAX_EVENTS_PER_POST = 1_000

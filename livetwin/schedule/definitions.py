@@ -7,6 +7,7 @@ types they derive from (a type's `calibration.every` becomes an interval schedul
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ from livetwin.schedule.model import SYSTEM, Key, Schedule, dumps
 from livetwin.schedule.runs import last_run
 from livetwin.schedule.triggers import MISSED, TIME_KINDS, check_name, parse_trigger
 from livetwin.timefmt import format_ts
+
+log = logging.getLogger(__name__)
 
 SystemSource = Callable[[Any], list[dict]]
 """A twin type (CompiledType) -> the system schedules it implies: bodies with `id`, `function`
@@ -345,7 +348,7 @@ class Definitions:
                 try:
                     bodies = source(ctype)
                 except Exception as exc:  # one bad type never stops the others
-                    self._log.warning("system schedules of type %s: %s", ctype.name, exc)
+                    log.warning("system schedules of type %s: %s", ctype.name, exc)
                     continue
                 desired.update((body["id"], (ctype.name, body)) for body in bodies)
         for sid, sched in list(self._schedules.items()):

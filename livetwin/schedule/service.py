@@ -28,13 +28,13 @@ from livetwin.schedule import store
 from livetwin.schedule.definitions import Definitions
 from livetwin.schedule.firing import Firing
 from livetwin.schedule.functions import FunctionSpec, Invoker, JobFn, parse_function
-from livetwin.schedule.model import RUN_STATES, STOP, Key, Op, RunItem, RunLogHandler, Schedule
+from livetwin.schedule.model import STOP, Key, Op, RunItem, RunLogHandler, Schedule
 from livetwin.schedule.runs import RunQueue
 from livetwin.schedule.triggers import parse_trigger
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RUN_STATES", "Scheduler"]
+__all__ = ["Scheduler"]
 
 
 class Scheduler(Definitions, Firing, RunQueue):
@@ -88,7 +88,6 @@ class Scheduler(Definitions, Firing, RunQueue):
         self._system_sources: list[Callable] = []
         self._system_functions: dict[str, FunctionSpec] = {}
         self._system_types: dict[str, str] = {}  # system schedule id -> the type it follows
-        self._log = log
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
