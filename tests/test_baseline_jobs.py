@@ -1,5 +1,6 @@
 """The seasonal-baseline jobs under the scheduler and a fake clock: nightly cron retraining into
-new registry versions, the inactivity check raising, repeating and clearing alarms, bad args."""
+new registry versions, the inactivity check whose verdicts make the home rule raise and clear
+its alarm (a replay of the journal reproduces it), bad args."""
 
 from __future__ import annotations
 
