@@ -68,9 +68,15 @@ class Platform:
         self._calibration_locks: dict[str, threading.Lock] = {}
         self.webhooks = WebhookService(self).start() if self.settings.webhooks else None
         self.mqtt, self.commands = self._start_mqtt()
-        self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
+        self.alarms = AlarmService(
+            clock=self.clock,
+            bus=self.bus,
+            reader=self.query,
+            open_db=self.open_db,
+            tick_s=self.settings.alarm_tick_s,
+        ).start()
         smtp = SmtpSettings.from_env()
-        self.mailer = AlarmMailer(self, smtp).start() if smtp else None
+        self.mailer = AlarmMailer(smtp, bus=self.bus).start() if smtp else None
         self.lineage = LineageStore(self.path, clock=self.clock)
         self.registry = Registry(
             self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes

@@ -151,6 +151,24 @@ class Query:
                 ids = list(twins)
             return ids, {n: st.data[st.col[n], rows].copy() for n in names}
 
+    def current_by_uid(self, type_name: str, uids: np.ndarray, names: list[str]):
+        """Current values of columns `names` of a type's twins given by engine row id (the
+        `uids` of an applied batch): (twin id or None per uid, {name: array}, NaN where unknown);
+        None when no twin type has that name."""
+        with self.core.lock:
+            st = self.core.engine.states.get(type_name)
+            if st is None:
+                return None
+            rows = st.rows_of(uids)
+            found = rows >= 0
+            ids = [st.ids[r] if r >= 0 else None for r in rows.tolist()]
+            values = {}
+            for name in names:
+                values[name] = np.full(len(uids), np.nan)
+                if name in st.col:
+                    values[name][found] = st.data[st.col[name], rows[found]]
+            return ids, values
+
     def _row_of(self, st, twin_id: str) -> int:
         found, row = self.core.engine.locate(twin_id)
         if found is not st:

@@ -329,7 +329,15 @@ def test_services_report_a_lost_database_and_reconnect_when_it_is_back(
             registry = RegistryStore(tmp_path, database_url=url)
             with Platform(tmp_path / "data", clock=clock, settings=QUIET) as platform:
                 platform.put_type("boiler", BOILER)
-                alarms = AlarmService(platform, tick_s=3600, database_url=url).start()
+                alarms = AlarmService(
+                    clock=platform.clock,
+                    bus=platform.bus,
+                    reader=platform.query,
+                    open_db=lambda name, schema, **kw: open_service_db(
+                        tmp_path, name, schema, database_url=url, **kw
+                    ),
+                    tick_s=3600,
+                ).start()
                 try:
                     assert registry.add_version("m", spec(), {}, T0) == 1
                     proxy.down()
