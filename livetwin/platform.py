@@ -66,7 +66,13 @@ class Platform:
         self.recovered = self.core.recovered
         self._extractors: dict[str, ExtractorSpec] = {}
         self._calibration_locks: dict[str, threading.Lock] = {}
-        self.webhooks = WebhookService(self).start() if self.settings.webhooks else None
+        self.webhooks = (
+            WebhookService(
+                clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
+            ).start()
+            if self.settings.webhooks
+            else None
+        )
         self.mqtt, self.commands = self._start_mqtt()
         self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
         smtp = SmtpSettings.from_env()
@@ -81,7 +87,15 @@ class Platform:
         self._timer = CalibrationTimer(self) if self.settings.run_schedules else None
         self._closed = False
 
-    def open_db(self, name: str, schema: str, *, sqlite_migrate=None) -> ServiceDB:
+    def open_db(
+        self,
+        name: str,
+        schema: str,
+        *,
+        sqlite_migrate=None,
+        sqlite_file: str | None = None,
+        sqlite_synchronous: str = "FULL",
+    ) -> ServiceDB:
         """A service's own database, on the deployment's storage (the `OpenServiceDB` port)."""
         return open_service_db(
             self.path,
@@ -89,6 +103,8 @@ class Platform:
             schema,
             database_url=self.settings.database_url,
             sqlite_migrate=sqlite_migrate,
+            sqlite_file=sqlite_file,
+            sqlite_synchronous=sqlite_synchronous,
         )
 
     # ---- the core's parts (read by services that are not yet on ports) --------------------

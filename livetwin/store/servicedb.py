@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,17 +56,28 @@ def open_service_db(
     *,
     database_url: str | None = None,
     sqlite_migrate: Callable[[sqlite3.Connection], None] | None = None,
+    sqlite_file: str | None = None,
+    sqlite_synchronous: str = "FULL",
 ) -> ServiceDB:
     """The database of service `name`: `<directory>/<name>.db`, or (PostgreSQL configured) the
     schema `<schema of the URL>_<name>` (`livetwin_<name>` when that is public).
 
     `schema` is applied on open (CREATE ... IF NOT EXISTS). `sqlite_migrate(conn)` brings an
     older SQLite file up to date first; a PostgreSQL schema is always created by this version.
+    `sqlite_file` names a file that predates the `<name>.db` rule; `sqlite_synchronous="NORMAL"`
+    suits data that can be rebuilt after a power loss (a commit still survives a process crash).
     """
     url = configured_url(database_url)
     if not url:
-        return SqliteFile(Path(directory) / f"{name}.db", schema, sqlite_migrate)
+        path = Path(directory) / (sqlite_file or f"{name}.db")
+        return SqliteFile(path, schema, sqlite_migrate, synchronous=sqlite_synchronous)
     return PostgresServiceDB(url, name, schema)
+
+
+def service_db_opener(directory: str | Path, database_url: str | None = None) -> Callable:
+    """An `OpenServiceDB` port for a data directory (`database_url` None reads the environment):
+    for tools and tests that open a service's store without a platform."""
+    return partial(open_service_db, directory, database_url=database_url)
 
 
 # ---- SQLite ------------------------------------------------------------------------------------
@@ -85,9 +96,14 @@ class SqliteFile:
         path: Path,
         schema: str,
         migrate: Callable[[sqlite3.Connection], None] | None = None,
+        *,
+        synchronous: str = "FULL",
     ):
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.synchronous = synchronous
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -102,7 +118,7 @@ class SqliteFile:
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
             self._local.conn = conn
             with self._all_lock:
