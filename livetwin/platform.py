@@ -141,7 +141,18 @@ class Platform:
         if not host:
             return None, None
         port = self.settings.mqtt_port
-        return MqttBridge(self, host, port).start(), CommandService(self, host, port).start()
+        bridge = MqttBridge(
+            host,
+            port,
+            ingest=self.core,
+            extractor=self.extractor,
+            configs=self.core.store,
+            clock=self.clock,
+        )
+        commands = CommandService(
+            host, port, clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
+        )
+        return bridge.start(), commands.start()
 
     def close(self) -> None:
         """Drain queued ingest, flush history, write a final snapshot, close the store."""

@@ -1,7 +1,7 @@
 """MQTT ingest: subscribe to broker topics and feed each message through an extractor spec.
 
-`MqttBridge` keeps named subscriptions (topic pattern -> extractor) in the platform's config
-store, acknowledges a QoS 1 message to the broker only once it is durable in the journal, and
+`MqttBridge` keeps named subscriptions (topic pattern -> extractor) in the twin store's config
+records, acknowledges a QoS 1 message to the broker only once it is durable in the journal, and
 never lets one bad message stop or delay the good ones. See docs/mqtt.md.
 """
 
@@ -12,11 +12,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import yaml
@@ -25,6 +25,9 @@ from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.ingest.extract import extract
 from livetwin.ingest.mqtt_wire import Received, SubscriberSession
 from livetwin.spec.extractor import ExtractorSpec
+
+if TYPE_CHECKING:
+    from livetwin.ports import Clock, Ingest
 
 __all__ = [
     "MqttBridge",
@@ -50,6 +53,16 @@ COUNTERS = (
     "observations_rejected",
     "errors",
 )
+
+
+class ConfigRecords(Protocol):
+    """Named JSON records by kind, kept with the twins (the store's config table)."""
+
+    def configs(self, kind: str) -> dict[str, str]: ...
+
+    def put_config(self, kind: str, name: str, spec: str, at: int) -> None: ...
+
+    def delete_config(self, kind: str, name: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 class MqttBridge:
-    """Subscribes to an MQTT broker and ingests messages into `platform`.
+    """Subscribes to an MQTT broker and submits messages to `ingest`, each mapped by the
+    extractor its subscription names (`extractor(name)` looks one up; NotFound if none).
 
     The session thread hands every socket read to a bounded inbox (blocking when it is full, so
     the broker holds the rest in its inflight window); a worker drains the whole inbox, extracts
@@ -133,10 +147,13 @@ class MqttBridge:
 
     def __init__(
         self,
-        platform: Any,
         host: str = "127.0.0.1",
         port: int = 1883,
         *,
+        ingest: Ingest,
+        extractor: Callable[[str], ExtractorSpec],
+        configs: ConfigRecords,
+        clock: Clock,
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -146,7 +163,7 @@ class MqttBridge:
         max_pending_batches: int = 4,
         keepalive: int = 30,
     ) -> None:
-        self.platform = platform
+        self.ingest, self.extractor, self.configs, self.clock = ingest, extractor, configs, clock
         self.host, self.port = host, port
         # A fixed client id keeps the broker session (and its queued QoS 1 messages) across
         # restarts; without one every start is a fresh session.
@@ -182,7 +199,7 @@ class MqttBridge:
         if self._running:
             return self
         loaded = {}
-        for name, text in self.platform.store.configs(CONFIG_KIND).items():
+        for name, text in self.configs.configs(CONFIG_KIND).items():
             try:
                 loaded[name] = self._validate(name, orjson.loads(text))
             except (LivetwinError, ValueError) as exc:
@@ -260,9 +277,7 @@ class MqttBridge:
         """Validate, persist and (when connected) subscribe; replaces a same-named one."""
         sub = self._validate(name, body)
         stored = {k: v for k, v in sub.to_dict().items() if k != "name"}
-        self.platform.store.put_config(
-            CONFIG_KIND, name, orjson.dumps(stored).decode(), self.platform.clock()
-        )
+        self.configs.put_config(CONFIG_KIND, name, orjson.dumps(stored).decode(), self.clock())
         with self._lock:
             old = self._subs.get(name)
             self._subs[name] = sub
@@ -279,7 +294,7 @@ class MqttBridge:
             sub = self._subs.pop(name, None)
             self._routes.clear()
             unused = sub is not None and not any(s.topic == sub.topic for s in self._subs.values())
-        deleted = self.platform.store.delete_config(CONFIG_KIND, name)
+        deleted = self.configs.delete_config(CONFIG_KIND, name)
         if sub is None and not deleted:
             raise NotFound(f"no MQTT subscription '{name}'", field="name", fix="list them first")
         if unused and self._session is not None:
@@ -331,7 +346,7 @@ class MqttBridge:
                 "extractor must name an extractor", field="extractor", fix="e.g. pump-json"
             )
         try:
-            spec = self.platform.extractor(extractor)
+            spec = self.extractor(extractor)
         except NotFound:
             raise InvalidInput(
                 f"no extractor '{extractor}'",
@@ -432,7 +447,7 @@ class MqttBridge:
 
     def _spec(self, sub: Subscription) -> ExtractorSpec:
         """The extractor for `sub`; with twin_from_topic, a variant reading the wrapper object."""
-        spec = self.platform.extractor(sub.extractor)
+        spec = self.extractor(sub.extractor)
         if sub.twin_from_topic is None:
             return spec
         key = (sub.extractor, sub.twin_from_topic)
@@ -520,7 +535,7 @@ class MqttBridge:
             return
         self._pending.acquire()
         try:
-            future = self.platform.submit(observations)
+            future = self.ingest.submit(observations)
         except Exception:
             self._pending.release()
             raise
