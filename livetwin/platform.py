@@ -32,6 +32,7 @@ from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.journal.writer import IngestResult
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry
+from livetwin.registry.artifacts import artifact_store
 from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
@@ -77,9 +78,14 @@ class Platform:
         self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
         smtp = SmtpSettings.from_env()
         self.mailer = AlarmMailer(self, smtp).start() if smtp else None
-        self.lineage = LineageStore(self.path, clock=self.clock)
+        self.lineage = LineageStore(self.open_db, clock=self.clock)
         self.registry = Registry(
-            self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
+            clock=self.clock,
+            open_db=self.open_db,
+            lineage=self.lineage,
+            artifacts=artifact_store(self.path),
+            tmp_dir=self.path / "tmp",
+            max_artifact_bytes=self.settings.max_artifact_bytes,
         ).start()
         self.scheduler = Scheduler(self, allow_modules=self.settings.scheduler_modules)
         if self.settings.run_schedules:
