@@ -107,6 +107,9 @@ class SqliteFile:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        # writers of this process queue here, woken at once; SQLite's busy handler (for other
+        # processes) sleeps in steps of milliseconds
+        self._writer = threading.RLock()
         if migrate is not None:
             with self.write() as conn:
                 migrate(conn)
@@ -128,7 +131,7 @@ class SqliteFile:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its start (BEGIN IMMEDIATE)."""
-        with immediate(self.read()) as conn:
+        with self._writer, immediate(self.read()) as conn:
             yield conn
 
     @staticmethod
