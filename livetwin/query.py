@@ -6,7 +6,8 @@ This is the one reader of engine columns outside `engine/`: services and the API
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -17,6 +18,9 @@ from livetwin.errors import InvalidInput, NotFound
 from livetwin.spec.types import CompiledType
 from livetwin.store.history import aggregate, assemble
 from livetwin.timefmt import format_ts, parse_duration, parse_ts
+
+if TYPE_CHECKING:
+    from livetwin.store.base import JournalEntry
 
 
 class Query:
@@ -311,6 +315,21 @@ class Query:
                 }
             )
         return out
+
+    # ---- the journal (for services that catch up from it) ----------------------------------
+
+    def last_seq(self) -> int:
+        """The seq of the newest journal entry (0 when the journal is empty)."""
+        return self.core.store.last_seq()
+
+    def newest_uid(self) -> int:
+        """The internal uid of the newest twin (0 before the first)."""
+        with self.core.lock:
+            return self.core.engine.next_uid - 1
+
+    def journal(self, after: int) -> Iterator[JournalEntry]:
+        """Journal entries with a seq above `after`, oldest first."""
+        return self.core.store.journal(after=after)
 
 
 def time_arg(value: Any, field: str, default: int) -> int:
