@@ -31,7 +31,7 @@ from livetwin.jobs.calibration import CalibrationTimer, calibration_view
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.journal.writer import IngestResult
 from livetwin.query import Query
-from livetwin.registry import LineageStore, Registry
+from livetwin.registry import LineageStore, Registry, artifact_store
 from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
@@ -55,7 +55,7 @@ class Platform:
     ):
         self.path = Path(path)
         self._lock_file = _lock_directory(self.path)
-        self.settings = settings or Settings()
+        self.settings = Settings.from_env(settings)  # fields left None: from the environment
         self.clock = clock
         try:
             self.core = TwinCore.open(self.path, settings=self.settings, clock=clock)
@@ -69,11 +69,14 @@ class Platform:
         self.webhooks = WebhookService(self).start() if self.settings.webhooks else None
         self.mqtt, self.commands = self._start_mqtt()
         self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
-        smtp = SmtpSettings.from_env()
+        smtp = SmtpSettings.from_env(self.settings.smtp)
         self.mailer = AlarmMailer(self, smtp).start() if smtp else None
         self.lineage = LineageStore(self.path, clock=self.clock)
         self.registry = Registry(
-            self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
+            self,
+            lineage=self.lineage,
+            max_artifact_bytes=self.settings.max_artifact_bytes,
+            artifacts=artifact_store(self.path, self.settings.artifacts),
         ).start()
         self.scheduler = Scheduler(self, allow_modules=self.settings.scheduler_modules)
         if self.settings.run_schedules:
