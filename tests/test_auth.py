@@ -28,7 +28,7 @@ from livetwin.auth import (
     namespace_of,
     requirement,
 )
-from livetwin.cli_admin import token_app
+from livetwin.cli.admin import token_app
 
 SECRET_VALUE = 424.125  # a value only plant-a's twin holds: it must never appear in a refusal
 TWIN_A = "plant-a/pump-1"
@@ -206,7 +206,7 @@ def test_scoped_tokens_reach_their_namespace_only(secured, platform):
 
 
 def test_tokens_are_stored_hashed_and_shown_once(tmp_path):
-    with TokenStore(tmp_path) as store:
+    with TokenStore.in_directory(tmp_path) as store:
         created = store.create(name="ci", scope="write", namespace="plant-a")
         secret = created["token"].split("_", 2)[2]
         assert store.get(created["id"]).get("token") is None
@@ -222,7 +222,7 @@ def test_tokens_are_stored_hashed_and_shown_once(tmp_path):
 def test_bad_token_requests_name_the_field(tmp_path):
     from livetwin.errors import InvalidInput
 
-    with TokenStore(tmp_path) as store:
+    with TokenStore.in_directory(tmp_path) as store:
         for kwargs, field in (
             ({"name": "x", "scope": "root", "namespace": "*"}, "scope"),
             ({"name": "x", "scope": "read", "namespace": "a/b"}, "namespace"),
@@ -291,7 +291,7 @@ def test_cli_token_create_list_revoke(tmp_path):
     assert token not in listed.output
     revoked = runner.invoke(token_app, ["revoke", rows[0]["id"], "--data", data])
     assert revoked.exit_code == 0, revoked.output
-    with TokenStore(tmp_path / "d") as store, pytest.raises(Unauthorized):
+    with TokenStore.in_directory(tmp_path / "d") as store, pytest.raises(Unauthorized):
         store.authenticate(token)
     bad = runner.invoke(token_app, ["create", "--scope", "root", "--name", "x", "--data", data])
     assert bad.exit_code == 2 and "fix:" in bad.output
