@@ -26,15 +26,15 @@ import httpx
 import numpy as np
 import orjson
 
-from livetwin.engine.events import Event, Notice, StateChanged
+from livetwin.engine.events import Event, Notice, StateChanged, notice_name
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.ingest.batch import decode_batch
 from livetwin.store.sqlite import immediate
 
 log = logging.getLogger(__name__)
 
-KINDS = ("state", "created", "alarm", "job")
-NOTICE_KINDS = ("alarm", "job")
+KINDS = ("state", "created", "alarm", "run", "job")  # "job": the older name of "run"
+NOTICE_KINDS = ("alarm", "run", "job")
 STATUSES = ("pending", "delivered", "dead")
 MIN_SECRET = 16
 CATCH_UP_CHUNK = 500  # journal entries per outbox transaction while catching up
@@ -781,14 +781,15 @@ def _notice_rows(notice: Notice, subs: list[Subscription]) -> Iterator[_Row]:
     data = notice.data if isinstance(notice.data, dict) else {}
     for sub in subs:
         f = sub.filters
-        if notice.kind not in f.kinds or not f.twin_ok(data.get("twin")):
+        name = notice_name(notice.kind, f.kinds)  # `run`, or `job` to its older subscribers
+        if name is None or not f.twin_ok(data.get("twin")):
             continue
         if f.type is not None and data.get("type") != f.type:
             continue
         d_id = f"{sub.id}.{notice.kind}.{notice.id}"
         try:
-            body = {"kind": notice.kind, "delivery_id": d_id, "id": notice.id, "data": notice.data}
-            yield _Row(d_id, sub.id, None, notice.kind, orjson.dumps(body))
+            body = {"kind": name, "delivery_id": d_id, "id": notice.id, "data": notice.data}
+            yield _Row(d_id, sub.id, None, name, orjson.dumps(body))
         except TypeError:
             log.error("webhooks: notice %s has data that is not JSON; skipped", notice.id)
             return
