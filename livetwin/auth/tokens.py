@@ -4,6 +4,7 @@ when one is configured): only sha256 hashes of the secrets are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -49,12 +50,7 @@ class TokenStore:
         cls, directory: str | Path, *, database_url: str | None = None, clock: Clock = wall_clock_ms
     ) -> TokenStore:
         """The token store of a data directory without a running platform (the CLI's)."""
-
-        def open_db(name: str, schema: str, *, sqlite_migrate=None) -> ServiceDB:
-            return open_service_db(
-                directory, name, schema, database_url=database_url, sqlite_migrate=sqlite_migrate
-            )
-
+        open_db = functools.partial(open_service_db, directory, database_url=database_url)
         return cls(open_db, clock=clock)
 
     def start(self) -> TokenStore:
@@ -74,13 +70,15 @@ class TokenStore:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _sql(self, query: str, args: tuple = ()) -> list[tuple]:
-        """One statement on its own; writes commit at once."""
-        db = self._db or self.start()._db
-        if query.startswith("SELECT"):
-            return db.read().execute(query, args).fetchall()
-        with db.write() as conn:
-            return conn.execute(query, args).fetchall()
+    def _opened(self) -> ServiceDB:
+        return self._db or self.start()._db
+
+    def _read(self, query: str, args: tuple = ()) -> list[tuple]:
+        return self._opened().read().execute(query, args).fetchall()
+
+    def _write(self, query: str, args: tuple) -> None:
+        with self._opened().write() as conn:
+            conn.execute(query, args)
 
     def create(
         self, *, name: str, scope: str, namespace: str, expires: str | int | None = None
@@ -105,14 +103,14 @@ class TokenStore:
                 raise InvalidInput(str(exc), field="expires", fix="e.g. 90d or 12h") from None
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
-        self._sql(
+        self._write(
             "INSERT INTO tokens VALUES (?,?,?,?,?,?,?,NULL)",
             (token_id, name.strip(), scope, namespace, _digest(secret), now, expires_at),
         )
         return {**self.get(token_id), "token": f"{TOKEN_PREFIX}{token_id}_{secret}"}
 
     def get(self, token_id: str) -> dict:
-        rows = self._sql("SELECT * FROM tokens WHERE id = ?", (token_id,))
+        rows = self._read("SELECT * FROM tokens WHERE id = ?", (token_id,))
         if not rows:
             raise NotFound(
                 f"no token '{token_id}'", field="id", fix="list tokens with `livetwin token list`"
@@ -120,12 +118,12 @@ class TokenStore:
         return self._public(rows[0])
 
     def list(self) -> list[dict]:
-        return [self._public(r) for r in self._sql("SELECT * FROM tokens ORDER BY created, id")]
+        return [self._public(r) for r in self._read("SELECT * FROM tokens ORDER BY created, id")]
 
     def revoke(self, token_id: str) -> dict:
         """Revoke a token from now on (kept in the list, marked revoked)."""
         self.get(token_id)
-        self._sql(
+        self._write(
             "UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL",
             (self.clock(), token_id),
         )
@@ -141,7 +139,7 @@ class TokenStore:
                 fix="send 'Authorization: Bearer lt_...' with a token from `livetwin token create`",
             )
         token_id, secret = match.groups()
-        rows = self._sql(
+        rows = self._read(
             "SELECT hash, scope, namespace, expires, revoked FROM tokens WHERE id = ?", (token_id,)
         )
         # compare against a dummy hash for unknown ids too, so timing tells nothing
