@@ -8,14 +8,22 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from livetwin.store.open import DATABASE_URL_ENV
-
+DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # also named in store/open.py (its fallback)
 LOG_FORMAT_ENV = "LIVETWIN_LOG_FORMAT"
-JWT_ENV = {"jwks_url": "LIVETWIN_JWKS_URL", "jwt_audience": "LIVETWIN_JWT_AUDIENCE",
-           "jwt_issuer": "LIVETWIN_JWT_ISSUER"}  # fmt: skip
-SMTP_PREFIXES = ("LIVETWIN_SMTP_", "LIVETWIN_PUBLIC_URL")  # parsed by actions.email.SmtpSettings
-ARTIFACT_PREFIXES = ("LIVETWIN_ARTIFACTS", "LIVETWIN_S3_", "AWS_ACCESS_KEY_ID",
-                     "AWS_SECRET_ACCESS_KEY")  # fmt: skip  # parsed by registry.artifacts
+JWT_ENV = {
+    "jwks_url": "LIVETWIN_JWKS_URL",
+    "jwt_audience": "LIVETWIN_JWT_AUDIENCE",
+    "jwt_issuer": "LIVETWIN_JWT_ISSUER",
+}
+# variables kept as a group, for the parser of their section: actions.email.SmtpSettings ...
+SMTP_PREFIXES = ("LIVETWIN_SMTP_", "LIVETWIN_PUBLIC_URL")
+# ... and registry.artifacts.artifact_store
+ARTIFACT_PREFIXES = (
+    "LIVETWIN_ARTIFACTS",
+    "LIVETWIN_S3_",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 
 
 @dataclass
