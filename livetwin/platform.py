@@ -56,7 +56,7 @@ class Platform:
     ):
         self.path = Path(path)
         self._lock_file = _lock_directory(self.path)
-        self.settings = settings or Settings()
+        self.settings = Settings.from_env(settings)  # fields left None: from the environment
         self.clock = clock
         try:
             self.core = TwinCore.open(self.path, settings=self.settings, clock=clock)
@@ -82,14 +82,14 @@ class Platform:
             open_db=self.open_db,
             tick_s=self.settings.alarm_tick_s,
         ).start()
-        smtp = SmtpSettings.from_env()
+        smtp = SmtpSettings.from_env(self.settings.smtp)
         self.mailer = AlarmMailer(smtp, bus=self.bus).start() if smtp else None
         self.lineage = LineageStore(self.open_db, clock=self.clock)
         self.registry = Registry(
             clock=self.clock,
             open_db=self.open_db,
             lineage=self.lineage,
-            artifacts=artifact_store(self.path),
+            artifacts=artifact_store(self.path, self.settings.artifacts),
             tmp_dir=self.path / "tmp",
             max_artifact_bytes=self.settings.max_artifact_bytes,
         ).start()

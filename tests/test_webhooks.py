@@ -352,6 +352,24 @@ def test_alarm_and_job_notices(pumps, receivers):
     assert job["kind"] == "job" and job["data"]["status"] == "done"
 
 
+def test_run_notices_go_out_as_run_and_as_job_to_older_subscribers(pumps, receivers):
+    r_run, r_job = receivers(), receivers()
+    with WebhookService(pumps, **FAST) as hooks:
+        subscribe(hooks, r_run.url, kinds=["run"])
+        subscribe(hooks, r_job.url, kinds=["job"])
+        pumps.bus.publish(Notice("job", "run-8", {"job": "calibrate", "status": "done"}))
+        pumps.bus.publish(Notice("run", "run-9", {"job": "train", "status": "done"}))
+        wait_for(lambda: len(r_run.ids()) == 2 and len(r_job.ids()) == 2)
+    assert sorted((b["kind"], b["id"]) for b in r_run.bodies().values()) == [
+        ("run", "run-8"),
+        ("run", "run-9"),
+    ]
+    assert sorted((b["kind"], b["id"]) for b in r_job.bodies().values()) == [
+        ("job", "run-8"),
+        ("job", "run-9"),
+    ]
+
+
 def test_delivered_rows_are_pruned(pumps, receivers):
     r = receivers()
     with webhook_service(pumps, keep_delivered=3, **FAST) as hooks:

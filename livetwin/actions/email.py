@@ -6,7 +6,6 @@ environment variables or an `SmtpSettings` object; never from code or the journa
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import smtplib
 import ssl
@@ -93,9 +92,9 @@ class SmtpSettings:
         return self.port or SECURITY_PORTS[self.security]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SmtpSettings | None:
-        """Settings from LIVETWIN_SMTP_* (None when LIVETWIN_SMTP_HOST is not set)."""
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> SmtpSettings | None:
+        """Settings from LIVETWIN_SMTP_* variables (None when LIVETWIN_SMTP_HOST is not set);
+        `livetwin.settings.Settings.from_env` reads them from the environment."""
         host = env.get(ENV + "HOST", "").strip()
         if not host:
             return None

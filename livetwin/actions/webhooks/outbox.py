@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from livetwin.actions.webhooks.subscriptions import Filters, Subscription, filters_from_json
-from livetwin.engine.events import Notice
+from livetwin.engine.events import Notice, notice_name
 
 if TYPE_CHECKING:
     from livetwin.ports import OpenServiceDB
@@ -310,14 +310,15 @@ def notice_rows(notice: Notice, subs: list[Subscription]) -> Iterator[Row]:
     data = notice.data if isinstance(notice.data, dict) else {}
     for sub in subs:
         f: Filters = sub.filters
-        if notice.kind not in f.kinds or not f.twin_ok(data.get("twin")):
+        name = notice_name(notice.kind, f.kinds)  # `run`, or `job` to its older subscribers
+        if name is None or not f.twin_ok(data.get("twin")):
             continue
         if f.type is not None and data.get("type") != f.type:
             continue
         d_id = f"{sub.id}.{notice.kind}.{notice.id}"
         try:
-            body = {"kind": notice.kind, "delivery_id": d_id, "id": notice.id, "data": notice.data}
-            yield Row(d_id, sub.id, None, notice.kind, orjson.dumps(body))
+            body = {"kind": name, "delivery_id": d_id, "id": notice.id, "data": notice.data}
+            yield Row(d_id, sub.id, None, name, orjson.dumps(body))
         except TypeError:
             log.error("webhooks: notice %s has data that is not JSON; skipped", notice.id)
             return

@@ -13,8 +13,8 @@ import orjson
 
 from livetwin.errors import InvalidInput
 
-KINDS = ("state", "created", "alarm", "job")
-NOTICE_KINDS = ("alarm", "job")
+KINDS = ("state", "created", "alarm", "run", "job")  # "job": the older name of "run"
+NOTICE_KINDS = ("alarm", "run", "job")
 MIN_SECRET = 16
 
 
