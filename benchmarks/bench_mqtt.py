@@ -53,7 +53,14 @@ def run(report: Report, tmp, scenario: str, messages: int, per_message: int, twi
             }
         platform.put_extractor("x", spec)
         prefix = f"bench-{uuid.uuid4().hex}"
-        bridge = MqttBridge(platform, HOST, PORT).start()
+        bridge = MqttBridge(
+            HOST,
+            PORT,
+            ingest=platform.core,
+            extractor=platform.extractor,
+            configs=platform.core.store,
+            clock=platform.clock,
+        ).start()
         bridge.put_subscription("s", {"topic": f"{prefix}/+", "extractor": "x"})
         bridge.wait_connected()
         time.sleep(0.3)

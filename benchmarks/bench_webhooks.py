@@ -63,7 +63,14 @@ def run(tmp: Path, receivers: Receivers, dead_url: str | None, events: int, rate
     data = tmp / f"run-{time.monotonic_ns()}"
     with Platform(data, settings=Settings(webhooks=False)) as platform:  # ours, below
         platform.put_type("bench", type_spec())
-        hooks = WebhookService(platform, timeout_s=TIMEOUT_S, max_attempts=1000).start()
+        hooks = WebhookService(
+            clock=platform.clock,
+            bus=platform.bus,
+            reader=platform.query,
+            open_db=platform.open_db,
+            timeout_s=TIMEOUT_S,
+            max_attempts=1000,
+        ).start()
         try:
             live = {
                 hooks.create({"url": url, "secret": SECRET})["id"]: url for url in receivers.urls

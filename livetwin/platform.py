@@ -33,6 +33,7 @@ from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.journal.writer import IngestResult
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry
+from livetwin.registry.artifacts import artifact_store
 from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
@@ -56,7 +57,7 @@ class Platform:
     ):
         self.path = Path(path)
         self._lock_file = _lock_directory(self.path)
-        self.settings = settings or Settings()
+        self.settings = Settings.from_env(settings)  # fields left None: from the environment
         self.clock = clock
         try:
             self.core = TwinCore.open(self.path, settings=self.settings, clock=clock)
@@ -67,14 +68,31 @@ class Platform:
         self.recovered = self.core.recovered
         self._extractors: dict[str, ExtractorSpec] = {}
         self._calibration_locks: dict[str, threading.Lock] = {}
-        self.webhooks = WebhookService(self).start() if self.settings.webhooks else None
+        self.webhooks = (
+            WebhookService(
+                clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
+            ).start()
+            if self.settings.webhooks
+            else None
+        )
         self.mqtt, self.commands = self._start_mqtt()
-        self.alarms = AlarmService(self, tick_s=self.settings.alarm_tick_s).start()
-        smtp = SmtpSettings.from_env()
-        self.mailer = AlarmMailer(self, smtp).start() if smtp else None
-        self.lineage = LineageStore(self.path, clock=self.clock)
+        self.alarms = AlarmService(
+            clock=self.clock,
+            bus=self.bus,
+            reader=self.query,
+            open_db=self.open_db,
+            tick_s=self.settings.alarm_tick_s,
+        ).start()
+        smtp = SmtpSettings.from_env(self.settings.smtp)
+        self.mailer = AlarmMailer(smtp, bus=self.bus).start() if smtp else None
+        self.lineage = LineageStore(self.open_db, clock=self.clock)
         self.registry = Registry(
-            self, lineage=self.lineage, max_artifact_bytes=self.settings.max_artifact_bytes
+            clock=self.clock,
+            open_db=self.open_db,
+            lineage=self.lineage,
+            artifacts=artifact_store(self.path, self.settings.artifacts),
+            tmp_dir=self.path / "tmp",
+            max_artifact_bytes=self.settings.max_artifact_bytes,
         ).start()
         self._calibration = CalibrationPorts(
             clock=self.clock,
@@ -105,7 +123,15 @@ class Platform:
         register_builtins(scheduler, calibrate=self.calibrate, baseline_host=self)
         return scheduler
 
-    def open_db(self, name: str, schema: str, *, sqlite_migrate=None) -> ServiceDB:
+    def open_db(
+        self,
+        name: str,
+        schema: str,
+        *,
+        sqlite_migrate=None,
+        sqlite_file: str | None = None,
+        sqlite_synchronous: str = "FULL",
+    ) -> ServiceDB:
         """A service's own database, on the deployment's storage (the `OpenServiceDB` port)."""
         return open_service_db(
             self.path,
@@ -113,6 +139,8 @@ class Platform:
             schema,
             database_url=self.settings.database_url,
             sqlite_migrate=sqlite_migrate,
+            sqlite_file=sqlite_file,
+            sqlite_synchronous=sqlite_synchronous,
         )
 
     # ---- the core's parts (read by services that are not yet on ports) --------------------
@@ -149,7 +177,18 @@ class Platform:
         if not host:
             return None, None
         port = self.settings.mqtt_port
-        return MqttBridge(self, host, port).start(), CommandService(self, host, port).start()
+        bridge = MqttBridge(
+            host,
+            port,
+            ingest=self.core,
+            extractor=self.extractor,
+            configs=self.core.store,
+            clock=self.clock,
+        )
+        commands = CommandService(
+            host, port, clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
+        )
+        return bridge.start(), commands.start()
 
     def close(self) -> None:
         """Drain queued ingest, flush history, write a final snapshot, close the store."""

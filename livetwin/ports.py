@@ -85,4 +85,6 @@ class OpenServiceDB(Protocol):
         schema: str,
         *,
         sqlite_migrate: Callable[[sqlite3.Connection], None] | None = None,
+        sqlite_file: str | None = None,
+        sqlite_synchronous: str = "FULL",
     ) -> ServiceDB: ...

@@ -6,8 +6,8 @@ This is the one reader of engine columns outside `engine/`: services and the API
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -19,6 +19,9 @@ from livetwin.expr import Compiled
 from livetwin.spec.types import CompiledType
 from livetwin.store.history import aggregate, assemble
 from livetwin.timefmt import format_ts, parse_duration, parse_ts
+
+if TYPE_CHECKING:
+    from livetwin.store.base import JournalEntry
 
 
 class Query:
@@ -199,6 +202,24 @@ class Query:
             with np.errstate(invalid="ignore"):
                 return ids, compiled.evaluate(env, size=len(rows)) > 0.5
 
+    def current_by_uid(self, type_name: str, uids: np.ndarray, names: list[str]):
+        """Current values of columns `names` of a type's twins given by engine row id (the
+        `uids` of an applied batch): (twin id or None per uid, {name: array}, NaN where unknown);
+        None when no twin type has that name."""
+        with self.core.lock:
+            st = self.core.engine.states.get(type_name)
+            if st is None:
+                return None
+            rows = st.rows_of(uids)
+            found = rows >= 0
+            ids = [st.ids[r] if r >= 0 else None for r in rows.tolist()]
+            values = {}
+            for name in names:
+                values[name] = np.full(len(uids), np.nan)
+                if name in st.col:
+                    values[name][found] = st.data[st.col[name], rows[found]]
+            return ids, values
+
     def _row_of(self, st, twin_id: str) -> int:
         found, row = self.core.engine.locate(twin_id)
         if found is not st:
@@ -341,6 +362,21 @@ class Query:
                 }
             )
         return out
+
+    # ---- the journal (for services that catch up from it) ----------------------------------
+
+    def last_seq(self) -> int:
+        """The seq of the newest journal entry (0 when the journal is empty)."""
+        return self.core.store.last_seq()
+
+    def newest_uid(self) -> int:
+        """The internal uid of the newest twin (0 before the first)."""
+        with self.core.lock:
+            return self.core.engine.next_uid - 1
+
+    def journal(self, after: int) -> Iterator[JournalEntry]:
+        """Journal entries with a seq above `after`, oldest first."""
+        return self.core.store.journal(after=after)
 
 
 def time_arg(value: Any, field: str, default: int) -> int:

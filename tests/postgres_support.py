@@ -61,16 +61,16 @@ def postgres_platform(
 ):
     """A `Platform(path, **platform_options)` whose store is `PostgresStore(url, **store_options)`.
 
-    The platform module's `open_store` is replaced for the duration of the test.
+    The core module's `open_store` is replaced for the duration of the test.
     """
-    import livetwin.platform as platform_module
+    import livetwin.core as core_module
     from livetwin.platform import Platform
     from livetwin.store.postgres import PostgresStore
 
     def make(*_args, **_kwargs):
         return PostgresStore(url, **(store_options or {}))
 
-    monkeypatch.setattr(platform_module, "open_store", make)
+    monkeypatch.setattr(core_module, "open_store", make)
     return Platform(path, **platform_options)
 
 

@@ -45,12 +45,19 @@ def test_tour(client):
     table = list(csv.reader(io.StringIO(text)))
     assert table[0] == ["time", "flow"] and table[1] == ["2026-11-22T10:00:00.000Z", "10.0"]
 
-    events = client.get("/api/twins/pump-1/events", params={"limit": 2}).json()
-    assert [e["values"]["flow"] for e in events] == [14.0, 13.0]
+    observations = client.get("/api/twins/pump-1/observations", params={"limit": 2}).json()
+    assert [e["values"]["flow"] for e in observations] == [14.0, 13.0]
     older = client.get(
-        "/api/twins/pump-1/events", params={"before": events[-1]["ts"], "limit": 10}
+        "/api/twins/pump-1/observations", params={"before": observations[-1]["ts"], "limit": 10}
     ).json()
     assert [e["values"]["flow"] for e in older] == [12.0, 11.0, 10.0]
+    # `/events` is the older name of the same read, kept as a deprecated alias
+    for params in ({"limit": 2}, {"before": observations[-1]["ts"], "limit": 10}):
+        old_name = client.get("/api/twins/pump-1/events", params=params)
+        assert old_name.json() == client.get("/api/twins/pump-1/observations", params=params).json()
+    paths = client.get("/openapi.json").json()["paths"]
+    assert paths["/api/twins/{twin_id}/events"]["get"]["deprecated"] is True
+    assert not paths["/api/twins/{twin_id}/observations"]["get"].get("deprecated")
 
 
 def test_type_versions_stay_readable_and_twins_migrate(client):
@@ -106,7 +113,8 @@ def test_hierarchy_with_parent_links(client):
     assert r.json()["accepted"] == 4, r.text
     assert client.get("/api/twins/b1/f1/r2").json()["properties"] == {"temp": 22.0}
     assert client.get("/api/twins/b1/f1/r2/history").json()["series"]["temp"] == [22.0]
-    assert client.get("/api/twins/b1%2Ff1/events").json()[0]["values"] == {"temp": 20.0}
+    assert client.get("/api/twins/b1%2Ff1/observations").json()[0]["values"] == {"temp": 20.0}
+    assert client.get("/api/twins/b1/f1/events").json()[0]["values"] == {"temp": 20.0}
     rooms = client.get("/api/twins", params={"parent": "b1/f1"}).json()
     assert [t["id"] for t in rooms["items"]] == ["b1/f1/r1", "b1/f1/r2"]
     bad = client.post(

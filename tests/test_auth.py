@@ -28,7 +28,7 @@ from livetwin.auth import (
     namespace_of,
     requirement,
 )
-from livetwin.cli_admin import token_app
+from livetwin.cli.admin import token_app
 
 SECRET_VALUE = 424.125  # a value only plant-a's twin holds: it must never appear in a refusal
 TWIN_A = "plant-a/pump-1"
@@ -206,7 +206,7 @@ def test_scoped_tokens_reach_their_namespace_only(secured, platform):
 
 
 def test_tokens_are_stored_hashed_and_shown_once(tmp_path):
-    with TokenStore(tmp_path) as store:
+    with TokenStore.in_directory(tmp_path) as store:
         created = store.create(name="ci", scope="write", namespace="plant-a")
         secret = created["token"].split("_", 2)[2]
         assert store.get(created["id"]).get("token") is None
@@ -222,7 +222,7 @@ def test_tokens_are_stored_hashed_and_shown_once(tmp_path):
 def test_bad_token_requests_name_the_field(tmp_path):
     from livetwin.errors import InvalidInput
 
-    with TokenStore(tmp_path) as store:
+    with TokenStore.in_directory(tmp_path) as store:
         for kwargs, field in (
             ({"name": "x", "scope": "root", "namespace": "*"}, "scope"),
             ({"name": "x", "scope": "read", "namespace": "a/b"}, "namespace"),
@@ -291,7 +291,7 @@ def test_cli_token_create_list_revoke(tmp_path):
     assert token not in listed.output
     revoked = runner.invoke(token_app, ["revoke", rows[0]["id"], "--data", data])
     assert revoked.exit_code == 0, revoked.output
-    with TokenStore(tmp_path / "d") as store, pytest.raises(Unauthorized):
+    with TokenStore.in_directory(tmp_path / "d") as store, pytest.raises(Unauthorized):
         store.authenticate(token)
     bad = runner.invoke(token_app, ["create", "--scope", "root", "--name", "x", "--data", data])
     assert bad.exit_code == 2 and "fix:" in bad.output
@@ -376,3 +376,46 @@ def test_oidc_needs_a_jwks_url_and_modes_are_checked(platform):
     with pytest.raises(InvalidInput) as caught:
         install_auth(create_app(platform), platform, mode="password")
     assert caught.value.field == "auth"
+
+
+def test_tokens_live_in_postgresql_when_it_is_configured(tmp_path, monkeypatch):
+    """With LIVETWIN_DATABASE_URL set, the CLI and a server share tokens in PostgreSQL (schema
+    `<schema>_auth`, table `tokens`); no auth.db file is written."""
+    import psycopg
+    from postgres_support import PG_URL, fresh_schema
+
+    with fresh_schema() as url:
+        schema = url.rsplit("%3D", 1)[1]
+        monkeypatch.setenv("LIVETWIN_DATABASE_URL", url)
+        runner = CliRunner()
+        data = str(tmp_path / "d")
+        made = runner.invoke(token_app, ["create", "--name", "ci", "--data", data])
+        assert made.exit_code == 0, made.output
+        token = made.output.strip().splitlines()[-1]
+        with TokenStore.in_directory(tmp_path / "elsewhere", database_url=url) as store:
+            assert store.authenticate(token).grants == (Grant("read", ALL),)
+            assert [t["name"] for t in store.list()] == ["ci"]
+        with psycopg.connect(PG_URL) as conn:
+            (count,) = conn.execute(f'SELECT count(*) FROM "{schema}_auth".tokens').fetchone()
+        assert count == 1
+        assert not (tmp_path / "d" / "auth.db").exists()
+
+
+def test_token_namespaces_follow_the_one_namespace_rule(tmp_path):
+    """Grants use `livetwin.namespaces` (plus '*'); a namespace holds no '/' because it is the
+    head of twin ids. Scopes with such namespaces still parse, others are ignored."""
+    from livetwin.auth import check_namespace, parse_grant
+    from livetwin.errors import InvalidInput
+
+    for name in ("*", "plant-a", "plant.a_1", "site:7", "a" * 200):
+        assert check_namespace(name) == name
+    for name in ("", "-a", "a b", "a/b", "a" * 201, None, 7):
+        with pytest.raises(InvalidInput) as caught:
+            check_namespace(name)
+        assert caught.value.field == "namespace"
+    assert parse_grant("write:site:7") == Grant("write", "site:7")
+    assert parse_grant("read:pump-1/*") is None and parse_grant("read:") is None
+    with TokenStore.in_directory(tmp_path) as store:
+        created = store.create(name="x", scope="read", namespace="site:7")
+        principal = store.authenticate(created["token"])
+    assert principal.allows("read", namespace_of("site:7/pump-1"))

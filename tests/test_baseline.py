@@ -223,6 +223,7 @@ def test_home_demo_finds_the_stopped_occupant(platform):
     assert platform.twin("home-1")["properties"]["emergency"] == 0.0
     assert platform.twin("home-4/kitchen")["parent"] == "home-4"
     assert [n.data["twin"] for n in notices] == ["home-4"] and notices[0].kind == "alarm"
+    assert [a["twin"] for a in result["alarms"]] == ["home-4"]  # raised by the home type's rule
     (alarm,) = platform.alarms.list(state="open")["items"]
     assert (
         alarm["twin"] == "home-4"

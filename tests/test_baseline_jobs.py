@@ -1,10 +1,12 @@
 """The seasonal-baseline jobs under the scheduler and a fake clock: nightly cron retraining into
-new registry versions, the inactivity check raising, repeating and clearing alarms, bad args."""
+new registry versions, the inactivity check whose verdicts make the home rule raise and clear
+its alarm (a replay of the journal reproduces it), bad args."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_alarms import alarm_story, replayed_alarms
 
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.examples.home import DEMO_NOW, run_home_demo, schedule_home_jobs
@@ -23,6 +25,7 @@ def advance(platform, clock, to_ms: int) -> None:
     clock.now = to_ms
     platform.scheduler.tick()
     platform.scheduler.wait_idle(30)
+    platform.alarms.sync()  # the rules have seen what the runs wrote back
 
 
 def motion(platform, room: str, at_ms: int) -> None:
@@ -105,19 +108,28 @@ def test_check_raises_for_the_stopped_home_only_and_clears_when_activity_resumes
     (run,) = runs_of(platform, "check-home-inactivity")
     assert run["state"] == "succeeded", run["error"]
     assert run["result"]["emergencies"] == ["home-4"] and run["result"]["checked"] == 4
+    assert {v["twin"]: v["alarm"] for v in run["result"]["verdicts"]}["home-4"] == 1
+    assert run["result"]["verdicts"][0]["version"] == 1
+    # the verdict went back in through ingest; the home type's `inactivity` rule raised the alarm
     (alarm,) = platform.alarms.list(state="open")["items"]
     assert (alarm["twin"], alarm["rule"], alarm["severity"]) == ("home-4", "inactivity", "critical")
-    assert alarm["values"]["version"] == 1 and alarm["values"]["inactive_min"] > 300
+    assert alarm["source"] == "rule" and alarm["raised"] == "2026-04-08T13:05:00.000Z"
+    assert alarm["values"]["inactivity_emergency"] == 1 and alarm["values"]["inactive_min"] > 300
+    assert alarm["message"].startswith("no activity in home-4 for 30")
     assert platform.twin("home-4")["properties"]["emergency"] == 1.0
     assert platform.twin("home-1")["properties"]["emergency"] == 0.0
+    assert platform.twin("home-1")["properties"]["inactivity_emergency"] == 0.0
 
-    advance(platform, clock, DEMO_NOW + 10 * MINUTE)  # still quiet: the same alarm, repeated
-    (alarm,) = platform.alarms.list(state="open")["items"]
-    assert alarm["count"] == 2 and alarm["values"]["inactive_min"] > 305
+    advance(platform, clock, DEMO_NOW + 10 * MINUTE)  # still quiet: the same alarm stays open
+    (still,) = platform.alarms.list(state="open")["items"]
+    assert still["id"] == alarm["id"] and still["count"] == 1
+    assert platform.twin("home-4")["properties"]["inactive_min"] > 305
 
     # below the threshold without any new activity (a lax rule): the alarm stays open
     lax = check_inactivity(platform, "home", twins=["home-4"], factor=100.0)
     assert not lax["verdicts"][0]["emergency"] and lax["cleared"] == []
+    assert lax["verdicts"][0]["alarm"] == 1  # held: no activity since the emergency
+    platform.alarms.sync()
     assert platform.alarms.find_open("home-4", "inactivity")["id"] == alarm["id"]
 
     motion(platform, "home-4/kitchen", DEMO_NOW + 12 * MINUTE)  # the occupant moves again
@@ -125,11 +137,16 @@ def test_check_raises_for_the_stopped_home_only_and_clears_when_activity_resumes
     latest = runs_of(platform, "check-home-inactivity")[0]
     assert latest["result"]["emergencies"] == [] and latest["result"]["cleared"] == ["home-4"]
     cleared = platform.alarms.get(alarm["id"])
-    assert cleared["state"] == "cleared" and cleared["cleared_by"] == "check-inactivity"
-    assert "activity resumed" in cleared["history"][-1]["note"]
+    assert cleared["state"] == "cleared" and cleared["cleared_by"] == "condition"
+    assert cleared["cleared"] == "2026-04-08T13:15:00.000Z"
+    assert cleared["history"][-1]["note"] == "condition no longer holds"
     assert platform.twin("home-4")["properties"]["emergency"] == 0.0
     assert platform.twin("home-4")["properties"]["inactive_min"] == pytest.approx(2.0)
     assert platform.alarms.list()["total"] == 1  # no other home was ever alarmed
+
+    # no job raised or cleared it: replaying the journal into a sandbox reproduces the alarm
+    (replayed,) = replayed_alarms(platform)
+    assert replayed == alarm_story(cleared)
 
 
 def test_training_picks_the_property_and_skips_twins_without_reports(platform, clock):

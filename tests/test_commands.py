@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,8 +15,9 @@ from conftest import MQTT_HOST, MQTT_PORT, T0, obs, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
-from livetwin.actions.commands import CommandService
+from livetwin.actions.commands import SCHEMA, CommandService, migrate
 from livetwin.api.app import create_app
+from livetwin.store.servicedb import service_db_opener
 
 HOST, PORT = MQTT_HOST, MQTT_PORT
 
@@ -38,12 +40,24 @@ def fan_type(prefix: str) -> dict:
     }
 
 
+def command_service(platform, port: int = PORT) -> CommandService:
+    """A command service on a platform's ports, wired as the platform wires its own."""
+    return CommandService(
+        HOST,
+        port,
+        clock=platform.clock,
+        bus=platform.bus,
+        reader=platform.query,
+        open_db=platform.open_db,
+    )
+
+
 @pytest.fixture
 def service(platform, prefix) -> Iterator[CommandService]:
     platform.put_type("fan", fan_type(prefix))
     platform.put_type("plain", {"properties": {"x": {}}})
     platform.ingest([obs("fan-1", T0, "fan", speed=10, temp=20), obs("p-1", T0, "plain", x=1)])
-    svc = CommandService(platform, HOST, PORT).start()
+    svc = command_service(platform, PORT).start()
     wait_until(lambda: svc._client.is_connected())
     yield svc
     svc.stop()
@@ -64,10 +78,10 @@ def device(prefix) -> Iterator[queue.Queue]:
     client.loop_stop()
 
 
-def app_for(service: CommandService):
-    """The API over the service's platform, as if it had been started with an MQTT broker."""
-    service.platform.commands = service
-    return create_app(service.platform)
+def app_for(platform, service: CommandService):
+    """The API over the platform, as if it had been started with an MQTT broker."""
+    platform.commands = service
+    return create_app(platform)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -79,8 +93,8 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
     assert check(), "condition not met before the deadline"
 
 
-def test_command_reaches_device_and_pending_clears_when_reported(service, device, prefix):
-    app = app_for(service)
+def test_command_reaches_device_and_pending_clears_when_reported(platform, service, device, prefix):
+    app = app_for(platform, service)
     with TestClient(app) as client:
         r = client.put("/api/twins/fan-1/desired", json={"values": {"speed": 12.5, "gain": 2}})
         assert r.status_code == 200, r.text
@@ -96,9 +110,9 @@ def test_command_reaches_device_and_pending_clears_when_reported(service, device
         wait_until(lambda: client.get("/api/twins/fan-1/desired").json()["command"]["published"])
 
         # The device applies the speed (within tolerance), then the gain.
-        service.platform.ingest([obs("fan-1", T0 + 1000, "fan", speed=12.495)])
+        platform.ingest([obs("fan-1", T0 + 1000, "fan", speed=12.495)])
         assert client.get("/api/twins/fan-1/desired").json()["pending"] == ["gain"]
-        service.platform.ingest([obs("fan-1", T0 + 2000, "fan", gain=2.0)])
+        platform.ingest([obs("fan-1", T0 + 2000, "fan", gain=2.0)])
         view = client.get("/api/twins/fan-1/desired").json()
         assert view["pending"] == [] and view["reported"] == {"gain": 2.0, "speed": 12.495}
         wait_until(lambda: set(service.desired("fan-1")["reached"]) == {"gain", "speed"})
@@ -107,7 +121,7 @@ def test_command_reaches_device_and_pending_clears_when_reported(service, device
 def test_desired_is_durable_across_restart(service, platform):
     service.set_desired("fan-1", {"speed": 30})
     service.stop()
-    again = CommandService(platform, HOST, PORT).start()
+    again = command_service(platform, PORT).start()
     try:
         view = again.desired("fan-1")
         assert view["desired"] == {"speed": 30.0} and view["pending"] == ["speed"]
@@ -121,13 +135,13 @@ def test_command_published_once_broker_is_reachable(platform, prefix, device):
     """With no broker the command is stored unsent; a service that connects later sends it."""
     platform.put_type("fan", fan_type(prefix))
     platform.ingest([obs("fan-2", T0, "fan", speed=1)])
-    offline = CommandService(platform, HOST, 1).start()  # nothing listens on port 1
+    offline = command_service(platform, 1).start()  # nothing listens on port 1
     try:
         view = offline.set_desired("fan-2", {"speed": 5})
         assert view["command"]["published"] is False
     finally:
         offline.stop()
-    online = CommandService(platform, HOST, PORT).start()
+    online = command_service(platform, PORT).start()
     try:
         topic, command, _ = device.get(timeout=10)
         assert topic == f"{prefix}/fan/fan-2/set" and command["values"] == {"speed": 5.0}
@@ -136,8 +150,8 @@ def test_command_published_once_broker_is_reachable(platform, prefix, device):
         online.stop()
 
 
-def test_bad_requests_name_the_field(service):
-    app = app_for(service)
+def test_bad_requests_name_the_field(platform, service):
+    app = app_for(platform, service)
     with TestClient(app) as client:
         cases = [
             ("fan-1", {"values": {"colour": 1}}, 422, "values.colour"),
@@ -175,3 +189,24 @@ def test_without_a_broker_commands_are_unavailable(client):
     r = client.put("/api/twins/fan-1/desired", json={"values": {"speed": 1}})
     assert r.status_code == 503 and r.json()["error"]["field"] == "mqtt"
     assert "--mqtt" in r.json()["error"]["fix"]
+
+
+def test_a_commands_file_from_before_the_order_column_is_migrated_in_place(tmp_path):
+    """commands.sqlite keeps its name; its commands are numbered in the order they were stored."""
+    old = sqlite3.connect(tmp_path / "commands.sqlite")
+    old.executescript(
+        "CREATE TABLE commands (id TEXT PRIMARY KEY, twin TEXT NOT NULL, topic TEXT NOT NULL, "
+        "qos INTEGER NOT NULL, payload BLOB NOT NULL, ts INTEGER NOT NULL, published_at INTEGER);"
+        "INSERT INTO commands VALUES ('b', 'fan-1', 't', 1, x'7b7d', 5, NULL);"
+        "INSERT INTO commands VALUES ('a', 'fan-1', 't', 1, x'7b7d', 5, 7);"
+    )
+    old.close()
+    db = service_db_opener(tmp_path, "")(
+        "commands", SCHEMA, sqlite_migrate=migrate, sqlite_file="commands.sqlite"
+    )
+    try:
+        rows = db.read().execute("SELECT id, n FROM commands ORDER BY ts DESC, n DESC").fetchall()
+        assert rows == [("a", 2), ("b", 1)]  # the later of two commands in one millisecond first
+    finally:
+        db.close()
+    assert sorted(p.name for p in tmp_path.glob("commands*")) == ["commands.sqlite"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import PUMP, T0, obs
 
 from livetwin.core import TwinCore
 from livetwin.query import Query
 from livetwin.settings import Settings
-
-from conftest import PUMP, T0, obs
 
 
 def test_two_cores_in_one_process_stay_independent(tmp_path, clock):

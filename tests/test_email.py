@@ -155,7 +155,9 @@ def test_a_raised_alarm_is_mailed_with_subject_and_twin_link(platform, clock, sm
     port = smtp_server(inbox, authenticator=authenticator, auth_require_tls=False)
     platform.put_type("pump", PUMP)
     alarms = platform.alarms
-    mailer = AlarmMailer(platform, settings(port, user="alarms", password="s3cret pass")).start()
+    mailer = AlarmMailer(
+        settings(port, user="alarms", password="s3cret pass"), bus=platform.bus
+    ).start()
     try:
         clock.now = T0
         platform.ingest([{"twin": "site-a/pump-7", "type": "pump", "ts": T0,
@@ -187,12 +189,12 @@ def test_tls_with_login(smtp_server, test_ca, security):
     config = settings(
         port, security=security, ca_file=ca_file, user="alarms", password="s3cret pass"
     )
-    mailer = AlarmMailer(None, config)
+    mailer = AlarmMailer(config)
     assert mailer.deliver(alarm_fixture()) is True
     ((_, message),) = inbox.messages
     assert message["Subject"] == "[WARNING] dry_run on pump-1"
 
-    wrong = AlarmMailer(None, settings(port, security=security, ca_file=ca_file,
+    wrong = AlarmMailer(settings(port, security=security, ca_file=ca_file,
                                        user="alarms", password="wrong"))  # fmt: skip
     assert wrong.deliver(alarm_fixture()) is False
     assert wrong.stats["failed"] == 1 and wrong.stats["retried"] == 0  # 535 is permanent
@@ -201,23 +203,23 @@ def test_tls_with_login(smtp_server, test_ca, security):
 def test_an_untrusted_certificate_is_refused(smtp_server, test_ca):
     server_context, _ = test_ca
     port = smtp_server(Inbox(), tls_context=server_context, require_starttls=True)
-    mailer = AlarmMailer(None, settings(port, security="starttls", attempts=1))
+    mailer = AlarmMailer(settings(port, security="starttls", attempts=1))
     assert mailer.deliver(alarm_fixture()) is False
     assert mailer.stats["failed"] == 1
 
 
 def test_temporary_failures_are_retried_and_permanent_ones_are_not(smtp_server):
     flaky = Inbox(fail_first=2)
-    mailer = AlarmMailer(None, settings(smtp_server(flaky)))
+    mailer = AlarmMailer(settings(smtp_server(flaky)))
     assert mailer.deliver(alarm_fixture()) is True
     assert mailer.stats == {"sent": 1, "failed": 0, "retried": 2, "dropped": 0}
     assert len(flaky.messages) == 1
 
-    rejecting = AlarmMailer(None, settings(smtp_server(Inbox(reject=True))))
+    rejecting = AlarmMailer(settings(smtp_server(Inbox(reject=True))))
     assert rejecting.deliver(alarm_fixture()) is False
     assert rejecting.stats == {"sent": 0, "failed": 1, "retried": 0, "dropped": 0}
 
-    nobody = AlarmMailer(None, settings(free_port(), attempts=2))  # connection refused
+    nobody = AlarmMailer(settings(free_port(), attempts=2))  # connection refused
     assert nobody.deliver(alarm_fixture()) is False
     assert nobody.stats["retried"] == 1 and nobody.stats["failed"] == 1
 

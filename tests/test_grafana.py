@@ -12,9 +12,9 @@ from conftest import PUMP
 from typer import Typer
 from typer.testing import CliRunner
 
-from livetwin.cli_admin import grafana_dashboard
+from livetwin.api.grafana import dashboard, quantities
+from livetwin.cli.admin import grafana_dashboard
 from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, SPEEDS, TENSIONS
-from livetwin.grafana import dashboard, quantities
 from livetwin.platform import Platform
 
 

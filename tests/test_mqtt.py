@@ -48,9 +48,21 @@ def setup(platform):
     return platform
 
 
+def mqtt_bridge(platform, host: str, port: int) -> MqttBridge:
+    """An MQTT bridge on a platform's ports, wired as the platform wires its own."""
+    return MqttBridge(
+        host,
+        port,
+        ingest=platform.core,
+        extractor=platform.extractor,
+        configs=platform.core.store,
+        clock=platform.clock,
+    )
+
+
 @pytest.fixture
 def bridge(setup) -> Iterator[MqttBridge]:
-    b = MqttBridge(setup, HOST, PORT).start()
+    b = mqtt_bridge(setup, HOST, PORT).start()
     yield b
     b.stop()
 
@@ -94,14 +106,14 @@ def send(client: mqtt.Client, topic: str, payload: object, raw: bool = False) ->
     client.publish(topic, data, qos=1).wait_for_publish(10)
 
 
-def test_payload_twin_id(bridge, publisher, prefix):
+def test_payload_twin_id(setup, bridge, publisher, prefix):
     subscribe(bridge, "a", {"topic": f"{prefix}/+/telemetry", "extractor": "pj"})
     send(publisher, f"{prefix}/x/telemetry", {"id": f"{prefix}-p1", "flow": 3.5})
-    wait_until(lambda: flow(bridge.platform, f"{prefix}-p1") == 3.5)
+    wait_until(lambda: flow(setup, f"{prefix}-p1") == 3.5)
     wait_until(lambda: bridge.stats()["ingested"] == 1)  # counted once the ack is sent
 
 
-def test_topic_segments_to_twin_ids(bridge, publisher, prefix):
+def test_topic_segments_to_twin_ids(setup, bridge, publisher, prefix):
     subscribe(bridge, "lines", {"topic": f"{prefix}/+/line/+/t", "extractor": "line"})
     subscribe(
         bridge,
@@ -110,23 +122,23 @@ def test_topic_segments_to_twin_ids(bridge, publisher, prefix):
     )
     send(publisher, f"{prefix}/plantA/line/7/t", {"id": "m1", "flow": 1})
     send(publisher, f"{prefix}/dev/x/pump-9", {"flow": 9})  # no id in the payload
-    wait_until(lambda: flow(bridge.platform, "plantA/m1") == 1)
-    wait_until(lambda: flow(bridge.platform, "pump-9") == 9)
+    wait_until(lambda: flow(setup, "plantA/m1") == 1)
+    wait_until(lambda: flow(setup, "pump-9") == 9)
 
 
-def test_malformed_is_counted_and_good_messages_still_arrive(bridge, publisher, prefix):
+def test_malformed_is_counted_and_good_messages_still_arrive(setup, bridge, publisher, prefix):
     subscribe(bridge, "a", {"topic": f"{prefix}/#", "extractor": "pj"})
     send(publisher, f"{prefix}/d", b"{not json", raw=True)
     send(publisher, f"{prefix}/d", {"flow": 1})  # no id: rejected by the extractor
     send(publisher, f"{prefix}/d", {"id": f"{prefix}-ok", "flow": 2})
-    wait_until(lambda: flow(bridge.platform, f"{prefix}-ok") == 2)
+    wait_until(lambda: flow(setup, f"{prefix}-ok") == 2)
     wait_until(lambda: bridge.stats()["ingested"] == 1)
     stats = bridge.stats()
     assert (stats["malformed"], stats["rejected"], stats["ingested"]) == (1, 1, 1)
     assert stats["received"] == 3 and stats["connected"] is True
 
 
-def test_burst_of_5000_qos1_messages_all_arrive(bridge, publisher, prefix):
+def test_burst_of_5000_qos1_messages_all_arrive(setup, bridge, publisher, prefix):
     subscribe(bridge, "burst", {"topic": f"{prefix}/+", "extractor": "pj"})
     n = 5000
     infos = [
@@ -138,15 +150,15 @@ def test_burst_of_5000_qos1_messages_all_arrive(bridge, publisher, prefix):
     for info in infos:
         info.wait_for_publish(30)
     wait_until(lambda: bridge.stats()["ingested"] == n, timeout=60)
-    assert all(flow(bridge.platform, f"b{i}") == i % 1000 for i in range(0, n, 97))
+    assert all(flow(setup, f"b{i}") == i % 1000 for i in range(0, n, 97))
     assert bridge.stats()["observations_accepted"] == n
 
 
 def test_restart_resubscribes_from_persisted_config(setup, publisher, prefix):
-    first = MqttBridge(setup, HOST, PORT).start()
+    first = mqtt_bridge(setup, HOST, PORT).start()
     subscribe(first, "keep", {"topic": f"{prefix}/+", "extractor": "pj"})
     first.stop()
-    second = MqttBridge(setup, HOST, PORT).start()
+    second = mqtt_bridge(setup, HOST, PORT).start()
     try:
         assert [s["name"] for s in second.subscriptions()] == ["keep"]
         assert second.wait_connected()
@@ -198,14 +210,14 @@ def test_topic_filter_and_address_parsing():
     assert not topic_matches("#", "$SYS/broker") and not topic_matches("a/+", "a")
 
 
-def test_reconnects_and_resubscribes_after_the_connection_drops(bridge, publisher, prefix):
+def test_reconnects_and_resubscribes_after_the_connection_drops(setup, bridge, publisher, prefix):
     subscribe(bridge, "a", {"topic": f"{prefix}/+", "extractor": "pj"})
     bridge._session._sock.shutdown(socket.SHUT_RDWR)  # the network drops the connection
     wait_until(lambda: not bridge.stats()["connected"], timeout=5)
     assert bridge.wait_connected(timeout=10)
     time.sleep(0.3)  # the SUBACK of the resubscription
     send(publisher, f"{prefix}/d", {"id": f"{prefix}-again", "flow": 6})
-    wait_until(lambda: flow(bridge.platform, f"{prefix}-again") == 6)
+    wait_until(lambda: flow(setup, f"{prefix}-again") == 6)
 
 
 def test_config_file_for_serve(tmp_path, setup, prefix):
@@ -217,7 +229,7 @@ def test_config_file_for_serve(tmp_path, setup, prefix):
     )
     host, port, subscriptions = load_mqtt_config(path)
     assert (host, port, sorted(subscriptions)) == ("127.0.0.1", 1883, ["devices", "lines"])
-    bridge = MqttBridge(setup, host, port)
+    bridge = mqtt_bridge(setup, host, port)
     for name, body in subscriptions.items():
         bridge.put_subscription(name, body)
     assert [s["twin_from_topic"] for s in bridge.subscriptions()] == [1, None]

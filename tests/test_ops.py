@@ -15,6 +15,8 @@ from livetwin.api.app import create_app
 from livetwin.api.ops import JsonFormatter, Monitor, configure_logging
 from livetwin.errors import InvalidInput
 from livetwin.examples.rollers import ROLLER_TYPE, observations, roller_fleet
+from livetwin.platform import Platform
+from livetwin.settings import Settings
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:
@@ -167,6 +169,44 @@ def test_configure_logging_from_the_environment(monkeypatch, capsys):
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_settings_read_the_environment_in_one_place():
+    env = {
+        "LIVETWIN_DATABASE_URL": " postgresql://db/x ",
+        "LIVETWIN_LOG_FORMAT": "json",
+        "LIVETWIN_JWKS_URL": "https://idp/jwks",
+        "LIVETWIN_SMTP_HOST": "smtp.example.com",
+        "LIVETWIN_PUBLIC_URL": "https://twins.example.com",
+        "LIVETWIN_S3_BUCKET": "models",
+        "AWS_ACCESS_KEY_ID": "key",
+        "HOME": "/root",
+    }
+    settings = Settings.from_env(environ=env)
+    assert settings.database_url == "postgresql://db/x" and settings.log_format == "json"
+    assert settings.jwks_url == "https://idp/jwks" and settings.jwt_issuer is None
+    assert settings.smtp == {
+        "LIVETWIN_SMTP_HOST": "smtp.example.com",
+        "LIVETWIN_PUBLIC_URL": "https://twins.example.com",
+    }
+    assert settings.artifacts == {"LIVETWIN_S3_BUCKET": "models", "AWS_ACCESS_KEY_ID": "key"}
+    # values set in code win over the environment; the rest is kept
+    explicit = Settings(max_body_bytes=5, database_url="", log_format="text")
+    merged = Settings.from_env(explicit, environ=env)
+    assert merged.database_url == "" and merged.log_format == "text"
+    assert merged.max_body_bytes == 5 and merged.jwks_url == "https://idp/jwks"
+    unset = Settings.from_env(environ={})
+    assert unset.database_url == "" and unset.smtp == {} and unset.artifacts == {}
+
+
+def test_the_platform_takes_its_settings_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVETWIN_LOG_FORMAT", "json")
+    monkeypatch.delenv("LIVETWIN_DATABASE_URL", raising=False)
+    with Platform(tmp_path / "a", settings=Settings(run_schedules=False)) as platform:
+        assert platform.settings.log_format == "json" and platform.settings.database_url == ""
+        assert not platform.settings.run_schedules
+    with Platform(tmp_path / "b") as platform:
+        assert platform.settings.log_format == "json"
 
 
 def test_the_platform_services_are_in_the_metrics(ops, platform):

@@ -142,11 +142,22 @@ def test_artifacts_round_trip_through_s3(tmp_path, clock, s3_env, monkeypatch):
             assert keys == [key]
 
 
+def registry_on(platform, artifacts) -> Registry:
+    """A registry on a platform's ports with its own artifact store."""
+    return Registry(
+        clock=platform.clock,
+        open_db=platform.open_db,
+        lineage=platform.lineage,
+        artifacts=artifacts,
+        tmp_dir=platform.path / "tmp",
+    )
+
+
 def test_a_missing_bucket_fails_at_start(platform, s3_env):
     env, _ = s3_env
     store = artifact_store(platform.path, {**env, "LIVETWIN_S3_BUCKET": "no-such-bucket"})
     with pytest.raises(Unavailable) as info:
-        Registry(platform, artifacts=store).start()
+        registry_on(platform, store).start()
     assert info.value.field == "LIVETWIN_S3_BUCKET"
     assert "no-such-bucket" in info.value.message and "create it" in info.value.fix
 
@@ -158,5 +169,5 @@ def test_an_unreachable_endpoint_fails_at_start(platform):
         **CREDENTIALS,
     }
     with pytest.raises(Unavailable) as info:
-        Registry(platform, artifacts=artifact_store(platform.path, env)).start()
+        registry_on(platform, artifact_store(platform.path, env)).start()
     assert info.value.field == "LIVETWIN_S3_ENDPOINT"

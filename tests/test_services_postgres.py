@@ -1,5 +1,6 @@
 """The services' own databases on both backends (livetwin/store/servicedb.py): alarms, registry
-metadata and lineage, each test run on SQLite files and on PostgreSQL (a fresh schema per test)."""
+metadata, lineage, device commands and the webhook outbox, each test run on SQLite files and on
+PostgreSQL (a fresh schema per test)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 from conftest import T0, FakeClock
 from postgres_support import PG_URL, Proxy, require_postgres, schema_url
+from test_webhooks import Receiver, free_port, wait_for
 
 from livetwin.actions.alarms import AlarmService
 from livetwin.errors import Conflict, NotFound, Unavailable
@@ -329,7 +331,15 @@ def test_services_report_a_lost_database_and_reconnect_when_it_is_back(
             registry = RegistryStore(tmp_path, database_url=url)
             with Platform(tmp_path / "data", clock=clock, settings=QUIET) as platform:
                 platform.put_type("boiler", BOILER)
-                alarms = AlarmService(platform, tick_s=3600, database_url=url).start()
+                alarms = AlarmService(
+                    clock=platform.clock,
+                    bus=platform.bus,
+                    reader=platform.query,
+                    open_db=lambda name, schema, **kw: open_service_db(
+                        tmp_path, name, schema, database_url=url, **kw
+                    ),
+                    tick_s=3600,
+                ).start()
                 try:
                     assert registry.add_version("m", spec(), {}, T0) == 1
                     proxy.down()
@@ -355,3 +365,49 @@ def observe(platform, alarms, twin: str, temp: float) -> None:
     ts = platform.clock()
     assert platform.ingest([{"twin": twin, "type": "boiler", "ts": ts, "values": {"temp": temp}}])
     alarms.sync()
+
+
+# ---- device commands and the webhook outbox -------------------------------------------------
+
+FAN = {
+    "properties": {"speed": {"min": 0, "max": 100}},
+    "commands": {"topic": "plant/{twin}/set", "tolerance": 0.01},
+}
+
+
+def test_commands_and_the_webhook_outbox_live_in_the_configured_database(backend, tmp_path):
+    """Desired state, queued commands, subscriptions and deliveries: in PostgreSQL when it is
+    configured (no file of theirs in the data directory), in their SQLite files otherwise."""
+    receiver = Receiver()
+    settings = Settings(alarm_tick_s=3600, mqtt_host="127.0.0.1", mqtt_port=free_port())
+    data = tmp_path / "data"  # the broker is down: commands stay queued
+    try:
+        with Platform(data, settings=settings) as platform:
+            platform.put_type("fan", FAN)
+            hook = {"url": receiver.url, "secret": "s3cret-s3cret-s3cret"}
+            sub = platform.webhooks.create({**hook, "filters": {"kinds": ["state", "created"]}})
+            platform.ingest([{"twin": "fan-1", "type": "fan", "ts": T0, "values": {"speed": 1}}])
+            view = platform.commands.set_desired("fan-1", {"speed": 30})
+            assert view["pending"] == ["speed"] and view["command"]["published"] is False
+            wait_for(lambda: platform.webhooks.get(sub["id"])["deliveries"]["delivered"] == 2)
+        with Platform(data, settings=settings) as platform:  # a restart reads them back
+            assert platform.commands.desired("fan-1")["desired"] == {"speed": 30.0}
+            assert platform.webhooks.get(sub["id"])["deliveries"]["delivered"] == 2
+            assert platform.webhooks.stats()["delivered"] == 2
+    finally:
+        receiver.close()
+    assert {b["kind"] for b in receiver.bodies().values()} == {"state", "created"}
+    files = {"commands.sqlite", "webhooks.db"} & {p.name for p in data.iterdir()}
+    if backend == "sqlite":
+        assert files == {"commands.sqlite", "webhooks.db"}
+        return
+    assert not files
+    assert tables_in(f"{backend}_commands") == {"desired", "commands"}
+    assert tables_in(f"{backend}_webhooks") == {"meta", "subscriptions", "deliveries"}
+    with psycopg.connect(PG_URL) as conn:
+        commands = conn.execute(f'SELECT twin, qos, n FROM "{backend}_commands".commands')
+        assert commands.fetchall() == [("fan-1", 1, 1)]
+        desired = conn.execute(f'SELECT name, value FROM "{backend}_commands".desired')
+        assert desired.fetchall() == [("speed", 30.0)]
+        statuses = conn.execute(f'SELECT status FROM "{backend}_webhooks".deliveries')
+        assert [s for (s,) in statuses] == ["delivered", "delivered"]

@@ -108,3 +108,36 @@ def test_alarm_and_job_notices_share_the_stream_and_resume(live_server, platform
     platform.bus.publish(Notice("job", "run-2", {"function": "calibrate", "state": "succeeded"}))
     thread.join(10)
     assert jobs[0]["event"] == "job" and jobs[0]["data"]["id"] == "run-2"
+
+
+def test_finished_runs_are_run_notices_and_job_still_works(live_server, platform):
+    """`kinds=run` gets finished runs as `event: run`; a client of the older name `job` keeps
+    getting them as `event: job`, whichever of the two names the scheduler publishes."""
+    from livetwin.engine.events import Notice
+
+    url = f"{live_server}/api/stream?kinds="
+    runs, jobs = stream_in_background(url + "run", 2), stream_in_background(url + "job", 2)
+    both = stream_in_background(url + "run,job,alarm", 3)
+    platform.bus.publish(Notice("job", "run-1", {"function": "calibrate"}))
+    platform.bus.publish(Notice("alarm", "a1.1", {"twin": "p1", "type": "pump"}))
+    platform.bus.publish(Notice("run", "run-2", {"function": "train"}))
+    for thread, _ in (runs, jobs, both):
+        thread.join(10)
+    assert [(e["event"], e["data"]["kind"], e["data"]["id"]) for e in runs[1]] == [
+        ("run", "run", "run-1"),
+        ("run", "run", "run-2"),
+    ]
+    assert [(e["event"], e["data"]["kind"], e["data"]["id"]) for e in jobs[1]] == [
+        ("job", "job", "run-1"),
+        ("job", "job", "run-2"),
+    ]
+    assert [e["event"] for e in both[1]] == ["run", "alarm", "run"]  # once each, the new name
+
+
+def test_notice_names_old_and_new():
+    from livetwin.engine.events import notice_name
+
+    assert notice_name("job", {"run"}) == "run" and notice_name("run", {"job"}) == "job"
+    assert notice_name("job", {"job", "run"}) == "run" and notice_name("run", {"run"}) == "run"
+    assert notice_name("alarm", {"alarm"}) == "alarm"
+    assert notice_name("alarm", {"run", "job"}) is None and notice_name("job", {"alarm"}) is None

@@ -24,6 +24,17 @@ SECRET = "s3cret-s3cret-s3cret"
 FAST = {"backoff_s": 0.05, "max_backoff_s": 0.2, "timeout_s": 5.0}
 
 
+def webhook_service(platform: Platform, **options) -> WebhookService:
+    """A webhook service on a platform's ports, wired as the platform wires its own."""
+    return WebhookService(
+        clock=platform.clock,
+        bus=platform.bus,
+        reader=platform.query,
+        open_db=platform.open_db,
+        **options,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,7 +148,7 @@ def state_events(bodies: dict[str, dict]) -> list[tuple[str, int]]:
 
 def test_payload_signature_and_filters(pumps, receivers):
     r_all, r_prefix = receivers(), receivers()
-    with WebhookService(pumps, **FAST) as hooks:
+    with webhook_service(pumps, **FAST) as hooks:
         all_id = subscribe(hooks, r_all.url, kinds=["state", "created"])
         subscribe(hooks, r_prefix.url, type="pump", twin_prefix="a/")
         subscribe(hooks, r_prefix.url, type="other")  # never matches
@@ -165,7 +176,7 @@ def test_payload_signature_and_filters(pumps, receivers):
 
 def test_endpoint_down_then_back_gets_each_delivery_once(pumps, receivers):
     r = receivers(status=503)
-    with WebhookService(pumps, max_attempts=100, **FAST) as hooks:
+    with webhook_service(pumps, max_attempts=100, **FAST) as hooks:
         sub = subscribe(hooks, r.url)
         sent = [(f"p{i % 3}", T0 + i * 1000) for i in range(10)]
         for twin, ts in sent:
@@ -189,7 +200,7 @@ def test_platform_and_service_restarted_mid_retry_still_deliver(tmp_path, receiv
     data = tmp_path / "data"
     platform = Platform(data, settings=NO_HOOKS)
     platform.put_type("pump", PUMP)
-    hooks = WebhookService(platform, max_attempts=1000, **FAST).start()
+    hooks = webhook_service(platform, max_attempts=1000, **FAST).start()
     sub = subscribe(hooks, url, kinds=["state", "created"])
     platform.ingest([obs("p1", T0, flow=1.0), obs("p2", T0, flow=2.0)])
     platform.ingest([obs("p1", T0 + 1000, flow=1.5)])
@@ -198,7 +209,7 @@ def test_platform_and_service_restarted_mid_retry_still_deliver(tmp_path, receiv
     platform.close()
 
     with Platform(data, settings=NO_HOOKS) as again:
-        hooks = WebhookService(again, max_attempts=1000, **FAST)
+        hooks = webhook_service(again, max_attempts=1000, **FAST)
         assert hooks.stats()["outbox"]["pending"] == 3  # 2 state + 1 created, from webhooks.db
         r = receivers(port=port)
         with hooks:
@@ -218,7 +229,7 @@ def test_events_committed_while_the_service_was_down_are_caught_up(tmp_path, rec
     with Platform(data, settings=NO_HOOKS) as platform:
         platform.put_type("pump", PUMP)
         platform.ingest([obs("old", T0, flow=1.0)])  # before any subscription: never sent
-        with WebhookService(platform, **FAST) as hooks:
+        with webhook_service(platform, **FAST) as hooks:
             sub = subscribe(hooks, r.url, kinds=["state", "created"])
             platform.ingest([obs("p1", T0, flow=1.0)])
             wait_for(lambda: len(r.ids()) == 2)
@@ -226,7 +237,7 @@ def test_events_committed_while_the_service_was_down_are_caught_up(tmp_path, rec
         platform.ingest([obs("p1", T0 + 1000, flow=2.0), obs("p2", T0, pressure=5.0)])
         platform.ingest([obs("old", T0 + 1000, flow=3.0)])
 
-    with Platform(data, settings=NO_HOOKS) as platform, WebhookService(platform, **FAST) as hooks:
+    with Platform(data, settings=NO_HOOKS) as platform, webhook_service(platform, **FAST) as hooks:
         wait_for(lambda: hooks.get(sub)["deliveries"]["delivered"] == 5)
         platform.ingest([obs("p2", T0 + 1000, flow=4.0)])  # live again
         wait_for(lambda: hooks.get(sub)["deliveries"]["delivered"] == 6)
@@ -251,7 +262,7 @@ def test_events_committed_while_the_service_was_down_are_caught_up(tmp_path, rec
 
 def test_inbox_overflow_falls_back_to_the_journal(pumps, receivers):
     r = receivers()
-    with WebhookService(pumps, max_inbox=1, **FAST) as hooks:
+    with webhook_service(pumps, max_inbox=1, **FAST) as hooks:
         sub = subscribe(hooks, r.url)
         with hooks._lock:  # hold the outbox: the pump cannot drain, so the inbox overflows
             for i in range(40):
@@ -270,7 +281,9 @@ sys.path.insert(0, sys.argv[3])
 from conftest import PUMP, T0, obs
 platform = Platform(sys.argv[1], settings=Settings(webhooks=False))
 platform.put_type("pump", PUMP)
-hooks = WebhookService(platform).start()
+hooks = WebhookService(
+    clock=platform.clock, bus=platform.bus, reader=platform.query, open_db=platform.open_db
+).start()
 hooks.create({"url": sys.argv[2], "secret": "s3cret-s3cret-s3cret"})
 for i in range(20):
     platform.ingest([obs(f"p{i % 3}", T0 + i, flow=float(i))])
@@ -289,7 +302,7 @@ def test_a_crash_right_after_commit_loses_nothing(tmp_path, receivers):
     tests = str(Path(__file__).parent)
     subprocess.run([sys.executable, "-c", CRASHING_CHILD, str(data), url, tests], check=True)
     r = receivers(port=port)
-    with Platform(data, settings=NO_HOOKS) as platform, WebhookService(platform, **FAST) as hooks:
+    with Platform(data, settings=NO_HOOKS) as platform, webhook_service(platform, **FAST) as hooks:
         (sub,) = hooks.subscriptions()
         wait_for(lambda: hooks.get(sub["id"])["deliveries"]["delivered"] == 20)
     bodies = r.bodies()
@@ -300,7 +313,7 @@ def test_a_crash_right_after_commit_loses_nothing(tmp_path, receivers):
 def test_dead_endpoint_does_not_delay_live_ones(pumps, receivers):
     hung = receivers(hang=True)  # accepts, then never answers while the test runs
     live = [receivers() for _ in range(3)]
-    with WebhookService(pumps, max_attempts=1000, backoff_s=0.05, timeout_s=60) as hooks:
+    with webhook_service(pumps, max_attempts=1000, backoff_s=0.05, timeout_s=60) as hooks:
         subscribe(hooks, hung.url)
         subscribe(hooks, f"http://127.0.0.1:{free_port()}/refused")
         for r in live:
@@ -315,7 +328,7 @@ def test_dead_endpoint_does_not_delay_live_ones(pumps, receivers):
 
 def test_alarm_and_job_notices(pumps, receivers):
     r_alarm, r_job = receivers(), receivers()
-    with WebhookService(pumps, **FAST) as hooks:
+    with webhook_service(pumps, **FAST) as hooks:
         alarms = subscribe(hooks, r_alarm.url, kinds=["alarm"], type="pump", twin_prefix="a/")
         subscribe(hooks, r_job.url, kinds=["job"])
         bus = pumps.bus
@@ -339,9 +352,27 @@ def test_alarm_and_job_notices(pumps, receivers):
     assert job["kind"] == "job" and job["data"]["status"] == "done"
 
 
+def test_run_notices_go_out_as_run_and_as_job_to_older_subscribers(pumps, receivers):
+    r_run, r_job = receivers(), receivers()
+    with WebhookService(pumps, **FAST) as hooks:
+        subscribe(hooks, r_run.url, kinds=["run"])
+        subscribe(hooks, r_job.url, kinds=["job"])
+        pumps.bus.publish(Notice("job", "run-8", {"job": "calibrate", "status": "done"}))
+        pumps.bus.publish(Notice("run", "run-9", {"job": "train", "status": "done"}))
+        wait_for(lambda: len(r_run.ids()) == 2 and len(r_job.ids()) == 2)
+    assert sorted((b["kind"], b["id"]) for b in r_run.bodies().values()) == [
+        ("run", "run-8"),
+        ("run", "run-9"),
+    ]
+    assert sorted((b["kind"], b["id"]) for b in r_job.bodies().values()) == [
+        ("job", "run-8"),
+        ("job", "run-9"),
+    ]
+
+
 def test_delivered_rows_are_pruned(pumps, receivers):
     r = receivers()
-    with WebhookService(pumps, keep_delivered=3, **FAST) as hooks:
+    with webhook_service(pumps, keep_delivered=3, **FAST) as hooks:
         sub = subscribe(hooks, r.url)
         for i in range(8):
             pumps.ingest([obs("p1", T0 + i, flow=1.0)])
@@ -356,7 +387,7 @@ def test_delivered_rows_are_pruned(pumps, receivers):
 
 def test_dead_letters_redeliver_and_attempts_over_the_api(pumps, receivers, platform):
     r = receivers(status=500)
-    hooks = WebhookService(pumps, max_attempts=3, backoff_s=0.02, max_backoff_s=0.05).start()
+    hooks = webhook_service(pumps, max_attempts=3, backoff_s=0.02, max_backoff_s=0.05).start()
     platform.webhooks = hooks  # as the platform's own service
     app = create_app(platform)
     try:
@@ -393,7 +424,7 @@ def test_dead_letters_redeliver_and_attempts_over_the_api(pumps, receivers, plat
 
 
 def test_api_validation_and_crud(platform):
-    hooks = WebhookService(platform, **FAST)
+    hooks = webhook_service(platform, **FAST)
     platform.webhooks = hooks  # as the platform's own service
     app = create_app(platform)
     good = {"url": "https://example.com/hook", "secret": SECRET}

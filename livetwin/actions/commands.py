@@ -1,6 +1,7 @@
 """Commands and desired state: a twin's desired values, published to its device over MQTT.
 
-`CommandService` stores desired values durably (commands.sqlite), publishes each change as a
+`CommandService` stores desired values durably (its service database: `<data>/commands.sqlite`
+or a PostgreSQL schema), publishes each change as a
 JSON command on the type's `commands.topic`, and shows what is still pending until the device
 reports the new value through any ingest path. See docs/commands.md.
 """
@@ -13,7 +14,7 @@ import queue
 import sqlite3
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -22,6 +23,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from livetwin.engine.events import StateChanged
 from livetwin.errors import InvalidInput
 from livetwin.timefmt import format_ts
+
+if TYPE_CHECKING:
+    from livetwin.ports import Bus, Clock, OpenServiceDB
+    from livetwin.query import Query
 
 __all__ = ["CommandService"]
 
@@ -33,35 +38,49 @@ CREATE TABLE IF NOT EXISTS desired (
     set_at INTEGER NOT NULL, reached_at INTEGER, PRIMARY KEY (twin, name));
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY, twin TEXT NOT NULL, topic TEXT NOT NULL, qos INTEGER NOT NULL,
-    payload BLOB NOT NULL, ts INTEGER NOT NULL, published_at INTEGER);
+    payload BLOB NOT NULL, ts INTEGER NOT NULL, published_at INTEGER,
+    n INTEGER NOT NULL);  -- the order commands were stored in (was SQLite's rowid)
 CREATE INDEX IF NOT EXISTS commands_unsent ON commands (ts) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS commands_order ON commands (n);
 """
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """A commands.sqlite from before the `n` column: number its commands in rowid order."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(commands)")]
+    if columns and "n" not in columns:
+        conn.execute("ALTER TABLE commands ADD COLUMN n INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE commands SET n = rowid")
 
 
 class CommandService:
     """Desired state and MQTT commands for the twins of types with a `commands:` section.
 
-    Thread-safe. A command that cannot be published (broker down) stays queued in SQLite and
+    `reader` gives twins and their types; reported values are followed on `bus`. Thread-safe.
+    A command that cannot be published (broker down) stays queued in the service database and
     is sent on the next connection; QoS 1 commands are retried by paho until the broker has them.
     """
 
     def __init__(
         self,
-        platform: Any,
         host: str = "127.0.0.1",
         port: int = 1883,
         *,
+        clock: Clock,
+        bus: Bus,
+        reader: Query,
+        open_db: OpenServiceDB,
         client_id: str | None = None,
         publish_timeout: float = 5.0,
     ) -> None:
-        self.platform = platform
+        self.clock, self.bus, self.reader = clock, bus, reader
         self.host, self.port = host, port
         self.client_id = client_id or f"livetwin-commands-{uuid.uuid4().hex[:8]}"
         self.publish_timeout = publish_timeout
-        self._db = sqlite3.connect(platform.path / "commands.sqlite", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._db = open_db(
+            "commands", SCHEMA, sqlite_migrate=migrate, sqlite_file="commands.sqlite"
+        )
+        self._lock = threading.Lock()  # desired values and `_waiting` change together
         self._waiting: frozenset[str] = frozenset()  # twins with desired values not yet reported
         self._reports: queue.Queue[set[str] | None] = queue.Queue()
         self._client: mqtt.Client | None = None
@@ -74,12 +93,11 @@ class CommandService:
         """Connect to the broker (in the background) and follow reported values."""
         if self._client is not None:
             return self
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT twin FROM desired WHERE reached_at IS NULL")
-            self._waiting = frozenset(twin for (twin,) in rows)
+        rows = self._db.read().execute("SELECT DISTINCT twin FROM desired WHERE reached_at IS NULL")
+        self._waiting = frozenset(twin for (twin,) in rows)
         self._worker = threading.Thread(target=self._follow, name="commands", daemon=True)
         self._worker.start()
-        self._token = self.platform.bus.subscribe(self._on_event)
+        self._token = self.bus.subscribe(self._on_event)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311
         )
@@ -93,7 +111,7 @@ class CommandService:
 
     def stop(self) -> None:
         if self._token is not None:
-            self.platform.bus.unsubscribe(self._token)
+            self.bus.unsubscribe(self._token)
             self._token = None
         if self._worker is not None:
             self._reports.put(None)
@@ -103,8 +121,7 @@ class CommandService:
             self._client.disconnect()
             self._client.loop_stop()
             self._client = None
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> CommandService:
         return self.start()
@@ -118,23 +135,23 @@ class CommandService:
         """Store desired `values` of a twin and publish them as one command; the desired view."""
         ctype, section = self._commands_of(twin_id)
         checked = _check_values(values, ctype)
-        now = self.platform.clock()
+        now = self.clock()
         command_id = uuid.uuid4().hex
         topic = section.topic_for(twin_id, ctype.name)
         payload = orjson.dumps(
             {"twin": twin_id, "values": checked, "id": command_id, "ts": format_ts(now)}
         )
-        with self._lock, self._db:
-            self._db.executemany(
+        with self._lock, self._db.write() as conn:
+            conn.executemany(
                 "INSERT INTO desired (twin, name, value, command, set_at, reached_at) "
                 "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (twin, name) DO UPDATE SET "
                 "value = excluded.value, command = excluded.command, set_at = excluded.set_at, "
                 "reached_at = NULL",
                 [(twin_id, name, value, command_id, now) for name, value in checked.items()],
             )
-            self._db.execute(
-                "INSERT INTO commands (id, twin, topic, qos, payload, ts) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+            conn.execute(
+                "INSERT INTO commands (id, twin, topic, qos, payload, ts, n) VALUES "
+                "(?, ?, ?, ?, ?, ?, (SELECT coalesce(max(n), 0) + 1 FROM commands))",
                 (command_id, twin_id, topic, section.qos, payload, now),
             )
             self._waiting = self._waiting | {twin_id}
@@ -147,17 +164,17 @@ class CommandService:
         twin, ctype = self._twin(twin_id)
         tolerance = ctype.spec.commands.tolerance if ctype.spec.commands else 0.0
         reported = {**twin.get("properties", {}), **twin.get("parameters", {})}
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT name, value, command, set_at, reached_at FROM desired WHERE twin = ? "
-                "ORDER BY name",
-                (twin_id,),
-            ).fetchall()
-            last = self._db.execute(
-                "SELECT id, topic, ts, published_at FROM commands WHERE twin = ? "
-                "ORDER BY ts DESC, rowid DESC LIMIT 1",
-                (twin_id,),
-            ).fetchone()
+        read = self._db.read()
+        rows = read.execute(
+            "SELECT name, value, command, set_at, reached_at FROM desired WHERE twin = ? "
+            "ORDER BY name",
+            (twin_id,),
+        ).fetchall()
+        last = read.execute(
+            "SELECT id, topic, ts, published_at FROM commands WHERE twin = ? "
+            "ORDER BY ts DESC, n DESC LIMIT 1",
+            (twin_id,),
+        ).fetchone()
         desired = {name: value for name, value, *_ in rows}
         pending = [n for n, v in desired.items() if not _reached(reported.get(n), v, tolerance)]
         return {
@@ -182,9 +199,7 @@ class CommandService:
 
     def _twin(self, twin_id: str) -> tuple[dict, Any]:
         """The twin's current values and its compiled type (NotFound, 404, when unknown)."""
-        with self.platform.lock:
-            twin = self.platform.engine.twin(twin_id)
-            return twin, self.platform.engine.ctype(twin["type"])
+        return self.reader.twin(twin_id), self.reader.type_of(twin_id)
 
     def _commands_of(self, twin_id: str):
         _, ctype = self._twin(twin_id)
@@ -209,21 +224,22 @@ class CommandService:
             return
         info.wait_for_publish(self.publish_timeout)
         if info.is_published():
-            with self._lock, self._db:
-                self._db.execute(
-                    "UPDATE commands SET published_at = ? WHERE id = ?",
-                    (self.platform.clock(), command_id),
-                )
+            self._db.read().execute(
+                "UPDATE commands SET published_at = ? WHERE id = ?", (self.clock(), command_id)
+            )
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("command broker %s:%d refused: %s", self.host, self.port, reason_code)
             return
-        with self._lock:
-            unsent = self._db.execute(
+        unsent = (
+            self._db.read()
+            .execute(
                 "SELECT id, topic, payload, qos FROM commands WHERE published_at IS NULL "
-                "ORDER BY ts, rowid"
-            ).fetchall()
+                "ORDER BY ts, n"
+            )
+            .fetchall()
+        )
         if unsent:
             threading.Thread(target=self._resend, args=(unsent,), daemon=True).start()
 
@@ -255,9 +271,9 @@ class CommandService:
     def _mark_reached(self, twin_id: str) -> None:
         view = self.desired(twin_id)
         done = [n for n in view["desired"] if n not in view["pending"]]
-        now = self.platform.clock()
-        with self._lock, self._db:
-            self._db.executemany(
+        now = self.clock()
+        with self._lock, self._db.write() as conn:
+            conn.executemany(
                 "UPDATE desired SET reached_at = ? WHERE twin = ? AND name = ? "
                 "AND reached_at IS NULL",
                 [(now, twin_id, name) for name in done],

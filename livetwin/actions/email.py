@@ -6,7 +6,6 @@ environment variables or an `SmtpSettings` object; never from code or the journa
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import smtplib
 import ssl
@@ -16,11 +15,15 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from livetwin.engine.events import Event, Notice
 from livetwin.errors import InvalidInput
 from livetwin.spec.rules import SEVERITIES
+
+if TYPE_CHECKING:
+    from livetwin.ports import Bus
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,9 @@ class SmtpSettings:
         return self.port or SECURITY_PORTS[self.security]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SmtpSettings | None:
-        """Settings from LIVETWIN_SMTP_* (None when LIVETWIN_SMTP_HOST is not set)."""
-        env = os.environ if environ is None else environ
+    def from_env(cls, env: Mapping[str, str]) -> SmtpSettings | None:
+        """Settings from LIVETWIN_SMTP_* variables (None when LIVETWIN_SMTP_HOST is not set);
+        `livetwin.settings.Settings.from_env` reads them from the environment."""
         host = env.get(ENV + "HOST", "").strip()
         if not host:
             return None
@@ -208,8 +211,8 @@ class AlarmMailer:
     Mails still queued at `stop()` get `drain_s` seconds to go out.
     """
 
-    def __init__(self, platform, settings: SmtpSettings, *, max_queue: int = 1000):
-        self.platform = platform
+    def __init__(self, settings: SmtpSettings, *, bus: Bus | None = None, max_queue: int = 1000):
+        self.bus = bus  # where raised alarms are announced (the mail's content comes with them)
         self.settings = settings
         self.stats = {"sent": 0, "failed": 0, "retried": 0, "dropped": 0}
         self._queue: queue.Queue = queue.Queue(max_queue)
@@ -219,14 +222,16 @@ class AlarmMailer:
         self._minimum = SEVERITIES.index(settings.min_severity)
 
     def start(self) -> AlarmMailer:
-        self._token = self.platform.bus.subscribe(self._on_event)
+        if self.bus is None:
+            raise ValueError("AlarmMailer.start needs the bus that announces alarms")
+        self._token = self.bus.subscribe(self._on_event)
         self._thread.start()
         return self
 
     def stop(self, drain_s: float = 5.0) -> None:
         if self._token is None:
             return
-        self.platform.bus.unsubscribe(self._token)
+        self.bus.unsubscribe(self._token)
         self._token = None
         try:
             self._queue.put(_STOP, timeout=drain_s)

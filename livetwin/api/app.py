@@ -245,8 +245,9 @@ def create_app(
         kinds: str = "state",
         last_event_id: str | None = Query(None, description="or the Last-Event-ID header"),
     ):
-        """Server-Sent Events of state changes, alarms and job results (`kinds`, comma-separated);
-        reconnect with Last-Event-ID to resume."""
+        """Server-Sent Events of state changes, alarms and finished runs (`kinds`, comma-separated:
+        state, alarm, run; `job` is the older name of run); reconnect with Last-Event-ID to
+        resume."""
         wanted_kinds = frozenset(kinds.split(","))
         unknown = wanted_kinds - set(KINDS)
         if unknown:
@@ -303,10 +304,19 @@ def create_app(
             return Response(_csv(result), media_type="text/csv")
         return result
 
-    @app.get("/api/twins/{twin_id:path}/events", tags=["twins"])
-    def events(twin_id: str, limit: int = 50, before: str | None = None) -> list[dict]:
-        """The twin's journaled observations, newest first (page with before=<ts>)."""
-        return platform.events(twin_id, limit=limit, before=before)
+    @app.get("/api/twins/{twin_id:path}/observations", tags=["twins"])
+    def observations(twin_id: str, limit: int = 50, before: str | None = None) -> list[dict]:
+        """The twin's journaled observations, newest first, with the derived values they produced
+        (page with before=<ts of the last one>)."""
+        return platform.observations(twin_id, limit=limit, before=before)
+
+    app.get(  # the older name: "event" now means a message posted to the scheduler
+        "/api/twins/{twin_id:path}/events",
+        tags=["twins"],
+        deprecated=True,
+        summary="Observations (deprecated alias)",
+        description="The older name of `GET /api/twins/{twin_id}/observations`: the same answer.",
+    )(observations)
 
     @app.get("/api/twins/{twin_id:path}", tags=["twins"])
     async def get_twin(twin_id: str) -> dict:

@@ -54,7 +54,7 @@ class Authenticator:
 
     async def principal(self, credential: str) -> Principal:
         if credential.startswith(TOKEN_PREFIX) and self.tokens is not None:
-            return self.tokens.authenticate(credential)  # one indexed SQLite read
+            return self.tokens.authenticate(credential)  # one indexed read
         if self.jwt is not None and credential.count(".") == 2:
             # a JWKS fetch on a key-cache miss blocks: keep it off the event loop
             return await anyio.to_thread.run_sync(self.jwt.authenticate, credential)
@@ -310,7 +310,7 @@ def install_auth(
             field="jwks_url",
             fix="pass --jwks-url https://idp.example.com/.well-known/jwks.json",
         )
-    tokens = TokenStore.of(platform).start()
+    tokens = TokenStore(platform.open_db, clock=platform.clock).start()
     verifier = (
         JwtVerifier(jwks_url, audience=audience, issuer=issuer, claim=claim)
         if mode == "oidc"

@@ -7,7 +7,6 @@ register health checks and metrics (`add_check`, `add_stats`, `add_collector`).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from livetwin import __version__
 from livetwin.errors import InvalidInput
+from livetwin.settings import Settings
 from livetwin.timefmt import parse_ts
 
 log = logging.getLogger(__name__)
@@ -358,8 +358,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging(level: int = logging.INFO, log_format: str | None = None) -> None:
-    """Root logging as text, or JSON lines when `log_format` (or LIVETWIN_LOG_FORMAT) is json."""
-    chosen = (log_format or os.environ.get("LIVETWIN_LOG_FORMAT") or "text").lower()
+    """Root logging as text, or JSON lines when `log_format` (None: the settings' format, from
+    LIVETWIN_LOG_FORMAT) is json."""
+    chosen = (log_format or Settings.from_env().log_format or "text").lower()
     if chosen not in ("text", "json"):
         raise InvalidInput(
             f"unknown log format '{chosen}'", field="LIVETWIN_LOG_FORMAT", fix="use text or json"

@@ -1,7 +1,7 @@
 """Server-Sent Events: a live feed of what became durable, resumable with Last-Event-ID.
 
 The feed keeps the most recent applied batches (not one object per observation) and notices
-(alarms, job results) in a ring; each connection keeps a cursor into it and turns only the rows
+(alarms, finished runs) in a ring; each connection keeps a cursor into it and turns only the rows
 it wants into JSON. A state event's id is `<seq>.<row>`: the journal sequence number and the row
 within that journal entry; a notice takes the next row after the newest state event.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from livetwin.engine.events import Event, EventBus, Notice, StateChanged
+from livetwin.engine.events import Event, EventBus, Notice, StateChanged, notice_name
 from livetwin.errors import InvalidInput
 
-KINDS = ("state", "alarm", "job")
+KINDS = ("state", "alarm", "run", "job")  # "job": the older name of "run" (a finished run)
 HEARTBEAT_S = 15.0
 
 
@@ -58,7 +58,7 @@ class _Item:
 
 
 class LiveFeed:
-    """Recent state changes and notices (alarms, job results) for SSE clients.
+    """Recent state changes and notices (alarms, finished runs) for SSE clients.
 
     Bounded by `max_rows` observations. A notice takes the position right after the newest
     state row, so one cursor orders both and Last-Event-ID resumes either.
@@ -164,12 +164,14 @@ def _key(cursor: Cursor) -> tuple[int, int]:
 
 
 def _encode_notice(item: _Item, kinds: frozenset[str], wanted) -> list[bytes]:
+    """A notice under the name the client asked for (`run`, or its older name `job`)."""
     notice = item.event
     data = notice.data
-    if notice.kind not in kinds or not wanted(data.get("type"), data.get("twin")):
+    name = notice_name(notice.kind, kinds)
+    if name is None or not wanted(data.get("type"), data.get("twin")):
         return []
-    body = orjson.dumps({"kind": notice.kind, "id": notice.id, **data})
-    return [b"id: %d.%d\nevent: %s\ndata: %s\n\n" % (*_key(item.last), notice.kind.encode(), body)]
+    body = orjson.dumps({"kind": name, "id": notice.id, **data})
+    return [b"id: %d.%d\nevent: %s\ndata: %s\n\n" % (*_key(item.last), name.encode(), body)]
 
 
 def _encode_state(item: _Item, cursor: Cursor, wanted, columns_of) -> list[bytes]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from livetwin.engine.engine import Applied
@@ -37,14 +37,27 @@ class TypeDefined:
 
 @dataclass
 class Notice:
-    """A service's announcement for SSE and webhooks: an alarm changed, a job run finished.
+    """A service's announcement for SSE and webhooks: an alarm changed, a run finished.
 
     `id` is unique and stable (a redelivery carries the same one); `data` is JSON-able.
     """
 
-    kind: str  # "alarm" | "job"
+    kind: str  # "alarm" | "run" (a finished run; "job" is its older name)
     id: str
     data: dict
+
+
+OLDER_NAMES = {"job": "run"}  # notice kinds renamed: subscribers of the older name still get them
+
+
+def notice_name(kind: str, wanted: Collection[str]) -> str | None:
+    """The name a subscriber that asked for the kinds `wanted` receives a notice of `kind` under,
+    or None when it did not ask for it. A renamed kind goes out under its current name, or under
+    its older name to a subscriber that asked only for that one."""
+    current = OLDER_NAMES.get(kind, kind)
+    if current in wanted:
+        return current
+    return next((old for old, new in OLDER_NAMES.items() if new == current and old in wanted), None)
 
 
 Event = StateChanged | TypeDefined | Notice

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livetwin.errors import NotFound
-from livetwin.jobs.baseline import check_inactivity, load_baselines, model_name, train_baselines
+from livetwin.jobs.baseline import (
+    RULE,
+    check_inactivity,
+    load_baselines,
+    model_name,
+    train_baselines,
+)
 from livetwin.models.baseline import DAY_MS, HOUR_MS, week_cells
 from livetwin.timefmt import format_ts, parse_ts
 
@@ -41,6 +47,21 @@ HOME_TYPE = {
         "emergency": {"min": 0, "max": 1, "description": "1 when inactive beyond the baseline"},
         "inactive_min": {"min": 0, "unit": "min", "description": "minutes since any motion"},
         "threshold_min": {"min": 0, "unit": "min", "description": "the emergency threshold now"},
+        "last_activity": {"unit": "ms", "description": "when motion was last reported (epoch)"},
+        "inactivity_emergency": {
+            "min": 0,
+            "max": 1,
+            "description": "1 from an emergency until motion resumes: the `inactivity` rule",
+        },
+    },
+    "rules": {
+        "inactivity": {
+            "when": "inactivity_emergency > 0",
+            "severity": "critical",
+            "message": "no activity in {twin} for {inactive_min:.1f} min: longer than the "
+            "seasonal threshold of {threshold_min:.1f} min",
+            "description": "check-inactivity found the home quiet for longer than its baseline",
+        },
     },
     "children": ["room"],
 }
@@ -221,7 +242,8 @@ def run_home_demo(
     train a baseline per room and per home from the stored history up to last midnight into the
     registry (`train-baseline`), and check every home and room at `now_ms` with the registered
     versions (`check-inactivity`): each home's verdict is written back and, with `announce`,
-    an emergency raises a critical `inactivity` alarm (rooms are evidence, never alarmed).
+    its `inactivity_emergency` too, on which the home type's rule raises a critical `inactivity`
+    alarm per emergency (rooms are evidence, never alarmed).
 
     Returns {"now", "homes": verdicts, "rooms": verdicts, "emergencies": [home ids], "alarms",
     "baselines": {twin: ActivityBaseline}, "models": {twin: {model, version}}, "training",
@@ -245,6 +267,9 @@ def run_home_demo(
     }
     home_check = check_inactivity(platform, "home", now_ms=now_ms, alarms=announce)
     room_check = check_inactivity(platform, "room", now_ms=now_ms, alarms=False, publish=False)
+    if announce:
+        platform.alarms.sync()  # the rule has seen the written-back verdicts
+    raised = [platform.alarms.find_open(v["twin"], RULE) for v in home_check["verdicts"]]
     twins = [*fleet.homes, *np.unique(fleet.twin).tolist()]
     baselines, models = load_baselines(platform, {t: model_name(PREFIX, t) for t in twins})
     home_verdicts = home_check["verdicts"]
@@ -266,7 +291,7 @@ def run_home_demo(
         "homes": home_verdicts,
         "rooms": room_check["verdicts"],
         "emergencies": home_check["emergencies"],
-        "alarms": [v["alarm"] for v in home_verdicts if v["alarm"] is not None],
+        "alarms": [a for a in raised if a is not None],
         "baselines": baselines,
         "models": models,
         "training": training,
@@ -293,8 +318,9 @@ def home_job_functions(tz: str = TZ) -> dict[str, dict]:
         "check-home-inactivity": {
             "kind": "builtin",
             "job": "check-inactivity",
-            "args": {"type": "home", "model_prefix": PREFIX, "severity": "critical"},
-            "description": "raise (and clear) inactivity alarms against the seasonal baseline",
+            "args": {"type": "home", "model_prefix": PREFIX},
+            "description": "check homes against their seasonal baseline (the `inactivity` rule "
+            "raises and clears alarms on the verdicts)",
         },
     }
 

@@ -1,7 +1,7 @@
 """MQTT ingest: subscribe to broker topics and feed each message through an extractor spec.
 
-`MqttBridge` keeps named subscriptions (topic pattern -> extractor) in the platform's config
-store, acknowledges a QoS 1 message to the broker only once it is durable in the journal, and
+`MqttBridge` keeps named subscriptions (topic pattern -> extractor) in the twin store's config
+records, acknowledges a QoS 1 message to the broker only once it is durable in the journal, and
 never lets one bad message stop or delay the good ones. See docs/mqtt.md.
 """
 
@@ -12,19 +12,27 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import yaml
 
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.ingest.extract import extract
+from livetwin.ingest.mqtt_topics import (
+    Subscription,
+    parse_address,
+    topic_matches,
+    validate_topic_filter,
+)
 from livetwin.ingest.mqtt_wire import Received, SubscriberSession
 from livetwin.spec.extractor import ExtractorSpec
+
+if TYPE_CHECKING:
+    from livetwin.ports import Clock, Ingest
 
 __all__ = [
     "MqttBridge",
@@ -52,78 +60,19 @@ COUNTERS = (
 )
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """One topic pattern mapped to an extractor.
+class ConfigRecords(Protocol):
+    """Named JSON records by kind, kept with the twins (the store's config table)."""
 
-    `twin_from_topic` (1-based index of a `+` level) makes that topic level the twin id: the
-    extractor's own `twin` path is then not read (its `twin_prefix` still applies).
-    """
+    def configs(self, kind: str) -> dict[str, str]: ...
 
-    name: str
-    topic: str
-    extractor: str
-    qos: int = 1
-    twin_from_topic: int | None = None
+    def put_config(self, kind: str, name: str, spec: str, at: int) -> None: ...
 
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "topic": self.topic,
-            "extractor": self.extractor,
-            "qos": self.qos,
-            "twin_from_topic": self.twin_from_topic,
-        }
-
-    def topic_vars(self, topic: str) -> dict[str, str]:
-        """The levels of `topic` matched by this pattern's `+` levels, as {"1": ..., "2": ...}."""
-        levels = topic.split("/")
-        found: dict[str, str] = {}
-        for position, pattern in enumerate(self.topic.split("/")):
-            if pattern == "#":
-                break
-            if pattern == "+":
-                found[str(len(found) + 1)] = levels[position]
-        return found
-
-
-def validate_topic_filter(topic: Any, field: str = "topic") -> str:
-    """Return `topic` if it is a valid MQTT topic filter, else raise InvalidInput naming `field`."""
-    fix = "write levels separated by '/'; use '+' or '#' only as a whole level, '#' only last"
-    if not isinstance(topic, str) or not topic:
-        raise InvalidInput(
-            f"{field} must be a non-empty string", field=field, fix="e.g. plant/+/telemetry"
-        )
-    if "\x00" in topic or len(topic.encode()) > 65535:
-        raise InvalidInput(f"{field} has a NUL character or is too long", field=field, fix=fix)
-    levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if level in ("+", "#"):
-            if level == "#" and i != len(levels) - 1:
-                raise InvalidInput(
-                    f"{field} {topic!r}: '#' must be the last level", field=field, fix=fix
-                )
-        elif "+" in level or "#" in level:
-            raise InvalidInput(
-                f"{field} {topic!r}: level {level!r} mixes a wildcard with text",
-                field=field,
-                fix=fix,
-            )
-    return topic
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """`host:port` (or `host`, port 1883) as used by `livetwin serve --mqtt`."""
-    host, _, port = text.rpartition(":") if ":" in text else (text, "", "1883")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidInput(
-            f"MQTT address {text!r} is not host:port", field="mqtt", fix="e.g. 127.0.0.1:1883"
-        )
-    return host, int(port)
+    def delete_config(self, kind: str, name: str) -> bool: ...
 
 
 class MqttBridge:
-    """Subscribes to an MQTT broker and ingests messages into `platform`.
+    """Subscribes to an MQTT broker and submits messages to `ingest`, each mapped by the
+    extractor its subscription names (`extractor(name)` looks one up; NotFound if none).
 
     The session thread hands every socket read to a bounded inbox (blocking when it is full, so
     the broker holds the rest in its inflight window); a worker drains the whole inbox, extracts
@@ -133,10 +82,13 @@ class MqttBridge:
 
     def __init__(
         self,
-        platform: Any,
         host: str = "127.0.0.1",
         port: int = 1883,
         *,
+        ingest: Ingest,
+        extractor: Callable[[str], ExtractorSpec],
+        configs: ConfigRecords,
+        clock: Clock,
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -146,7 +98,7 @@ class MqttBridge:
         max_pending_batches: int = 4,
         keepalive: int = 30,
     ) -> None:
-        self.platform = platform
+        self.ingest, self.extractor, self.configs, self.clock = ingest, extractor, configs, clock
         self.host, self.port = host, port
         # A fixed client id keeps the broker session (and its queued QoS 1 messages) across
         # restarts; without one every start is a fresh session.
@@ -182,7 +134,7 @@ class MqttBridge:
         if self._running:
             return self
         loaded = {}
-        for name, text in self.platform.store.configs(CONFIG_KIND).items():
+        for name, text in self.configs.configs(CONFIG_KIND).items():
             try:
                 loaded[name] = self._validate(name, orjson.loads(text))
             except (LivetwinError, ValueError) as exc:
@@ -260,9 +212,7 @@ class MqttBridge:
         """Validate, persist and (when connected) subscribe; replaces a same-named one."""
         sub = self._validate(name, body)
         stored = {k: v for k, v in sub.to_dict().items() if k != "name"}
-        self.platform.store.put_config(
-            CONFIG_KIND, name, orjson.dumps(stored).decode(), self.platform.clock()
-        )
+        self.configs.put_config(CONFIG_KIND, name, orjson.dumps(stored).decode(), self.clock())
         with self._lock:
             old = self._subs.get(name)
             self._subs[name] = sub
@@ -279,7 +229,7 @@ class MqttBridge:
             sub = self._subs.pop(name, None)
             self._routes.clear()
             unused = sub is not None and not any(s.topic == sub.topic for s in self._subs.values())
-        deleted = self.platform.store.delete_config(CONFIG_KIND, name)
+        deleted = self.configs.delete_config(CONFIG_KIND, name)
         if sub is None and not deleted:
             raise NotFound(f"no MQTT subscription '{name}'", field="name", fix="list them first")
         if unused and self._session is not None:
@@ -331,7 +281,7 @@ class MqttBridge:
                 "extractor must name an extractor", field="extractor", fix="e.g. pump-json"
             )
         try:
-            spec = self.platform.extractor(extractor)
+            spec = self.extractor(extractor)
         except NotFound:
             raise InvalidInput(
                 f"no extractor '{extractor}'",
@@ -432,7 +382,7 @@ class MqttBridge:
 
     def _spec(self, sub: Subscription) -> ExtractorSpec:
         """The extractor for `sub`; with twin_from_topic, a variant reading the wrapper object."""
-        spec = self.platform.extractor(sub.extractor)
+        spec = self.extractor(sub.extractor)
         if sub.twin_from_topic is None:
             return spec
         key = (sub.extractor, sub.twin_from_topic)
@@ -520,7 +470,7 @@ class MqttBridge:
             return
         self._pending.acquire()
         try:
-            future = self.platform.submit(observations)
+            future = self.ingest.submit(observations)
         except Exception:
             self._pending.release()
             raise
@@ -543,20 +493,6 @@ class MqttBridge:
 def _rebase(path: str) -> str:
     """Point an absolute JSONPath at the original payload inside the twin_from_topic wrapper."""
     return "$.payload" + path.strip()[1:] if path.strip().startswith("$") else path
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Whether MQTT topic filter `pattern` matches `topic` (wildcards never match `$` topics)."""
-    if topic.startswith("$") and pattern[:1] in ("+", "#"):
-        return False
-    levels = topic.split("/")
-    parts = pattern.split("/")
-    for i, part in enumerate(parts):
-        if part == "#":
-            return True
-        if i >= len(levels) or (part != "+" and part != levels[i]):
-            return False
-    return len(parts) == len(levels)
 
 
 def load_mqtt_config(path: str | Path) -> tuple[str, int, dict[str, dict]]:

@@ -1,6 +1,7 @@
 """Seasonal-baseline jobs: train each twin's activity baseline from stored history into the
 model registry (`train-baseline`), and run the inactivity emergency rule on the registered
-versions, raising and clearing alarms (`check-inactivity`).
+versions, writing the verdicts back through ingest, where a type rule raises and clears the
+alarm (`check-inactivity`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livetwin.actions.alarms import SEVERITIES
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.models.baseline import (
     ARTIFACT,
@@ -27,6 +27,7 @@ from livetwin.models.baseline import (
     utc_offsets_ms,
     zone,
 )
+from livetwin.spec.rules import SEVERITIES
 from livetwin.timefmt import SMALLEST_MS, format_ts, parse_duration, parse_ts
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 
 RULE = "inactivity"
 AUTHOR = "livetwin/train-baseline"
-PUBLISHED = ("emergency", "inactive_min", "threshold_min")  # written back when the type has them
+PUBLISHED = ("emergency", "inactive_min", "threshold_min", "last_activity")  # if declared
+ALARM_SIGNAL = "inactivity_emergency"  # 1 while in emergency: a type rule alarms on it
+LAST_ACTIVITY = "last_activity"  # epoch ms of the newest activity the check saw
 MAX_LISTED = 200  # per-twin entries in a job's result; the counts cover all
 _PAGE = 1000
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
@@ -484,14 +487,16 @@ def check_inactivity(
     **rule: Any,
 ) -> dict:
     """Run the inactivity emergency rule on each twin of `type_name` at `now_ms` (default: the
-    platform's clock) with its registered baseline.
+    platform's clock) with its registered baseline, and write the verdicts back through ingest.
 
-    The last activity is the newest `prop` report of the twin or its descendants. With `alarms`
-    an emergency raises (or repeats) the twin's open `inactivity` alarm, and an open one is
-    cleared once activity newer than the one it was raised for has come in and the twin is no
-    longer in emergency. With `publish` the verdict is written back through ingest into those
-    of `emergency`, `inactive_min`, `threshold_min` the type declares. `rule` goes to
-    `emergency_check` (level, factor, min_minutes, neighbours).
+    The last activity is the newest `prop` report of the twin or its descendants. With
+    `publish` each verdict goes into those of `emergency`, `inactive_min`, `threshold_min`,
+    `last_activity` the type declares. With `alarms` the twin's `inactivity_emergency` is
+    written too (with the evidence the alarm message needs): 1 in an emergency, held at 1 until
+    activity newer than the emergency's comes in, then 0. The type's rule on it (the home
+    example's `inactivity`) raises and clears the alarm, so a replay of the journal reproduces
+    it; the job itself raises nothing. `severity` is checked but the rule declares the alarm's
+    severity. `rule` goes to `emergency_check` (level, factor, min_minutes, neighbours).
     """
     say = log_line or (lambda _: None)
     if severity not in SEVERITIES:
@@ -515,14 +520,24 @@ def check_inactivity(
         verdict.update(info)
         if "reason" in info and "version" not in info:
             verdict["reason"] = info["reason"]
-        verdict["alarm"] = _alarm(platform, verdict, type_name, severity, now) if alarms else None
+    declared = set(platform.get_type(type_name)["spec"].get("properties") or {})
+    signals = _alarm_signals(platform, type_name, verdicts, declared) if alarms else {}
+    if alarms and not signals and verdicts:
+        say(
+            f"type '{type_name}' declares no '{ALARM_SIGNAL}' property: no alarm signal written "
+            f"(declare it and a rule on it, as the home example does)"
+        )
+    cleared = []
+    for verdict in verdicts:
+        signal = signals.get(verdict["twin"])
+        verdict["alarm"] = None if signal is None else signal[0]
+        if signal is not None and signal[1] == 1 and signal[0] == 0:
+            cleared.append(verdict["twin"])
     emergencies = [v["twin"] for v in verdicts if v["emergency"]]
-    cleared = [v["twin"] for v in verdicts if (v["alarm"] or {}).get("state") == "cleared"]
-    if publish:
-        _publish(platform, type_name, verdicts, now)
+    _write_back(platform, type_name, verdicts, declared, now, publish=publish, alarms=alarms)
     say(
         f"checked {len(verdicts)} {type_name} twins at {format_ts(now)}: "
-        f"{len(emergencies)} in emergency {emergencies[:20]}; {len(cleared)} alarms cleared"
+        f"{len(emergencies)} in emergency {emergencies[:20]}; {len(cleared)} alarms to clear"
     )
     return {
         "type": type_name,
@@ -534,44 +549,60 @@ def check_inactivity(
     }
 
 
-def _alarm(platform: Platform, verdict: dict, type_name: str, severity: str, now: int):
-    """Raise or repeat the twin's inactivity alarm, or clear it when activity resumed."""
-    twin = verdict["twin"]
-    if verdict["emergency"]:
-        row = platform.alarms.raise_alarm(
-            twin,
-            RULE,
-            severity,
-            f"no activity in {twin} for {verdict['inactive_min']} min: longer than the seasonal "
-            f"threshold of {verdict['threshold_min']} min for {verdict['weekday']} "
-            f"{verdict['hour']}:00",
-            verdict,
-            type=type_name,
-            ts=now,
+def _alarm_signals(
+    platform: Platform, type_name: str, verdicts: list[dict], declared: set[str]
+) -> dict[str, tuple[int, float]]:
+    """twin -> (its new `inactivity_emergency`, the one it has now) when the type declares it.
+
+    1 in an emergency; an emergency stays 1 while no activity newer than the `last_activity`
+    written with it has come in, so a threshold that merely grows at night never clears the
+    alarm of an occupant who has not moved (without `last_activity` declared, 0 ends it)."""
+    if ALARM_SIGNAL not in declared or not verdicts:
+        return {}
+    read = [ALARM_SIGNAL] + ([LAST_ACTIVITY] if LAST_ACTIVITY in declared else [])
+    ids, now = platform.query.columns(type_name, read, [v["twin"] for v in verdicts])
+    before = now.get(LAST_ACTIVITY, np.full(len(ids), np.nan))
+    signals = {}
+    for k, verdict in enumerate(verdicts):
+        previous = float(now[ALARM_SIGNAL][k])
+        latest = verdict.get("last_activity")
+        resumed = (
+            "threshold_min" in verdict
+            and latest is not None
+            and not parse_ts(latest) <= before[k]  # NaN: nothing to compare with
         )
-        return {"id": row["id"], "state": row["state"], "count": row["count"]}
-    open_alarm = platform.alarms.find_open(twin, RULE)
-    if open_alarm is None:
-        return None
-    raised_for = open_alarm["values"].get("last_activity") or open_alarm["since"]
-    latest = verdict.get("last_activity")
-    if "threshold_min" not in verdict or latest is None or parse_ts(latest) <= parse_ts(raised_for):
-        return {"id": open_alarm["id"], "state": open_alarm["state"], "count": open_alarm["count"]}
-    row = platform.alarms.clear(
-        open_alarm["id"], by="check-inactivity", note=f"activity resumed at {latest}"
-    )
-    return {"id": row["id"], "state": row["state"], "count": row["count"]}
+        signal = int(verdict["emergency"] or (previous == 1 and not resumed))
+        signals[verdict["twin"]] = (signal, previous)
+    return signals
 
 
-def _publish(platform: Platform, type_name: str, verdicts: list[dict], now: int) -> None:
-    declared = platform.get_type(type_name)["spec"].get("properties") or {}
-    names = [n for n in PUBLISHED if n in declared]
+def _write_back(
+    platform: Platform,
+    type_name: str,
+    verdicts: list[dict],
+    declared: set[str],
+    now: int,
+    *,
+    publish: bool,
+    alarms: bool,
+) -> None:
+    """The verdicts as observations of their twins at `now`: the evidence with `publish`, the
+    alarm signal (and the evidence its message needs) with `alarms`."""
+    names = set(PUBLISHED) if publish else set()
+    if alarms and ALARM_SIGNAL in declared:
+        names |= {ALARM_SIGNAL, *PUBLISHED[1:]}
+    names &= declared
     if not names:
         return
     rows = []
     for v in verdicts:
-        values = {"emergency": int(v["emergency"]), **{k: v[k] for k in PUBLISHED[1:] if k in v}}
-        values = {k: x for k, x in values.items() if k in names}
+        values = {
+            "emergency": int(v["emergency"]),
+            ALARM_SIGNAL: v.get("alarm"),
+            LAST_ACTIVITY: parse_ts(v["last_activity"]) if "last_activity" in v else None,
+            **{k: v[k] for k in ("inactive_min", "threshold_min") if k in v},
+        }
+        values = {k: x for k, x in values.items() if k in names and x is not None}
         rows.append({"twin": v["twin"], "type": type_name, "ts": now, "values": values})
     result = platform.ingest(rows)
     if getattr(result, "rejected", None):

@@ -18,13 +18,16 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from livetwin.errors import Conflict, InvalidInput, NotFound
-from livetwin.store.servicedb import open_service_db
+from livetwin.store.servicedb import service_db_opener
 from livetwin.timefmt import format_ts
+
+if TYPE_CHECKING:
+    from livetwin.ports import Clock, OpenServiceDB
 
 KINDS = ("run", "data", "model", "value", "task", "workflow")
 DIRECTIONS = ("up", "down")
@@ -74,13 +77,21 @@ def new_run_id(prefix: str = "run") -> str:
 
 
 class LineageStore:
-    """Lineage nodes and edges in `<directory>/lineage.db` or the configured PostgreSQL
-    (`database_url` None reads LIVETWIN_DATABASE_URL); thread-safe, no background work."""
+    """Lineage nodes and edges in the service database `lineage` (`<data>/lineage.db` or its
+    PostgreSQL schema); thread-safe, no background work.
 
-    def __init__(self, directory: str | Path, *, clock=None, database_url: str | None = None):
-        self.db = open_service_db(
-            directory, "lineage", SCHEMA, database_url=database_url, sqlite_migrate=migrate
-        )
+    `storage` opens the database (an `OpenServiceDB`), or is a data directory (then
+    `database_url`, None reading LIVETWIN_DATABASE_URL, chooses the backend)."""
+
+    def __init__(
+        self,
+        storage: OpenServiceDB | str | Path,
+        *,
+        clock: Clock | None = None,
+        database_url: str | None = None,
+    ):
+        open_db = storage if callable(storage) else service_db_opener(storage, database_url)
+        self.db = open_db("lineage", SCHEMA, sqlite_migrate=migrate)
         self.clock = clock
 
     def close(self) -> None:

@@ -11,11 +11,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livetwin.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from livetwin.namespaces import check_namespace
-from livetwin.registry.artifacts import ArtifactStore, artifact_store, hash_file
+from livetwin.registry.artifacts import ArtifactStore, hash_file
 from livetwin.registry.lineage import LineageStore, code_hash
 from livetwin.registry.serving import Predictor, load_predictor
 from livetwin.registry.store import (
@@ -32,6 +32,9 @@ from livetwin.registry.store import (
     parse_version_spec,
 )
 
+if TYPE_CHECKING:
+    from livetwin.ports import Clock, OpenServiceDB
+
 DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 PREDICTOR_CACHE = 16
 DEFAULT_ALIAS = "production"
@@ -47,24 +50,26 @@ def model_node_id(name: str, version: int, namespace: str = DEFAULT_NAMESPACE) -
 
 
 class Registry:
-    """Model versions of every kind, per (namespace, name); metadata in `<data>/registry.db`,
-    blobs in `artifacts`. Every method takes `namespace=` (default "default")."""
+    """Model versions of every kind, per (namespace, name); metadata in the service database
+    `registry` (`open_db`), blobs in `artifacts`, uploads staged in `tmp_dir`, each version a
+    node in `lineage`. Every method takes `namespace=` (default "default")."""
 
     def __init__(
         self,
-        platform: Any,
         *,
-        artifacts: ArtifactStore | None = None,
-        lineage: LineageStore | None = None,
+        clock: Clock,
+        open_db: OpenServiceDB,
+        lineage: LineageStore,
+        artifacts: ArtifactStore,
+        tmp_dir: str | Path,
         max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
     ):
-        self.platform = platform
-        self.clock = platform.clock
-        self.store = RegistryStore(platform.path)
-        self.artifacts = artifacts if artifacts is not None else artifact_store(platform.path)
-        self.lineage = lineage if lineage is not None else platform.lineage
+        self.clock = clock
+        self.store = RegistryStore(open_db)
+        self.artifacts = artifacts
+        self.lineage = lineage
         self.max_artifact_bytes = max_artifact_bytes
-        self.tmp_dir = Path(platform.path) / "tmp"
+        self.tmp_dir = Path(tmp_dir)
         self._predictors: OrderedDict[tuple[str, str, int], Predictor] = OrderedDict()
         self._predictors_lock = threading.Lock()
 

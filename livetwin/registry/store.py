@@ -8,15 +8,18 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.namespaces import DEFAULT, check_namespace
-from livetwin.store.servicedb import open_service_db
+from livetwin.store.servicedb import service_db_opener
 from livetwin.timefmt import format_ts, parse_ts
+
+if TYPE_CHECKING:
+    from livetwin.ports import OpenServiceDB
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # starts with a letter: never a version
@@ -192,14 +195,16 @@ def parse_version_spec(body: Any) -> VersionSpec:
 
 
 class RegistryStore:
-    """Versions, artifacts, archive flags and aliases in `<directory>/registry.db` (or the
-    configured PostgreSQL; `database_url` None reads LIVETWIN_DATABASE_URL), each keyed
-    by (namespace, name); a file from before namespaces is migrated in place when opened."""
+    """Versions, artifacts, archive flags and aliases in the service database `registry`
+    (`<data>/registry.db` or its PostgreSQL schema), each keyed by (namespace, name); a file
+    from before namespaces is migrated in place when opened.
 
-    def __init__(self, directory: str | Path, *, database_url: str | None = None):
-        self.db = open_service_db(
-            directory, "registry", SCHEMA, database_url=database_url, sqlite_migrate=migrate
-        )
+    `storage` opens the database (an `OpenServiceDB`), or is a data directory (then
+    `database_url`, None reading LIVETWIN_DATABASE_URL, chooses the backend)."""
+
+    def __init__(self, storage: OpenServiceDB | str | Path, *, database_url: str | None = None):
+        open_db = storage if callable(storage) else service_db_opener(storage, database_url)
+        self.db = open_db("registry", SCHEMA, sqlite_migrate=migrate)
 
     def close(self) -> None:
         self.db.close()

@@ -61,7 +61,7 @@ export function errorBox(err) {
 
 /**
  * Server-Sent Events from `api/stream` (`query`: kinds, twin, type) until `signal` aborts.
- * `handlers` maps event names ('state', 'alarm', 'job', 'reset') to functions of the parsed
+ * `handlers` maps event names ('state', 'alarm', 'run', 'reset') to functions of the parsed
  * data; `onStatus(text, live)` hears the connection come and go.
  */
 export function listen(query, handlers, signal, onStatus = () => {}) {

@@ -1,5 +1,5 @@
 // Jobs and schedules: runs (state, attempts, duration, logs) with filters, schedules with
-// "run now", and functions with their event joins; refreshed live by job notices over SSE.
+// "run now", and functions with their event joins; refreshed live by run notices over SSE.
 import { api, coalesce, errorBox, listen, qs } from '../api.js';
 import { ago, append, h, localTime, navigate, replace, table } from '../dom.js';
 
@@ -217,7 +217,7 @@ export async function render(root, { params, signal }) {
   await loadRuns();
 
   const refresh = coalesce(() => Promise.all([loadRuns(), loadFunctions()]), LIVE_MS, signal);
-  listen({ kinds: 'job' }, { job: refresh, reset: refresh }, signal, (text, on) => {
+  listen({ kinds: 'run' }, { run: refresh, reset: refresh }, signal, (text, on) => {
     live.textContent = text;
     live.className = on ? 'live on' : 'live off';
   });

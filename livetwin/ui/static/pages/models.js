@@ -174,7 +174,7 @@ export async function renderLineage(root, { params, signal }) {
 
 /** The timestamp of the newest value of `name` among the twin's recent events (for a blank ts). */
 async function newestPublished(twin, name, signal) {
-  const events = await api(twinPath(twin, '/events'), { query: { limit: EVENT_SCAN }, signal });
+  const events = await api(twinPath(twin, '/observations'), { query: { limit: EVENT_SCAN }, signal });
   const hit = events.find((e) => e.values && e.values[name] !== undefined && e.values[name] !== null);
   if (!hit) {
     throw Object.assign(new Error(`no value of '${name}' among the ${EVENT_SCAN} newest events of '${twin}'`), {

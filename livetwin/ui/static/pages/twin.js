@@ -231,7 +231,7 @@ export async function render(root, { args: [id], params, signal }) {
   const pairs = (obj) => Object.entries(obj).map(([k, v]) => `${k}=${fmt(v)}`).join(', ');
   async function loadEvents() {
     try {
-      const list = await api(twinPath(id, '/events'), { query: { limit: 20 }, signal });
+      const list = await api(twinPath(id, '/observations'), { query: { limit: 20 }, signal });
       events.replaceChildren(
         list.length
           ? table(

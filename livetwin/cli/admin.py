@@ -1,8 +1,4 @@
-"""Admin commands: `livetwin token create|list|revoke` and `livetwin grafana-dashboard TYPE`.
-
-`livetwin.cli` adds them: `app.add_typer(token_app, name="token")` and
-`app.command("grafana-dashboard")(grafana_dashboard)`.
-"""
+"""Admin commands: `livetwin token create|list|revoke` and `livetwin grafana-dashboard TYPE`."""
 
 from __future__ import annotations
 
@@ -10,29 +6,23 @@ import json as jsonlib
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from livetwin.cli.common import DATA, console, fail
 from livetwin.errors import LivetwinError
+from livetwin.settings import Settings
 
-console = Console()
 token_app = typer.Typer(
     help="API tokens (scopes read, write, admin per namespace; see docs/auth.md).",
     no_args_is_help=True,
 )
-DATA = typer.Option(Path("livetwin-data"), "--data", help="Data directory (embedded store).")
-
-
-def fail(exc: LivetwinError) -> None:
-    """Print a user error's message and fix, and exit with status 2 (no stack trace)."""
-    console.print(f"[red]{exc.message}[/]" + (f"\n  fix: {exc.fix}" if exc.fix else ""))
-    raise typer.Exit(2)
 
 
 def _store(data: Path):
+    """The tokens of `data` (or of the configured PostgreSQL): a running server sees changes."""
     from livetwin.auth import TokenStore
 
-    return TokenStore(data)
+    return TokenStore.in_directory(data, database_url=Settings.from_env().database_url)
 
 
 @token_app.command("create")
@@ -63,8 +53,11 @@ def token_list(
     json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """List tokens (never their secrets)."""
-    with _store(data) as store:
-        tokens = store.list()
+    try:
+        with _store(data) as store:
+            tokens = store.list()
+    except LivetwinError as exc:
+        fail(exc)
     if json:
         typer.echo(jsonlib.dumps(tokens, indent=2))
         return
@@ -102,7 +95,7 @@ def grafana_dashboard(
 ):
     """Write a Grafana dashboard (JSON) for a twin type: parameters and predictions with their
     bands, measurements, and alarms, over PostgreSQL (see docs/grafana.md)."""
-    from livetwin.grafana import dashboard
+    from livetwin.api.grafana import dashboard
 
     try:
         type_info = _type_from_server(url, type_name, token) if url else _type_from(data, type_name)
@@ -117,7 +110,7 @@ def grafana_dashboard(
 
 
 def _type_from(data: Path, type_name: str) -> dict:
-    from livetwin.platform import Platform, Settings
+    from livetwin.platform import Platform
 
     with Platform(data, settings=Settings(run_schedules=False)) as platform:
         return platform.get_type(type_name)

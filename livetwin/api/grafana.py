@@ -1,4 +1,5 @@
-"""Grafana dashboard JSON for a twin type, reading the PostgreSQL view `livetwin_samples`.
+"""Grafana dashboard JSON for a twin type (the ops side, beside the Prometheus metrics of
+`ops.py`), reading the PostgreSQL view `livetwin_samples`.
 
 The view is `livetwin_samples(twin, type, name, ts timestamptz, value)`; alarms come from
 the alarm service's table `livetwin_alarms.alarms` (times in epoch ms, converted in the query).

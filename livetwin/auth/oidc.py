@@ -1,0 +1,61 @@
+"""OIDC: bearer JWTs signed by a key from the identity provider's JWKS URL; grants come from
+permission claims such as `read:plant-a` (PyJWT is imported only when a verifier is made).
+"""
+
+from __future__ import annotations
+
+from livetwin.auth.rules import Principal, Unauthorized, grants_from_claims
+
+
+class JwtVerifier:
+    """Bearer JWTs signed by a key from a JWKS URL (OIDC); grants from permission claims."""
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        claim: str = "permissions",
+        algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256"),
+        leeway_s: float = 30.0,
+    ):
+        import jwt
+
+        self._jwt = jwt
+        self.client = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
+        self.audience, self.issuer, self.claim = audience, issuer, claim
+        self.algorithms, self.leeway_s = list(algorithms), leeway_s
+
+    def authenticate(self, token: str) -> Principal:
+        """Verify signature, expiry, audience and issuer; Unauthorized with the reason if not."""
+        jwt = self._jwt
+        try:
+            key = self.client.get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"verify_aud": self.audience is not None, "require": ["exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized(
+                "the bearer JWT has expired", field="authorization", fix="get a fresh token"
+            ) from None
+        except jwt.PyJWKClientConnectionError as exc:
+            raise Unauthorized(
+                f"cannot fetch the signing keys: {exc}",
+                field="authorization",
+                fix="check the server's --jwks-url and that the identity provider is reachable",
+            ) from None
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise Unauthorized(
+                f"invalid bearer JWT: {exc}",
+                field="authorization",
+                fix="send a JWT issued by the configured identity provider",
+            ) from None
+        subject = str(claims.get("sub", "?"))
+        return Principal(f"jwt:{subject}", grants_from_claims(claims, self.claim))

@@ -1,0 +1,25 @@
+"""The `livetwin` command (typer): serve, demo, replay, calibrate, bench, token,
+grafana-dashboard. Each module holds a group of commands; this one puts them together."""
+
+from __future__ import annotations
+
+import typer
+
+from livetwin.cli.admin import grafana_dashboard, token_app
+from livetwin.cli.bench import bench_app
+from livetwin.cli.demo import demo
+from livetwin.cli.serve import serve
+from livetwin.cli.state import calibrate, replay
+
+app = typer.Typer(
+    help="livetwin: living digital twins.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.command()(serve)
+app.command()(demo)
+app.command()(replay)
+app.add_typer(bench_app, name="bench")
+app.command()(calibrate)
+app.add_typer(token_app, name="token")
+app.command("grafana-dashboard")(grafana_dashboard)
+
+__all__ = ["app"]
