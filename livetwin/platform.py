@@ -120,7 +120,14 @@ class Platform:
             database_url=self.settings.database_url,
             **{"allow_modules": self.settings.scheduler_modules, **options},
         )
-        register_builtins(scheduler, calibrate=self.calibrate, baseline_host=self)
+        register_builtins(
+            scheduler,
+            calibrate=self.calibrate,
+            clock=self.clock,
+            query=self.query,
+            ingest=self.core,
+            registry=self.registry,
+        )
         return scheduler
 
     def open_db(
