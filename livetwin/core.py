@@ -28,6 +28,7 @@ from livetwin.ingest.observations import Normalized, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
+from livetwin.models.base import resolve_model
 from livetwin.ports import Clock
 from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type, parse_type_spec
@@ -191,7 +192,7 @@ class TwinCore:
             if versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):
                 return {"name": name, "version": versions[-1][0], "changed": False}
             version = len(versions) + 1
-            ctype = compile_type(parsed, version)
+            ctype = compile_type(parsed, version, resolve_model=resolve_model)
             self.writer.define(ctype, spec_json).result()
         return {"name": name, "version": version, "changed": True}
 
@@ -210,7 +211,7 @@ class TwinCore:
         if key not in self._layouts:
             for number, spec_json, _ in self.store.type_versions(name):
                 spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
-                ctype = compile_type(spec, number)
+                ctype = compile_type(spec, number, resolve_model=resolve_model)
                 self._layouts[(name, number)] = (ctype.columns, frozenset(ctype.derived_order))
         if key not in self._layouts:
             raise NotFound(f"type '{name}' has no version {version}", field="version")

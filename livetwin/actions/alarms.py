@@ -17,6 +17,7 @@ import orjson
 from livetwin.engine.engine import Applied, json_number
 from livetwin.engine.events import Event, Notice, StateChanged, TypeDefined
 from livetwin.errors import Conflict, InvalidInput, NotFound
+from livetwin.models.base import resolve_model
 from livetwin.spec.rules import SEVERITIES, CompiledRule
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
 from livetwin.store.servicedb import open_service_db
@@ -315,7 +316,7 @@ class AlarmService:
             for number, spec_json, _ in self.platform.store.type_versions(name):
                 if number == version:
                     spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
-                    ctype = compile_type(spec, number)
+                    ctype = compile_type(spec, number, resolve_model=resolve_model)
                     self._remember(ctype)
         return ctype
 
