@@ -20,11 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "livetwin"
 
-# The package map (see the README's Layout section), lowest layer first. A unit is a module or a
-# package named relative to `livetwin` ("" is the package's own __init__, the facade that
-# re-exports `Platform`). A module may import its own unit and any unit of a LOWER layer; units
-# of one layer are peers and do not import each other. Every module must belong to a unit, so
-# a new top-level module has to be placed here.
+# The package map as data, lowest layer first. A unit is a module or a package named relative to
+# `livetwin` ("" is the package's own __init__, the facade that re-exports `Platform`). A module
+# may import its own unit and any unit of a LOWER layer; units of one layer are peers and do not
+# import each other. Every module must belong to a unit, so a new top-level one is placed here.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("timefmt", "settings", "namespaces", "ports"),  # ports only names higher types in hints
