@@ -362,3 +362,15 @@ def test_importing_the_workflow_module_loads_no_driver_or_client(module):
     loaded = done.stdout.split()
     heavy = [h for h in HEAVY_FOR_WORKFLOW if any(m == h or m.startswith(h + ".") for m in loaded)]
     assert not heavy, f"import {module} loads {heavy}"
+
+
+def test_the_scheduler_package_still_exports_its_names():
+    """`livetwin.schedule` loads its names on first use; every exported name is there."""
+    import livetwin.schedule as schedule
+    from livetwin.schedule import Scheduler
+    from livetwin.schedule.service import Scheduler as Defined
+
+    assert Scheduler is Defined
+    assert all(getattr(schedule, name) is not None for name in schedule.__all__)
+    with pytest.raises(AttributeError):
+        schedule.nothing_here  # noqa: B018
