@@ -12,15 +12,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from livetwin.calibrate.evaluate import coverage, rmse, run_synthetic, true_calibrated
-from livetwin.calibrate.spec import CalibrationSpec
-from livetwin.calibrate.ukf import BatchUKF
-from livetwin.examples.rollers import TENSIONS, roller_fleet, roller_spec
-from livetwin.models.chain import PARAMS, STATES, TRUE_PARAMS, chain_fleet
-from livetwin.models.simulate import FleetSimulator
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+from synthetic import coverage, rmse, run_synthetic, true_calibrated  # noqa: E402
+
+from livetwin.calibrate.batch import chunk_pool  # noqa: E402
+from livetwin.calibrate.spec import CalibrationSpec  # noqa: E402
+from livetwin.calibrate.ukf import BatchUKF  # noqa: E402
+from livetwin.examples.rollers import TENSIONS, roller_fleet, roller_spec  # noqa: E402
+from livetwin.models.chain import PARAMS, STATES, TRUE_PARAMS, chain_fleet  # noqa: E402
+from livetwin.models.simulate import FleetSimulator  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ def time_steps(
     sim = scenario.fleet(n)
     spec = scenario.spec(sim)
     samples = [sim.step() for _ in range(steps + 1)]
-    with BatchUKF(spec, n, workers=workers, chunk_size=chunk_size) as flt:
+    with chunk_pool(workers) as pool:
+        flt = BatchUKF(spec, n, executor=pool, chunk_size=chunk_size)
         state = flt.init()
         state, _ = flt.step(state, samples[0].inputs, samples[0].z, sim.dt)  # warm-up
         times = []
@@ -184,10 +192,9 @@ def fmu_rows(steps: int) -> list[dict]:
     (FMI 2.0 co-simulation, built here with pythonfmu)."""
     import subprocess
     import tempfile
-    from pathlib import Path
 
     try:
-        from livetwin.models.fmu import bench_rows
+        import fmpy  # noqa: F401
     except ImportError:
         return [{"scenario": "fmu", "skipped": "install livetwin[fmu] and pythonfmu"}]
     source = Path(__file__).resolve().parent.parent / "tests" / "fmus" / "FirstOrder.py"
@@ -197,7 +204,69 @@ def fmu_rows(steps: int) -> list[dict]:
         if done.returncode != 0:
             return [{"scenario": "fmu", "skipped": f"pythonfmu build failed: {done.stderr[-200:]}"}]
         path = next(Path(tmp).glob("*.fmu"))
-        return [bench_rows(path, n_twins=20, steps=steps, workers=w) for w in (0, 2)]
+        return [fmu_steps(path, n_twins=20, steps=steps, workers=w) for w in (0, 2)]
+
+
+def fmu_steps(
+    path: str,
+    *,
+    n_twins: int = 20,
+    steps: int = 20,
+    workers: int = 0,
+    dt: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """Filter-steps per second of a `BatchUKF` calibrating the FMU's first parameter for
+    `n_twins` twins (measured: its first output; other parameters fixed at their start values),
+    with the FMU's rows run serially (``workers=0``) or over `workers` processes.
+    """
+    from fmpy import read_model_description
+
+    from livetwin.models.fmu import fmu_model
+
+    model = fmu_model(path, workers=workers)
+    start = {v.name: _number(v.start) for v in read_model_description(str(path)).modelVariables}
+    rng = np.random.default_rng(seed)
+    p0 = np.array([start.get(p) or 1.0 for p in model.params])
+    truth = np.repeat(p0[None, :], n_twins, axis=0)
+    truth[:, 0] *= 1.0 + 0.2 * rng.standard_normal(n_twins)
+    u0 = np.array([start.get(u) or 1.0 for u in model.inputs])
+    spec = CalibrationSpec(
+        model=model,
+        measured=[model.outputs[0]],
+        prior={model.params[0]: (p0[0], 0.3 * abs(p0[0]) or 1.0)},
+        fixed={p: p0[j] for j, p in enumerate(model.params) if j},
+        meas_noise={model.outputs[0]: 0.01},
+    )
+    times = []
+    try:
+        flt = BatchUKF(spec, n_twins)
+        state = flt.init()
+        for k in range(steps + 1):
+            u = u0 * rng.uniform(0.5, 1.5, size=(n_twins, len(u0)))
+            z = model.fn(truth, u, dt)[:, :1] + 0.01 * rng.standard_normal((n_twins, 1))
+            t0 = time.perf_counter()
+            state, _ = flt.step(state, u, z, dt)
+            if k:  # the first step starts the FMU's pool
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.fn.close()
+    per_step = float(np.median(times))
+    return {
+        "scenario": "fmu-pooled" if workers else "fmu-serial",
+        "n_twins": n_twins,
+        "workers": workers,
+        "rows_per_step": n_twins * 3,
+        "filter_steps_per_s": n_twins / per_step,
+        "us_per_filter_step": per_step / n_twins * 1e6,
+    }
+
+
+def _number(value: object) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _with_ratio(row: dict, base: float | None) -> dict:

@@ -28,6 +28,7 @@ from livetwin.ingest.observations import Normalized, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
+from livetwin.models.base import resolve_model
 from livetwin.ports import Clock
 from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type, parse_type_spec
@@ -63,7 +64,7 @@ class TwinCore:
         self.bus = bus or EventBus()
         self.lock = threading.RLock()
         self._define_lock = threading.Lock()
-        self._layouts: dict[tuple[str, int], tuple[tuple[str, ...], frozenset[str]]] = {}
+        self._versions: dict[tuple[str, int], CompiledType] = {}
         self._cleanup: list = []
         engine, history, self.recovered = self._recover()
         self.writer = Writer(
@@ -191,7 +192,7 @@ class TwinCore:
             if versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):
                 return {"name": name, "version": versions[-1][0], "changed": False}
             version = len(versions) + 1
-            ctype = compile_type(parsed, version)
+            ctype = compile_type(parsed, version, resolve_model=resolve_model)
             self.writer.define(ctype, spec_json).result()
         return {"name": name, "version": version, "changed": True}
 
@@ -204,17 +205,23 @@ class TwinCore:
         with self.lock:
             return self.engine.types.get(name)
 
+    def compiled_version(self, name: str, version: int) -> CompiledType:
+        """A type version compiled from its stored spec (cached; NotFound when there is none)."""
+        key = (name, version)
+        if key not in self._versions:
+            for number, spec_json, _ in self.store.type_versions(name):
+                if (name, number) not in self._versions:
+                    spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
+                    ctype = compile_type(spec, number, resolve_model=resolve_model)
+                    self._versions[(name, number)] = ctype
+        if key not in self._versions:
+            raise NotFound(f"type '{name}' has no version {version}", field="version")
+        return self._versions[key]
+
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which of them are derived values."""
-        key = (name, version)
-        if key not in self._layouts:
-            for number, spec_json, _ in self.store.type_versions(name):
-                spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
-                ctype = compile_type(spec, number)
-                self._layouts[(name, number)] = (ctype.columns, frozenset(ctype.derived_order))
-        if key not in self._layouts:
-            raise NotFound(f"type '{name}' has no version {version}", field="version")
-        return self._layouts[key]
+        ctype = self.compiled_version(name, version)
+        return ctype.columns, frozenset(ctype.derived_order)
 
     # ---- ingest ----------------------------------------------------------------------------
 

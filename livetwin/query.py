@@ -81,6 +81,10 @@ class Query:
         with self.core.lock:
             return dict(self.core.engine.types)
 
+    def compiled_version(self, name: str, version: int) -> CompiledType:
+        """A type version compiled from its stored spec (NotFound when there is none)."""
+        return self.core.compiled_version(name, version)
+
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         return self.core.layout(name, version)
 

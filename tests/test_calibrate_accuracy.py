@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.synthetic import coverage, rmse, run_synthetic, true_calibrated
 from livetwin.calibrate import BatchEnKF, BatchUKF, CalibrationSpec
-from livetwin.calibrate.evaluate import coverage, rmse, run_synthetic, true_calibrated
 from livetwin.examples.rollers import TENSIONS, roller_fleet, roller_spec
 from livetwin.examples.thermal import thermal_fleet, thermal_spec
 from livetwin.models.chain import PARAMS, STATES, TRUE_PARAMS, chain_fleet

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livetwin.calibrate import FAILURE_REASONS, BatchEnKF, BatchUKF, CalibrationSpec
-from livetwin.calibrate.evaluate import run_synthetic, true_calibrated
+from benchmarks.synthetic import run_synthetic, true_calibrated
+from livetwin.calibrate import FAILURE_REASONS, BatchEnKF, BatchUKF, CalibrationSpec, chunk_pool
 from livetwin.calibrate.linalg import robust_cholesky
 from livetwin.calibrate.noise import rolling_noise_variance
 from livetwin.calibrate.transforms import Transforms
@@ -185,7 +185,8 @@ def test_process_pool_gives_the_same_numbers_as_serial():
     samples = [sim.step() for _ in range(5)]
     out = []
     for workers in (0, 2):
-        with BatchUKF(spec, 30, chunk_size=10, workers=workers) as flt:
+        with chunk_pool(workers) as pool:
+            flt = BatchUKF(spec, 30, chunk_size=10, executor=pool)
             state = flt.init()
             for s in samples:
                 state, res = flt.step(state, s.inputs, s.z, sim.dt)

@@ -19,7 +19,7 @@ fmpy = pytest.importorskip("fmpy", reason="FMU tests need FMPy: pip install 'liv
 
 from livetwin.calibrate import BatchUKF, CalibrationSpec  # noqa: E402
 from livetwin.models import fmu as fmu_mod  # noqa: E402
-from livetwin.models.fmu import bench_rows, fmu_model, resolve_fmu_ref  # noqa: E402
+from livetwin.models.fmu import fmu_model, resolve_fmu_ref  # noqa: E402
 
 SOURCES = Path(__file__).parent / "fmus"
 
@@ -278,12 +278,12 @@ def test_batch_ukf_calibrates_the_gain_of_an_fmu_fleet(fo2):
         meas_noise={"x": noise},
     )
     rng = np.random.default_rng(7)
-    with BatchUKF(spec, n) as flt:
-        state = flt.init()
-        for _ in range(30):
-            u = rng.uniform(0.5, 1.5, (n, 1))
-            z = exact(true_k, 1.0, 0.0, u[:, 0], dt)[:, None] + noise * rng.standard_normal((n, 1))
-            state, res = flt.step(state, u, z, dt)
+    flt = BatchUKF(spec, n)
+    state = flt.init()
+    for _ in range(30):
+        u = rng.uniform(0.5, 1.5, (n, 1))
+        z = exact(true_k, 1.0, 0.0, u[:, 0], dt)[:, None] + noise * rng.standard_normal((n, 1))
+        state, res = flt.step(state, u, z, dt)
     k = res.param("K")
     assert ((k["lower"] <= true_k) & (true_k <= k["upper"])).all()
     assert np.abs(k["mean"] - true_k).max() < 0.05 and not res.reset.any()
@@ -297,14 +297,16 @@ def test_a_twin_whose_fmu_always_fails_is_reset_and_the_fleet_goes_on(fo2):
         fixed={"tau": 1.0, "x0": 0.0, "max_step": [1e9, 1e-3, 1e9]},  # twin 1 never steps
         meas_noise={"x": 0.02},
     )
-    with BatchUKF(spec, 3) as flt:
-        state, res = flt.step(flt.init(), np.ones((3, 1)), np.full((3, 1), 0.8), 0.5)
+    flt = BatchUKF(spec, 3)
+    state, res = flt.step(flt.init(), np.ones((3, 1)), np.full((3, 1), 0.8), 0.5)
     assert res.reset.tolist() == [False, True, False] and state.failed.tolist() == [0, 1, 0]
     assert np.isfinite(res.param("K")["mean"]).all()
 
 
-def test_bench_rows_reports_filter_steps_per_second(fo2):
-    out = bench_rows(fo2, n_twins=3, steps=2)
+def test_the_fmu_benchmark_reports_filter_steps_per_second(fo2):
+    from benchmarks.bench_calibrate import fmu_steps
+
+    out = fmu_steps(fo2, n_twins=3, steps=2)
     assert out["scenario"] == "fmu-serial" and out["n_twins"] == 3
     assert out["filter_steps_per_s"] > 0 and out["us_per_filter_step"] > 0
 

@@ -105,3 +105,28 @@ def test_model_dataclass_is_usable_directly():
     m = Model("m", gain, ("k",), ("x",), ("y",))
     assert resolve_model(m).outputs == ("y",)
     assert resolve_model(ROLLER_LINE).outputs[-1] == "slip3"
+
+
+def test_a_type_resolves_its_model_through_the_lookup_it_is_given():
+    """spec/ knows model names only: the caller hands compile_type the resolver."""
+    from livetwin.spec.types import TwinTypeSpec, compile_type
+
+    spec = TwinTypeSpec.model_validate(
+        {
+            "name": "amp",
+            "properties": {"x": {}, "y": {}},
+            "parameters": {"k": {"value": 1.0, "calibrate": True}},
+            "model": {"ref": "amp:gain"},
+        }
+    )
+    asked = []
+
+    def lookup(ref: str) -> Model:
+        asked.append(ref)
+        return resolve_model(gain)
+
+    ctype = compile_type(spec, 1, resolve_model=lookup)
+    assert asked == ["amp:gain"] and ctype.calibration.model.params == ("k",)
+    assert "k_std" in ctype.columns
+    with pytest.raises(TypeError, match="resolve_model"):
+        compile_type(spec, 1)

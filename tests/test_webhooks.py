@@ -354,7 +354,7 @@ def test_alarm_and_job_notices(pumps, receivers):
 
 def test_run_notices_go_out_as_run_and_as_job_to_older_subscribers(pumps, receivers):
     r_run, r_job = receivers(), receivers()
-    with WebhookService(pumps, **FAST) as hooks:
+    with webhook_service(pumps, **FAST) as hooks:
         subscribe(hooks, r_run.url, kinds=["run"])
         subscribe(hooks, r_job.url, kinds=["job"])
         pumps.bus.publish(Notice("job", "run-8", {"job": "calibrate", "status": "done"}))

@@ -59,11 +59,12 @@ def quantities(type_info: dict) -> Quantities:
 
 def _plan(type_info: dict):
     """The type's calibration plan, or None when its model cannot be loaded in this process."""
+    from livetwin.models.base import resolve_model
     from livetwin.spec.types import TwinTypeSpec, compile_type
 
     try:
         spec = TwinTypeSpec.model_validate({**type_info["spec"], "name": type_info["name"]})
-        return compile_type(spec, type_info["version"]).calibration
+        return compile_type(spec, type_info["version"], resolve_model=resolve_model).calibration
     except (LivetwinError, ImportError, ValueError):
         return None
 

@@ -2,6 +2,7 @@
 fleets of twins from measurements, with honest uncertainty. Pure computation, no I/O.
 """
 
+from livetwin.calibrate.batch import chunk_pool
 from livetwin.calibrate.enkf import BatchEnKF
 from livetwin.calibrate.noise import rolling_noise_variance
 from livetwin.calibrate.results import StepResult
@@ -19,5 +20,6 @@ __all__ = [
     "SigmaWeights",
     "StepResult",
     "Transforms",
+    "chunk_pool",
     "rolling_noise_variance",
 ]

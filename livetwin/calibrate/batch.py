@@ -1,5 +1,5 @@
-"""The machinery shared by the batched filters: chunks of twins, an optional process pool, missing
-measurements, outlier gating, measurement-noise estimation and per-twin resets.
+"""The machinery shared by the batched filters: chunks of twins (run here or on the caller's
+executor), missing measurements, outlier gating, measurement-noise estimation and per-twin resets.
 
 A filter subclass supplies a module-level chunk function that advances one chunk of twins by a
 step; everything here is estimator-neutral.
@@ -8,8 +8,9 @@ step; everything here is estimator-neutral.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import ClassVar
 
@@ -35,8 +36,9 @@ class BatchFilter:
       covariance is widened by the prior covariance (means kept) so it re-learns quickly. After
       `max_rejects` gated steps in a row it is reset and flagged (garbage data).
     * `chunk_size`: twins per vectorised chunk (cache-sized; 500-2,000 works well).
-    * `workers`: 0 runs chunks in this process (the default); k > 0 spreads chunks over a pool
-      of k processes (spawned once, kept until `close`); worthwhile for many thousand twins.
+    * `executor`: where chunks run when there are several (None: in this process, the default).
+      The caller owns it: `with chunk_pool(k) as pool: BatchUKF(spec, n, executor=pool)`;
+      a pool of processes is worthwhile for many thousand twins.
     * `noise_window`, `noise_min_samples`: the running measurement-noise estimate used when the
       spec gives no `meas_noise`; a component is used only after `noise_min_samples` samples.
     """
@@ -53,14 +55,13 @@ class BatchFilter:
         max_rejects: int = 10,
         reopen_after: int = 3,
         chunk_size: int = 1000,
-        workers: int = 0,
+        executor: Executor | None = None,
         noise_window: int = 50,
         noise_min_samples: int = 5,
     ):
         self.spec = spec
         self.plan: Plan = compile_spec(spec, n_twins)
         _check_int("chunk_size", chunk_size, 1)
-        _check_int("workers", workers, 0)
         _check_int("max_rejects", max_rejects, 1)
         _check_int("reopen_after", reopen_after, 1)
         self.reopen_after = reopen_after
@@ -68,7 +69,7 @@ class BatchFilter:
         _check_int("noise_min_samples", noise_min_samples, 1)
         if gate is not None and not 0.0 < gate < 1.0:
             raise InvalidInput("gate must be a probability in (0, 1) or None", field="gate")
-        self.chunk_size, self.workers, self.max_rejects = chunk_size, workers, max_rejects
+        self.chunk_size, self.executor, self.max_rejects = chunk_size, executor, max_rejects
         self.noise_window, self.noise_min_samples = noise_window, noise_min_samples
         m = len(self.plan.meas_idx)
         if gate is None:
@@ -77,7 +78,6 @@ class BatchFilter:
             from scipy.stats import chi2
 
             self.gate_table = np.concatenate([[np.inf], chi2.isf(gate, np.arange(1, m + 1))])
-        self._pool: ProcessPoolExecutor | None = None
 
     # -- names -----------------------------------------------------------------------------
     @property
@@ -109,18 +109,6 @@ class BatchFilter:
             state.noise_hist = np.full((self.n_twins, 2, m), np.nan)
         self._init_extra(state, np.arange(self.n_twins))
         return state
-
-    def close(self) -> None:
-        """Stop the process pool, if one was started."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- stepping --------------------------------------------------------------------------
     def step(
@@ -180,10 +168,9 @@ class BatchFilter:
             }
             jobs.append(arrays)
         ctx = self._context()
-        if self.workers and len(jobs) > 1:
-            pool = self._get_pool()
+        if self.executor is not None and len(jobs) > 1:
             parts = list(
-                pool.map(
+                self.executor.map(
                     _run_chunk,
                     [type(self)._chunk] * len(jobs),
                     [ctx] * len(jobs),
@@ -275,12 +262,20 @@ class BatchFilter:
                 fix="resume with the same calibration spec and fleet size, or re-initialise",
             )
 
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._pool
+
+@contextmanager
+def chunk_pool(workers: int) -> Iterator[Executor | None]:
+    """A pool of `workers` spawned processes for a filter's chunks, shut down on exit; None
+    (chunks run in the caller's process) for 0."""
+    _check_int("workers", workers, 0)
+    if not workers:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
 
 
 def _run_chunk(fn: Callable, ctx: object, dt: float, arrays: dict) -> dict:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livetwin.calibrate import BatchEnKF, BatchUKF, CalibrationSpec, FilterState
+from livetwin.calibrate import BatchEnKF, BatchUKF, CalibrationSpec, FilterState, chunk_pool
 from livetwin.calibrate.state import FAILURE_REASONS
 from livetwin.errors import InvalidInput
 from livetwin.ingest.batch import Batch
@@ -281,7 +281,8 @@ def _run_cohort(ingest, ctype, plan, saved, members, aligned, params, first, res
     estimator = BatchEnKF if plan.section.estimator == "enkf" else BatchUKF
     dt = plan.dt_ms / 1000.0
     published = []
-    with estimator(spec, n, workers=plan.section.workers) as filt:
+    with chunk_pool(plan.section.workers) as pool:
+        filt = estimator(spec, n, executor=pool)
         if resumed:
             state = _take(saved.state, [saved.ids.index(t) for t in members])
         else:

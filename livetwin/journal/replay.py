@@ -13,6 +13,7 @@ import orjson
 
 from livetwin.engine.engine import Engine
 from livetwin.ingest.batch import Batch, decode_batch
+from livetwin.models.base import resolve_model
 from livetwin.spec.types import TwinTypeSpec, compile_type
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import HistoryBuffer, Segment
@@ -63,7 +64,7 @@ def replay(
             flush()
             body = orjson.loads(entry.body)
             spec = TwinTypeSpec.model_validate({**body["spec"], "name": entry.type})
-            engine.define_type(compile_type(spec, body["version"]))
+            engine.define_type(compile_type(spec, body["version"], resolve_model=resolve_model))
             continue
         batch = decode_batch(entry.body)
         crosses = stored_upto is not None and pending and pending[-1][0] <= stored_upto < entry.seq

@@ -15,6 +15,7 @@ import numpy as np
 
 from livetwin.engine.engine import Engine
 from livetwin.engine.state import export_state, import_state
+from livetwin.models.base import resolve_model
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
 
 KEEP = 2
@@ -85,7 +86,7 @@ def _load(source) -> tuple[Engine, int]:
         engine.next_uid = meta["next_uid"]
         for i, t in enumerate(meta["types"]):
             spec = TwinTypeSpec.model_validate(t["spec"])
-            ctype: CompiledType = compile_type(spec, t["version"])
+            ctype: CompiledType = compile_type(spec, t["version"], resolve_model=resolve_model)
             prefix = f"t{i}/"
             arrays = {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
             st = import_state(ctype, t, arrays)

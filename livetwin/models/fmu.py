@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -620,60 +619,3 @@ def resolve_fmu_ref(ref: str, base: str | os.PathLike | None = None) -> Model:
         with _LOCK:
             cached = _RESOLVED.setdefault(key, cached)
     return cached
-
-
-# -- benchmark -----------------------------------------------------------------------------------
-
-
-def bench_rows(
-    path: str | os.PathLike,
-    *,
-    n_twins: int = 20,
-    steps: int = 20,
-    workers: int = 0,
-    dt: float = 1.0,
-    seed: int = 0,
-) -> dict:
-    """Filter-steps per second of a `BatchUKF` calibrating the FMU's first parameter for
-    `n_twins` twins (measured: its first output; other parameters fixed at their start values),
-    serial (``workers=0``) or with rows spread over `workers` processes.
-    """
-    from livetwin.calibrate import BatchUKF, CalibrationSpec
-
-    model = fmu_model(path, workers=workers)
-    md = _describe(model.fn.cfg.unzip_dir)
-    start = {v.name: _float(v.start) for v in md.modelVariables}
-    rng = np.random.default_rng(seed)
-    p0 = np.array([start.get(p) or 1.0 for p in model.params])
-    truth = np.repeat(p0[None, :], n_twins, axis=0)
-    truth[:, 0] *= 1.0 + 0.2 * rng.standard_normal(n_twins)
-    u0 = np.array([start.get(u) or 1.0 for u in model.inputs])
-    spec = CalibrationSpec(
-        model=model,
-        measured=[model.outputs[0]],
-        prior={model.params[0]: (p0[0], 0.3 * abs(p0[0]) or 1.0)},
-        fixed={p: p0[j] for j, p in enumerate(model.params) if j},
-        meas_noise={model.outputs[0]: 0.01},
-    )
-    times = []
-    try:
-        with BatchUKF(spec, n_twins) as flt:
-            state = flt.init()
-            for k in range(steps + 1):
-                u = u0 * rng.uniform(0.5, 1.5, size=(n_twins, len(u0)))
-                z = model.fn(truth, u, dt)[:, :1] + 0.01 * rng.standard_normal((n_twins, 1))
-                t0 = time.perf_counter()
-                state, _ = flt.step(state, u, z, dt)
-                if k:  # the first step starts the pool
-                    times.append(time.perf_counter() - t0)
-    finally:
-        model.fn.close()
-    per_step = float(np.median(times))
-    return {
-        "scenario": "fmu-pooled" if workers else "fmu-serial",
-        "n_twins": n_twins,
-        "workers": workers,
-        "rows_per_step": n_twins * 3,
-        "filter_steps_per_s": n_twins / per_step,
-        "us_per_filter_step": per_step / n_twins * 1e6,
-    }

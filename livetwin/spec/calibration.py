@@ -4,20 +4,36 @@ parameters it calibrates, and which virtual sensors it publishes (with uncertain
 Names are matched one to one: a model parameter is the type parameter of the same name, a model
 input is the property (or parameter) of the same name, a model output with the name of a
 property is *measured*; every other output is a *virtual sensor*.
+
+The model itself is found by the caller's `resolve_model` (`livetwin.models.resolve_model`):
+spec only reads the names a model declares.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from livetwin.errors import InvalidInput
-from livetwin.models.base import Model, resolve_model
 from livetwin.timefmt import parse_duration
 
 BAND_SUFFIXES = ("_std", "_lower", "_upper")
+
+
+class ModelNames(Protocol):
+    """What a type version needs of its model: the names of its columns (`models.Model`)."""
+
+    name: str
+    params: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    states: tuple[str, ...]
+
+
+ModelResolver = Callable[[str], ModelNames]  # `ref` -> model; raises InvalidInput
 
 
 class ModelSection(BaseModel):
@@ -68,7 +84,7 @@ class CalibrationSection(BaseModel):
 class CalibrationPlan:
     """The checked model and calibration sections of one type version."""
 
-    model: Model
+    model: ModelNames  # a `livetwin.models.Model`
     dt_ms: int
     parameters: tuple[str, ...]  # calibrated
     measured: tuple[str, ...]  # model outputs that are properties of the type
@@ -87,6 +103,7 @@ def plan_calibration(
     calibration: CalibrationSection | None,
     properties: dict,
     parameters: dict,
+    resolve_model: ModelResolver,
 ) -> CalibrationPlan:
     """Resolve the model and check every name against it and the type; errors name the field."""
     try:

@@ -19,6 +19,7 @@ from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
     CalibrationPlan,
     CalibrationSection,
+    ModelResolver,
     ModelSection,
     plan_calibration,
 )
@@ -176,8 +177,13 @@ def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
     return spec
 
 
-def compile_type(spec: TwinTypeSpec, version: int) -> CompiledType:
-    """Check names and expressions, order derived values, reject cycles."""
+def compile_type(
+    spec: TwinTypeSpec, version: int, *, resolve_model: ModelResolver | None = None
+) -> CompiledType:
+    """Check names and expressions, order derived values, reject cycles.
+
+    A type with a `model` section needs `resolve_model` (`livetwin.models.resolve_model`).
+    """
     assert spec.name is not None
     seen: dict[str, str] = {}
     for section in ("properties", "parameters", "derived"):
@@ -203,7 +209,11 @@ def compile_type(spec: TwinTypeSpec, version: int) -> CompiledType:
     order = _topological_order(compiled)
     plan = None
     if spec.model is not None:
-        plan = plan_calibration(spec.model, spec.calibration, spec.properties, spec.parameters)
+        if resolve_model is None:
+            raise TypeError(f"compile_type needs resolve_model= for type {spec.name!r}'s model")
+        plan = plan_calibration(
+            spec.model, spec.calibration, spec.properties, spec.parameters, resolve_model
+        )
         for name in plan.published:
             if name in seen:
                 raise InvalidInput(

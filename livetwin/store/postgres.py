@@ -576,10 +576,11 @@ def _add_run(cur: psycopg.Cursor, type_name: str, record: dict) -> int:
 
 def _columns(name: str, version: int, spec_json: str) -> list[str]:
     """The value columns of a type version, in the order its history chunks store them."""
+    from livetwin.models.base import resolve_model
     from livetwin.spec.types import TwinTypeSpec, compile_type
 
     spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
-    return list(compile_type(spec, version).columns)
+    return list(compile_type(spec, version, resolve_model=resolve_model).columns)
 
 
 def _ensure_schema(conn: psycopg.Connection) -> str:

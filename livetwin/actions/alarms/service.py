@@ -17,7 +17,7 @@ from livetwin.engine import rules
 from livetwin.engine.events import Event, Notice, StateChanged, TypeDefined
 from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.spec.rules import SEVERITIES
-from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
+from livetwin.spec.types import CompiledType
 
 if TYPE_CHECKING:
     from livetwin.ports import Bus, Clock, OpenServiceDB
@@ -201,10 +201,9 @@ class AlarmService:
         ctype = self._ctypes.get((name, version))
         if ctype is None:  # an older version seen only now: compile it from its spec
             try:
-                spec = self.reader.get_type(name, version)["spec"]
+                ctype = self.reader.compiled_version(name, version)
             except NotFound:
                 return None
-            ctype = compile_type(TwinTypeSpec.model_validate({**spec, "name": name}), version)
             self._remember(ctype)
         return ctype
 

@@ -1,6 +1,6 @@
 """Score a filter on a synthetic fleet whose truth is known: band coverage, RMSE, step timing.
 
-Shared by the accuracy tests and the calibration benchmark.
+Shared by the calibration benchmark and the accuracy tests (`from benchmarks.synthetic import`).
 """
 
 from __future__ import annotations
