@@ -28,8 +28,9 @@ from livetwin.ingest.extract import extract
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.jobs.builtins import register_builtins
-from livetwin.jobs.calibration import CalibrationPorts, calibration_view
 from livetwin.jobs.calibration import calibrate as run_calibration
+from livetwin.jobs.calibration import calibration_view
+from livetwin.jobs.ports import CalibrationPorts
 from livetwin.journal.writer import IngestResult
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry

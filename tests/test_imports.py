@@ -91,14 +91,7 @@ FORBIDDEN_IN_PURE = (
 # TEMPORARY: upward imports in files other branches of issue 11 are converting right now.
 # (importing file, imported module) -> reason. The lead empties this list when merging; an
 # entry that no longer matches an offence fails the test, so the list can only shrink.
-PENDING_UPWARD: dict[tuple[str, str], str] = {
-    # schedule/functions.py:20 -- the scheduler registers built-in jobs itself; jobs/ should
-    # register with the scheduler instead (issue 11, item 3: "the scheduler knows no jobs").
-    ("livetwin/schedule/functions.py", "jobs.baseline"): "scheduler knows no jobs (item 3)",
-    # jobs/*.py:33/38 -- jobs still receive the Platform (type hint only; issue 11, item 1).
-    ("livetwin/jobs/baseline.py", "platform"): "jobs receive ports, not the Platform (item 1)",
-    ("livetwin/jobs/calibration.py", "platform"): "jobs receive ports, not the Platform (item 1)",
-}
+PENDING_UPWARD: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from livetwin.spec.rules import SEVERITIES
 from livetwin.timefmt import SMALLEST_MS, format_ts, parse_duration, parse_ts
 
 if TYPE_CHECKING:
-    from livetwin.platform import Platform
+    from livetwin.jobs.ports import BaselinePorts
     from livetwin.schedule.functions import RunContext
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def model_name(prefix: str, twin: str) -> str:
     return name
 
 
-def _twins_of(platform: Platform, type_name: str, twins: Any) -> list[str]:
+def _twins_of(platform: BaselinePorts, type_name: str, twins: Any) -> list[str]:
     """All twins of the type in creation order, or the chosen ones (each checked)."""
     platform.get_type(type_name)  # NotFound with the fix
     found: list[str] = []
@@ -95,7 +95,7 @@ class Sources:
     """Which twins report `prop` for each twin: itself when its type declares the property,
     else its descendants that do (a home's rooms)."""
 
-    def __init__(self, platform: Platform, type_name: str, prop: str):
+    def __init__(self, platform: BaselinePorts, type_name: str, prop: str):
         self.platform = platform
         self.prop = prop
         self._has: dict[str, bool] = {}
@@ -137,7 +137,7 @@ class Sources:
 
 
 def read_series(
-    platform: Platform, twin: str, prop: str, start: int, end: int
+    platform: BaselinePorts, twin: str, prop: str, start: int, end: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ts, value) of the reports of `prop` in [start, end), NaN rows (other names) left out;
     a range over the history query's point limit is read in halves."""
@@ -158,7 +158,7 @@ def read_series(
     return ts[seen], values[seen]
 
 
-def last_report(platform: Platform, twin: str, prop: str, now_ms: int) -> int | None:
+def last_report(platform: BaselinePorts, twin: str, prop: str, now_ms: int) -> int | None:
     """When the twin last reported `prop` (at or before `now_ms`): the twin's state says when it
     last reported anything, and history is searched backwards from there."""
     state = platform.twin(twin)
@@ -261,7 +261,7 @@ _FIXES = {
 
 
 def train_baselines(
-    platform: Platform,
+    platform: BaselinePorts,
     type_name: str,
     *,
     prop: str = "motion",
@@ -373,7 +373,7 @@ def train_baselines(
     }
 
 
-def _descendant_props(platform: Platform) -> set[str]:
+def _descendant_props(platform: BaselinePorts) -> set[str]:
     names: set[str] = set()
     for info in platform.list_types():
         names.update(platform.get_type(info["name"])["spec"].get("properties") or {})
@@ -381,7 +381,7 @@ def _descendant_props(platform: Platform) -> set[str]:
 
 
 def register_baseline(
-    platform: Platform,
+    platform: BaselinePorts,
     name: str,
     model: ActivityBaseline,
     *,
@@ -422,7 +422,7 @@ def _explained(job: Callable[[RunContext, Any], dict]) -> Callable[[RunContext, 
 
 
 @_explained
-def train_baseline_job(ctx: RunContext, platform: Platform) -> dict:
+def train_baseline_job(ctx: RunContext, platform: BaselinePorts) -> dict:
     """Built-in job `train-baseline`: args {type, property?, tz?, twins?, model_prefix?, until?,
     since?, window?} (registered bound to its platform by `livetwin.jobs.register_builtins`)."""
     args = ctx.args
@@ -449,7 +449,7 @@ def train_baseline_job(ctx: RunContext, platform: Platform) -> dict:
 
 
 def load_baselines(
-    platform: Platform, names: dict[str, str], version: Any = None
+    platform: BaselinePorts, names: dict[str, str], version: Any = None
 ) -> tuple[dict[str, ActivityBaseline], dict[str, dict]]:
     """twin -> baseline for each twin's model (`version`: None = the `production` alias, else the
     newest), and twin -> {model, version} or {model, reason} of each."""
@@ -472,7 +472,7 @@ def load_baselines(
 
 
 def check_inactivity(
-    platform: Platform,
+    platform: BaselinePorts,
     type_name: str,
     *,
     prop: str = "motion",
@@ -550,7 +550,7 @@ def check_inactivity(
 
 
 def _alarm_signals(
-    platform: Platform, type_name: str, verdicts: list[dict], declared: set[str]
+    platform: BaselinePorts, type_name: str, verdicts: list[dict], declared: set[str]
 ) -> dict[str, tuple[int, float]]:
     """twin -> (its new `inactivity_emergency`, the one it has now) when the type declares it.
 
@@ -577,7 +577,7 @@ def _alarm_signals(
 
 
 def _write_back(
-    platform: Platform,
+    platform: BaselinePorts,
     type_name: str,
     verdicts: list[dict],
     declared: set[str],
@@ -610,7 +610,7 @@ def _write_back(
 
 
 @_explained
-def check_inactivity_job(ctx: RunContext, platform: Platform) -> dict:
+def check_inactivity_job(ctx: RunContext, platform: BaselinePorts) -> dict:
     """Built-in job `check-inactivity`: args {type, property?, twins?, model_prefix?, version?,
     severity?, alarms?, publish?, level?, factor?, min_minutes?, neighbours?}."""
     args = ctx.args

@@ -6,45 +6,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from livetwin.jobs.baseline import check_inactivity_job, train_baseline_job
 from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibration_schedules
+from livetwin.jobs.ports import BaselinePorts
 
 if TYPE_CHECKING:
     from livetwin.ports import Clock, Ingest
-
-
-@dataclass(frozen=True)
-class BaselinePorts:
-    """What the baseline jobs read and write through, under the names they call: reads from
-    `query` (a `livetwin.query.Query`), observations into `ingest_port`, model versions in
-    `registry` (register, predictor)."""
-
-    clock: Clock
-    query: Any
-    ingest_port: Ingest
-    registry: Any
-
-    def get_type(self, name: str, version: int | None = None) -> dict:
-        return self.query.get_type(name, version)
-
-    def list_types(self) -> list[dict]:
-        return self.query.list_types()
-
-    def twin(self, twin_id: str) -> dict:
-        return self.query.twin(twin_id)
-
-    def twins(self, **filters: Any) -> dict:
-        return self.query.twins(**filters)
-
-    def history(self, twin_id: str, names: list[str] | None = None, **window: Any) -> dict:
-        return self.query.history(twin_id, names, **window)
-
-    def ingest(self, observations: Any, *, atomic: bool = False) -> Any:
-        return self.ingest_port.ingest(observations, atomic=atomic)
 
 
 def register_builtins(

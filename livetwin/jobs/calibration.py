@@ -22,7 +22,7 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,13 +32,14 @@ from livetwin.errors import InvalidInput
 from livetwin.ingest.batch import Batch
 from livetwin.ingest.observations import Normalized
 from livetwin.jobs.lineage import Cohort, record_calibration
+from livetwin.jobs.ports import CalibrationPorts
 from livetwin.registry.lineage import new_run_id
 from livetwin.spec.calibration import CalibrationPlan
 from livetwin.store.history import aggregate
 from livetwin.timefmt import format_ts
 
 if TYPE_CHECKING:
-    from livetwin.ports import Clock, Ingest
+    from livetwin.ports import Ingest
     from livetwin.schedule.functions import RunContext
 
 log = logging.getLogger(__name__)
@@ -67,18 +68,6 @@ class TypeCalibration:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             state = FilterState.from_arrays({k[2:]: npz[k] for k in npz.files if k[:2] == "f/"})
             return TypeCalibration([str(i) for i in npz["ids"]], npz["last_ts"].copy(), state)
-
-
-@dataclass(frozen=True)
-class CalibrationPorts:
-    """What a calibration reads and writes through (the composition root builds it)."""
-
-    clock: Clock
-    reader: Any  # livetwin.query.Query: type_rows, history_rows
-    ingest: Ingest  # results go in like device data
-    store: Any  # the core's store: calibration_state, save_calibration, add_calibration_run
-    lineage: Any  # LineageStore
-    models: Any  # the registry's store: lookup_ref (the model version behind a ref)
 
 
 def calibrate(
