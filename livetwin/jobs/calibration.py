@@ -442,7 +442,7 @@ def _status(record: dict) -> str:
 CALIBRATE_FUNCTION = {
     "kind": "builtin",
     "job": "calibrate",
-    "concurrency": 4,  # types calibrate side by side; one type's runs wait for each other
+    "concurrency": 1,  # one at a time, as a run of a type must not overlap its previous one
     "retries": 1,
     "backoff_s": 5.0,
     "description": "calibrates a twin type on calibration.every and calibration.continuous",
