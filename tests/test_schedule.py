@@ -501,3 +501,28 @@ def test_system_schedules_follow_their_types_and_never_overlap_a_run(platform, c
     s.wait_idle(10)
     assert [r["state"] for r in s.runs(schedule="slow.early")] == ["succeeded", "succeeded"]
     s.stop()
+
+
+def test_a_scheduler_needs_only_ports_and_knows_no_jobs(tmp_path, clock):
+    from functools import partial
+
+    from livetwin.core import TwinCore
+    from livetwin.query import Query
+    from livetwin.store.servicedb import open_service_db
+
+    with TwinCore.sandbox(clock=clock) as core:
+        s = Scheduler(
+            clock=core.clock,
+            bus=core.bus,
+            reader=Query(core),
+            open_db=partial(open_service_db, tmp_path),
+        ).start()
+        try:
+            with pytest.raises(InvalidInput) as info:  # no job kinds unless registered
+                s.define_function("cal", {"kind": "builtin", "job": "calibrate"})
+            assert info.value.field == "job"
+            s.register_job("echo", lambda ctx: [ctx.args, ctx.platform])
+            s.define_function("echo", {"kind": "builtin", "job": "echo", "args": {"n": 1}})
+            assert s.wait(s.run_function("echo")["id"])["result"] == [{"n": 1}, None]
+        finally:
+            s.stop()

@@ -43,8 +43,10 @@ class Scheduler(Definitions, Firing, RunQueue):
 
     It receives narrow ports: `clock` (epoch ms), `bus` (engine events in, run notices out),
     `reader` (a `livetwin.query.Query`: condition triggers, types for system schedules),
-    `open_db` (its own database), `lineage` (a LineageStore, for workflows). `functions_platform`
-    is handed to Python functions as `ctx.platform` and never used by the scheduler itself.
+    `open_db` (its own database), `lineage` (a LineageStore, for workflows), `database_url` (the
+    PostgreSQL server its one-scheduler lock is held on; default LIVETWIN_DATABASE_URL).
+    `functions_platform` is handed to Python functions as `ctx.platform` and never used by the
+    scheduler itself. Job kinds come from outside (`register_job`, `add_system_schedules`).
 
     `tick()` fires the time triggers due at `clock()`; the service's own thread calls it when a
     trigger falls due, and tests with a FakeClock call it directly after moving time.
