@@ -472,12 +472,17 @@ def test_system_schedules_follow_their_types_and_never_overlap_a_run(platform, c
     s.register_job("slow", lambda ctx: release.wait(10))
     s.add_system_schedules(per_type, {"slow": {"kind": "builtin", "job": "slow"}})
     platform.put_type("early", {"description": "1s", "properties": {"x": {}}})  # before start
+    s.register("mine", lambda ctx: None, namespace="system")  # declared by hand: left alone
+    s.add_schedule({"id": "mine", "namespace": "system", "function": "mine",
+                    "trigger": {"kind": "interval", "every": "1h"}})  # fmt: skip
     s.start()
     platform.put_type("late", {"properties": {"x": {}}})
     s.tick()  # after the bus events: the system schedules are in step
 
     def system() -> dict[str, int]:
-        return {x["id"]: x["trigger"]["every"] for x in s.schedules(namespace="system")}
+        found = {x["id"]: x["trigger"]["every"] for x in s.schedules(namespace="system")}
+        assert found.pop("mine") == 3_600_000
+        return found
 
     assert system() == {"slow.early": 1000}
     assert s.function("slow", "system")["job"] == "slow"

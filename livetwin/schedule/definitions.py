@@ -352,16 +352,23 @@ class Definitions:
                     continue
                 desired.update((body["id"], (ctype.name, body)) for body in bodies)
         for sid, sched in list(self._schedules.items()):
-            if not sched.system or (not everything and self._system_types.get(sid) not in names):
+            if not self._derived(sched):
+                continue
+            if not everything and self._system_types.get(sid) not in names:
                 continue
             wanted = desired.get(sid)
             if wanted is None or not self._same_schedule(sched, wanted[1]):
                 self._op_delete_schedule(sid)
         now = self.clock()
         for sid, (type_name, body) in desired.items():
-            self._system_types[sid] = type_name
-            if sid in self._schedules:
+            existing = self._schedules.get(sid)
+            if existing is not None:
+                if not self._derived(existing):
+                    log.warning("schedule %s was declared by hand: no system schedule", sid)
+                else:
+                    self._system_types[sid] = type_name
                 continue
+            self._system_types[sid] = type_name
             fn = self._system_functions[body["function"]]
             if self._functions.get(fn.key) != fn:
                 self._op_define(fn)
@@ -383,6 +390,10 @@ class Definitions:
                     now,
                 )  # fmt: skip
             )
+
+    def _derived(self, sched: Schedule) -> bool:
+        """Whether a schedule is one this scheduler derives (not one declared by hand)."""
+        return sched.system and sched.function in self._system_functions
 
     def _same_schedule(self, sched: Schedule, body: dict) -> bool:
         trigger = parse_trigger(body["trigger"], sched.created)
