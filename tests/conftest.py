@@ -39,9 +39,23 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+PLATFORM_SERVICES = ("webhooks", "schedules")  # what `platform_services` may ask for
+
+
 @pytest.fixture
-def platform(tmp_path, clock):
-    with Platform(tmp_path / "data", clock=clock, settings=Settings(max_body_bytes=200_000)) as p:
+def platform(tmp_path, clock, request):
+    """A platform on a fresh data directory and the fake clock. It starts the background
+    services a test asks for with `@pytest.mark.platform_services("webhooks", "schedules")`
+    and no others (the core, alarms and the registry are always there)."""
+    marker = request.node.get_closest_marker("platform_services")
+    wanted = set(marker.args) if marker else set()
+    assert wanted <= set(PLATFORM_SERVICES), f"platform_services: use some of {PLATFORM_SERVICES}"
+    settings = Settings(
+        max_body_bytes=200_000,
+        webhooks="webhooks" in wanted,
+        run_schedules="schedules" in wanted,
+    )
+    with Platform(tmp_path / "data", clock=clock, settings=settings) as p:
         yield p
 
 

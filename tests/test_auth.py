@@ -88,6 +88,7 @@ def _assert_refused(response, status: int, what: str) -> None:
     assert "flow" not in response.text and "pressure" not in response.text, what
 
 
+@pytest.mark.platform_services("webhooks")
 def test_every_route_refuses_missing_wrong_scope_and_foreign_tokens(secured, platform):
     client, tokens = secured
     operations = _operations(client)

@@ -209,6 +209,7 @@ def test_the_platform_takes_its_settings_from_the_environment(tmp_path, monkeypa
         assert platform.settings.log_format == "json"
 
 
+@pytest.mark.platform_services("webhooks", "schedules")
 def test_the_platform_services_are_in_the_metrics(ops, platform):
     client, _ = ops
     rules = {"hot": {"when": "flow > 900", "severity": "critical"}}
