@@ -38,6 +38,7 @@ def motion(platform, room: str, at_ms: int) -> None:
     )
 
 
+@pytest.mark.platform_services("schedules")
 def test_nightly_cron_retrains_into_a_later_version(platform, clock):
     clock.now = DEMO_NOW  # Wednesday 2026-04-08 15:00 in Berlin
     fleet = run_home_demo(platform, out=None, announce=False)["fleet"]
@@ -98,6 +99,7 @@ def test_nightly_cron_retrains_into_a_later_version(platform, clock):
     )
 
 
+@pytest.mark.platform_services("schedules")
 def test_check_raises_for_the_stopped_home_only_and_clears_when_activity_resumes(platform, clock):
     clock.now = DEMO_NOW
     demo = run_home_demo(platform, out=None, announce=False)  # trains v1, raises nothing
@@ -174,6 +176,7 @@ def test_training_picks_the_property_and_skips_twins_without_reports(platform, c
     assert rooms["verdicts"][0]["model"] == "activity.home-1.kitchen"
 
 
+@pytest.mark.platform_services("schedules")
 def test_bad_arguments_fail_the_run_with_the_field(platform, clock):
     clock.now = DEMO_NOW
     scheduler = platform.scheduler

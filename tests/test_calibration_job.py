@@ -234,6 +234,7 @@ def test_one_execution_has_one_id_for_run_record_and_lineage(tmp_path, clock, fl
         assert platform.lineage.node(direct["run"])["parents"][-1] == run["id"]  # it resumed
 
 
+@pytest.mark.platform_services("schedules")
 def test_a_redeclared_interval_moves_its_system_schedule(platform):
     def every() -> list:
         platform.scheduler.tick()  # queued behind the type's bus event

@@ -455,6 +455,7 @@ def test_a_task_whose_lineage_cannot_be_recorded_fails(executor, lineage, monkey
     assert node["outputs"] == {"error": "OperationalError: database or disk is full"}
 
 
+@pytest.mark.platform_services("schedules")
 def test_a_registered_workflow_runs_as_a_scheduler_function(platform):
     scheduler = platform.scheduler
     scheduler.register_workflow(
