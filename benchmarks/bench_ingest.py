@@ -590,8 +590,9 @@ def _open_platform(location: dict, path: Path):
         else:
             os.environ["LIVETWIN_DATABASE_URL"] = previous
     expected = "PostgresStore" if url else "SqliteStore"
-    if type(platform.store).__name__ != expected:
-        raise SystemExit(f"the platform opened a {type(platform.store).__name__}, not {expected}")
+    opened = type(platform.core.store).__name__
+    if opened != expected:
+        raise SystemExit(f"the platform opened a {opened}, not {expected}")
     return platform
 
 
@@ -710,7 +711,7 @@ def _memory_child(n_twins: int, path: str) -> None:
             if accepted != size:
                 raise SystemExit(f"batch at {start}: accepted {accepted} of {size}")
             del batch, twins
-        twins_now = platform.engine.twin_count()
+        twins_now = platform.core.engine.twin_count()
         rss_loaded = _status_mb("VmRSS")
         hwm_loaded = _status_mb("VmHWM")
         maxrss_loaded = _ru_maxrss_mb()

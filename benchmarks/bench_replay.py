@@ -67,14 +67,14 @@ def replay_scenarios(report: Report, path: Path, n_twins: int, build: dict) -> N
     first, platform = _open(path)
     try:
         report.note(f"replay (Platform.rebuild, median of {REPEAT}) ...")
-        before = platform.engine
+        before = platform.core.engine
         runs, walls = [], []
         for _ in range(REPEAT):
             started = time.perf_counter()
             result = platform.rebuild()
             walls.append(time.perf_counter() - started)
             runs.append(result["observations"] / result["observations_per_s"])
-            same = _same_state(before, platform.engine)
+            same = _same_state(before, platform.core.engine)
             if not same:
                 break
         n = result["observations"]
@@ -87,7 +87,7 @@ def replay_scenarios(report: Report, path: Path, n_twins: int, build: dict) -> N
     report.note("recover_from_snapshot ...")
     second, platform = _open(path)
     try:
-        recovered_same = _same_state(before, platform.engine)
+        recovered_same = _same_state(before, platform.core.engine)
     finally:
         platform.close()
     report.emit(
@@ -159,7 +159,7 @@ def _open(path: Path):
     info = platform.recovered
     return {
         "seconds": round(seconds, 3),
-        "twins": platform.engine.twin_count(),
+        "twins": platform.core.engine.twin_count(),
         "snapshot_seq": info["snapshot_seq"],
         "replayed_observations": info["replayed_observations"],
         "snapshot_used": info["snapshot_seq"] > 0,

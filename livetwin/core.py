@@ -23,7 +23,7 @@ import orjson
 from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound
-from livetwin.ingest.batch import decode_batch
+from livetwin.engine.batch import decode_batch
 from livetwin.ingest.observations import Normalized, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay

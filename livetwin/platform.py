@@ -21,7 +21,6 @@ from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.actions.webhooks import WebhookService
 from livetwin.core import TwinCore, done
-from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound, Unavailable
 from livetwin.ingest.extract import extract
@@ -151,31 +150,10 @@ class Platform:
             sqlite_synchronous=sqlite_synchronous,
         )
 
-    # ---- the core's parts (read by services that are not yet on ports) --------------------
-
-    @property
-    def store(self):
-        return self.core.store
-
     @property
     def bus(self) -> EventBus:
+        """The core's event bus (what became durable, and what services announce)."""
         return self.core.bus
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.core.lock
-
-    @property
-    def writer(self):
-        return self.core.writer
-
-    @property
-    def engine(self) -> Engine:
-        return self.core.engine
-
-    @property
-    def snapshot_dir(self) -> Path:
-        return self.core.snapshot_dir
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -261,13 +239,13 @@ class Platform:
         """Declare (or replace) how a device's own JSON maps to observations."""
         parsed = ExtractorSpec.from_data(spec, name=name)
         body = parsed.model_dump(mode="json", exclude_defaults=True)
-        self.store.put_extractor(name, orjson.dumps(body).decode(), self.clock())
+        self.core.store.put_extractor(name, orjson.dumps(body).decode(), self.clock())
         self._extractors[name] = parsed
         return body
 
     def extractor(self, name: str) -> ExtractorSpec:
         if name not in self._extractors:
-            stored = self.store.extractors().get(name)
+            stored = self.core.store.extractors().get(name)
             if stored is None:
                 raise NotFound(
                     f"no extractor '{name}'",
@@ -278,7 +256,7 @@ class Platform:
         return self._extractors[name]
 
     def list_extractors(self) -> list[dict]:
-        return [orjson.loads(s) for _, s in sorted(self.store.extractors().items())]
+        return [orjson.loads(s) for _, s in sorted(self.core.store.extractors().items())]
 
     def submit_extracted(
         self,
@@ -353,9 +331,6 @@ class Platform:
 
     events = observations  # the older name of the same read
 
-    def _history_rows(self, uid: int, type_name: str, names: list[str], start: int, end: int):
-        return self.query.history_rows(uid, type_name, names, start, end)
-
     # ---- calibration -----------------------------------------------------------------------
 
     def calibrate(
@@ -369,6 +344,10 @@ class Platform:
     def calibration(self, twin_id: str, *, runs: int = 10) -> dict:
         """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
         return calibration_view(self.query, self.core.store, twin_id, runs=runs)
+
+    def calibration_runs(self, type_name: str, limit: int = 20) -> list[dict]:
+        """Recent calibration run records of a type, newest first."""
+        return self.core.store.calibration_runs(type_name, limit)
 
     def stats(self) -> dict:
         return self.core.stats()

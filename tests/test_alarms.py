@@ -82,7 +82,7 @@ def replayed_alarms(platform, now: int | None = None) -> list[dict]:
                 failures.append(exc)
 
         sandbox.bus.subscribe(evaluate)
-        sandbox.feed(platform.store.journal())
+        sandbox.feed(platform.core.store.journal())
     assert not failures, failures
     if now is not None:
         transitions.extend(rules.due(state, now))

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from conftest import PUMP, T0, obs
 
-from livetwin.ingest.batch import decode_batch
+from livetwin.engine.batch import decode_batch
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def pump(client):
 def journaled(platform) -> list[tuple[str, dict]]:
     """Every observation in the journal as (twin, values)."""
     out = []
-    for entry in platform.store.journal():
+    for entry in platform.core.store.journal():
         if entry.kind == "obs":
             b = decode_batch(entry.body)
             for i, twin in enumerate(b.twins):

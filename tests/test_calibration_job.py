@@ -175,11 +175,11 @@ def test_types_calibrate_on_their_interval(tmp_path, clock, fleet):
         platform.put_type("roller_line", spec)
         feed(platform, sim, ids, 20, 0)
         deadline = time.monotonic() + 15
-        while not platform.store.calibration_runs("roller_line", 1):
+        while not platform.core.store.calibration_runs("roller_line", 1):
             assert time.monotonic() < deadline, "no scheduled calibration ran"
             clock.now += 200  # the scheduler runs on the platform's clock
             time.sleep(0.1)
-        record = platform.store.calibration_runs("roller_line", 1)[0]
+        record = platform.core.store.calibration_runs("roller_line", 1)[0]
         assert record["status"] == "succeeded"
         # a system schedule of the one scheduler: listed, and its run is the record's run
         (schedule,) = platform.scheduler.schedules(namespace="system")
@@ -205,11 +205,11 @@ def test_continuous_calibration_follows_new_data(tmp_path, clock, fleet):
         for round_ in range(2):
             feed(platform, sim, ids, 20, 20 * round_)
             deadline = time.monotonic() + 15
-            while len(platform.store.calibration_runs("roller_line", 5)) <= round_:
+            while len(platform.core.store.calibration_runs("roller_line", 5)) <= round_:
                 assert time.monotonic() < deadline, "new data did not start a calibration"
                 time.sleep(0.05)
         time.sleep(2.5)  # its own published results do not start another run
-        runs = platform.store.calibration_runs("roller_line", 5)
+        runs = platform.core.store.calibration_runs("roller_line", 5)
         assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
 
 
@@ -224,7 +224,7 @@ def test_one_execution_has_one_id_for_run_record_and_lineage(tmp_path, clock, fl
         scheduler.define_function("recalibrate", body)
         run = scheduler.wait(scheduler.run_function("recalibrate")["id"], 60)
         assert run["state"] == "succeeded", run
-        (record,) = platform.store.calibration_runs("roller_line", 1)
+        (record,) = platform.core.store.calibration_runs("roller_line", 1)
         node = platform.lineage.node(run["id"])
         assert record["run"] == run["result"]["run"] == record["lineage"] == node["id"] == run["id"]
         assert node["inputs"]["job"] == "calibrate" and node["outputs"]["status"] == "succeeded"

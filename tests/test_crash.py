@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from livetwin.engine.engine import Engine
-from livetwin.ingest.batch import decode_batch
+from livetwin.engine.batch import decode_batch
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.platform import Platform, Settings
@@ -59,7 +59,7 @@ work(0)
 
 def journal_keys(platform: Platform) -> Counter:
     keys: Counter = Counter()
-    for entry in platform.store.journal():
+    for entry in platform.core.store.journal():
         if entry.kind == "obs":
             keys.update(decode_batch(entry.body).keys or [])
     return keys
@@ -101,7 +101,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path):
             assert all(keys[k] == 1 for k in acked), "an acknowledged observation is missing"
             assert max(keys.values()) == 1, "an observation was stored twice"
             scratch = Engine()
-            replay(scratch, platform.store.journal())
-            assert_same_state(platform.engine, scratch)
-            assert platform.recovered["last_seq"] == platform.store.last_seq()
+            replay(scratch, platform.core.store.journal())
+            assert_same_state(platform.core.engine, scratch)
+            assert platform.recovered["last_seq"] == platform.core.store.last_seq()
     assert len(acked) > 1000

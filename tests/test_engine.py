@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from livetwin.engine.engine import Engine, _waves
-from livetwin.ingest.batch import Batch
+from livetwin.engine.batch import Batch
 from livetwin.spec.types import TwinTypeSpec, compile_type
 
 SPEC = TwinTypeSpec.model_validate(

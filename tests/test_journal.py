@@ -18,14 +18,14 @@ from livetwin.platform import Platform, Settings
 def test_concurrent_callers_share_commits(platform, monkeypatch):
     platform.put_type("pump", PUMP)
     commits = []
-    real_commit = platform.store.commit
+    real_commit = platform.core.store.commit
 
     def slow_commit(*args):
         time.sleep(0.01)  # an fsync on a slow card: callers pile up behind it
         commits.append(len(args[0]))
         real_commit(*args)
 
-    monkeypatch.setattr(platform.store, "commit", slow_commit)
+    monkeypatch.setattr(platform.core.store, "commit", slow_commit)
     results = []
 
     def client(c: int) -> None:
@@ -54,7 +54,7 @@ def test_events_are_published_after_commit(platform):
     change = seen[1]
     assert isinstance(change, StateChanged)
     assert change.applied.twins == ["a", "b"] and change.applied.created == ["a", "b"]
-    assert change.seq <= platform.store.last_seq()
+    assert change.seq <= platform.core.store.last_seq()
     assert len(seen) == 2
 
 
@@ -66,8 +66,8 @@ def test_restart_loads_snapshot_and_replays_only_the_tail(tmp_path, clock):
         assert p.snapshot() is not None
         p.ingest([obs("p1", T0 + 60_000, flow=50.0)])
         # a crash right here: neither the last history rows nor a final snapshot get written
-        p.writer._snapshot = lambda **options: None
-        p.writer.flusher.flush = lambda: None
+        p.core.writer._snapshot = lambda **options: None
+        p.core.writer.flusher.flush = lambda: None
     with Platform(path, clock=clock) as p:
         assert p.recovered["replayed_observations"] == 1
         assert p.recovered["snapshot_seq"] == 2
@@ -82,9 +82,9 @@ def test_history_is_flushed_in_chunks_and_reads_span_store_and_buffer(platform):
     platform.put_type("pump", PUMP)
     platform.ingest([obs(f"p{i}", T0, flow=1.0) for i in range(3)])
     platform.snapshot()  # flushes the buffer into one chunk per twin
-    assert platform.writer.history.rows == 0
+    assert platform.core.writer.history.rows == 0
     platform.ingest([obs("p1", T0 + 1000, flow=2.0), obs("p1", T0 + 2000, flow=3.0)])
-    assert platform.writer.history.rows == 2
+    assert platform.core.writer.history.rows == 2
     assert platform.history("p1", ["flow"])["series"]["flow"] == [1.0, 2.0, 3.0]
     assert [e["values"]["flow"] for e in platform.events("p1", limit=2)] == [3.0, 2.0]
     assert [e["values"]["flow"] for e in platform.events("p1", before=T0 + 1000)] == [1.0]
@@ -111,9 +111,9 @@ def test_automatic_snapshots(tmp_path, clock):
         for k in range(6):
             p.ingest([obs(f"p{i}", T0 + k, flow=1.0) for i in range(20)])
         deadline = time.monotonic() + 5
-        while not list(p.snapshot_dir.glob("snapshot-*.npz")) and time.monotonic() < deadline:
+        while not list(p.core.snapshot_dir.glob("snapshot-*.npz")) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert list(p.snapshot_dir.glob("snapshot-*.npz"))
+        assert list(p.core.snapshot_dir.glob("snapshot-*.npz"))
 
 
 def test_cli_replay_rebuilds_from_the_journal(tmp_path, clock):

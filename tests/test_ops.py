@@ -132,7 +132,7 @@ def test_services_register_stats_counters_and_checks(ops):
 def test_health_reports_a_stopped_writer(platform):
     monitor = Monitor(platform)
     assert monitor.health()[0] is True
-    platform.writer.stop()
+    platform.core.writer.stop()
     healthy, report = monitor.health()
     assert healthy is False
     assert report["checks"]["writer"]["status"] == "down"

@@ -45,7 +45,7 @@ def state(p) -> dict:
 
 def test_platform_ingests_restarts_and_recovers_from_postgres(pg_url, tmp_path, monkeypatch, clock):
     p = postgres_platform(monkeypatch, tmp_path / "a", pg_url, clock=clock)
-    assert isinstance(p.store, PostgresStore)
+    assert isinstance(p.core.store, PostgresStore)
     p.put_type("pump", PUMP)
     ingest_rounds(p, range(5))
     p.snapshot()  # history flushed to PostgreSQL
@@ -311,8 +311,8 @@ def test_a_calibration_runs_on_postgres(monkeypatch, tmp_path):
             feed(platform, roller_fleet(len(ids), seed=3), ids, 20, 0)
             record = platform.calibrate("roller_line")
             assert record["status"] == "succeeded", record
-            assert platform.store.calibration_state("roller_line") is not None
-            (run,) = platform.store.calibration_runs("roller_line", 5)
+            assert platform.core.store.calibration_state("roller_line") is not None
+            (run,) = platform.core.store.calibration_runs("roller_line", 5)
             assert run["status"] == "succeeded" and run["started"] == record["started"]
         finally:
             platform.close()

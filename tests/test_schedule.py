@@ -39,7 +39,7 @@ def settle(platform: Platform, scheduler: Scheduler) -> None:
     The writer publishes a group's events before it takes the next group, so once a later
     ingest returns, the earlier events are on the scheduler's queue; a tick queues behind them.
     """
-    if "barrier" not in platform.engine.types:
+    if "barrier" not in platform.core.engine.types:
         platform.put_type("barrier", {"properties": {"x": {}}})
     platform.ingest([{"twin": "barrier-0", "type": "barrier", "values": {"x": 1}}])
     platform.ingest([{"twin": "barrier-0", "type": "barrier", "values": {"x": 2}}])

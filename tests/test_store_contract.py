@@ -8,7 +8,7 @@ import orjson
 import pytest
 from postgres_support import fresh_schema
 
-from livetwin.ingest.batch import Batch, encode_batch
+from livetwin.engine.batch import Batch, encode_batch
 from livetwin.spec.types import parse_type_spec
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Segment, chunk_rows

@@ -221,8 +221,8 @@ def create_app(
     @app.get("/api/types/{name}/calibration", tags=["calibration"])
     def calibration_runs(name: str, limit: int = Query(20, ge=1, le=1000)) -> list[dict]:
         """Recent calibration runs of a type, newest first."""
-        platform.engine.ctype(name)
-        return platform.store.calibration_runs(name, limit)
+        platform.get_type(name)  # NotFound, with the fix
+        return platform.calibration_runs(name, limit)
 
     @app.post("/api/twins/{twin_id:path}/calibrate", tags=["calibration"])
     async def calibrate_twin(twin_id: str) -> dict:

@@ -54,12 +54,12 @@ class PlatformCollector:
 
     def collect(self) -> Iterator[Metric]:
         p = self.platform
-        writer = p.writer
+        writer = p.core.writer
         last_seq = writer.next_seq - 1
         with self._lock:
             if last_seq > self._seen_seq:  # exactly the entries in (seen, last_seq]
-                entries, observations = p.store.journal_size(after=self._seen_seq)
-                newer_entries, newer_observations = p.store.journal_size(after=last_seq)
+                entries, observations = p.core.store.journal_size(after=self._seen_seq)
+                newer_entries, newer_observations = p.core.store.journal_size(after=last_seq)
                 self._entries += entries - newer_entries
                 self._observations += observations - newer_observations
                 self._seen_seq = last_seq
@@ -89,11 +89,11 @@ class PlatformCollector:
         queues.add_metric(["writer"], writer.queue_depth)
         queues.add_metric(["flusher"], writer.flusher.queue_depth)
         yield queues
-        age = snapshot_age_s(p.snapshot_dir)
+        age = snapshot_age_s(p.core.snapshot_dir)
         if age is not None:
             yield _gauge("livetwin_snapshot_age_seconds", "Age of the newest snapshot file", age)
-        yield _gauge("livetwin_twins", "Twins in memory", p.engine.twin_count())
-        yield _gauge("livetwin_types", "Twin types declared", len(p.engine.states))
+        yield _gauge("livetwin_twins", "Twins in memory", p.query.twin_count())
+        yield _gauge("livetwin_types", "Twin types declared", len(p.query.compiled_types()))
         yield from self._calibrations()
 
     def _calibrations(self) -> Iterator[Metric]:
@@ -113,13 +113,11 @@ class PlatformCollector:
             "Twins of the newest calibration run by outcome",
             labels=["type", "outcome"],
         )
-        with self.platform.lock:
-            calibrated = [
-                n for n, st in self.platform.engine.states.items() if st.ctype.calibration
-            ]
+        types = self.platform.query.compiled_types()
+        calibrated = [name for name, ctype in types.items() if ctype.calibration]
         with self._lock:
             for type_name in calibrated:
-                recent = self.platform.store.calibration_runs(type_name, 1000)
+                recent = self.platform.core.store.calibration_runs(type_name, 1000)
                 seen = self._calibration_seen.get(type_name)
                 newest = recent[0]["id"] if recent else 0
                 if seen is None:  # first scrape: earlier runs are history, not this process's
@@ -234,16 +232,16 @@ class Monitor:
         }
 
     def _check_store(self) -> dict:
-        return {"last_seq": self.platform.store.last_seq()}
+        return {"last_seq": self.platform.core.store.last_seq()}
 
     def _check_writer(self) -> dict:
-        writer = self.platform.writer
+        writer = self.platform.core.writer
         if not writer.alive:
             raise RuntimeError("the journal writer is stopped")
         return {"queue": writer.queue_depth, "last_seq": writer.next_seq - 1}
 
     def _check_flusher(self) -> dict:
-        writer = self.platform.writer
+        writer = self.platform.core.writer
         if not writer.flusher.alive:
             raise RuntimeError("the history flusher is stopped")
         return {

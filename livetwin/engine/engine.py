@@ -17,7 +17,7 @@ import numpy as np
 from livetwin.engine.state import TypeState
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.expr import EvalContext, compile_expression
-from livetwin.ingest.batch import Batch
+from livetwin.engine.batch import Batch
 from livetwin.spec.types import CompiledType
 
 

@@ -17,7 +17,7 @@ from itertools import chain
 
 import numpy as np
 
-from livetwin.ingest.batch import Batch
+from livetwin.engine.batch import Batch
 from livetwin.spec.types import CompiledType
 from livetwin.timefmt import SMALLEST_MS, parse_ts
 

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from livetwin.engine.engine import Engine
-from livetwin.ingest.batch import Batch, decode_batch
+from livetwin.engine.batch import Batch, decode_batch
 from livetwin.models.base import resolve_model
 from livetwin.spec.types import TwinTypeSpec, compile_type
 from livetwin.store.base import JournalEntry

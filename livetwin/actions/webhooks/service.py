@@ -34,7 +34,7 @@ from livetwin.actions.webhooks.subscriptions import (
 )
 from livetwin.engine.events import Event, Notice, StateChanged
 from livetwin.errors import InvalidInput, NotFound
-from livetwin.ingest.batch import decode_batch
+from livetwin.engine.batch import decode_batch
 
 if TYPE_CHECKING:
     from livetwin.ports import Bus, Clock, OpenServiceDB
