@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_alarms import alarm_story, replayed_alarms
+from alarm_support import alarm_story, replayed_alarms
 
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.examples.home import DEMO_NOW, run_home_demo, schedule_home_jobs

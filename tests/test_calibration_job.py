@@ -6,25 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from calibration_support import STEP_MS, feed
 from conftest import T0
 
 from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, observations, roller_fleet
 from livetwin.platform import Platform
 
 N_LINES = 24
-STEP_MS = 100
-
-
-def feed(platform: Platform, sim, ids: list[str], steps: int, start: int) -> list:
-    """Simulate `steps` steps and ingest them; returns the true samples."""
-    samples, rows = [], []
-    for k in range(steps):
-        sample = sim.step()
-        samples.append(sample)
-        rows += observations(sample, ids, T0 + (start + k) * STEP_MS)
-    result = platform.ingest(rows)
-    assert result.accepted == len(rows), result.rejected[:3]
-    return samples
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from livetwin.engine.engine import Engine
 from livetwin.engine.batch import decode_batch
+from livetwin.engine.engine import Engine
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.platform import Platform, Settings

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from livetwin.engine.engine import Engine, _waves
 from livetwin.engine.batch import Batch
+from livetwin.engine.engine import Engine, _waves
 from livetwin.spec.types import TwinTypeSpec, compile_type
 
 SPEC = TwinTypeSpec.model_validate(

@@ -298,8 +298,8 @@ def test_migrate_takes_a_connection(pg_url):
 
 def test_a_calibration_runs_on_postgres(monkeypatch, tmp_path):
     """The calibration job end to end on PostgreSQL: filter state saved and the run recorded."""
+    from calibration_support import feed
     from conftest import FakeClock
-    from test_calibration_job import feed
 
     from livetwin.examples.rollers import ROLLER_TYPE, roller_fleet
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import T0, FakeClock
 from postgres_support import PG_URL, Proxy, require_postgres, schema_url
-from test_webhooks import Receiver, free_port, wait_for
+from webhook_support import Receiver, free_port, wait_for
 
 from livetwin.actions.alarms import AlarmService
 from livetwin.errors import Conflict, NotFound, Unavailable
