@@ -39,6 +39,18 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+# Fixtures that reach a real service (besides the modules marked `services` as a whole).
+SERVICE_FIXTURES = {"smtp_server", "pg"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use a service fixture are `services` tests: `pytest -m "not services"` is the
+    fast inner loop without PostgreSQL, Mosquitto, SMTP or Chromium."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
 PLATFORM_SERVICES = ("webhooks", "schedules")  # what `platform_services` may ask for
 
 

@@ -20,6 +20,8 @@ from livetwin.store.open import open_store
 from livetwin.store.postgres import PostgresStore, available_migrations, migrate, safe_url
 from livetwin.store.sqlite import SqliteStore
 
+pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
+
 
 @pytest.fixture
 def pg_url():

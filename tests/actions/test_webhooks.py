@@ -222,7 +222,7 @@ def test_a_crash_right_after_commit_loses_nothing(tmp_path, receivers):
     port = free_port()
     url = f"http://127.0.0.1:{port}/hook"
     data = tmp_path / "data"
-    tests = str(Path(__file__).parent)
+    tests = str(Path(__file__).parents[1])  # conftest.py
     subprocess.run([sys.executable, "-c", CRASHING_CHILD, str(data), url, tests], check=True)
     r = receivers(port=port)
     with Platform(data, settings=NO_HOOKS) as platform, webhook_service(platform, **FAST) as hooks:

@@ -24,6 +24,8 @@ from livetwin.store import servicedb
 from livetwin.store.open import DATABASE_URL_ENV
 from livetwin.store.servicedb import open_service_db, pg_query, pg_schema
 
+pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
+
 MIN = 60_000
 QUIET = Settings(alarm_tick_s=3600)
 BOILER = {

@@ -19,7 +19,7 @@ SPEC = parse_type_spec({"properties": {"flow": {}, "pressure": {}}}, "pump")
 SPEC_JSON = orjson.dumps(SPEC.model_dump(mode="json", exclude={"name"})).decode()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 def backend(request, tmp_path):
     """(open, kind): `open()` opens the store on the same data each time it is called."""
     if request.param == "sqlite":

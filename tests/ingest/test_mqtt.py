@@ -24,6 +24,8 @@ from livetwin.ingest.mqtt import (
     validate_topic_filter,
 )
 
+pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
+
 HOST, PORT = MQTT_HOST, MQTT_PORT
 
 
@@ -197,7 +199,7 @@ def test_api_validates_and_manages_subscriptions(setup, bridge, prefix):
         assert client.delete(url).status_code == 204
         assert client.delete(url).status_code == 404
         assert client.get("/api/mqtt/subscriptions").json() == []
-        assert setup.store.configs("mqtt") == {}
+        assert setup.core.store.configs("mqtt") == {}
 
 
 def test_topic_filter_and_address_parsing():

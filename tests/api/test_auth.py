@@ -379,6 +379,7 @@ def test_oidc_needs_a_jwks_url_and_modes_are_checked(platform):
     assert caught.value.field == "auth"
 
 
+@pytest.mark.services
 def test_tokens_live_in_postgresql_when_it_is_configured(tmp_path, monkeypatch):
     """With LIVETWIN_DATABASE_URL set, the CLI and a server share tokens in PostgreSQL (schema
     `<schema>_auth`, table `tokens`); no auth.db file is written."""

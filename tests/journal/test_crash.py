@@ -78,7 +78,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path):
     rng = random.Random(20261123)
     data = tmp_path / "data"
     data.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     for run in range(6):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(data), f"r{run}"], env=env, stderr=subprocess.PIPE

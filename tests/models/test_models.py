@@ -40,7 +40,7 @@ def test_resolve_by_name_callable_and_model():
         ("livetwin.nowhere:fn", "cannot be imported"),
         ("livetwin.examples.thermal:nothing", "no attribute"),
         ("livetwin.examples.thermal", "module:function"),
-        ("tests.test_models:not_a_model", "does not declare"),
+        ("tests.models.test_models:not_a_model", "does not declare"),
         (42, "must be a 'module:function'"),
     ],
 )

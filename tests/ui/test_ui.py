@@ -27,7 +27,9 @@ from livetwin.platform import Platform, wall_clock_ms
 from livetwin.settings import Settings
 from livetwin.ui import mount
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
+
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

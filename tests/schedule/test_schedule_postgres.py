@@ -20,6 +20,8 @@ from livetwin.schedule import Scheduler
 from livetwin.store.open import DATABASE_URL_ENV
 from livetwin.store.servicedb import open_service_db
 
+pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
+
 HOUR = 3_600_000
 
 

@@ -19,6 +19,8 @@ from livetwin.actions.commands import SCHEMA, CommandService, migrate
 from livetwin.api.app import create_app
 from livetwin.store.servicedb import service_db_opener
 
+pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
+
 HOST, PORT = MQTT_HOST, MQTT_PORT
 
 
