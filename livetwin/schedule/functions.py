@@ -274,10 +274,20 @@ class Invoker:
         self.callables: dict[tuple[str, str], Callable] = {}
         self._refs: dict[str, Callable] = {}
         self._lock = threading.Lock()
-        self.http = httpx.Client(follow_redirects=False)
+        self._client: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client of remote functions, made on first use (an SSL context costs ~30 ms)."""
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(follow_redirects=False)
+            return self._client
 
     def close(self) -> None:
-        self.http.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
 
     def invoke(self, spec: FunctionSpec, ctx: RunContext) -> Any:
         if spec.kind == "builtin":
