@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from livetwin.engine.batch import decode_batch
 from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound
-from livetwin.engine.batch import decode_batch
 from livetwin.ingest.observations import Normalized, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay

@@ -14,10 +14,10 @@ from itertools import repeat
 
 import numpy as np
 
+from livetwin.engine.batch import Batch
 from livetwin.engine.state import TypeState
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.expr import EvalContext, compile_expression
-from livetwin.engine.batch import Batch
 from livetwin.spec.types import CompiledType
 
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from livetwin.calibrate import BatchEnKF, BatchUKF, CalibrationSpec, FilterState, chunk_pool
 from livetwin.calibrate.state import FAILURE_REASONS
-from livetwin.errors import InvalidInput
 from livetwin.engine.batch import Batch
+from livetwin.errors import InvalidInput
 from livetwin.ingest.observations import Normalized
 from livetwin.jobs.lineage import Cohort, record_calibration
 from livetwin.jobs.ports import CalibrationPorts

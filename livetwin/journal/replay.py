@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import orjson
 
-from livetwin.engine.engine import Engine
 from livetwin.engine.batch import Batch, decode_batch
+from livetwin.engine.engine import Engine
 from livetwin.models.base import resolve_model
 from livetwin.spec.types import TwinTypeSpec, compile_type
 from livetwin.store.base import JournalEntry

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from livetwin.engine.batch import encode_batch
 from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus, StateChanged, TypeDefined
 from livetwin.errors import Unavailable
-from livetwin.engine.batch import encode_batch
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.journal import snapshot
 from livetwin.journal.flusher import Flusher

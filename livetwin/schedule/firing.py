@@ -27,6 +27,8 @@ from livetwin.schedule.model import (
 from livetwin.schedule.triggers import TIME_KINDS, due_instants
 from livetwin.timefmt import format_ts
 
+RUN_NOTICES = ("run", "job")  # a finished run; "job" is its older name
+
 log = logging.getLogger(__name__)
 
 
@@ -224,7 +226,9 @@ class Firing:
             if "type" in self._watch_sources:
                 info = {"type": event.ctype.name, "version": event.ctype.version, "seq": event.seq}
                 self._submit(self._op_source, "type", info)
-        elif isinstance(event, Notice) and event.kind == "job" and "job" in self._watch_sources:
+        elif (
+            isinstance(event, Notice) and event.kind in RUN_NOTICES and "job" in self._watch_sources
+        ):
             self._submit(self._op_source, "job", event.data)
 
     def _op_state(self, applied: Any, seq: int) -> None:

@@ -182,7 +182,7 @@ class RunQueue:
         del self._active[run_id]
         self._notices.append(
             Notice(
-                "job",
+                "run",
                 run_id,
                 {
                     "run": run_id,

@@ -22,8 +22,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from livetwin.errors import Unavailable
 from livetwin.engine.batch import decode_batch
+from livetwin.errors import Unavailable
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk
 from livetwin.timefmt import parse_ts

@@ -221,7 +221,7 @@ def test_state_trigger_filters_by_type_and_twin_prefix(platform, scheduler):
     assert run["state"] == "succeeded" and run["result"] == ["site-a/1"]
 
 
-def test_job_notices_on_the_bus_chain_functions(platform, scheduler):
+def test_run_notices_on_the_bus_chain_functions(platform, scheduler):
     notices = []
     platform.bus.subscribe(lambda e: notices.append(e) if isinstance(e, Notice) else None)
     scheduler.register("first", lambda ctx: "one")
@@ -237,7 +237,7 @@ def test_job_notices_on_the_bus_chain_functions(platform, scheduler):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert scheduler.runs(function="second")[0]["result"] == "one+two"
-    jobs = [n for n in notices if n.kind == "job"]
+    jobs = [n for n in notices if n.kind == "run"]
     assert jobs[0].id == first["id"] and jobs[0].data["state"] == "succeeded"
 
 

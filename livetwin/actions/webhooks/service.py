@@ -32,9 +32,9 @@ from livetwin.actions.webhooks.subscriptions import (
     sign,
     validate_subscription,
 )
+from livetwin.engine.batch import decode_batch
 from livetwin.engine.events import Event, Notice, StateChanged
 from livetwin.errors import InvalidInput, NotFound
-from livetwin.engine.batch import decode_batch
 
 if TYPE_CHECKING:
     from livetwin.ports import Bus, Clock, OpenServiceDB
