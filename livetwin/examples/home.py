@@ -11,13 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livetwin.errors import NotFound
-from livetwin.jobs.baseline import (
-    RULE,
-    check_inactivity,
-    load_baselines,
-    model_name,
-    train_baselines,
-)
+from livetwin.jobs.baseline import model_name, train_baselines
+from livetwin.jobs.inactivity import RULE, check_inactivity, load_baselines
 from livetwin.models.baseline import DAY_MS, HOUR_MS, week_cells
 from livetwin.timefmt import format_ts, parse_ts
 

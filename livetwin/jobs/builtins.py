@@ -9,8 +9,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from livetwin.jobs.baseline import check_inactivity_job, train_baseline_job
+from livetwin.jobs.baseline import train_baseline_job
 from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibration_schedules
+from livetwin.jobs.inactivity import check_inactivity_job
 from livetwin.jobs.ports import BaselinePorts
 
 if TYPE_CHECKING:

@@ -10,7 +10,8 @@ from alarm_support import alarm_story, replayed_alarms
 
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.examples.home import DEMO_NOW, run_home_demo, schedule_home_jobs
-from livetwin.jobs.baseline import check_inactivity, last_midnight, model_name, train_baselines
+from livetwin.jobs.baseline import last_midnight, model_name, train_baselines
+from livetwin.jobs.inactivity import check_inactivity
 from livetwin.timefmt import parse_ts
 
 MINUTE = 60_000
