@@ -4,7 +4,6 @@ sensors, streaming telemetry into a data directory."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import typer
@@ -36,7 +35,7 @@ def demo(
     fleet = PumpFleet(pumps)
     if not platform.twins(type="pump", limit=1)["total"]:
         _backfill(platform, fleet, minutes=60, step_s=10)
-    rollers = RollerDemo(platform, lines)
+    rollers = RollerDemo(platform, lines, every_s=calibrate_every)  # calibrated by the scheduler
     rollers.run_until(wall_clock_ms())
     if homes and "home" not in {t["name"] for t in platform.list_types()}:
         with console.status("home fleet: four weeks of motion history, baselines, check ..."):
@@ -44,15 +43,24 @@ def demo(
     schedule_home_jobs(platform)  # nightly retraining, a check every 5 minutes
     stop = threading.Event()
 
+    calibrated = threading.Event()  # set by each finished calibration run (the `run` notice)
+
+    def on_event(event) -> None:
+        if getattr(event, "kind", None) == "run" and event.data.get("function") == "calibrate":
+            calibrated.set()
+
+    platform.bus.subscribe(on_event)
+
     def stream() -> None:
-        last_calibration = 0.0
         while not stop.wait(interval):
             now = wall_clock_ms()
             platform.ingest(fleet.tick(now))
             rollers.run_until(now)
-            if time.monotonic() - last_calibration >= calibrate_every:
-                last_calibration = time.monotonic()
-                _show_calibration(rollers.calibrate(), coverage)
+            if calibrated.is_set():
+                calibrated.clear()
+                rows = rollers.comparison()
+                if any(lower is not None for _, _, _, lower, _ in rows):  # a run that published
+                    _show_calibration(rows, coverage)
 
     threading.Thread(target=stream, name="demo-fleet", daemon=True).start()
     base = f"http://{host}:{port}"
@@ -71,6 +79,7 @@ def demo(
         f"  curl -N {base}/api/stream?twin=line-1\n"
         f"  curl '{base}/api/alarms?state=open'\n"
         f"  curl {base}/api/models/activity.home-{homes}/versions/1\n"
+        f"  curl '{base}/api/runs?namespace=system&limit=5'   # the scheduled calibrations\n"
         f"  curl {base}/api/runs?limit=5\n"
         f"  curl -X POST {base}/api/ingest -H 'content-type: application/json' \\\n"
         f'       -d \'[{{"twin":"pump-1","type":"pump","values":{{"flow":99}}}}]\'\n',

@@ -1,5 +1,6 @@
 """The roller-line part of `livetwin demo`: lines stream speeds in real time while their bearings
-wear, and calibration follows the drags (the demo prints true vs calibrated)."""
+wear, and calibration follows the drags: the type's `calibration.every` makes it a system
+schedule of the platform's scheduler (the demo prints true vs calibrated)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ STEP_MS = 100  # the model's dt
 class RollerDemo:
     """`lines` simulated roller lines feeding a platform, one model step every 100 ms."""
 
-    def __init__(self, platform, lines: int = 10, seed: int = 11):
+    def __init__(self, platform, lines: int = 10, seed: int = 11, every_s: float = 15.0):
         self.platform = platform
         self.sim = roller_fleet(lines, seed=seed)
         self.ids = [f"line-{i + 1}" for i in range(lines)]
         self.truth = self.sim.params[:, : len(DRAGS)].copy()
-        platform.put_type("roller_line", ROLLER_TYPE)
+        calibration = {**ROLLER_TYPE["calibration"], "every": f"{every_s:g}s"}
+        platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": calibration})
         self.next_ts: int | None = None
 
     def run_until(self, now_ms: int) -> int:
@@ -37,9 +39,8 @@ class RollerDemo:
             self.platform.ingest(rows)
         return steps
 
-    def calibrate(self) -> list[tuple[str, float, float, float, float]]:
-        """Calibrate the lines; (line, true b2, calibrated b2, lower, upper) for each line."""
-        self.platform.calibrate("roller_line")
+    def comparison(self) -> list[tuple[str, float, float, float, float]]:
+        """(line, true b2, calibrated b2, lower, upper) for each line, as calibrated so far."""
         out = []
         for i, twin in enumerate(self.ids):
             b2 = self.platform.calibration(twin)["parameters"]["b2"]
