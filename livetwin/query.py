@@ -18,7 +18,7 @@ from livetwin.errors import InvalidInput, NotFound
 from livetwin.expr import Compiled
 from livetwin.spec.types import CompiledType
 from livetwin.store.history import aggregate, assemble
-from livetwin.timefmt import format_ts, parse_duration, parse_ts
+from livetwin.timefmt import format_ts, parse_duration, parse_ts_field
 
 if TYPE_CHECKING:
     from livetwin.store.base import JournalEntry
@@ -387,12 +387,7 @@ def time_arg(value: Any, field: str, default: int) -> int:
     """A time query argument (ISO 8601 or epoch ms) as epoch ms; `default` when absent."""
     if value is None or value == "":
         return default
-    try:
-        return parse_ts(value)
-    except ValueError as exc:
-        raise InvalidInput(
-            str(exc), field=field, fix="use ISO 8601 (2026-11-22T10:00:00Z) or epoch ms"
-        ) from None
+    return parse_ts_field(value, field)
 
 
 def _json_list(values: np.ndarray) -> list:

@@ -7,6 +7,8 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
+from livetwin.errors import InvalidInput
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SMALLEST_MS = 100_000_000_000  # 1973-03-03: smaller numbers are almost surely epoch *seconds*
@@ -54,6 +56,16 @@ def parse_ts(value: object) -> int:
     if ms < 0:
         raise ValueError("timestamps before 1970 are not supported")
     return ms
+
+
+def parse_ts_field(value: object, field: str) -> int:
+    """`parse_ts` of a named input: bad input raises InvalidInput naming the field and the fix."""
+    try:
+        return parse_ts(value)
+    except ValueError as exc:
+        raise InvalidInput(
+            str(exc), field=field, fix="use ISO 8601 (2026-11-22T10:00:00Z) or epoch ms"
+        ) from None
 
 
 def format_ts(ms: int) -> str:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
 
 from livetwin.errors import InvalidInput
-from livetwin.timefmt import parse_duration, parse_ts
+from livetwin.timefmt import parse_duration, parse_ts_field
 
 KINDS = ("once", "interval", "cron", "event", "condition")
 TIME_KINDS = ("once", "interval", "cron")
@@ -53,15 +53,6 @@ def _positive(value: int, field: str) -> int:
     if value < 1:
         raise ValueError(f"{field} must be at least 1 ms")
     return value
-
-
-def timestamp_ms(value: Any, field: str) -> int:
-    try:
-        return parse_ts(value)
-    except ValueError as exc:
-        raise InvalidInput(
-            str(exc), field=field, fix="use ISO 8601 (2026-11-22T10:00:00Z) or epoch ms"
-        ) from None
 
 
 class CronTrigger:
@@ -215,7 +206,7 @@ def _once(raw: dict, now_ms: int) -> Trigger:
             fix='e.g. {"kind": "once", "after": "10m"} or "at": "2026-12-01T08:00:00Z"',
         )
     if "at" in raw:
-        at = timestamp_ms(raw["at"], "trigger.at")
+        at = parse_ts_field(raw["at"], "trigger.at")
     else:
         at = now_ms + duration_ms(raw["after"], "trigger.after")
     return Trigger("once", {"kind": "once", "at": at}, at_ms=at)
@@ -227,7 +218,7 @@ def _interval(raw: dict, now_ms: int) -> Trigger:
             "an interval trigger needs 'every'", field="trigger.every", fix='e.g. "every": "5m"'
         )
     every = duration_ms(raw["every"], "trigger.every")
-    start = timestamp_ms(raw["start"], "trigger.start") if raw.get("start") is not None else None
+    start = parse_ts_field(raw["start"], "trigger.start") if raw.get("start") is not None else None
     spec = {"kind": "interval", "every": every, "start": start}
     return Trigger("interval", spec, every_ms=every, at_ms=start)
 
