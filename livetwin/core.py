@@ -79,6 +79,8 @@ class TwinCore:
             snapshot_seq=self.recovered["snapshot_seq"],
             on_failure=self._after_failure,
         )
+        if self.recovered["replayed_observations"] >= self.settings.snapshot_after_replay:
+            self.writer.snapshot()  # so a crash loop does not replay more at every start
         self._closed = False
 
     @classmethod

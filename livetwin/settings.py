@@ -37,6 +37,7 @@ class Settings:
     max_future_ms: int = 86_400_000  # observations further in the future are rejected
     snapshot_every: int = 1_000_000  # observations between snapshots ...
     snapshot_interval_s: float = 300.0  # ... and at most this long between them
+    snapshot_after_replay: int = 100_000  # a start that replayed this many snapshots at once
     history_flush_rows: int = 100_000  # buffered history rows that trigger a flush ...
     history_flush_s: float = 2.0  # ... and at most this long between flushes
     cache_mb: int = 64  # SQLite page cache

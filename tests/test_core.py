@@ -64,3 +64,43 @@ def test_a_sandbox_replays_a_journal_range_and_writes_nowhere_live(tmp_path, clo
         "history.db-wal",
         "history.db-shm",
     }
+
+
+CRASHING_CORE = """
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from conftest import PUMP, T0, obs
+from livetwin.core import TwinCore
+from livetwin.settings import Settings
+core = TwinCore.open(sys.argv[1], settings=Settings(snapshot_after_replay=10**9))
+core.put_type("pump", PUMP)
+for k in range(int(sys.argv[3])):
+    core.ingest([obs(f"p-{i}", T0 + k * 1000, flow=k, pressure=1) for i in range(100)])
+os._exit(0)  # a crash: no drain, no final snapshot
+"""
+
+
+def test_a_start_that_replayed_much_snapshots_at_once(tmp_path):
+    """After a crash, the next start replays the journal tail and snapshots right away, so a
+    crash loop replays no more at each start than what came after the last start."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data, tests = tmp_path / "data", str(Path(__file__).parent)
+    subprocess.run([sys.executable, "-c", CRASHING_CORE, str(data), tests, "30"], check=True)
+    settings = Settings(snapshot_after_replay=2_000)
+    core = TwinCore.open(data, settings=settings)
+    try:
+        assert core.recovered["replayed_observations"] == 3_000
+        deadline = time.monotonic() + 10
+        while core.writer.flusher.snapshot_seq < core.recovered["last_seq"]:
+            assert time.monotonic() < deadline, "no snapshot after a long replay"
+            time.sleep(0.02)
+    finally:
+        core.writer.flusher.stop()  # like a crash: the snapshot above is the only one
+        core.store.close()
+    with TwinCore.open(data, settings=settings) as again:
+        assert again.recovered["replayed_observations"] == 0
+        assert Query(again).twin("p-7")["properties"]["flow"] == 29
