@@ -1,6 +1,7 @@
 """Crash safety: a process ingesting at full speed is SIGKILLed at random moments; after each
 restart every acknowledged observation is present exactly once and the recovered state (snapshot
-plus journal tail) equals a replay of the whole journal from scratch."""
+plus journal tail) equals a replay of the whole journal from scratch. On SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
+from postgres_support import fresh_schema
 
 from livetwin.engine.batch import decode_batch
 from livetwin.engine.engine import Engine
@@ -74,11 +77,22 @@ def assert_same_state(a: Engine, b: Engine) -> None:
         np.testing.assert_array_equal(arrays_a[key], arrays_b[key], err_msg=key)
 
 
-def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def database_url(request):
+    """'' for the embedded SQLite store, or a fresh PostgreSQL schema's URL."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with fresh_schema() as url:
+        yield url
+
+
+def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, database_url):
     rng = random.Random(20261123)
     data = tmp_path / "data"
     data.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env["LIVETWIN_DATABASE_URL"] = database_url
     for run in range(6):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(data), f"r{run}"], env=env, stderr=subprocess.PIPE
@@ -96,7 +110,9 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path):
         child.stderr.close()
 
         acked = acked_file.read_text().split()
-        with Platform(data, settings=Settings()) as platform:
+        with Platform(data, settings=Settings(database_url=database_url)) as platform:
+            expected = "PostgresStore" if database_url else "SqliteStore"
+            assert type(platform.core.store).__name__ == expected
             keys = journal_keys(platform)
             assert all(keys[k] == 1 for k in acked), "an acknowledged observation is missing"
             assert max(keys.values()) == 1, "an observation was stored twice"
