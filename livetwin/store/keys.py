@@ -10,12 +10,13 @@ from collections.abc import Iterable, Iterator
 
 from livetwin.engine.batch import decode_batch
 
-SEPARATOR = "\x1f"  # the ASCII unit separator: twin ids refuse control characters
+SEPARATOR = "\x1f"  # the ASCII unit separator: a control character, not part of real ids
 
 
 def scoped_key(twin: str, key: str) -> str:
-    """The stored form of an observation's idempotency key."""
-    return twin + SEPARATOR + key
+    """The stored form of an observation's idempotency key. The key comes first: keys sent in
+    time order (most are) then insert near each other in the index, whatever their twins."""
+    return key + SEPARATOR + twin
 
 
 def journaled_keys(entries: Iterable[tuple[int, bytes]]) -> Iterator[tuple[str, str, int]]:
