@@ -38,6 +38,7 @@ FUNCTION_BODY = _body(
             "method": {"type": "string"},
             "timeout_s": {"type": "number"},
             "events": {"type": "array", "items": {"type": "string"}},
+            "ttl": {"type": ["string", "integer"], "description": "join events expire after"},
             "args": {"type": "object"},
             "concurrency": {"type": "integer"},
             "retries": {"type": "integer"},
@@ -67,14 +68,20 @@ SCHEDULE_BODY = _body(
         "missed": "once",
     },
 )
-EVENT_BODY = _body(
-    {
-        "oneOf": [
-            {"type": "object", "required": ["name"]},
-            {"type": "array", "items": {"type": "object", "required": ["name"]}},
-        ]
+_EVENT = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "data": {},
+        "key": {"type": "string", "description": "join correlation key"},
+        "namespace": {"type": "string"},
+        "idempotency_key": {"type": "string", "description": "stored once per namespace+name"},
     },
-    {"name": "data-ready", "data": {"rows": 1200}, "key": "pump-1"},
+}
+EVENT_BODY = _body(
+    {"oneOf": [_EVENT, {"type": "array", "items": _EVENT}]},
+    {"name": "data-ready", "data": {"rows": 1200}, "key": "pump-1", "idempotency_key": "r-77"},
 )
 
 
@@ -144,9 +151,20 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
 
     # ---- events ---------------------------------------------------------------------------
 
+    @app.get("/api/events/waiting", tags=["scheduler"])
+    def waiting_events(
+        namespace: str | None = Query(None),
+        function: str | None = Query(None),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> list[dict]:
+        """Events waiting in joins (neither consumed nor expired), oldest first, with when
+        they expire (functions with a `ttl`)."""
+        return scheduler.waiting_events(namespace, function, limit)
+
     @app.post("/api/events", tags=["scheduler"], status_code=202, openapi_extra=EVENT_BODY)
     async def post_events(request: Request) -> dict:
-        """Post one event (or a list): durable when answered; joins and event triggers fire."""
+        """Post one event (or a list): durable when answered; joins and event triggers fire.
+        An event whose `idempotency_key` is stored already is a duplicate: stored once."""
         body = await read_body(request, MAX_BODY)
         events = body if isinstance(body, list) else [body]
         if not 1 <= len(events) <= MAX_EVENTS_PER_POST:
@@ -156,7 +174,8 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
                 fix="split the list into smaller posts",
             )
         stored = await run_in_threadpool(scheduler.post_events, events)
-        return {"accepted": len(stored), "events": stored}
+        duplicates = sum(1 for e in stored if e.get("duplicate"))
+        return {"accepted": len(stored) - duplicates, "duplicates": duplicates, "events": stored}
 
     # ---- runs -----------------------------------------------------------------------------
 

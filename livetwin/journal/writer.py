@@ -34,6 +34,7 @@ from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType
 from livetwin.store.base import JournalEntry, Store
 from livetwin.store.buffer import HistoryBuffer, Segment
+from livetwin.store.keys import scoped_key
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +261,14 @@ class Writer:
                 delay = min(delay * 2, 30.0)
 
     def _known_keys(self, group: list) -> set[str]:
+        """The stored keys (scoped by twin, `store/keys.py`) among the group's."""
         wanted = [
-            k
+            scoped_key(twin, k)
             for w in group
             if isinstance(w, _Ingest)
             for batch, _ in w.normalized.batches
             if batch.keys
-            for k in batch.keys
+            for twin, k in zip(batch.twins, batch.keys, strict=True)
             if k is not None
         ]
         return self.store.known_keys(wanted) if wanted else set()
@@ -289,6 +291,7 @@ class Writer:
                 for i, key in enumerate(batch.keys):
                     if key is None or not keep[i]:
                         continue
+                    key = scoped_key(batch.twins[i], key)
                     if key in known or key in new_keys:
                         keep[i] = False
                         result.duplicates += 1

@@ -7,6 +7,7 @@ types they derive from (a type's `calibration.every` becomes an interval schedul
 
 from __future__ import annotations
 
+import heapq
 import logging
 import secrets
 from collections.abc import Callable
@@ -97,6 +98,7 @@ class Definitions:
                 if rows:
                     store.take_from_inbox(self._db, rows)
         self._functions[spec.key] = spec
+        self._expire_at = 0  # its ttl may have changed
         self._refresh_watch()
         self._touched.add(spec.key)
         return {**body, "changed": old is None or old.to_dict() != body}
@@ -137,6 +139,32 @@ class Definitions:
         with self._state_lock:
             keys = sorted(k for k in self._functions if namespace is None or k[0] == namespace)
         return [self.function(name, ns) for ns, name in keys]
+
+    def waiting_events(
+        self, namespace: str | None = None, function: str | None = None, limit: int = 100
+    ) -> list[dict]:
+        """Events waiting in joins (neither consumed nor expired), oldest first, at most
+        `limit`: namespace, function, key, id, name, ts and, with the function's ttl, expires."""
+        if namespace is not None:
+            namespace = check_namespace(namespace)
+        with self._state_lock:
+            held = [
+                (eid, fkey, key, event)
+                for fkey, groups in self._inbox.items()
+                if namespace in (None, fkey[0]) and function in (None, fkey[1])
+                for key, names in groups.items()
+                for fifo in names.values()
+                for eid, event in fifo
+            ]
+            ttls = {fkey: spec.ttl_ms for fkey, spec in self._functions.items()}
+        out = []
+        for eid, fkey, key, event in heapq.nsmallest(limit, held, key=lambda h: (h[0], h[1])):
+            item = {"namespace": fkey[0], "function": fkey[1], "key": key, "id": eid}
+            item.update(name=event["name"], ts=format_ts(event["ts"]))
+            if ttls.get(fkey) is not None:
+                item["expires"] = format_ts(event["ts"] + ttls[fkey])
+            out.append(item)
+        return out
 
     def function(self, name: str, namespace: str | None = None) -> dict:
         key = (check_namespace(namespace), name)

@@ -7,6 +7,7 @@ events from the bus (state, created, type, job) and conditions on twin state (ri
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from typing import Any
 
@@ -116,10 +117,19 @@ class Firing:
     # ---- posted events -------------------------------------------------------------------
 
     def post_event(
-        self, name: str, data: Any = None, key: str | None = None, namespace: str | None = None
+        self,
+        name: str,
+        data: Any = None,
+        key: str | None = None,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
     ) -> dict:
-        """Store an event durably, feed joins and event triggers; {id, runs} once durable."""
+        """Store an event durably, feed joins and event triggers; {id, runs} once durable.
+        An event whose `idempotency_key` is stored already (same namespace and name) is
+        answered with the stored event's id and `duplicate: true`, and changes nothing."""
         event = {"name": name, "data": data, "key": key, "namespace": namespace}
+        if idempotency_key is not None:
+            event["idempotency_key"] = idempotency_key
         return self.post_events([event])[0]
 
     def post_events(self, events: list[dict]) -> list[dict]:
@@ -129,25 +139,38 @@ class Firing:
         ]
         return self._call(self._op_events, checked)
 
-    def _op_events(self, events: list[tuple[str, str, str | None, bytes]]) -> list[dict]:
+    def _op_events(self, events: list[tuple]) -> list[dict]:
         """Store events, feed joins and event triggers; rows are written in bulk at the end
         (an event consumed by a join at once never enters the inbox)."""
         now = self.clock()
+        self._expire_joins(now)
         out = []
         event_rows: list[tuple] = []
+        key_rows: list[tuple] = []
+        stored = self._stored_event_keys(events)
         waiting: dict[tuple[str, str, int], None] = {}  # inbox rows to add (ordered set)
         consumed: list[tuple[str, str, int]] = []  # inbox rows to delete
         self._run_rows = []
         try:
-            for namespace, name, key, data in events:
+            for namespace, name, key, data, idempotency_key in events:
+                if idempotency_key is not None:
+                    first = stored.get((namespace, name, idempotency_key))
+                    if first is not None:
+                        out.append({"id": first, "name": name, "key": key, "runs": [],
+                                    "duplicate": True})  # fmt: skip
+                        continue
                 eid = self._next_event_id
                 self._next_event_id += 1
                 event_rows.append((eid, namespace, name, key, data, now))
+                if idempotency_key is not None:
+                    stored[(namespace, name, idempotency_key)] = eid
+                    key_rows.append((namespace, name, idempotency_key, eid))
                 event = event_dict(eid, name, key, data, now)
                 runs = []
                 for fkey in self._subscribers.get((namespace, name), ()):
                     self._pending(fkey, key, name).append((eid, event))
                     waiting[(*fkey, eid)] = None
+                    self._note_expiry(fkey, now)
                     run_id = self._join(fkey, key, waiting, consumed)
                     if run_id is not None:
                         runs.append(run_id)
@@ -155,15 +178,55 @@ class Firing:
                     runs.extend(self._named_event_runs(namespace, name, event))
                 out.append({"id": eid, "name": name, "key": key, "runs": runs})
             store.insert_events(self._db, event_rows)
+            if key_rows:
+                store.insert_event_keys(self._db, key_rows)
             store.add_to_inbox(self._db, waiting)
             store.take_from_inbox(self._db, consumed)
             store.insert_runs(self._db, self._run_rows)
         finally:
             self._run_rows = None
-        self._posted += len(events)
+        self._posted += len(event_rows)
         if self._posted >= 100_000:
             self._prune_events(now)
         return out
+
+    def _stored_event_keys(self, events: list[tuple]) -> dict[tuple, int]:
+        """Event ids of the stored events that have these events' idempotency keys."""
+        keys = [(e[0], e[1], e[4]) for e in events if e[4] is not None]
+        return store.stored_event_keys(self._db, keys) if keys else {}
+
+    # ---- join expiry (a function's `ttl`) --------------------------------------------------
+
+    def _note_expiry(self, fkey: Key, posted: int) -> None:
+        """An event posted at `posted` now waits in a join of `fkey`: when may it expire?"""
+        ttl = self._functions[fkey].ttl_ms
+        if ttl is not None:
+            self._expire_at = min(self._expire_at, posted + ttl)
+
+    def _expire_joins(self, now: int) -> None:
+        """Drop events that waited in a join longer than their function's `ttl` (from memory
+        and the inbox); they never count into a join. Cheap until the earliest expiry."""
+        if now < self._expire_at:
+            return
+        rows: list[tuple[str, str, int]] = []
+        earliest = math.inf
+        for fkey, groups in self._inbox.items():
+            spec = self._functions.get(fkey)
+            if spec is None or spec.ttl_ms is None:
+                continue
+            cutoff = now - spec.ttl_ms
+            for key in list(groups):
+                for fifo in groups[key].values():
+                    while fifo and fifo[0][1]["ts"] <= cutoff:
+                        rows.append((*fkey, fifo.popleft()[0]))
+                    if fifo:
+                        earliest = min(earliest, fifo[0][1]["ts"] + spec.ttl_ms)
+                if not any(groups[key].values()):
+                    del groups[key]
+        if rows:
+            store.take_from_inbox(self._db, rows)
+            log.info("%d event(s) waiting in joins expired (ttl)", len(rows))
+        self._expire_at = earliest
 
     def _named_event_runs(self, namespace: str, name: str, event: dict) -> list[str]:
         runs = []

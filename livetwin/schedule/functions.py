@@ -18,7 +18,7 @@ import orjson
 
 from livetwin.errors import InvalidInput
 from livetwin.namespaces import check_namespace
-from livetwin.schedule.triggers import check_name
+from livetwin.schedule.triggers import check_name, duration_ms
 
 KINDS = ("builtin", "python", "http")
 HTTP_METHODS = ("POST", "PUT", "PATCH", "GET")
@@ -55,6 +55,8 @@ class FunctionSpec:
     retries: int = 0
     backoff_s: float = 1.0
     description: str = ""
+    ttl: str | int | None = None  # join events older than this expire (as declared)
+    ttl_ms: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -72,6 +74,8 @@ class FunctionSpec:
             "backoff_s": self.backoff_s,
             "description": self.description,
         }
+        if self.ttl is not None:
+            body["ttl"] = self.ttl
         if self.kind == "builtin":
             body["job"] = self.job
         elif self.kind == "python":
@@ -107,7 +111,8 @@ def parse_function(
         raise InvalidInput(
             f"unknown function kind {kind!r}", field="kind", fix=f"use one of: {', '.join(KINDS)}"
         )
-    common = {"kind", "name", "namespace", "events", "args", "concurrency", "retries", "backoff_s"}
+    common = {"kind", "name", "namespace", "events", "ttl", "args", "concurrency", "retries"}
+    common |= {"backoff_s"}
     allowed = (
         common
         | {"description"}
@@ -135,6 +140,8 @@ def parse_function(
         backoff_s=_number(raw.get("backoff_s", 1.0), "backoff_s", 0.0, 3600.0),
         description=str(raw.get("description") or "")[:1000],
     )
+    if raw.get("ttl") is not None:
+        spec.ttl, spec.ttl_ms = raw["ttl"], duration_ms(raw["ttl"], "ttl")
     if kind == "builtin":
         job = raw.get("job")
         known = JOBS if jobs is None else jobs

@@ -123,30 +123,34 @@ class RunLogHandler(logging.Handler):
                 pass
 
 
-def check_event(raw: Any, where: str) -> tuple[str, str, str | None, bytes]:
-    """A posted event as (namespace, name, key, data JSON); InvalidInput naming the field."""
+def check_event(raw: Any, where: str) -> tuple[str, str, str | None, bytes, str | None]:
+    """A posted event as (namespace, name, key, data JSON, idempotency key); InvalidInput
+    naming the field."""
     if not isinstance(raw, dict):
         raise InvalidInput(
             "an event must be a JSON object",
             field=f"body{where}",
             fix='send {"name": "data-ready", "data": {...}, "key": "pump-1"}',
         )
-    unknown = sorted(set(raw) - {"name", "data", "key", "namespace"})
+    unknown = sorted(set(raw) - {"name", "data", "key", "namespace", "idempotency_key"})
     if unknown:
         raise InvalidInput(
             f"unknown field(s): {', '.join(unknown)}",
             field=f"{unknown[0]}{where}",
-            fix="use only name, data, key and namespace",
+            fix="use only name, data, key, namespace and idempotency_key",
         )
     name = check_name(raw.get("name"), f"name{where}")
     namespace = check_namespace(raw.get("namespace"), f"namespace{where}")
-    key = raw.get("key")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
-        raise InvalidInput(
-            "key must be a string of 1-200 characters",
-            field=f"key{where}",
-            fix="use a correlation id such as a twin id, or leave key out for a global join",
-        )
+    key = _optional_text(
+        raw.get("key"),
+        f"key{where}",
+        "use a correlation id such as a twin id, or leave key out for a global join",
+    )
+    idempotency_key = _optional_text(
+        raw.get("idempotency_key"),
+        f"idempotency_key{where}",
+        "send one unique id per event (the same on a retry), or leave it out",
+    )
     try:
         data = orjson.dumps(raw.get("data"))
     except TypeError as exc:
@@ -159,7 +163,15 @@ def check_event(raw: Any, where: str) -> tuple[str, str, str | None, bytes]:
             field=f"data{where}",
             fix="send a reference (a URL or a twin id) instead of the payload",
         )
-    return namespace, name, key, data
+    return namespace, name, key, data, idempotency_key
+
+
+def _optional_text(value: Any, field: str, fix: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 200):
+        raise InvalidInput(
+            f"{field.split('[')[0]} must be a string of 1-200 characters", field=field, fix=fix
+        )
+    return value
 
 
 def event_dict(eid: int, name: str, key: str | None, data: bytes, ts: int) -> dict:

@@ -12,6 +12,7 @@ runs.py (queue, attempts, outcomes, reads).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -129,6 +130,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         for ns, fn, eid, name, key, data, ts in rows["inbox"]:
             event = {"id": eid, "name": name, "key": key, "data": orjson.loads(data), "ts": ts}
             self._pending((ns, fn), key, name).append((eid, event))
+        self._expire_at: float = 0  # when the next join event may expire (0: look at once)
         self._active: dict[str, RunItem] = {}
         self._queues: dict[Key, deque[str]] = {}
         self._running: Counter = Counter()
@@ -256,6 +258,8 @@ class Scheduler(Definitions, Firing, RunQueue):
             waits.append((self._next_due - self.clock()) / 1000)
         if self._delayed:
             waits.append(self._delayed[0][0] - time.monotonic())
+        if self._expire_at != math.inf:
+            waits.append((self._expire_at - self.clock()) / 1000)
         return max(0.0, min(waits))
 
     def _apply(self, ops: list[Op]) -> None:
@@ -263,7 +267,8 @@ class Scheduler(Definitions, Firing, RunQueue):
         now = self.clock()
         due = self._next_due is not None and self._next_due <= now and not self._stopping
         retry = bool(self._delayed) and self._delayed[0][0] <= time.monotonic()
-        if not ops and not due and not retry and not self._reload:  # a reload is retried
+        expire = self._expire_at <= now
+        if not (ops or due or retry or expire or self._reload):  # a reload is retried
             return
         if self._reload and not self._recovered(ops):
             return
@@ -294,6 +299,7 @@ class Scheduler(Definitions, Firing, RunQueue):
                         results.append((op, None, exc))
                 if due:
                     self._fire_due(now)
+                self._expire_joins(now)
                 self._release_retries()
                 self._write_outcomes()
         except BaseException as exc:  # rolled back by write()

@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS events (          -- every posted event, durable befo
     data BLOB NOT NULL,
     ts INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS event_keys (      -- idempotency keys of posted events
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, idempotency_key)
+);
 CREATE TABLE IF NOT EXISTS inbox (           -- events not yet consumed by a joining function
     namespace TEXT NOT NULL,
     function TEXT NOT NULL,
@@ -424,6 +431,32 @@ def insert_events(conn: Any, rows: list[tuple]) -> None:
     )
 
 
+def stored_event_keys(conn: Any, keys: list[tuple[str, str, str]]) -> dict[tuple, int]:
+    """The event id of each (namespace, name, idempotency key) among `keys` already stored."""
+    found: dict[tuple, int] = {}
+    wanted = set(keys)
+    distinct = sorted({k for _, _, k in keys})
+    for start in range(0, len(distinct), 500):
+        chunk = distinct[start : start + 500]
+        rows = conn.execute(
+            "SELECT namespace, name, idempotency_key, event_id FROM event_keys"
+            f" WHERE idempotency_key IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        for namespace, name, key, event_id in rows:
+            if (namespace, name, key) in wanted:
+                found[(namespace, name, key)] = event_id
+    return found
+
+
+def insert_event_keys(conn: Any, rows: list[tuple]) -> None:
+    """Idempotency keys of new events: (namespace, name, idempotency key, event id) each."""
+    conn.executemany(
+        "INSERT INTO event_keys (namespace, name, idempotency_key, event_id) VALUES (?,?,?,?)",
+        rows,
+    )
+
+
 def add_to_inbox(conn: Any, rows: Any) -> None:
     """Events a join now waits for: (namespace, function, event id) each."""
     conn.executemany("INSERT INTO inbox (namespace, function, event_id) VALUES (?,?,?)", rows)
@@ -435,8 +468,10 @@ def take_from_inbox(conn: Any, rows: Any) -> None:
 
 
 def prune_events(conn: Any, next_event_id: int, before_ts: int) -> None:
-    """Forget events posted before `before_ts` that no join waits for (their ids stay used)."""
+    """Forget events posted before `before_ts` that no join waits for (their ids stay used),
+    and their idempotency keys."""
     keep_last_event_id(conn, next_event_id - 1)
     conn.execute(
         "DELETE FROM events WHERE ts < ? AND id NOT IN (SELECT event_id FROM inbox)", (before_ts,)
     )
+    conn.execute("DELETE FROM event_keys WHERE event_id NOT IN (SELECT id FROM events)")

@@ -42,7 +42,9 @@ class Store(Protocol):
     def history_seq(self) -> int:
         """The journal seq up to which history is stored (0 when none)."""
 
-    def known_keys(self, keys: list[str]) -> set[str]: ...
+    def known_keys(self, keys: list[str]) -> set[str]:
+        """Those of `keys` stored already. Keys are opaque here: the writer stores them scoped
+        by twin (store/keys.py), and each backend migrates keys stored before in place."""
 
     def journal(self, after: int = 0) -> Iterator[JournalEntry]:
         """Journal entries with seq > after, in order."""

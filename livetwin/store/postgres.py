@@ -26,6 +26,7 @@ from livetwin.engine.batch import decode_batch
 from livetwin.errors import Unavailable
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk
+from livetwin.store.keys import journaled_keys, scoped_key
 from livetwin.timefmt import parse_ts
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,40 @@ def _first_line(exc: BaseException) -> str:
 # ---- migrations ----------------------------------------------------------------------------
 
 
-def available_migrations() -> list[tuple[int, str, str]]:
-    """(version, name, SQL) of the migrations shipped in livetwin/store/migrations, in order."""
-    found = []
+Migration = tuple[int, str, str | Callable[[psycopg.Connection], None]]
+
+
+def _scope_idempotency_keys(conn: psycopg.Connection) -> None:
+    """Scope the keys stored before by their twin, read from their journal entries."""
+    with conn.cursor(name="livetwin_scope_keys", binary=True) as entries:
+        entries.execute(
+            "SELECT seq, body FROM journal WHERE kind = 'obs'"
+            " AND seq IN (SELECT seq FROM idempotency) ORDER BY seq"
+        )
+        found = [(key, scoped_key(twin, key)) for twin, key, _ in journaled_keys(entries)]
+    conn.execute(
+        "UPDATE idempotency SET key = m.scoped"
+        " FROM unnest(%s::text[], %s::text[]) AS m(old, scoped) WHERE idempotency.key = m.old",
+        ([old for old, _ in found], [new for _, new in found]),
+    )
+
+
+# migrations that need Python (e.g. to decode journal bodies), beside the SQL files
+_CODE_MIGRATIONS: list[Migration] = [(4, "scoped_idempotency_keys", _scope_idempotency_keys)]
+
+
+def available_migrations() -> list[Migration]:
+    """(version, name, SQL or a function of a connection) of the migrations livetwin ships:
+    the SQL files in livetwin/store/migrations and the code migrations, in order."""
+    found: list[Migration] = list(_CODE_MIGRATIONS)
     for item in resources.files("livetwin.store").joinpath("migrations").iterdir():
         if item.name.endswith(".sql"):
             number, _, name = item.name[:-4].partition("_")
             found.append((int(number), name, item.read_text()))
-    return sorted(found)
+    return sorted(found, key=lambda m: m[0])
 
 
-def migrate(conn: psycopg.Connection, migrations: list[tuple[int, str, str]]) -> list[int]:
+def migrate(conn: psycopg.Connection, migrations: list[Migration]) -> list[int]:
     """Apply the migrations the database lacks, each in its own transaction; the versions applied.
 
     A migration that fails is rolled back whole and raises `Unavailable` naming it.
@@ -169,12 +193,15 @@ def migrate(conn: psycopg.Connection, migrations: list[tuple[int, str, str]]) ->
                 field="database",
                 fix="upgrade livetwin, or point LIVETWIN_DATABASE_URL at another database",
             )
-        for version, name, text in migrations:
+        for version, name, step in migrations:
             if version in done:
                 continue
             try:
                 with conn.transaction():
-                    conn.execute(text)
+                    if callable(step):
+                        step(conn)
+                    else:
+                        conn.execute(step)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (version, name),
@@ -213,7 +240,7 @@ class PostgresStore:
         max_connections: int = 8,
         timeout_s: float = 5.0,
         retry_s: float = 30.0,
-        migrations: list[tuple[int, str, str]] | None = None,
+        migrations: list[Migration] | None = None,
     ):
         self.url = url
         self.safe_url = safe_url(url)

@@ -17,6 +17,7 @@ import orjson
 
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Chunk, decode_chunk
+from livetwin.store.keys import journaled_keys, scoped_key
 from livetwin.timefmt import parse_ts
 
 
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 DATABASES = {"main": "livetwin", "history": "history"}  # the two files of a data directory
+KEYS_SCOPED = 1  # livetwin.db's user_version once its idempotency keys are scoped by twin
 
 
 class SqliteStore:
@@ -83,6 +85,24 @@ class SqliteStore:
         self._all_lock = threading.Lock()
         self._conn().executescript(SCHEMA)
         self._conn("history").executescript(HISTORY_SCHEMA)
+        self._scope_keys()
+
+    def _scope_keys(self) -> None:
+        """Migrate in place a file from before keys were scoped by twin (see store/keys.py)."""
+        conn = self._conn()
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= KEYS_SCOPED:
+            return
+        with immediate(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= KEYS_SCOPED:
+                return  # another process did it while this one waited for the lock
+            entries = conn.execute(
+                "SELECT seq, body FROM journal WHERE kind = 'obs'"
+                " AND seq IN (SELECT seq FROM idempotency) ORDER BY seq"
+            )
+            rows = [(scoped_key(t, k), seq) for t, k, seq in journaled_keys(entries)]
+            conn.execute("DELETE FROM idempotency")
+            conn.executemany("INSERT INTO idempotency VALUES (?,?)", rows)
+            conn.execute(f"PRAGMA user_version = {KEYS_SCOPED}")
 
     @classmethod
     def in_memory(cls) -> SqliteStore:

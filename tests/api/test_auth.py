@@ -421,3 +421,20 @@ def test_token_namespaces_follow_the_one_namespace_rule(tmp_path):
         created = store.create(name="x", scope="read", namespace="site:7")
         principal = store.authenticate(created["token"])
     assert principal.allows("read", namespace_of("site:7/pump-1"))
+
+
+def test_two_tenants_sending_the_same_key_both_store_their_observation(secured, platform):
+    client, tokens = secured
+    write_a = tokens.create(name="wa", scope="write", namespace="plant-a")["token"]
+    write_b = tokens.create(name="wb", scope="write", namespace="plant-b")["token"]
+    before = platform.stats()["journal_observations"]
+    for twin, token, flow in ((TWIN_A, write_a, 21.0), (TWIN_B, write_b, 22.0)):
+        body = [{**obs(twin, T0 + 1000, flow=flow), "key": "reading-1"}]
+        response = client.post("/api/ingest", json=body, headers=_bearer(token))
+        assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    assert platform.twin(TWIN_A)["properties"]["flow"] == 21.0
+    assert platform.twin(TWIN_B)["properties"]["flow"] == 22.0
+    retry = [{**obs(TWIN_B, T0 + 2000, flow=23.0), "key": "reading-1"}]  # a retry of plant-b's
+    response = client.post("/api/ingest", json=retry, headers=_bearer(write_b))
+    assert response.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
+    assert platform.stats()["journal_observations"] == before + 2

@@ -130,3 +130,17 @@ def test_cli_replay_rebuilds_from_the_journal(tmp_path, clock):
     with Platform(path, clock=clock) as p:
         assert p.recovered["replayed_observations"] == 0  # the replay left a fresh snapshot
         assert p.twin("p7") == before
+
+
+def test_idempotency_keys_are_scoped_by_twin_across_restarts(tmp_path):
+    def keyed(twin: str, key: str, flow: float) -> dict:
+        return {**obs(twin, T0, flow=flow), "key": key}
+
+    with Platform(tmp_path) as platform:
+        platform.put_type("pump", PUMP)
+        first = platform.ingest([keyed("a", "k", 1.0), keyed("b", "k", 2.0), keyed("a", "k", 3.0)])
+        assert (first.accepted, first.duplicates) == (2, 1)  # a repeat within one call too
+    with Platform(tmp_path) as platform:  # the keys are durable, still per twin
+        again = platform.ingest([keyed("a", "k", 4.0), keyed("c", "k", 5.0)])
+        assert (again.accepted, again.duplicates) == (1, 1)
+        assert [platform.twin(t)["properties"]["flow"] for t in "abc"] == [1.0, 2.0, 5.0]

@@ -274,3 +274,25 @@ def test_unknown_ids_and_filters(server):
     assert r.status_code == 422 and r.json()["error"]["field"] == "state"
     r = c.post("/api/events", content=b"{nope")  # malformed JSON: 400, as everywhere
     assert r.status_code == 400 and r.json()["error"]["field"] == "body"
+
+
+def test_a_retried_event_post_is_stored_once_and_waiting_events_are_listed(server):
+    c = server.client
+    r = c.put("/api/functions/join", json={"kind": "python", "events": ["ready", "go"],
+                                           "ttl": "1h"})  # fmt: skip
+    assert r.status_code == 200 and r.json()["ttl"] == "1h"
+    body = {"name": "ready", "key": "pump-1", "idempotency_key": "gw-7/42"}
+    first = c.post("/api/events", json=body).json()
+    assert (first["accepted"], first["duplicates"]) == (1, 0)
+    retry = c.post("/api/events", json=[body, {**body, "idempotency_key": "gw-7/43"}]).json()
+    assert (retry["accepted"], retry["duplicates"]) == (1, 1)
+    assert retry["events"][0] == {**first["events"][0], "duplicate": True}
+    waiting = c.get("/api/events/waiting", params={"function": "join"}).json()
+    assert [(w["name"], w["key"]) for w in waiting] == [("ready", "pump-1")] * 2
+    assert waiting[0]["id"] == first["events"][0]["id"] and "expires" in waiting[0]
+    assert c.get("/api/events/waiting", params={"limit": 1}).json() == waiting[:1]
+    assert c.get("/api/events/waiting", params={"namespace": "lab"}).json() == []
+    bad = c.post("/api/events", json={**body, "idempotency_key": ""})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "idempotency_key"
+    bad = c.put("/api/functions/join", json={"kind": "python", "ttl": "soon"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "ttl"

@@ -19,6 +19,7 @@ from livetwin.platform import Platform
 from livetwin.schedule import Scheduler
 from livetwin.store.open import DATABASE_URL_ENV
 from livetwin.store.servicedb import open_service_db
+from livetwin.timefmt import format_ts
 
 pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
 
@@ -191,3 +192,68 @@ def test_a_failed_transaction_stores_nothing_and_the_state_is_reloaded(backend, 
         (run,) = s.post_event("b", {"n": 3})["runs"]
         assert s.wait(run)["result"] == [{"n": 1}, {"n": 3}]
         assert [r["id"] for r in s.runs(function="pair")] == [run]
+
+
+def test_an_event_posted_again_with_its_idempotency_key_is_stored_once(backend, tmp_path):
+    clock, calls = FakeClock(), []
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append([e["data"] for e in ctx.events]),
+                   events=["a", "b"])  # fmt: skip
+        first = s.post_event("a", {"n": 1}, key="k1", idempotency_key="r-1")
+        again = s.post_events([  # a retry, twice in one post: both duplicates
+            {"name": "a", "data": {"n": 1}, "key": "k1", "idempotency_key": "r-1"},
+            {"name": "a", "data": {"n": 1}, "key": "k1", "idempotency_key": "r-1"},
+        ])  # fmt: skip
+        assert again == [{"id": first["id"], "name": "a", "key": "k1", "runs": [],
+                          "duplicate": True}] * 2  # fmt: skip
+        # the same key on another event name or in another namespace is another event
+        other = s.post_event("b", {"n": 2}, key="k1", idempotency_key="r-1")
+        assert other["id"] > first["id"] and len(other["runs"]) == 1
+        lab = s.post_event("a", {"n": 1}, key="k1", namespace="lab", idempotency_key="r-1")
+        assert lab["id"] > other["id"] and "duplicate" not in lab
+        s.wait_idle(10)
+    with Platform(tmp_path / "data", clock=clock) as platform:  # the keys are durable
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append("again"), events=["a", "b"])
+        retry = s.post_event("a", {"n": 1}, key="k1", idempotency_key="r-1")
+        assert retry["duplicate"] and retry["id"] == first["id"]
+        assert s.function("pair")["joins"] == []  # the retry fed no join
+        assert s.post_event("b", {"n": 3}, key="k1", idempotency_key="r-2")["runs"] == []
+        s.wait_idle(10)
+    assert calls == [[{"n": 1}, {"n": 2}]]
+
+
+def test_events_waiting_in_a_join_expire_after_its_ttl(backend, tmp_path):
+    clock, calls = FakeClock(), []
+    with Platform(tmp_path / "data", clock=clock) as platform:
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append([e["data"] for e in ctx.events]),
+                   events=["a", "b"], ttl="10m")  # fmt: skip
+        assert s.function("pair")["ttl"] == "10m"
+        old = s.post_event("a", {"n": 1}, key="k1")
+        clock.now += 6 * 60_000
+        new = s.post_event("a", {"n": 2}, key="k1")
+        waiting = s.waiting_events()
+        assert [(w["id"], w["function"], w["key"], w["name"]) for w in waiting] == [
+            (old["id"], "pair", "k1", "a"),
+            (new["id"], "pair", "k1", "a"),
+        ]
+        assert waiting[0]["expires"] == format_ts(clock.now - 6 * 60_000 + 10 * 60_000)
+        clock.now += 5 * 60_000  # the first waited 11 minutes: expired, never joined
+        s.tick()
+        assert [w["id"] for w in s.waiting_events()] == [new["id"]]
+        assert s.function("pair")["joins"] == [{"key": "k1", "ready": {"a": 1}, "waiting": ["b"]}]
+    with Platform(tmp_path / "data", clock=clock) as platform:  # the expiry is durable
+        s = platform.scheduler
+        s.register("pair", lambda ctx: calls.append([e["data"] for e in ctx.events]))
+        assert [w["id"] for w in s.waiting_events(function="pair")] == [new["id"]]
+        assert s.waiting_events(namespace="lab") == []
+        (run,) = s.post_event("b", {"n": 3}, key="k1")["runs"]
+        assert s.wait(run)["state"] == "succeeded"
+        clock.now += 60 * 60_000
+        s.post_event("b", {"n": 4}, key="k1")
+        clock.now += 10 * 60_000  # exactly the ttl: expired
+        (run,) = s.post_event("a", {"n": 5}, key="k1")["runs"] or [None]
+        assert run is None and [w["name"] for w in s.waiting_events()] == ["a"]
+    assert calls == [[{"n": 2}, {"n": 3}]]

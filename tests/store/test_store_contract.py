@@ -12,6 +12,7 @@ from livetwin.engine.batch import Batch, encode_batch
 from livetwin.spec.types import parse_type_spec
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import Segment, chunk_rows
+from livetwin.store.keys import scoped_key
 from livetwin.store.sqlite import SqliteStore
 
 T0 = 1_795_341_600_000
@@ -21,14 +22,15 @@ SPEC_JSON = orjson.dumps(SPEC.model_dump(mode="json", exclude={"name"})).decode(
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
 def backend(request, tmp_path):
-    """(open, kind): `open()` opens the store on the same data each time it is called."""
+    """(open, kind): `open()` opens the store on the same data each time it is called
+    (PostgreSQL: `open(migrations=...)` applies only those)."""
     if request.param == "sqlite":
         yield (lambda: SqliteStore(tmp_path / "data")), "sqlite"
         return
     from livetwin.store.postgres import PostgresStore
 
     with fresh_schema() as url:
-        yield (lambda: PostgresStore(url, timeout_s=2, retry_s=2)), "postgres"
+        yield (lambda **kw: PostgresStore(url, timeout_s=2, retry_s=2, **kw)), "postgres"
 
 
 @pytest.fixture
@@ -38,7 +40,9 @@ def store(backend):
     s.close()
 
 
-def obs_entry(seq: int, twins: list[str], uids: list[int], ts0: int = T0) -> JournalEntry:
+def obs_entry(
+    seq: int, twins: list[str], uids: list[int], ts0: int = T0, keys: list | None = None
+) -> JournalEntry:
     n = len(twins)
     batch = Batch(
         "pump",
@@ -46,6 +50,7 @@ def obs_entry(seq: int, twins: list[str], uids: list[int], ts0: int = T0) -> Jou
         np.arange(ts0, ts0 + n, dtype=np.int64),
         ("flow",),
         np.arange(n, dtype=np.float64).reshape(1, n),
+        keys=keys,
         uids=np.asarray(uids, dtype=np.int64),
     )
     return JournalEntry(seq, T0 + seq, "obs", "pump", n, encode_batch(batch))
@@ -211,3 +216,40 @@ def test_everything_survives_reopening(backend):
         assert again.type_versions("pump") == [(1, SPEC_JSON, T0)]
     finally:
         again.close()
+
+
+def open_before_scoped_keys(kind: str, open_store):
+    """A store as livetwin wrote it before idempotency keys were scoped by twin."""
+    if kind == "sqlite":
+        store = open_store()
+        store._conn().execute("PRAGMA user_version = 0")
+        return store
+    from livetwin.store.postgres import available_migrations
+
+    return open_store(migrations=available_migrations()[:3])
+
+
+def test_keys_stored_before_scoping_are_scoped_by_their_twin_in_place(backend):
+    open_store, kind = backend
+    old = open_before_scoped_keys(kind, open_store)
+    define, version = type_entry(1)
+    entries = [
+        define,
+        obs_entry(2, ["p1", "p2"], [1, 2], keys=["k1", None]),
+        obs_entry(3, ["p3", "p1"], [3, 1], keys=["k2", "k3"]),
+    ]
+    old.commit(entries, [("k1", 2), ("k2", 3), ("k3", 3)], [version])
+    assert old.known_keys(["k1"]) == {"k1"}  # global, as it was
+    old.close()
+    for _ in range(2):  # migrating once; opening again changes nothing
+        store = open_store()
+        try:
+            wanted = [scoped_key(t, k) for t in ("p1", "p2", "p3") for k in ("k1", "k2", "k3")]
+            assert store.known_keys([*wanted, "k1", "k2"]) == {
+                scoped_key("p1", "k1"),
+                scoped_key("p3", "k2"),
+                scoped_key("p1", "k3"),
+            }
+            assert store.last_seq() == 3
+        finally:
+            store.close()
