@@ -192,8 +192,8 @@ def create_app(
     @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
     async def ingest(request: Request, atomic: bool = False):
         """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
-        async with ingest_slots:  # parsing is CPU-bound: wait here, not for the GIL
-            body = await read_body(request, limit)
+        body = await read_body(request, limit)  # outside the queue: a slow body holds no one up
+        async with ingest_slots:  # checking rows is CPU-bound: wait here, not for the GIL
             future = await run_in_threadpool(platform.submit, body, atomic=atomic)
         return _ingest_response((await asyncio.wrap_future(future)).to_dict())
 
@@ -204,8 +204,8 @@ def create_app(
     )
     async def ingest_with(extractor: str, request: Request, atomic: bool = False):
         """A device's own JSON payload, mapped to observations by the named extractor."""
+        body = await read_body(request, limit)
         async with ingest_slots:
-            body = await read_body(request, limit)
             future = await run_in_threadpool(
                 platform.submit_extracted, extractor, body, atomic=atomic
             )

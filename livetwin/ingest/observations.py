@@ -18,6 +18,7 @@ from itertools import chain
 import numpy as np
 
 from livetwin.engine.batch import Batch
+from livetwin.errors import MAX_EXCERPT, bounded, excerpt
 from livetwin.spec.types import CompiledType
 from livetwin.timefmt import SMALLEST_MS, parse_ts
 
@@ -36,7 +37,12 @@ class Rejection:
     fix: str
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "field": self.field, "error": self.error, "fix": self.fix}
+        return {
+            "index": self.index,
+            "field": bounded(self.field, MAX_EXCERPT),
+            "error": bounded(self.error),
+            "fix": bounded(self.fix),
+        }
 
 
 @dataclass
@@ -111,7 +117,9 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
     if not obs.keys() <= ALLOWED_FIELDS:
         extra = sorted(set(obs) - ALLOWED_FIELDS)[0]
         raise _Reject(
-            extra, f"unknown field '{extra}'", f"use only {', '.join(sorted(ALLOWED_FIELDS))}"
+            extra,
+            f"unknown field {excerpt(extra)}",
+            f"use only {', '.join(sorted(ALLOWED_FIELDS))}",
         )
     twin = _identifier(obs.get("twin"), "twin", required=True)
     type_name = obs.get("type")
@@ -122,8 +130,9 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
             known = ", ".join(sorted(types)[:10]) or "none yet"
             raise _Reject(
                 "type",
-                f"unknown twin type {type_name!r} (known: {known})",
-                f"declare it first with PUT /api/types/{type_name}",
+                f"unknown twin type {excerpt(type_name)} (known: {known})",
+                "declare it first with PUT /api/types/"
+                + (bounded(type_name, MAX_EXCERPT) if type(type_name) is str else "<name>"),
             )
         rows = per_type[type_name] = _TypeRows(ctype)
     ts = obs.get("ts")
@@ -245,7 +254,8 @@ def _slot(ctype: CompiledType, slots: dict[str, int], name: str) -> int:
     if slot is None:
         raise _Reject(
             f"values.{name}",
-            f"unknown property '{name}' of type '{ctype.name}' (known: {', '.join(ctype.inputs)})",
+            f"unknown property {excerpt(name)} of type '{ctype.name}' "
+            f"(known: {', '.join(ctype.inputs)})",
             "add it to the type spec or fix the name",
         )
     return slot
@@ -255,7 +265,7 @@ def _number(name: str, v: object) -> float:
     if type(v) not in _NUMBER_TYPES:
         raise _Reject(
             f"values.{name}",
-            f"non-numeric value {str(v)[:40]!r}",
+            f"non-numeric value {excerpt(v, 40)}",
             "send a JSON number (true/false count as 1/0)",
         )
     try:

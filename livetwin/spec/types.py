@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from livetwin.errors import InvalidInput
+from livetwin.errors import InvalidInput, excerpt
 from livetwin.expr import Compiled, compile_expression
 from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
@@ -116,7 +116,7 @@ class TwinTypeSpec(_Strict):
         for name in value:
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(
-                    f"'{name}' is not a valid name: use a letter then letters, digits or _"
+                    f"{excerpt(name)} is not a valid name: use a letter then letters, digits or _"
                 )
         return value
 

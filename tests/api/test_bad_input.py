@@ -173,3 +173,80 @@ def test_unknown_twin_and_bad_query(pump):
     assert r.status_code == 422 and r.json()["error"]["field"] == "limit"
     r = pump.get("/api/nothing-here")
     assert r.status_code == 404 and "error" in r.json()
+
+
+YAML = {"content-type": "application/yaml"}
+ALIAS_BOMB = (  # 9**5 strings from a few hundred bytes
+    'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+    "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    "e: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+)
+
+
+@pytest.mark.parametrize(("method", "path"), [("post", "/api/ingest"), ("put", "/api/types/t")])
+def test_deep_yaml_is_refused_naming_the_limit(pump, method, path):
+    deep = "[" * 500 + "]" * 500
+    r = pump.request(method, path, content=deep, headers=YAML)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "body" and "100 levels" in error["message"] and error["fix"]
+
+
+def test_deep_json_is_refused_naming_the_limit(pump):
+    deep = "[" * 2000 + "]" * 2000
+    r = pump.post("/api/ingest", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "1024 levels" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ALIAS_BOMB,
+        "- &row {twin: a, type: pump, values: {flow: 1}}\n- *row\n",
+        "- twin: a\n  type: pump\n  values: &v [*v]\n",
+    ],
+)
+def test_yaml_aliases_are_refused(pump, platform, body):
+    r = pump.post("/api/ingest", content=body, headers=YAML)
+    assert r.status_code == 422, r.text
+    assert "aliases" in r.json()["error"]["message"] and len(r.content) < 1000
+    assert journaled(platform) == []
+
+
+def test_yaml_without_aliases_still_works(pump, platform):
+    body = f"- twin: a\n  type: pump\n  ts: {T0}\n  values: {{flow: 1.5}}\n"
+    r = pump.post("/api/ingest", content=body, headers=YAML)
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+
+
+def test_errors_quote_only_an_excerpt_of_bad_input(pump):
+    huge = "x" * 30_000  # the fixture's body limit is 200 kB
+    rows = [
+        {"twin": "a", "type": "pump", "values": {"flow": 1}, huge: 1},
+        {"twin": "a", "type": huge, "values": {"flow": 1}},
+        {"twin": "a", "type": "pump", "values": {huge: 1}},
+        {"twin": "a", "type": "pump", "values": {"flow": huge}},
+        {"twin": "a", "type": "pump", "values": {"flow": [[[[[huge] * 2]]]]}},
+    ]
+    r = pump.post("/api/ingest", json=rows)
+    assert r.status_code == 422
+    rejected = r.json()["rejected"]
+    assert len(rejected) == len(rows)
+    assert len(r.content) < 10_000
+    for rejection in rejected:
+        assert len(rejection["error"]) <= 1000 and len(rejection["field"]) <= 200
+    r = pump.put("/api/types/t", json={"properties": {huge: {}}})
+    assert r.status_code == 422 and len(r.content) < 10_000
+
+
+def test_excerpt_never_expands_its_value():
+    from livetwin.errors import excerpt
+
+    shared: list = ["x" * 1000] * 9
+    for _ in range(6):  # 9**7 strings of 1000 characters if printed whole
+        shared = [shared] * 9
+    assert len(excerpt(shared)) <= 200
+    assert len(excerpt("y" * 10_000)) <= 200
+    assert "bits" in excerpt(10**5000)
