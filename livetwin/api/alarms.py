@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.actions.alarms import MAX_COMMENT, MAX_NAME, AlarmService
+from livetwin.api.params import Int64
 
 
 class ChangeBody(BaseModel):
@@ -35,8 +36,8 @@ def alarm_routes(app: FastAPI, service: AlarmService) -> None:
         severity: str | None = Query(None, description="critical, warning, info (comma list)"),
         twin: str | None = None,
         type: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        limit: Int64 = 100,
+        offset: Int64 = 0,
     ) -> dict:
         """Alarms, newest first, filtered and paged."""
         return service.list(
@@ -49,23 +50,23 @@ def alarm_routes(app: FastAPI, service: AlarmService) -> None:
         return service.counts()
 
     @app.get("/api/alarms/{alarm_id}", tags=["alarms"])
-    def get_alarm(alarm_id: int) -> dict:
+    def get_alarm(alarm_id: Int64) -> dict:
         """One alarm with its history and comments."""
         return service.get(alarm_id)
 
     @app.post("/api/alarms/{alarm_id}/ack", tags=["alarms"])
-    async def acknowledge(alarm_id: int, body: ChangeBody | None = None) -> dict:
+    async def acknowledge(alarm_id: Int64, body: ChangeBody | None = None) -> dict:
         """active -> acknowledged (409 in any other state)."""
         body = body or ChangeBody()
         return await run_in_threadpool(service.acknowledge, alarm_id, by=body.by, note=body.note)
 
     @app.post("/api/alarms/{alarm_id}/clear", tags=["alarms"])
-    async def clear(alarm_id: int, body: ChangeBody | None = None) -> dict:
+    async def clear(alarm_id: Int64, body: ChangeBody | None = None) -> dict:
         """active or acknowledged -> cleared (409 when it is cleared already)."""
         body = body or ChangeBody()
         return await run_in_threadpool(service.clear, alarm_id, by=body.by, note=body.note)
 
     @app.post("/api/alarms/{alarm_id}/comments", tags=["alarms"], status_code=201)
-    async def comment(alarm_id: int, body: CommentBody) -> dict:
+    async def comment(alarm_id: Int64, body: CommentBody) -> dict:
         """Add a comment; returns the alarm with its history and comments."""
         return await run_in_threadpool(service.comment, alarm_id, body.text, body.author)

@@ -23,10 +23,10 @@ async def read_body(request: Request, limit: int, *, required: bool = True) -> A
 
     An empty body is an error, or None when not `required`.
     """
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declares_more_than(request, limit):
         raise PayloadTooLarge(
-            f"body of {declared} bytes exceeds the limit of {limit} bytes",
+            f"body of {request.headers['content-length'][:40]} bytes exceeds the limit of "
+            f"{limit} bytes",
             field="body",
             fix="send smaller batches",
         )
@@ -42,6 +42,12 @@ async def read_body(request: Request, limit: int, *, required: bool = True) -> A
     if not required and not raw.strip():
         return None
     return await run_in_threadpool(parse_body, raw, request.headers.get("content-type", ""))
+
+
+def declares_more_than(request: Request, limit: int) -> bool:
+    """Whether the request's Content-Length announces more than `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    return declared.isdigit() and (len(declared) > 18 or int(declared) > limit)
 
 
 def parse_body(raw: bytes, content_type: str) -> Any:

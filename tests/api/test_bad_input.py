@@ -250,3 +250,50 @@ def test_excerpt_never_expands_its_value():
     assert len(excerpt(shared)) <= 200
     assert len(excerpt("y" * 10_000)) <= 200
     assert "bits" in excerpt(10**5000)
+
+
+BEYOND_64_BITS = [str(2**63), str(2**70), str(-(2**70)), "9" * 5000]
+
+
+@pytest.mark.parametrize("number", BEYOND_64_BITS)
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/alarms/{n}", "alarm_id"),
+        ("/api/alarms?limit={n}", "limit"),
+        ("/api/alarms?offset={n}", "offset"),
+        ("/api/twins?type=pump&offset={n}", "offset"),
+        ("/api/twins/a/history?from={n}", "from"),
+        ("/api/twins/a/history?to={n}", "to"),
+        ("/api/twins/a/observations?before={n}", "before"),
+        ("/api/twins/a/observations?limit={n}", "limit"),
+        ("/api/types/pump?version={n}", "version"),
+        ("/api/runs?limit={n}", "limit"),
+        ("/api/lineage/x?depth={n}", "depth"),
+        ("/api/lineage/value?twin=a&name=flow&ts={n}", "ts"),
+    ],
+)
+def test_integers_beyond_64_bits_answer_422_naming_the_field(pump, path, field, number):
+    pump.post("/api/ingest", json=[obs("a", T0, flow=1.0)])
+    r = pump.get(path.format(n=number))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == field
+    assert len(r.content) < 2000
+
+
+def test_alarm_changes_with_ids_beyond_64_bits(pump):
+    for action in ("ack", "clear", "comments"):
+        r = pump.request("post", f"/api/alarms/{2**64}/{action}", json={"text": "x"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "alarm_id", r.text
+
+
+def test_timestamps_name_the_range():
+    from livetwin.timefmt import parse_duration, parse_ts
+
+    with pytest.raises(ValueError, match="9223372036854775807"):
+        parse_ts(2**63)
+    with pytest.raises(ValueError, match="9223372036854775807"):
+        parse_ts("1" * 5000)
+    with pytest.raises(ValueError, match="between 1ms and 3650d"):
+        parse_duration("9" * 400 + "ms")
