@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import orjson
 import pytest
 from conftest import PUMP, T0, obs
@@ -297,3 +298,78 @@ def test_timestamps_name_the_range():
         parse_ts("1" * 5000)
     with pytest.raises(ValueError, match="between 1ms and 3650d"):
         parse_duration("9" * 400 + "ms")
+
+
+def test_every_route_reads_its_body_through_the_one_reader(client):
+    """FastAPI never parses a body itself (it would read it whole, past any limit)."""
+    parsed_by_fastapi = [
+        f"{sorted(route.methods)} {route.path}"
+        for route in client.app.routes
+        if getattr(getattr(route, "dependant", None), "body_params", None)
+    ]
+    assert parsed_by_fastapi == []
+
+
+def test_alarm_comment_bodies_are_refused_past_the_limit(client):
+    big = orjson.dumps({"text": "x" * 150_000})
+    for action in ("comments", "ack", "clear"):
+        r = client.post(
+            f"/api/alarms/1/{action}", content=big, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and r.json()["error"]["field"] == "body", r.text
+    r = client.post("/api/alarms/1/comments", json={"text": "fine", "colour": "red"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "colour"
+
+
+def test_token_bodies_are_refused_past_the_limit(platform):
+    from fastapi.testclient import TestClient
+
+    from livetwin.api.app import create_app
+    from livetwin.api.auth import install_auth
+
+    app = create_app(platform)
+    tokens = install_auth(app, platform, "tokens")
+    admin = tokens.create(name="root", scope="admin", namespace="*")["token"]
+    with TestClient(app) as c:
+        big = orjson.dumps({"name": "x" * 150_000})
+        headers = {"content-type": "application/json", "authorization": f"Bearer {admin}"}
+        r = c.post("/api/tokens", content=big, headers=headers)
+        assert r.status_code == 413, r.text
+
+
+def _raw_request(base_url: str, request: bytes) -> tuple[int, dict]:
+    """Send bytes to the server; its status and JSON body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        try:
+            conn.sendall(request)
+        except OSError:
+            pass  # the server may answer and close before reading it all
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), orjson.loads(body)
+
+
+def test_request_heads_are_capped_and_refused_in_json(live_server):
+    status, body = _raw_request(
+        live_server,
+        b"GET /api/health HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n",
+    )
+    assert status == 431 and "65536 bytes" in body["error"]["message"] and body["error"]["fix"]
+    status, body = _raw_request(
+        live_server, b"GET /api/twins?" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert status == 414 and "URL" in body["error"]["message"]
+    status, body = _raw_request(live_server, b"NONSENSE\r\n\r\n")
+    assert status == 400 and body["error"]["message"] == "invalid HTTP request"
+    # a head under the limit, then a body far larger than it, is served as before
+    r = httpx.get(f"{live_server}/api/health", headers={"X-Ok": "a" * 30_000})
+    assert r.status_code == 200
+    r = httpx.post(f"{live_server}/api/ingest", content=b"[" + b" " * 150_000 + b"]")
+    assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
