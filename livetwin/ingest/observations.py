@@ -11,6 +11,7 @@ by row to say exactly which row and field are wrong.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
@@ -167,6 +168,9 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
     rows.keys.append(key)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ids cannot hold them
+
+
 def _identifier(value: object, name: str, *, required: bool) -> str | None:
     if value is None and not required:
         return None
@@ -175,6 +179,12 @@ def _identifier(value: object, name: str, *, required: bool) -> str | None:
             name,
             f"{name} must be a string of 1-{MAX_ID_LENGTH} characters",
             f'send "{name}": "pump-1"',
+        )
+    if not value.isprintable() and _CONTROL.search(value):  # isprintable: the fast common case
+        raise _Reject(
+            name,
+            f"{name} {excerpt(value, 60)} contains a control character (a line break, tab, ...)",
+            f'send {name} as printable text, e.g. "pump-1"; strip line breaks and tabs',
         )
     return value
 

@@ -373,3 +373,62 @@ def test_request_heads_are_capped_and_refused_in_json(live_server):
     assert r.status_code == 200
     r = httpx.post(f"{live_server}/api/ingest", content=b"[" + b" " * 150_000 + b"]")
     assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
+
+
+@pytest.mark.parametrize(
+    "twin", ["pump\n1", "pump\r1", "pump\t1", "pump\x001", "pump\x7f", "p\x85"]
+)
+@pytest.mark.parametrize("field", ["twin", "parent"])
+def test_ids_with_control_characters_are_refused(pump, platform, twin, field):
+    row = {"twin": "ok", "type": "pump", "ts": T0, "values": {"flow": 1.0}, field: twin}
+    r = pump.post("/api/ingest", json=[row])
+    assert r.status_code == 422
+    [rejected] = r.json()["rejected"]
+    assert rejected["field"] == field and "control character" in rejected["error"]
+    assert rejected["fix"]
+    assert journaled(platform) == []
+
+
+def test_printable_ids_are_still_accepted(pump):
+    ids = ["plant a/line 2/pump-1", "Pumpe-Süd", "泵-1", "pump 😀"]
+    r = pump.post("/api/ingest", json=[obs(twin, T0, flow=1.0) for twin in ids])
+    assert r.status_code == 200 and r.json()["accepted"] == len(ids)
+    for twin in ids:
+        assert pump.get(f"/api/twins/{twin}").status_code == 200
+
+
+def test_ids_from_an_extractor_with_control_characters_are_refused(pump):
+    extractor = {"twin": "$.id", "type": "pump", "values": {"flow": "$.f"}}
+    assert pump.put("/api/extractors/e", json=extractor).status_code == 200
+    r = pump.post("/api/ingest/e", json={"id": "a\nb", "f": 1})
+    assert r.status_code == 422 and "control character" in r.json()["rejected"][0]["error"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "properties:\n  flow: {min: .nan}\n",
+        "properties:\n  flow: {max: .nan}\n",
+        "parameters:\n  k: {value: 1, min: .nan}\n",
+        "parameters:\n  k: {value: 1, max: .NaN}\n",
+    ],
+)
+def test_nan_bounds_are_refused(client, spec):
+    r = client.put("/api/types/t", content=spec, headers=YAML)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert "NaN" in error["message"] and error["fix"]
+    assert client.get("/api/types/t").status_code == 404
+
+
+@pytest.mark.parametrize("section", ["properties", "parameters", "derived"])
+@pytest.mark.parametrize("name", ["True", "False", "None", "lambda", "if", "and", "or", "not"])
+def test_reserved_words_cannot_name_values(client, section, name):
+    spec = {"properties": {"flow": {}}}
+    entry = {"properties": {}, "parameters": {"value": 1}, "derived": "flow * 2"}[section]
+    spec.setdefault(section, {})[name] = entry
+    r = client.put("/api/types/t", json=spec)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == f"{section}.{name}" and "reserved" in error["message"]
+    assert "rename" in error["fix"]
