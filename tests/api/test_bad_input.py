@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 import orjson
@@ -432,3 +433,21 @@ def test_reserved_words_cannot_name_values(client, section, name):
     error = r.json()["error"]
     assert error["field"] == f"{section}.{name}" and "reserved" in error["message"]
     assert "rename" in error["fix"]
+
+
+def test_a_slow_body_does_not_hold_up_other_ingest(live_server, platform):
+    """Bodies are read and parsed before the ingest queue: a client that stalls mid-body (or a
+    body that is slow to parse) never makes the others wait."""
+    import socket
+    from urllib.parse import urlsplit
+
+    platform.put_type("pump", PUMP)
+    address = urlsplit(live_server)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as stalled:
+        stalled.sendall(
+            b"POST /api/ingest HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n[{"
+        )
+        time.sleep(0.2)  # the stalled request has reached the route
+        r = httpx.post(f"{live_server}/api/ingest", json=[obs("b", T0, flow=1.0)], timeout=5)
+        assert r.status_code == 200 and r.json()["accepted"] == 1
