@@ -5,6 +5,36 @@ The API turns every `LivetwinError` into a JSON body `{"error": {...}}` with its
 
 from __future__ import annotations
 
+import reprlib
+
+MAX_EXCERPT = 200  # characters of a rejected value an error message may quote
+MAX_MESSAGE = 1000  # characters of any message, fix or field sent back
+MAX_DETAILS = 50  # entries of an error's details list
+
+_excerpts = reprlib.Repr()
+_excerpts.maxlevel = 3
+_excerpts.maxdict = _excerpts.maxlist = _excerpts.maxtuple = _excerpts.maxset = 5
+_excerpts.maxstring = _excerpts.maxother = _excerpts.maxlong = MAX_EXCERPT
+
+
+def excerpt(value: object, limit: int = MAX_EXCERPT) -> str:
+    """A repr of `value` of at most `limit` characters, computed without expanding it whole
+    (a hostile body can nest or share values that would print as megabytes)."""
+    if isinstance(value, str):
+        text = repr(value[:limit])
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 640:
+        text = f"<an integer of {value.bit_length()} bits>"
+    else:
+        text = _excerpts.repr(value)
+    return bounded(text, limit)
+
+
+def bounded(text: str | None, limit: int = MAX_MESSAGE) -> str | None:
+    """`text` cut to `limit` characters (marked with an ellipsis when cut)."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "\u2026"
+
 
 class LivetwinError(Exception):
     """A user-facing error with a field, a message and a fix."""
@@ -13,10 +43,11 @@ class LivetwinError(Exception):
     code = "bad_request"
 
     def __init__(self, message: str, *, field: str | None = None, fix: str | None = None):
+        message = bounded(message)
         super().__init__(message)
         self.message = message
-        self.field = field
-        self.fix = fix
+        self.field = bounded(field, MAX_EXCERPT)
+        self.fix = bounded(fix)
         self.details: list[dict] | None = None
 
     def to_dict(self) -> dict:
@@ -26,7 +57,7 @@ class LivetwinError(Exception):
         if self.fix is not None:
             body["fix"] = self.fix
         if self.details:
-            body["details"] = self.details
+            body["details"] = self.details[:MAX_DETAILS]
         return body
 
 

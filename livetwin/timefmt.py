@@ -12,6 +12,7 @@ from livetwin.errors import InvalidInput
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SMALLEST_MS = 100_000_000_000  # 1973-03-03: smaller numbers are almost surely epoch *seconds*
+LARGEST_MS = 2**63 - 1  # the largest epoch-ms value the stores and JSON hold (64 bits)
 
 
 def wall_clock_ms() -> int:
@@ -35,6 +36,8 @@ def parse_ts(value: object) -> int:
     elif isinstance(value, str):
         text = value.strip()
         if text.lstrip("-").isdigit():
+            if len(text) > 20:  # past 64 bits: never convert thousands of digits
+                raise ValueError(_out_of_range(text))
             return parse_ts(int(text))
         try:
             dt = datetime.fromisoformat(text)
@@ -55,7 +58,18 @@ def parse_ts(value: object) -> int:
         )
     if ms < 0:
         raise ValueError("timestamps before 1970 are not supported")
+    if ms > LARGEST_MS:
+        raise ValueError(_out_of_range(value))
     return ms
+
+
+def _out_of_range(value: object) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:
+        shown = f"of {value.bit_length()} bits"
+    else:
+        text = str(value)
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    return f"timestamp {shown} is beyond the range of epoch milliseconds (0 to {LARGEST_MS})"
 
 
 def parse_ts_field(value: object, field: str) -> int:
@@ -86,8 +100,10 @@ def parse_duration(text: str) -> int:
     units = ", ".join(DURATION_UNITS)
     match = _DURATION.fullmatch(text)
     if match is None or match.group(2) not in DURATION_UNITS:
-        raise ValueError(f"bad duration {text!r}: write a number and a unit ({units}), e.g. '10m'")
-    ms = round(float(match.group(1)) * DURATION_UNITS[match.group(2)])
-    if not 1 <= ms <= MAX_DURATION_MS:
-        raise ValueError(f"bad duration {text!r}: it must be between 1ms and 3650d")
-    return ms
+        raise ValueError(
+            f"bad duration {text[:40]!r}: write a number and a unit ({units}), e.g. '10m'"
+        )
+    ms = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if not math.isfinite(ms) or not 1 <= round(ms) <= MAX_DURATION_MS:  # inf: 400 digits
+        raise ValueError(f"bad duration {text[:40]!r}: it must be between 1ms and 3650d")
+    return round(ms)

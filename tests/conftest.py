@@ -107,6 +107,8 @@ def live_server(platform):
 
     import uvicorn
 
+    from livetwin.api.server import server_options
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -116,6 +118,7 @@ def live_server(platform):
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=1,
+        **server_options(),  # the limits `livetwin serve` runs with
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

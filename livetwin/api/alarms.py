@@ -3,11 +3,16 @@ comments."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.actions.alarms import MAX_COMMENT, MAX_NAME, AlarmService
+from livetwin.api.body import read_body
+from livetwin.api.params import Int64
+from livetwin.spec import parse_model
+
+MAX_BODY = 64 * 1024  # a comment and its author, with room to spare
 
 
 class ChangeBody(BaseModel):
@@ -26,6 +31,20 @@ class CommentBody(BaseModel):
     author: str | None = Field(None, max_length=MAX_NAME)
 
 
+def _body_of(model: type[BaseModel], *, required: bool) -> dict:
+    """The OpenAPI request body of a route that reads `model` through `read_body`."""
+    schema = model.model_json_schema()
+    return {
+        "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}
+    }
+
+
+async def _read(request: Request, model: type[BaseModel], *, required: bool = True):
+    """The body as `model`, read through the one body reader (413 past MAX_BODY)."""
+    body = await read_body(request, MAX_BODY, required=required)
+    return model() if body is None else parse_model(model, body, what="request body")
+
+
 def alarm_routes(app: FastAPI, service: AlarmService) -> None:
     """Add the alarm routes to `app`."""
 
@@ -35,8 +54,8 @@ def alarm_routes(app: FastAPI, service: AlarmService) -> None:
         severity: str | None = Query(None, description="critical, warning, info (comma list)"),
         twin: str | None = None,
         type: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        limit: Int64 = 100,
+        offset: Int64 = 0,
     ) -> dict:
         """Alarms, newest first, filtered and paged."""
         return service.list(
@@ -49,23 +68,31 @@ def alarm_routes(app: FastAPI, service: AlarmService) -> None:
         return service.counts()
 
     @app.get("/api/alarms/{alarm_id}", tags=["alarms"])
-    def get_alarm(alarm_id: int) -> dict:
+    def get_alarm(alarm_id: Int64) -> dict:
         """One alarm with its history and comments."""
         return service.get(alarm_id)
 
-    @app.post("/api/alarms/{alarm_id}/ack", tags=["alarms"])
-    async def acknowledge(alarm_id: int, body: ChangeBody | None = None) -> dict:
+    change = _body_of(ChangeBody, required=False)
+
+    @app.post("/api/alarms/{alarm_id}/ack", tags=["alarms"], openapi_extra=change)
+    async def acknowledge(alarm_id: Int64, request: Request) -> dict:
         """active -> acknowledged (409 in any other state)."""
-        body = body or ChangeBody()
+        body = await _read(request, ChangeBody, required=False)
         return await run_in_threadpool(service.acknowledge, alarm_id, by=body.by, note=body.note)
 
-    @app.post("/api/alarms/{alarm_id}/clear", tags=["alarms"])
-    async def clear(alarm_id: int, body: ChangeBody | None = None) -> dict:
+    @app.post("/api/alarms/{alarm_id}/clear", tags=["alarms"], openapi_extra=change)
+    async def clear(alarm_id: Int64, request: Request) -> dict:
         """active or acknowledged -> cleared (409 when it is cleared already)."""
-        body = body or ChangeBody()
+        body = await _read(request, ChangeBody, required=False)
         return await run_in_threadpool(service.clear, alarm_id, by=body.by, note=body.note)
 
-    @app.post("/api/alarms/{alarm_id}/comments", tags=["alarms"], status_code=201)
-    async def comment(alarm_id: int, body: CommentBody) -> dict:
+    @app.post(
+        "/api/alarms/{alarm_id}/comments",
+        tags=["alarms"],
+        status_code=201,
+        openapi_extra=_body_of(CommentBody, required=True),
+    )
+    async def comment(alarm_id: Int64, request: Request) -> dict:
         """Add a comment; returns the alarm with its history and comments."""
+        body = await _read(request, CommentBody)
         return await run_in_threadpool(service.comment, alarm_id, body.text, body.author)

@@ -24,6 +24,7 @@ from livetwin.api.body import read_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.ops import monitor_services, ops_routes
+from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
@@ -168,7 +169,7 @@ def create_app(
         return await run_in_threadpool(platform.put_type, name, body)
 
     @app.get("/api/types/{name}", tags=["types"])
-    def get_type(name: str, version: int | None = Query(None, ge=1)) -> dict:
+    def get_type(name: str, version: int | None = Query(None, ge=1, le=INT64_MAX)) -> dict:
         return platform.get_type(name, version)
 
     # ---- extractors ---------------------------------------------------------------------
@@ -192,8 +193,8 @@ def create_app(
     @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
     async def ingest(request: Request, atomic: bool = False):
         """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
-        async with ingest_slots:  # parsing is CPU-bound: wait here, not for the GIL
-            body = await read_body(request, limit)
+        body = await read_body(request, limit)  # outside the queue: a slow body holds no one up
+        async with ingest_slots:  # checking rows is CPU-bound: wait here, not for the GIL
             future = await run_in_threadpool(platform.submit, body, atomic=atomic)
         return _ingest_response((await asyncio.wrap_future(future)).to_dict())
 
@@ -204,8 +205,8 @@ def create_app(
     )
     async def ingest_with(extractor: str, request: Request, atomic: bool = False):
         """A device's own JSON payload, mapped to observations by the named extractor."""
+        body = await read_body(request, limit)
         async with ingest_slots:
-            body = await read_body(request, limit)
             future = await run_in_threadpool(
                 platform.submit_extracted, extractor, body, atomic=atomic
             )
@@ -280,8 +281,8 @@ def create_app(
         type: str | None = None,
         parent: str | None = None,
         where: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        limit: Int64 = 100,
+        offset: Int64 = 0,
     ) -> dict:
         """Twins filtered by type, parent and an expression over their current values."""
         return platform.twins(type=type, parent=parent, where=where, limit=limit, offset=offset)
@@ -305,7 +306,7 @@ def create_app(
         return result
 
     @app.get("/api/twins/{twin_id:path}/observations", tags=["twins"])
-    def observations(twin_id: str, limit: int = 50, before: str | None = None) -> list[dict]:
+    def observations(twin_id: str, limit: Int64 = 50, before: str | None = None) -> list[dict]:
         """The twin's journaled observations, newest first, with the derived values they produced
         (page with before=<ts of the last one>)."""
         return platform.observations(twin_id, limit=limit, before=before)

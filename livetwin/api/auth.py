@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from livetwin.api.app import error_response
-from livetwin.api.body import parse_body
+from livetwin.api.body import parse_body, read_body
 from livetwin.auth import (
     ALL,
     TOKEN_PREFIX,
@@ -249,7 +249,7 @@ def auth_routes(app: FastAPI, tokens: TokenStore) -> None:
     )
     async def create_token(request: Request) -> dict:
         """Create a token: `{name, scope, namespace, expires?}`; `token` is shown only here."""
-        body = parse_body(await request.body(), "application/json")
+        body = await read_body(request, 64 * 1024)
         if not isinstance(body, dict):
             raise InvalidInput(
                 "the body must be a JSON object", field="body", fix='send {"name": "ci", ...}'

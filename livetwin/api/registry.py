@@ -15,7 +15,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from livetwin.api.body import read_body
+from livetwin.api.body import declares_more_than, read_body
+from livetwin.api.params import Int64
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.registry.lineage import LineageStore, to_graphml
 from livetwin.registry.service import Registry
@@ -69,9 +70,9 @@ class NotAllowed(LivetwinError):
 
 
 def _version_number(version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
+    if not version.isdigit() or len(version) > 18 or int(version) < 1:
         raise InvalidInput(
-            f"'{version}' is not a version number",
+            f"'{version[:40]}' is not a version number (1 to 18 digits)",
             field="version",
             fix="writes name a version by number (1, 2, ...), not by alias",
         )
@@ -80,8 +81,7 @@ def _version_number(version: str) -> int:
 
 async def _spool(request: Request, directory: Path, limit: int, too_large) -> Path:
     """The request body in a temp file, refused with `too_large()` past `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declares_more_than(request, limit):
         raise too_large()
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory)
@@ -272,7 +272,7 @@ def lineage_routes(app: FastAPI, lineage: LineageStore) -> None:
         twin: str,
         name: str,
         ts: str = Query(..., description="the value's time: ISO 8601 or epoch ms"),
-        depth: int = Query(10),
+        depth: Int64 = Query(10),
         format: str = Query("json", description="json | graphml"),
     ) -> Any:
         """The run that published a value, and what that run read (data window, model version)."""
@@ -286,7 +286,7 @@ def lineage_routes(app: FastAPI, lineage: LineageStore) -> None:
     def walk(
         node_id: str,
         direction: str = Query("up", description="up: inputs and parents; down: what it fed"),
-        depth: int = Query(10),
+        depth: Int64 = Query(10),
         format: str = Query("json", description="json | graphml"),
     ) -> Any:
         """A lineage node and the graph around it, as JSON or GraphML."""

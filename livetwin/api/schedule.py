@@ -8,6 +8,7 @@ from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
+from livetwin.api.params import Int64
 from livetwin.errors import InvalidInput
 from livetwin.schedule import Scheduler
 from livetwin.schedule.model import RUN_STATES
@@ -185,7 +186,7 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
         state: str | None = Query(None, description=" | ".join(RUN_STATES)),
         namespace: str | None = Query(None),
         schedule: str | None = Query(None),
-        limit: int = Query(100),
+        limit: Int64 = Query(100),
     ) -> list[dict]:
         """Runs, newest first (logs are in GET /api/runs/{id})."""
         return scheduler.runs(

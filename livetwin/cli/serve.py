@@ -31,6 +31,7 @@ def run_server(platform: Platform, host: str, port: int) -> None:
 
     from livetwin.api.app import create_app
     from livetwin.api.auth import default_mode, install_auth
+    from livetwin.api.server import server_options
 
     settings = platform.settings
     mode = settings.auth or default_mode(host)
@@ -59,6 +60,7 @@ def run_server(platform: Platform, host: str, port: int) -> None:
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=3,  # live streams (SSE) never end by themselves
+        **server_options(),  # request heads capped at 64 KiB, refusals in JSON
     )
 
 

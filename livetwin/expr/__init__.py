@@ -5,6 +5,7 @@ time_in) whose per-twin state has a fixed size.
 
 from livetwin.expr.compiler import Compiled, EvalContext, compile_expression
 from livetwin.expr.errors import ExpressionError
+from livetwin.expr.parser import RESERVED_NAMES
 from livetwin.expr.windows import BUCKETS, WindowSpec, WindowState, parse_duration
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "Compiled",
     "EvalContext",
     "ExpressionError",
+    "RESERVED_NAMES",
     "WindowSpec",
     "WindowState",
     "compile_expression",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import keyword
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ MAX_LITERAL = 1e300
 MAX_INT_DIGITS = 300
 MAX_EXPONENT = 16
 MAX_ROUND_DIGITS = 15
+
+# Words an expression reads as syntax or constants (True, False, None, and, or, not, if, lambda,
+# ...): never the name of a property, parameter or derived value.
+RESERVED_NAMES = frozenset(keyword.kwlist)
 
 MATH_FUNCTIONS = {
     "abs": "abs(x)",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from livetwin.errors import InvalidInput
+from livetwin.errors import MAX_EXCERPT, InvalidInput, bounded, excerpt
 from livetwin.spec.extractor import CompiledPath, ExtractorSpec
 
 __all__ = ["ExtractResult", "extract"]
@@ -243,11 +243,11 @@ def _convert_ts(raw: Any, ts_format: str) -> tuple[Any, str | None]:
             try:
                 number = float(raw)
             except ValueError:
-                return None, f"ts {raw!r} is not a number (ts_format: {ts_format})"
+                return None, f"ts {excerpt(raw)} is not a number (ts_format: {ts_format})"
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         return None, f"ts is {_describe(raw)}, expected a number (ts_format: {ts_format})"
     if isinstance(number, float) and not math.isfinite(number):
-        return None, f"ts {raw!r} is not a finite number"
+        return None, f"ts {excerpt(raw)} is not a finite number"
     if ts_format == "epoch_s":
         return round(number * 1000), None
     if ts_format == "epoch_ms":
@@ -285,11 +285,16 @@ def _describe(value: Any) -> str:
         return f"a boolean ({str(value).lower()})"
     if value == "":
         return "an empty string"
-    return repr(value)
+    return excerpt(value)
 
 
 def _error(index: int, name: str, message: str, fix: str) -> dict:
-    return {"index": index, "field": name, "error": message, "fix": fix}
+    return {
+        "index": index,
+        "field": bounded(name, MAX_EXCERPT),
+        "error": bounded(message),
+        "fix": fix,
+    }
 
 
 def _eval_error(index: int, name: str, text: str, exc: Exception) -> dict:

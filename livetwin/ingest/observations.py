@@ -11,6 +11,7 @@ by row to say exactly which row and field are wrong.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
@@ -18,6 +19,7 @@ from itertools import chain
 import numpy as np
 
 from livetwin.engine.batch import Batch
+from livetwin.errors import MAX_EXCERPT, bounded, excerpt
 from livetwin.spec.types import CompiledType
 from livetwin.timefmt import SMALLEST_MS, parse_ts
 
@@ -36,7 +38,12 @@ class Rejection:
     fix: str
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "field": self.field, "error": self.error, "fix": self.fix}
+        return {
+            "index": self.index,
+            "field": bounded(self.field, MAX_EXCERPT),
+            "error": bounded(self.error),
+            "fix": bounded(self.fix),
+        }
 
 
 @dataclass
@@ -111,7 +118,9 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
     if not obs.keys() <= ALLOWED_FIELDS:
         extra = sorted(set(obs) - ALLOWED_FIELDS)[0]
         raise _Reject(
-            extra, f"unknown field '{extra}'", f"use only {', '.join(sorted(ALLOWED_FIELDS))}"
+            extra,
+            f"unknown field {excerpt(extra)}",
+            f"use only {', '.join(sorted(ALLOWED_FIELDS))}",
         )
     twin = _identifier(obs.get("twin"), "twin", required=True)
     type_name = obs.get("type")
@@ -122,8 +131,9 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
             known = ", ".join(sorted(types)[:10]) or "none yet"
             raise _Reject(
                 "type",
-                f"unknown twin type {type_name!r} (known: {known})",
-                f"declare it first with PUT /api/types/{type_name}",
+                f"unknown twin type {excerpt(type_name)} (known: {known})",
+                "declare it first with PUT /api/types/"
+                + (bounded(type_name, MAX_EXCERPT) if type(type_name) is str else "<name>"),
             )
         rows = per_type[type_name] = _TypeRows(ctype)
     ts = obs.get("ts")
@@ -158,6 +168,9 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
     rows.keys.append(key)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ids cannot hold them
+
+
 def _identifier(value: object, name: str, *, required: bool) -> str | None:
     if value is None and not required:
         return None
@@ -166,6 +179,12 @@ def _identifier(value: object, name: str, *, required: bool) -> str | None:
             name,
             f"{name} must be a string of 1-{MAX_ID_LENGTH} characters",
             f'send "{name}": "pump-1"',
+        )
+    if not value.isprintable() and _CONTROL.search(value):  # isprintable: the fast common case
+        raise _Reject(
+            name,
+            f"{name} {excerpt(value, 60)} contains a control character (a line break, tab, ...)",
+            f'send {name} as printable text, e.g. "pump-1"; strip line breaks and tabs',
         )
     return value
 
@@ -245,7 +264,8 @@ def _slot(ctype: CompiledType, slots: dict[str, int], name: str) -> int:
     if slot is None:
         raise _Reject(
             f"values.{name}",
-            f"unknown property '{name}' of type '{ctype.name}' (known: {', '.join(ctype.inputs)})",
+            f"unknown property {excerpt(name)} of type '{ctype.name}' "
+            f"(known: {', '.join(ctype.inputs)})",
             "add it to the type spec or fix the name",
         )
     return slot
@@ -255,7 +275,7 @@ def _number(name: str, v: object) -> float:
     if type(v) not in _NUMBER_TYPES:
         raise _Reject(
             f"values.{name}",
-            f"non-numeric value {str(v)[:40]!r}",
+            f"non-numeric value {excerpt(v, 40)}",
             "send a JSON number (true/false count as 1/0)",
         )
     try:

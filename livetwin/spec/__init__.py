@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from livetwin.errors import InvalidInput
+from livetwin.errors import MAX_EXCERPT, InvalidInput, bounded
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -23,8 +23,8 @@ def invalid_from_pydantic(exc: ValidationError, *, what: str) -> InvalidInput:
     """The first pydantic error as an `InvalidInput` naming the field; all errors in details."""
     errors = []
     for err in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in err["loc"]) or None
-        errors.append({"field": field, "message": err["msg"]})
+        field = bounded(".".join(str(p) for p in err["loc"]), MAX_EXCERPT) or None
+        errors.append({"field": field, "message": bounded(err["msg"])})
     first = errors[0]
     extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     error = InvalidInput(

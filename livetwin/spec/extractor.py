@@ -15,11 +15,11 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import jsonpath_ng.jsonpath as jp
-import yaml
 from jsonpath_ng.ext import parse as _jsonpath_parse
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from livetwin.errors import InvalidInput
+from livetwin.spec.safe_yaml import load_yaml
 
 __all__ = ["CompiledPath", "ExtractorSpec", "TsFormat", "compile_path"]
 
@@ -327,10 +327,10 @@ class ExtractorSpec(BaseModel):
     def from_yaml(cls, text: str, *, name: str | None = None) -> ExtractorSpec:
         """Parse YAML (or JSON, which is YAML) text and validate it like `from_data`."""
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+            data = load_yaml(text)
+        except InvalidInput as exc:
             raise InvalidInput(
-                f"the extractor spec is not valid YAML/JSON: {exc}",
+                f"the extractor spec is not valid YAML/JSON: {exc.message}",
                 fix="check indentation and quoting; quote JSONPaths, e.g. twin: '$.id'",
             ) from None
         return cls.from_data(data, name=name)

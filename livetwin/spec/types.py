@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from livetwin.errors import InvalidInput
-from livetwin.expr import Compiled, compile_expression
+from livetwin.errors import InvalidInput, excerpt
+from livetwin.expr import RESERVED_NAMES, Compiled, compile_expression
 from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
     CalibrationPlan,
@@ -44,9 +44,16 @@ class Property(_Strict):
 
     @model_validator(mode="after")
     def _range_ordered(self) -> Property:
+        _no_nan_bounds(self.min, self.max)
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max}): swap them")
         return self
+
+
+def _no_nan_bounds(low: float | None, high: float | None) -> None:
+    for bound, value in (("min", low), ("max", high)):
+        if value is not None and math.isnan(value):
+            raise ValueError(f"{bound} is NaN: give a number, or leave {bound} out for no bound")
 
 
 class Parameter(_Strict):
@@ -61,6 +68,7 @@ class Parameter(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> Parameter:
+        _no_nan_bounds(self.min, self.max)
         if self.min is not None and self.max is not None and self.min >= self.max:
             raise ValueError(f"bounds inverted: min ({self.min}) must be below max ({self.max})")
         if not math.isfinite(self.value):
@@ -116,7 +124,7 @@ class TwinTypeSpec(_Strict):
         for name in value:
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(
-                    f"'{name}' is not a valid name: use a letter then letters, digits or _"
+                    f"{excerpt(name)} is not a valid name: use a letter then letters, digits or _"
                 )
         return value
 
@@ -174,6 +182,14 @@ def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
             fix="drop 'name' from the body or make it match the URL",
         )
     spec = parse_model(TwinTypeSpec, {**data, "name": name}, what="type spec")
+    for section in ("properties", "parameters", "derived"):
+        for reserved in sorted(RESERVED_NAMES.intersection(getattr(spec, section))):
+            raise InvalidInput(
+                f"'{reserved}' is a reserved word of expressions and cannot name a value",
+                field=f"{section}.{reserved}",
+                fix=f"rename it (e.g. '{reserved.lower()}_value'); reserved: True, False, None "
+                "and Python's keywords (and, or, not, if, else, lambda, in, is, ...)",
+            )
     return spec
 
 
