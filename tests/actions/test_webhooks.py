@@ -9,7 +9,7 @@ import orjson
 import pytest
 from conftest import PUMP, T0, obs
 from fastapi.testclient import TestClient
-from webhook_support import Receiver, free_port, wait_for
+from webhook_support import LOCAL_OUTBOUND, Receiver, free_port, wait_for
 
 from livetwin.actions.webhooks import WebhookService, verify
 from livetwin.api.app import create_app
@@ -27,7 +27,7 @@ def webhook_service(platform: Platform, **options) -> WebhookService:
         bus=platform.bus,
         reader=platform.query,
         open_db=platform.open_db,
-        **options,
+        **{"outbound": LOCAL_OUTBOUND, **options},
     )
 
 
@@ -202,10 +202,11 @@ from livetwin.actions.webhooks import WebhookService
 from livetwin.platform import Platform, Settings
 sys.path.insert(0, sys.argv[3])
 from conftest import PUMP, T0, obs
-platform = Platform(sys.argv[1], settings=Settings(webhooks=False))
+platform = Platform(sys.argv[1], settings=Settings(webhooks=False, outbound_allow=("127.0.0.1",)))
 platform.put_type("pump", PUMP)
 hooks = WebhookService(
-    clock=platform.clock, bus=platform.bus, reader=platform.query, open_db=platform.open_db
+    clock=platform.clock, bus=platform.bus, reader=platform.query, open_db=platform.open_db,
+    outbound=platform.outbound,
 ).start()
 hooks.create({"url": sys.argv[2], "secret": "s3cret-s3cret-s3cret"})
 for i in range(20):

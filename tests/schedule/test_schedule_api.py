@@ -10,16 +10,18 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from schedule_support import new_scheduler
+from webhook_support import LOOPBACK
 
 from livetwin.api.app import create_app
-from livetwin.platform import Platform
+from livetwin.platform import Platform, Settings
 
 
 class Server:
     """A platform, its scheduler and the API over both (what `livetwin serve` runs)."""
 
     def __init__(self, path, clock, calls: list):
-        self.platform = Platform(path, clock=clock)
+        # the remote functions below listen on loopback: allowed here, refused by default
+        self.platform = Platform(path, clock=clock, settings=Settings(outbound_allow=LOOPBACK))
         self.scheduler = new_scheduler(self.platform)
         self.scheduler.register("join", lambda ctx: calls.append(ctx.events) or len(calls))
         self.scheduler.start()
