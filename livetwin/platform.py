@@ -30,8 +30,8 @@ from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
-from livetwin.outbound import OutboundPolicy
 from livetwin.journal.writer import IngestResult
+from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry
 from livetwin.registry.artifacts import artifact_store
