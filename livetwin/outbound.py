@@ -44,7 +44,11 @@ DENIED: tuple[tuple[Network, str], ...] = tuple(
 
 
 class OutboundDenied(InvalidInput):
-    """A destination the outbound policy refuses (422 when met while creating something)."""
+    """A destination the outbound policy refuses (422 when met while creating something; its
+    text, kept in run records and dead letters, carries the fix)."""
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.fix}"
 
 
 @dataclass(frozen=True)

@@ -421,3 +421,21 @@ def test_token_namespaces_follow_the_one_namespace_rule(tmp_path):
         created = store.create(name="x", scope="read", namespace="site:7")
         principal = store.authenticate(created["token"])
     assert principal.allows("read", namespace_of("site:7/pump-1"))
+
+
+@pytest.mark.platform_services("webhooks")
+def test_only_admin_may_create_webhooks_and_declare_functions(secured):
+    client, tokens = secured
+    hook = {"url": "http://10.0.0.7/hook", "secret": "s3cret-s3cret-s3cret"}
+    function = {"kind": "http", "url": "http://127.0.0.1:8080/admin/secret"}
+    for scope in ("read", "write"):
+        token = tokens.create(name=scope, scope=scope, namespace="*")["token"]
+        response = client.post("/api/webhooks", json=hook, headers=_bearer(token))
+        _assert_refused(response, 403, f"POST /api/webhooks with {scope}")
+        response = client.put("/api/functions/f", json=function, headers=_bearer(token))
+        _assert_refused(response, 403, f"PUT /api/functions/f with {scope}")
+    admin = _bearer(tokens.create(name="admin", scope="admin", namespace="*")["token"])
+    # admin passes the access rule; the outbound policy then refuses these inside destinations
+    assert client.post("/api/webhooks", json=hook, headers=admin).status_code == 422
+    assert client.put("/api/functions/f", json=function, headers=admin).status_code == 422
+    assert requirement("POST", "/api/functions/f/run", None).scope == "write"  # running: write

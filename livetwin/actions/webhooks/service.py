@@ -457,7 +457,7 @@ class WebhookService:
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except OutboundDenied as exc:
-            error, denied = f"{exc.message}; {exc.fix}"[:500], True
+            error, denied = str(exc)[:500], True
         except (httpx.HTTPError, TimeoutError) as exc:
             error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]
         attempts += 1
