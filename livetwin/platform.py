@@ -96,7 +96,7 @@ class Platform:
             clock=self.clock,
             open_db=self.open_db,
             lineage=self.lineage,
-            artifacts=artifact_store(self.path, self.settings.artifacts),
+            artifacts=artifact_store(self.path, self.settings.artifacts, self.outbound),
             tmp_dir=self.path / "tmp",
             max_artifact_bytes=self.settings.max_artifact_bytes,
         ).start()

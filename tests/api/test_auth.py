@@ -15,6 +15,7 @@ from conftest import PUMP, T0, obs
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
+from webhook_support import LOOPBACK
 
 from livetwin.api.app import create_app
 from livetwin.api.auth import install_auth
@@ -29,6 +30,7 @@ from livetwin.auth import (
     requirement,
 )
 from livetwin.cli.admin import token_app
+from livetwin.outbound import OutboundPolicy
 
 SECRET_VALUE = 424.125  # a value only plant-a's twin holds: it must never appear in a refusal
 TWIN_A = "plant-a/pump-1"
@@ -341,6 +343,7 @@ def test_oidc_bearer_jwts_with_permission_claims(platform, jwks):
     key, url = jwks
     platform.put_type("pump", PUMP)
     platform.ingest([obs(TWIN_A, T0, flow=SECRET_VALUE), obs(TWIN_B, T0, flow=1.0)])
+    platform.outbound = OutboundPolicy(LOOPBACK)  # the identity provider here is on loopback
     app = create_app(platform)
     tokens = install_auth(
         app, platform, mode="oidc", jwks_url=url, audience="livetwin", issuer="https://idp.test/"
@@ -377,6 +380,18 @@ def test_oidc_needs_a_jwks_url_and_modes_are_checked(platform):
     with pytest.raises(InvalidInput) as caught:
         install_auth(create_app(platform), platform, mode="password")
     assert caught.value.field == "auth"
+
+
+def test_oidc_keys_are_fetched_only_from_allowed_destinations(platform, jwks):
+    from livetwin.auth.oidc import JwtVerifier
+    from livetwin.errors import InvalidInput
+
+    key, url = jwks
+    with pytest.raises(InvalidInput) as caught:  # the default policy: loopback is refused
+        install_auth(create_app(platform), platform, mode="oidc", jwks_url=url)
+    assert caught.value.field == "jwks_url" and "LIVETWIN_OUTBOUND_ALLOW" in caught.value.fix
+    verifier = JwtVerifier(url, outbound=OutboundPolicy(LOOPBACK))
+    assert verifier.authenticate(_jwt(key, ["read:*"], aud=None)).subject == "jwt:alice"
 
 
 @pytest.mark.services
