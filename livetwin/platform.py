@@ -99,6 +99,7 @@ class Platform:
             artifacts=artifact_store(self.path, self.settings.artifacts, self.outbound),
             tmp_dir=self.path / "tmp",
             max_artifact_bytes=self.settings.max_artifact_bytes,
+            model_refs=self.core.models,  # a version's ref passes the configured model policy
         ).start()
         self._calibration = CalibrationPorts(
             clock=self.clock,
