@@ -23,8 +23,11 @@ def gain(params, inputs, dt):
 
 
 def _with_ref(ref: str) -> dict:
-    return {"properties": {"x": {}, "y": {}}, "parameters": {"k": {"value": 1.0, "calibrate": True}},
-            "model": {"ref": ref, "dt": "1s"}}  # fmt: skip
+    return {
+        "properties": {"x": {}, "y": {}},
+        "parameters": {"k": {"value": 1.0, "calibrate": True}},
+        "model": {"ref": ref, "dt": "1s"},
+    }
 
 
 def test_a_ref_outside_the_model_packages_is_refused_without_importing(client):
@@ -75,9 +78,6 @@ def test_an_fmu_path_outside_the_folders_reads_like_a_missing_one(client, platfo
         answers.add((error["message"].replace(ref[4:], "<path>"), error["fix"]))
     assert len(answers) == 1, answers
     (link := folder / "link.fmu").symlink_to(outside)  # a link out of the folder: the same
-    r = client.put("/api/types/t", json=_with_ref("fmu:link.fmu"))
-    assert (
-        r.json()["error"]["message"].replace("link.fmu", "<path>"),
-        r.json()["error"]["fix"],
-    ) in answers
+    error = client.put("/api/types/t", json=_with_ref("fmu:link.fmu")).json()["error"]
+    assert (error["message"].replace("link.fmu", "<path>"), error["fix"]) in answers
     assert link.exists()
