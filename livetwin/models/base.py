@@ -186,7 +186,13 @@ class ModelRefs:
             base = self.fmu_dirs[0] if self.fmu_dirs else None
             return resolve_fmu_ref(ref, base, inside=self.fmu_dirs)
         if isinstance(ref, str) and self.packages is not None:
-            module = ref.partition(":")[0]
+            module, _, attr = ref.partition(":")
+            if any(part.startswith("_") for part in attr.split(".")):
+                raise InvalidInput(
+                    f"model name {ref!r} reaches a private attribute",
+                    field="model",
+                    fix="name a public model function: 'package.module:function'",
+                )
             if not any(module == p or module.startswith(p + ".") for p in self.packages):
                 raise InvalidInput(
                     f"model module {module!r} is not in a configured model package",

@@ -81,3 +81,9 @@ def test_an_fmu_path_outside_the_folders_reads_like_a_missing_one(client, platfo
     error = client.put("/api/types/t", json=_with_ref("fmu:link.fmu")).json()["error"]
     assert (error["message"].replace("link.fmu", "<path>"), error["fix"]) in answers
     assert link.exists()
+
+
+def test_a_ref_cannot_walk_to_private_attributes():
+    refs = ModelRefs()
+    with pytest.raises(InvalidInput, match="private attribute"):
+        refs("livetwin.examples.rollers:__builtins__.eval")
