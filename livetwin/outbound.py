@@ -8,6 +8,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from urllib.parse import urlsplit
 
 from livetwin.errors import InvalidInput
@@ -57,10 +58,11 @@ class OutboundPolicy:
     (CIDRs such as ``10.0.0.0/8``, or ``host:port`` such as ``localhost:8080``)."""
 
     allow: tuple[str, ...] = ()
+    _rules: tuple = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for entry in self.allow:
-            _parse_allow(entry)  # a bad entry fails at startup, not at the first call
+        # parsed once: a bad entry fails at startup, not at the first call
+        object.__setattr__(self, "_rules", tuple(map(_parse_allow, self.allow)))
 
     def check_url(self, url: str, field: str = "url", *, unresolved_ok: bool = False) -> None:
         """Refuse `url` (OutboundDenied naming `field`) when its host, after DNS resolution,
@@ -90,6 +92,8 @@ class OutboundPolicy:
                 return
             raise
         for address in addresses:
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
             why = denied_because(address)
             if why and not self._allows_address(address):
                 raise OutboundDenied(
@@ -100,16 +104,12 @@ class OutboundPolicy:
                 )
 
     def _allows_host(self, host: str, port: int) -> bool:
-        return any(
-            entry == (host, port) or entry == (host, None)
-            for entry in map(_parse_allow, self.allow)
-            if isinstance(entry, tuple)
-        )
+        return (host, port) in self._rules or (host, None) in self._rules
 
     def _allows_address(self, address: Address) -> bool:
         return any(
-            isinstance(entry, ipaddress.IPv4Network | ipaddress.IPv6Network) and address in entry
-            for entry in map(_parse_allow, self.allow)
+            isinstance(rule, ipaddress.IPv4Network | ipaddress.IPv6Network) and address in rule
+            for rule in self._rules
         )
 
 
