@@ -23,6 +23,7 @@ except ImportError:  # run as a script from benchmarks/
 
 from livetwin.actions.webhooks import WebhookService
 from livetwin.engine.events import StateChanged
+from livetwin.outbound import OutboundPolicy
 from livetwin.platform import Platform, Settings
 
 LIVE = 10
@@ -70,6 +71,7 @@ def run(tmp: Path, receivers: Receivers, dead_url: str | None, events: int, rate
             open_db=platform.open_db,
             timeout_s=TIMEOUT_S,
             max_attempts=1000,
+            outbound=OutboundPolicy(("127.0.0.0/8",)),  # the receivers listen on loopback
         ).start()
         try:
             live = {

@@ -28,7 +28,7 @@ from livetwin.ingest.observations import Normalized, normalize
 from livetwin.journal import snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
-from livetwin.models.base import resolve_model
+from livetwin.models.base import ModelRefs
 from livetwin.ports import Clock
 from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type, parse_type_spec
@@ -62,6 +62,9 @@ class TwinCore:
         self.settings = settings or Settings()
         self.clock = clock
         self.bus = bus or EventBus()
+        # model refs of new types pass the configured policy; stored ones were checked then
+        self.models = ModelRefs.configured(self.settings, self.snapshot_dir.parent)
+        self._stored_models = self.models.trusting_modules()
         self.lock = threading.RLock()
         self._define_lock = threading.Lock()
         self._versions: dict[tuple[str, int], CompiledType] = {}
@@ -132,7 +135,8 @@ class TwinCore:
     def _recover(self) -> tuple[Engine, HistoryBuffer, dict]:
         """The newest snapshot plus the journal tail after it; unstored history is rebuilt."""
         started = time.perf_counter()
-        loaded = snapshot.load_newest(self.snapshot_dir, self.store.newest_snapshot())
+        kept = self.store.newest_snapshot()
+        loaded = snapshot.load_newest(self.snapshot_dir, kept, self._stored_models)
         engine, seq = loaded if loaded else (Engine(), 0)
         history = HistoryBuffer(self.store.history_seq())
         if history.flushed_seq < seq:
@@ -142,7 +146,8 @@ class TwinCore:
                 history.flushed_seq,
                 seq,
             )
-        last, n = replay(engine, self.store.journal(after=seq), history=history)
+        entries = self.store.journal(after=seq)
+        last, n = replay(engine, entries, history=history, models=self._stored_models)
         info = {
             "snapshot_seq": seq,
             "replayed_observations": n,
@@ -194,7 +199,7 @@ class TwinCore:
             if versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):
                 return {"name": name, "version": versions[-1][0], "changed": False}
             version = len(versions) + 1
-            ctype = compile_type(parsed, version, resolve_model=resolve_model)
+            ctype = compile_type(parsed, version, resolve_model=self.models)
             self.writer.define(ctype, spec_json).result()
         return {"name": name, "version": version, "changed": True}
 
@@ -214,7 +219,7 @@ class TwinCore:
             for number, spec_json, _ in self.store.type_versions(name):
                 if (name, number) not in self._versions:
                     spec = TwinTypeSpec.model_validate({**orjson.loads(spec_json), "name": name})
-                    ctype = compile_type(spec, number, resolve_model=resolve_model)
+                    ctype = compile_type(spec, number, resolve_model=self._stored_models)
                     self._versions[(name, number)] = ctype
         if key not in self._versions:
             raise NotFound(f"type '{name}' has no version {version}", field="version")

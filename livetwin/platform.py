@@ -31,6 +31,7 @@ from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
 from livetwin.journal.writer import IngestResult
+from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query
 from livetwin.registry import LineageStore, Registry
 from livetwin.registry.artifacts import artifact_store
@@ -58,6 +59,7 @@ class Platform:
         self.path = Path(path)
         self._lock_file = _lock_directory(self.path)
         self.settings = Settings.from_env(settings)  # fields left None: from the environment
+        self.outbound = OutboundPolicy(self.settings.outbound_allow or ())
         self.clock = clock
         try:
             self.core = TwinCore.open(self.path, settings=self.settings, clock=clock)
@@ -70,7 +72,11 @@ class Platform:
         self._calibration_locks: dict[str, threading.Lock] = {}
         self.webhooks = (
             WebhookService(
-                clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
+                clock=self.clock,
+                bus=self.bus,
+                reader=self.query,
+                open_db=self.open_db,
+                outbound=self.outbound,
             ).start()
             if self.settings.webhooks
             else None
@@ -90,9 +96,10 @@ class Platform:
             clock=self.clock,
             open_db=self.open_db,
             lineage=self.lineage,
-            artifacts=artifact_store(self.path, self.settings.artifacts),
+            artifacts=artifact_store(self.path, self.settings.artifacts, self.outbound),
             tmp_dir=self.path / "tmp",
             max_artifact_bytes=self.settings.max_artifact_bytes,
+            model_refs=self.core.models,  # a version's ref passes the configured model policy
         ).start()
         self._calibration = CalibrationPorts(
             clock=self.clock,
@@ -118,6 +125,7 @@ class Platform:
             lineage=self.lineage,
             functions_platform=self,  # ctx.platform of Python functions
             database_url=self.settings.database_url,
+            outbound=self.outbound,
             **{"allow_modules": self.settings.scheduler_modules, **options},
         )
         register_builtins(

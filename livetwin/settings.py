@@ -10,6 +10,12 @@ from dataclasses import dataclass, replace
 
 DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # also named in store/open.py (its fallback)
 LOG_FORMAT_ENV = "LIVETWIN_LOG_FORMAT"
+LIST_ENV = {  # comma-separated lists
+    "outbound_allow": "LIVETWIN_OUTBOUND_ALLOW",
+    "model_packages": "LIVETWIN_MODEL_PACKAGES",
+    "fmu_dirs": "LIVETWIN_FMU_DIRS",
+}
+DEFAULT_MODEL_PACKAGES = ("livetwin.examples", "livetwin.models")
 JWT_ENV = {
     "jwks_url": "LIVETWIN_JWKS_URL",
     "jwt_audience": "LIVETWIN_JWT_AUDIENCE",
@@ -59,6 +65,15 @@ class Settings:
     log_format: str | None = None  # text or json; LIVETWIN_LOG_FORMAT (default text)
     smtp: Mapping[str, str] | None = None  # LIVETWIN_SMTP_* (actions.email.SmtpSettings)
     artifacts: Mapping[str, str] | None = None  # LIVETWIN_ARTIFACTS, LIVETWIN_S3_*, AWS keys
+    # what outbound HTTP may reach beyond public addresses: CIDRs or host:port;
+    # LIVETWIN_OUTBOUND_ALLOW (comma-separated; default: nothing inside the network)
+    outbound_allow: tuple[str, ...] | None = None
+    # packages a model `ref` from data (a type's model.ref, a registry version) may name;
+    # LIVETWIN_MODEL_PACKAGES (default: DEFAULT_MODEL_PACKAGES)
+    model_packages: tuple[str, ...] | None = None
+    # folders an `fmu:` path may lie in; LIVETWIN_FMU_DIRS (default: <data>/fmus and the
+    # registry's artifact folder)
+    fmu_dirs: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(
@@ -77,10 +92,17 @@ class Settings:
             "smtp": _section(env, SMTP_PREFIXES),
             "artifacts": _section(env, ARTIFACT_PREFIXES),
             **{name: env.get(var) or None for name, var in JWT_ENV.items()},
+            **{name: _list(env.get(var)) for name, var in LIST_ENV.items()},
         }
         settings = base if base is not None else cls()
         unset = {name: value for name, value in found.items() if getattr(settings, name) is None}
         return replace(settings, **unset)
+
+
+def _list(text: str | None) -> tuple[str, ...] | None:
+    """A comma- (or space-) separated variable as a tuple; None when unset or empty."""
+    items = tuple(item for item in (text or "").replace(",", " ").split() if item)
+    return items or None
 
 
 def _section(env: Mapping[str, str], prefixes: tuple[str, ...]) -> dict[str, str]:

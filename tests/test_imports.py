@@ -27,6 +27,7 @@ PACKAGE = ROOT / "livetwin"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("timefmt", "settings", "namespaces", "ports"),  # ports only names higher types in hints
+    ("outbound",),  # the one policy of outbound HTTP destinations (resolves names: not pure)
     ("expr",),
     ("spec",),  # twin types as data; compiled with expressions
     # pure computation: the engine (with engine/batch.py, the batch vocabulary it applies and

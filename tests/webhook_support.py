@@ -10,6 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 
+from livetwin.outbound import OutboundPolicy
+
+# the receivers below listen on loopback, which the default outbound policy refuses
+LOOPBACK = ("127.0.0.0/8",)
+LOCAL_OUTBOUND = OutboundPolicy(LOOPBACK)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -312,7 +312,9 @@ def install_auth(
         )
     tokens = TokenStore(platform.open_db, clock=platform.clock).start()
     verifier = (
-        JwtVerifier(jwks_url, audience=audience, issuer=issuer, claim=claim)
+        JwtVerifier(
+            jwks_url, audience=audience, issuer=issuer, claim=claim, outbound=platform.outbound
+        )
         if mode == "oidc"
         else None
     )

@@ -5,10 +5,13 @@ permission claims such as `read:plant-a` (PyJWT is imported only when a verifier
 from __future__ import annotations
 
 from livetwin.auth.rules import Principal, Unauthorized, grants_from_claims
+from livetwin.outbound import OutboundDenied, OutboundPolicy
 
 
 class JwtVerifier:
-    """Bearer JWTs signed by a key from a JWKS URL (OIDC); grants from permission claims."""
+    """Bearer JWTs signed by a key from a JWKS URL (OIDC); grants from permission claims.
+    The URL passes `outbound` (the outbound policy) when the verifier is made and before
+    every fetch of the keys; redirects are not followed."""
 
     def __init__(
         self,
@@ -19,11 +22,23 @@ class JwtVerifier:
         claim: str = "permissions",
         algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256"),
         leeway_s: float = 30.0,
+        outbound: OutboundPolicy | None = None,
     ):
         import jwt
 
+        policy = outbound or OutboundPolicy()
+        policy.check_url(jwks_url, "jwks_url", unresolved_ok=True)
+
+        class CheckedClient(jwt.PyJWKClient):
+            def fetch_data(self):
+                try:
+                    policy.check_url(self.uri, "jwks_url")
+                except OutboundDenied as exc:
+                    raise jwt.PyJWKClientConnectionError(str(exc)) from None
+                return super().fetch_data()
+
         self._jwt = jwt
-        self.client = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
+        self.client = CheckedClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
         self.audience, self.issuer, self.claim = audience, issuer, claim
         self.algorithms, self.leeway_s = list(algorithms), leeway_s
 

@@ -117,15 +117,22 @@ def requirement(
     """The access rule (docs/auth.md): the method picks read or write; definitions need admin.
 
     - GET, HEAD, OPTIONS need `read`; POST, PUT, PATCH, DELETE need `write`.
-    - `admin`: anything under /api/tokens, and PUT/PATCH/DELETE under /api/types and
-      /api/extractors (declaring types and extractors), plus `admin_paths` prefixes.
+    - `admin`: anything under /api/tokens, PUT/PATCH/DELETE under /api/types and
+      /api/extractors (declaring types and extractors), creating a webhook (POST /api/webhooks)
+      or declaring a function (PUT /api/functions/...): both make the server call out or run
+      code; plus `admin_paths` prefixes.
     - The namespace is that of the twin in the path (`twin`), else ALL: fleet-wide routes
       (lists, types, streams, services) need a grant on '*'.
     """
     method = method.upper()
     scope = "read" if method in READ_METHODS else "write"
-    if _under(path, ("/api/tokens", *admin_paths)) or (
-        method in ("PUT", "PATCH", "DELETE") and _under(path, ("/api/types", "/api/extractors"))
+    if (
+        _under(path, ("/api/tokens", *admin_paths))
+        or (
+            method in ("PUT", "PATCH", "DELETE") and _under(path, ("/api/types", "/api/extractors"))
+        )
+        or (method == "POST" and path.rstrip("/") == "/api/webhooks")
+        or (method == "PUT" and path.startswith("/api/functions/"))
     ):
         scope = "admin"
     return Requirement(scope, ALL if twin is None else namespace_of(twin))

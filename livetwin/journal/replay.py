@@ -28,8 +28,10 @@ def replay(
     history: HistoryBuffer | None = None,
     progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK,
+    models: Callable = resolve_model,
 ) -> tuple[int, int]:
-    """Apply journal entries to `engine`; returns (last seq, observations applied).
+    """Apply journal entries to `engine`; returns (last seq, observations applied). Types'
+    model references are resolved with `models` (a core passes its `ModelRefs`).
 
     With `history`, the rows of entries after `history.flushed_seq` (history not yet stored)
     are added to it, as they were when live.
@@ -64,7 +66,7 @@ def replay(
             flush()
             body = orjson.loads(entry.body)
             spec = TwinTypeSpec.model_validate({**body["spec"], "name": entry.type})
-            engine.define_type(compile_type(spec, body["version"], resolve_model=resolve_model))
+            engine.define_type(compile_type(spec, body["version"], resolve_model=models))
             continue
         batch = decode_batch(entry.body)
         crosses = stored_upto is not None and pending and pending[-1][0] <= stored_upto < entry.seq

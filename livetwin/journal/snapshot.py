@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -61,11 +62,12 @@ def write(directory: Path, seq: int, data: bytes) -> Path:
 
 
 def load_newest(
-    directory: Path, kept: tuple[int, bytes] | None = None
+    directory: Path, kept: tuple[int, bytes] | None = None, models: Callable = resolve_model
 ) -> tuple[Engine, int] | None:
     """The engine restored from the newest readable snapshot and its seq, or None.
 
-    `kept` is the store's newest snapshot (seq, bytes), used when it is newer than the files.
+    `kept` is the store's newest snapshot (seq, bytes), used when it is newer than the files;
+    `models` resolves the types' model references (a core passes its `ModelRefs`).
     """
     paths = sorted(directory.glob("snapshot-*.npz"), reverse=True)
     sources: list = list(paths)
@@ -73,20 +75,20 @@ def load_newest(
         sources.insert(0, io.BytesIO(kept[1]))
     for source in sources:
         try:
-            return _load(source)
+            return _load(source, models)
         except (OSError, ValueError, KeyError, msgspec.DecodeError):
             continue  # a damaged snapshot: fall back to an older one or to a full replay
     return None
 
 
-def _load(source) -> tuple[Engine, int]:
+def _load(source, models: Callable) -> tuple[Engine, int]:
     with np.load(source, allow_pickle=False) as npz:
         meta = msgspec.msgpack.decode(npz["__meta__"].tobytes())
         engine = Engine()
         engine.next_uid = meta["next_uid"]
         for i, t in enumerate(meta["types"]):
             spec = TwinTypeSpec.model_validate(t["spec"])
-            ctype: CompiledType = compile_type(spec, t["version"], resolve_model=resolve_model)
+            ctype: CompiledType = compile_type(spec, t["version"], resolve_model=models)
             prefix = f"t{i}/"
             arrays = {k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)}
             st = import_state(ctype, t, arrays)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from livetwin.errors import InvalidInput
+from livetwin.settings import DEFAULT_MODEL_PACKAGES, Settings
 
 Bounds = tuple[float | None, float | None]
 
@@ -152,6 +154,53 @@ def resolve_model(ref: str | Model | Callable) -> Model:
         doc=(obj.__doc__ or "").strip().split("\n")[0],
         **spec,
     )
+
+
+@dataclass(frozen=True)
+class ModelRefs:
+    """Resolves model references that come as data (a type's `model.ref`, a registry version's
+    `ref`): "module:function" only from `packages` (nothing else is imported), "fmu:" paths only
+    inside `fmu_dirs`. Callables and `Model`s pass as they are; `resolve_model` itself trusts
+    its caller (Python code that could import anything anyway)."""
+
+    packages: tuple[str, ...] | None = DEFAULT_MODEL_PACKAGES  # None: any module
+    fmu_dirs: tuple[Path, ...] = ()
+
+    @classmethod
+    def configured(cls, settings: Settings, data_dir: str | Path) -> ModelRefs:
+        """From `settings.model_packages` and `settings.fmu_dirs` (default: the data directory's
+        `fmus/` and `artifacts/` folders)."""
+        data = Path(data_dir)
+        dirs = settings.fmu_dirs or (data / "fmus", data / "artifacts")
+        return cls(settings.model_packages or DEFAULT_MODEL_PACKAGES, tuple(map(Path, dirs)))
+
+    def trusting_modules(self) -> ModelRefs:
+        """The same FMU folders, any module: for declarations checked when they were stored
+        (a narrower LIVETWIN_MODEL_PACKAGES never keeps a data directory from opening)."""
+        return replace(self, packages=None)
+
+    def __call__(self, ref: str | Model | Callable) -> Model:
+        if isinstance(ref, str) and ref.startswith("fmu:"):
+            from livetwin.models.fmu import resolve_fmu_ref
+
+            base = self.fmu_dirs[0] if self.fmu_dirs else None
+            return resolve_fmu_ref(ref, base, inside=self.fmu_dirs)
+        if isinstance(ref, str) and self.packages is not None:
+            module, _, attr = ref.partition(":")
+            if any(part.startswith("_") for part in attr.split(".")):
+                raise InvalidInput(
+                    f"model name {ref!r} reaches a private attribute",
+                    field="model",
+                    fix="name a public model function: 'package.module:function'",
+                )
+            if not any(module == p or module.startswith(p + ".") for p in self.packages):
+                raise InvalidInput(
+                    f"model module {module!r} is not in a configured model package",
+                    field="model",
+                    fix=f"use a model from {', '.join(self.packages)}, or add its package to "
+                    "LIVETWIN_MODEL_PACKAGES on the server",
+                )
+        return resolve_model(ref)
 
 
 _FIX_NAMES = (

@@ -579,10 +579,37 @@ _OPTIONS = {
 }
 
 
-def resolve_fmu_ref(ref: str, base: str | os.PathLike | None = None) -> Model:
+def _inside(path: Path, folders: Sequence[str | os.PathLike], given: str) -> Path:
+    """`path` when it is a file inside one of `folders` (symbolic links followed), else the
+    one error that says neither "outside" nor "missing"."""
+
+    def within(p: str, roots: list[str]) -> bool:
+        return any(os.path.commonpath([p, root]) == root for root in roots)
+
+    plain = os.path.abspath(path)  # no file system access before the path is known to be inside
+    if within(plain, [os.path.abspath(f) for f in folders]):
+        real = os.path.realpath(plain)
+        if within(real, [os.path.realpath(f) for f in folders]) and os.path.isfile(real):
+            return Path(real)
+    raise InvalidInput(
+        f"no FMU file {given!r} in the server's FMU folders",
+        field="model",
+        fix="put the .fmu file in an FMU folder (LIVETWIN_FMU_DIRS; by default the data "
+        "directory's fmus/) and give its path there",
+    )
+
+
+def resolve_fmu_ref(
+    ref: str,
+    base: str | os.PathLike | None = None,
+    *,
+    inside: Sequence[str | os.PathLike] | None = None,
+) -> Model:
     """The `Model` of ``"fmu:path/to/model.fmu[?option=value&...]"`` (cached per file version).
 
-    A relative path is taken from `base` (default: the working directory). Names come from the
+    A relative path is taken from `base` (default: the working directory). With `inside` (the
+    configured FMU folders) the file must lie in one of them, and a path outside them gets the
+    very error of a missing file, so the answer never tells whether it exists. Names come from the
     FMU's modelDescription (parameters, inputs, outputs); options are those of `fmu_model`
     (``mode, step, steady, tol, max_steps, retries, workers``, and ``params, inputs, outputs``
     as comma-separated FMU names to use only some of them).
@@ -596,6 +623,8 @@ def resolve_fmu_ref(ref: str, base: str | os.PathLike | None = None) -> Model:
     path = Path(file_part)
     if not path.is_absolute():
         path = Path(base or os.getcwd()) / path
+    if inside is not None:
+        path = _inside(path, inside, file_part)
     path_s = str(path.resolve())
     options: dict = {}
     for key, value in parse_qsl(query, keep_blank_values=True):

@@ -22,6 +22,7 @@ from typing import Protocol
 import orjson
 
 from livetwin.errors import InvalidInput, NotFound, Unavailable
+from livetwin.outbound import OutboundPolicy
 
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -185,7 +186,12 @@ class S3Config:
 class S3ArtifactStore:
     """Blobs as objects `<prefix>sha256/ab/<sha256>` in an S3-compatible bucket (boto3)."""
 
-    def __init__(self, config: S3Config):
+    def __init__(self, config: S3Config, outbound: OutboundPolicy | None = None):
+        """`outbound`: the policy the endpoint passes now and every request's URL passes
+        before it is sent (default: public addresses only)."""
+        policy = outbound or OutboundPolicy()
+        if config.endpoint:
+            policy.check_url(config.endpoint, "LIVETWIN_S3_ENDPOINT", unresolved_ok=True)
         try:
             import boto3
             from botocore.config import Config
@@ -204,6 +210,11 @@ class S3ArtifactStore:
             aws_secret_access_key=config.secret_access_key,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5),
         )
+
+        def check_request(request, **_) -> None:
+            policy.check_url(request.url, "LIVETWIN_S3_ENDPOINT")
+
+        self.client.meta.events.register("before-send.s3", check_request)
 
     def _key(self, sha256: str) -> str:
         return self.config.prefix + blob_key(sha256)
@@ -283,8 +294,13 @@ def _s3_chunks(body) -> Iterator[bytes]:
         body.close()
 
 
-def artifact_store(data_dir: str | Path, env: Mapping[str, str] | None = None) -> ArtifactStore:
-    """The configured artifact store (see the module docstring): the one place that chooses."""
+def artifact_store(
+    data_dir: str | Path,
+    env: Mapping[str, str] | None = None,
+    outbound: OutboundPolicy | None = None,
+) -> ArtifactStore:
+    """The configured artifact store (see the module docstring): the one place that chooses.
+    An S3 endpoint must pass `outbound` (the outbound policy; default: public addresses only)."""
     env = os.environ if env is None else env
     backend = env.get("LIVETWIN_ARTIFACTS") or (
         "s3" if env.get("LIVETWIN_S3_BUCKET") or env.get("LIVETWIN_S3_CONFIG") else "files"
@@ -292,7 +308,7 @@ def artifact_store(data_dir: str | Path, env: Mapping[str, str] | None = None) -
     if backend == "files":
         return FileArtifactStore(Path(data_dir) / "artifacts")
     if backend == "s3":
-        return S3ArtifactStore(S3Config.from_env(env))
+        return S3ArtifactStore(S3Config.from_env(env), outbound)
     raise InvalidInput(
         f"unknown artifact store '{backend}'",
         field="LIVETWIN_ARTIFACTS",

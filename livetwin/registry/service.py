@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +63,10 @@ class Registry:
         artifacts: ArtifactStore,
         tmp_dir: str | Path,
         max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+        model_refs: Callable | None = None,
     ):
         self.clock = clock
+        self.model_refs = model_refs  # resolves a version's ref (the core's ModelRefs); None: any
         self.store = RegistryStore(open_db)
         self.artifacts = artifacts
         self.lineage = lineage
@@ -108,7 +110,7 @@ class Registry:
                 from livetwin.models.base import resolve_model
 
                 try:
-                    model = resolve_model(spec.ref)
+                    model = (self.model_refs or resolve_model)(spec.ref)
                 except InvalidInput as exc:
                     raise InvalidInput(exc.message, field="ref", fix=exc.fix) from None
                 extra["code_hash"] = code_hash(spec.ref, model.fn)

@@ -47,13 +47,14 @@ class Definitions:
         self, name: str, spec: dict, namespace: str | None = None, *, trusted: bool = True
     ) -> dict:
         """Declare or replace a function. Untrusted callers (the API) may reference only
-        modules under `allow_modules`."""
+        modules under `allow_modules`; an http function's URL must pass the outbound policy."""
         parsed = parse_function(
             name,
             spec,
             namespace,
             allow_modules=None if trusted else self.allow_modules,
             jobs=self.job_names(),
+            outbound=self.outbound,
         )
         return self._call(self._op_define, parsed)
 

@@ -18,6 +18,7 @@ import orjson
 
 from livetwin.errors import InvalidInput
 from livetwin.namespaces import check_namespace
+from livetwin.outbound import OutboundPolicy, capped
 from livetwin.schedule.triggers import check_name, duration_ms
 
 KINDS = ("builtin", "python", "http")
@@ -25,6 +26,7 @@ HTTP_METHODS = ("POST", "PUT", "PATCH", "GET")
 MAX_LOG_LINES = 1_000
 MAX_LOG_CHARS = 2_000
 MAX_RESULT_BYTES = 64 * 1024
+MAX_RESPONSE_PREVIEW = 32 * 1024  # characters of a cut response kept in the run record
 MAX_EVENTS = 16
 
 JobFn = Callable[["RunContext"], Any]
@@ -93,11 +95,13 @@ def parse_function(
     allow_modules: Sequence[str] | None = None,
     resolve: bool = True,
     jobs: Collection[str] | None = None,
+    outbound: OutboundPolicy | None = None,
 ) -> FunctionSpec:
     """Validate a function declaration. `allow_modules` limits "module:function" references to
     modules under these prefixes (None: any module, for trusted in-process callers); `resolve`
-    False skips importing references and looking up jobs (reloading stored declarations);
-    `jobs` are the job kinds a builtin function may name (default: those of `register_job`)."""
+    False skips importing references, looking up jobs and checking URLs (reloading stored
+    declarations); `jobs` are the job kinds a builtin function may name (default: those of
+    `register_job`); `outbound` is the policy an http function's URL must pass."""
     if not isinstance(raw, dict):
         raise InvalidInput(
             "a function must be a JSON object",
@@ -158,6 +162,8 @@ def parse_function(
             resolve_ref(spec.ref, allow_modules)
     else:
         spec.url = check_url(raw.get("url"))
+        if resolve and outbound is not None:
+            outbound.check_url(spec.url, unresolved_ok=True)
         method = str(raw.get("method", "POST")).upper()
         if method not in HTTP_METHODS:
             raise InvalidInput(
@@ -274,10 +280,14 @@ class RunContext:
 
 class Invoker:
     """Calls one attempt of a function; holds the in-code registrations and an HTTP client.
-    `jobs` are the scheduler's own job kinds (looked up before the process-wide ones)."""
+    `jobs` are the scheduler's own job kinds (looked up before the process-wide ones);
+    `outbound` is the policy every remote call's URL passes first (redirects are not followed)."""
 
-    def __init__(self, jobs: dict[str, JobFn] | None = None) -> None:
+    def __init__(
+        self, jobs: dict[str, JobFn] | None = None, outbound: OutboundPolicy | None = None
+    ) -> None:
         self.jobs = {} if jobs is None else jobs
+        self.outbound = outbound or OutboundPolicy()
         self.callables: dict[tuple[str, str], Callable] = {}
         self._refs: dict[str, Callable] = {}
         self._lock = threading.Lock()
@@ -339,15 +349,26 @@ class Invoker:
         if spec.method != "GET":
             headers["Content-Type"] = "application/json"
             content = orjson.dumps(body)
-        response = self.http.request(
+        self.outbound.check_url(spec.url)  # again: what the name resolves to may have changed
+        with self.http.stream(
             spec.method, spec.url, content=content, headers=headers, timeout=spec.timeout_s
-        )
-        ctx.log(f"attempt {ctx.attempt}: {spec.method} {spec.url} -> HTTP {response.status_code}")
-        if not 200 <= response.status_code < 300:
-            raise RemoteError(f"HTTP {response.status_code}: {response.text[:300]}")
-        if "json" in response.headers.get("content-type", "") and response.content:
-            return response.json()
-        return response.text[:MAX_RESULT_BYTES] or None
+        ) as response:
+            body, cut = capped(response.iter_bytes(), MAX_RESULT_BYTES)
+        status = response.status_code
+        ctx.log(f"attempt {ctx.attempt}: {spec.method} {spec.url} -> HTTP {status}")
+        text = body.decode(response.encoding or "utf-8", errors="replace")
+        if not 200 <= status < 300:
+            raise RemoteError(f"HTTP {status}: {text[:300]}")
+        if cut:
+            ctx.log(f"the response is longer than {MAX_RESULT_BYTES} bytes: it was cut")
+            return {
+                "truncated": True,
+                "note": f"the response was cut at {MAX_RESULT_BYTES} bytes",
+                "preview": text[:MAX_RESPONSE_PREVIEW],
+            }
+        if "json" in response.headers.get("content-type", "") and body:
+            return orjson.loads(body)
+        return text or None
 
 
 class RemoteError(Exception):

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from livetwin.errors import LivetwinError, Unavailable
+from livetwin.outbound import OutboundPolicy
 from livetwin.ports import Bus, Clock, OpenServiceDB
 from livetwin.schedule import store
 from livetwin.schedule.definitions import Definitions
@@ -45,7 +46,8 @@ class Scheduler(Definitions, Firing, RunQueue):
     It receives narrow ports: `clock` (epoch ms), `bus` (engine events in, run notices out),
     `reader` (a `livetwin.query.Query`: condition triggers, types for system schedules),
     `open_db` (its own database), `lineage` (a LineageStore, for workflows), `database_url` (the
-    PostgreSQL server its one-scheduler lock is held on; default LIVETWIN_DATABASE_URL).
+    PostgreSQL server its one-scheduler lock is held on; default LIVETWIN_DATABASE_URL),
+    `outbound` (where http functions may call; default: public addresses only).
     `functions_platform` is handed to Python functions as `ctx.platform` and never used by the
     scheduler itself. Job kinds come from outside (`register_job`, `add_system_schedules`).
 
@@ -69,6 +71,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         event_retention_ms: int = 7 * 86_400_000,
         allow_modules: tuple[str, ...] = (),
         database_url: str | None = None,
+        outbound: OutboundPolicy | None = None,
     ):
         self.clock = clock
         self.bus = bus
@@ -86,7 +89,8 @@ class Scheduler(Definitions, Firing, RunQueue):
         self._state_lock = threading.RLock()
         self._changed = threading.Condition()
         self.jobs: dict[str, JobFn] = {}  # job kinds of this scheduler (register_job)
-        self.invoker = Invoker(self.jobs)
+        self.outbound = outbound or OutboundPolicy()  # where http functions may call
+        self.invoker = Invoker(self.jobs, self.outbound)
         self._workflows = None  # an Executor, made by the first register_workflow
         self._system_sources: list[Callable] = []
         self._system_functions: dict[str, FunctionSpec] = {}

@@ -9,11 +9,12 @@ import orjson
 import pytest
 from conftest import PUMP, T0, obs
 from fastapi.testclient import TestClient
-from webhook_support import Receiver, free_port, wait_for
+from webhook_support import LOCAL_OUTBOUND, Receiver, free_port, wait_for
 
 from livetwin.actions.webhooks import WebhookService, verify
 from livetwin.api.app import create_app
 from livetwin.engine.events import Notice
+from livetwin.outbound import OutboundPolicy
 from livetwin.platform import Platform, Settings
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -27,7 +28,7 @@ def webhook_service(platform: Platform, **options) -> WebhookService:
         bus=platform.bus,
         reader=platform.query,
         open_db=platform.open_db,
-        **options,
+        **{"outbound": LOCAL_OUTBOUND, **options},
     )
 
 
@@ -202,10 +203,11 @@ from livetwin.actions.webhooks import WebhookService
 from livetwin.platform import Platform, Settings
 sys.path.insert(0, sys.argv[3])
 from conftest import PUMP, T0, obs
-platform = Platform(sys.argv[1], settings=Settings(webhooks=False))
+platform = Platform(sys.argv[1], settings=Settings(webhooks=False, outbound_allow=("127.0.0.1",)))
 platform.put_type("pump", PUMP)
 hooks = WebhookService(
-    clock=platform.clock, bus=platform.bus, reader=platform.query, open_db=platform.open_db
+    clock=platform.clock, bus=platform.bus, reader=platform.query, open_db=platform.open_db,
+    outbound=platform.outbound,
 ).start()
 hooks.create({"url": sys.argv[2], "secret": "s3cret-s3cret-s3cret"})
 for i in range(20):
@@ -393,3 +395,33 @@ def test_api_validation_and_crud(platform):
             assert client.get(f"/api/webhooks/{sub}").status_code == 404
     finally:
         hooks.stop()
+
+
+# ---- the outbound policy -------------------------------------------------------------------
+
+
+def test_a_webhook_to_an_inside_address_is_refused_when_created(platform):
+    hooks = webhook_service(platform, outbound=OutboundPolicy(), **FAST)  # the default policy
+    platform.webhooks = hooks  # as the platform's own service
+    try:
+        with TestClient(create_app(platform)) as client:
+            for url in ("http://localhost:9/hook", "http://169.254.169.254/", "http://10.0.0.7/"):
+                answer = client.post("/api/webhooks", json={"url": url, "secret": SECRET})
+                assert answer.status_code == 422, answer.text
+                error = answer.json()["error"]
+                assert error["field"] == "url" and "LIVETWIN_OUTBOUND_ALLOW" in error["fix"]
+            assert client.get("/api/webhooks").json() == []
+    finally:
+        hooks.stop()
+
+
+def test_a_delivery_the_policy_now_refuses_is_dead_lettered_at_once(pumps, receivers):
+    r = receivers()
+    with webhook_service(pumps, max_attempts=100, **FAST) as hooks:
+        sub = subscribe(hooks, r.url)  # allowed when it was made ...
+        hooks.outbound = OutboundPolicy()  # ... and the allow-list was taken away since
+        pumps.ingest([obs("p1", T0, flow=1.0)])
+        wait_for(lambda: hooks.get(sub)["deliveries"]["dead"] == 1)
+        (dead,) = hooks.deliveries(sub, "dead")
+        assert dead["attempts"] == 1 and "LIVETWIN_OUTBOUND_ALLOW" in dead["last_error"]
+        assert r.attempts == 0

@@ -15,6 +15,7 @@ from conftest import PUMP, T0, obs
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
+from webhook_support import LOOPBACK
 
 from livetwin.api.app import create_app
 from livetwin.api.auth import install_auth
@@ -29,6 +30,7 @@ from livetwin.auth import (
     requirement,
 )
 from livetwin.cli.admin import token_app
+from livetwin.outbound import OutboundPolicy
 
 SECRET_VALUE = 424.125  # a value only plant-a's twin holds: it must never appear in a refusal
 TWIN_A = "plant-a/pump-1"
@@ -341,6 +343,7 @@ def test_oidc_bearer_jwts_with_permission_claims(platform, jwks):
     key, url = jwks
     platform.put_type("pump", PUMP)
     platform.ingest([obs(TWIN_A, T0, flow=SECRET_VALUE), obs(TWIN_B, T0, flow=1.0)])
+    platform.outbound = OutboundPolicy(LOOPBACK)  # the identity provider here is on loopback
     app = create_app(platform)
     tokens = install_auth(
         app, platform, mode="oidc", jwks_url=url, audience="livetwin", issuer="https://idp.test/"
@@ -377,6 +380,18 @@ def test_oidc_needs_a_jwks_url_and_modes_are_checked(platform):
     with pytest.raises(InvalidInput) as caught:
         install_auth(create_app(platform), platform, mode="password")
     assert caught.value.field == "auth"
+
+
+def test_oidc_keys_are_fetched_only_from_allowed_destinations(platform, jwks):
+    from livetwin.auth.oidc import JwtVerifier
+    from livetwin.errors import InvalidInput
+
+    key, url = jwks
+    with pytest.raises(InvalidInput) as caught:  # the default policy: loopback is refused
+        install_auth(create_app(platform), platform, mode="oidc", jwks_url=url)
+    assert caught.value.field == "jwks_url" and "LIVETWIN_OUTBOUND_ALLOW" in caught.value.fix
+    verifier = JwtVerifier(url, outbound=OutboundPolicy(LOOPBACK))
+    assert verifier.authenticate(_jwt(key, ["read:*"], aud=None)).subject == "jwt:alice"
 
 
 @pytest.mark.services
@@ -438,3 +453,21 @@ def test_two_tenants_sending_the_same_key_both_store_their_observation(secured, 
     response = client.post("/api/ingest", json=retry, headers=_bearer(write_b))
     assert response.json() == {"accepted": 0, "duplicates": 1, "rejected": []}
     assert platform.stats()["journal_observations"] == before + 2
+
+
+@pytest.mark.platform_services("webhooks")
+def test_only_admin_may_create_webhooks_and_declare_functions(secured):
+    client, tokens = secured
+    hook = {"url": "http://10.0.0.7/hook", "secret": "s3cret-s3cret-s3cret"}
+    function = {"kind": "http", "url": "http://127.0.0.1:8080/admin/secret"}
+    for scope in ("read", "write"):
+        token = tokens.create(name=scope, scope=scope, namespace="*")["token"]
+        response = client.post("/api/webhooks", json=hook, headers=_bearer(token))
+        _assert_refused(response, 403, f"POST /api/webhooks with {scope}")
+        response = client.put("/api/functions/f", json=function, headers=_bearer(token))
+        _assert_refused(response, 403, f"PUT /api/functions/f with {scope}")
+    admin = _bearer(tokens.create(name="admin", scope="admin", namespace="*")["token"])
+    # admin passes the access rule; the outbound policy then refuses these inside destinations
+    assert client.post("/api/webhooks", json=hook, headers=admin).status_code == 422
+    assert client.put("/api/functions/f", json=function, headers=admin).status_code == 422
+    assert requirement("POST", "/api/functions/f/run", None).scope == "write"  # running: write

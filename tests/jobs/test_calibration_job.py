@@ -117,7 +117,8 @@ def test_calibration_api_and_bad_input(client, platform, clock, fleet):
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
-        ({"model": {"ref": "no.such.module:fn"}}, "model.ref", "cannot be imported"),
+        ({"model": {"ref": "livetwin.examples.no_such:fn"}}, "model.ref", "cannot be imported"),
+        ({"model": {"ref": "no.such.module:fn"}}, "model.ref", "not in a configured model package"),
         ({"model": {"ref": "livetwin.examples.rollers:nothing"}}, "model.ref", "no attribute"),
         (
             {"calibration": {**ROLLER_TYPE["calibration"], "parameters": ["b9"]}},

@@ -314,3 +314,20 @@ def test_the_fmu_benchmark_reports_filter_steps_per_second(fo2):
 def test_instances_are_cached_per_configuration(fo2):
     a, b = fmu_model(fo2), fmu_model(fo2)
     assert a.fn.cfg == b.fn.cfg and fmu_mod._instance(a.fn.cfg) is fmu_mod._instance(b.fn.cfg)
+
+
+def test_a_type_ref_resolves_inside_the_fmu_folders_only(fo2, tmp_path):
+    from livetwin.models.base import ModelRefs
+
+    folder = tmp_path / "fmus"
+    folder.mkdir()
+    shutil.copy(fo2, folder / "lag.fmu")
+    refs = ModelRefs(fmu_dirs=(folder,))
+    assert refs("fmu:lag.fmu").outputs == ("x",)  # relative: taken from the first folder
+    assert refs(f"fmu:{folder / 'lag.fmu'}").outputs == ("x",)
+    errors = set()
+    for ref in (f"fmu:{fo2}", f"fmu:{tmp_path / 'nope.fmu'}", "fmu:nope.fmu"):
+        with pytest.raises(InvalidInput) as err:  # outside (it exists) or missing: one answer
+            refs(ref)
+        errors.add((err.value.message.replace(ref[4:], "<path>"), err.value.field, err.value.fix))
+    assert len(errors) == 1, errors

@@ -11,9 +11,11 @@ import socket
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from webhook_support import LOOPBACK
 
 from livetwin.api.app import create_app
 from livetwin.errors import InvalidInput, Unavailable
+from livetwin.outbound import OutboundDenied, OutboundPolicy
 from livetwin.platform import Platform
 from livetwin.registry import FileArtifactStore, Registry, S3ArtifactStore, artifact_store
 
@@ -29,6 +31,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 BUCKET = "livetwin-artifacts"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+
+
+def store_for(data_dir, env):
+    """The configured artifact store; moto listens on loopback, so the policy allows it."""
+    return artifact_store(data_dir, env, OutboundPolicy(LOOPBACK))
 
 
 def free_port() -> int:
@@ -72,13 +79,13 @@ def s3_env(s3_endpoint):
 
 def test_the_backend_is_chosen_by_configuration(tmp_path, s3_env):
     env, _ = s3_env
-    assert isinstance(artifact_store(tmp_path, {}), FileArtifactStore)
-    assert isinstance(artifact_store(tmp_path, env), S3ArtifactStore)
+    assert isinstance(store_for(tmp_path, {}), FileArtifactStore)
+    assert isinstance(store_for(tmp_path, env), S3ArtifactStore)
     with pytest.raises(InvalidInput) as info:
-        artifact_store(tmp_path, {"LIVETWIN_ARTIFACTS": "ftp"})
+        store_for(tmp_path, {"LIVETWIN_ARTIFACTS": "ftp"})
     assert info.value.field == "LIVETWIN_ARTIFACTS"
     with pytest.raises(InvalidInput) as info:
-        artifact_store(tmp_path, {"LIVETWIN_ARTIFACTS": "s3"})
+        store_for(tmp_path, {"LIVETWIN_ARTIFACTS": "s3"})
     assert info.value.field == "LIVETWIN_S3_BUCKET"
     # a config file works too; the environment overrides it
     config = tmp_path / "s3.json"
@@ -92,16 +99,14 @@ def test_the_backend_is_chosen_by_configuration(tmp_path, s3_env):
             }
         )
     )
-    store = artifact_store(tmp_path, {"LIVETWIN_S3_CONFIG": str(config)})
+    store = store_for(tmp_path, {"LIVETWIN_S3_CONFIG": str(config)})
     assert store.config.bucket == "from-file"
-    store = artifact_store(
-        tmp_path, {"LIVETWIN_S3_CONFIG": str(config), "LIVETWIN_S3_BUCKET": BUCKET}
-    )
+    store = store_for(tmp_path, {"LIVETWIN_S3_CONFIG": str(config), "LIVETWIN_S3_BUCKET": BUCKET})
     assert store.config.bucket == BUCKET
     store.check()
     config.write_bytes(b'{"bucket": "b", "pasword": "x"}')
     with pytest.raises(InvalidInput) as info:
-        artifact_store(tmp_path, {"LIVETWIN_S3_CONFIG": str(config)})
+        store_for(tmp_path, {"LIVETWIN_S3_CONFIG": str(config)})
     assert "pasword" in info.value.message
 
 
@@ -109,6 +114,7 @@ def test_artifacts_round_trip_through_s3(tmp_path, clock, s3_env, monkeypatch):
     env, client = s3_env
     for name, value in env.items():  # the platform's registry reads its store from the env
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LIVETWIN_OUTBOUND_ALLOW", ",".join(LOOPBACK))  # moto is on loopback
     with Platform(tmp_path / "s3-data", clock=clock) as platform:
         assert isinstance(platform.registry.artifacts, S3ArtifactStore)
         app = create_app(platform)
@@ -155,7 +161,7 @@ def registry_on(platform, artifacts) -> Registry:
 
 def test_a_missing_bucket_fails_at_start(platform, s3_env):
     env, _ = s3_env
-    store = artifact_store(platform.path, {**env, "LIVETWIN_S3_BUCKET": "no-such-bucket"})
+    store = store_for(platform.path, {**env, "LIVETWIN_S3_BUCKET": "no-such-bucket"})
     with pytest.raises(Unavailable) as info:
         registry_on(platform, store).start()
     assert info.value.field == "LIVETWIN_S3_BUCKET"
@@ -169,5 +175,18 @@ def test_an_unreachable_endpoint_fails_at_start(platform):
         **CREDENTIALS,
     }
     with pytest.raises(Unavailable) as info:
-        registry_on(platform, artifact_store(platform.path, env)).start()
+        registry_on(platform, store_for(platform.path, env)).start()
     assert info.value.field == "LIVETWIN_S3_ENDPOINT"
+
+
+def test_an_endpoint_inside_the_network_is_refused_by_default(tmp_path, s3_env):
+    env, _ = s3_env
+    with pytest.raises(OutboundDenied) as info:
+        artifact_store(tmp_path, env)  # the default policy: loopback is refused
+    assert info.value.field == "LIVETWIN_S3_ENDPOINT"
+    assert "LIVETWIN_OUTBOUND_ALLOW" in info.value.fix
+    store_for(tmp_path, env).check()  # allowed
+    # each request is checked too: a name that does not resolve now is refused before sending
+    unknown = store_for(tmp_path, {**env, "LIVETWIN_S3_ENDPOINT": "http://s3.invalid:9000"})
+    with pytest.raises(OutboundDenied, match="does not resolve"):
+        unknown.check()

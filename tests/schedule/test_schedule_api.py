@@ -10,16 +10,20 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from schedule_support import new_scheduler
+from webhook_support import LOOPBACK
 
 from livetwin.api.app import create_app
-from livetwin.platform import Platform
+from livetwin.errors import InvalidInput
+from livetwin.outbound import OutboundPolicy
+from livetwin.platform import Platform, Settings
 
 
 class Server:
     """A platform, its scheduler and the API over both (what `livetwin serve` runs)."""
 
-    def __init__(self, path, clock, calls: list):
-        self.platform = Platform(path, clock=clock)
+    def __init__(self, path, clock, calls: list, allow: tuple[str, ...] = LOOPBACK):
+        # the remote functions below listen on loopback: allowed here, refused by default
+        self.platform = Platform(path, clock=clock, settings=Settings(outbound_allow=allow))
         self.scheduler = new_scheduler(self.platform)
         self.scheduler.register("join", lambda ctx: calls.append(ctx.events) or len(calls))
         self.scheduler.start()
@@ -296,3 +300,86 @@ def test_a_retried_event_post_is_stored_once_and_waiting_events_are_listed(serve
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "idempotency_key"
     bad = c.put("/api/functions/join", json={"kind": "python", "ttl": "soon"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "ttl"
+
+
+# ---- outbound calls: the policy, redirects, response size -----------------------------------
+
+
+class Answer(BaseHTTPRequestHandler):
+    """Answers every request with the class's `status`, `headers` and `body`; counts them."""
+
+    status, headers, body = 200, {}, b""
+    hits: list[str] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        type(self).hits.append(self.path)
+        self.send_response(self.status)
+        for name, value in {"content-length": str(len(self.body)), **self.headers_out}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _serve(**attrs) -> tuple[ThreadingHTTPServer, str]:
+    handler = type("Handler", (Answer,), {"hits": [], "headers_out": {}, **attrs})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def test_http_function_to_an_inside_address_is_refused_when_declared(tmp_path, clock):
+    with Platform(tmp_path / "d", clock=clock) as platform, TestClient(create_app(platform)) as c:
+        for url in ("http://localhost:8080/admin/secret", "http://169.254.169.254/latest/"):
+            r = c.put("/api/functions/f", json={"kind": "http", "url": url})
+            assert r.status_code == 422, r.text
+            error = r.json()["error"]
+            assert error["field"] == "url" and "LIVETWIN_OUTBOUND_ALLOW" in error["fix"], error
+
+
+def test_a_run_to_a_destination_the_policy_now_refuses_fails_without_calling(server):
+    httpd, base = _serve(body=b"secret")
+    try:
+        server.scheduler.define_function("f", {"kind": "http", "url": base + "/x", "retries": 0})
+        server.scheduler.invoker.outbound = OutboundPolicy()  # the allow-list was taken away
+        run = server.scheduler.wait(server.scheduler.run_function("f")["id"])
+        assert run["state"] == "failed" and "LIVETWIN_OUTBOUND_ALLOW" in run["error"]
+        assert httpd.RequestHandlerClass.hits == []
+    finally:
+        httpd.shutdown()
+
+
+def test_a_redirect_to_an_inside_address_is_not_followed(tmp_path, clock):
+    inside, inside_url = _serve(body=b"the admin secret")
+    outside, outside_url = _serve(status=302, headers_out={"location": inside_url + "/secret"})
+    server = Server(tmp_path / "d", clock, [], allow=(outside_url.removeprefix("http://"),))
+    try:
+        with pytest.raises(InvalidInput, match="loopback"):  # only the named host:port passes
+            server.scheduler.define_function("g", {"kind": "http", "url": inside_url})
+        server.scheduler.define_function("f", {"kind": "http", "url": outside_url, "retries": 0})
+        run = server.scheduler.wait(server.scheduler.run_function("f")["id"])
+        assert run["state"] == "failed" and "HTTP 302" in run["error"]
+        assert inside.RequestHandlerClass.hits == [] and "secret" not in orjson.dumps(run).decode()
+    finally:
+        server.close()
+        inside.shutdown()
+        outside.shutdown()
+
+
+def test_a_large_response_is_cut_in_the_run_record(server):
+    httpd, base = _serve(body=b"x" * 500_000, headers_out={"content-type": "text/plain"})
+    try:
+        server.scheduler.define_function("big", {"kind": "http", "url": base, "retries": 0})
+        run = server.scheduler.wait(server.scheduler.run_function("big")["id"])
+        assert run["state"] == "succeeded", run
+        assert run["result"]["truncated"] is True and "cut" in run["result"]["note"]
+        assert len(orjson.dumps(run["result"])) <= 64 * 1024
+        assert any("cut" in line for line in run["logs"])
+    finally:
+        httpd.shutdown()

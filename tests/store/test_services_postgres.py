@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import T0, FakeClock
 from postgres_support import PG_URL, Proxy, require_postgres, schema_url
-from webhook_support import Receiver, free_port, wait_for
+from webhook_support import LOOPBACK, Receiver, free_port, wait_for
 
 from livetwin.actions.alarms import AlarmService
 from livetwin.errors import Conflict, NotFound, Unavailable
@@ -381,7 +381,12 @@ def test_commands_and_the_webhook_outbox_live_in_the_configured_database(backend
     """Desired state, queued commands, subscriptions and deliveries: in PostgreSQL when it is
     configured (no file of theirs in the data directory), in their SQLite files otherwise."""
     receiver = Receiver()
-    settings = Settings(alarm_tick_s=3600, mqtt_host="127.0.0.1", mqtt_port=free_port())
+    settings = Settings(
+        alarm_tick_s=3600,
+        mqtt_host="127.0.0.1",
+        mqtt_port=free_port(),
+        outbound_allow=LOOPBACK,  # the webhook receiver is on loopback
+    )
     data = tmp_path / "data"  # the broker is down: commands stay queued
     try:
         with Platform(data, settings=settings) as platform:

@@ -35,6 +35,7 @@ from livetwin.actions.webhooks.subscriptions import (
 from livetwin.engine.batch import decode_batch
 from livetwin.engine.events import Event, Notice, StateChanged
 from livetwin.errors import InvalidInput, NotFound
+from livetwin.outbound import OutboundDenied, OutboundPolicy
 
 if TYPE_CHECKING:
     from livetwin.ports import Bus, Clock, OpenServiceDB
@@ -50,7 +51,9 @@ PRUNE_EVERY = 500  # deliveries between prunes of a busy subscription (an idle o
 class WebhookService:
     """Subscriptions, the durable outbox and the senders of one twin core.
 
-    `reader` gives the journal (catch-up) and type layouts; `open_db` opens the outbox.
+    `reader` gives the journal (catch-up) and type layouts; `open_db` opens the outbox;
+    `outbound` is where deliveries may go (checked when a subscription is made and before each
+    attempt: a denied destination dead-letters the delivery at once; redirects are not followed).
     `start()` subscribes to the bus, catches up from the journal and starts sending; `stop()`
     writes what the inbox still holds to the outbox and stops (the next start resumes).
     """
@@ -68,8 +71,10 @@ class WebhookService:
         timeout_s: float = 5.0,
         keep_delivered: int = 1000,
         max_inbox: int = 10_000,
+        outbound: OutboundPolicy | None = None,
     ):
         self.clock, self.bus, self.reader = clock, bus, reader
+        self.outbound = outbound or OutboundPolicy()
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_attempts = max_attempts
@@ -170,6 +175,7 @@ class WebhookService:
     def create(self, body: Any) -> dict:
         """Validate and store a subscription to events committed from now on; its public form."""
         url, secret, filters = validate_subscription(body)
+        self.outbound.check_url(url, unresolved_ok=True)
         sub = Subscription(
             "wh_" + secrets.token_hex(8),
             url,
@@ -442,17 +448,21 @@ class WebhookService:
         status: int | None = None
         error: str | None = None
         assert self._client is not None
+        denied = False
         try:
             async with asyncio.timeout(self.timeout_s):  # the whole exchange, not per read
+                await asyncio.to_thread(self.outbound.check_url, sub.url)
                 response = await self._client.post(sub.url, content=body, headers=headers)
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
+        except OutboundDenied as exc:
+            error, denied = str(exc)[:500], True
         except (httpx.HTTPError, TimeoutError) as exc:
             error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:500]
         attempts += 1
         ok = error is None
-        dead = not ok and attempts >= self.max_attempts
+        dead = denied or (not ok and attempts >= self.max_attempts)
         self.outbox.record_attempt(
             sub.id,
             d_id,
