@@ -210,18 +210,21 @@ def max_request(report: Report, tmp: Path) -> None:
         rss_before_mb=round(rss_before, 1),
         status=r.status_code,
         note="one POST /api/ingest of a body at Settings.max_body_bytes (32 MiB; --quick: a "
-        "quarter) of minimal observations (5 integer values, no ts, a new twin each); seconds: "
+        "quarter) of observations (10,000 twins in turn, 5 integer values each); seconds: "
         "the round trip; peak_rss_mb: VmHWM of the `livetwin serve` process after it, "
         "rss_before_mb: before (type declared, server idle)",
     )
 
 
 def _body_at_limit(limit: int) -> tuple[bytes, int]:
-    """A JSON array of as many minimal observations as fit in `limit` bytes, and their count."""
-    row = b'{"twin":"m%07d","type":"b","values":{"a":%d,"b":%d,"c":%d,"d":%d,"e":%d}}'
-    n = (limit - 2) // (len(row % (0, 10, 10, 10, 10, 10)) + 1)
-    body = b"[" + b",".join(row % (i, i % 97, i % 89, i % 83, i % 79, i % 73) for i in range(n))
-    return body + b"]", n
+    """A JSON array of as many observations as fit in `limit` bytes (twins t0..t9999 in turn,
+    timestamps 1 ms apart, 5 small integer values), and their count."""
+    row = b'{"twin":"t%d","type":"b","ts":%d,"values":{"a":%d,"b":%d,"c":%d,"d":%d,"e":%d}}'
+    n = (limit - 2) // (len(row % (N_TWINS - 1, T0, 10, 10, 10, 10, 10)) + 1)
+    body = b",".join(
+        row % (i % N_TWINS, T0 + i, i % 97, i % 89, i % 83, i % 79, i % 73) for i in range(n)
+    )
+    return b"[" + body + b"]", n
 
 
 def _proc_status_mb(pid: int | str, field: str) -> float:
