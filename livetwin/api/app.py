@@ -195,6 +195,10 @@ def create_app(
     @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
     async def ingest(request: Request, atomic: bool = False):
         """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
+        future = await submit_body(request, atomic)  # the body is gone once it is submitted
+        return _ingest_response((await asyncio.wrap_future(future)).to_dict())
+
+    async def submit_body(request: Request, atomic: bool) -> Future:
         raw = await read_raw_body(request, limit)  # outside the queue: a slow body holds no one up
         content_type = request.headers.get("content-type", "")
         elements = None
@@ -203,11 +207,9 @@ def create_app(
         if elements is None:
             body = await run_in_threadpool(parse_body, raw, content_type)
             async with ingest_slots:  # checking rows is CPU-bound: wait here, not for the GIL
-                future = await run_in_threadpool(platform.submit, body, atomic=atomic)
-        else:
-            async with ingest_slots:
-                future = await run_in_threadpool(submit_elements, elements, raw, atomic)
-        return _ingest_response((await asyncio.wrap_future(future)).to_dict())
+                return await run_in_threadpool(platform.submit, body, atomic=atomic)
+        async with ingest_slots:
+            return await run_in_threadpool(submit_elements, elements, raw, atomic)
 
     def submit_elements(elements: list, raw: bytes, atomic: bool) -> Future:
         """A large array, checked chunk by chunk but submitted as ONE unit: `atomic` and the

@@ -45,6 +45,7 @@ def normalize_chunked(
     chunk = chunk or CHUNK_OBSERVATIONS
     result = Normalized()
     per_type: dict[str, list[tuple[Batch, np.ndarray]]] = {}  # in order of first appearance
+    twin_ids: dict[str, str] = {}
     for start in range(0, len(elements), chunk):
         try:
             rows = orjson.loads(b"[%s]" % b",".join(elements[start : start + chunk]))
@@ -53,6 +54,7 @@ def normalize_chunked(
         part = normalize(rows, types, now_ms=now_ms, max_future_ms=max_future_ms)
         del rows  # this chunk's dicts go before the next chunk's are made
         for batch, index in part.batches:
+            batch.twins = [twin_ids.setdefault(t, t) for t in batch.twins]  # one str per twin
             per_type.setdefault(batch.type, []).append((batch, index + start))
         for rejection in part.rejected:
             rejection.index += start
