@@ -1,4 +1,5 @@
-"""Ingest benchmarks: HTTP and in-process throughput, read latency under load, memory at 1M twins.
+"""Ingest benchmarks: HTTP and in-process throughput, read latency under load, one request at the
+body limit, memory at 1M twins.
 
 Run with `livetwin bench ingest [--json] [--quick]`; each scenario prints one JSON line.
 `--backend sqlite|postgres|both` runs the storage-backend comparison instead (ingest through COPY,
