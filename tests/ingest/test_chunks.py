@@ -61,10 +61,25 @@ def post(tmp_path, clock, monkeypatch, name: str, body: bytes, *, chunked: bool,
         return r.status_code, r.json(), journaled(platform)
 
 
-def test_chunked_answer_is_the_whole_body_answer(tmp_path, clock, monkeypatch):
+@pytest.fixture
+def chunked_runs(monkeypatch) -> list[bool]:
+    """Records each run of the chunked path: True when it answered (no whole-body fallback)."""
+    runs: list[bool] = []
+
+    def spy(*args, **kwargs):
+        result = normalize_chunked(*args, **kwargs)
+        runs.append(result is not None)
+        return result
+
+    monkeypatch.setattr(livetwin.api.app, "normalize_chunked", spy)
+    return runs
+
+
+def test_chunked_answer_is_the_whole_body_answer(tmp_path, clock, monkeypatch, chunked_runs):
     body = orjson.dumps(request_rows())
     chunked = post(tmp_path, clock, monkeypatch, "chunked", body, chunked=True)
     whole = post(tmp_path, clock, monkeypatch, "whole", body, chunked=False)
+    assert chunked_runs == [True]
     assert chunked == whole
     status, answer, stored = chunked
     assert status == 200
@@ -76,10 +91,13 @@ def test_chunked_answer_is_the_whole_body_answer(tmp_path, clock, monkeypatch):
     assert answer["accepted"] == len(stored) == 300 - len(BAD) - answer["duplicates"]
 
 
-def test_atomic_body_with_one_bad_row_at_the_end_stores_nothing(tmp_path, clock, monkeypatch):
+def test_atomic_body_with_one_bad_row_at_the_end_stores_nothing(
+    tmp_path, clock, monkeypatch, chunked_runs
+):
     body = orjson.dumps(request_rows(bad={299: BAD[299]}))
     chunked = post(tmp_path, clock, monkeypatch, "chunked", body, chunked=True, atomic=True)
     whole = post(tmp_path, clock, monkeypatch, "whole", body, chunked=False, atomic=True)
+    assert chunked_runs == [True]
     assert chunked == whole
     status, answer, stored = chunked
     assert status == 422 and stored == []
@@ -98,9 +116,7 @@ def test_the_same_good_body_atomic_is_stored_whole(tmp_path, clock, monkeypatch)
     "body",
     [b'{"twin": "a"}', b"[1, 2,]", b"not json", b'["\\ud800"]', b"[1e400]", b"[" * 2000],
 )
-def test_what_is_no_well_formed_array_takes_the_whole_body_path(
-    tmp_path, clock, monkeypatch, body
-):
+def test_what_is_no_well_formed_array_takes_the_whole_body_path(tmp_path, clock, monkeypatch, body):
     chunked = post(tmp_path, clock, monkeypatch, "chunked", body, chunked=True)
     whole = post(tmp_path, clock, monkeypatch, "whole", body, chunked=False)
     assert chunked == whole and chunked[0] in (400, 422)
