@@ -1,4 +1,5 @@
-"""Ingest benchmarks: HTTP and in-process throughput, read latency under load, memory at 1M twins.
+"""Ingest benchmarks: HTTP and in-process throughput, read latency under load, one request at the
+body limit, memory at 1M twins.
 
 Run with `livetwin bench ingest [--json] [--quick]`; each scenario prints one JSON line.
 `--backend sqlite|postgres|both` runs the storage-backend comparison instead (ingest through COPY,
@@ -68,6 +69,7 @@ def main(json_only: bool = False, quick: bool = False, backend: str | None = Non
         # ru_maxrss starts from its parent's high-water mark (fork + exec keeps it).
         memory = run_memory_child(report, tmp, sizes["twins_1m"])
         http_scenarios(report, tmp, sizes["http"], sizes["read"])
+        max_request(report, tmp)
         sdk_scenarios(report, tmp, sizes["sdk"])
         emit_memory(report, memory)
     report.table("livetwin bench ingest" + (" (--quick)" if quick else ""))
@@ -171,6 +173,68 @@ def http_scenarios(report: Report, tmp: Path, n_batches: int, n_read_batches: in
         "client side; idle_*_ms: the same GETs with "
         "no ingest running",
     )
+
+
+# ---- one request at the body limit ----------------------------------------------------------
+
+
+def max_request(report: Report, tmp: Path) -> None:
+    """One POST /api/ingest of the largest body the server accepts: seconds and the server's
+    peak RSS (VmHWM of the `livetwin serve` process)."""
+    import httpx
+
+    sys.path.insert(0, str(ROOT))
+    from livetwin.settings import Settings
+
+    limit = Settings().max_body_bytes // (4 if report.quick else 1)
+    body, n = _body_at_limit(limit)
+    report.note(f"max_request: one body of {len(body) / 2**20:.1f} MiB, {n:,} observations ...")
+    with Server(tmp / "max-request") as server:
+        httpx.put(server.url + "/api/types/b", json=type_spec(), timeout=30).raise_for_status()
+        rss_before = _proc_status_mb(server.proc.pid, "VmHWM")
+        started = time.perf_counter()
+        r = httpx.post(server.url + "/api/ingest", content=body, timeout=600)
+        seconds = time.perf_counter() - started
+        peak = _proc_status_mb(server.proc.pid, "VmHWM")
+    valid = r.status_code == 200 and r.json()["accepted"] == n
+    report.emit(
+        "max_request",
+        values_per_s=n * len(PROPS) / seconds,
+        observations_per_s=n / seconds,
+        target="peak RSS < 250 MB" if not report.quick else None,
+        meets_target=(valid and peak < 250) if not report.quick else None,
+        valid=valid,
+        seconds=round(seconds, 2),
+        n=n,
+        body_mb=round(len(body) / 2**20, 2),
+        peak_rss_mb=round(peak, 1),
+        rss_before_mb=round(rss_before, 1),
+        status=r.status_code,
+        note="one POST /api/ingest of a body at Settings.max_body_bytes (32 MiB; --quick: a "
+        "quarter) of observations (10,000 twins in turn, 5 integer values each); seconds: "
+        "the round trip; peak_rss_mb: VmHWM of the `livetwin serve` process after it, "
+        "rss_before_mb: before (type declared, server idle)",
+    )
+
+
+def _body_at_limit(limit: int) -> tuple[bytes, int]:
+    """A JSON array of as many observations as fit in `limit` bytes (twins t0..t9999 in turn,
+    timestamps 1 ms apart, 5 small integer values), and their count."""
+    row = b'{"twin":"t%d","type":"b","ts":%d,"values":{"a":%d,"b":%d,"c":%d,"d":%d,"e":%d}}'
+    n = (limit - 2) // (len(row % (N_TWINS - 1, T0, 10, 10, 10, 10, 10)) + 1)
+    body = b",".join(
+        row % (i % N_TWINS, T0 + i, i % 97, i % 89, i % 83, i % 79, i % 73) for i in range(n)
+    )
+    return b"[" + body + b"]", n
+
+
+def _proc_status_mb(pid: int | str, field: str) -> float:
+    """A memory figure of /proc/<pid>/status (VmRSS: now, VmHWM: peak) in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _public(load: dict) -> dict:
@@ -745,12 +809,8 @@ def _ru_maxrss_mb() -> float:
 
 
 def _status_mb(field: str) -> float:
-    """A memory figure of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """A memory figure of this process (VmRSS: now, VmHWM: peak) in MiB."""
+    return _proc_status_mb("self", field)
 
 
 if __name__ == "__main__":

@@ -244,11 +244,12 @@ class TwinCore:
             now_ms=self.clock(),
             max_future_ms=self.settings.max_future_ms,
         )
-        if (atomic and normalized.rejected) or not normalized.batches:
-            return done(IngestResult(rejected=normalized.rejected))
-        return self.writer.ingest(normalized, atomic)
+        return self.submit_normalized(normalized, atomic=atomic)
 
     def submit_normalized(self, normalized: Normalized, *, atomic: bool = False) -> Future:
+        """Checked observations to the writer (answered at once when nothing is to be stored)."""
+        if (atomic and normalized.rejected) or not normalized.batches:
+            return done(IngestResult(rejected=normalized.rejected))
         return self.writer.ingest(normalized, atomic)
 
     def feed(self, entries: Iterable[JournalEntry]) -> dict:

@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
-from livetwin.api.body import read_body
+from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.ops import monitor_services, ops_routes
@@ -30,6 +31,7 @@ from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.api.webhooks import webhook_routes
 from livetwin.errors import InvalidInput, LivetwinError
+from livetwin.ingest.chunks import CHUNKED_ABOVE_BYTES, normalize_chunked, split_array
 from livetwin.platform import Platform
 from livetwin.timefmt import format_ts
 from livetwin.ui import mount as mount_ui
@@ -193,10 +195,34 @@ def create_app(
     @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
     async def ingest(request: Request, atomic: bool = False):
         """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
-        body = await read_body(request, limit)  # outside the queue: a slow body holds no one up
-        async with ingest_slots:  # checking rows is CPU-bound: wait here, not for the GIL
-            future = await run_in_threadpool(platform.submit, body, atomic=atomic)
+        future = await submit_body(request, atomic)  # the body is gone once it is submitted
         return _ingest_response((await asyncio.wrap_future(future)).to_dict())
+
+    async def submit_body(request: Request, atomic: bool) -> Future:
+        raw = await read_raw_body(request, limit)  # outside the queue: a slow body holds no one up
+        content_type = request.headers.get("content-type", "")
+        elements = None
+        if len(raw) > CHUNKED_ABOVE_BYTES and "yaml" not in content_type:  # YAML: whole body
+            elements = await run_in_threadpool(split_array, raw)
+        if elements is None:
+            body = await run_in_threadpool(parse_body, raw, content_type)
+            async with ingest_slots:  # checking rows is CPU-bound: wait here, not for the GIL
+                return await run_in_threadpool(platform.submit, body, atomic=atomic)
+        async with ingest_slots:
+            return await run_in_threadpool(submit_elements, elements, raw, atomic)
+
+    def submit_elements(elements: list, raw: bytes, atomic: bool) -> Future:
+        """A large array, checked chunk by chunk but submitted as ONE unit: `atomic` and the
+        answer are those of the whole-body path (livetwin/ingest/chunks.py)."""
+        normalized = normalize_chunked(
+            elements,
+            platform.query.compiled_types(),
+            now_ms=platform.clock(),
+            max_future_ms=platform.settings.max_future_ms,
+        )
+        if normalized is None:  # JSON that only msgspec accepts: the whole path says why
+            return platform.submit(parse_body(raw, "application/json"), atomic=atomic)
+        return platform.submit_normalized(normalized, atomic=atomic)
 
     @app.post(
         "/api/ingest/{extractor}",

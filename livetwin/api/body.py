@@ -23,6 +23,14 @@ async def read_body(request: Request, limit: int, *, required: bool = True) -> A
 
     An empty body is an error, or None when not `required`.
     """
+    raw = await read_raw_body(request, limit)
+    if not required and not raw.strip():
+        return None
+    return await run_in_threadpool(parse_body, raw, request.headers.get("content-type", ""))
+
+
+async def read_raw_body(request: Request, limit: int) -> bytes:
+    """The request body's bytes, refused (413) before reading past `limit`."""
     if declares_more_than(request, limit):
         raise PayloadTooLarge(
             f"body of {request.headers['content-length'][:40]} bytes exceeds the limit of "
@@ -38,10 +46,7 @@ async def read_body(request: Request, limit: int, *, required: bool = True) -> A
                 f"body exceeds the limit of {limit} bytes", field="body", fix="send smaller batches"
             )
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not required and not raw.strip():
-        return None
-    return await run_in_threadpool(parse_body, raw, request.headers.get("content-type", ""))
+    return b"".join(chunks)
 
 
 def declares_more_than(request: Request, limit: int) -> bool:
