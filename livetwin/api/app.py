@@ -23,6 +23,7 @@ from livetwin.api.alarms import alarm_routes
 from livetwin.api.body import read_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
+from livetwin.api.openapi import ERROR_REF, document
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
@@ -69,6 +70,45 @@ OBSERVATIONS_BODY = {
                 ],
             }
         },
+    }
+}
+INGEST_RESULT = {
+    "type": "object",
+    "required": ["accepted", "duplicates", "rejected"],
+    "properties": {
+        "accepted": {"type": "integer", "description": "observations stored"},
+        "duplicates": {"type": "integer", "description": "idempotency keys seen before"},
+        "rejected": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "error"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "field": {"type": ["string", "null"]},
+                    "error": {"type": ["string", "null"]},
+                    "fix": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+INGEST_RESPONSES = {
+    200: {
+        "description": "durable; rows listed in `rejected` were not stored",
+        "content": {"application/json": {"schema": INGEST_RESULT}},
+    },
+    422: {
+        "description": "every row was rejected (the ingest result), or the body is invalid",
+        "content": {
+            "application/json": {"schema": {"oneOf": [INGEST_RESULT, {"$ref": ERROR_REF}]}}
+        },
+    },
+}
+STREAM_RESPONSES = {
+    200: {
+        "description": "an endless Server-Sent Events stream (`id`, `event`, `data` lines)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
 SPEC_BODY = {
@@ -121,6 +161,7 @@ def create_app(
         description="Living digital twins: declare types, send telemetry, read state.",
     )
     app.state.platform = platform
+    document(app)  # livetwin's error body and status codes in /openapi.json
     limit = platform.settings.max_body_bytes
     ingest_slots = anyio.Semaphore(1)
 
@@ -144,7 +185,9 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException):
         error = LivetwinError(str(exc.detail), fix="see /docs for the API's routes")
         error.status, error.code = exc.status_code, "http_error"
-        return error_response(error)
+        response = error_response(error)
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -190,7 +233,12 @@ def create_app(
 
     # ---- ingest -------------------------------------------------------------------------
 
-    @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
+    @app.post(
+        "/api/ingest",
+        tags=["ingest"],
+        openapi_extra=OBSERVATIONS_BODY,
+        responses=INGEST_RESPONSES,
+    )
     async def ingest(request: Request, atomic: bool = False):
         """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
         body = await read_body(request, limit)  # outside the queue: a slow body holds no one up
@@ -202,6 +250,7 @@ def create_app(
         "/api/ingest/{extractor}",
         tags=["ingest"],
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
+        responses=INGEST_RESPONSES,
     )
     async def ingest_with(extractor: str, request: Request, atomic: bool = False):
         """A device's own JSON payload, mapped to observations by the named extractor."""
@@ -238,7 +287,9 @@ def create_app(
 
     # ---- live ---------------------------------------------------------------------------
 
-    @app.get("/api/stream", tags=["live"])
+    @app.get(
+        "/api/stream", tags=["live"], response_class=StreamingResponse, responses=STREAM_RESPONSES
+    )
     async def stream(
         request: Request,
         type: str | None = None,
