@@ -4,7 +4,10 @@ type, a response that breaks its schema, and an operation whose schema is invali
 
 from __future__ import annotations
 
+import re
+
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -100,3 +103,53 @@ def test_tokens_mode_answers_as_documented(tmp_path):
         tokens = install_auth(app, platform, mode="tokens")
         admin = tokens.create(name="schemathesis", scope="admin", namespace="*")["token"]
         _check_every_operation(app, {"Authorization": f"Bearer {admin}"})
+
+
+def _document(app) -> dict:
+    with TestClient(app) as client:
+        return client.get("/openapi.json").json()
+
+
+def test_document_declares_what_the_checker_cannot_call(platform):
+    """The stream is text/event-stream, the ingest result has a schema, every path template's
+    parameters are declared (the DELETE refusals too), and no operation claims FastAPI's own
+    validation error: livetwin answers `{"error": {...}}`."""
+    document = _document(create_app(platform))
+    stream = document["paths"]["/api/stream"]["get"]["responses"]["200"]["content"]
+    assert list(stream) == ["text/event-stream"]
+    ingest = document["paths"]["/api/ingest"]["post"]["responses"]
+    assert ingest["200"]["content"]["application/json"]["schema"]["required"] == [
+        "accepted",
+        "duplicates",
+        "rejected",
+    ]
+    for path, operations in document["paths"].items():
+        templated = set(re.findall(r"{([^}]+)}", path))
+        for method, operation in operations.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == templated, (method, path)
+            assert "HTTPValidationError" not in str(operation), (method, path)
+    refusal = document["paths"]["/api/models/{name}/versions/{version}"]["delete"]
+    assert set(refusal["responses"]) >= {"405"}
+    error = document["components"]["schemas"]["ErrorBody"]
+    assert error["required"] == ["error"]
+
+
+def test_tokens_mode_documents_the_bearer_scheme_and_401_403(platform):
+    app = create_app(platform)
+    install_auth(app, platform, mode="tokens")
+    document = _document(app)
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    twins = document["paths"]["/api/twins"]["get"]
+    assert twins["security"] == [{"bearer": []}]
+    assert {"401", "403"} <= set(twins["responses"])
+    health = document["paths"]["/api/health"]["get"]
+    assert "security" not in health and "401" not in health["responses"]
+    assert "securitySchemes" not in _document(create_app(platform)).get("components", {})
+
+
+def test_a_method_a_route_does_not_have_answers_405_with_allow(client):
+    r = client.patch("/api/types")
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "http_error"
+    assert r.headers["allow"] == "GET"
