@@ -66,7 +66,9 @@ def path_parameters(path: str) -> list[dict]:
 
 
 def document(app: FastAPI) -> None:
-    """Make `app.openapi()` build the truthful document (cached; `secure` drops the cache)."""
+    """Make `app.openapi()` build the truthful document: livetwin's error body on the status
+    codes each operation can answer (by its parameters, body, path and method), replacing
+    FastAPI's own validation error. Cached; `secure` drops the cache."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -92,11 +94,8 @@ def secure(app: FastAPI, public: frozenset[str]) -> None:
 def _declare_errors(schema: dict, public: frozenset[str] | None) -> None:
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    schemas.update(
-        ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"]
-    )
-    schemas["ErrorBody"] = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas["ErrorBody"].pop("$defs", None)
+    error_body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_body.pop("$defs"), ErrorBody=error_body)
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     if public is not None:
