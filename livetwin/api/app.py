@@ -23,7 +23,7 @@ from livetwin.api.alarms import alarm_routes
 from livetwin.api.body import read_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
-from livetwin.api.openapi import ERROR_REF, document
+from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, document
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
@@ -70,45 +70,6 @@ OBSERVATIONS_BODY = {
                 ],
             }
         },
-    }
-}
-INGEST_RESULT = {
-    "type": "object",
-    "required": ["accepted", "duplicates", "rejected"],
-    "properties": {
-        "accepted": {"type": "integer", "description": "observations stored"},
-        "duplicates": {"type": "integer", "description": "idempotency keys seen before"},
-        "rejected": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["index", "error"],
-                "properties": {
-                    "index": {"type": "integer"},
-                    "field": {"type": ["string", "null"]},
-                    "error": {"type": ["string", "null"]},
-                    "fix": {"type": ["string", "null"]},
-                },
-            },
-        },
-    },
-}
-INGEST_RESPONSES = {
-    200: {
-        "description": "durable; rows listed in `rejected` were not stored",
-        "content": {"application/json": {"schema": INGEST_RESULT}},
-    },
-    422: {
-        "description": "every row was rejected (the ingest result), or the body is invalid",
-        "content": {
-            "application/json": {"schema": {"oneOf": [INGEST_RESULT, {"$ref": ERROR_REF}]}}
-        },
-    },
-}
-STREAM_RESPONSES = {
-    200: {
-        "description": "an endless Server-Sent Events stream (`id`, `event`, `data` lines)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
 SPEC_BODY = {

@@ -42,6 +42,47 @@ def error_response(description: str) -> dict:
 
 MQTT_OFF = {409: error_response("MQTT not configured: the server was started without --mqtt")}
 
+# what POST /api/ingest answers: the ingest result (also on 422 when every row was rejected)
+INGEST_RESULT = {
+    "type": "object",
+    "required": ["accepted", "duplicates", "rejected"],
+    "properties": {
+        "accepted": {"type": "integer", "description": "observations stored"},
+        "duplicates": {"type": "integer", "description": "idempotency keys seen before"},
+        "rejected": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "error"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "field": {"type": ["string", "null"]},
+                    "error": {"type": ["string", "null"]},
+                    "fix": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+}
+INGEST_RESPONSES = {
+    200: {
+        "description": "durable; rows listed in `rejected` were not stored",
+        "content": {"application/json": {"schema": INGEST_RESULT}},
+    },
+    422: {
+        "description": "every row was rejected (the ingest result), or the body is invalid",
+        "content": {
+            "application/json": {"schema": {"oneOf": [INGEST_RESULT, {"$ref": ERROR_REF}]}}
+        },
+    },
+}
+STREAM_RESPONSES = {
+    200: {
+        "description": "an endless Server-Sent Events stream (`id`, `event`, `data` lines)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
 # status codes by what an operation does (added where the route did not declare its own)
 BODY_ERRORS = {
     400: "malformed JSON or YAML",
