@@ -24,6 +24,7 @@ from livetwin.api.alarms import alarm_routes
 from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
+from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, document
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
@@ -123,6 +124,7 @@ def create_app(
         description="Living digital twins: declare types, send telemetry, read state.",
     )
     app.state.platform = platform
+    document(app)  # livetwin's error body and status codes in /openapi.json
     limit = platform.settings.max_body_bytes
     ingest_slots = anyio.Semaphore(1)
 
@@ -146,7 +148,9 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException):
         error = LivetwinError(str(exc.detail), fix="see /docs for the API's routes")
         error.status, error.code = exc.status_code, "http_error"
-        return error_response(error)
+        response = error_response(error)
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -192,7 +196,12 @@ def create_app(
 
     # ---- ingest -------------------------------------------------------------------------
 
-    @app.post("/api/ingest", tags=["ingest"], openapi_extra=OBSERVATIONS_BODY)
+    @app.post(
+        "/api/ingest",
+        tags=["ingest"],
+        openapi_extra=OBSERVATIONS_BODY,
+        responses=INGEST_RESPONSES,
+    )
     async def ingest(request: Request, atomic: bool = False):
         """Observations; answered once they are durable. Bad rows are listed, good rows kept."""
         future = await submit_body(request, atomic)  # the body is gone once it is submitted
@@ -228,6 +237,7 @@ def create_app(
         "/api/ingest/{extractor}",
         tags=["ingest"],
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {}}}},
+        responses=INGEST_RESPONSES,
     )
     async def ingest_with(extractor: str, request: Request, atomic: bool = False):
         """A device's own JSON payload, mapped to observations by the named extractor."""
@@ -264,7 +274,9 @@ def create_app(
 
     # ---- live ---------------------------------------------------------------------------
 
-    @app.get("/api/stream", tags=["live"])
+    @app.get(
+        "/api/stream", tags=["live"], response_class=StreamingResponse, responses=STREAM_RESPONSES
+    )
     async def stream(
         request: Request,
         type: str | None = None,

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from livetwin.api.app import error_response
 from livetwin.api.body import parse_body, read_body
+from livetwin.api.openapi import secure
 from livetwin.auth import (
     ALL,
     TOKEN_PREFIX,
@@ -328,6 +329,7 @@ def install_auth(
         max_body=platform.settings.max_body_bytes,
     )
     app.state.tokens = tokens
+    secure(app, frozenset(public))  # the document declares the bearer scheme and 401/403
     _close_on_shutdown(app, tokens)
     return tokens
 

@@ -8,7 +8,8 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
-from livetwin.errors import Unavailable
+from livetwin.api.openapi import MQTT_OFF
+from livetwin.errors import Conflict
 
 __all__ = ["mqtt_routes"]
 
@@ -45,8 +46,8 @@ def mqtt_routes(app: FastAPI, platform: Any, bridge: Any | None) -> None:
 
     def need_bridge():
         if bridge is None:
-            raise Unavailable(
-                "MQTT ingest is not enabled on this server",
+            raise Conflict(
+                "MQTT not configured: MQTT ingest is not enabled on this server",
                 field="mqtt",
                 fix="start the server with livetwin serve --mqtt host:port",
             )
@@ -59,22 +60,29 @@ def mqtt_routes(app: FastAPI, platform: Any, bridge: Any | None) -> None:
             return {"enabled": False, "connected": False}
         return {"enabled": True, **bridge.stats()}
 
-    @app.get("/api/mqtt/subscriptions", tags=["mqtt"])
+    @app.get("/api/mqtt/subscriptions", tags=["mqtt"], responses=MQTT_OFF)
     def list_subscriptions() -> list[dict]:
         return need_bridge().subscriptions()
 
-    @app.get("/api/mqtt/subscriptions/{name}", tags=["mqtt"])
+    @app.get("/api/mqtt/subscriptions/{name}", tags=["mqtt"], responses=MQTT_OFF)
     def get_subscription(name: str) -> dict:
         return need_bridge().subscription(name)
 
-    @app.put("/api/mqtt/subscriptions/{name}", tags=["mqtt"], openapi_extra=SUBSCRIPTION_BODY)
+    @app.put(
+        "/api/mqtt/subscriptions/{name}",
+        tags=["mqtt"],
+        responses=MQTT_OFF,
+        openapi_extra=SUBSCRIPTION_BODY,
+    )
     async def put_subscription(name: str, request: Request) -> dict:
         """Create or replace a subscription; persisted, so a restart subscribes again."""
         active = need_bridge()
         body = await read_body(request, limit)
         return await run_in_threadpool(active.put_subscription, name, body)
 
-    @app.delete("/api/mqtt/subscriptions/{name}", tags=["mqtt"], status_code=204)
+    @app.delete(
+        "/api/mqtt/subscriptions/{name}", tags=["mqtt"], responses=MQTT_OFF, status_code=204
+    )
     async def delete_subscription(name: str) -> Response:
         await run_in_threadpool(need_bridge().delete_subscription, name)
         return Response(status_code=204)

@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from livetwin.api.body import declares_more_than, read_body
+from livetwin.api.openapi import path_parameters
 from livetwin.api.params import Int64
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.registry.lineage import LineageStore, to_graphml
@@ -243,6 +244,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
             tags=["models"],
             summary="Refused: model versions, their artifacts and alias records are kept forever",
             responses={405: {"description": "always: nothing here is deleted"}},
+            openapi_extra={"parameters": path_parameters(path)},
         )
 
 

@@ -187,9 +187,9 @@ def test_type_spec_commands_section_is_validated(platform):
         assert getattr(caught.value, "field", None) == field, caught.value
 
 
-def test_without_a_broker_commands_are_unavailable(client):
+def test_without_a_broker_commands_answer_mqtt_not_configured(client):
     r = client.put("/api/twins/fan-1/desired", json={"values": {"speed": 1}})
-    assert r.status_code == 503 and r.json()["error"]["field"] == "mqtt"
+    assert r.status_code == 409 and r.json()["error"]["field"] == "mqtt"
     assert "--mqtt" in r.json()["error"]["fix"]
 
 

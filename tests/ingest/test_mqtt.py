@@ -249,3 +249,17 @@ def test_config_file_for_serve(tmp_path, setup, prefix):
         with pytest.raises(InvalidInput) as caught:
             load_mqtt_config(path)
         assert caught.value.field == field and caught.value.fix
+
+
+def test_without_a_broker_subscriptions_answer_mqtt_not_configured(client):
+    """409 (the server's configuration), not 503 (a passing outage): retrying will not help."""
+    for method, path in [
+        ("GET", "/api/mqtt/subscriptions"),
+        ("PUT", "/api/mqtt/subscriptions/line"),
+        ("DELETE", "/api/mqtt/subscriptions/line"),
+    ]:
+        r = client.request(method, path, json={"topic": "a/#", "extractor": "x"})
+        assert r.status_code == 409, (method, path, r.text)
+        error = r.json()["error"]
+        assert error["field"] == "mqtt" and "MQTT not configured" in error["message"]
+    assert client.get("/api/mqtt").json() == {"enabled": False, "connected": False}
