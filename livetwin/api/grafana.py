@@ -1,8 +1,11 @@
 """Grafana dashboard JSON for a twin type (the ops side, beside the Prometheus metrics of
-`ops.py`), reading the PostgreSQL view `livetwin_samples`.
+`ops.py`), reading livetwin's samples on PostgreSQL.
 
-The view is `livetwin_samples(twin, type, name, ts timestamptz, value)`; alarms come from
-the alarm service's table `livetwin_alarms.alarms` (times in epoch ms, converted in the query).
+Panels read `livetwin_samples_between($__timeFrom(), $__timeTo())`, the function beside the view
+`livetwin_samples(twin, type, name, ts timestamptz, value)` that unpacks only the history chunks
+overlapping the dashboard's time range (the view unpacks every chunk of a twin before filtering);
+alarms come from the alarm service's table `livetwin_alarms.alarms` (times in epoch ms, converted
+in the query).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.spec.calibration import BAND_SUFFIXES
 
 POSTGRES_PLUGIN = "grafana-postgresql-datasource"  # "postgres" before Grafana 10.3
-SAMPLES_VIEW = "livetwin_samples"
+SAMPLES_IN_RANGE = "livetwin_samples_between($__timeFrom(), $__timeTo())"  # migrations/0002
 ALARMS_VIEW = "livetwin_alarms.alarms"  # the alarm service's table (its schema on PostgreSQL)
 WIDTH = 24  # Grafana's grid width
 
@@ -208,7 +211,7 @@ def _samples_sql(type_name: str, names: list[str]) -> str:
     wanted = ", ".join(_literal(n) for n in names)
     return (
         "SELECT $__timeGroupAlias(ts, $__interval), name AS metric, avg(value) AS value\n"
-        f"FROM {SAMPLES_VIEW}\n"
+        f"FROM {SAMPLES_IN_RANGE}\n"
         f"WHERE type = {_literal(type_name)} AND twin = ${{twin:sqlstring}}\n"
         f"  AND name IN ({wanted}) AND $__timeFilter(ts)\n"
         "GROUP BY 1, 2\nORDER BY 1"
@@ -245,7 +248,7 @@ def _alarms_panel(type_name: str, view: str, datasource: dict) -> dict:
 
 def _twin_variable(type_name: str, datasource: dict) -> dict:
     query = (
-        f"SELECT DISTINCT twin FROM {SAMPLES_VIEW} WHERE type = {_literal(type_name)} "
+        f"SELECT DISTINCT twin FROM {SAMPLES_IN_RANGE} WHERE type = {_literal(type_name)} "
         "AND $__timeFilter(ts) ORDER BY 1"
     )
     return {

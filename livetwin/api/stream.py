@@ -3,7 +3,9 @@
 The feed keeps the most recent applied batches (not one object per observation) and notices
 (alarms, finished runs) in a ring; each connection keeps a cursor into it and turns only the rows
 it wants into JSON. A state event's id is `<seq>.<row>`: the journal sequence number and the row
-within that journal entry; a notice takes the next row after the newest state event.
+within that journal entry; a notice takes the next row after the newest state event. A client
+that missed events, or holds an id the journal never reached (its data was reset), first gets
+`event: reset`: reload state, then follow the stream.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from livetwin.errors import InvalidInput
 
 KINDS = ("state", "alarm", "run", "job")  # "job": the older name of "run" (a finished run)
 HEARTBEAT_S = 15.0
+AHEAD = orjson.dumps(
+    {"reason": "Last-Event-ID is ahead of this server's journal (its data was reset); reload state"}
+)
 
 
 @dataclass(frozen=True)
@@ -132,11 +137,16 @@ class LiveFeed:
         waiter = (asyncio.get_running_loop(), flag)
         self._waiters.add(waiter)
         try:
-            missed = cursor is not None and not self.after(cursor)[1]
-            cursor = cursor or self.newest()  # fixed before the first byte: nothing slips by
+            newest = self.newest()
+            ahead = cursor is not None and cursor.seq > newest.seq  # an id from before a reset
+            missed = cursor is not None and not ahead and not self.after(cursor)[1]
+            if cursor is None or ahead:
+                cursor = newest  # fixed before the first byte: nothing slips by
             yield b"retry: 2000\n\n"
             if missed:
                 yield b'event: reset\ndata: {"reason": "events were missed; reload state"}\n\n'
+            if ahead:  # carries the current id, so the browser's next reconnect resumes here
+                yield b"id: %d.%d\nevent: reset\ndata: %s\n\n" % (*_key(cursor), AHEAD)
             while not self.closed:
                 flag.clear()  # an event that lands while we send sets it again
                 for item in self.after(cursor)[0]:

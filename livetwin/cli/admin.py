@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from livetwin.cli.common import DATA, console, fail
+from livetwin.cli.common import DATA, console, fail, results
 from livetwin.errors import LivetwinError
 from livetwin.settings import Settings
 
@@ -63,20 +63,36 @@ def token_list(
         return
     columns = ("id", "name", "scope", "namespace", "created", "expires", "revoked")
     table = Table(*columns)
+    table.columns[0].no_wrap = True  # `token revoke` takes the id: never cut it
+    table.columns[0].min_width = max((len(t["id"]) for t in tokens), default=2)
     for t in tokens:
         table.add_row(*(t[c] or "-" for c in columns))
-    console.print(table)
+    results.print(table)
 
 
 @token_app.command("revoke")
 def token_revoke(token_id: str = typer.Argument(..., metavar="ID"), data: Path = DATA):
-    """Revoke a token from now on (a running server refuses it at once)."""
+    """Revoke a token from now on (a running server refuses it at once). ID is the id that
+    `token list` shows, or its start when no other token's id starts the same."""
     try:
         with _store(data) as store:
-            revoked = store.revoke(token_id)
+            revoked = store.revoke(_full_id(store, token_id))
     except LivetwinError as exc:
         fail(exc)
     console.print(f"token {revoked['id']} ({revoked['name']}) revoked at {revoked['revoked']}")
+
+
+def _full_id(store, token_id: str) -> str:
+    """The id of the one token whose id starts with `token_id` (else `token_id` itself)."""
+    prefix = token_id.strip().rstrip("…")
+    matches = [t["id"] for t in store.list() if prefix and t["id"].startswith(prefix)]
+    if len(matches) > 1:
+        raise LivetwinError(
+            f"'{token_id}' starts {len(matches)} token ids: {', '.join(matches)}",
+            field="id",
+            fix="give more of the id (see `livetwin token list`)",
+        )
+    return matches[0] if matches else token_id
 
 
 def grafana_dashboard(

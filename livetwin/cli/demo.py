@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from livetwin.cli.common import DATA, console, open_platform, progress_bar
-from livetwin.cli.serve import run_server
+from livetwin.cli.serve import PORT, check_port, run_server
 from livetwin.platform import Platform, Settings
 from livetwin.timefmt import wall_clock_ms
 
@@ -17,7 +17,7 @@ from livetwin.timefmt import wall_clock_ms
 def demo(
     data: Path = DATA,
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: int = PORT,
     pumps: int = typer.Option(50, help="Pumps in the simulated fleet."),
     lines: int = typer.Option(10, help="Roller lines whose bearings wear."),
     homes: int = typer.Option(4, help="Homes with motion sensors (one occupant stops moving)."),
@@ -30,6 +30,7 @@ def demo(
     from livetwin.examples.pumps import PumpFleet, declare
     from livetwin.examples.roller_demo import RollerDemo, coverage
 
+    check_port(host, port)
     platform = open_platform(data, Settings())
     declare(platform)
     fleet = PumpFleet(pumps)

@@ -1,21 +1,69 @@
-"""`livetwin serve`: the REST API and the web UI over a data directory (or PostgreSQL)."""
+"""`livetwin serve`: the REST API and the web UI over a data directory (or PostgreSQL).
+
+Everything a user can get wrong (port, auth mode, data directory, a port in use) is refused with
+one line and a fix before the "serving" banner. SIGTERM (systemd, Kubernetes) stops the server
+like Ctrl-C: ingest drained, history flushed, a final snapshot, exit status 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import signal
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from livetwin.api.ops import configure_logging
 from livetwin.cli.common import DATA, console, fail, open_platform
-from livetwin.errors import LivetwinError
+from livetwin.errors import InvalidInput, LivetwinError, Unavailable
 from livetwin.ingest.mqtt import load_mqtt_config, parse_address
 from livetwin.platform import Platform, Settings
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PORT = typer.Option(8000, min=1, max=65535, help="TCP port to listen on (1-65535).")
 
-def run_server(platform: Platform, host: str, port: int) -> None:
-    """Run the API over `platform` until Ctrl-C, with the auth mode of its settings (open,
-    tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md)."""
+
+def check_port(host: str, port: int) -> None:
+    """Exit with one clear line when `host:port` cannot be listened on (in use, no such
+    address), before anything starts; uvicorn binds it the same way (SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            in_use = exc.errno == errno.EADDRINUSE
+            fail(
+                Unavailable(
+                    f"cannot listen on {host}:{port}: "
+                    + ("the port is in use" if in_use else str(exc.strerror or exc)),
+                    field="port",
+                    fix=f"stop the process that uses port {port}, or choose another --port"
+                    if in_use
+                    else "check --host (an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)",
+                )
+            )
+
+
+def check_auth_mode(mode: str) -> None:
+    from livetwin.api.auth import MODES
+
+    if mode not in MODES:
+        fail(
+            InvalidInput(
+                f"unknown auth mode '{mode}'", field="auth", fix=f"use one of: {', '.join(MODES)}"
+            )
+        )
+
+
+def run_server(platform: Platform, host: str, port: int, banner: str | None = None) -> None:
+    """Run the API over `platform` until Ctrl-C or SIGTERM, with the auth mode of its settings
+    (open, tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md).
+    `banner` is printed once the app is ready to start."""
     import gc
     import sys
 
@@ -49,25 +97,50 @@ def run_server(platform: Platform, host: str, port: int) -> None:
     except LivetwinError as exc:
         platform.close()
         fail(exc)
+    if banner:
+        console.print(banner)
     if mode == "open":
         console.print(
             f"[bold yellow]WARNING: authentication is off: anyone who can reach {host}:{port} "
             "can read and write every twin (use --auth tokens).[/]"
         )
-    uvicorn.run(
-        api,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=3,  # live streams (SSE) never end by themselves
-        **server_options(),  # request heads capped at 64 KiB, refusals in JSON
-    )
+    with _stop_signals_end_quietly() as stopped_by:
+        uvicorn.run(
+            api,
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=3,  # live streams (SSE) never end by themselves
+            **server_options(),  # request heads capped at 64 KiB, refusals in JSON
+        )
+    if stopped_by:
+        console.print(
+            f"stopped on {signal.Signals(stopped_by[0]).name}: ingest drained, history flushed, "
+            "snapshot written"
+        )
+
+
+@contextlib.contextmanager
+def _stop_signals_end_quietly() -> Iterator[list[int]]:
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the
+    handler that was there before: make that handler note it (yielded), so the command ends
+    with exit status 0 (not KeyboardInterrupt, not death by SIGTERM)."""
+    stopped_by: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, lambda sig, _frame: stopped_by.append(sig))
+    try:
+        yield stopped_by
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve(
     data: Path = DATA,
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: int = PORT,
     max_body_mb: int = typer.Option(32, help="Largest request body accepted, in MiB."),
     auth: str = typer.Option(
         None, "--auth", help="open, tokens or oidc (default: open on localhost, tokens elsewhere)."
@@ -91,6 +164,8 @@ def serve(
         jwt_issuer=issuer,
     )
     settings = Settings.from_env(options)  # options given on the command line win
+    if settings.auth:
+        check_auth_mode(settings.auth)
     subscriptions: dict = {}
     try:
         configure_logging(log_format=settings.log_format)
@@ -100,6 +175,7 @@ def serve(
             settings.mqtt_host, settings.mqtt_port = parse_address(mqtt)
     except LivetwinError as exc:
         fail(exc)
+    check_port(host, port)
     platform = open_platform(data, settings)
     for name, body in subscriptions.items():
         try:
@@ -107,5 +183,5 @@ def serve(
         except LivetwinError as exc:
             platform.close()
             fail(exc)
-    console.print(f"livetwin serving {data} at [bold]http://{host}:{port}[/] (API docs: /docs)")
-    run_server(platform, host, port)
+    banner = f"livetwin serving {data} at [bold]http://{host}:{port}[/] (API docs: /docs)"
+    run_server(platform, host, port, banner)

@@ -6,20 +6,29 @@ from pathlib import Path
 
 import typer
 
-from livetwin.cli.common import DATA, console, fail, open_platform, progress_bar
+from livetwin.cli.common import (
+    DATA,
+    console,
+    fail,
+    open_platform,
+    print_json,
+    progress_bar,
+    require_data,
+)
 from livetwin.errors import LivetwinError
 from livetwin.platform import Settings
 
 
 def replay(data: Path = DATA):
     """Rebuild all twin state from the journal alone (ignores snapshots), then snapshot it."""
+    require_data(data)
     platform = open_platform(data, Settings())
     try:
         total = platform.stats()["journal_observations"]
         with progress_bar() as progress:
             task = progress.add_task("replaying the journal", total=total or 1)
             result = platform.rebuild(progress=lambda n: progress.advance(task, n))
-        console.print_json(data=result)
+        print_json(result)
     finally:
         platform.close()
 
@@ -29,12 +38,14 @@ def calibrate(
     twin: list[str] = typer.Option(None, "--twin", help="Only these twins (repeatable)."),
     data: Path = DATA,
 ):
-    """Calibrate a type's twins on their new measurements and print the run record."""
+    """Calibrate a type's twins on their new measurements and print the run record (JSON on
+    stdout; status on stderr)."""
+    require_data(data)
     platform = open_platform(data, Settings())
     try:
         with console.status(f"calibrating {type_name} ..."):
             record = platform.calibrate(type_name, twin or None)
-        console.print_json(data=record)
+        print_json(record)
     except LivetwinError as exc:
         fail(exc)
     finally:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 
 import pytest
-from conftest import PUMP
+from conftest import PUMP, T0
 from typer import Typer
 from typer.testing import CliRunner
 
@@ -142,9 +143,17 @@ def pg():
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed under CI: {exc}")
         pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
-    with conn:
-        conn.execute("CREATE TEMP TABLE livetwin_samples (twin text, type text, name text, "
+    with conn:  # all in one transaction, rolled back: the schema goes with it
+        schema = f"lt_grafana_{uuid.uuid4().hex[:12]}"
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"SET LOCAL search_path = {schema}")
+        conn.execute("CREATE TABLE livetwin_samples (twin text, type text, name text, "
                      "ts timestamptz, value double precision)")  # fmt: skip
+        conn.execute(  # what the panels call (migrations/0002), here over the table above
+            "CREATE FUNCTION livetwin_samples_between(t_from timestamptz, t_to timestamptz) "
+            "RETURNS SETOF livetwin_samples LANGUAGE sql STABLE AS "
+            "$$ SELECT * FROM livetwin_samples WHERE ts >= t_from AND ts < t_to $$"
+        )
         conn.execute("CREATE TEMP TABLE alarms (twin text, type text, rule text, "
                      "severity text, state text, raised bigint, cleared bigint, "
                      "message text)")  # fmt: skip
@@ -162,6 +171,8 @@ def grafana_expand(sql: str, twin: str) -> str:
         "$__timeFilter(to_timestamp(raised / 1000.0))",
         "to_timestamp(raised / 1000.0) BETWEEN '2026-11-22T09:00:00Z' AND now()",
     )
+    sql = sql.replace("$__timeFrom()", "'2026-11-22T09:00:00Z'::timestamptz")
+    sql = sql.replace("$__timeTo()", "'2026-11-22T11:00:00Z'::timestamptz")
     sql = sql.replace("${twin:sqlstring}", "'" + twin + "'")
     assert not re.search(r"\$\{?\w", sql), sql
     return sql
@@ -195,3 +206,25 @@ def test_the_generated_sql_runs_on_postgres(pg, roller_info):
     (alarm,) = pg.execute(grafana_expand(alarms_sql["targets"][0]["rawSql"], "line-1")).fetchall()
     assert alarm[1:5] == ("line-1", "drag_high", "warning", "active")
     assert alarm[0].timestamp() * 1000 == 1795341600000
+
+
+def test_panels_unpack_only_the_history_chunks_of_their_time_range(monkeypatch, tmp_path):
+    """On a real store the panels call `livetwin_samples_between`, so PostgreSQL filters the
+    history chunks by time (EXPLAIN) and a chunk outside the range never reaches the result."""
+    from conftest import obs
+    from postgres_support import fresh_schema, postgres_platform
+
+    psycopg = pytest.importorskip("psycopg")
+    with fresh_schema() as url:
+        with postgres_platform(monkeypatch, tmp_path / "d", url) as platform:
+            platform.put_type("roller_line", ROLLER_TYPE)
+            for ts, w1 in ((T0 - 86_400_000, 1.0), (T0, 5.0)):  # a day before, and in range
+                platform.ingest([obs("line-1", ts, type="roller_line", w1=w1)])
+                platform.snapshot()  # flushes history: one chunk each
+            board = dashboard(platform.get_type("roller_line"))
+        sql = grafana_expand(by_title(board)["w1"]["targets"][0]["rawSql"], "line-1")
+        assert "livetwin_samples_between(" in sql
+        with psycopg.connect(url) as conn:
+            assert [(m, v) for _, m, v in conn.execute(sql).fetchall()] == [("w1", 5.0)]
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql).fetchall())
+        assert "ts_max" in plan and "ts_min" in plan, plan  # chunks filtered before unpacking

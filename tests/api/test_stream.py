@@ -141,3 +141,18 @@ def test_notice_names_old_and_new():
     assert notice_name("job", {"job", "run"}) == "run" and notice_name("run", {"run"}) == "run"
     assert notice_name("alarm", {"alarm"}) == "alarm"
     assert notice_name("alarm", {"run", "job"}) is None and notice_name("job", {"alarm"}) is None
+
+
+def test_an_id_ahead_of_the_journal_gets_a_reset_and_then_live_events(live_server, platform):
+    """A browser holding an id from before a data reset is told to reload at once (with the
+    current id, for its next reconnect) and then follows the stream."""
+    platform.put_type("pump", PUMP)
+    platform.ingest([obs("p1", T0, flow=1.0)])
+    url = f"{live_server}/api/stream?twin=p1"
+    thread, got = stream_in_background(url, 2, {"Last-Event-ID": "987654.3"})
+    platform.ingest([obs("p1", T0 + 1, flow=2.0)])
+    thread.join(10)
+    assert [e["event"] for e in got] == ["reset", "state"]
+    assert "reload" in got[0]["data"]["reason"]
+    assert int(got[0]["id"].split(".")[0]) < 987654
+    assert got[1]["data"]["values"]["flow"] == 2.0

@@ -1,0 +1,182 @@
+"""The `livetwin` command as a careless user meets it: every mistake is one line with a fix (no
+stack trace, no "serving" banner before it), results alone on stdout, and SIGTERM stops
+`serve` gracefully with exit status 0."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import PUMP, T0, obs
+from typer.testing import CliRunner
+
+from livetwin.cli import app
+from livetwin.examples.rollers import ROLLER_TYPE
+from livetwin.platform import Platform
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def root_logging():
+    """`serve` configures root logging onto the stderr CliRunner captures: undo it after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def never_serves(monkeypatch):
+    """A refused `serve` must not start the server: if it does, fail instead of serving."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr("uvicorn.run", started)
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def refused(result, *words: str) -> None:
+    """Exit status 2, the words in the message, and nothing a user should not see."""
+    assert result.exit_code == 2, result.output
+    for word in words:
+        assert word in result.output, result.output
+    assert "serving" not in result.output and "Traceback" not in result.output
+    assert "Errno" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_refuses_a_port_out_of_range_before_anything_starts(tmp_path, never_serves):
+    data = tmp_path / "d"
+    refused(run("serve", "--port", "99999", "--data", str(data)), "65535")
+    refused(run("serve", "--port", "0", "--data", str(data)), "--port")
+    assert not data.exists()
+
+
+def test_serve_on_a_port_in_use_says_which_and_the_fix(tmp_path, never_serves):
+    data = tmp_path / "d"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port), "--data", str(data))
+    refused(result, f"127.0.0.1:{port}", "in use", "--port")
+    assert not data.exists()
+
+
+def test_serve_refuses_an_unknown_auth_mode_before_the_banner(tmp_path, never_serves):
+    refused(
+        run("serve", "--auth", "bogus", "--port", str(free_port()), "--data", str(tmp_path / "d")),
+        "unknown auth mode 'bogus'",
+        "fix:",
+    )
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_serve_on_a_data_directory_it_cannot_make_is_one_line(tmp_path, never_serves, where):
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("")
+        data = tmp_path / "file" / "sub"
+    else:
+        data = Path("/proc/livetwin-x")
+    refused(
+        run("serve", "--port", str(free_port()), "--data", str(data)),
+        f"cannot use {data} as a data directory",
+        "fix:",
+    )
+
+
+@pytest.mark.parametrize("command", [["replay"], ["calibrate", "pump"]])
+def test_commands_on_existing_state_refuse_a_missing_data_directory(tmp_path, command):
+    data = tmp_path / "does-not-exist"
+    refused(run(*command, "--data", str(data)), f"no livetwin data directory at {data}", "fix:")
+    assert not data.exists()
+
+
+def test_calibrate_prints_only_json_on_stdout(tmp_path):
+    data = tmp_path / "d"
+    with Platform(data) as p:  # its next start prints "recovered ...": a status line
+        p.put_type("roller_line", ROLLER_TYPE)
+        p.ingest([obs("line-1", T0, type="roller_line", w1=1.0)])
+    result = run("calibrate", "roller_line", "--data", str(data))
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)  # `| jq` reads this
+    assert record["type"] == "roller_line" and record["twins"] == 1
+    assert "recovered" in result.stderr
+
+
+def test_token_list_shows_ids_that_revoke_takes(tmp_path):
+    data = str(tmp_path / "d")
+    for n in range(2):
+        name = f"continuous-integration-{n}"
+        made = run("token", "create", "--name", name, "--scope", "admin", "--data", data)
+        assert made.exit_code == 0, made.output
+    ids = [t["id"] for t in json.loads(run("token", "list", "--json", "--data", data).stdout)]
+    table = run("token", "list", "--data", data).stdout  # 80 columns, like a small terminal
+    assert all(token_id in table for token_id in ids), table
+    revoked = run("token", "revoke", ids[0][:6], "--data", data)  # a prefix that is unambiguous
+    assert revoked.exit_code == 0, revoked.output
+    assert f"token {ids[0]} " in revoked.output
+    refused(run("token", "revoke", "", "--data", data), "no token")
+
+
+def test_sigterm_drains_serve_and_exits_0(tmp_path):
+    data = tmp_path / "d"
+    with Platform(data) as p:
+        p.put_type("pump", PUMP)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "livetwin.cli", "serve", "--data", str(data), "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.communicate()
+            try:
+                if httpx.get(f"{base}/api/types", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        r = httpx.post(f"{base}/api/ingest", json=[obs("p1", T0, flow=42.0)], timeout=10)
+        assert r.status_code == 200, r.text
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, err.decode()
+    assert b"stopped on SIGTERM" in err and b"Traceback" not in err
+    with Platform(data) as p:
+        assert p.twin("p1")["properties"]["flow"] == 42.0
+        assert p.recovered["replayed_observations"] == 0  # the final snapshot holds it
