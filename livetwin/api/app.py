@@ -24,7 +24,7 @@ from livetwin.api.alarms import alarm_routes
 from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.mqtt import mqtt_routes
-from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, document
+from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_RESPONSES, document
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
@@ -314,7 +314,7 @@ def create_app(
 
     commands_routes(app, platform, platform.commands)  # .../desired before the catch-all
 
-    @app.get("/api/twins", tags=["twins"])
+    @app.get("/api/twins", tags=["twins"], responses=TWIN_LIST_RESPONSES)
     def list_twins(
         type: str | None = None,
         parent: str | None = None,

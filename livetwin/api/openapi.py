@@ -41,6 +41,7 @@ def error_response(description: str) -> dict:
 
 
 MQTT_OFF = {409: error_response("MQTT not configured: the server was started without --mqtt")}
+TWIN_LIST_RESPONSES = {404: error_response("`type` names no declared twin type")}
 
 # what POST /api/ingest answers: the ingest result (also on 422 when every row was rejected)
 INGEST_RESULT = {
