@@ -145,21 +145,6 @@ class Query:
                     break
         return {"items": items, "total": total, "offset": offset, "limit": limit}
 
-    def columns(self, type_name: str, names: list[str], twins: list[str] | None = None):
-        """Current values of columns `names` of a type's twins (all, or `twins` in that order):
-        (twin ids, {name: float array}). Unknown twins raise NotFound."""
-        with self.core.lock:
-            st = self.core.engine.states.get(type_name)
-            if st is None:
-                return [], {n: np.zeros(0) for n in names}
-            if twins is None:
-                rows = np.arange(len(st))
-                ids = list(st.ids)
-            else:
-                rows = np.array([self._row_of(st, t) for t in twins], dtype=np.int64)
-                ids = list(twins)
-            return ids, {n: st.data[st.col[n], rows].copy() for n in names}
-
     def type_rows(
         self,
         type_name: str,
@@ -223,24 +208,6 @@ class Query:
                 if name in st.col:
                     values[name][found] = st.data[st.col[name], rows[found]]
             return ids, values
-
-    def _row_of(self, st, twin_id: str) -> int:
-        found, row = self.core.engine.locate(twin_id)
-        if found is not st:
-            raise InvalidInput(
-                f"twin '{twin_id}' is a '{found.ctype.name}', not a '{st.ctype.name}'",
-                field="twins",
-                fix=f"list only twins of type '{st.ctype.name}'",
-            )
-        return row
-
-    def last_ts(self, type_name: str) -> dict[str, int]:
-        """The newest observation time of every twin of a type (-1 before its first)."""
-        with self.core.lock:
-            st = self.core.engine.states.get(type_name)
-            if st is None:
-                return {}
-            return dict(zip(st.ids, st.last_ts.tolist(), strict=True))
 
     def stats(self, twin_id: str, names: list[str]) -> dict[str, dict]:
         """value, std, lower and upper of calibrated names (parameters, virtual sensors)."""
@@ -307,13 +274,6 @@ class Query:
             "ts": ts.tolist(),
             "series": {n: _json_list(values[k]) for k, n in enumerate(names)},
         }
-
-    def history_of(self, twin_id: str, names: list[str], start: int, end: int):
-        """Raw (ts, seqs, values) of a twin's columns `names` within [start, end), sorted."""
-        with self.core.lock:
-            st, row = self.core.engine.locate(twin_id)
-            uid, type_name = int(st.uid[row]), st.ctype.name
-        return self.history_rows(uid, type_name, names, start, end)
 
     def history_rows(self, uid: int, type_name: str, names: list[str], start: int, end: int):
         """Stored chunks plus buffered rows of one twin within [start, end), sorted."""

@@ -21,7 +21,7 @@ from livetwin.api.params import Int64
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.registry.lineage import LineageStore, to_graphml
 from livetwin.registry.service import Registry
-from livetwin.timefmt import parse_ts
+from livetwin.timefmt import parse_ts_field
 
 MAX_JSON_BODY = 1024 * 1024
 NS = Query(None, description="the model's namespace (default 'default')")
@@ -278,10 +278,7 @@ def lineage_routes(app: FastAPI, lineage: LineageStore) -> None:
         format: str = Query("json", description="json | graphml"),
     ) -> Any:
         """The run that published a value, and what that run read (data window, model version)."""
-        try:
-            at = parse_ts(ts)
-        except ValueError as exc:
-            raise InvalidInput(str(exc), field="ts", fix="e.g. 2026-11-22T10:00:00Z") from None
+        at = parse_ts_field(ts, "ts")
         return render(lineage.trace_value(twin, name, at, depth), format)
 
     @app.get("/api/lineage/{node_id:path}", tags=["lineage"])

@@ -152,8 +152,9 @@ def _alarm_signals(
     if ALARM_SIGNAL not in declared or not verdicts:
         return {}
     read = [ALARM_SIGNAL] + ([LAST_ACTIVITY] if LAST_ACTIVITY in declared else [])
-    ids, now = platform.query.columns(type_name, read, [v["twin"] for v in verdicts])
-    before = now.get(LAST_ACTIVITY, np.full(len(ids), np.nan))
+    twins = [v["twin"] for v in verdicts]
+    now = platform.query.type_rows(type_name, lambda _ctype: read, twins)[-1]
+    before = now.get(LAST_ACTIVITY, np.full(len(twins), np.nan))
     signals = {}
     for k, verdict in enumerate(verdicts):
         previous = float(now[ALARM_SIGNAL][k])
