@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # also named in store/open.py (its fallback)
+DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # store/open.py falls back to it without Settings
 LOG_FORMAT_ENV = "LIVETWIN_LOG_FORMAT"
 LIST_ENV = {  # comma-separated lists
     "outbound_allow": "LIVETWIN_OUTBOUND_ALLOW",

@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 from livetwin.errors import Unavailable
+from livetwin.settings import DATABASE_URL_ENV
 from livetwin.store.base import Store
-
-DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"
 
 
 def configured_url(explicit: str | None = None) -> str:
