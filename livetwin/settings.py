@@ -14,6 +14,7 @@ LIST_ENV = {  # comma-separated lists
     "outbound_allow": "LIVETWIN_OUTBOUND_ALLOW",
     "model_packages": "LIVETWIN_MODEL_PACKAGES",
     "fmu_dirs": "LIVETWIN_FMU_DIRS",
+    "model_dirs": "LIVETWIN_MODEL_DIRS",
 }
 DEFAULT_MODEL_PACKAGES = ("livetwin.examples", "livetwin.models")
 JWT_ENV = {
@@ -74,6 +75,9 @@ class Settings:
     # folders an `fmu:` path may lie in; LIVETWIN_FMU_DIRS (default: <data>/fmus and the
     # registry's artifact folder)
     fmu_dirs: tuple[str, ...] | None = None
+    # folders whose Python modules a model `ref` may name besides the packages (appended to the
+    # import path); LIVETWIN_MODEL_DIRS (default: <data>/models)
+    model_dirs: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(

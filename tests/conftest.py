@@ -8,6 +8,8 @@ from fastapi.testclient import TestClient
 from livetwin.api.app import create_app
 from livetwin.platform import Platform, Settings
 
+pytest_plugins = ["fmu_support"]  # the FMU fixtures (fo2, fo3, me2, msd)
+
 T0 = 1_795_341_600_000  # 2026-11-22T10:00:00Z
 
 PUMP = {

@@ -16,6 +16,7 @@ rows: all rows go through NumPy at once.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -165,14 +166,20 @@ class ModelRefs:
 
     packages: tuple[str, ...] | None = DEFAULT_MODEL_PACKAGES  # None: any module
     fmu_dirs: tuple[Path, ...] = ()
+    model_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def configured(cls, settings: Settings, data_dir: str | Path) -> ModelRefs:
-        """From `settings.model_packages` and `settings.fmu_dirs` (default: the data directory's
-        `fmus/` and `artifacts/` folders)."""
+        """From `settings.model_packages`, `settings.fmu_dirs` (default: the data directory's
+        `fmus/` and `artifacts/` folders) and `settings.model_dirs` (default: its `models/`)."""
         data = Path(data_dir)
         dirs = settings.fmu_dirs or (data / "fmus", data / "artifacts")
-        return cls(settings.model_packages or DEFAULT_MODEL_PACKAGES, tuple(map(Path, dirs)))
+        modules = settings.model_dirs or (data / "models",)
+        return cls(
+            settings.model_packages or DEFAULT_MODEL_PACKAGES,
+            tuple(map(Path, dirs)),
+            tuple(map(Path, modules)),
+        )
 
     def trusting_modules(self) -> ModelRefs:
         """The same FMU folders, any module: for declarations checked when they were stored
@@ -185,6 +192,8 @@ class ModelRefs:
 
             base = self.fmu_dirs[0] if self.fmu_dirs else None
             return resolve_fmu_ref(ref, base, inside=self.fmu_dirs)
+        if isinstance(ref, str) and self._from_model_dirs(ref):
+            return resolve_model(ref)
         if isinstance(ref, str) and self.packages is not None:
             module, _, attr = ref.partition(":")
             if any(part.startswith("_") for part in attr.split(".")):
@@ -201,6 +210,18 @@ class ModelRefs:
                     "LIVETWIN_MODEL_PACKAGES on the server",
                 )
         return resolve_model(ref)
+
+    def _from_model_dirs(self, ref: str) -> bool:
+        """Whether `ref`'s top-level module is a file or package in a model folder; if so, that
+        folder goes on the import path (last, so it never shadows an installed module)."""
+        top = ref.partition(":")[0].split(".")[0]
+        for folder in self.model_dirs:
+            found = (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()
+            if top and found:
+                if str(folder) not in sys.path:
+                    sys.path.append(str(folder))
+                return True
+        return False
 
 
 _FIX_NAMES = (

@@ -1,7 +1,8 @@
 """FMU models (FMI 2.0 / 3.0, co-simulation or model exchange) through FMPy, as livetwin `Model`s.
 
 Each row is one run of the FMU from a reset to `dt` (or to steady state); the FMU is extracted
-and instantiated once per process, and rows can be spread over a process pool.
+and instantiated once per process, and rows can be spread over a process pool. Model exchange is
+integrated with CVode (SUNDIALS, through FMPy) by default, or with fixed-step RK4.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ctypes
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -31,14 +33,17 @@ _REAL = ("Real", "Float64")
 _FIX_INSTALL = "install the FMU extra: pip install 'livetwin[fmu]'"
 _FIX_FILE = "pass a .fmu file exported for FMI 2.0 or 3.0 with a binary for this platform"
 _ME_SUBSTEPS = 10  # default model-exchange RK4 steps per dt
+_SOLVERS = ("cvode", "rk4")
 
 
 @dataclass(frozen=True)
 class FmuConfig:
     """What a process needs to run an FMU (picklable, hashable: the key of the instance cache).
 
-    `setters` are the FMU variables set from the columns of a row before initialisation, in
-    order; `getters` the variables read at the end of the run.
+    `setters` are the FMU variables set from the columns of a row, in order: before
+    initialisation, except those in `continuous` (model exchange), which are continuous states
+    set after it. `getters` are the variables read at the end of the run. `solver` integrates
+    model exchange: "cvode" (variable step, relative tolerance `rtol`) or "rk4" (fixed step).
     """
 
     path: str
@@ -46,6 +51,9 @@ class FmuConfig:
     kind: str  # "cs" (co-simulation) or "me" (model exchange)
     setters: tuple[str, ...]
     getters: tuple[str, ...]
+    continuous: tuple[str, ...] = ()
+    solver: str = "cvode"
+    rtol: float = 1e-6
     step: float | None = None
     steady: bool = False
     tol: float = 1e-6
@@ -53,10 +61,10 @@ class FmuConfig:
     retries: int = 3
 
     def base_step(self, dt: float) -> float:
-        """The first step size tried: `step`, else dt (co-simulation) or dt/10 (RK4)."""
+        """The first step size tried: `step`, else dt (co-simulation, CVode) or dt/10 (RK4)."""
         if self.step is not None:
             return self.step
-        return dt if self.kind == "cs" else dt / _ME_SUBSTEPS
+        return dt / _ME_SUBSTEPS if self.kind == "me" and self.solver == "rk4" else dt
 
 
 class _Failed(Exception):
@@ -154,9 +162,18 @@ class _Instance:
         self.md = md = _describe(cfg.unzip_dir)
         self.v3 = md.fmiVersion.startswith("3")
         by_name = {v.name: v for v in md.modelVariables}
-        self.vr_set = [by_name[n].valueReference for n in cfg.setters]
+        order = continuous_states(md)
+        plain = [i for i, n in enumerate(cfg.setters) if n not in cfg.continuous]
+        self.set_cols = np.array(plain, dtype=int)
+        self.vr_set = [by_name[cfg.setters[i]].valueReference for i in plain]
+        self.state_cols = np.array(
+            [i for i, n in enumerate(cfg.setters) if n in cfg.continuous], dtype=int
+        )
+        self.state_index = np.array([order.index(n) for n in cfg.continuous], dtype=int)
         self.vr_get = [by_name[n].valueReference for n in cfg.getters]
         self.nx = int(md.numberOfContinuousStates or 0) if cfg.kind == "me" else 0
+        self.nz = int(md.numberOfEventIndicators or 0) if cfg.kind == "me" else 0
+        self.next_event: float | None = None
         self.x = np.zeros(self.nx)  # the RK4 state; buffers shared with the FMU calls:
         self.xc, self.dxc = (ctypes.c_double * self.nx)(), (ctypes.c_double * self.nx)()
         self.xv, self.dxv = np.ctypeslib.as_array(self.xc), np.ctypeslib.as_array(self.dxc)
@@ -187,6 +204,7 @@ class _Instance:
         self._get = f.getFloat64 if self.v3 else f.getReal
         if self.cfg.kind == "me":
             self._deriv = f.getContinuousStateDerivatives if self.v3 else f.getDerivatives
+        self.solver = None  # CVode, made on the first run of this FMU instance
         self.fresh = True
 
     def recover(self) -> None:
@@ -210,14 +228,21 @@ class _Instance:
         if not self.v3:
             f.setupExperiment(startTime=0.0)
         if self.vr_set:
-            self._set(self.vr_set, row.tolist())
+            self._set(self.vr_set, row[self.set_cols].tolist())
         f.enterInitializationMode()
         f.exitInitializationMode()
-        step = self._cs_step if cfg.kind == "cs" else self._me_step
-        if cfg.kind == "me":
+        if cfg.kind == "cs":
+            step = self._cs_step
+        else:
+            step = self._cvode_step if cfg.solver == "cvode" else self._me_step
             self._events()
             if self.nx:
                 self._get_states()
+                if len(self.state_cols):  # continuous states carried by the filter
+                    self.x[self.state_index] = row[self.state_cols]
+                    self._set_states(self.x)
+            if cfg.solver == "cvode":
+                self._cvode().reset(0.0)
         if not cfg.steady:
             n = max(1, math.ceil(dt / h - 1e-9))
             for k in range(n):
@@ -248,13 +273,14 @@ class _Instance:
         f = self.fmu
         update = f.updateDiscreteStates if self.v3 else f.newDiscreteStates
         for _ in range(100):
-            needed, terminate, *_ = update()
+            needed, terminate, _, _, timed, next_time = update()
             if terminate:
                 raise _Failed("the FMU asked to terminate")
             if not needed:
                 break
         else:
             raise _Failed("event iteration did not converge")
+        self.next_event = next_time if timed else None
         f.enterContinuousTimeMode()
 
     def _get_states(self) -> None:
@@ -294,6 +320,74 @@ class _Instance:
             self._events()
             if self.nx:
                 self._get_states()
+
+    def _cvode(self):
+        """This instance's CVode solver (BDF, dense Newton; states' nominals scale `rtol`)."""
+        if self.solver is None:
+            f = self.fmu
+            self.solver = _cvode_class()(
+                nx=self.nx,
+                nz=self.nz,
+                get_x=f.getContinuousStates,
+                set_x=f.setContinuousStates,
+                get_dx=self._deriv,
+                get_z=f.getEventIndicators,
+                get_nominals=f.getNominalsOfContinuousStates,
+                set_time=f.setTime,
+                input=_CONSTANT_INPUTS,
+                startTime=0.0,
+                relativeTolerance=self.cfg.rtol,
+                maxNumSteps=self.cfg.max_steps,
+            )
+        return self.solver
+
+    def _cvode_step(self, t: float, h: float) -> None:
+        """Integrate from t to t + h with CVode, handling state, time and step events."""
+        f, solver, end = self.fmu, self._cvode(), t + h
+        while end - t > 1e-12 * max(1.0, abs(end)):
+            stop = end if self.next_event is None else min(end, self.next_event)
+            state_event, _, t = solver.step(t, stop)
+            f.setTime(t)
+            timed = self.next_event is not None and t >= self.next_event - 1e-12
+            step_event, terminate = f.completedIntegratorStep()
+            if terminate:
+                raise _Failed("the FMU asked to terminate")
+            if state_event or timed or step_event:
+                f.enterEventMode()
+                self._events()
+                solver.reset(t)
+        if self.nx:
+            self._get_states()
+
+
+def _cvode_class():
+    """FMPy's CVode solver whose right-hand side reports a failed FMU call to CVode (which
+    then fails the run) instead of letting ctypes swallow the exception."""
+    from fmpy.sundials import CVodeSolver
+
+    class SafeCVode(CVodeSolver):
+        def f(self, t, y, ydot, user_data):
+            try:
+                return super().f(t, y, ydot, user_data)
+            except Exception:
+                return -1  # unrecoverable: CVode stops and the row is retried or NaN
+
+    return SafeCVode
+
+
+class _ConstantInputs:
+    """Inputs are set once per run before initialisation; CVode's input hook has nothing to do."""
+
+    def apply(self, time: float) -> None:
+        pass
+
+
+_CONSTANT_INPUTS = _ConstantInputs()
+
+
+def continuous_states(md) -> list[str]:
+    """Names of the FMU's continuous states, in the order of its state vector."""
+    return [d.variable.derivative.name for d in md.derivatives if d.variable.derivative]
 
 
 def evaluate_rows(cfg: FmuConfig, rows: np.ndarray, dt: float) -> np.ndarray:
@@ -341,12 +435,14 @@ class FmuFunction:
     def __init__(self, cfg: FmuConfig, n_states: int = 0, workers: int = 0):
         self.cfg, self.n_states, self.workers = cfg, n_states, workers
         self._pool: ProcessPoolExecutor | None = None
+        self._warned = False
 
     def __call__(self, *args):
         *arrays, dt = args
         n = len(arrays[0])
         rows = np.hstack([np.asarray(a, dtype=float).reshape(n, -1) for a in arrays])
         out = self.evaluate(rows, float(dt))
+        self._check_moved(rows, out)
         if self.n_states:
             return out[:, : self.n_states], out[:, self.n_states :]
         return out
@@ -367,6 +463,25 @@ class FmuFunction:
                 out.append(np.full((len(part), len(self.cfg.getters)), np.nan))
                 self.close()
         return np.concatenate(out)
+
+    def _check_moved(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Warn once when co-simulation gives every row the same outputs although the rows
+        differ: a step that moves nothing (one explicit Euler step from rest, say) cannot be
+        calibrated, and the filter alone would only show bands that never shrink."""
+        if self._warned or self.cfg.kind != "cs" or len(rows) < 2:
+            return
+        ok = np.isfinite(out).all(axis=1)
+        if ok.sum() < 2 or np.ptp(rows[ok], axis=0).max() == 0:
+            return
+        if np.ptp(out[ok], axis=0).max() == 0:
+            self._warned = True
+            warnings.warn(
+                f"the co-simulation step of FMU {Path(self.cfg.path).name} left the outputs "
+                f"{', '.join(self.cfg.getters)} the same for all {int(ok.sum())} rows although "
+                "their parameters differ: its doStep may be a single explicit step. Use "
+                "mode=me (CVode) if the FMU offers model exchange, or a smaller step=",
+                stacklevel=3,
+            )
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -401,8 +516,10 @@ def fmu_model(
     params: Names = None,
     inputs: Names = None,
     outputs: Names = None,
-    states: Mapping[str, str | tuple[str, str]] | None = None,
+    states: Names = None,
     mode: str = "auto",
+    solver: str = "cvode",
+    rtol: float = 1e-6,
     step: float | None = None,
     steady: bool = False,
     tol: float = 1e-6,
@@ -413,15 +530,22 @@ def fmu_model(
 ) -> Model:
     """A livetwin `Model` that runs the FMU at `path`, one run per row.
 
-    * `params`, `inputs`, `outputs`: livetwin names, either a list (same name in the FMU) or a
-      mapping ``livetwin name -> FMU variable``. None takes the FMU's own Real variables of
-      causality parameter, input and output. FMU parameters not listed keep their start values.
-    * `states`: makes the model transient: ``livetwin state -> (FMU variable set at the start,
-      FMU variable read at the end)`` (a single name for both), e.g. ``{"x": ("x0", "x")}``.
-    * `mode`: "cs" (co-simulation), "me" (model exchange, fixed-step RK4 over the FMU's
-      derivatives, without state events) or "auto" (co-simulation when the FMU has it).
+    * `params`, `inputs`, `outputs`: either a mapping ``livetwin name -> FMU variable`` or a
+      list of FMU variables. None takes the FMU's own Real variables of causality parameter,
+      input and output. An FMU name that is not a livetwin name (Modelica's ``damper.d``,
+      ``der(x)``) gets one with every other character replaced by ``_`` (``damper_d``).
+      FMU parameters not listed keep their start values.
+    * `states`: makes the model transient, like `params` (a list or ``livetwin state -> FMU
+      variable``), or ``livetwin state -> (FMU variable set at the start, FMU variable read at
+      the end)``, e.g. ``{"x": ("x0", "x")}``. In model exchange a continuous state of the FMU is
+      set after initialisation (``setContinuousStates``); otherwise the start variable must
+      have a start value (a parameter, an input or ``initial="exact"``).
+    * `mode`: "me" (model exchange, integrated here by `solver`), "cs" (co-simulation: the
+      FMU's own `doStep`) or "auto" (model exchange when the FMU has it, else co-simulation).
+    * `solver`: "cvode" (SUNDIALS CVode through FMPy: BDF with relative tolerance `rtol`; state,
+      time and step events) or "rk4" (fixed-step RK4, step events only).
     * Each row runs from a reset to `dt` in steps of at most `step` (default: one step of dt for
-      co-simulation, dt/10 for model exchange); with ``steady=True`` it runs in steps of `step`
+      co-simulation and CVode, dt/10 for RK4); with ``steady=True`` it runs in steps of `step`
       until every output changes by less than ``tol * (1 + |y|)`` per unit of time, at most
       `max_steps` steps. A failed run is retried `retries` times with the step halved each time,
       then the row is NaN (the filters treat it as a failed twin).
@@ -432,7 +556,7 @@ def fmu_model(
     unzip_dir = _extract(path)
     md = _describe(unzip_dir)
     have = {v.name: v for v in md.modelVariables}
-    kinds = [k for k, i in (("cs", md.coSimulation), ("me", md.modelExchange)) if i is not None]
+    kinds = [k for k, i in (("me", md.modelExchange), ("cs", md.coSimulation)) if i is not None]
     if mode == "auto":
         mode = kinds[0] if kinds else "cs"
     if mode not in kinds:
@@ -451,9 +575,19 @@ def fmu_model(
         "inputs": [v.name for v in real if v.causality == "input"],
         "outputs": [v.name for v in real if v.causality == "output"],
     }
-    state_map = {k: (v, v) if isinstance(v, str) else tuple(v) for k, v in (states or {}).items()}
+    if solver not in _SOLVERS:
+        raise InvalidInput(
+            f"unknown solver {solver!r}", field="solver", fix=f"use one of {', '.join(_SOLVERS)}"
+        )
+    state_map = {
+        k: (v, v) if isinstance(v, str) else tuple(v)
+        for k, v in _mapping("states", states, [], pairs=True).items()
+    }
     start_vars = {s: a for s, (a, _) in state_map.items()}
     end_vars = {s: b for s, (_, b) in state_map.items()}
+    continuous = tuple(
+        v for v in start_vars.values() if mode == "me" and v in continuous_states(md)
+    )
     maps = {
         "params": _mapping("params", params, defaults["params"]),
         "inputs": _mapping("inputs", inputs, defaults["inputs"]),
@@ -464,18 +598,23 @@ def fmu_model(
     for kind, mapping in (*maps.items(), ("states", start_vars), ("states", end_vars)):
         settable = kind in ("params", "inputs") or mapping is start_vars
         for fmu_name in mapping.values():
-            _check_variable(have, fmu_name, kind, settable)
+            _check_variable(have, fmu_name, kind, settable and fmu_name not in continuous)
     if not maps["outputs"]:
         raise InvalidInput(
             "the FMU has no Real outputs", field="outputs", fix="map outputs={name: variable}"
         )
     _check_options(step, tol, max_steps, retries, workers)
+    if not (isinstance(rtol, int | float) and 0 < rtol < 1):
+        raise InvalidInput("rtol must be in (0, 1)", field="rtol", fix="pass rtol like 1e-6")
     cfg = FmuConfig(
         path=path,
         unzip_dir=unzip_dir,
         kind=mode,
         setters=(*start_vars.values(), *maps["params"].values(), *maps["inputs"].values()),
         getters=(*end_vars.values(), *maps["outputs"].values()),
+        continuous=continuous,
+        solver=solver,
+        rtol=float(rtol),
         step=step,
         steady=steady,
         tol=tol,
@@ -505,15 +644,37 @@ def fmu_model(
     )
 
 
-def _mapping(kind: str, names: Names, default: list[str]) -> dict[str, str]:
+def livetwin_name(fmu_name: str) -> str:
+    """The livetwin name of an FMU variable: ``damper.d`` -> ``damper_d``, ``der(x)`` ->
+    ``der_x`` (a letter first, then letters, digits and ``_``; at most 64 characters)."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", fmu_name).strip("_")
+    if not name or not name[0].isalpha():
+        name = f"v_{name}"
+    return name[:64]
+
+
+def _mapping(kind: str, names: Names, default: list[str], pairs: bool = False) -> dict:
+    """``livetwin name -> FMU variable`` from a mapping, a list of FMU names or the default."""
     if names is None:
-        return {n: n for n in default}
+        names = default
     if isinstance(names, str):
         names = [names]
-    mapping = dict(names) if isinstance(names, Mapping) else {n: n for n in names}
+    if isinstance(names, Mapping):
+        mapping = dict(names)
+        count = len(mapping)
+    else:
+        listed = list(names)
+        mapping = {livetwin_name(n) if isinstance(n, str) else n: n for n in listed}
+        count = len(listed)
     bad = [n for n in mapping if not isinstance(n, str) or not n]
-    if bad or len(mapping) != len(list(names)):
-        raise InvalidInput(f"{kind} names must be distinct non-empty strings", field=kind)
+    values = [v for v in mapping.values() if not (pairs and isinstance(v, tuple | list))]
+    if bad or len(mapping) != count or any(not isinstance(v, str) or not v for v in values):
+        raise InvalidInput(
+            f"{kind} names must be distinct non-empty strings",
+            field=kind,
+            fix=f"name them yourself: {kind}={{livetwin name: FMU variable}} (in an fmu: "
+            f"reference {kind}=fmu.variable:name,...)",
+        )
     return mapping
 
 
@@ -565,17 +726,30 @@ def _float(value: object) -> float | None:
 
 # -- references in twin type specs ---------------------------------------------------------------
 
+
+def _names(value: str) -> dict[str, str]:
+    """``a.b:x,c.d`` -> ``{"x": "a.b", "c_d": "c.d"}`` (FMU variable, then its livetwin name)."""
+    mapping: dict[str, str] = {}
+    for item in filter(None, value.split(",")):
+        fmu_name, _, name = item.partition(":")
+        mapping[name or livetwin_name(fmu_name)] = fmu_name
+    return mapping
+
+
 _OPTIONS = {
     "mode": str,
+    "solver": str,
+    "rtol": float,
     "step": float,
     "steady": lambda v: v.lower() in ("1", "true", "yes"),
     "tol": float,
     "max_steps": int,
     "retries": int,
     "workers": int,
-    "params": lambda v: [n for n in v.split(",") if n],
-    "inputs": lambda v: [n for n in v.split(",") if n],
-    "outputs": lambda v: [n for n in v.split(",") if n],
+    "params": _names,
+    "inputs": _names,
+    "outputs": _names,
+    "states": _names,
 }
 
 
@@ -611,8 +785,9 @@ def resolve_fmu_ref(
     configured FMU folders) the file must lie in one of them, and a path outside them gets the
     very error of a missing file, so the answer never tells whether it exists. Names come from the
     FMU's modelDescription (parameters, inputs, outputs); options are those of `fmu_model`
-    (``mode, step, steady, tol, max_steps, retries, workers``, and ``params, inputs, outputs``
-    as comma-separated FMU names to use only some of them).
+    (``mode, solver, rtol, step, steady, tol, max_steps, retries, workers``, and ``params,
+    inputs, outputs, states`` as comma-separated FMU names, each optionally renamed with
+    ``:name``: ``params=damper.d:d,spring.c:c``).
     """
     body = ref[4:] if ref.startswith("fmu:") else ref
     file_part, _, query = body.partition("?")

@@ -87,3 +87,30 @@ def test_a_ref_cannot_walk_to_private_attributes():
     refs = ModelRefs()
     with pytest.raises(InvalidInput, match="private attribute"):
         refs("livetwin.examples.rollers:__builtins__.eval")
+
+
+def test_a_ref_may_name_a_model_object_in_the_data_directorys_models_folder(msd, tmp_path, clock):
+    """`<data>/models/*.py` is a model folder (LIVETWIN_MODEL_DIRS): its modules resolve without
+    being on the server's PYTHONPATH or in LIVETWIN_MODEL_PACKAGES, and a ref may name a `Model`
+    object there (here an FMU with its Modelica names renamed in Python)."""
+    folder = tmp_path / "d" / "models"
+    folder.mkdir(parents=True)
+    module = f"plant_{tmp_path.name.replace('-', '_')}"
+    (folder / f"{module}.py").write_text(
+        "from livetwin.models.fmu import fmu_model\n"
+        f"msd = fmu_model({str(msd)!r}, params={{'d': 'damper.d', 'c': 'spring.c'}},\n"
+        "                outputs={'position': 'y'})\n"
+    )
+    spec = {
+        "properties": {"F": {}, "position": {}},
+        "parameters": {"d": {"value": 0.5, "calibrate": True}, "c": {"value": 4.0}},
+        "model": {"ref": f"{module}:msd", "dt": "1s"},
+    }
+    with Platform(tmp_path / "d", clock=clock, settings=Settings(run_schedules=False)) as p:
+        assert p.put_type("msd", spec)["version"] == 1
+        compiled = p.query.compiled_type("msd")
+        model = compiled.calibration.model
+        assert model.params == ("d", "c") and model.outputs == ("position",)
+        with pytest.raises(InvalidInput, match="not in a configured model package"):
+            p.put_type("other", {**spec, "model": {"ref": "elsewhere_mod:msd", "dt": "1s"}})
+    assert Settings.from_env(environ={"LIVETWIN_MODEL_DIRS": "/m,/n"}).model_dirs == ("/m", "/n")
