@@ -25,6 +25,7 @@ except ImportError:  # run as a script from benchmarks/
 
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.platform import Platform
+from livetwin.settings import MqttConnection
 
 HOST, PORT = "127.0.0.1", 1883
 TYPE = {"properties": {name: {} for name in PROPS}}  # 5 values per observation, as bench ingest
@@ -54,8 +55,7 @@ def run(report: Report, tmp, scenario: str, messages: int, per_message: int, twi
         platform.put_extractor("x", spec)
         prefix = f"bench-{uuid.uuid4().hex}"
         bridge = MqttBridge(
-            HOST,
-            PORT,
+            MqttConnection(HOST, PORT),
             ingest=platform.core,
             extractor=platform.extractor,
             configs=platform.core.store,

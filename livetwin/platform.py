@@ -166,21 +166,19 @@ class Platform:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def _start_mqtt(self) -> tuple[MqttBridge | None, CommandService | None]:
-        """MQTT ingest and device commands, when a broker is configured (settings.mqtt_host)."""
-        host = self.settings.mqtt_host
-        if not host:
+        """MQTT ingest and device commands, when a broker is configured (settings.mqtt)."""
+        connection = self.settings.mqtt
+        if connection is None:
             return None, None
-        port = self.settings.mqtt_port
         bridge = MqttBridge(
-            host,
-            port,
+            connection,
             ingest=self.core,
             extractor=self.extractor,
             configs=self.core.store,
             clock=self.clock,
         )
         commands = CommandService(
-            host, port, clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
+            connection, clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
         )
         return bridge.start(), commands.start()
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from livetwin.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import ssl
 
 DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # store/open.py falls back to it without Settings
 LOG_FORMAT_ENV = "LIVETWIN_LOG_FORMAT"
@@ -17,6 +23,14 @@ LIST_ENV = {  # comma-separated lists
     "model_dirs": "LIVETWIN_MODEL_DIRS",
 }
 DEFAULT_MODEL_PACKAGES = ("livetwin.examples", "livetwin.models")
+MQTT_ENV = {  # the broker connection's secrets and identity (host and port come from serve)
+    "client_id": "LIVETWIN_MQTT_CLIENT_ID",
+    "username": "LIVETWIN_MQTT_USERNAME",
+    "password": "LIVETWIN_MQTT_PASSWORD",
+    "tls_ca": "LIVETWIN_MQTT_TLS_CA",
+    "tls_cert": "LIVETWIN_MQTT_TLS_CERT",
+    "tls_key": "LIVETWIN_MQTT_TLS_KEY",
+}
 JWT_ENV = {
     "jwks_url": "LIVETWIN_JWKS_URL",
     "jwt_audience": "LIVETWIN_JWT_AUDIENCE",
@@ -31,6 +45,89 @@ ARTIFACT_PREFIXES = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
 )
+
+
+@dataclass(frozen=True)
+class MqttConnection:
+    """How livetwin reaches its MQTT broker, for ingest and device commands alike.
+
+    A fixed `client_id` keeps a persistent session (clean start off, `session_expiry_s`): the
+    broker holds QoS 1 messages published while livetwin is down and delivers them on reconnect.
+    Without one every start is a clean session. TLS is on with `tls` or any `tls_*` file
+    (`tls_ca`: the CA bundle to trust, default the system's; `tls_cert`/`tls_key`: a client
+    certificate).
+    """
+
+    host: str
+    port: int = 1883
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    session_expiry_s: int = 7 * 24 * 3600
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or any((self.tls_ca, self.tls_cert, self.tls_key))
+
+    def check(self) -> MqttConnection:
+        """Refuse what cannot work, naming the option and the fix (before anything starts)."""
+        if self.password is not None and self.username is None:
+            raise InvalidInput(
+                "an MQTT password needs a username",
+                field="mqtt.username",
+                fix="set --mqtt-username (or LIVETWIN_MQTT_USERNAME)",
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInput(
+                "a TLS client certificate needs both its certificate and its key",
+                field="mqtt.tls_key" if self.tls_key is None else "mqtt.tls_cert",
+                fix="give --mqtt-tls-cert and --mqtt-tls-key together",
+            )
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not os.access(path, os.R_OK):
+                raise InvalidInput(
+                    f"the MQTT {name.replace('_', ' ').upper()} file {path} is missing or "
+                    "unreadable",
+                    field=f"mqtt.{name}",
+                    fix="give the path of a readable PEM file",
+                )
+        if not 0 <= self.session_expiry_s <= 0xFFFFFFFF:
+            raise InvalidInput(
+                f"session expiry {self.session_expiry_s} s is out of range",
+                field="mqtt.session_expiry",
+                fix="give seconds from 0 to 4294967295",
+            )
+        if self.uses_tls:
+            self.ssl_context()  # a file that is not a certificate fails here, at start
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context (server certificate and host name verified), or None."""
+        if not self.uses_tls:
+            return None
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidInput(
+                f"the MQTT TLS files cannot be used: {exc}",
+                field="mqtt.tls_ca" if self.tls_ca else "mqtt.tls_cert",
+                fix="give PEM files: a CA bundle, and a client certificate with its key",
+            ) from None
+        return context
+
+    def with_env(self, env: Mapping[str, str]) -> MqttConnection:
+        """This connection with the `LIVETWIN_MQTT_*` values it leaves unset taken from `env`."""
+        found = {name: env[var] for name, var in MQTT_ENV.items() if env.get(var)}
+        return replace(self, **{k: v for k, v in found.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -57,8 +154,7 @@ class Settings:
 
     # ---- the deployment (None: from the environment) ----------------------------------------
     database_url: str | None = None  # postgresql://... ('' : SQLite); LIVETWIN_DATABASE_URL
-    mqtt_host: str | None = None  # an MQTT broker: ingest subscriptions and device commands
-    mqtt_port: int = 1883
+    mqtt: MqttConnection | None = None  # the broker for ingest subscriptions and commands
     auth: str | None = None  # open, tokens or oidc (None: open on localhost, tokens elsewhere)
     jwks_url: str | None = None  # OIDC: the identity provider's keys; LIVETWIN_JWKS_URL
     jwt_audience: str | None = None  # LIVETWIN_JWT_AUDIENCE
@@ -100,6 +196,8 @@ class Settings:
         }
         settings = base if base is not None else cls()
         unset = {name: value for name, value in found.items() if getattr(settings, name) is None}
+        if settings.mqtt is not None:
+            unset["mqtt"] = settings.mqtt.with_env(env)
         return replace(settings, **unset)
 
 

@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from livetwin.engine.events import StateChanged
 from livetwin.errors import InvalidInput
+from livetwin.settings import MqttConnection
 from livetwin.timefmt import format_ts
 
 if TYPE_CHECKING:
@@ -63,19 +64,20 @@ class CommandService:
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 1883,
+        connection: MqttConnection,
         *,
         clock: Clock,
         bus: Bus,
         reader: Query,
         open_db: OpenServiceDB,
-        client_id: str | None = None,
         publish_timeout: float = 5.0,
     ) -> None:
         self.clock, self.bus, self.reader = clock, bus, reader
-        self.host, self.port = host, port
-        self.client_id = client_id or f"livetwin-commands-{uuid.uuid4().hex[:8]}"
+        self.connection = connection
+        self.host, self.port = connection.host, connection.port
+        # its own id beside the ingest session's (a broker drops one of two equal ids)
+        base = connection.client_id or f"livetwin-{uuid.uuid4().hex[:8]}"
+        self.client_id = f"{base}-commands"
         self.publish_timeout = publish_timeout
         self._db = open_db(
             "commands", SCHEMA, sqlite_migrate=migrate, sqlite_file="commands.sqlite"
@@ -102,6 +104,11 @@ class CommandService:
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311
         )
         client.on_connect = self._on_connect
+        if self.connection.username is not None:
+            client.username_pw_set(self.connection.username, self.connection.password)
+        tls = self.connection.ssl_context()
+        if tls is not None:
+            client.tls_set_context(tls)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()

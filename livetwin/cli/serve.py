@@ -8,9 +8,12 @@ like Ctrl-C: ingest drained, history flushed, a final snapshot, exit status 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import os
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from livetwin.cli.common import DATA, console, fail, open_platform
 from livetwin.errors import InvalidInput, LivetwinError, Unavailable
 from livetwin.ingest.mqtt import load_mqtt_config, parse_address
 from livetwin.platform import Platform, Settings
+from livetwin.settings import MqttConnection
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PORT = typer.Option(8000, min=1, max=65535, help="TCP port to listen on (1-65535).")
@@ -60,10 +64,63 @@ def check_auth_mode(mode: str) -> None:
         )
 
 
-def run_server(platform: Platform, host: str, port: int, banner: str | None = None) -> None:
+@dataclasses.dataclass(frozen=True)
+class Https:
+    """The server's certificate and key (PEM files) for HTTPS."""
+
+    cert: str
+    key: str
+
+
+def check_https(https: Https | None, host: str, mode: str, insecure_http: bool) -> None:
+    """Refuse, before anything starts, TLS files that cannot be used, and bearer tokens that
+    would cross the network in clear text (plain HTTP on a non-loopback address)."""
+    from livetwin.api.auth import LOOPBACK
+
+    if https is not None:
+        for name, path in (("tls-cert", https.cert), ("tls-key", https.key)):
+            if not os.access(path, os.R_OK):
+                fail(
+                    InvalidInput(
+                        f"the TLS file {path} is missing or unreadable",
+                        field=name,
+                        fix="give the path of a readable PEM file",
+                    )
+                )
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                https.cert, https.key
+            )
+        except ssl.SSLError as exc:
+            fail(
+                InvalidInput(
+                    f"the TLS certificate and key cannot be used: {exc.reason or exc}",
+                    field="tls-cert",
+                    fix="give a PEM certificate (chain) and its matching private key",
+                )
+            )
+    elif mode != "open" and host not in LOOPBACK and not insecure_http:
+        fail(
+            InvalidInput(
+                f"bearer tokens would cross the network in clear text on http://{host}",
+                field="tls-cert",
+                fix="give --tls-cert and --tls-key, or --insecure-http when a proxy in front "
+                "terminates TLS",
+            )
+        )
+
+
+def run_server(
+    platform: Platform,
+    host: str,
+    port: int,
+    banner: str | None = None,
+    *,
+    https: Https | None = None,
+) -> None:
     """Run the API over `platform` until Ctrl-C or SIGTERM, with the auth mode of its settings
-    (open, tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md).
-    `banner` is printed once the app is ready to start."""
+    (open, tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md), over
+    HTTPS with `https`. `banner` is printed once the app is ready to start."""
     import gc
     import sys
 
@@ -111,6 +168,8 @@ def run_server(platform: Platform, host: str, port: int, banner: str | None = No
             port=port,
             log_level="warning",
             timeout_graceful_shutdown=3,  # live streams (SSE) never end by themselves
+            ssl_certfile=https.cert if https else None,
+            ssl_keyfile=https.key if https else None,
             **server_options(),  # request heads capped at 64 KiB, refusals in JSON
         )
     if stopped_by:
@@ -151,8 +210,32 @@ def serve(
     mqtt: str = typer.Option(
         None, "--mqtt", help="MQTT broker host:port for ingest subscriptions and commands."
     ),
+    mqtt_client_id: str = typer.Option(
+        None,
+        "--mqtt-client-id",
+        help="A fixed MQTT client id: a persistent session, so the broker keeps QoS 1 messages "
+        "while livetwin is down. Default: LIVETWIN_MQTT_CLIENT_ID, else a clean session.",
+    ),
+    mqtt_username: str = typer.Option(
+        None,
+        "--mqtt-username",
+        help="MQTT user name (password: LIVETWIN_MQTT_PASSWORD or the config file's "
+        "password_file).",
+    ),
+    mqtt_tls: bool = typer.Option(False, "--mqtt-tls", help="TLS to the broker (system CAs)."),
+    mqtt_tls_ca: Path = typer.Option(None, "--mqtt-tls-ca", help="CA bundle for the broker."),
+    mqtt_tls_cert: Path = typer.Option(None, "--mqtt-tls-cert", help="MQTT client certificate."),
+    mqtt_tls_key: Path = typer.Option(None, "--mqtt-tls-key", help="MQTT client key."),
     config: Path = typer.Option(
         None, "--config", help="YAML file with an mqtt: section (broker and subscriptions)."
+    ),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="The HTTPS certificate's private key."),
+    insecure_http: bool = typer.Option(
+        False,
+        "--insecure-http",
+        help="Allow bearer tokens over plain HTTP on a non-loopback address (behind a proxy "
+        "that terminates TLS).",
     ),
 ):
     """Run the REST API (and the web UI) on the embedded store (or LIVETWIN_DATABASE_URL)."""
@@ -163,18 +246,53 @@ def serve(
         jwt_audience=audience,
         jwt_issuer=issuer,
     )
-    settings = Settings.from_env(options)  # options given on the command line win
-    if settings.auth:
-        check_auth_mode(settings.auth)
+    if (tls_cert is None) != (tls_key is None):
+        fail(
+            InvalidInput(
+                "HTTPS needs both a certificate and its key",
+                field="tls-key" if tls_key is None else "tls-cert",
+                fix="give --tls-cert and --tls-key together",
+            )
+        )
+    https = Https(str(tls_cert), str(tls_key)) if tls_cert else None
     subscriptions: dict = {}
+    connection: MqttConnection | None = None
     try:
-        configure_logging(log_format=settings.log_format)
         if config is not None:
-            settings.mqtt_host, settings.mqtt_port, subscriptions = load_mqtt_config(config)
+            connection, subscriptions = load_mqtt_config(config)
         if mqtt:
-            settings.mqtt_host, settings.mqtt_port = parse_address(mqtt)
+            host_port = parse_address(mqtt)
+            connection = dataclasses.replace(
+                connection or MqttConnection(*host_port), host=host_port[0], port=host_port[1]
+            )
+        flags = {
+            "client_id": mqtt_client_id,
+            "username": mqtt_username,
+            "tls": mqtt_tls or None,
+            "tls_ca": mqtt_tls_ca and str(mqtt_tls_ca),
+            "tls_cert": mqtt_tls_cert and str(mqtt_tls_cert),
+            "tls_key": mqtt_tls_key and str(mqtt_tls_key),
+        }
+        given = {k: v for k, v in flags.items() if v is not None}
+        if given and connection is None:
+            raise InvalidInput(
+                f"--mqtt-{next(iter(given)).replace('_', '-')} needs a broker",
+                field="mqtt",
+                fix="give --mqtt host:port (or a --config file with an mqtt: section)",
+            )
+        if connection is not None:
+            options.mqtt = dataclasses.replace(connection, **given)
+        settings = Settings.from_env(options)  # options given on the command line win
+        if settings.mqtt is not None:
+            settings.mqtt.check()
+        configure_logging(log_format=settings.log_format)
     except LivetwinError as exc:
         fail(exc)
+    if settings.auth:
+        check_auth_mode(settings.auth)
+    from livetwin.api.auth import default_mode
+
+    check_https(https, host, settings.auth or default_mode(host), insecure_http)
     check_port(host, port)
     platform = open_platform(data, settings)
     for name, body in subscriptions.items():
@@ -183,5 +301,6 @@ def serve(
         except LivetwinError as exc:
             platform.close()
             fail(exc)
-    banner = f"livetwin serving {data} at [bold]http://{host}:{port}[/] (API docs: /docs)"
-    run_server(platform, host, port, banner)
+    scheme = "https" if https else "http"
+    banner = f"livetwin serving {data} at [bold]{scheme}://{host}:{port}[/] (API docs: /docs)"
+    run_server(platform, host, port, banner, https=https)

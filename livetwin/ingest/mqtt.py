@@ -29,6 +29,7 @@ from livetwin.ingest.mqtt_topics import (
     validate_topic_filter,
 )
 from livetwin.ingest.mqtt_wire import Received, SubscriberSession
+from livetwin.settings import MqttConnection
 from livetwin.spec.extractor import ExtractorSpec
 
 if TYPE_CHECKING:
@@ -82,16 +83,12 @@ class MqttBridge:
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 1883,
+        connection: MqttConnection,
         *,
         ingest: Ingest,
         extractor: Callable[[str], ExtractorSpec],
         configs: ConfigRecords,
         clock: Clock,
-        client_id: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
         queue_size: int = 50_000,
         batch_max: int = 20_000,
         receive_maximum: int = 65_535,
@@ -99,18 +96,21 @@ class MqttBridge:
         keepalive: int = 30,
     ) -> None:
         self.ingest, self.extractor, self.configs, self.clock = ingest, extractor, configs, clock
-        self.host, self.port = host, port
+        self.host, self.port = connection.host, connection.port
         # A fixed client id keeps the broker session (and its queued QoS 1 messages) across
         # restarts; without one every start is a fresh session.
-        self.client_id = client_id or f"livetwin-{uuid.uuid4().hex[:12]}"
+        self.client_id = connection.client_id or f"livetwin-{uuid.uuid4().hex[:12]}"
         self.queue_size, self.batch_max = queue_size, batch_max
         self._session_options = {
-            "persistent": client_id is not None,
+            "persistent": connection.client_id is not None,
+            "session_expiry_s": connection.session_expiry_s,
             "receive_maximum": receive_maximum,
             "keepalive": keepalive,
-            "username": username,
-            "password": password,
+            "username": connection.username,
+            "password": connection.password,
+            "tls": connection.ssl_context(),
         }
+        self._tls = connection.uses_tls
         self._max_pending = max_pending_batches
         self._pending = threading.BoundedSemaphore(max_pending_batches)
         self._lock = threading.Lock()
@@ -123,6 +123,7 @@ class MqttBridge:
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._connected = False
         self._last_error: str | None = None
+        self._rejections = RejectionLog()
         self._session: SubscriberSession | None = None
         self._worker: threading.Thread | None = None
         self._running = False
@@ -324,11 +325,14 @@ class MqttBridge:
         return {
             "broker": f"{self.host}:{self.port}",
             "client_id": self.client_id,
+            "persistent_session": self._session_options["persistent"],
+            "tls": self._tls,
             "connected": self._connected,
             "queue_depth": self._queued,
             "subscriptions": n_subs,
             **counts,
             "last_error": self._last_error,
+            "last_rejected": self._rejections.last,
         }
 
     def _count(self, **deltas: int) -> None:
@@ -425,8 +429,7 @@ class MqttBridge:
                     payload = orjson.loads(data)
                 except orjson.JSONDecodeError:
                     malformed += 1
-                    if malformed <= 3:
-                        log.warning("MQTT %s: payload is not JSON; dropped", topic)
+                    self._rejections.note(topic, "payload is not JSON; dropped")
                     continue
                 try:
                     spec = specs.get(sub.name) or specs.setdefault(sub.name, self._spec(sub))
@@ -436,15 +439,14 @@ class MqttBridge:
                         payload = {"payload": payload, TOPIC_TWIN_KEY: twin}
                     result = extract(spec, payload, topic_vars=topic_vars)
                 except LivetwinError as exc:
-                    log.warning("MQTT %s: %s", topic, exc)
+                    self._rejections.note(topic, str(exc))
                     extraction_rejects += 1
                     rejected.add(number)
                     continue
                 if result.errors:
                     rejected.add(number)
                     extraction_rejects += len(result.errors)
-                    if len(rejected) <= 3:
-                        log.warning("MQTT %s: rejected: %s", topic, result.errors[0]["error"])
+                    self._rejections.note(topic, f"rejected: {result.errors[0]['error']}")
                 observations.extend(result.observations)
                 owners.extend([number] * len(result.observations))
         self._count(malformed=malformed, rejected=unrouted)
@@ -453,6 +455,9 @@ class MqttBridge:
             for r in result.rejected if result is not None else ():
                 if r.index < len(owners):
                     rejected.add(owners[r.index])
+            if result is not None and result.rejected:
+                first = result.rejected[0]
+                self._rejections.note("ingest", f"{first.field}: {first.error}")
             self._count(
                 ingested=number - malformed - unrouted - len(rejected),
                 rejected=len(rejected),
@@ -490,15 +495,48 @@ class MqttBridge:
         future.add_done_callback(durable)
 
 
+class RejectionLog:
+    """Why messages were refused: the last reason (for the status) and a log line at most every
+    `every_s` seconds with how many were refused since, so a flood of bad messages cannot flood
+    the log."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.last: dict | None = None
+        self._lock = threading.Lock()
+        self._logged_at = -float("inf")
+        self._since = 0
+
+    def note(self, topic: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.last = {"topic": topic, "reason": reason, "at": time.time()}
+            self._since += 1
+            if now - self._logged_at < self.every_s:
+                return
+            count, self._since, self._logged_at = self._since, 0, now
+        more = f" ({count - 1} more refused since the last report)" if count > 1 else ""
+        log.warning("MQTT %s: %s%s", topic, reason, more)
+
+
 def _rebase(path: str) -> str:
     """Point an absolute JSONPath at the original payload inside the twin_from_topic wrapper."""
     return "$.payload" + path.strip()[1:] if path.strip().startswith("$") else path
 
 
-def load_mqtt_config(path: str | Path) -> tuple[str, int, dict[str, dict]]:
+_CONNECTION_KEYS = {
+    "client_id": str,
+    "username": str,
+    "password_file": str,
+    "session_expiry": int,
+}
+_TLS_KEYS = ("ca", "cert", "key")
+
+
+def load_mqtt_config(path: str | Path) -> tuple[MqttConnection, dict[str, dict]]:
     """Read the `mqtt:` section of a YAML (or JSON) config file for `livetwin serve`.
 
-    Returns (host, port, subscriptions by name); apply the subscriptions with
+    Returns the broker connection and the subscriptions by name; apply the subscriptions with
     `MqttBridge.put_subscription` (it validates each against the declared extractors).
     """
     try:
@@ -511,18 +549,43 @@ def load_mqtt_config(path: str | Path) -> tuple[str, int, dict[str, dict]]:
     example = "mqtt: {host: 127.0.0.1, port: 1883, subscriptions: {lines: {topic: ..., ...}}}"
     if not isinstance(section, dict):
         raise InvalidInput(f"{path} has no mqtt: mapping", field="mqtt", fix=example)
-    unknown = sorted(set(section) - {"host", "port", "subscriptions"})
+    known = {"host", "port", "subscriptions", "tls", *_CONNECTION_KEYS}
+    unknown = sorted(set(section) - known)
     if unknown:
         raise InvalidInput(
             f"unknown key mqtt.{unknown[0]}",
             field=f"mqtt.{unknown[0]}",
-            fix="use host, port and subscriptions",
+            fix=f"use {', '.join(sorted(known))}",
         )
     host, port = section.get("host", "127.0.0.1"), section.get("port", 1883)
     if not isinstance(host, str) or not host:
         raise InvalidInput("mqtt.host must be a host name", field="mqtt.host", fix=example)
     if type(port) is not int or not 0 < port < 65536:
         raise InvalidInput("mqtt.port must be 1-65535", field="mqtt.port", fix="e.g. port: 1883")
+    options: dict[str, Any] = {}
+    for key, kind in _CONNECTION_KEYS.items():
+        value = section.get(key)
+        if value is not None and type(value) is not kind:
+            raise InvalidInput(
+                f"mqtt.{key} must be a {kind.__name__}",
+                field=f"mqtt.{key}",
+                fix=f"e.g. {key}: {'livetwin-1' if kind is str else 604800}",
+            )
+        options[key] = value
+    password_file = options.pop("password_file")
+    if password_file is not None:
+        try:  # relative to the config file; the password itself never sits in the config
+            options["password"] = (Path(path).parent / password_file).read_text().strip()
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot read mqtt.password_file {password_file}: {exc.strerror}",
+                field="mqtt.password_file",
+                fix="give a readable file holding the password",
+            ) from None
+    if options.pop("session_expiry") is not None:
+        options["session_expiry_s"] = section["session_expiry"]
+    options.update(_tls_options(section.get("tls"), Path(path).parent))
+    connection = MqttConnection(host, port, **{k: v for k, v in options.items() if v is not None})
     subscriptions = section.get("subscriptions") or {}
     if not isinstance(subscriptions, dict) or not all(
         isinstance(v, dict) for v in subscriptions.values()
@@ -534,4 +597,20 @@ def load_mqtt_config(path: str | Path) -> tuple[str, int, dict[str, dict]]:
         )
     for name, body in subscriptions.items():
         validate_topic_filter(body.get("topic"), field=f"mqtt.subscriptions.{name}.topic")
-    return host, port, {str(k): dict(v) for k, v in subscriptions.items()}
+    return connection, {str(k): dict(v) for k, v in subscriptions.items()}
+
+
+def _tls_options(tls: Any, base: Path) -> dict[str, Any]:
+    """`tls: true` (the system's CAs) or `tls: {ca, cert, key}` (files, relative to `base`) as
+    MqttConnection fields."""
+    if tls is None or tls is False:
+        return {}
+    if tls is True:
+        return {"tls": True}
+    if not isinstance(tls, dict) or set(tls) - set(_TLS_KEYS):
+        raise InvalidInput(
+            "mqtt.tls must be true or a mapping of ca, cert and key files",
+            field="mqtt.tls",
+            fix="e.g. tls: {ca: ca.pem} or tls: {ca: ca.pem, cert: client.pem, key: client.key}",
+        )
+    return {"tls": True, **{f"tls_{k}": str(base / str(v)) for k, v in tls.items()}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -42,6 +43,17 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + _varint(len(body)) + body
 
 
+_CONNACK_REASONS = {
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized (check the user name and password, or the broker's ACL)",
+    0x88: "server unavailable",
+    0x8A: "banned",
+    0x8C: "bad authentication method",
+}
+
+
 class ProtocolError(Exception):
     """The broker refused us or sent something this session cannot handle."""
 
@@ -66,10 +78,12 @@ class SubscriberSession:
         subscriptions: Callable[[], dict[str, int]],
         on_state: Callable[[bool, str | None], None] = lambda up, error: None,
         persistent: bool = False,
+        session_expiry_s: int = 7 * 24 * 3600,
         receive_maximum: int = 65_535,
         keepalive: int = 30,
         username: str | None = None,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
     ) -> None:
@@ -84,7 +98,8 @@ class SubscriberSession:
             receive_maximum,
             keepalive,
         )
-        self.username, self.password = username, password
+        self.username, self.password, self.tls = username, password, tls
+        self.session_expiry_s = session_expiry_s
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self.generation = 0
         self.connected = False
@@ -201,11 +216,17 @@ class SubscriberSession:
     def _connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            except ssl.SSLError as exc:
+                sock.close()
+                raise ProtocolError(f"TLS handshake with the broker failed: {exc}") from None
         self._sock = sock
         flags = 0x00 if self.persistent else 0x02  # clean start unless the session is kept
         props = b"\x21" + struct.pack("!H", min(self.receive_maximum, 65535))  # Receive Maximum
-        if self.persistent:
-            props += b"\x11" + struct.pack("!I", 7 * 24 * 3600)  # Session Expiry Interval
+        if self.persistent:  # Session Expiry Interval: how long the broker keeps our messages
+            props += b"\x11" + struct.pack("!I", self.session_expiry_s)
         payload = _utf8(self.client_id)
         if self.username is not None:
             flags |= 0x80
@@ -216,8 +237,8 @@ class SubscriberSession:
         header = _utf8("MQTT") + bytes([5, flags]) + struct.pack("!H", self.keepalive)
         self._send(_packet(0x10, header + _varint(len(props)) + props + payload))
         buffer = bytearray()
-        while True:
-            packets, used = _split(buffer)
+        while True:  # CONNACK alone: what follows it in the same read is kept for the read loop
+            packets, used = _split(buffer, limit=1)
             if packets:
                 break
             chunk = sock.recv(4096)
@@ -228,7 +249,8 @@ class SubscriberSession:
         if first >> 4 != _CONNACK or len(body) < 2:
             raise ProtocolError("the broker did not answer CONNECT with CONNACK")
         if body[1] >= 0x80:
-            raise ProtocolError(f"the broker refused the connection (reason code {body[1]:#x})")
+            reason = _CONNACK_REASONS.get(body[1], "refused")
+            raise ProtocolError(f"the broker refused the connection: {reason} ({body[1]:#x})")
         del buffer[:used]
         self._leftover = buffer
         self.generation += 1
@@ -243,6 +265,9 @@ class SubscriberSession:
         assert sock is not None
         sock.settimeout(max(1.0, self.keepalive / 4))
         buffer = self._leftover
+        messages = self._handle(buffer)  # a persistent session's queue may follow CONNACK at once
+        if messages:
+            self._on_messages(self.generation, messages)
         last_heard = time.monotonic()
         while self._running:
             try:
@@ -285,11 +310,12 @@ class SubscriberSession:
         return messages
 
 
-def _split(buffer: bytearray) -> tuple[list[tuple[int, bytes]], int]:
-    """The complete packets at the start of `buffer` as (first byte, body), and bytes used."""
+def _split(buffer: bytearray, limit: int | None = None) -> tuple[list[tuple[int, bytes]], int]:
+    """The complete packets at the start of `buffer` (at most `limit`) as (first byte, body),
+    and the bytes they used."""
     packets: list[tuple[int, bytes]] = []
     pos, size = 0, len(buffer)
-    while size - pos >= 2:
+    while size - pos >= 2 and (limit is None or len(packets) < limit):
         length, multiplier, i = 0, 1, pos + 1
         while True:
             if i >= size:

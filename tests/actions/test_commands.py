@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from livetwin.actions.commands import SCHEMA, CommandService, migrate
 from livetwin.api.app import create_app
+from livetwin.settings import MqttConnection
 from livetwin.store.servicedb import service_db_opener
 
 pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
@@ -45,8 +46,7 @@ def fan_type(prefix: str) -> dict:
 def command_service(platform, port: int = PORT) -> CommandService:
     """A command service on a platform's ports, wired as the platform wires its own."""
     return CommandService(
-        HOST,
-        port,
+        MqttConnection(HOST, port),
         clock=platform.clock,
         bus=platform.bus,
         reader=platform.query,

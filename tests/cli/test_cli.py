@@ -4,11 +4,13 @@ stack trace, no "serving" banner before it), results alone on stdout, and SIGTER
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import PUMP, T0, obs
+from tls_support import self_signed
 from typer.testing import CliRunner
 
 from livetwin.cli import app
@@ -139,44 +142,80 @@ def test_token_list_shows_ids_that_revoke_takes(tmp_path):
     refused(run("token", "revoke", "", "--data", data), "no token")
 
 
-def test_sigterm_drains_serve_and_exits_0(tmp_path):
-    data = tmp_path / "d"
-    with Platform(data) as p:
-        p.put_type("pump", PUMP)
-    port = free_port()
+@contextlib.contextmanager
+def serving(tmp_path: Path, data: Path, port: int, *options: str, verify=True):
+    """`livetwin serve` in a subprocess, ready (its /api/types answers): (process, base URL)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
+    args = ["serve", "--data", str(data), "--port", str(port), *options]
     server = subprocess.Popen(
-        [sys.executable, "-m", "livetwin.cli", "serve", "--data", str(data), "--port", str(port)],
+        [sys.executable, "-m", "livetwin.cli", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    base = f"{'https' if '--tls-cert' in options else 'http'}://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             assert server.poll() is None, server.communicate()
             try:
-                if httpx.get(f"{base}/api/types", timeout=2).status_code == 200:
+                if httpx.get(f"{base}/api/types", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
-        r = httpx.post(f"{base}/api/ingest", json=[obs("p1", T0, flow=42.0)], timeout=10)
-        assert r.status_code == 200, r.text
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=60)
+        yield server, base
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_sigterm_drains_serve_and_exits_0(tmp_path):
+    data = tmp_path / "d"
+    with Platform(data) as p:
+        p.put_type("pump", PUMP)
+    with serving(tmp_path, data, free_port()) as (server, base):
+        r = httpx.post(f"{base}/api/ingest", json=[obs("p1", T0, flow=42.0)], timeout=10)
+        assert r.status_code == 200, r.text
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err.decode()
     assert b"stopped on SIGTERM" in err and b"Traceback" not in err
     with Platform(data) as p:
         assert p.twin("p1")["properties"]["flow"] == 42.0
         assert p.recovered["replayed_observations"] == 0  # the final snapshot holds it
+
+
+def test_serve_over_https_with_the_given_certificate(tmp_path):
+    cert, key = self_signed(tmp_path / "tls")
+    options = ("--tls-cert", str(cert), "--tls-key", str(key))
+    trust = ssl.create_default_context(cafile=str(cert))
+    with serving(tmp_path, tmp_path / "d", free_port(), *options, verify=trust) as (_, base):
+        assert base.startswith("https://")
+        assert httpx.get(f"{base}/api/health", verify=trust, timeout=10).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # not plain HTTP
+            httpx.get(base.replace("https", "http") + "/api/health", timeout=5)
+
+
+def test_serve_refuses_tls_and_mqtt_options_that_cannot_work(tmp_path, never_serves):
+    data, port = str(tmp_path / "d"), str(free_port())
+    cert, key = self_signed(tmp_path / "tls")
+    (junk := tmp_path / "junk.pem").write_text("not a certificate")
+    cases = [
+        (["--host", "0.0.0.0"], ["clear text", "--tls-cert", "--insecure-http"]),
+        (["--tls-cert", str(cert)], ["--tls-key"]),
+        (["--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(key)], ["unreadable"]),
+        (["--tls-cert", str(junk), "--tls-key", str(key)], ["cannot be used"]),
+        (["--mqtt-username", "plant"], ["needs a broker", "--mqtt"]),
+        (["--mqtt", "127.0.0.1:1883", "--mqtt-tls-ca", str(tmp_path / "no.pem")], ["MQTT TLS CA"]),
+    ]
+    for options, words in cases:
+        refused(run("serve", "--port", port, "--data", data, *options), *words)
+    result = run("serve", "--host", "0.0.0.0", "--insecure-http", "--port", port, "--data", data)
+    assert "the server started" in str(result.exception)  # past every check

@@ -23,6 +23,7 @@ from livetwin.ingest.mqtt import (
     topic_matches,
     validate_topic_filter,
 )
+from livetwin.settings import MqttConnection
 
 pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
 
@@ -50,11 +51,10 @@ def setup(platform):
     return platform
 
 
-def mqtt_bridge(platform, host: str, port: int) -> MqttBridge:
+def mqtt_bridge(platform, host: str, port: int, **connection) -> MqttBridge:
     """An MQTT bridge on a platform's ports, wired as the platform wires its own."""
     return MqttBridge(
-        host,
-        port,
+        MqttConnection(host, port, **connection),
         ingest=platform.core,
         extractor=platform.extractor,
         configs=platform.core.store,
@@ -229,9 +229,10 @@ def test_config_file_for_serve(tmp_path, setup, prefix):
         f"    lines: {{topic: '{prefix}/+/line/+/t', extractor: line}}\n"
         f"    devices: {{topic: '{prefix}/dev/+', extractor: pj, twin_from_topic: 1}}\n"
     )
-    host, port, subscriptions = load_mqtt_config(path)
-    assert (host, port, sorted(subscriptions)) == ("127.0.0.1", 1883, ["devices", "lines"])
-    bridge = mqtt_bridge(setup, host, port)
+    connection, subscriptions = load_mqtt_config(path)
+    assert (connection.host, connection.port) == ("127.0.0.1", 1883)
+    assert sorted(subscriptions) == ["devices", "lines"] and connection.client_id is None
+    bridge = mqtt_bridge(setup, connection.host, connection.port)
     for name, body in subscriptions.items():
         bridge.put_subscription(name, body)
     assert [s["twin_from_topic"] for s in bridge.subscriptions()] == [1, None]

@@ -20,6 +20,7 @@ from livetwin.errors import Conflict, NotFound, Unavailable
 from livetwin.platform import Platform, Settings
 from livetwin.registry.lineage import LineageStore
 from livetwin.registry.store import RegistryStore, parse_version_spec
+from livetwin.settings import MqttConnection
 from livetwin.store import servicedb
 from livetwin.store.open import DATABASE_URL_ENV
 from livetwin.store.servicedb import open_service_db, pg_query, pg_schema
@@ -383,8 +384,7 @@ def test_commands_and_the_webhook_outbox_live_in_the_configured_database(backend
     receiver = Receiver()
     settings = Settings(
         alarm_tick_s=3600,
-        mqtt_host="127.0.0.1",
-        mqtt_port=free_port(),
+        mqtt=MqttConnection("127.0.0.1", free_port()),
         outbound_allow=LOOPBACK,  # the webhook receiver is on loopback
     )
     data = tmp_path / "data"  # the broker is down: commands stay queued

@@ -24,7 +24,7 @@ from conftest import MQTT_HOST, MQTT_PORT, require_mosquitto
 from livetwin.api.app import create_app
 from livetwin.examples.rollers import ROLLER_LINE, ROLLER_TYPE, observations, roller_fleet
 from livetwin.platform import Platform, wall_clock_ms
-from livetwin.settings import Settings
+from livetwin.settings import MqttConnection, Settings
 from livetwin.ui import mount
 
 pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
@@ -670,7 +670,7 @@ def command_server(tmp_path, server) -> Iterator[SimpleNamespace]:
             assert time.monotonic() < deadline, "no connection to the broker"
             time.sleep(0.02)
 
-    settings = Settings(mqtt_host=MQTT[0], mqtt_port=MQTT[1], run_schedules=False)
+    settings = Settings(mqtt=MqttConnection(*MQTT), run_schedules=False)
     try:
         with _serve(Platform(tmp_path / "data", settings=settings), seed) as served:
             served.received, served.topic = received, f"{prefix}/fan-1/set"
