@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CHILD_KINDS = frozenset({"Component", "Relationship", "ReferenceElement"})
+CHILD_KINDS = frozenset(
+    {"Component", "Relationship", "ReferenceElement", "SubmodelElementCollection"}
+)  # source elements that became children
 
 
 @dataclass

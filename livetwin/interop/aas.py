@@ -306,7 +306,7 @@ class _Builder:
         """The type's elements, regrouped into the collections they were flattened from."""
         model = self.model
         kept = spec.source.elements if spec.source and spec.source.standard == "aas" else {}
-        by_name = {e.name: (p, e) for p, e in kept.items() if e.kind not in _CHILD_KINDS}
+        by_name = {e.name: (p, e) for p, e in kept.items() if e.kind not in CHILD_KINDS}
         top: list = []
         groups: dict[tuple[str, ...], Any] = {}
 
@@ -333,7 +333,7 @@ class _Builder:
             semantic = element.id if element else ""
             place(path, self.data_element(leaf, lt_name, declared, role, element, semantic))
         for child in spec.children:
-            links = [(p, e) for p, e in kept.items() if e.kind in _CHILD_KINDS and e.name == child]
+            links = [(p, e) for p, e in kept.items() if e.kind in CHILD_KINDS and e.name == child]
             found = self.spec_of(child)
             for path, element in links or [(f"has_{child}", None)]:
                 if element is not None and element.kind == "SubmodelElementCollection" and found:
@@ -386,9 +386,6 @@ class _Builder:
             )
         value = None if self.values is None else self.values.get(lt_name)
         return model.Property(_id_short(leaf), value_type, _cast(value_type, value), **common)
-
-
-_CHILD_KINDS = CHILD_KINDS | {"SubmodelElementCollection"}
 
 
 def _bounded(declared) -> bool:
