@@ -35,18 +35,18 @@ def entity_id(type_name: str, twin_id: str) -> str:
     return f"{PREFIX}{type_name}:{quote(twin_id, safe='')}"
 
 
-def twin_of(identifier: str) -> str:
-    """The twin id inside an entity id (a plain twin id is accepted as it is)."""
+def parse_id(identifier: str) -> tuple[str | None, str]:
+    """(entity type, twin id) of an entity id; a plain twin id is accepted, with no type."""
     if not identifier.startswith(PREFIX):
-        return identifier
-    _, colon, encoded = identifier[len(PREFIX) :].partition(":")
+        return None, identifier
+    type_name, colon, encoded = identifier[len(PREFIX) :].partition(":")
     if not colon or not encoded:
         raise NotFound(
             f"no entity {excerpt(identifier)}",
             field="entityId",
             fix="use an id the entity list gives: urn:ngsi-ld:<type>:<twin id>",
         )
-    return unquote(encoded)
+    return type_name, unquote(encoded)
 
 
 class NgsiLdView:
@@ -100,9 +100,9 @@ class NgsiLdView:
 
     def entity(self, identifier: str, *, attrs: str | None = None, key_values: bool = False):
         """One entity by its id (or its twin's id)."""
-        twin_id = twin_of(identifier)
+        type_name, twin_id = parse_id(identifier)
         entity = self._entity(twin_id, _attrs(attrs), key_values)
-        if identifier.startswith(PREFIX) and entity["id"] != entity_id(entity["type"], twin_id):
+        if type_name is not None and type_name != entity["type"]:
             raise NotFound(
                 f"no entity {excerpt(identifier)}: twin {twin_id!r} is a {entity['type']}",
                 field="entityId",
