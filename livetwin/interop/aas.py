@@ -22,6 +22,7 @@ from livetwin.interop import CHILD_KINDS, ImportedType, Parsed, Skipped, last_se
 from livetwin.spec.types import NAME_PATTERN, TwinTypeSpec
 
 COLLECTIONS = ("flatten", "children")
+MAX_DEPTH = 16  # collections within collections
 NUMERIC = frozenset(
     "xs:" + t
     for t in (
@@ -63,7 +64,7 @@ def parse_json(data: Any, collections: str = "flatten") -> Parsed:
     text = io.StringIO(json.dumps(data))
     try:
         store = aas_json.read_aas_json_file(text, failsafe=False)
-    except (KeyError, ValueError, TypeError, model.AASConstraintViolation) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError, model.AASConstraintViolation) as exc:
         raise InvalidInput(
             f"not a valid AAS V3 environment: {exc}", field="body", fix=FIX_AAS
         ) from None
@@ -79,7 +80,7 @@ def parse_aasx(raw: bytes, collections: str = "flatten") -> Parsed:
     try:
         with AASXReader(io.BytesIO(raw), failsafe=False) as reader:
             reader.read_into(store, DictSupplementaryFileContainer())
-    except (KeyError, ValueError, TypeError, model.AASConstraintViolation) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError, model.AASConstraintViolation) as exc:
         raise InvalidInput(f"not a valid AASX package: {exc}", field="body", fix=FIX_AAS) from None
     return _from_store(store, collections)
 
@@ -139,6 +140,9 @@ class _Reader:
                 self.skipped.append(Skipped(f"{into.spec['source']['id']}#{at}", reason))
 
             if isinstance(element, model.SubmodelElementCollection):
+                if len(path) > MAX_DEPTH:
+                    skip(f"collections nested deeper than {MAX_DEPTH} levels")
+                    continue
                 if self.collections == "flatten":
                     self._walk(element.value, path, into, taken)
                     continue

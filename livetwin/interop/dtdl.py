@@ -33,6 +33,7 @@ NUMERIC = frozenset(
     | {"unsignedByte", "unsignedShort", "unsignedInteger", "unsignedLong"}
 )
 TEXT = frozenset({"string", "date", "dateTime", "time", "duration", "uuid", "bytes"})
+MAX_EXTENDS_DEPTH = 10  # DTDL's own limit on the depth of extends
 FIX_DTDL = "see the DTDL v3 language reference (the Interface, its contents and their schemas)"
 
 
@@ -150,21 +151,36 @@ def _collect_schemas(interface: dict, where: str, schemas: dict[str, Any]) -> No
 
 
 def _flattened(
-    interface: dict, where: str, by_id: dict[str, tuple[str, dict]], seen: tuple[str, ...] = ()
+    interface: dict,
+    where: str,
+    by_id: dict[str, tuple[str, dict]],
+    seen: tuple[str, ...] = (),
+    included: set[str] | None = None,
 ) -> list[tuple[str, dict]]:
-    """(where, element) of an interface's contents after those of the interfaces it extends."""
+    """(where, element) of an interface's contents after those of the interfaces it extends
+    (each base once, however many paths reach it)."""
+    included = set() if included is None else included
     if interface["@id"] in seen:
         raise InvalidInput(
             f"{interface['@id']} extends itself (through {' -> '.join(seen)})",
             field=f"{where}.extends",
             fix="break the cycle of extends",
         )
+    if len(seen) >= MAX_EXTENDS_DEPTH:
+        raise InvalidInput(
+            f"extends nests deeper than DTDL's limit of {MAX_EXTENDS_DEPTH} levels",
+            field=f"{where}.extends",
+            fix="extend fewer levels of interfaces",
+        )
+    included.add(interface["@id"])
     bases = interface.get("extends", [])
     out: list[tuple[str, dict]] = []
     for k, base in enumerate(bases if isinstance(bases, list) else [bases]):
+        chain = seen + (interface["@id"],)
         if isinstance(base, dict):  # an inline Interface
             _check_interface(base, f"{where}.extends[{k}]", top_level=False)
-            out += _flattened(base, f"{where}.extends[{k}]", by_id, seen + (interface["@id"],))
+            if base["@id"] not in included:
+                out += _flattened(base, f"{where}.extends[{k}]", by_id, chain, included)
             continue
         _check_dtmi(base, f"{where}.extends")
         if base not in by_id:
@@ -173,8 +189,10 @@ def _flattened(
                 field=f"{where}.extends",
                 fix=f"put the Interface {base} in the same file (an array of Interfaces)",
             )
-        base_where, base_interface = by_id[base]
-        out += _flattened(base_interface, base_where, by_id, seen + (interface["@id"],))
+        if base in chain:
+            _flattened(by_id[base][1], by_id[base][0], by_id, chain, included)  # the cycle
+        if base not in included:
+            out += _flattened(by_id[base][1], by_id[base][0], by_id, chain, included)
     out += [(f"{where}.contents[{k}]", e) for k, e in enumerate(interface.get("contents", []))]
     return out
 

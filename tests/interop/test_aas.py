@@ -253,3 +253,38 @@ def test_an_unknown_collections_mode_is_a_422_naming_it(client):
     r = _import(client, _template(), collections="dotted")
     assert r.status_code == 422
     assert r.json()["error"]["field"] == "collections"
+
+
+def test_collections_nested_too_deep_are_skipped_not_recursed(client):
+    inner: dict = {"modelType": "Property", "idShort": "Leaf", "valueType": "xs:double"}
+    for level in range(40):
+        inner = {"modelType": "SubmodelElementCollection", "idShort": f"C{level}", "value": [inner]}
+    document = {
+        "submodels": [
+            {
+                "modelType": "Submodel",
+                "id": "https://example.com/ids/sm/Deep",
+                "idShort": "Deep",
+                "submodelElements": [
+                    {"modelType": "Property", "idShort": "Flow", "valueType": "xs:double"},
+                    inner,
+                ],
+            }
+        ]
+    }
+    r = _import(client, document)
+    assert r.status_code == 200, r.text
+    [skipped] = r.json()["skipped"]
+    assert skipped["reason"] == "collections nested deeper than 16 levels"
+    assert list(_spec(client, "Deep")["properties"]) == ["Flow"]
+    # as child types, a collection that holds only a collection would be a type of nothing
+    shallow = copy.deepcopy(document)
+    shallow["submodels"][0]["submodelElements"][1] = {
+        "modelType": "SubmodelElementCollection",
+        "idShort": "Outer",
+        "value": [{"modelType": "SubmodelElementCollection", "idShort": "Inner", "value": []}],
+    }
+    r = _import(client, shallow, collections="children", prefix="c_")
+    assert r.status_code == 422
+    assert "nothing usable remains of https://example.com/ids/sm/Deep/Outer" in r.text
+    assert client.get("/api/types/c_Deep").status_code == 404  # nothing half-imported

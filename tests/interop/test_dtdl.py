@@ -293,3 +293,34 @@ def test_the_cli_imports_a_file_and_prints_the_result(tmp_path):
     result = CliRunner().invoke(cli, ["types", "import", str(bad), "--data", str(data)])
     assert result.exit_code == 2
     assert "is not a DTMI" in result.stderr and "fix:" in result.stderr
+
+
+def _chain(depth: int) -> list[dict]:
+    """Interfaces I0 <- I1 <- ... each extending the one before, with one telemetry each."""
+    out = []
+    for i in range(depth):
+        interface = _interface([{**TELEMETRY, "name": f"t{i}"}], dtmi=f"dtmi:com:example:I{i};1")
+        if i:
+            interface["extends"] = f"dtmi:com:example:I{i - 1};1"
+        out.append(interface)
+    return out
+
+
+def test_extends_is_flattened_once_per_base_within_dtdl_depth_limit(client):
+    diamond = _chain(2) + [
+        {
+            **_interface([], dtmi="dtmi:com:example:Both;1"),
+            "extends": ["dtmi:com:example:I1;1", "dtmi:com:example:I0;1"],
+        }
+    ]
+    result = _import(client, diamond).json()
+    assert result["skipped"] == []  # I0 reached twice, included once
+    assert list(_spec(client, "Both")["properties"]) == ["t0", "t1"]
+    r = _import(client, _chain(12), prefix="deep_")
+    assert r.status_code == 422
+    assert "limit of 10 levels" in r.json()["error"]["message"]
+    cycle = _chain(2)
+    cycle[0]["extends"] = "dtmi:com:example:I1;1"
+    r = _import(client, cycle, prefix="cycle_")
+    assert r.status_code == 422
+    assert "extends itself" in r.json()["error"]["message"]
