@@ -68,7 +68,7 @@ def _check_interface(interface: dict, where: str, *, top_level: bool) -> None:
     if top_level:
         context = interface.get("@context")
         contexts = context if isinstance(context, list) else [context]
-        if not any(c in CONTEXTS for c in contexts):
+        if not any(isinstance(c, str) and c in CONTEXTS for c in contexts):
             raise InvalidInput(
                 f"{where} has no DTDL context (@context: {excerpt(context)})",
                 field=f"{where}.@context",
@@ -130,6 +130,11 @@ def _check_content(element: Any, where: str) -> None:
 def _types_of(element: dict) -> list:
     kinds = element.get("@type")
     return kinds if isinstance(kinds, list) else [] if kinds is None else [kinds]
+
+
+def _shape(schema: dict) -> str:
+    """A complex schema's kind: Object, Enum, Map, Array (or what else it says)."""
+    return str((_types_of(schema) or [""])[0])
 
 
 def _collect_schemas(interface: dict, where: str, schemas: dict[str, Any]) -> None:
@@ -219,8 +224,15 @@ def _to_type(
             return skip(path, f"'{name}' is a reserved word of livetwin's expressions")
         if name in taken:
             return skip(path, f"its name '{name}' clashes with {taken[name]} after flattening")
+        unit = element.get("unit", "")
+        if not isinstance(unit, str):
+            raise InvalidInput(
+                f"{dtmi}#{path} has a unit that is not a name: {excerpt(unit)}",
+                field=f"{dtmi}#{path}.unit",
+                fix="give the unit's DTDL name, e.g. degreeCelsius",
+            )
         taken[name] = path
-        entry: dict = {"unit": from_dtdl(element["unit"]) if "unit" in element else ""}
+        entry: dict = {"unit": from_dtdl(unit) if unit else ""}
         entry["description"] = _text(element.get("description"))
         if writable:
             spec["parameters"][name] = {"value": 0.0, **entry}
@@ -260,15 +272,15 @@ def _to_type(
             else:
                 skip(name, _cannot(schema))
             continue
-        shape = _types_of(schema)[0]
+        shape = _shape(schema)
         if shape == "Enum" and schema.get("valueSchema") == "integer":
             add(name, name, element, kind, "integer", writable)  # its names are lost
         elif shape == "Object":
             fields = schema.get("fields", [])
             for f in fields if isinstance(fields, list) else []:
-                if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+                if not isinstance(f, dict) or not DTDL_NAME.match(str(f.get("name"))):
                     raise InvalidInput(
-                        f"{at}.schema has a field without a name",
+                        f"{at}.schema has a field without a valid name",
                         field=f"{at}.schema",
                         fix=FIX_DTDL,
                     )
@@ -276,7 +288,7 @@ def _to_type(
                 inner = _resolve(f.get("schema"), schemas, f"{at}.schema.fields")
                 if isinstance(inner, str) and inner in NUMERIC:
                     add(path, f"{name}_{f['name']}", f, kind, inner, writable)
-                elif isinstance(inner, dict) and _types_of(inner)[0] == "Object":
+                elif isinstance(inner, dict) and _shape(inner) == "Object":
                     skip(path, "an Object nested in an Object: livetwin flattens one level only")
                 else:
                     skip(path, _cannot(inner))
@@ -311,7 +323,7 @@ def _cannot(schema: Any) -> str:
         if schema in TEXT:
             return f"a {schema} value: livetwin holds numbers (and booleans as 1/0) only"
         return f"the schema {schema} has no livetwin counterpart"
-    shape = _types_of(schema)[0]
+    shape = _shape(schema)
     if shape == "Enum":
         return "a string Enum: livetwin holds numbers only (integer Enums are imported)"
     return f"a {shape} schema: livetwin holds one number per name (Objects one level deep)"

@@ -209,6 +209,7 @@ TELEMETRY = {"@type": "Telemetry", "name": "flow", "schema": "double"}
         ),
         ({**_interface([TELEMETRY]), "extends": "dtmi:com:example:Base;1"}, "body.extends"),
         ([_interface([TELEMETRY]), "not an interface"], "body"),
+        (_interface([{**TELEMETRY, "unit": ["bar"]}]), "dtmi:com:example:Bad;1#flow.unit"),
     ],
     ids=[
         "no context",
@@ -220,6 +221,7 @@ TELEMETRY = {"@type": "Telemetry", "name": "flow", "schema": "double"}
         "unknown schema",
         "extends outside the file",
         "not all objects",
+        "unit not a name",
     ],
 )
 def test_a_file_that_is_not_dtdl_is_refused_naming_the_element(client, document, field):
