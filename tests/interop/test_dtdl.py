@@ -326,3 +326,12 @@ def test_extends_is_flattened_once_per_base_within_dtdl_depth_limit(client):
     r = _import(client, cycle, prefix="cycle_")
     assert r.status_code == 422
     assert "extends itself" in r.json()["error"]["message"]
+
+
+def test_a_type_declared_by_hand_is_stored_as_before_and_put_back_keeps_its_source(client):
+    client.put("/api/types/boiler", json={"properties": {"temp": {}}})
+    assert "source" not in _spec(client, "boiler")  # stored exactly as before `source` existed
+    _import(client, _load(THERMOSTAT_FILE))
+    spec = _spec(client, "Thermostat")
+    again = client.put("/api/types/Thermostat", json=spec).json()
+    assert again["changed"] is False  # what GET returned, put back, is the same type
