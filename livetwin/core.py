@@ -193,7 +193,8 @@ class TwinCore:
     def put_type(self, name: str, spec: dict) -> dict:
         """Declare or change a twin type; a change makes a new version, the same spec does not."""
         parsed = parse_type_spec(spec, name)
-        spec_json = orjson.dumps(parsed.model_dump(mode="json", exclude={"name"})).decode()
+        unset = {"name"} | ({"source"} if parsed.source is None else set())  # as before it was
+        spec_json = orjson.dumps(parsed.model_dump(mode="json", exclude=unset)).decode()
         with self._define_lock:
             versions = self.store.type_versions(name)
             if versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):

@@ -41,8 +41,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("core",),
     ("query",),
     # services: independent of one another; the scheduler records lineage in the registry and
-    # knows no jobs; jobs build on both (and on the alarm service's vocabulary)
-    ("ingest", "actions", "registry", "auth"),
+    # knows no jobs; jobs build on both (and on the alarm service's vocabulary); interop
+    # converts types and twins to and from the twin standards
+    ("ingest", "actions", "registry", "auth", "interop"),
     ("schedule",),
     ("jobs",),
     ("platform",),  # the composition root

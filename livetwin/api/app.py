@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import orjson
@@ -23,6 +23,7 @@ from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
 from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
+from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_RESPONSES, document
 from livetwin.api.ops import monitor_services, ops_routes
@@ -33,6 +34,7 @@ from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.api.webhooks import webhook_routes
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.ingest.chunks import CHUNKED_ABOVE_BYTES, normalize_chunked, split_array
+from livetwin.interop.exports import export_twin, export_type
 from livetwin.platform import Platform
 from livetwin.timefmt import format_ts
 from livetwin.ui import mount as mount_ui
@@ -175,8 +177,17 @@ def create_app(
         return await run_in_threadpool(platform.put_type, name, body)
 
     @app.get("/api/types/{name}", tags=["types"])
-    def get_type(name: str, version: int | None = Query(None, ge=1, le=INT64_MAX)) -> dict:
+    def get_type(
+        name: str,
+        version: int | None = Query(None, ge=1, le=INT64_MAX),
+        format: Literal["json", "dtdl", "aas"] = "json",
+    ) -> dict:
+        """A type version; `format=dtdl` or `aas` exports it (docs/interop.md)."""
+        if format != "json":
+            return export_type(platform.query, name, version, format)
         return platform.get_type(name, version)
+
+    interop_routes(app, platform)  # POST /api/types/import, the NGSI-LD view
 
     # ---- extractors ---------------------------------------------------------------------
 
@@ -358,8 +369,11 @@ def create_app(
     )(observations)
 
     @app.get("/api/twins/{twin_id:path}", tags=["twins"])
-    async def get_twin(twin_id: str) -> dict:
-        """One twin's current state: a row read, answered on the event loop (no thread hop)."""
+    async def get_twin(twin_id: str, format: Literal["json", "dtdl", "aas"] = "json") -> dict:
+        """One twin's current state: a row read, answered on the event loop (no thread hop);
+        `format=dtdl` (Azure Digital Twins' twin JSON) or `aas` (a submodel instance)."""
+        if format != "json":
+            return export_twin(platform.query, twin_id, format)
         twin = platform.twin(twin_id)
         twin["created"] = format_ts(twin["created"])
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None

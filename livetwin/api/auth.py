@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from livetwin.api.app import error_response
 from livetwin.api.body import parse_body, read_body
-from livetwin.api.openapi import secure
+from livetwin.api.openapi import guarded, secure
 from livetwin.auth import (
     ALL,
     TOKEN_PREFIX,
@@ -68,7 +68,7 @@ class Authenticator:
 
 
 class AuthMiddleware:
-    """Checks every request under /api (and /metrics) before any route runs.
+    """Checks every request under /api and /ngsi-ld (and /metrics) before any route runs.
 
     Routes are found generically through the app's router, so route modules added later are
     covered without being listed here.
@@ -91,8 +91,7 @@ class AuthMiddleware:
 
     def protects(self, scope: Scope) -> bool:
         path = _route_path(scope)
-        guarded = path == "/api" or path.startswith("/api/") or path == "/metrics"
-        return guarded and path not in self.public
+        return guarded(path) and path not in self.public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.protects(scope):

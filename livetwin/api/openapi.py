@@ -99,6 +99,16 @@ AUTH_ERRORS = {
 }
 
 
+GUARDED_PREFIXES = ("/api", "/ngsi-ld")  # what auth checks, with /metrics
+
+
+def guarded(path: str) -> bool:
+    """Whether auth checks requests to `path` (before its list of public paths)."""
+    return path == "/metrics" or any(
+        path == p or path.startswith(p + "/") for p in GUARDED_PREFIXES
+    )
+
+
 def path_parameters(path: str) -> list[dict]:
     """OpenAPI path parameters for every `{name}` (or `{name:path}`) of `path`."""
     return [
@@ -153,8 +163,7 @@ def _declare_errors(schema: dict, public: frozenset[str] | None) -> None:
                 wanted.update(RESOURCE_ERRORS)
             if method in WRITE_METHODS:
                 wanted.update(WRITE_ERRORS)
-            guarded = path == "/metrics" or path.startswith("/api")
-            if public is not None and guarded and path not in public:
+            if public is not None and guarded(path) and path not in public:
                 wanted.update(AUTH_ERRORS)
                 operation["security"] = [{"bearer": []}]
             responses = operation.setdefault("responses", {})

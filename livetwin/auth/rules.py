@@ -118,7 +118,8 @@ def requirement(
 
     - GET, HEAD, OPTIONS need `read`; POST, PUT, PATCH, DELETE need `write`.
     - `admin`: anything under /api/tokens, PUT/PATCH/DELETE under /api/types and
-      /api/extractors (declaring types and extractors), creating a webhook (POST /api/webhooks)
+      /api/extractors (declaring types and extractors), importing types (POST
+      /api/types/import), creating a webhook (POST /api/webhooks)
       or declaring a function (PUT /api/functions/...): both make the server call out or run
       code; plus `admin_paths` prefixes.
     - The namespace is that of the twin in the path (`twin`), else ALL: fleet-wide routes
@@ -131,7 +132,7 @@ def requirement(
         or (
             method in ("PUT", "PATCH", "DELETE") and _under(path, ("/api/types", "/api/extractors"))
         )
-        or (method == "POST" and path.rstrip("/") == "/api/webhooks")
+        or (method == "POST" and path.rstrip("/") in ("/api/webhooks", "/api/types/import"))
         or (method == "PUT" and path.startswith("/api/functions/"))
     ):
         scope = "admin"

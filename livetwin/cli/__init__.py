@@ -1,5 +1,5 @@
 """The `livetwin` command (typer): serve, demo, replay, calibrate, bench, token,
-grafana-dashboard. Each module holds a group of commands; this one puts them together."""
+grafana-dashboard, types. Each module holds a group of commands; this one puts them together."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
+from livetwin.cli.types import types_app
 
 app = typer.Typer(
     help="livetwin: living digital twins.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -21,5 +22,6 @@ app.add_typer(bench_app, name="bench")
 app.command()(calibrate)
 app.add_typer(token_app, name="token")
 app.command("grafana-dashboard")(grafana_dashboard)
+app.add_typer(types_app, name="types")
 
 __all__ = ["app"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -88,6 +88,26 @@ class Derived(_Strict):
     description: str = ""
 
 
+class SourceElement(_Strict):
+    """One element of the source model that became a livetwin name or child."""
+
+    name: str  # the livetwin property, parameter or derived value, or the child type
+    kind: str  # its kind there: Telemetry, Property, Component, Relationship; Property, Range
+    id: str = ""  # its id there: a DTDL @id or target, an AAS semanticId or referenced id
+    datatype: str = ""  # its schema or value type there (double, integer, xs:int, ...)
+    semantic_type: str = ""  # a DTDL semantic type (Temperature, Pressure, ...)
+
+
+class Source(_Strict):
+    """The standard model a type was imported from (livetwin/interop): its id names the type
+    across versions, so importing a newer version of the model updates the same type."""
+
+    standard: Literal["dtdl", "aas"]
+    id: str  # a DTMI with its version, or an AAS submodel id
+    version: str = ""  # the AAS administration version.revision (DTDL: in the DTMI)
+    elements: dict[str, SourceElement] = Field(default_factory=dict)  # by path in the model
+
+
 class TwinTypeSpec(_Strict):
     """A twin type as a user declares it."""
 
@@ -101,6 +121,7 @@ class TwinTypeSpec(_Strict):
     calibration: CalibrationSection | None = None
     commands: CommandSection | None = None
     rules: dict[str, Rule] = Field(default_factory=dict)
+    source: Source | None = None
 
     @field_validator("properties", "parameters", mode="before")
     @classmethod
