@@ -36,7 +36,7 @@ from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
 from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
-from livetwin.query import Query
+from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
 from livetwin.registry.artifacts import artifact_store
 from livetwin.schedule import Scheduler
@@ -402,6 +402,10 @@ class Platform:
     ) -> dict:
         """Aligned series of a twin's properties, parameters and derived values."""
         return self.query.history(twin_id, names, start=start, end=end, every=every, agg=agg)
+
+    def history_frame(self, twin_id: str, names: list[str] | None = None, **options) -> Any:
+        """`history` as a pandas DataFrame indexed by UTC time (needs pandas)."""
+        return history_frame(self.history(twin_id, names, **options))
 
     def observations(self, twin_id: str, *, limit: int = 50, before: Any = None) -> list[dict]:
         """The twin's journaled observations, newest first, with the derived values they caused."""

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("jobs",),
     ("platform",),  # the composition root
     ("",),  # `livetwin.Platform`
-    ("examples", "ui"),
+    ("examples", "ui", "client"),  # client: the SDK for a remote server (httpx)
     ("api",),
     ("cli",),
 ]
