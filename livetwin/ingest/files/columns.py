@@ -187,7 +187,10 @@ class Converter:
             problems.setdefault(
                 pos, (self.field_of["twin"], "the twin id is empty", "fill the twin column")
             )
-        return column.to_pylist()
+        encoded = pc.dictionary_encode(column)  # one str per distinct id, shared by its rows
+        ids = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+        codes = pc.fill_null(encoded.indices, len(ids) - 1).to_numpy(zero_copy_only=False)
+        return ids[codes].tolist()
 
     def _numbers(self, column: pa.Array, name: str, problems: dict) -> np.ndarray:
         """A column as float64, NaN where empty; cells that are not numbers are problems."""

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from livetwin.errors import InvalidInput
 from livetwin.ingest.files.mapping import FORMATS, ImportMapping
 
-BLOCK_BYTES = 4 << 20  # CSV and JSON lines are parsed this many bytes at a time
+BLOCK_BYTES = 2 << 20  # CSV and JSON lines are parsed this many bytes at a time
 CHUNK_ROWS = 100_000  # Parquet and Excel rows per batch
 EXTENSIONS = {".csv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 EXTENSIONS |= {".xlsx": "xlsx", ".parquet": "parquet", ".pq": "parquet"}
