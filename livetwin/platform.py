@@ -139,6 +139,7 @@ class Platform:
             query=self.query,
             ingest=self.core,
             registry=self.registry,
+            import_file=self.import_file,
         )
         return scheduler
 

@@ -1,0 +1,42 @@
+"""The `import` job kind on the real scheduler: files that arrived in a folder are imported
+and moved to done/ or failed/ with their reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from conftest import PUMP
+
+MAPPING = {"type": "pump", "twin": "p{id}", "ts_column": "time", "values": {"flow": "q"}}
+
+
+@pytest.mark.platform_services("schedules")
+def test_the_import_job_imports_a_folder_and_sorts_its_files(platform, tmp_path):
+    platform.put_type("pump", PUMP)
+    platform.put_mapping("plant", MAPPING)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "good.csv").write_text(
+        "id,time,q\n1,2026-11-22T10:00:00Z,5\n2,2026-11-22T10:00:00Z,x\n"
+    )
+    (inbox / "wrong.csv").write_text("id,when,q\n1,2026-11-22T10:00:00Z,5\n")  # no 'time'
+    (inbox / "fresh.csv").write_text("id,time,q\n")  # still being written: left for later
+    old = time.time() - 60
+    for name in ("good.csv", "wrong.csv"):
+        os.utime(inbox / name, (old, old))
+    scheduler = platform.scheduler
+    args = {"folder": str(inbox), "mapping": "plant", "settle_s": 30}
+    scheduler.define_function("inbox", {"kind": "builtin", "job": "import", "args": args})
+    run = scheduler.wait(scheduler.run_function("inbox")["id"], 20)
+    assert run["state"] == "succeeded", run
+    assert sorted(p.name for p in inbox.iterdir()) == ["done", "failed", "fresh.csv"]
+    assert (inbox / "done" / "good.csv").exists()
+    report = json.loads((inbox / "done" / "good.csv.report.json").read_text())
+    assert (report["accepted"], report["rejected"][0]["row"]) == (1, 2)
+    failed = json.loads((inbox / "failed" / "wrong.csv.report.json").read_text())
+    assert failed["error"]["field"] == "ts_column" and "'time'" in failed["error"]["message"]
+    assert any("good.csv: done (1 accepted" in line for line in run["logs"])
+    assert platform.twin("p1")["properties"]["flow"] == 5.0
