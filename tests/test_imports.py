@@ -45,9 +45,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("ingest", "actions", "registry", "auth"),
     ("schedule",),
     ("jobs",),
-    ("platform",),  # the composition root
+    ("platform", "client"),  # the composition root; the SDK for a remote server (httpx)
     ("",),  # `livetwin.Platform`
-    ("examples", "ui", "client"),  # client: the SDK for a remote server (httpx)
+    ("examples", "ui"),
     ("api",),
     ("cli",),
 ]
