@@ -152,7 +152,7 @@ class Converter:
                 values[:, keep],
                 rows[kept],
                 parents=None if parents is None else [parents[i] for i in idx],
-                keys=[f"{self.file_key}:{r}" for r in rows[kept].tolist()],
+                keys=[f"{self.file_key}:{r:010d}" for r in rows[kept].tolist()],  # in order
                 now_ms=self.now_ms,
                 max_future_ms=self.max_future_ms,
             )
