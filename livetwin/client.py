@@ -199,7 +199,9 @@ class Client:
     def delete_mapping(self, name: str) -> dict:
         return self.request("DELETE", f"/api/mappings/{_path(name)}")
 
-    def import_file(self, path: str | Path, mapping: str | dict, **_) -> dict:
+    def import_file(
+        self, path: str | Path, mapping: str | dict, *, filename: str | None = None
+    ) -> dict:
         """Upload a file to import under a stored mapping's name or a mapping; the report."""
         import orjson
 
@@ -210,7 +212,7 @@ class Client:
             else {"mapping_spec": orjson.dumps(mapping).decode()}
         )
         with open(path, "rb") as f:
-            files = {"file": (path.name, f)}
+            files = {"file": (filename or path.name, f)}
             return self.request("POST", "/api/imports", data=fields, files=files, ok=(422,))
 
     def export(

@@ -219,3 +219,20 @@ def _export_bytes(platform) -> bytes:
     buffer = io.BytesIO()
     platform.export("pump", buffer)
     return buffer.getvalue()
+
+
+def test_an_import_that_breaks_off_says_which_rows_are_stored(pumps, tmp_path, monkeypatch):
+    """JSON lines whose column changes kind after the first block: pyarrow stops there."""
+    from livetwin.ingest.files import readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 4096)
+    rows = [{"id": 1, "time": T0 - 3_600_000 + i, "q": i} for i in range(300)]
+    rows += [{"id": 1, "time": T0, "q": "lots"}] + rows[:5]
+    path = write(tmp_path, "mixed.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    mapping = {**WIDE, "values": {"flow": "q"}, "ts_format": "epoch_ms"}
+    with pytest.raises(InvalidInput) as err:
+        pumps.import_file(path, mapping)
+    stored = pumps.stats()["journal_observations"]
+    assert 0 < stored < 300
+    assert f"{stored} rows are stored" in err.value.message and "import it again" in err.value.fix
+    assert err.value.details[0]["accepted"] == stored
