@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from livetwin.errors import LivetwinError
+from livetwin.jobs.baseline import check_keys
 from livetwin.schedule.functions import RunContext
 
 SETTLE_S = 2.0  # a file modified more recently may still be being written: the next run takes it
@@ -20,6 +21,7 @@ def import_job(import_file: Callable[..., dict]) -> Callable[[RunContext], dict]
     mapping)` is the platform's entry (Platform.import_file)."""
 
     def run(ctx: RunContext) -> dict:
+        check_keys(ctx.args, ("folder", "mapping", "pattern", "settle_s"), "import")
         folder, mapping = ctx.args.get("folder"), ctx.args.get("mapping")
         if not isinstance(folder, str) or not isinstance(mapping, str):
             raise ValueError("import needs args.folder (a directory) and args.mapping (a name)")

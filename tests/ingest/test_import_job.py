@@ -40,3 +40,12 @@ def test_the_import_job_imports_a_folder_and_sorts_its_files(platform, tmp_path)
     assert failed["error"]["field"] == "ts_column" and "'time'" in failed["error"]["message"]
     assert any("good.csv: done (1 accepted" in line for line in run["logs"])
     assert platform.twin("p1")["properties"]["flow"] == 5.0
+
+
+@pytest.mark.platform_services("schedules")
+def test_the_import_job_refuses_unknown_arguments(platform, tmp_path):
+    scheduler = platform.scheduler
+    args = {"folder": str(tmp_path), "mapping": "plant", "colour": "red"}
+    scheduler.define_function("inbox", {"kind": "builtin", "job": "import", "args": args})
+    run = scheduler.wait(scheduler.run_function("inbox")["id"], 20)
+    assert run["state"] == "failed" and "unknown argument(s) of import: colour" in run["error"]
