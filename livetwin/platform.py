@@ -38,7 +38,7 @@ from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
-from livetwin.registry.artifacts import artifact_store
+from livetwin.registry.artifacts import S3Config, artifact_store, s3_client
 from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
@@ -140,8 +140,17 @@ class Platform:
             ingest=self.core,
             registry=self.registry,
             import_file=self.import_file,
+            s3_client=self._s3_client,
         )
         return scheduler
+
+    def _s3_client(self, bucket: str) -> Any:
+        """A client on the deployment's S3 endpoint and credentials (the artifact store's
+        LIVETWIN_S3_* settings) for `bucket`, through the outbound policy."""
+        config = S3Config.from_env(
+            {**(self.settings.artifacts or {}), "LIVETWIN_S3_BUCKET": bucket}
+        )
+        return s3_client(config, self.outbound)
 
     def open_db(
         self,

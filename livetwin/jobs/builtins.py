@@ -28,16 +28,17 @@ def register_builtins(
     ingest: Ingest,
     registry: Any,
     import_file: Callable[..., dict] | None = None,
+    s3_client: Callable[[str], Any] | None = None,
 ) -> None:
     """Register the built-in jobs with `scheduler`, bound to their ports: `calibrate(type,
     twins, run=...)` calibrates a type and returns its record (the platform's entry, which
     serialises runs of one type); the baseline jobs read through `query`, write through `ingest`
     and keep their models in `registry`; `import_file(path, mapping)` imports a file (the
-    `import` job)."""
+    `import` job; `s3_client(bucket)` for its S3 prefixes)."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
     scheduler.register_job("check-inactivity", partial(check_inactivity_job, platform=ports))
     if import_file is not None:
-        scheduler.register_job("import", import_job(import_file))
+        scheduler.register_job("import", import_job(import_file, s3_client))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
