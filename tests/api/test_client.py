@@ -119,3 +119,20 @@ def test_an_unreachable_server_is_a_clear_error():
     with Client("http://127.0.0.1:9", retries=1) as c, pytest.raises(Unavailable) as err:
         c.list_types()
     assert err.value.field == "url" and "running" in err.value.fix
+
+
+def test_history_frames_are_the_same_in_process_and_over_http(platform, live_server):
+    pd = pytest.importorskip("pandas")
+    platform.put_type("pump", PUMP)
+    platform.ingest(
+        [
+            {"twin": "p1", "type": "pump", "ts": T0 + k * 60_000, "values": {"flow": k}}
+            for k in range(3)
+        ]
+    )
+    here = platform.history_frame("p1", ["flow", "pressure"])
+    with Client(live_server) as c:
+        there = c.history_frame("p1", ["flow", "pressure"])
+    pd.testing.assert_frame_equal(here, there)
+    assert list(here["flow"]) == [0.0, 1.0, 2.0] and here["pressure"].isna().all()
+    assert str(here.index.tz) == "UTC" and here.index[0] == pd.Timestamp(T0, unit="ms", tz="UTC")
