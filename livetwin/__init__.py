@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["Platform", "Settings", "__version__"]
+__all__ = ["Client", "Platform", "Settings", "__version__"]
 
 if TYPE_CHECKING:
+    from livetwin.client import Client
     from livetwin.platform import Platform, Settings
 
 
@@ -17,4 +18,8 @@ def __getattr__(name: str):
         from livetwin import platform
 
         return getattr(platform, name)
+    if name == "Client":
+        from livetwin.client import Client
+
+        return Client
     raise AttributeError(f"module 'livetwin' has no attribute {name!r}")

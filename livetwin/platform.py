@@ -10,8 +10,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -24,6 +26,8 @@ from livetwin.core import TwinCore, done
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound, Unavailable
 from livetwin.ingest.extract import extract
+from livetwin.ingest.files.mapping import CONFIG_KIND as MAPPINGS
+from livetwin.ingest.files.mapping import ImportMapping
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.jobs.builtins import register_builtins
@@ -32,9 +36,9 @@ from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
 from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
-from livetwin.query import Query
+from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
-from livetwin.registry.artifacts import artifact_store
+from livetwin.registry.artifacts import S3Config, artifact_store, s3_client
 from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
@@ -135,8 +139,18 @@ class Platform:
             query=self.query,
             ingest=self.core,
             registry=self.registry,
+            import_file=self.import_file,
+            s3_client=self._s3_client,
         )
         return scheduler
+
+    def _s3_client(self, bucket: str) -> Any:
+        """A client on the deployment's S3 endpoint and credentials (the artifact store's
+        LIVETWIN_S3_* settings) for `bucket`, through the outbound policy."""
+        config = S3Config.from_env(
+            {**(self.settings.artifacts or {}), "LIVETWIN_S3_BUCKET": bucket}
+        )
+        return s3_client(config, self.outbound)
 
     def open_db(
         self,
@@ -301,6 +315,72 @@ class Platform:
         future.add_done_callback(remap)
         return out
 
+    # ---- files ---------------------------------------------------------------------------
+
+    def put_mapping(self, name: str, spec: Any) -> dict:
+        """Declare (or replace) how a file's columns map to observations (docs/import.md)."""
+        parsed = ImportMapping.from_data(spec, name=name)
+        body = parsed.to_json()
+        self.core.store.put_config(MAPPINGS, name, orjson.dumps(body).decode(), self.clock())
+        return body
+
+    def get_mapping(self, name: str) -> dict:
+        stored = self.core.store.configs(MAPPINGS).get(name)
+        if stored is None:
+            raise NotFound(
+                f"no import mapping '{name}'",
+                field="mapping",
+                fix=f"declare it with PUT /api/mappings/{name}",
+            )
+        return orjson.loads(stored)
+
+    def list_mappings(self) -> list[dict]:
+        return [orjson.loads(s) for _, s in sorted(self.core.store.configs(MAPPINGS).items())]
+
+    def delete_mapping(self, name: str) -> dict:
+        if not self.core.store.delete_config(MAPPINGS, name):
+            self.get_mapping(name)  # NotFound, with the fix
+        return {"name": name, "deleted": True}
+
+    def import_file(
+        self,
+        path: str | Path,
+        mapping: str | dict | ImportMapping,
+        *,
+        filename: str | None = None,
+        progress: Callable[[float, int], None] | None = None,
+    ) -> dict:
+        """Import a CSV, JSON lines, Excel or Parquet file through ingest under a mapping (its
+        stored name, or the mapping itself); the report: accepted, duplicates, rejected rows."""
+        if isinstance(mapping, str):
+            mapping = self.get_mapping(mapping)
+        if not isinstance(mapping, ImportMapping):
+            mapping = ImportMapping.from_data(mapping)
+        return _files().importer.import_file(
+            path,
+            mapping,
+            ingest=self.core,
+            types=self.query.compiled_types,
+            clock=self.clock,
+            max_future_ms=self.settings.max_future_ms,
+            filename=filename,
+            progress=progress,
+        )
+
+    def export(
+        self,
+        type_name: str,
+        out: Any,
+        *,
+        start: Any = None,
+        end: Any = None,
+        names: list[str] | None = None,
+    ) -> dict:
+        """Write a type's history within [start, end) as Parquet to `out` (a path or a binary
+        file); what was written."""
+        export = _files().export.export_parquet
+        return export(self.query, type_name, out, start=start, end=end, names=names)
+
     # ---- reads ---------------------------------------------------------------------------
 
     def twin(self, twin_id: str) -> dict:
@@ -330,6 +410,10 @@ class Platform:
     ) -> dict:
         """Aligned series of a twin's properties, parameters and derived values."""
         return self.query.history(twin_id, names, start=start, end=end, every=every, agg=agg)
+
+    def history_frame(self, twin_id: str, names: list[str] | None = None, **options) -> Any:
+        """`history` as a pandas DataFrame indexed by UTC time (needs pandas)."""
+        return history_frame(self.history(twin_id, names, **options))
 
     def observations(self, twin_id: str, *, limit: int = 50, before: Any = None) -> list[dict]:
         """The twin's journaled observations, newest first, with the derived values they caused."""
@@ -364,6 +448,19 @@ class Platform:
         History is not rewritten: it already holds what the journal produced.
         """
         return self.core.rebuild(progress)
+
+
+def _files():
+    """The file import and export modules (pyarrow: the `files` extra)."""
+    try:
+        from livetwin.ingest.files import export, importer
+    except ImportError as exc:
+        raise Unavailable(
+            f"file import and export need pyarrow ({exc})",
+            field="file",
+            fix="pip install 'livetwin[files]'",
+        ) from None
+    return SimpleNamespace(importer=importer, export=export)
 
 
 def _lock_directory(path: Path):

@@ -343,6 +343,18 @@ class Query:
         return self.core.store.journal(after=after)
 
 
+def history_frame(history: dict):
+    """A `history` answer as a pandas DataFrame, one column per name, indexed by UTC time."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise InvalidInput(
+            "history as a DataFrame needs pandas", field="frame", fix="pip install pandas"
+        ) from None
+    index = pd.to_datetime(history["ts"], unit="ms", utc=True)
+    return pd.DataFrame(history["series"], index=index, dtype="float64").rename_axis("ts")
+
+
 def time_arg(value: Any, field: str, default: int) -> int:
     """A time query argument (ISO 8601 or epoch ms) as epoch ms; `default` when absent."""
     if value is None or value == "":

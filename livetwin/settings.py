@@ -138,6 +138,7 @@ class Settings:
 
     # ---- limits and policies -------------------------------------------------------------
     max_body_bytes: int = 32 * 1024 * 1024  # largest request body the API accepts
+    max_import_bytes: int = 1 << 30  # largest file POST /api/imports accepts
     max_future_ms: int = 86_400_000  # observations further in the future are rejected
     snapshot_every: int = 1_000_000  # observations between snapshots ...
     snapshot_interval_s: float = 300.0  # ... and at most this long between them

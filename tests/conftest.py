@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -103,6 +105,13 @@ def obs(twin: str, ts: int, type: str = "pump", **values) -> dict:
 @pytest.fixture
 def live_server(platform):
     """A real uvicorn server over `platform` on a free port; yields its base URL."""
+    with served(platform) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def served(platform):
+    """A real uvicorn server over `platform` on a free port while the block runs; its URL."""
     import socket
     import threading
     import time
@@ -129,6 +138,8 @@ def live_server(platform):
     while not server.started:
         assert time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ingest", "actions", "registry", "auth", "interop"),
     ("schedule",),
     ("jobs",),
-    ("platform",),  # the composition root
+    ("platform", "client"),  # the composition root; the SDK for a remote server (httpx)
     ("",),  # `livetwin.Platform`
     ("examples", "ui"),
     ("api",),

@@ -23,6 +23,7 @@ from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
 from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
+from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_RESPONSES, document
@@ -387,6 +388,7 @@ def create_app(
     schedule_routes(app, platform.scheduler)
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
+    file_routes(app, platform)
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

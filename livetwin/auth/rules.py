@@ -117,9 +117,9 @@ def requirement(
     """The access rule (docs/auth.md): the method picks read or write; definitions need admin.
 
     - GET, HEAD, OPTIONS need `read`; POST, PUT, PATCH, DELETE need `write`.
-    - `admin`: anything under /api/tokens, PUT/PATCH/DELETE under /api/types and
-      /api/extractors (declaring types and extractors), importing types (POST
-      /api/types/import), creating a webhook (POST /api/webhooks)
+    - `admin`: anything under /api/tokens, PUT/PATCH/DELETE under /api/types, /api/extractors
+      and /api/mappings (declaring types, extractors and import mappings), importing types
+      (POST /api/types/import), creating a webhook (POST /api/webhooks)
       or declaring a function (PUT /api/functions/...): both make the server call out or run
       code; plus `admin_paths` prefixes.
     - The namespace is that of the twin in the path (`twin`), else ALL: fleet-wide routes
@@ -130,7 +130,8 @@ def requirement(
     if (
         _under(path, ("/api/tokens", *admin_paths))
         or (
-            method in ("PUT", "PATCH", "DELETE") and _under(path, ("/api/types", "/api/extractors"))
+            method in ("PUT", "PATCH", "DELETE")
+            and _under(path, ("/api/types", "/api/extractors", "/api/mappings"))
         )
         or (method == "POST" and path.rstrip("/") in ("/api/webhooks", "/api/types/import"))
         or (method == "PUT" and path.startswith("/api/functions/"))

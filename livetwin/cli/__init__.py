@@ -1,5 +1,6 @@
 """The `livetwin` command (typer): serve, demo, replay, calibrate, bench, token,
-grafana-dashboard, types. Each module holds a group of commands; this one puts them together."""
+grafana-dashboard, types, import, export. Each module holds a group of commands; this one puts
+them together."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 from livetwin.cli.admin import grafana_dashboard, token_app
 from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
+from livetwin.cli.files import export, import_file
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
 from livetwin.cli.types import types_app
@@ -23,5 +25,7 @@ app.command()(calibrate)
 app.add_typer(token_app, name="token")
 app.command("grafana-dashboard")(grafana_dashboard)
 app.add_typer(types_app, name="types")
+app.command("import")(import_file)
+app.command()(export)
 
 __all__ = ["app"]

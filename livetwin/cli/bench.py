@@ -31,6 +31,7 @@ BENCHMARKS = {
     "webhooks": "Webhook deliveries/s and latency: one dead endpoint among ten live ones.",
     "replay": "Replay throughput from the journal.",
     "calibrate": "Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE.",
+    "import": "CSV file import: values/s through the ingest path, peak memory of a large file.",
 }
 
 

@@ -189,14 +189,78 @@ def _identifier(value: object, name: str, *, required: bool) -> str | None:
     return value
 
 
+def normalize_columns(
+    ctype: CompiledType,
+    twins: list[str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    index: np.ndarray,
+    *,
+    parents: list[str | None] | None = None,
+    keys: list[str | None] | None = None,
+    now_ms: int,
+    max_future_ms: int = 86_400_000,
+) -> Normalized:
+    """Rows of one type given as columns (file import): `values[k, i]` is input `k` of row
+    i (NaN: absent), `index` each row's number for rejections. Checked like `normalize`: ids,
+    timestamps, ranges, and a row must carry a value."""
+    result = Normalized()
+    problems: dict[int, _Reject] = {}
+    for ids, name in ((twins, "twin"), (parents, "parent")):
+        bad = _bad_identifiers(ids, name)
+        if bad:
+            for pos, value in enumerate(ids):
+                if value in bad:
+                    problems.setdefault(pos, bad[value])
+    for pos in np.flatnonzero(np.isnan(values).all(axis=0)).tolist():
+        problems.setdefault(
+            pos, _Reject("values", "the row has no value", "fill at least one value column")
+        )
+    _emit_batch(
+        ctype, twins, ts, values, index, parents, keys, problems, result, now_ms + max_future_ms
+    )
+    return result
+
+
+def _bad_identifiers(ids: list[str | None] | None, name: str) -> dict[str, _Reject]:
+    """The distinct ids of a column that `_identifier` refuses, with the reason."""
+    bad = {}
+    for value in set(ids or ()):
+        try:
+            _identifier(value, name, required=name == "twin")
+        except _Reject as r:
+            bad[value] = r
+    return bad
+
+
 def _finish_type(rows: _TypeRows, result: Normalized, latest_ok: int) -> None:
     """Check values and timestamps of one type's rows (vectorised) and emit one Batch."""
     ctype = rows.ctype
-    n = len(rows.twins)
-    values = np.full((len(ctype.inputs), n), np.nan)
+    values = np.full((len(ctype.inputs), len(rows.twins)), np.nan)
     problems: dict[int, _Reject] = {}  # position -> first problem
     _fill_values(ctype, rows.values, values, problems)
     ts = np.array(rows.ts, dtype=np.int64)
+    index = np.array(rows.index, dtype=np.int64)
+    _emit_batch(
+        ctype, rows.twins, ts, values, index, rows.parents, rows.keys, problems, result, latest_ok
+    )
+
+
+def _emit_batch(
+    ctype: CompiledType,
+    twins: list[str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    index: np.ndarray,
+    parents: list[str | None] | None,
+    keys: list[str | None] | None,
+    problems: dict[int, _Reject],
+    result: Normalized,
+    latest_ok: int,
+) -> None:
+    """Check timestamps and ranges, then add the rows without problems to `result` as one Batch
+    and the others as rejections."""
+    n = len(twins)
     for pos in np.flatnonzero((ts < SMALLEST_MS) | (ts > latest_ok)).tolist():
         if ts[pos] > latest_ok:
             problem = _Reject(
@@ -210,7 +274,6 @@ def _finish_type(rows: _TypeRows, result: Normalized, latest_ok: int) -> None:
         problems.setdefault(pos, problem)
     _check_ranges(ctype, values, problems)
     keep = np.ones(n, dtype=bool)
-    index = np.array(rows.index, dtype=np.int64)
     for pos, p in problems.items():
         keep[pos] = False
         result.rejected.append(Rejection(int(index[pos]), p.field, p.error, p.fix))
@@ -219,12 +282,12 @@ def _finish_type(rows: _TypeRows, result: Normalized, latest_ok: int) -> None:
     present = ~np.isnan(values[:, keep]).all(axis=1)
     batch = Batch(
         ctype.name,
-        rows.twins,
+        twins,
         ts,
         tuple(name for name, p in zip(ctype.inputs, present, strict=True) if p),
         values,
-        rows.parents if any(p is not None for p in rows.parents) else None,
-        rows.keys if any(k is not None for k in rows.keys) else None,
+        parents if parents is not None and any(p is not None for p in parents) else None,
+        keys if keys is not None and any(k is not None for k in keys) else None,
     )
     if not keep.all():
         batch = batch.take(np.flatnonzero(keep))

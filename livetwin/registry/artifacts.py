@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -183,38 +183,45 @@ class S3Config:
         return S3Config(**values)
 
 
+def s3_client(config: S3Config, outbound: OutboundPolicy | None = None) -> Any:
+    """A boto3 S3 client for `config`'s endpoint and credentials; the endpoint passes `outbound`
+    (default: public addresses only) now, and every request's URL before it is sent."""
+    policy = outbound or OutboundPolicy()
+    if config.endpoint:
+        policy.check_url(config.endpoint, "LIVETWIN_S3_ENDPOINT", unresolved_ok=True)
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise Unavailable(
+            "S3 storage needs boto3",
+            field="LIVETWIN_ARTIFACTS",
+            fix="pip install 'livetwin[s3]', or use LIVETWIN_ARTIFACTS=files",
+        ) from None
+    client = boto3.client(
+        "s3",
+        endpoint_url=config.endpoint,
+        region_name=config.region,
+        aws_access_key_id=config.access_key_id,
+        aws_secret_access_key=config.secret_access_key,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5),
+    )
+
+    def check_request(request, **_) -> None:
+        policy.check_url(request.url, "LIVETWIN_S3_ENDPOINT")
+
+    client.meta.events.register("before-send.s3", check_request)
+    return client
+
+
 class S3ArtifactStore:
     """Blobs as objects `<prefix>sha256/ab/<sha256>` in an S3-compatible bucket (boto3)."""
 
     def __init__(self, config: S3Config, outbound: OutboundPolicy | None = None):
         """`outbound`: the policy the endpoint passes now and every request's URL passes
         before it is sent (default: public addresses only)."""
-        policy = outbound or OutboundPolicy()
-        if config.endpoint:
-            policy.check_url(config.endpoint, "LIVETWIN_S3_ENDPOINT", unresolved_ok=True)
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError:
-            raise Unavailable(
-                "the S3 artifact store needs boto3",
-                field="LIVETWIN_ARTIFACTS",
-                fix="pip install 'livetwin[s3]', or use LIVETWIN_ARTIFACTS=files",
-            ) from None
         self.config = config
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=config.endpoint,
-            region_name=config.region,
-            aws_access_key_id=config.access_key_id,
-            aws_secret_access_key=config.secret_access_key,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5),
-        )
-
-        def check_request(request, **_) -> None:
-            policy.check_url(request.url, "LIVETWIN_S3_ENDPOINT")
-
-        self.client.meta.events.register("before-send.s3", check_request)
+        self.client = s3_client(config, outbound)
 
     def _key(self, sha256: str) -> str:
         return self.config.prefix + blob_key(sha256)
