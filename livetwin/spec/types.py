@@ -25,6 +25,7 @@ from livetwin.spec.calibration import (
 )
 from livetwin.spec.commands import CommandSection
 from livetwin.spec.rules import CompiledRule, Rule, compile_rules
+from livetwin.timefmt import parse_duration
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 TYPE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -101,6 +102,23 @@ class TwinTypeSpec(_Strict):
     calibration: CalibrationSection | None = None
     commands: CommandSection | None = None
     rules: dict[str, Rule] = Field(default_factory=dict)
+    stale_after: str | None = Field(
+        None,
+        description="a twin is stale after this long without an observation, e.g. '12h' "
+        "(default: from the type's observed reporting interval)",
+    )
+    key_values: list[str] | None = Field(
+        None,
+        description="the names the fleet table shows "
+        "(default: the first three properties and the first two derived values)",
+    )
+
+    @field_validator("stale_after")
+    @classmethod
+    def _stale_after_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)  # its ValueError names the problem
+        return value
 
     @field_validator("properties", "parameters", mode="before")
     @classmethod
@@ -164,6 +182,13 @@ class CompiledType:
 
     def column_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.columns)}
+
+    def key_values(self) -> tuple[str, ...]:
+        """The names the fleet shows: `key_values`, else the first three properties and the
+        first two derived values."""
+        if self.spec.key_values is not None:
+            return tuple(self.spec.key_values)
+        return tuple(self.spec.properties)[:3] + tuple(self.spec.derived)[:2]
 
 
 def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
@@ -245,6 +270,13 @@ def compile_type(
         )
     properties = tuple(spec.properties) + (plan.published if plan else ())
     columns = properties + tuple(spec.parameters) + order
+    for i, name in enumerate(spec.key_values or ()):
+        if name not in columns:
+            raise InvalidInput(
+                f"key value '{name}' is not a name of the type",
+                field=f"key_values.{i}",
+                fix=f"use some of: {', '.join(columns)}",
+            )
     rules = compile_rules(spec.rules, set(columns))
     return CompiledType(
         spec.name, version, spec, properties, columns, order, compiled, plan, rules=rules
