@@ -31,7 +31,13 @@ from livetwin.journal.writer import IngestResult, Writer
 from livetwin.models.base import ModelRefs
 from livetwin.ports import Clock
 from livetwin.settings import Settings
-from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type, parse_type_spec
+from livetwin.spec.types import (
+    CompiledType,
+    TwinTypeSpec,
+    compile_type,
+    parse_type_spec,
+    stored_spec,
+)
 from livetwin.store.base import JournalEntry, Store
 from livetwin.store.buffer import HistoryBuffer
 from livetwin.store.open import open_store
@@ -193,8 +199,7 @@ class TwinCore:
     def put_type(self, name: str, spec: dict) -> dict:
         """Declare or change a twin type; a change makes a new version, the same spec does not."""
         parsed = parse_type_spec(spec, name)
-        unset = {"name"} | ({"source"} if parsed.source is None else set())  # as before it was
-        spec_json = orjson.dumps(parsed.model_dump(mode="json", exclude=unset)).decode()
+        spec_json = orjson.dumps(stored_spec(parsed)).decode()
         with self._define_lock:
             versions = self.store.type_versions(name)
             if versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):

@@ -236,6 +236,11 @@ class Platform:
     def list_types(self) -> list[dict]:
         return self.query.list_types()
 
+    def stale_after(self, type_name: str) -> tuple[int | None, str | None]:
+        """When a twin of the type counts as stale (ms) and where that comes from ('type' or
+        'observed'); (None, None) before there are enough observations."""
+        return self.query.stale_after(type_name)
+
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which of them are derived values."""
         return self.core.layout(name, version)
@@ -394,9 +399,13 @@ class Platform:
         where: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        values: bool = False,
     ) -> dict:
-        """Twins matching the filters, paged (creation order within a type)."""
-        return self.query.twins(type=type, parent=parent, where=where, limit=limit, offset=offset)
+        """Twins matching the filters, paged (creation order within a type); `values` adds each
+        twin's key values."""
+        return self.query.twins(
+            type=type, parent=parent, where=where, limit=limit, offset=offset, values=values
+        )
 
     def history(
         self,

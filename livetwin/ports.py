@@ -57,6 +57,7 @@ class TwinReader(Protocol):
         where: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        values: bool = False,
     ) -> dict: ...
 
     def history(

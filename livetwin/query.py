@@ -17,11 +17,18 @@ from livetwin.engine.engine import json_number
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.expr import Compiled
 from livetwin.spec.types import CompiledType
-from livetwin.store.history import aggregate, assemble
+from livetwin.store.history import AUTO, aggregate, assemble, auto_aggregate
 from livetwin.timefmt import format_ts, parse_duration, parse_ts_field
 
 if TYPE_CHECKING:
     from livetwin.store.base import JournalEntry
+
+
+STALE_SAMPLE = 5  # twins whose reporting gaps set a type's observed stale_after
+STALE_FACTOR = 3  # stale after this many times the usual (95th percentile) gap
+MIN_STALE_MS = 60_000
+PUBLISHED_LOOKBACK_MS = 3_600_000  # how far before the end of its last step a calibration looks
+STALE_CACHE_MS = 60_000
 
 
 class Query:
@@ -30,6 +37,7 @@ class Query:
     def __init__(self, core: TwinCore):
         self.core = core
         self.settings = core.settings
+        self._observed: dict[str, tuple[int, tuple[int | None, str | None]]] = {}
 
     # ---- types -----------------------------------------------------------------------------
 
@@ -69,9 +77,44 @@ class Query:
                     "version": st.ctype.version,
                     "twins": len(st),
                     "description": st.ctype.spec.description,
+                    "key_values": list(st.ctype.key_values()),
                 }
                 for name, st in sorted(self.core.engine.states.items())
             ]
+
+    def stale_after(self, type_name: str) -> tuple[int | None, str | None]:
+        """(ms, 'type') from the type's `stale_after`; else (ms, 'observed'): three times the
+        95th percentile of recent reporting gaps of its most recently updated twins (at least a
+        minute; cached for a minute); (None, None) before there are enough observations."""
+        with self.core.lock:
+            st = self.core.engine.states[type_name]
+            declared = st.ctype.spec.stale_after
+            if declared is not None:
+                return parse_duration(declared), "type"
+            newest = np.argsort(st.last_ts[: len(st)])[-STALE_SAMPLE:]
+            sample = [(int(st.uid[r]), int(st.last_ts[r])) for r in newest if st.last_ts[r] >= 0]
+        now = self.core.clock()
+        cached = self._observed.get(type_name)
+        if cached is not None and now - cached[0] < STALE_CACHE_MS:
+            return cached[1]
+        gaps = [self._recent_gaps(uid, type_name, last) for uid, last in sample]
+        pooled = np.concatenate(gaps) if gaps else np.zeros(0)
+        found: tuple[int | None, str | None] = (None, None)
+        if len(pooled) >= 3:
+            ms = max(MIN_STALE_MS, STALE_FACTOR * float(np.percentile(pooled, 95)))
+            found = (int(round(ms)), "observed")
+        self._observed[type_name] = (now, found)
+        return found
+
+    def _recent_gaps(self, uid: int, type_name: str, last: int) -> np.ndarray:
+        """Gaps (ms) between a twin's recent observation times, widening the look back until it
+        holds about 20 of them (at most 8 weeks)."""
+        window = 15 * 60_000
+        while True:
+            ts, _, _ = self.history_rows(uid, type_name, [], last - window, last + 1)
+            if len(ts) > 20 or window >= 8 * 7 * 86_400_000:
+                return np.diff(np.unique(ts)).astype(np.float64)
+            window *= 8
 
     def compiled_type(self, name: str) -> CompiledType | None:
         return self.core.compiled_type(name)
@@ -112,8 +155,10 @@ class Query:
         where: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        values: bool = False,
     ) -> dict:
-        """Twins matching the filters, paged (creation order within a type)."""
+        """Twins matching the filters, paged (creation order within a type); with `values`, each
+        with the current values of its type's key values."""
         if not 1 <= limit <= 1000:
             raise InvalidInput(
                 "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
@@ -140,6 +185,10 @@ class Query:
                             "updated": format_ts(last) if last >= 0 else None,
                         }
                     )
+                    if values:
+                        items[-1]["values"] = {
+                            n: json_number(st.data[st.col[n], row]) for n in st.ctype.key_values()
+                        }
                 skip = 0
                 if len(items) >= limit:
                     break
@@ -209,22 +258,36 @@ class Query:
                     values[name][found] = st.data[st.col[name], rows[found]]
             return ids, values
 
-    def stats(self, twin_id: str, names: list[str]) -> dict[str, dict]:
-        """value, std, lower and upper of calibrated names (parameters, virtual sensors)."""
+    def stats(self, twin_id: str, names: list[str], *, until: int | None = None) -> dict[str, dict]:
+        """value, std, lower and upper of calibrated names (parameters, virtual sensors), with
+        `ts`, when they were published. With `until` (the end of the last calibrated step), the
+        newest rows in history up to it: calibration publishes step times that newer telemetry
+        may already have passed, so those rows never reach the current state."""
+        suffixes = (("value", ""), ("std", "_std"), ("lower", "_lower"), ("upper", "_upper"))
         with self.core.lock:
             st, row = self.core.engine.locate(twin_id)
-            return {
-                name: {
-                    key: json_number(st.data[st.col[name + suffix], row])
-                    for key, suffix in (
-                        ("value", ""),
-                        ("std", "_std"),
-                        ("lower", "_lower"),
-                        ("upper", "_upper"),
-                    )
-                }
+            uid, type_name = int(st.uid[row]), st.ctype.name
+            out = {
+                name: {key: json_number(st.data[st.col[name + sfx], row]) for key, sfx in suffixes}
+                | {"ts": None}
                 for name in names
             }
+        if until is None:
+            return out
+        columns = [name + sfx for name in names for _, sfx in suffixes]
+        ts, _, values = self.history_rows(
+            uid, type_name, columns, until - PUBLISHED_LOOKBACK_MS, until + 1
+        )
+        for i, name in enumerate(names):
+            block = values[4 * i : 4 * i + 4]
+            rows = np.flatnonzero(~np.isnan(block[0]))
+            if len(rows):
+                last = rows[-1]
+                out[name] = {
+                    key: json_number(block[k, last]) for k, (key, _) in enumerate(suffixes)
+                }
+                out[name]["ts"] = format_ts(int(ts[last]))
+        return out
 
     # ---- history ---------------------------------------------------------------------------
 
@@ -259,13 +322,18 @@ class Query:
                 field="every",
                 fix="narrow from/to or aggregate with every=1m",
             )
+        envelope = None
         if every is not None:
             try:
                 every_ms = parse_duration(every)
             except ValueError as exc:
                 raise InvalidInput(str(exc), field="every", fix="e.g. every=1m") from None
-            ts, values = aggregate(ts, values, every_ms, agg)
-        return {
+            if agg == AUTO:
+                ts, values, chosen, low, high = auto_aggregate(ts, values, every_ms)
+                envelope = (chosen, low, high)
+            else:
+                ts, values = aggregate(ts, values, every_ms, agg)
+        result = {
             "twin": twin_id,
             "from": format_ts(start_ms),
             "to": format_ts(end_ms),
@@ -274,6 +342,16 @@ class Query:
             "ts": ts.tolist(),
             "series": {n: _json_list(values[k]) for k, n in enumerate(names)},
         }
+        if envelope is not None:  # agg=auto: what each series is, and the envelope of means
+            chosen, low, high = envelope
+            result["aggs"] = dict(zip(names, chosen, strict=True))
+            result["min"] = {
+                n: _json_list(low[k]) for k, n in enumerate(names) if chosen[k] == "avg"
+            }
+            result["max"] = {
+                n: _json_list(high[k]) for k, n in enumerate(names) if chosen[k] == "avg"
+            }
+        return result
 
     def history_rows(self, uid: int, type_name: str, names: list[str], start: int, end: int):
         """Stored chunks plus buffered rows of one twin within [start, end), sorted."""

@@ -169,7 +169,12 @@ def create_app(
 
     @app.get("/api/types", tags=["types"])
     def list_types() -> list[dict]:
-        return platform.list_types()
+        """Types with their twin counts, key values and `stale_after` (ms; `stale_after_from`:
+        'type' when declared, 'observed' from recent reporting gaps, null before enough data)."""
+        types = platform.list_types()
+        for t in types:
+            t["stale_after"], t["stale_after_from"] = platform.stale_after(t["name"])
+        return types
 
     @app.put("/api/types/{name}", tags=["types"], openapi_extra=SPEC_BODY)
     async def put_type(name: str, request: Request) -> dict:
@@ -333,9 +338,12 @@ def create_app(
         where: str | None = None,
         limit: Int64 = 100,
         offset: Int64 = 0,
+        values: bool = Query(False, description="add each twin's key values (`values`)"),
     ) -> dict:
         """Twins filtered by type, parent and an expression over their current values."""
-        return platform.twins(type=type, parent=parent, where=where, limit=limit, offset=offset)
+        return platform.twins(
+            type=type, parent=parent, where=where, limit=limit, offset=offset, values=values
+        )
 
     # twin ids may contain '/': the more specific routes come first
     @app.get("/api/twins/{twin_id:path}/history", tags=["twins"])
@@ -346,7 +354,12 @@ def create_app(
         start: str | None = Query(None, alias="from"),
         end: str | None = Query(None, alias="to"),
         every: str | None = None,
-        agg: str = "avg",
+        agg: str = Query(
+            "avg",
+            description="avg, min, max, last, count, sum, or auto: per name `last` for sparse "
+            "and step signals, `avg` with its min/max envelope for dense ones (`aggs`, `min`, "
+            "`max` in the answer)",
+        ),
     ):
         """Aligned series; `Accept: text/csv` for CSV."""
         wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None

@@ -10,6 +10,7 @@ import typer
 
 from livetwin.cli.common import DATA, console, open_platform, progress_bar
 from livetwin.cli.serve import PORT, check_port, run_server
+from livetwin.errors import Unavailable
 from livetwin.platform import Platform, Settings
 from livetwin.timefmt import wall_clock_ms
 
@@ -53,15 +54,18 @@ def demo(
     platform.bus.subscribe(on_event)
 
     def stream() -> None:
-        while not stop.wait(interval):
-            now = wall_clock_ms()
-            platform.ingest(fleet.tick(now))
-            rollers.run_until(now)
-            if calibrated.is_set():
-                calibrated.clear()
-                rows = rollers.comparison()
-                if any(lower is not None for _, _, _, lower, _ in rows):  # a run that published
-                    _show_calibration(rows, coverage)
+        try:
+            while not stop.wait(interval):
+                now = wall_clock_ms()
+                platform.ingest(fleet.tick(now))
+                rollers.run_until(now)
+                if calibrated.is_set():
+                    calibrated.clear()
+                    rows = rollers.comparison()
+                    if any(lower is not None for _, _, _, lower, _ in rows):  # a run published
+                        _show_calibration(rows, coverage)
+        except Unavailable:  # Ctrl-C: the server drains ingest and closes; the feed just ends
+            return
 
     threading.Thread(target=stream, name="demo-fleet", daemon=True).start()
     base = f"http://{host}:{port}"
@@ -70,6 +74,7 @@ def demo(
         f"{lines} roller lines stream telemetry into {data}/; the lines' bearing drags wear and "
         f"are calibrated every {calibrate_every:g} s; {homes} homes' activity baselines are "
         "registered models, retrained nightly and checked every 5 minutes.\n"
+        f"  dashboard  {base}/\n"
         f"  API docs   {base}/docs\n\nTry:\n"
         f"  curl {base}/api/types\n"
         f"  curl {base}/api/twins/pump-1\n"
@@ -87,7 +92,9 @@ def demo(
         soft_wrap=True,
     )
     if duration:
-        threading.Timer(duration, _interrupt).start()
+        timer = threading.Timer(duration, _interrupt)
+        timer.daemon = True  # Ctrl-C before it fires must not wait for it
+        timer.start()
     try:
         run_server(platform, host, port)
     finally:

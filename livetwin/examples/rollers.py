@@ -38,7 +38,8 @@ SPEEDS = tuple(f"w{i + 1}" for i in range(_R))
 TENSIONS = tuple(f"T{i + 1}" for i in range(_R - 1))
 SLIPS = tuple(f"slip{i + 1}" for i in range(_R - 1))
 INERTIAS = tuple(f"J{i + 1}" for i in range(_R))
-GEOMETRY = {"r": 0.1, "EA": 2.0e4, "L": 2.0, **{j: 0.1 for j in INERTIAS}}  # m, N, m, kg m^2
+GEOMETRY = {"r": 0.1, "EA": 2.0e4, "L": 2.0, **{j: 0.1 for j in INERTIAS}}
+GEOMETRY_UNITS = {"r": "m", "EA": "N", "L": "m", **{j: "kg m2" for j in INERTIAS}}
 # Per-step disturbances of speeds [rad/s] and tensions [N] (unmodelled torque ripple, web
 # flutter): the synthetic truth has them and the filter assumes the same.
 STATE_NOISE = {**{w: 1e-3 for w in SPEEDS}, **{t: 0.05 for t in TENSIONS}}
@@ -190,10 +191,13 @@ ROLLER_TYPE = {
     },
     "parameters": {
         **{b: {"value": 0.025, "min": 0, "unit": "N m s", "calibrate": True} for b in DRAGS},
-        **{name: {"value": value} for name, value in GEOMETRY.items()},
+        **{
+            name: {"value": value, "unit": GEOMETRY_UNITS[name]} for name, value in GEOMETRY.items()
+        },
     },
-    "derived": {"line_speed": "w4 * r"},
-    "model": {"ref": ROLLER_LINE, "dt": "100ms"},
+    "derived": {"line_speed": {"expr": "w4 * r", "unit": "m/s"}},
+    "model": {"ref": ROLLER_LINE, "dt": "100ms", "units": {t: "N" for t in TENSIONS}},
+    "key_values": ["line_speed", "motor_torque", "b2", "T1"],
     "calibration": {
         "prior_std": {b: 0.015 for b in DRAGS},
         "process_noise": {**{b: 2e-3 for b in DRAGS}, **STATE_NOISE},

@@ -153,7 +153,8 @@ def calibrate(
 
 
 def calibration_view(query, store, twin_id: str, *, runs: int = 10) -> dict:
-    """A twin's calibrated parameters and virtual sensors with bands, its filter and recent runs."""
+    """A twin's calibrated parameters and virtual sensors (value, std, 95 % band, unit and when
+    published: the newest values calibration wrote to history), its filter and recent runs."""
     ctype = query.type_of(twin_id)
     plan = ctype.calibration
     if plan is None:
@@ -162,12 +163,13 @@ def calibration_view(query, store, twin_id: str, *, runs: int = 10) -> dict:
             field="type",
             fix="add model: and calibration: sections to the type spec",
         )
-    stats = query.stats(twin_id, [*plan.parameters, *plan.virtual])
     blob = store.calibration_state(ctype.name)
     saved = TypeCalibration.from_bytes(blob) if blob is not None else None
     filter_info = None
+    until = None
     if saved is not None and twin_id in saved.ids:
         i = saved.ids.index(twin_id)
+        until = int(saved.last_ts[i])
         filter_info = {
             "calibrated_until": format_ts(int(saved.last_ts[i])),
             "failed": bool(saved.state.failed[i]),
@@ -175,6 +177,11 @@ def calibration_view(query, store, twin_id: str, *, runs: int = 10) -> dict:
             "model": saved.state.model,
             "estimator": saved.state.kind,
         }
+    stats = query.stats(twin_id, [*plan.parameters, *plan.virtual], until=until)
+    declared = ctype.spec.parameters
+    units = {p: declared[p].unit for p in plan.parameters} | ctype.spec.model.units
+    for name, entry in stats.items():
+        entry["unit"] = units.get(name, "")
     return {
         "twin": twin_id,
         "type": ctype.name,

@@ -49,6 +49,9 @@ class ModelSection(BaseModel):
     virtual: list[str] | None = Field(
         None, description="outputs to publish as virtual sensors (default: all unmeasured)"
     )
+    units: dict[str, str] = Field(
+        default_factory=dict, description="units of virtual sensors, e.g. {T1: N}"
+    )
 
 
 class CalibrationSection(BaseModel):
@@ -136,6 +139,8 @@ def plan_calibration(
     virtual = unmeasured if model_section.virtual is None else tuple(model_section.virtual)
     for name in virtual:
         _require(name in unmeasured, "model.virtual", f"virtual sensor '{name}'", "")
+    for name in model_section.units:
+        _require(name in virtual, "model.units", f"virtual sensor '{name}'", "")
     chosen = calibration.parameters
     if chosen is None:
         chosen = [p for p, spec in parameters.items() if spec.calibrate]

@@ -25,6 +25,7 @@ from livetwin.spec.calibration import (
 )
 from livetwin.spec.commands import CommandSection
 from livetwin.spec.rules import CompiledRule, Rule, compile_rules
+from livetwin.timefmt import parse_duration
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 TYPE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -122,6 +123,23 @@ class TwinTypeSpec(_Strict):
     commands: CommandSection | None = None
     rules: dict[str, Rule] = Field(default_factory=dict)
     source: Source | None = None
+    stale_after: str | None = Field(
+        None,
+        description="a twin is stale after this long without an observation, e.g. '12h' "
+        "(default: from the type's observed reporting interval)",
+    )
+    key_values: list[str] | None = Field(
+        None,
+        description="the names the fleet table shows "
+        "(default: the first three properties and the first two derived values)",
+    )
+
+    @field_validator("stale_after")
+    @classmethod
+    def _stale_after_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)  # its ValueError names the problem
+        return value
 
     @field_validator("properties", "parameters", mode="before")
     @classmethod
@@ -185,6 +203,28 @@ class CompiledType:
 
     def column_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.columns)}
+
+    def key_values(self) -> tuple[str, ...]:
+        """The names the fleet shows: `key_values`, else the first three properties and the
+        first two derived values."""
+        if self.spec.key_values is not None:
+            return tuple(self.spec.key_values)
+        return tuple(self.spec.properties)[:3] + tuple(self.spec.derived)[:2]
+
+
+# Fields added after types were first stored: left out of the stored form while unset, so a
+# type declared before them keeps its stored JSON (re-declaring it makes no new version).
+_LATER_FIELDS = ("source", "stale_after", "key_values")
+
+
+def stored_spec(spec: TwinTypeSpec) -> dict:
+    """The JSON form of a type that the journal stores and versions compare (no name)."""
+    data = spec.model_dump(
+        mode="json", exclude={"name", *(f for f in _LATER_FIELDS if getattr(spec, f) is None)}
+    )
+    if data.get("model") is not None and not data["model"].get("units"):
+        data["model"].pop("units", None)
+    return data
 
 
 def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
@@ -266,6 +306,13 @@ def compile_type(
         )
     properties = tuple(spec.properties) + (plan.published if plan else ())
     columns = properties + tuple(spec.parameters) + order
+    for i, name in enumerate(spec.key_values or ()):
+        if name not in columns:
+            raise InvalidInput(
+                f"key value '{name}' is not a name of the type",
+                field=f"key_values.{i}",
+                fix=f"use some of: {', '.join(columns)}",
+            )
     rules = compile_rules(spec.rules, set(columns))
     return CompiledType(
         spec.name, version, spec, properties, columns, order, compiled, plan, rules=rules

@@ -14,6 +14,8 @@ from livetwin.errors import InvalidInput
 from livetwin.store.buffer import Chunk, Segment
 
 AGGREGATES = ("avg", "min", "max", "last", "count", "sum")
+AUTO = "auto"  # per name: `last` for sparse and step signals, `avg` with min/max for dense ones
+STEADY_SHARE = 0.8  # a signal constant within this share of its multi-sample buckets is a step
 
 
 def assemble(
@@ -47,7 +49,9 @@ def aggregate(ts: np.ndarray, values: np.ndarray, every: int, agg: str):
     """Values per time bucket of `every` ms; only buckets holding rows are returned."""
     if agg not in AGGREGATES:
         raise InvalidInput(
-            f"unknown aggregate '{agg}'", field="agg", fix=f"use one of {', '.join(AGGREGATES)}"
+            f"unknown aggregate '{agg}'",
+            field="agg",
+            fix=f"use one of {', '.join(AGGREGATES)}, {AUTO}",
         )
     if len(ts) == 0:
         return ts, values
@@ -74,3 +78,22 @@ def aggregate(ts: np.ndarray, values: np.ndarray, every: int, agg: str):
     if agg != "sum":
         result = np.where(empty, np.nan, result)
     return bucket_ts, result
+
+
+def auto_aggregate(ts: np.ndarray, values: np.ndarray, every: int):
+    """Buckets of `every` ms with an aggregate chosen per name, so nothing drawn is invented:
+    a name with at most one sample per bucket, or one that holds its level inside buckets (a
+    step signal), gets `last`; a dense one gets `avg` with its `min`/`max` envelope.
+    Returns (bucket ts, values (names, buckets), [agg per name], min, max)."""
+    bucket_ts, last = aggregate(ts, values, every, "last")
+    _, counts = aggregate(ts, values, every, "count")
+    _, low = aggregate(ts, values, every, "min")
+    _, high = aggregate(ts, values, every, "max")
+    _, mean = aggregate(ts, values, every, "avg")
+    chosen = []
+    for k in range(values.shape[0]):
+        multi = counts[k] > 1
+        steady = low[k][multi] == high[k][multi]
+        chosen.append("last" if not multi.any() or steady.mean() >= STEADY_SHARE else "avg")
+    dense = np.array([a == "avg" for a in chosen], dtype=bool)[:, None]
+    return bucket_ts, np.where(dense, mean, last), chosen, low, high

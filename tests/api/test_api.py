@@ -80,7 +80,15 @@ def test_type_versions_stay_readable_and_twins_migrate(client):
     h = client.get("/api/twins/p/history", params={"names": "flow,head"}).json()
     assert h["series"]["head"] == [None, 20.4]
     assert client.get("/api/types").json() == [
-        {"name": "pump", "version": 2, "twins": 1, "description": "test pump"}
+        {
+            "name": "pump",
+            "version": 2,
+            "twins": 1,
+            "description": "test pump",
+            "key_values": ["flow", "pressure", "power", "flow_avg"],  # properties, then derived
+            "stale_after": None,  # two observations are too few to tell the usual gap
+            "stale_after_from": None,
+        }
     ]
 
 

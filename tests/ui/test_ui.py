@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -48,6 +49,7 @@ PHONE = {"width": 390, "height": 844}
 STATION = {"properties": {"level": {"unit": "m"}}, "children": ["pump"]}
 PUMP = {
     "description": "a pump with a calibrated temperature estimate",
+    "stale_after": "10m",
     "properties": {
         "flow": {"unit": "m3/h", "min": 0, "max": 1000},
         "pressure": {"unit": "bar"},
@@ -75,6 +77,11 @@ BOILER = {
         "warm": {"when": "temp > 60", "severity": "warning"},
     },
 }
+BLOWER = {  # a fan that steps from 900 to 1200 rpm, and a dense, noisy vibration
+    "properties": {"speed": {"unit": "rpm"}, "vibration": {"unit": "mm/s"}},
+}
+PIR = {"properties": {"motion": {}}}  # event-driven: reports a change every 20 minutes or so
+CRON = {"kind": "cron", "cron": "0 3 * * *", "tz": "Europe/Berlin"}
 LINES = ["line-0", "line-1"]
 MODEL_NODE = "model:roller_line/1"
 LOG_LINE = "hello from the dashboard test"
@@ -162,7 +169,30 @@ def _seed(platform: Platform, now: int) -> None:
     rows.append({"twin": ODD_ID, "type": "lab", "ts": now - 2000, "values": {"t": 19}})
     result = platform.ingest(rows)
     assert not result.rejected, result.rejected
+    _seed_signals(platform, now)
     _seed_alarms_jobs_models(platform, now)
+
+
+def _seed_signals(platform: Platform, now: int) -> None:
+    """A blower stepping 900 -> 1200 rpm (one sample a second for 40 min) with a noisy
+    vibration, and a motion sensor that reports every 20 minutes (last 25 minutes ago)."""
+    platform.put_type("blower", BLOWER)
+    platform.put_type("pir", PIR)
+    rows = [
+        {
+            "twin": "blower-1",
+            "type": "blower",
+            "ts": now - 2400_000 + k * 1000,
+            "values": {"speed": 900.0 if k < 1200 else 1200.0, "vibration": 2 + (k % 7) / 2},
+        }
+        for k in range(2400)
+    ]
+    quiet = now - 25 * 60_000
+    rows += [
+        {"twin": "pir-1", "type": "pir", "ts": quiet - k * 1_200_000, "values": {"motion": k % 2}}
+        for k in range(12, -1, -1)
+    ]
+    assert not platform.ingest(rows).rejected
 
 
 def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
@@ -189,7 +219,9 @@ def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
     )
     scheduler.post_event("data-ready", {"rows": 10}, key="pump-1")
 
-    platform.put_type("roller_line", ROLLER_TYPE)
+    calibration = {**ROLLER_TYPE["calibration"], "every": "1h"}  # a system schedule
+    platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": calibration})
+    scheduler.add_schedule({"id": "nightly", "function": "hello", "trigger": CRON})
     model = {
         "kind": "deductive",
         "ref": ROLLER_LINE,
@@ -205,7 +237,12 @@ def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
     for k in range(20):
         rows += observations(sim.step(), LINES, now - 60_000 + k * 100)
     assert not platform.ingest(rows).rejected
-    assert platform.calibrate("roller_line")["status"] == "succeeded"
+    run = scheduler.run_schedule("calibrate.every.roller_line")  # a run on the Jobs page
+    deadline = time.monotonic() + 30
+    while (run := scheduler.run(run["id"]))["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)
+    assert run["result"]["status"] == "succeeded", run
 
 
 @contextmanager
@@ -757,3 +794,148 @@ def test_the_desired_state_card_says_when_the_server_has_no_broker(server, page)
     error = page.locator("#desired .error")
     expect(error).to_contain_text("commands need an MQTT broker")
     expect(error).to_contain_text("mqtt")
+
+
+def test_a_calibrated_twin_shows_its_calibration_and_parameter_bands(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/twin/line-1")
+    card = page.locator("#calibration")
+    expect(card.locator('[data-status="calibrated"]')).to_be_visible()
+    expect(card.locator(".cal-last")).to_contain_text("2 of 2 twins calibrated")
+    expect(card.locator(".cal-next")).to_contain_text("every 1 h, next in")
+    view = httpx.get(f"{server.url}/api/twins/line-1/calibration").json()
+    for name in ("b1", "b2", "b3", "b4"):
+        row = card.locator(f'tr[data-param="{name}"]')
+        expect(row.locator("td").nth(0)).to_have_text(
+            str(float(f"{view['parameters'][name]['value']:.5g}"))
+        )
+        expect(row.locator("td").nth(2)).to_contain_text(" .. ")
+        expect(row.locator("svg.spark path.spark-band")).to_have_count(1)
+    # measured, derived, parameters and estimated are distinct groups, each value with its unit
+    groups = {
+        g: page.locator(f'[data-group="{g}"]')
+        for g in ("measured", "derived", "parameters", "estimated")
+    }
+    expect(groups["measured"].locator('tr[data-name="w1"] .unit')).to_have_text("rad/s")
+    expect(groups["measured"].locator('tr[data-name="T1"]')).to_have_count(0)
+    expect(groups["estimated"].locator('tr[data-name="T1"] .unit')).to_have_text("N")
+    expect(groups["estimated"].locator('[data-band="T1"]')).to_contain_text(" .. ")
+    expect(groups["parameters"].locator('tr[data-name="b2"] .unit')).to_have_text("N m s")
+    expect(groups["parameters"].locator('[data-std="b2"]')).to_contain_text("±")
+    expect(groups["derived"].locator('tr[data-name="line_speed"] .unit')).to_have_text("m/s")
+    # the default chart of a calibrated twin: its calibrated parameters with their bands
+    page.wait_for_selector("#chart .main-svg")
+    traces = page.evaluate(
+        "() => document.getElementById('chart').data.map(t => [t.name, t.fill || null])"
+    )
+    assert ["b1_upper", "tonexty"] in traces and ["b4_upper", "tonexty"] in traces, traces
+    assert errors == []
+
+
+def test_a_stepping_signal_is_drawn_at_its_real_levels(server, page, errors):
+    visit(page, server, "/twin/blower-1?names=speed,vibration&range=1h")
+    page.wait_for_selector("#chart .main-svg")
+    traces = page.evaluate(
+        """() => Object.fromEntries(document.getElementById('chart').data.map(
+            t => [t.name, {y: t.y.filter(v => v !== null), shape: t.line.shape}]))"""
+    )
+    assert set(traces["speed"]["y"]) == {900.0, 1200.0}  # never the 1050 rpm an average invents
+    assert traces["speed"]["shape"] == "hv"
+    mean = next(name for name in traces if name.startswith("vibration (mean per"))
+    low, high = traces["vibration min"]["y"], traces["vibration max"]["y"]
+    envelope = list(zip(low, traces[mean]["y"], high, strict=True))
+    assert (
+        all(lo <= m <= hi for lo, m, hi in envelope) and max(hi - lo for lo, _, hi in envelope) == 3
+    )
+    assert "mean (min–max shaded)" in page.inner_text("#chart-note")
+    # the time axis spans the chosen hour, ticked in minutes (not in fractions of a millisecond)
+    ticks = page.eval_on_selector_all(
+        "#chart .xtick text", "ts => ts.map(t => t.textContent).filter(Boolean)"
+    )
+    assert 3 <= len(ticks) <= 12 and all(":" in t for t in ticks), ticks
+    assert errors == []
+
+
+def test_the_fleet_shows_key_values_sparklines_and_staleness_by_type(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/fleet?type=pump")
+    flow = page.locator('tr[data-twin="pump-1"] .kv[data-key="flow"]')
+    expect(flow).to_contain_text("m3/h")
+    expect(page.locator('tr[data-twin="pump-1"] .kv[data-key="power"]')).to_contain_text("kW")
+    expect(
+        page.locator('tr[data-twin="pump-1"] [data-spark] svg.spark path.spark-line')
+    ).to_have_count(1)
+    expect(page.locator('tr[data-twin="pump-2"] .badge')).to_contain_text("stale")  # 30 min > 10m
+    visit(page, server, "/fleet?type=boiler")
+    expect(page.locator('tr[data-twin="boiler-1"] .alarm-marker')).to_be_visible()
+    expect(page.locator('tr[data-twin="boiler-1"] .kv[data-key="temp"]')).to_contain_text("degC")
+    # an event-driven sensor quiet for 25 minutes, as usual for it, is not stale
+    visit(page, server, "/fleet?type=pir")
+    expect(page.locator('tr[data-twin="pir-1"] .badge')).to_have_class("badge fresh")
+    assert errors == []
+
+
+def test_the_jobs_page_lists_calibration_runs_and_readable_schedules(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/jobs")
+    calibration = page.locator('#runs tr[data-function="calibrate"]').first
+    expect(calibration.locator("[data-state]")).to_have_text("succeeded")
+    expect(calibration.locator(".cal-result")).to_have_text(
+        "roller_line: 2 of 2 calibrated, 20 steps"
+    )
+    nightly = page.locator('tr[data-schedule="nightly"]')
+    expect(nightly.locator(".trigger")).to_contain_text("daily at 03:00 (Europe/Berlin)")
+    expect(nightly.locator(".next")).to_have_text(re.compile(r"^in \d+ (min|h)$"))
+    every = page.locator('tr[data-schedule="calibrate.every.roller_line"] .trigger')
+    expect(every).to_contain_text("every 1 h")
+    assert errors == []
+
+
+def test_the_type_editor_takes_yaml(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/types/lab")
+    page.fill("form.editor textarea", "description: from yaml\nproperties:\n  t: {unit: degC}\n")
+    expect(page.locator("form.editor .format")).to_have_text("sent as YAML")
+    page.click('form.editor button[type="submit"]')
+    expect(page.locator(".notice").first).to_contain_text("Saved as version")
+    assert httpx.get(f"{server.url}/api/types/lab").json()["spec"]["description"] == "from yaml"
+    assert errors == []
+
+
+BROKEN_WORDS = """() => {
+    // every word of every text in a card or table, measured: one inside a word breaks over lines
+    const broken = [];
+    const walker = document.createTreeWalker(document.getElementById('view'), NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const el = node.parentElement;
+        if (!el.closest('.card, table')) continue;
+        if (el.closest('svg, .js-plotly-plot, textarea, pre')) continue;
+        for (const m of node.textContent.matchAll(/[^\\s]+/g)) {
+            const range = document.createRange();
+            range.setStart(node, m.index);
+            range.setEnd(node, m.index + m[0].length);
+            const rects = [...range.getClientRects()].filter(r => r.width > 0);
+            const tops = new Set(rects.map(r => Math.round(r.top)));
+            if (tops.size > 1) broken.push(m[0]);
+        }
+    }
+    return broken;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1400, "height": 900}, PHONE], ids=["1400", "390"])
+def test_no_word_is_broken_inside_a_card(server, browser, viewport):
+    context = browser.new_context(viewport=viewport)
+    tab = context.new_page()
+    for route in ("/twin/line-1", "/twin/pump-1", "/fleet", "/jobs"):
+        visit(tab, server, route)
+        tab.wait_for_timeout(200)
+        assert tab.evaluate(BROKEN_WORDS) == [], route
+        if viewport == PHONE:
+            overflow = tab.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 1, (route, overflow)
+    context.close()

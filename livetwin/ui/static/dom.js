@@ -67,19 +67,27 @@ export function setStaleMinutes(minutes) {
   localStorage.setItem('livetwin.staleMinutes', String(minutes));
 }
 
-export const isStale = (updatedMs, now = Date.now()) =>
-  updatedMs === null || now - updatedMs > staleMinutes() * 60_000;
+/** Whether an update at `updatedMs` is stale: older than `afterMs` (the type's stale_after),
+ * or than this browser's minutes when the type has none yet. */
+export const isStale = (updatedMs, afterMs = null, now = Date.now()) =>
+  updatedMs === null || now - updatedMs > (afterMs ?? staleMinutes() * 60_000);
 
-/** A badge saying when a twin last changed, marked stale past the threshold. */
-export function freshness(updatedIso) {
+/** A badge saying when a twin last changed, marked stale past `afterMs` (see isStale). */
+export function freshness(updatedIso, afterMs = null) {
   if (!updatedIso) return h('span', { class: 'badge stale' }, 'no data');
   const ms = Date.parse(updatedIso);
+  const stale = isStale(ms, afterMs);
+  const limit = afterMs ?? staleMinutes() * 60_000;
   return h(
     'span',
-    { class: isStale(ms) ? 'badge stale' : 'badge fresh', title: localTime(ms, true) },
-    isStale(ms) ? `stale · ${ago(ms)}` : ago(ms),
+    { class: stale ? 'badge stale' : 'badge fresh', title: `${localTime(ms, true)}; stale after ${Math.round(limit / 1000)} s` },
+    stale ? `stale · ${ago(ms)}` : ago(ms),
   );
 }
+
+/** An identifier that may break after its underscores only ('motor_<wbr>torque'). */
+export const breakable = (name) =>
+  String(name).split('_').flatMap((part, i, all) => (i < all.length - 1 ? [`${part}_`, document.createElement('wbr')] : [part]));
 
 /** A hash link: link('#/twin/', id) encodes the id. */
 export const link = (prefix, id, text = id) => h('a', { href: prefix + encodeURIComponent(id) }, text);

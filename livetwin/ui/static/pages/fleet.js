@@ -2,7 +2,8 @@
 // id, filter with the expression language, the parent/children hierarchy, and open alarms (per
 // severity and per twin, live over SSE).
 import { api, coalesce, errorBox, listen, qs, twinPath } from '../api.js';
-import { append, freshness, h, link, navigate, replace, setStaleMinutes, staleMinutes, table } from '../dom.js';
+import { sparkline } from '../chart.js';
+import { append, breakable, fmt, freshness, h, link, navigate, replace, setStaleMinutes, staleMinutes, table } from '../dom.js';
 import { countBadges, worst } from './alarms.js';
 
 const PAGE = 50;
@@ -10,6 +11,8 @@ const SEARCH_SCAN = 1000; // the API has no id search: a search scans this many 
 const REFRESH_MS = 15_000;
 const ALARM_SCAN = 1000; // open alarms read for the per-twin markers (the API's page limit)
 const LIVE_MS = 1000;
+const SPARK_MS = 3600e3; // the sparkline shows the first key value over the last hour
+const SPARK_EVERY = '1m';
 
 export async function render(root, { params, signal }) {
   const filters = {
@@ -30,6 +33,7 @@ export async function render(root, { params, signal }) {
     ),
   );
   const hasChildren = (typeName) => (specs[typeName]?.children || []).length > 0;
+  const staleAfter = Object.fromEntries(types.map((t) => [t.name, t.stale_after]));
 
   const typeCards = h(
     'div',
@@ -97,7 +101,9 @@ export async function render(root, { params, signal }) {
     alarmSummary,
     typeCards,
     form,
-    h('p', { class: 'muted small' }, 'Twins without an update for more than ', staleInput, ' min are marked stale.'),
+    h('p', { class: 'muted small', id: 'stale-note' },
+      'A twin is marked stale after its type\'s ', h('code', {}, 'stale_after'),
+      ' (declared, or three times its usual reporting gap); types without enough data yet: after ', staleInput, ' min.'),
     filters.parent &&
       h('p', { class: 'crumbs' }, 'Children of ', link('#/twin/', filters.parent), ' · ', h('a', { href: '#/fleet' }, 'all twins')),
     result,
@@ -110,7 +116,7 @@ export async function render(root, { params, signal }) {
     let page;
     let alarms;
     try {
-      [page, alarms] = await Promise.all([api('api/twins', { query, signal }), openAlarms()]);
+      [page, alarms] = await Promise.all([api('api/twins', { query: { ...query, values: true }, signal }), openAlarms()]);
     } catch (err) {
       if (err.name === 'AbortError') return;
       result.replaceChildren(errorBox(err));
@@ -136,8 +142,10 @@ export async function render(root, { params, signal }) {
         { 'data-twin': t.id },
         h('td', {}, link('#/twin/', t.id), ' ', alarmMarker(t.id, alarms.byTwin.get(t.id))),
         h('td', {}, t.type),
+        h('td', { class: 'keyvalues' }, keyValues(t, specs[t.type])),
+        h('td', { class: 'spark-cell', 'data-spark': t.id }),
         h('td', {}, t.parent ? link('#/twin/', t.parent) : h('span', { class: 'muted' }, '—')),
-        h('td', {}, freshness(t.updated)),
+        h('td', {}, freshness(t.updated, staleAfter[t.type])),
         h('td', {}, hasChildren(t.type) ? h('a', { href: `#/fleet?${qs({ parent: t.id })}` }, 'children') : null),
       ),
     );
@@ -152,10 +160,27 @@ export async function render(root, { params, signal }) {
       h('p', { class: 'muted', id: 'fleet-count' }, note),
       alarms.partial && h('p', { class: 'muted small' }, `Alarm markers show the newest ${ALARM_SCAN} open alarms.`),
       items.length
-        ? table('twins', ['Twin', 'Type', 'Parent', 'Last update', ''], rows)
+        ? table('twins', ['Twin', 'Type', 'Key values', 'Last hour', 'Parent', 'Last update', ''], rows)
         : h('p', { class: 'empty' }, 'No twins match.'),
       pager,
     );
+    sparklines(items);
+  }
+
+  /** Each row's first key value over the last hour, drawn once the table is on screen. */
+  function sparklines(items) {
+    for (const t of items) {
+      const name = t.values && Object.keys(t.values)[0];
+      const cell = result.querySelector(`[data-spark="${CSS.escape(t.id)}"]`);
+      if (!name || !cell) continue;
+      const query = { names: name, from: Date.now() - SPARK_MS, every: SPARK_EVERY, agg: 'last' };
+      api(twinPath(t.id, '/history'), { query, signal })
+        .then((history) => {
+          cell.replaceChildren(sparkline(history.series[name], null, { width: 96, height: 24 }));
+          cell.title = `${name}, last hour`;
+        })
+        .catch(() => {});
+    }
   }
 
   async function refreshCounts() {
@@ -184,6 +209,14 @@ export async function render(root, { params, signal }) {
     if (document.visibilityState === 'visible') load().then(refreshCounts);
   }, REFRESH_MS);
   signal.addEventListener('abort', () => clearInterval(timer));
+}
+
+/** A twin's key values with their units ('flow 96 m3/h'). */
+function keyValues(twin, spec) {
+  const unit = (n) => (spec?.properties[n] || spec?.parameters[n] || spec?.derived[n] || {}).unit || spec?.model?.units?.[n] || '';
+  return Object.entries(twin.values || {}).map(([name, value]) =>
+    h('span', { class: 'kv', 'data-key': name },
+      h('span', { class: 'k' }, breakable(name)), ' ', h('span', { class: 'v' }, fmt(value)), unit(name) && h('span', { class: 'u' }, ' ', unit(name))));
 }
 
 /** A marker of a twin's open alarms (count, coloured by the worst severity), linking to them. */

@@ -2,6 +2,7 @@
 // "run now", and functions with their event joins; refreshed live by run notices over SSE.
 import { api, coalesce, errorBox, listen, qs } from '../api.js';
 import { ago, append, h, localTime, navigate, replace, table } from '../dom.js';
+import { triggerText, until } from '../schedules.js';
 
 const RUN_STATES = ['queued', 'running', 'succeeded', 'failed'];
 const LIMITS = ['20', '50', '100', '500'];
@@ -18,17 +19,6 @@ export function duration(ms) {
   if (ms < 1000) return `${Number(ms.toPrecision(3))} ms`;
   if (ms < 60_000) return `${Number((ms / 1000).toPrecision(3))} s`;
   return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
-}
-
-/** A trigger for people: 'cron 0 3 * * * (Europe/Berlin)', 'interval every 1 h', ... */
-export function triggerText(trigger) {
-  const parts = Object.entries(trigger)
-    .filter(([k, v]) => k !== 'kind' && v !== null && v !== undefined && v !== '')
-    .map(([k, v]) => {
-      if (k === 'every' && typeof v === 'number') return `every ${duration(v)}`;
-      return `${k} ${typeof v === 'object' ? JSON.stringify(v) : v}`;
-    });
-  return [trigger.kind, ...parts].join(' · ');
 }
 
 export async function render(root, { params, signal }) {
@@ -85,7 +75,7 @@ export async function render(root, { params, signal }) {
     }
     busy = runs.some((r) => r.state === 'queued' || r.state === 'running');
     const rows = runs.flatMap((run) => {
-      const details = h('tr', { class: 'details', hidden: !opened.has(run.id) }, h('td', { colspan: '8' }));
+      const details = h('tr', { class: 'details', hidden: !opened.has(run.id) }, h('td', { colspan: '9' }));
       const toggle = h('button', { type: 'button', class: 'secondary logs', 'aria-expanded': String(opened.has(run.id)) }, opened.has(run.id) ? 'Hide' : 'Logs');
       toggle.addEventListener('click', () => {
         const show = !opened.has(run.id);
@@ -105,6 +95,7 @@ export async function render(root, { params, signal }) {
         h('td', {}, badge(run.state)),
         h('td', { class: 'num attempts' }, String(run.attempts)),
         h('td', { class: 'small' }, run.trigger?.kind || '—', run.schedule && h('div', { class: 'muted' }, run.schedule)),
+        h('td', { class: 'small result' }, resultText(run)),
         h('td', { class: 'nowrap' }, when(run.created)),
         h('td', { class: 'num nowrap duration' }, duration(run.duration_ms)),
         h('td', { class: 'act' }, run.error && h('div', { class: 'run-error small' }, run.error), toggle),
@@ -114,7 +105,7 @@ export async function render(root, { params, signal }) {
     replace(
       runsBox,
       runs.length
-        ? table('runs', ['Run', 'Function', 'State', 'Attempts', 'Trigger', 'Created', 'Duration', ''], rows)
+        ? table('runs', ['Run', 'Function', 'State', 'Attempts', 'Trigger', 'Result', 'Created', 'Duration', ''], rows)
         : h('p', { class: 'empty' }, 'No runs match.'),
     );
   }
@@ -167,8 +158,8 @@ export async function render(root, { params, signal }) {
               { 'data-schedule': s.id },
               h('td', {}, h('a', { href: `#/jobs?${qs({ schedule: s.id })}` }, s.id), s.description && h('div', { class: 'muted small' }, s.description)),
               h('td', {}, s.function, s.namespace !== 'default' && h('div', { class: 'muted small' }, s.namespace)),
-              h('td', { class: 'small' }, triggerText(s.trigger), h('div', { class: 'muted' }, `missed: ${s.missed}`)),
-              h('td', { class: 'nowrap' }, s.enabled ? when(s.next) : '—'),
+              h('td', { class: 'small trigger' }, triggerText(s.trigger), h('div', { class: 'muted' }, `missed: ${s.missed}`)),
+              h('td', { class: 'nowrap next' }, s.enabled && s.next ? h('span', { title: localTime(Date.parse(s.next), true) }, until(s.next)) : '—'),
               h('td', { class: 'nowrap' }, when(s.last_fired), h('div', { class: 'muted small' }, `${s.fired} fired`)),
               h('td', {}, s.enabled ? h('span', { class: 'badge fresh' }, 'enabled') : h('span', { class: 'badge stale' }, 'disabled'),
                 s.last_error && h('div', { class: 'run-error small' }, s.last_error)),
@@ -228,6 +219,19 @@ export async function render(root, { params, signal }) {
 }
 
 const unique = (names) => [...new Set(names)].sort();
+
+/** A run's result in a line: a calibration's type, twins calibrated, failed and skipped. */
+function resultText(run) {
+  const r = run.result;
+  if (!r || typeof r !== 'object') return '';
+  if (run.function === 'calibrate' && 'calibrated' in r) {
+    const n = (obj) => Object.keys(obj || {}).length;
+    return h('span', { class: 'cal-result', 'data-status': r.status },
+      `${r.type}: ${r.calibrated} of ${r.twins} calibrated, ${r.steps} steps`,
+      n(r.failed) ? `, ${n(r.failed)} failed` : '', n(r.skipped) ? `, ${n(r.skipped)} skipped` : '');
+  }
+  return '';
+}
 
 /** A function's event joins: per key, the events that have arrived and those still awaited. */
 function joins(f) {

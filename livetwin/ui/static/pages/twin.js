@@ -2,9 +2,10 @@
 // uncertainty bands, desired vs reported values (types with commands), its open alarms
 // (acknowledge in place) and its recent events.
 import { api, coalesce, errorBox, qs, twinPath } from '../api.js';
+import { calibrationCard } from '../calibration.js';
 import { bandsOf, figure, loadPlotly, withBands } from '../chart.js';
 import { desiredCard } from '../desired.js';
-import { ago, fmt, freshness, h, link, localTime, replace, replaceQuery, table } from '../dom.js';
+import { ago, breakable, fmt, freshness, h, link, localTime, replace, replaceQuery, table } from '../dom.js';
 import { alarmButtons, severityBadge, stateBadge } from './alarms.js';
 
 const RANGES = [
@@ -21,22 +22,22 @@ const STEPS = ['1s', '5s', '10s', '30s', '1m', '5m', '15m', '30m', '1h', '3h', '
 const STEP_MS = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 };
 const stepMs = (step) => Number(step.slice(0, -1)) * STEP_MS[step.slice(-1)];
 const EVERY = ['auto', 'raw', '1s', '10s', '1m', '5m', '15m', '1h', '6h', '1d'];
-const AGGS = ['avg', 'min', 'max', 'last', 'count', 'sum'];
+const AGGS = ['auto', 'avg', 'min', 'max', 'last', 'count', 'sum'];
 const MAX_BUCKETS = 400;
 const LIVE_REDRAW_MS = 3000;
 
 export async function render(root, { args: [id], params, signal }) {
   const twin = await api(twinPath(id), { signal });
-  const type = await api(`api/types/${encodeURIComponent(twin.type)}`, { signal });
+  const [type, listed] = await Promise.all([api(`api/types/${encodeURIComponent(twin.type)}`, { signal }), api('api/types', { signal })]);
+  const staleAfter = listed.find((t) => t.name === twin.type)?.stale_after ?? null;
   const { spec, columns } = type;
-  const unitOf = (n) => (spec.properties[n] || spec.parameters[n] || spec.derived[n] || {}).unit || '';
   const bands = bandsOf(columns);
   const bandEdges = new Set([...bands].flatMap((n) => [`${n}_lower`, `${n}_upper`]));
   const chartable = columns.filter((c) => !bandEdges.has(c));
   let lastTs = twin.updated ? Date.parse(twin.updated) : -Infinity;
 
   // ---- header, hierarchy, current values --------------------------------------------------
-  const updated = h('span', { id: 'updated' }, freshness(twin.updated));
+  const updated = h('span', { id: 'updated' }, freshness(twin.updated, staleAfter));
   const live = h('span', { class: 'live off', id: 'live' }, 'connecting…');
   root.append(
     h('p', { class: 'crumbs', id: 'crumbs' }, h('a', { href: '#/fleet' }, 'Fleet')),
@@ -53,37 +54,67 @@ export async function render(root, { args: [id], params, signal }) {
     root.querySelector('#crumbs')?.append(...chain.flatMap((t) => [' › ', link('#/twin/', t)]), ' › ', twin.id);
   });
 
-  // A name with an uncertainty band shows "value  [lower .. upper]" in one row; its _std,
-  // _lower and _upper columns get no rows of their own.
+  // Values in four groups, each with its unit: measured properties, derived values, parameters
+  // (calibrated ones with their std and 95 % band) and estimated virtual sensors (with band).
+  // A banded name shows "value ± std [lower .. upper]" in one row; its _std, _lower and _upper
+  // columns get no rows of their own.
+  const calibrated = spec.model ? await api(twinPath(id, '/calibration'), { signal }).catch(() => null) : null;
+  const estimates = { ...(calibrated?.parameters || {}), ...(calibrated?.virtual_sensors || {}) };
+  const estimatedNames = Object.keys(calibrated?.virtual_sensors || {});
+  const unitOf = (n) =>
+    (spec.properties[n] || spec.parameters[n] || spec.derived[n] || {}).unit || estimates[n]?.unit || spec.model?.units?.[n] || '';
   const current = { ...twin.properties, ...twin.parameters, ...twin.derived };
+  for (const [name, e] of Object.entries(estimates)) {
+    // calibration publishes step times newer telemetry may have passed: its view is the newest
+    Object.assign(current, { [name]: e.value, [`${name}_std`]: e.std, [`${name}_lower`]: e.lower, [`${name}_upper`]: e.upper });
+  }
   const bandParts = new Set([...bands].flatMap((n) => [`${n}_lower`, `${n}_upper`, `${n}_std`]));
   const bandText = (name) =>
     current[`${name}_lower`] == null ? '' : `[${fmt(current[`${name}_lower`])} .. ${fmt(current[`${name}_upper`])}]`;
-  const valueCard = (title, values, extra) => {
-    const shown = Object.entries(values).filter(([name]) => !bandParts.has(name));
+  const stdText = (name) => (current[`${name}_std`] == null ? '' : `± ${fmt(current[`${name}_std`])}`);
+  const valueCard = (title, names, extra, note) => {
+    const shown = names.filter((name) => !bandParts.has(name));
     return h(
       'section',
-      { class: 'card values' },
-      h('h2', {}, title),
+      { class: 'card values', 'data-group': title.toLowerCase() },
+      h('h2', {}, title, note && h('span', { class: 'muted small' }, ' ', note)),
       shown.length
-        ? h('table', {}, h('tbody', {}, shown.map(([name, v]) =>
-            h('tr', { 'data-name': name },
-              h('th', { title: extra?.(name) || '' }, name),
-              h('td', { class: 'value num' }, fmt(v)),
-              h('td', { class: 'unit muted' }, unitOf(name),
-                bands.has(name) && h('span', { class: 'band-range', 'data-band': name }, ' ', bandText(name)))))))
+        ? h('table', {}, h('tbody', {}, shown.map((name) => [
+            h('tr', { 'data-name': name, class: bands.has(name) ? 'banded' : null },
+              h('th', { title: extra?.(name) || '' }, breakable(name)),
+              h('td', { class: 'value num' }, fmt(current[name])),
+              h('td', { class: 'unit muted' }, unitOf(name))),
+            bands.has(name) &&
+              h('tr', { class: 'band-row' },
+                h('td', { colspan: '3' },
+                  h('span', { class: 'band-std', 'data-std': name }, stdText(name)), ' ',
+                  h('span', { class: 'band-range', 'data-band': name }, bandText(name)))),
+          ])))
         : h('p', { class: 'muted' }, 'none'),
     );
   };
   const exprOf = (n) => spec.derived[n]?.expr;
+  const measured = Object.keys(spec.properties);
   const values = h(
     'div',
-    { class: 'grid3' },
-    valueCard('Properties', twin.properties),
-    valueCard('Parameters', twin.parameters),
-    valueCard('Derived', twin.derived, exprOf),
+    { class: 'groups' },
+    valueCard('Measured', measured),
+    valueCard('Derived', Object.keys(twin.derived), exprOf),
+    valueCard('Parameters', Object.keys(twin.parameters), (n) => (estimates[n] ? 'calibrated' : 'set')),
+    estimatedNames.length > 0 && valueCard('Estimated', estimatedNames, () => 'virtual sensor: estimated by the model', '95 % band'),
   );
   root.append(values);
+
+  // ---- calibration (types with a model) ------------------------------------------------------
+  const showEstimates = (view) => {
+    for (const [name, e] of Object.entries({ ...view.parameters, ...view.virtual_sensors })) {
+      for (const [key, suffix] of [['std', '_std'], ['lower', '_lower'], ['upper', '_upper'], ['value', '']]) {
+        if (current[name + suffix] !== e[key]) show(name + suffix, e[key]); // defined below; called later
+      }
+    }
+  };
+  const calibration = calibrated ? calibrationCard(twin, spec, calibrated, signal, showEstimates) : null;
+  if (calibration) root.append(calibration.element);
 
   // ---- desired vs reported (only types with a commands: section) ---------------------------
   const desired = spec.commands ? desiredCard(id, spec, current, signal) : null;
@@ -143,8 +174,14 @@ export async function render(root, { args: [id], params, signal }) {
   // ---- chart -------------------------------------------------------------------------------
   const wanted = (params.get('names') || '').split(',').filter((n) => chartable.includes(n));
   const properties = Object.keys(spec.properties).filter((n) => chartable.includes(n));
+  // a calibrated twin first shows its calibrated parameters with their bands (b1..b4 of a line)
+  const calibratedParams = Object.keys(calibrated?.parameters || {}).filter((n) => chartable.includes(n));
   const selected = new Set(
-    wanted.length ? wanted : [...new Set([...[...bands].slice(0, 1), ...properties, ...chartable])].slice(0, 2),
+    wanted.length
+      ? wanted
+      : calibratedParams.length
+        ? calibratedParams.slice(0, 4)
+        : [...new Set([...[...bands].slice(0, 1), ...properties, ...chartable])].slice(0, 2),
   );
   const recent = Date.now() - lastTs < 3600e3;
   const select = (name, options, value) =>
@@ -166,7 +203,7 @@ export async function render(root, { args: [id], params, signal }) {
     h('label', { class: 'custom' }, 'From', when('from')),
     h('label', { class: 'custom' }, 'To', when('to')),
     h('label', {}, 'Every', select('every', EVERY.map((e) => [e]), params.get('every') || 'auto')),
-    h('label', {}, 'Aggregate', select('agg', AGGS.map((a) => [a]), params.get('agg') || 'avg')),
+    h('label', {}, 'Aggregate', select('agg', AGGS.map((a) => [a, a === 'auto' ? 'auto (per signal)' : a]), params.get('agg') || 'auto')),
   );
   const chart = h('div', { id: 'chart', class: 'chart' });
   const chartNote = h('p', { class: 'muted small', id: 'chart-note' });
@@ -204,18 +241,19 @@ export async function render(root, { args: [id], params, signal }) {
       span = RANGES.find(([key]) => key === range)[2];
       from = now - span;
     }
+    const shown = [from || Date.parse(twin.created), to || Math.max(lastTs, now)];
     let every = form.get('every');
     if (every === 'auto') every = STEPS.find((s) => span / stepMs(s) <= MAX_BUCKETS) || '1d';
     const query = { names: withBands(names, bands).join(','), from, to, every: every === 'raw' ? '' : every, agg: form.get('agg') };
     try {
       const [history, Plotly] = await Promise.all([api(twinPath(id, '/history'), { query, signal }), loadPlotly()]);
       if (run !== drawing || signal.aborted) return;
-      const fig = figure(history, names, bands, unitOf);
+      const fig = figure(history, names, bands, unitOf, shown, every);
       await Plotly.react(chart, fig.data, fig.layout, fig.config);
       chart.dataset.points = String(history.ts.length);
       chartNote.textContent = `${history.ts.length} point${history.ts.length === 1 ? '' : 's'}` +
-        (every === 'raw' ? ' (raw)' : `, ${form.get('agg')} per ${every}`) +
-        (names.some((n) => bands.has(n)) ? '; shaded: uncertainty band (lower to upper)' : '') +
+        (every === 'raw' ? ' (raw)' : `: ${aggText(history, names, form.get('agg'), every)}`) +
+        (names.some((n) => bands.has(n)) ? '; dark shade: 95 % uncertainty band (lower to upper)' : '') +
         '. Drag to zoom, double-click to reset.';
     } catch (err) {
       if (err.name === 'AbortError' || run !== drawing) return;
@@ -254,7 +292,7 @@ export async function render(root, { args: [id], params, signal }) {
     }
   }
 
-  await Promise.all([draw(), loadEvents(), loadAlarms(), desired?.loaded]);
+  await Promise.all([draw(), loadEvents(), loadAlarms(), desired?.loaded, calibration?.loaded]);
 
   // ---- live updates ----------------------------------------------------------------------------
   let redraw = null;
@@ -268,10 +306,12 @@ export async function render(root, { args: [id], params, signal }) {
   };
   const show = (name, value) => {
     current[name] = value;
-    const base = name.replace(/_(lower|upper)$/, '');
+    const base = name.replace(/_(lower|upper|std)$/, '');
     if (base !== name && bands.has(base)) {
       const range = values.querySelector(`[data-band="${CSS.escape(base)}"]`);
-      if (range) range.textContent = ` ${bandText(base)}`;
+      if (range) range.textContent = bandText(base);
+      const std = values.querySelector(`[data-std="${CSS.escape(base)}"]`);
+      if (std) std.textContent = stdText(base);
     }
     const cell = values.querySelector(`tr[data-name="${CSS.escape(name)}"] .value`);
     if (!cell) return;
@@ -280,7 +320,7 @@ export async function render(root, { args: [id], params, signal }) {
     void cell.offsetWidth; // restart the highlight animation
     cell.classList.add('flash');
   };
-  const setUpdated = (iso) => updated.replaceChildren(freshness(iso));
+  const setUpdated = (iso) => updated.replaceChildren(freshness(iso, staleAfter));
   const setLive = (text, on) => {
     live.textContent = text;
     live.className = on ? 'live on' : 'live off';
@@ -294,6 +334,7 @@ export async function render(root, { args: [id], params, signal }) {
   source.addEventListener('state', (e) => {
     const msg = JSON.parse(e.data);
     if (msg.twin !== id) return;
+    if (calibration && Object.keys(msg.values).some((n) => n.endsWith('_std'))) calibration.refresh();
     if (msg.ts >= lastTs) {
       lastTs = msg.ts;
       for (const [name, value] of Object.entries(msg.values)) show(name, value);
@@ -321,6 +362,15 @@ export async function render(root, { args: [id], params, signal }) {
     clearInterval(tick);
     clearTimeout(redraw);
   });
+}
+
+/** What the chart's points are, per name: 'b1 last per 10s; w1 mean (min–max shaded) per 10s'. */
+function aggText(history, names, agg, every) {
+  if (!history.aggs) return `${agg} per ${every}`;
+  const groups = {};
+  for (const n of names) (groups[history.aggs[n]] ??= []).push(n);
+  const words = { last: 'measured (last value)', avg: 'mean (min–max shaded)' };
+  return Object.entries(groups).map(([a, ns]) => `${ns.join(', ')}: ${words[a] || a} per ${every}`).join('; ');
 }
 
 /** The ids above `twin`, root first (at most 20 levels). */

@@ -1,4 +1,4 @@
-// Types: the list, one type's spec and versions, and a JSON editor that saves with
+// Types: the list, one type's spec and versions, and an editor (JSON or YAML) that saves with
 // PUT /api/types/{name} and shows the server's error in place.
 import { api, errorBox, qs } from '../api.js';
 import { append, h, link, navigate, table } from '../dom.js';
@@ -58,15 +58,24 @@ export async function renderType(root, { args: [name], params, signal }) {
     type.version !== type.latest &&
       h('p', { class: 'notice' }, `This is version ${type.version} of ${type.latest}; saving it makes it the newest.`),
     h('section', { class: 'card' },
-      h('h2', {}, 'Spec (JSON)'),
+      h('h2', {}, 'Spec (JSON or YAML)'),
       h('p', { class: 'muted small' }, 'A change makes a new version; all twins of the type run it from then on, keeping their values.'),
       editor(JSON.stringify(type.spec, null, 2), 'Save', () => name, signal)),
   );
 }
 
-/** A textarea holding a spec as JSON and a button that PUTs it; errors appear under it. */
+/** The content type of a spec text: JSON when it starts with '{', YAML otherwise. */
+export const specType = (text) => (text.trimStart().startsWith('{') ? 'application/json' : 'application/yaml');
+
+/** A textarea holding a spec (JSON, or YAML) and a button that PUTs it; errors appear under it. */
 function editor(text, label, nameOf, signal) {
   const area = h('textarea', { name: 'spec', rows: String(Math.min(30, text.split('\n').length + 2)), spellcheck: 'false', value: text });
+  const format = h('span', { class: 'muted small format' });
+  const showFormat = () => {
+    format.textContent = specType(area.value) === 'application/json' ? 'sent as JSON' : 'sent as YAML';
+  };
+  area.addEventListener('input', showFormat);
+  showFormat();
   const out = h('div', { class: 'editor-result' });
   const button = h('button', { type: 'submit' }, label);
   return h(
@@ -84,7 +93,7 @@ function editor(text, label, nameOf, signal) {
         button.disabled = true;
         try {
           // the raw text goes to the server, so its JSON errors (with line and column) show here
-          const result = await api(`api/types/${encodeURIComponent(name)}`, { method: 'PUT', body: area.value, signal });
+          const result = await api(`api/types/${encodeURIComponent(name)}`, { method: 'PUT', body: area.value, type: specType(area.value), signal });
           navigate(`#/types/${encodeURIComponent(name)}?saved=${result.changed ? result.version : 'same'}`);
         } catch (err) {
           if (err.name !== 'AbortError') out.append(errorBox(err));
@@ -94,7 +103,7 @@ function editor(text, label, nameOf, signal) {
       },
     },
     area,
-    h('div', { class: 'actions' }, button),
+    h('div', { class: 'actions' }, button, ' ', format),
     out,
   );
 }
