@@ -1,6 +1,6 @@
 """The built-in job kinds, registered with a scheduler by the composition root: `calibrate`
-(with the system schedules of each type's calibration section), `train-baseline` and
-`check-inactivity`. The scheduler itself knows no job kinds.
+(with the system schedules of each type's calibration section), `train-baseline`,
+`check-inactivity` and `backtest`. The scheduler itself knows no job kinds.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from livetwin.jobs.backtest import BACKTEST, backtest_job
 from livetwin.jobs.baseline import train_baseline_job
 from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibration_schedules
 from livetwin.jobs.inactivity import check_inactivity_job
@@ -26,13 +27,16 @@ def register_builtins(
     query: Any,
     ingest: Ingest,
     registry: Any,
+    backtests: Any = None,
 ) -> None:
     """Register the built-in jobs with `scheduler`, bound to their ports: `calibrate(type,
     twins, run=...)` calibrates a type and returns its record (the platform's entry, which
     serialises runs of one type); the baseline jobs read through `query`, write through `ingest`
-    and keep their models in `registry`."""
+    and keep their models in `registry`; `backtests` (a BacktestService) runs back-tests."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
     scheduler.register_job("check-inactivity", partial(check_inactivity_job, platform=ports))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
+    if backtests is not None:
+        scheduler.register_job(BACKTEST, backtest_job(backtests))

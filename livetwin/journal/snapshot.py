@@ -62,12 +62,16 @@ def write(directory: Path, seq: int, data: bytes) -> Path:
 
 
 def load_newest(
-    directory: Path, kept: tuple[int, bytes] | None = None, models: Callable = resolve_model
+    directory: Path,
+    kept: tuple[int, bytes] | None = None,
+    models: Callable = resolve_model,
+    accept: Callable[[Engine, int], bool] | None = None,
 ) -> tuple[Engine, int] | None:
     """The engine restored from the newest readable snapshot and its seq, or None.
 
     `kept` is the store's newest snapshot (seq, bytes), used when it is newer than the files;
-    `models` resolves the types' model references (a core passes its `ModelRefs`).
+    `models` resolves the types' model references (a core passes its `ModelRefs`); with
+    `accept(engine, seq)`, the newest one it accepts (a back-test wants one before its window).
     """
     paths = sorted(directory.glob("snapshot-*.npz"), reverse=True)
     sources: list = list(paths)
@@ -75,9 +79,11 @@ def load_newest(
         sources.insert(0, io.BytesIO(kept[1]))
     for source in sources:
         try:
-            return _load(source, models)
+            loaded = _load(source, models)
         except (OSError, ValueError, KeyError, msgspec.DecodeError):
             continue  # a damaged snapshot: fall back to an older one or to a full replay
+        if accept is None or accept(*loaded):
+            return loaded
     return None
 
 
