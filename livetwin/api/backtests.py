@@ -82,7 +82,13 @@ def backtest_routes(app: FastAPI, backtests: BacktestService, scheduler: Schedul
     def get_backtest(backtest_id: str, format: Literal["json", "csv"] = "json"):
         """Status, progress and (once succeeded) the report; `?format=csv` gives the report's
         findings as CSV."""
-        run = scheduler.run(backtest_id)
+        try:
+            run = scheduler.run(backtest_id)
+        except NotFound:  # a back-test run from the shell (livetwin backtest) keeps a report
+            run = {"id": backtest_id, "function": BACKTEST, "namespace": SYSTEM}
+            run["state"] = "succeeded" if backtests.report(backtest_id) else "unknown"
+            if run["state"] == "unknown":
+                raise
         if run["function"] != BACKTEST or run["namespace"] != SYSTEM:
             raise NotFound(
                 f"run '{backtest_id}' is not a back-test",

@@ -184,7 +184,7 @@ class BacktestService:
                 fix="choose a window in which the twins reported",
             )
         first = next(iter(self.reader.journal(0)), None)
-        if first is not None and first.seq > 1 and self._start(window) is None:
+        if first is not None and first.seq > 1 and self._start(type_name, window) is None:
             raise InvalidInput(
                 f"the window starts before the retained journal of '{type_name}' (its oldest "
                 f"entry is seq {first.seq}, and no snapshot precedes the window)",
@@ -212,14 +212,13 @@ class BacktestService:
 
     # ---- running -----------------------------------------------------------------------------
 
-    def _start(self, window: Window) -> tuple[Any, int] | None:
-        """The newest snapshot whose twins all precede the lock-step (engine, seq), or None."""
+    def _start(self, type_name: str, window: Window) -> tuple[Any, int] | None:
+        """The newest snapshot in which the type's twins all precede the lock-step (engine,
+        seq), or None."""
 
         def before(engine, seq) -> bool:
-            return all(
-                not len(st) or int(st.last_ts[: len(st)].max()) < window.lockstep_from
-                for st in engine.states.values()
-            )
+            st = engine.states.get(type_name)
+            return st is None or not len(st) or st.last_ts[: len(st)].max() < window.lockstep_from
 
         return self.core.load_snapshot(before)
 
@@ -234,7 +233,7 @@ class BacktestService:
     ) -> dict:
         """Run the back-test, keep its report under `run_id` with a lineage node; a summary."""
         started_ms, started = self.clock(), time.perf_counter()
-        loaded = self._start(plan.window)
+        loaded = self._start(plan.type, plan.window)
         engine, seq = loaded if loaded else (None, 0)
         total = self.core.store.journal_size(after=seq)[1]
         log(
@@ -258,7 +257,7 @@ class BacktestService:
         watch = self._worst(report, main, plan.plot)
         if len(watch) > len(plan.plot):  # a second, narrow pass for the worst twins' series
             log(f"series of {len(watch)} twins")
-            loaded = self._start(plan.window)
+            loaded = self._start(plan.type, plan.window)
             engine = loaded[0] if loaded else None
             narrow = self._lockstep(plan, engine, watch, watch, None, cancelled)
             narrow.feed(self.reader.journal(seq))

@@ -1,4 +1,4 @@
-"""The `livetwin` command (typer): serve, demo, replay, calibrate, bench, token,
+"""The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token,
 grafana-dashboard. Each module holds a group of commands; this one puts them together."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from livetwin.cli.admin import grafana_dashboard, token_app
+from livetwin.cli.backtest import backtest
 from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.serve import serve
@@ -19,6 +20,7 @@ app.command()(demo)
 app.command()(replay)
 app.add_typer(bench_app, name="bench")
 app.command()(calibrate)
+app.command()(backtest)
 app.add_typer(token_app, name="token")
 app.command("grafana-dashboard")(grafana_dashboard)
 
