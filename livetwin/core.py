@@ -185,8 +185,9 @@ class TwinCore:
         self.close()
 
     def load_snapshot(self, accept) -> tuple[Engine, int] | None:
-        """A fresh copy of the newest snapshot `accept(engine, seq)` takes, and its seq (None
-        when it takes none): the start of a back-test, read without touching live state."""
+        """A fresh copy of the newest snapshot `accept(meta, arrays)` takes (see
+        `snapshot.load_newest`), and its seq (None when it takes none): the start of a
+        back-test, read without touching live state."""
         kept = self.store.newest_snapshot()
         return snapshot.load_newest(self.snapshot_dir, kept, self._stored_models, accept)
 

@@ -216,9 +216,12 @@ class BacktestService:
         """The newest snapshot in which the type's twins all precede the lock-step (engine,
         seq), or None."""
 
-        def before(engine, seq) -> bool:
-            st = engine.states.get(type_name)
-            return st is None or not len(st) or st.last_ts[: len(st)].max() < window.lockstep_from
+        def before(meta: dict, arrays: Any) -> bool:
+            names = [t["name"] for t in meta["types"]]
+            if type_name not in names:
+                return True
+            last = arrays[f"t{names.index(type_name)}/last_ts"]  # read alone: cheap
+            return not len(last) or int(last.max()) < window.lockstep_from
 
         return self.core.load_snapshot(before)
 
