@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
+from livetwin.api.openapi import error_response
 from livetwin.api.params import Int64
 from livetwin.backtest.report import to_csv
 from livetwin.backtest.service import BacktestService
@@ -63,7 +64,13 @@ BACKTEST_BODY = {
 def backtest_routes(app: FastAPI, backtests: BacktestService, scheduler: Scheduler) -> None:
     """Add `/api/backtests` (POST, GET) and `/api/backtests/{id}`."""
 
-    @app.post("/api/backtests", tags=["backtests"], status_code=202, openapi_extra=BACKTEST_BODY)
+    @app.post(
+        "/api/backtests",
+        tags=["backtests"],
+        status_code=202,
+        openapi_extra=BACKTEST_BODY,
+        responses={404: error_response("`type` names no declared twin type")},
+    )
     async def start_backtest(request: Request) -> dict:
         """Check a back-test against the live data (4xx naming the field before any work) and
         queue it as a run; poll `GET /api/backtests/{id}`."""
