@@ -190,6 +190,13 @@ class TwinCore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def load_snapshot(self, accept) -> tuple[Engine, int] | None:
+        """A fresh copy of the newest snapshot `accept(meta, arrays)` takes (see
+        `snapshot.load_newest`), and its seq (None when it takes none): the start of a
+        back-test, read without touching live state."""
+        kept = self.store.newest_snapshot()
+        return snapshot.load_newest(self.snapshot_dir, kept, self._stored_models, accept)
+
     def snapshot(self) -> Path | None:
         """Flush history and write a snapshot now (its path, or None when nothing changed)."""
         return self.writer.snapshot().result()

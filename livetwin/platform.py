@@ -22,6 +22,7 @@ from livetwin.actions.alarms import AlarmService
 from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.actions.webhooks import WebhookService
+from livetwin.backtest.service import BacktestService
 from livetwin.core import TwinCore, done
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound, Unavailable
@@ -113,6 +114,13 @@ class Platform:
             lineage=self.lineage,
             models=self.registry.store,
         )
+        self.backtests = BacktestService(
+            reader=self.query,
+            core=self.core,
+            open_db=self.open_db,
+            lineage=self.lineage,
+            clock=self.clock,
+        )
         self.scheduler = self.new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
@@ -141,6 +149,7 @@ class Platform:
             registry=self.registry,
             import_file=self.import_file,
             s3_client=self._s3_client,
+            backtests=self.backtests,
         )
         return scheduler
 
@@ -210,6 +219,7 @@ class Platform:
             if service is not None:
                 service.stop()
         self.registry.stop()
+        self.backtests.close()
         self.lineage.close()
         self.core.close()
         self._lock_file.close()

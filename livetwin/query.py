@@ -194,6 +194,23 @@ class Query:
                     break
         return {"items": items, "total": total, "offset": offset, "limit": limit}
 
+    def selection(
+        self, type_name: str, *, ids: list[str] | None = None, parent=None, where=None
+    ) -> dict[str, np.ndarray]:
+        """The twins of a type matching all filters given (ids, parent, a `where` expression
+        over current values): arrays `uid`, `created` and `updated` (first and newest
+        observation time, -1 before any). NotFound for an unknown type."""
+        with self.core.lock:
+            [(st, rows)] = self.core.engine.find(type=type_name, parent=parent, where=where)
+            if ids is not None:
+                wanted = np.fromiter((st.index.get(t, -1) for t in ids), np.int64, len(ids))
+                rows = np.intersect1d(rows, wanted[wanted >= 0])
+            return {
+                "uid": st.uid[rows].copy(),
+                "created": st.created_ts[rows].copy(),
+                "updated": st.last_ts[rows].copy(),
+            }
+
     def type_rows(
         self,
         type_name: str,
@@ -246,17 +263,7 @@ class Query:
         None when no twin type has that name."""
         with self.core.lock:
             st = self.core.engine.states.get(type_name)
-            if st is None:
-                return None
-            rows = st.rows_of(uids)
-            found = rows >= 0
-            ids = [st.ids[r] if r >= 0 else None for r in rows.tolist()]
-            values = {}
-            for name in names:
-                values[name] = np.full(len(uids), np.nan)
-                if name in st.col:
-                    values[name][found] = st.data[st.col[name], rows[found]]
-            return ids, values
+            return None if st is None else st.by_uid(uids, names)
 
     def stats(self, twin_id: str, names: list[str], *, until: int | None = None) -> dict[str, dict]:
         """value, std, lower and upper of calibrated names (parameters, virtual sensors), with

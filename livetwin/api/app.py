@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livetwin import __version__
 from livetwin.api.alarms import alarm_routes
+from livetwin.api.backtests import backtest_routes
 from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
 from livetwin.api.files import file_routes
@@ -399,6 +400,7 @@ def create_app(
     if platform.webhooks is not None:
         webhook_routes(app, platform.webhooks)
     schedule_routes(app, platform.scheduler)
+    backtest_routes(app, platform.backtests, platform.scheduler)
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
     file_routes(app, platform)

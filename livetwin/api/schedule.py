@@ -196,3 +196,8 @@ def schedule_routes(app: FastAPI, scheduler: Scheduler) -> None:
     @app.get("/api/runs/{run_id}", tags=["scheduler"])
     def get_run(run_id: str) -> dict:
         return scheduler.run(run_id)
+
+    @app.post("/api/runs/{run_id}/cancel", tags=["scheduler"], status_code=202)
+    def cancel_run(run_id: str) -> dict:
+        """Ask a queued or running run to stop (409 when it has finished)."""
+        return scheduler.cancel(run_id)

@@ -1,4 +1,4 @@
-"""The `livetwin` command (typer): serve, demo, replay, calibrate, bench, token,
+"""The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token,
 grafana-dashboard, types, import, export. Each module holds a group of commands; this one puts
 them together."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from livetwin.cli.admin import grafana_dashboard, token_app
+from livetwin.cli.backtest import backtest
 from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.files import export, import_file
@@ -22,6 +23,7 @@ app.command()(demo)
 app.command()(replay)
 app.add_typer(bench_app, name="bench")
 app.command()(calibrate)
+app.command()(backtest)
 app.add_typer(token_app, name="token")
 app.command("grafana-dashboard")(grafana_dashboard)
 app.add_typer(types_app, name="types")

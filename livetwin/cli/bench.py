@@ -30,6 +30,7 @@ BENCHMARKS = {
     "mqtt": "MQTT ingest at QoS 1 through the local broker: messages/s, values/s, lost.",
     "webhooks": "Webhook deliveries/s and latency: one dead endpoint among ten live ones.",
     "replay": "Replay throughput from the journal.",
+    "backtest": "Back-test throughput (baseline and candidate in lock-step) vs plain replay.",
     "calibrate": "Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE.",
     "import": "CSV file import: values/s through the ingest path, peak memory of a large file.",
 }

@@ -63,6 +63,18 @@ class TypeState:
             return self.row_of_uid[uids]
         return np.where(inside, self.row_of_uid[np.where(inside, uids, 0)], -1)
 
+    def by_uid(self, uids: np.ndarray, names: list[str]) -> tuple[list, dict[str, np.ndarray]]:
+        """(twin id or None per uid, {name: current values}, NaN where unknown)."""
+        rows = self.rows_of(uids)
+        found = rows >= 0
+        ids = [self.ids[r] if r >= 0 else None for r in rows.tolist()]
+        values = {}
+        for name in names:
+            values[name] = np.full(len(uids), np.nan)
+            if name in self.col:
+                values[name][found] = self.data[self.col[name], rows[found]]
+        return ids, values
+
     def _map_uids(self, uids: np.ndarray, rows: np.ndarray) -> None:
         if len(uids) and uids.max() >= len(self.row_of_uid):
             self.row_of_uid = _grown(self.row_of_uid, 2 * int(uids.max()) + 1, -1)

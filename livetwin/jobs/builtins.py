@@ -1,6 +1,6 @@
 """The built-in job kinds, registered with a scheduler by the composition root: `calibrate`
 (with the system schedules of each type's calibration section), `train-baseline`,
-`check-inactivity` and `import`. The scheduler itself knows no job kinds.
+`check-inactivity`, `import` and `backtest`. The scheduler itself knows no job kinds.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from livetwin.jobs.backtest import BACKTEST, backtest_job
 from livetwin.jobs.baseline import train_baseline_job
 from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibration_schedules
 from livetwin.jobs.imports import import_job
@@ -29,12 +30,14 @@ def register_builtins(
     registry: Any,
     import_file: Callable[..., dict] | None = None,
     s3_client: Callable[[str], Any] | None = None,
+    backtests: Any = None,
 ) -> None:
     """Register the built-in jobs with `scheduler`, bound to their ports: `calibrate(type,
     twins, run=...)` calibrates a type and returns its record (the platform's entry, which
     serialises runs of one type); the baseline jobs read through `query`, write through `ingest`
     and keep their models in `registry`; `import_file(path, mapping)` imports a file (the
-    `import` job; `s3_client(bucket)` for its S3 prefixes)."""
+    `import` job; `s3_client(bucket)` for its S3 prefixes); `backtests` (a BacktestService)
+    runs back-tests."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
@@ -42,3 +45,5 @@ def register_builtins(
     if import_file is not None:
         scheduler.register_job("import", import_job(import_file, s3_client))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
+    if backtests is not None:
+        scheduler.register_job(BACKTEST, backtest_job(backtests))

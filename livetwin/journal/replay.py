@@ -14,7 +14,7 @@ import orjson
 from livetwin.engine.batch import Batch, decode_batch
 from livetwin.engine.engine import Engine
 from livetwin.models.base import resolve_model
-from livetwin.spec.types import TwinTypeSpec, compile_type
+from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
 from livetwin.store.base import JournalEntry
 from livetwin.store.buffer import HistoryBuffer, Segment
 
@@ -64,9 +64,7 @@ def replay(
         last_seq = entry.seq
         if entry.kind == "type":
             flush()
-            body = orjson.loads(entry.body)
-            spec = TwinTypeSpec.model_validate({**body["spec"], "name": entry.type})
-            engine.define_type(compile_type(spec, body["version"], resolve_model=models))
+            engine.define_type(compile_entry(entry, models))
             continue
         batch = decode_batch(entry.body)
         crosses = stored_upto is not None and pending and pending[-1][0] <= stored_upto < entry.seq
@@ -76,3 +74,10 @@ def replay(
         pending_n += len(batch)
     flush()
     return last_seq, applied_n
+
+
+def compile_entry(entry: JournalEntry, models: Callable = resolve_model) -> CompiledType:
+    """The type version a journal entry of kind "type" declares, compiled."""
+    body = orjson.loads(entry.body)
+    spec = TwinTypeSpec.model_validate({**body["spec"], "name": entry.type})
+    return compile_type(spec, body["version"], resolve_model=models)

@@ -10,6 +10,7 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -62,12 +63,17 @@ def write(directory: Path, seq: int, data: bytes) -> Path:
 
 
 def load_newest(
-    directory: Path, kept: tuple[int, bytes] | None = None, models: Callable = resolve_model
+    directory: Path,
+    kept: tuple[int, bytes] | None = None,
+    models: Callable = resolve_model,
+    accept: Callable[[dict, Any], bool] | None = None,
 ) -> tuple[Engine, int] | None:
     """The engine restored from the newest readable snapshot and its seq, or None.
 
     `kept` is the store's newest snapshot (seq, bytes), used when it is newer than the files;
-    `models` resolves the types' model references (a core passes its `ModelRefs`).
+    `models` resolves the types' model references (a core passes its `ModelRefs`); with
+    `accept(meta, arrays)`, the newest one it accepts, asked before the state is restored
+    (`arrays` read lazily by name: a back-test wants one before its window).
     """
     paths = sorted(directory.glob("snapshot-*.npz"), reverse=True)
     sources: list = list(paths)
@@ -75,15 +81,19 @@ def load_newest(
         sources.insert(0, io.BytesIO(kept[1]))
     for source in sources:
         try:
-            return _load(source, models)
+            loaded = _load(source, models, accept)
         except (OSError, ValueError, KeyError, msgspec.DecodeError):
             continue  # a damaged snapshot: fall back to an older one or to a full replay
+        if loaded is not None:
+            return loaded
     return None
 
 
-def _load(source, models: Callable) -> tuple[Engine, int]:
+def _load(source, models: Callable, accept=None) -> tuple[Engine, int] | None:
     with np.load(source, allow_pickle=False) as npz:
         meta = msgspec.msgpack.decode(npz["__meta__"].tobytes())
+        if accept is not None and not accept(meta, npz):
+            return None
         engine = Engine()
         engine.next_uid = meta["next_uid"]
         for i, t in enumerate(meta["types"]):

@@ -271,11 +271,23 @@ class RunContext:
     trigger: dict
     platform: Any
     logs: list[str] = field(default_factory=list)
+    progress_info: dict = field(default_factory=dict)  # shown with the running run
+    cancel_event: threading.Event = field(default_factory=threading.Event)
 
     def log(self, message: Any) -> None:
         """Add a line to the run's log (kept with the run, capped)."""
         if len(self.logs) < MAX_LOG_LINES:
             self.logs.append(str(message)[:MAX_LOG_CHARS])
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """Report how far the run is (`done` of `total` units); GET /api/runs/{id} shows it."""
+        self.progress_info.update(done=done, total=total)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was asked to stop (POST /api/runs/{id}/cancel): a job that checks
+        this stops at its next step by raising."""
+        return self.cancel_event.is_set()
 
 
 class Invoker:

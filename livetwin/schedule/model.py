@@ -90,6 +90,8 @@ class RunItem:
     attempts: int = 0
     logs: list[str] = field(default_factory=list)
     started: int | None = None  # set by the pool thread; written with the outcome
+    progress: dict = field(default_factory=dict)  # what the running attempt reported
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from livetwin.engine.events import Notice
-from livetwin.errors import InvalidInput, NotFound
+from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.schedule import store
 from livetwin.schedule.functions import MAX_LOG_CHARS, FunctionSpec, RunContext, json_result
 from livetwin.schedule.model import (
@@ -132,7 +132,7 @@ class RunQueue:
         self._executing.add(item.id)
         ctx = RunContext(
             item.id, item.key[1], item.key[0], attempt, item.args, item.events, item.trigger,
-            self.functions_platform, item.logs,
+            self.functions_platform, item.logs, item.progress, item.cancel,
         )  # fmt: skip
         result, error = None, None
         started = time.perf_counter()
@@ -140,6 +140,8 @@ class RunQueue:
         try:
             if spec is None:
                 raise LookupError(f"function '{item.key[1]}' was deleted")
+            if item.cancel.is_set():
+                raise LookupError("cancelled before it started")
             result = self.invoker.invoke(spec, ctx)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:MAX_LOG_CHARS]
@@ -167,7 +169,8 @@ class RunQueue:
         item = self._active.get(run_id)
         if item is None:
             return
-        if error is not None and spec is not None and item.attempts <= spec.retries:
+        retry = not item.cancel.is_set()
+        if error is not None and spec is not None and item.attempts <= spec.retries and retry:
             delay = min(spec.backoff_s * 2 ** (item.attempts - 1), MAX_BACKOFF_S)
             item.logs.append(f"retrying in {delay:g} s")
             heapq.heappush(self._delayed, (time.monotonic() + delay, run_id))
@@ -260,7 +263,27 @@ class RunQueue:
         item = self._active.get(run["id"])
         if item is not None and run["id"] in self._executing:
             run.update(state="running", attempts=item.attempts, started=format_ts(item.started))
+            run["progress"] = dict(item.progress) or None
+        if item is not None and item.cancel.is_set():
+            run["cancel_requested"] = True
         return run
+
+    def cancel(self, run_id: str) -> dict:
+        """Ask a queued or running run to stop: a queued one fails when its turn comes, a
+        running one when its job next checks `ctx.cancelled` (jobs that never check finish)."""
+        with self._state_lock:
+            item = self._active.get(run_id)
+            if item is not None:
+                item.cancel.set()
+                item.logs.append("cancel requested")
+        if item is None:
+            run = self.run(run_id)  # NotFound for an unknown run
+            raise Conflict(
+                f"run '{run_id}' has finished ({run['state']}): there is nothing to cancel",
+                field="id",
+                fix="cancel a queued or running run (GET /api/runs?state=running)",
+            )
+        return self.run(run_id)
 
     def wait(self, run_id: str, timeout_s: float = 30.0) -> dict:
         """Block until a run has finished (succeeded or failed); the run."""

@@ -2,6 +2,7 @@
 import { errorBox } from './api.js';
 import { h } from './dom.js';
 import * as alarms from './pages/alarms.js';
+import * as backtests from './pages/backtests.js';
 import * as fleet from './pages/fleet.js';
 import * as jobs from './pages/jobs.js';
 import * as models from './pages/models.js';
@@ -15,6 +16,8 @@ const ROUTES = [
   [/^\/types\/(.+)$/, 'types', types.renderType],
   [/^\/alarms$/, 'alarms', alarms.render],
   [/^\/jobs$/, 'jobs', jobs.render],
+  [/^\/backtests$/, 'backtests', backtests.renderList],
+  [/^\/backtests\/(.+)$/, 'backtests', backtests.renderReport],
   [/^\/models$/, 'models', models.renderList],
   [/^\/models\/(.+)$/, 'models', models.renderModel],
   [/^\/lineage$/, 'models', models.renderLineage],
