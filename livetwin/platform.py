@@ -30,6 +30,7 @@ from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
+from livetwin.jobs.scenario import ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query
@@ -109,6 +110,16 @@ class Platform:
             lineage=self.lineage,
             models=self.registry.store,
         )
+        self.scenarios = Scenarios(
+            ScenarioPorts(
+                clock=self.clock,
+                reader=self.query,
+                calibrations=self.core.store,
+                open_db=self.open_db,
+                lineage=self.lineage,
+                models=self.registry.store,
+            )
+        )
         self.scheduler = self.new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
@@ -135,6 +146,7 @@ class Platform:
             query=self.query,
             ingest=self.core,
             registry=self.registry,
+            scenarios=self.scenarios,
         )
         return scheduler
 
@@ -198,6 +210,7 @@ class Platform:
             if service is not None:
                 service.stop()
         self.registry.stop()
+        self.scenarios.close()
         self.lineage.close()
         self.core.close()
         self._lock_file.close()

@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("query",),
     # services: independent of one another; the scheduler records lineage in the registry and
     # knows no jobs; jobs build on both (and on the alarm service's vocabulary)
-    ("ingest", "actions", "registry", "auth"),
+    ("ingest", "actions", "registry", "auth", "scenario"),
     ("schedule",),
     ("jobs",),
     ("platform",),  # the composition root

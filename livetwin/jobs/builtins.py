@@ -1,6 +1,6 @@
 """The built-in job kinds, registered with a scheduler by the composition root: `calibrate`
 (with the system schedules of each type's calibration section), `train-baseline` and
-`check-inactivity`. The scheduler itself knows no job kinds.
+`check-inactivity`, and `scenario` (what-if forecasts). The scheduler itself knows no job kinds.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from livetwin.jobs.baseline import train_baseline_job
 from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibration_schedules
 from livetwin.jobs.inactivity import check_inactivity_job
 from livetwin.jobs.ports import BaselinePorts
+from livetwin.jobs.scenario import SCENARIO_FUNCTION
+from livetwin.schedule.model import SYSTEM
 
 if TYPE_CHECKING:
     from livetwin.ports import Clock, Ingest
@@ -26,13 +28,22 @@ def register_builtins(
     query: Any,
     ingest: Ingest,
     registry: Any,
+    scenarios: Any = None,
 ) -> None:
     """Register the built-in jobs with `scheduler`, bound to their ports: `calibrate(type,
     twins, run=...)` calibrates a type and returns its record (the platform's entry, which
     serialises runs of one type); the baseline jobs read through `query`, write through `ingest`
-    and keep their models in `registry`."""
+    and keep their models in `registry`; `scenarios` (a `Scenarios`) queues its runs here."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
     scheduler.register_job("check-inactivity", partial(check_inactivity_job, platform=ports))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
+    if scenarios is not None:
+        scheduler.register_job("scenario", scenarios.job())
+
+        def queue_scenario(args: dict) -> str:  # the function is declared on first use
+            scheduler.define_function("scenario", SCENARIO_FUNCTION, SYSTEM)
+            return scheduler.run_function("scenario", SYSTEM, args)["id"]
+
+        scenarios.queue = queue_scenario
