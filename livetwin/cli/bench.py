@@ -31,6 +31,7 @@ BENCHMARKS = {
     "webhooks": "Webhook deliveries/s and latency: one dead endpoint among ten live ones.",
     "replay": "Replay throughput from the journal.",
     "calibrate": "Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE.",
+    "scenario": "What-if forecasts: 1,000 roller lines x 1,000 steps with bands; coverage.",
 }
 
 
