@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livetwin.calibrate import BatchEnKF, BatchUKF, StepResult
+from livetwin.calibrate import BatchEnKF, BatchUKF, StepResult, chunk_pool
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.jobs.calibration import TypeCalibration, _spec, _take
 from livetwin.jobs.lineage import model_node
@@ -369,25 +369,33 @@ class Scenarios:
         out = np.full((2, points, n, len(labels)), np.nan)
         chunk = max(50, -(-fork.steps // 50))
         dt = fork.dt_ms / 1000.0
-        for first, results in forward(fork.filt, fork.state, u, dt, chunk=chunk):
-            k = first + np.arange(len(results.output_mean))
-            keep = (k + 1) % fork.stride == 0
-            at = (k[keep] + 1) // fork.stride - 1
-            bands = columns.bands(results, meas_var)  # [steps, 2N, names, 3]
-            for side, (given, outcome) in enumerate(sides):
-                rows = slice(side * n, (side + 1) * n)
-                chunk_inputs = {name: given[name][k] for name in inputs}
-                derived = outcome.feed(first, _rows(results, rows), chunk_inputs)
-                values = np.concatenate(
-                    [bands[:, rows].reshape(len(k), n, -1), _mean_only(derived),
-                     _mean_only(np.stack([chunk_inputs[i] for i in inputs], axis=-1))],
-                    axis=-1,
-                )  # fmt: skip
-                out[side, at] = values[keep]
-            progress(min(1.0, (first + len(k)) / fork.steps))
+        with chunk_pool(plan.section.workers) as pool:  # as the type's calibration runs
+            fork.filt.executor = pool
+            for first, results in forward(fork.filt, fork.state, u, dt, chunk=chunk):
+                self._keep(fork, sides, columns, meas_var, inputs, out, first, results)
+                progress(min(1.0, (first + len(results.output_mean)) / fork.steps))
         return self._summary(fork, labels, out, sides), {
             twin: out[:, :, i] for i, twin in enumerate(fork.twins)
         }
+
+    @staticmethod
+    def _keep(fork, sides, columns, meas_var, inputs, out, first, results) -> None:
+        """One chunk of forecast steps: bands, derived values and inputs of the reported ones."""
+        n = len(fork.twins)
+        k = first + np.arange(len(results.output_mean))
+        keep = (k + 1) % fork.stride == 0
+        at = (k[keep] + 1) // fork.stride - 1
+        bands = columns.bands(results, meas_var)  # [steps, 2N, names, 3]
+        for side, (given, outcome) in enumerate(sides):
+            rows = slice(side * n, (side + 1) * n)
+            chunk_inputs = {name: given[name][k] for name in inputs}
+            derived = outcome.feed(first, _rows(results, rows), chunk_inputs)
+            values = np.concatenate(
+                [bands[:, rows].reshape(len(k), n, -1), _mean_only(derived),
+                 _mean_only(np.stack([chunk_inputs[i] for i in inputs], axis=-1))],
+                axis=-1,
+            )  # fmt: skip
+            out[side, at] = values[keep]
 
     def _summary(self, fork: Fork, labels: list[str], out: np.ndarray, sides) -> dict:
         step_ms = fork.stride * fork.dt_ms
