@@ -35,6 +35,7 @@ from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
+from livetwin.jobs.scenario import ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query, history_frame
@@ -121,6 +122,16 @@ class Platform:
             lineage=self.lineage,
             clock=self.clock,
         )
+        self.scenarios = Scenarios(
+            ScenarioPorts(
+                clock=self.clock,
+                reader=self.query,
+                calibrations=self.core.store,
+                open_db=self.open_db,
+                lineage=self.lineage,
+                models=self.registry.store,
+            )
+        )
         self.scheduler = self.new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
@@ -150,6 +161,7 @@ class Platform:
             import_file=self.import_file,
             s3_client=self._s3_client,
             backtests=self.backtests,
+            scenarios=self.scenarios,
         )
         return scheduler
 
@@ -220,6 +232,7 @@ class Platform:
                 service.stop()
         self.registry.stop()
         self.backtests.close()
+        self.scenarios.close()
         self.lineage.close()
         self.core.close()
         self._lock_file.close()

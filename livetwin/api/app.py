@@ -31,6 +31,7 @@ from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_R
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
+from livetwin.api.scenarios import scenario_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
 from livetwin.api.webhooks import webhook_routes
@@ -404,6 +405,7 @@ def create_app(
     registry_routes(app, platform.registry)
     lineage_routes(app, platform.lineage)
     file_routes(app, platform)
+    scenario_routes(app, platform.scenarios)
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

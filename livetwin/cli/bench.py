@@ -33,6 +33,7 @@ BENCHMARKS = {
     "backtest": "Back-test throughput (baseline and candidate in lock-step) vs plain replay.",
     "calibrate": "Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE.",
     "import": "CSV file import: values/s through the ingest path, peak memory of a large file.",
+    "scenario": "What-if forecasts: 1,000 roller lines x 1,000 steps with bands; coverage.",
 }
 
 

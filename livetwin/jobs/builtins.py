@@ -1,6 +1,7 @@
 """The built-in job kinds, registered with a scheduler by the composition root: `calibrate`
 (with the system schedules of each type's calibration section), `train-baseline`,
-`check-inactivity`, `import` and `backtest`. The scheduler itself knows no job kinds.
+`check-inactivity`, `import`, `backtest` and `scenario` (what-if forecasts). The scheduler
+itself knows no job kinds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibra
 from livetwin.jobs.imports import import_job
 from livetwin.jobs.inactivity import check_inactivity_job
 from livetwin.jobs.ports import BaselinePorts
+from livetwin.jobs.scenario import SCENARIO_FUNCTION
+from livetwin.schedule.model import SYSTEM
 
 if TYPE_CHECKING:
     from livetwin.ports import Clock, Ingest
@@ -31,13 +34,14 @@ def register_builtins(
     import_file: Callable[..., dict] | None = None,
     s3_client: Callable[[str], Any] | None = None,
     backtests: Any = None,
+    scenarios: Any = None,
 ) -> None:
     """Register the built-in jobs with `scheduler`, bound to their ports: `calibrate(type,
     twins, run=...)` calibrates a type and returns its record (the platform's entry, which
     serialises runs of one type); the baseline jobs read through `query`, write through `ingest`
     and keep their models in `registry`; `import_file(path, mapping)` imports a file (the
     `import` job; `s3_client(bucket)` for its S3 prefixes); `backtests` (a BacktestService)
-    runs back-tests."""
+    runs back-tests; `scenarios` (a `Scenarios`) queues its runs here."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
@@ -47,3 +51,11 @@ def register_builtins(
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
     if backtests is not None:
         scheduler.register_job(BACKTEST, backtest_job(backtests))
+    if scenarios is not None:
+        scheduler.register_job("scenario", scenarios.job())
+
+        def queue_scenario(args: dict) -> str:  # the function is declared on first use
+            scheduler.define_function("scenario", SCENARIO_FUNCTION, SYSTEM)
+            return scheduler.run_function("scenario", SYSTEM, args)["id"]
+
+        scenarios.queue = queue_scenario

@@ -939,3 +939,28 @@ def test_no_word_is_broken_inside_a_card(server, browser, viewport):
             overflow = tab.evaluate("document.documentElement.scrollWidth - innerWidth")
             assert overflow <= 1, (route, overflow)
     context.close()
+
+
+def test_what_if_forecasts_beside_the_baseline_and_explains_bad_input(server, page, errors):
+    visit(page, server, f"/twin/{LINES[0]}")
+    form = page.locator("#whatif form")
+    form.locator("select[name=input]").select_option("brake_torque")
+    form.locator("input[name=amount]").fill("1.3")
+    form.locator("input[name=at]").fill("2s")
+    form.locator("input[name=horizon]").fill("0s")
+    form.locator("button").click()
+    page.wait_for_selector("#whatif-report .error")
+    assert "horizon" in page.inner_text("#whatif-report")  # the field the server named
+    form.locator("input[name=horizon]").fill("10s")
+    form.locator("input[name=step]").fill("1s")
+    form.locator("button").click()
+    page.wait_for_selector("#whatif-chart .main-svg", timeout=60_000)
+    form.locator("select[name=output]").select_option("w4")
+    page.wait_for_function(
+        "document.getElementById('whatif-chart').data.some(t => t.name === 'recorded')"
+    )
+    names = page.evaluate("() => document.getElementById('whatif-chart').data.map(t => t.name)")
+    assert {"scenario", "baseline", "recorded"} <= set(names), names
+    assert page.get_attribute("#whatif-chart", "data-points") == "10"
+    assert "largest difference to the baseline" in page.inner_text("#whatif-report")
+    assert all("422" in e for e in errors) and len(errors) <= 1, errors  # the bad horizon only

@@ -6,6 +6,7 @@ import { calibrationCard } from '../calibration.js';
 import { bandsOf, figure, loadPlotly, withBands } from '../chart.js';
 import { desiredCard } from '../desired.js';
 import { ago, breakable, fmt, freshness, h, link, localTime, replace, replaceQuery, table } from '../dom.js';
+import { whatIfCard } from '../whatif.js';
 import { alarmButtons, severityBadge, stateBadge } from './alarms.js';
 
 const RANGES = [
@@ -209,6 +210,7 @@ export async function render(root, { args: [id], params, signal }) {
   const chartNote = h('p', { class: 'muted small', id: 'chart-note' });
   const chartError = h('div', { id: 'chart-error' });
   root.append(h('section', { class: 'card' }, h('h2', {}, 'History'), controls, chartError, chart, chartNote));
+  if (spec.model) root.append(whatIfCard(twin, spec, signal)); // forecasts from the calibrated state
   signal.addEventListener('abort', () => window.Plotly?.purge(chart));
 
   let drawing = 0;

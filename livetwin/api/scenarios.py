@@ -1,0 +1,104 @@
+"""REST routes of what-if scenarios: `POST /api/scenarios` (checked, then run as a scheduler
+job) and `GET /api/scenarios[/{id}]` (status, progress, summary and forecast series)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from livetwin.api.body import read_body
+from livetwin.jobs.scenario import Scenarios
+
+MAX_BODY = 4 * 1024 * 1024  # uploaded series included
+
+_INPUT = {
+    "type": "object",
+    "required": ["kind"],
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": ["constant", "step", "ramp", "schedule", "recorded", "series"],
+        },
+        "value": {"type": "number"},
+        "at": {"type": ["string", "number"], "description": "offset from the start"},
+        "over": {"type": ["string", "number"]},
+        "to": {"type": ["number", "string"], "description": "a level, or a window's end"},
+        "by": {"type": "number"},
+        "factor": {"type": "number"},
+        "points": {"type": "array", "items": {"type": "array"}},
+        "interpolate": {"type": "string", "enum": ["hold", "linear"]},
+        "from": {"type": ["string", "integer"]},
+        "scale": {"type": "number"},
+        "offset": {"type": "number"},
+        "values": {"type": "array", "items": {"type": "number"}},
+        "every": {"type": ["string", "number"]},
+    },
+}
+SCENARIO_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["twins", "horizon"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "twins": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "string"}},
+                                {
+                                    "type": "object",
+                                    "required": ["type"],
+                                    "properties": {
+                                        "type": {"type": "string"},
+                                        "parent": {"type": "string"},
+                                        "where": {"type": "string"},
+                                    },
+                                },
+                            ]
+                        },
+                        "horizon": {"type": ["string", "number"]},
+                        "step": {"type": ["string", "number"]},
+                        "inputs": {"type": "object", "additionalProperties": _INPUT},
+                    },
+                },
+                "example": {
+                    "name": "brake +20 % after a minute",
+                    "twins": ["line-1"],
+                    "horizon": "10m",
+                    "step": "10s",
+                    "inputs": {"brake_torque": {"kind": "step", "at": "1m", "factor": 1.2}},
+                },
+            }
+        },
+    }
+}
+
+
+def scenario_routes(app: FastAPI, scenarios: Scenarios) -> None:
+    """Add the `/api/scenarios` routes."""
+
+    @app.post("/api/scenarios", tags=["scenarios"], status_code=202, openapi_extra=SCENARIO_BODY)
+    async def create_scenario(request: Request) -> dict:
+        """Fork twins from their calibrated state and forecast them under the given inputs,
+        beside a baseline (inputs as they are now). Checked before any work; runs as the
+        scheduler's `scenario` job (its run id is `run`)."""
+        body = await read_body(request, MAX_BODY)
+        return await run_in_threadpool(scenarios.submit, body)
+
+    @app.get("/api/scenarios", tags=["scenarios"])
+    def list_scenarios(limit: int = Query(50, ge=1, le=1000)) -> list[dict]:
+        """Scenarios, newest first (without summaries)."""
+        return scenarios.list(limit)
+
+    @app.get("/api/scenarios/{scenario_id}", tags=["scenarios"])
+    def get_scenario(
+        scenario_id: str,
+        twin: list[str] | None = Query(
+            None, description="the twins whose series to include (default: the first 10)"
+        ),
+    ) -> dict:
+        """Status and progress; once succeeded, the summary (differences and alarms per twin)
+        and each forecast's mean and 95 % band per output, scenario beside baseline."""
+        return scenarios.get(scenario_id, twin)

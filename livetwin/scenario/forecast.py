@@ -1,0 +1,92 @@
+"""The forward run of a fork: the calibration's own filter, predicting with no measurements.
+
+Each step is the filter's time update: process noise enters (``P <- P + Q``), 2n+1 sigma points
+(the UKF) or the ensemble members (the EnKF) of the calibrated parameters and model states go
+through the model, and their weighted mean and covariance are the forecast. So the forecast's
+spread grows from the calibrated covariance by exactly the noise the calibration assumes, and a
+forecast over recorded inputs is the filter's own prediction over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from livetwin.calibrate.batch import BatchFilter
+from livetwin.calibrate.results import StepResult, stack
+from livetwin.calibrate.state import FilterState
+from livetwin.calibrate.transforms import Z95
+
+
+def forward(
+    filt: BatchFilter, state: FilterState, inputs: np.ndarray, dt: float, *, chunk: int = 50
+) -> Iterator[tuple[int, StepResult]]:
+    """Predict the filter's twins over ``inputs[K, N, u]``: yields ``(first step, results)`` for
+    chunks of up to `chunk` steps (results with a leading step axis). `state` is not changed."""
+    none = np.full((filt.n_twins, len(filt.plan.meas_idx)), np.nan)
+    for lo in range(0, len(inputs), chunk):
+        results = []
+        for k in range(lo, min(lo + chunk, len(inputs))):
+            state, result = filt.step(state, inputs[k], none, dt)
+            results.append(result)
+        yield lo, stack(results)
+
+
+def measurement_var(filt: BatchFilter, state: FilterState) -> np.ndarray:
+    """Per twin the variance ``[N, m]`` of each measured output's noise: as configured, else the
+    filter's running estimate (0 where it has none yet)."""
+    if filt.plan.r is not None:
+        return np.diagonal(filt.plan.r, axis1=1, axis2=2).copy()
+    if state.noise_var is None:
+        return np.zeros((filt.n_twins, len(filt.plan.meas_idx)))
+    return np.nan_to_num(state.noise_var, nan=0.0)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What a forecast reports, per step and twin: (mean, lower, upper) of each name.
+
+    Measured outputs are bands of the *measurement* (model output plus measurement noise), so
+    they can be held against later readings; virtual sensors are bands of the noise-free output;
+    calibrated parameters are their exact 2.5 %/97.5 % quantiles."""
+
+    measured: tuple[str, ...]
+    virtual: tuple[str, ...]
+    parameters: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.measured + self.virtual + self.parameters
+
+    def bands(self, results: StepResult, meas_var: np.ndarray) -> np.ndarray:
+        """``[steps, N, names, 3]``: mean, lower and upper of every name."""
+        outputs = list(results.outputs)
+        out = []
+        for name in self.measured:
+            j = outputs.index(name)
+            mean = results.output_mean[..., j]
+            half = Z95 * np.sqrt(
+                results.output_std[..., j] ** 2 + meas_var[:, self.measured.index(name)]
+            )
+            out.append(np.stack([mean, mean - half, mean + half], axis=-1))
+        for name in self.virtual:
+            j = outputs.index(name)
+            out.append(
+                np.stack(
+                    [results.output_mean[..., j], results.output_lower[..., j],
+                     results.output_upper[..., j]],
+                    axis=-1,
+                )
+            )  # fmt: skip
+        for name in self.parameters:
+            j = results.params.index(name)
+            out.append(
+                np.stack(
+                    [results.param_mean[..., j], results.param_lower[..., j],
+                     results.param_upper[..., j]],
+                    axis=-1,
+                )
+            )  # fmt: skip
+        return np.stack(out, axis=-2)
