@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from livetwin.api.body import declares_more_than, parse_body, read_body
-from livetwin.api.openapi import ERROR_REF
+from livetwin.api.openapi import ERROR_REF, error_response
 from livetwin.errors import InvalidInput, PayloadTooLarge
 from livetwin.platform import Platform
 
@@ -87,6 +87,7 @@ IMPORT_RESPONSES = {
             "application/json": {"schema": {"oneOf": [IMPORT_REPORT, {"$ref": ERROR_REF}]}}
         },
     },
+    404: error_response("`mapping` names no stored import mapping"),
 }
 EXPORT_RESPONSES = {
     200: {
