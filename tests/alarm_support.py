@@ -6,7 +6,6 @@ from livetwin.core import TwinCore
 from livetwin.engine import rules
 from livetwin.engine.events import StateChanged, TypeDefined
 from livetwin.query import Query
-from livetwin.timefmt import format_ts
 
 
 def replayed_alarms(platform, now: int | None = None) -> list[dict]:
@@ -37,24 +36,10 @@ def replayed_alarms(platform, now: int | None = None) -> list[dict]:
     assert not failures, failures
     if now is not None:
         transitions.extend(rules.due(state, now))
-    stories: list[dict] = []
-    open_: dict[tuple, dict] = {}
+    told = rules.AlarmStories()
     for t in transitions:
-        if t.kind == "raise":
-            story = {
-                "twin": t.twin,
-                "rule": t.rule,
-                "severity": t.severity,
-                "message": t.message,
-                "values": t.values,
-                "since": format_ts(t.since),
-                "raised": format_ts(t.at),
-                "cleared": None,
-            }
-            open_[(t.twin, t.rule)] = story
-            stories.append(story)
-        elif t.kind == "clear":
-            open_.pop((t.twin, t.rule))["cleared"] = format_ts(t.at)
+        told.add(t)
+    stories = told.stories
     return sorted(stories, key=lambda a: (a["twin"], a["rule"], a["raised"]))
 
 

@@ -2,7 +2,8 @@
 
 Wave k of a batch holds the k-th observation of every twin in it, so each wave is one vectorised
 step and per-twin order is exactly the batch (journal) order. An observation older than its
-twin's newest applied one is kept in history but does not change current state.
+twin's newest applied one is kept in history and changes only the twin's stamped values
+(parameters and calibration outputs) that nothing newer has set; it evaluates nothing.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Engine:
         rows, created = self._rows(st, batch)
         m = len(batch)
         col_of_input = np.array([st.col[n] for n in batch.names], dtype=np.int64)
+        stamped = [(k, st.col[n], st.slot[n]) for k, n in enumerate(batch.names) if n in st.slot]
         out = np.full((m, len(st.ctype.columns)), np.nan) if record else None
         if record:
             out[:, col_of_input] = batch.values.T
@@ -146,6 +148,8 @@ class Engine:
             late = t < st.last_ts[r]
             if late.any():
                 fresh[sel[late]] = False
+                if stamped:
+                    _set_stamped(st, stamped, batch.values, sel[late], r[late], t[late])
                 sel, r, t = sel[~late], r[~late], t[~late]
             present = {}
             for k, (name, j) in enumerate(zip(batch.names, col_of_input, strict=True)):
@@ -153,6 +157,9 @@ class Engine:
                 seen = ~np.isnan(v)
                 present[name] = seen
                 st.data[j, r[seen]] = v[seen]
+            for k, _, slot in stamped:
+                seen = present[batch.names[k]]
+                st.value_ts[slot, r[seen]] = t[seen]
             st.last_ts[r] = t
             self._evaluate(st, r, t, present, sel, out)
         return Applied(
@@ -319,3 +326,12 @@ def _waves(rows: np.ndarray) -> list[np.ndarray]:
 def json_number(x: float) -> float | None:
     """A float for JSON: NaN and infinities (unknown) become None."""
     return float(x) if math.isfinite(x) else None
+
+
+def _set_stamped(st: TypeState, stamped, values, sel, r, t) -> None:
+    """Late observations: set each stamped value that is newer than the one held."""
+    for k, j, slot in stamped:
+        v = values[k, sel]
+        newer = ~np.isnan(v) & (t >= st.value_ts[slot, r])
+        st.data[j, r[newer]] = v[newer]
+        st.value_ts[slot, r[newer]] = t[newer]

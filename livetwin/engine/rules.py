@@ -18,6 +18,7 @@ import numpy as np
 from livetwin.engine.engine import Applied, json_number
 from livetwin.spec.rules import CompiledRule
 from livetwin.spec.types import CompiledType
+from livetwin.timefmt import format_ts
 
 Key = tuple[str, str]  # (twin, rule)
 Values = dict[str, float | None]
@@ -59,6 +60,32 @@ class Transition:
     values: Values = field(default_factory=dict)
     note: str = ""
     alarm: int | None = None
+
+
+class AlarmStories:
+    """Alarms told from transitions alone (a back-test, a scenario, a replay check): what raised
+    each one, when, and when it cleared; `stories` in the order they were raised."""
+
+    def __init__(self) -> None:
+        self.stories: list[dict] = []
+        self._open: dict[tuple[str, str], dict] = {}
+
+    def add(self, t: Transition) -> None:
+        if t.kind == "raise":
+            story = {
+                "twin": t.twin,
+                "rule": t.rule,
+                "severity": t.severity,
+                "message": t.message,
+                "values": t.values,
+                "since": format_ts(t.since),
+                "raised": format_ts(t.at),
+                "cleared": None,
+            }
+            self._open[(t.twin, t.rule)] = story
+            self.stories.append(story)
+        elif t.kind == "clear" and (t.twin, t.rule) in self._open:
+            self._open.pop((t.twin, t.rule))["cleared"] = format_ts(t.at)
 
 
 @dataclass

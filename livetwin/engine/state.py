@@ -15,6 +15,8 @@ class TypeState:
 
     `data[j, row]` is column `ctype.columns[j]` of the twin at `row`; NaN means "not yet known".
     `last_ts[row]` is the newest observation applied to that twin (-1 before the first one).
+    `value_ts[slot[name], row]` is the time of the value of a stamped column (parameters and
+    calibration outputs, `CompiledType.stamped`): those follow their own newest value.
     """
 
     def __init__(self, ctype: CompiledType, capacity: int = INITIAL_CAPACITY):
@@ -28,6 +30,8 @@ class TypeState:
         self.last_ts = np.full(capacity, -1, dtype=np.int64)
         self.created_ts = np.zeros(capacity, dtype=np.int64)
         self.data = np.full((len(ctype.columns), capacity), np.nan)
+        self.slot = {name: k for k, name in enumerate(ctype.stamped)}
+        self.value_ts = np.full((len(self.slot), capacity), -1, dtype=np.int64)
         self.windows: dict[str, list[WindowState]] = {
             name: [w.new_state(capacity) for w in ctype.compiled[name].windows]
             for name in ctype.derived_order
@@ -85,6 +89,9 @@ class TypeState:
         data = np.full((self.data.shape[0], capacity), np.nan)
         data[:, :n] = self.data
         self.data = data
+        value_ts = np.full((len(self.slot), capacity), -1, dtype=np.int64)
+        value_ts[:, :n] = self.value_ts
+        self.value_ts = value_ts
         self.uid = _grown(self.uid, capacity, 0)
         self.last_ts = _grown(self.last_ts, capacity, -1)
         self.created_ts = _grown(self.created_ts, capacity, 0)
@@ -113,6 +120,9 @@ class TypeState:
                 new.data[j, :n] = self.data[self.col[name], :n]
             elif name in new._param_defaults:
                 new.data[j, :n] = new._param_defaults[name]
+        for name, k in new.slot.items():
+            if name in self.slot:
+                new.value_ts[k, :n] = self.value_ts[self.slot[name], :n]
         for name in ctype.derived_order:
             old = self.ctype.compiled.get(name)
             if old is not None and old.source == ctype.compiled[name].source:
@@ -134,6 +144,7 @@ def export_state(st: TypeState) -> tuple[dict, dict[str, np.ndarray]]:
         "uid": st.uid[:n].copy(),
         "last_ts": st.last_ts[:n].copy(),
         "created_ts": st.created_ts[:n].copy(),
+        "value_ts": st.value_ts[:, :n].copy(),
     }
     for name, states in st.windows.items():
         for k, state in enumerate(states):
@@ -155,6 +166,10 @@ def import_state(ctype: CompiledType, meta: dict, arrays: dict[str, np.ndarray])
     st._map_uids(st.uid[:n], np.arange(n))
     st.last_ts[:n] = arrays["last_ts"]
     st.created_ts[:n] = arrays["created_ts"]
+    if "value_ts" in arrays:
+        st.value_ts[:, :n] = arrays["value_ts"]
+    else:  # a snapshot from before stamped values: nothing older than its twin's newest applies
+        st.value_ts[:, :n] = st.last_ts[:n]
     for name in ctype.derived_order:
         specs = ctype.compiled[name].windows
         restored = []

@@ -329,16 +329,34 @@ class Scenarios:
 
     # ---- running -------------------------------------------------------------------------
 
-    def run(self, scenario_id: str, run_id: str, log: Callable[[str], None] = print) -> dict:
-        """Run a stored scenario (the job's body): forecast, evaluate, store; its summary."""
+    def run(
+        self,
+        scenario_id: str,
+        run_id: str,
+        log: Callable[[str], None] = print,
+        *,
+        progress: Callable[[float, float], None] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> dict:
+        """Run a stored scenario (the job's body): forecast, evaluate, store; its summary.
+        `progress(done, total)` hears model steps as they finish; `cancelled()` is asked after
+        each chunk of them (the run then fails as cancelled and stores nothing)."""
         clock, store = self.ports.clock, self.store
         started = clock()
         record = store.get(scenario_id)
         store.started(scenario_id, started)
+
+        def advanced(done: int, total: int) -> None:
+            store.progress(scenario_id, min(1.0, done / total))
+            if progress is not None:
+                progress(done, total)
+            if cancelled():
+                raise ScenarioCancelled("the scenario was cancelled")
+
         try:
             fork = self.fork(parse_request(record["request"]))
             log(f"forked {len(fork.twins)} twins of {fork.ctype.name}; {fork.steps} model steps")
-            summary, series = self._forecast(fork, lambda share: store.progress(scenario_id, share))
+            summary, series = self._forecast(fork, advanced)
             summary["lineage"] = self._lineage(fork, scenario_id, run_id, summary, started)
         except Exception as exc:
             store.failed(scenario_id, str(exc) or type(exc).__name__, clock())
@@ -348,7 +366,7 @@ class Scenarios:
         alarms = {side: len(found) for side, found in summary["alarms"].items()}
         return {"scenario": scenario_id, "twins": len(series), "alarms": alarms}
 
-    def _forecast(self, fork: Fork, progress: Callable[[float], None]):
+    def _forecast(self, fork: Fork, progress: Callable[[int, int], None]):
         ctype, n = fork.ctype, len(fork.twins)
         plan = ctype.calibration
         model_inputs = list(plan.model.inputs)
@@ -373,7 +391,7 @@ class Scenarios:
             fork.filt.executor = pool
             for first, results in forward(fork.filt, fork.state, u, dt, chunk=chunk):
                 self._keep(fork, sides, columns, meas_var, inputs, out, first, results)
-                progress(min(1.0, (first + len(results.output_mean)) / fork.steps))
+                progress(min(fork.steps, first + len(results.output_mean)), fork.steps)
         return self._summary(fork, labels, out, sides), {
             twin: out[:, :, i] for i, twin in enumerate(fork.twins)
         }
@@ -489,12 +507,22 @@ class Scenarios:
             scenario_id = ctx.args.get("scenario")
             if not isinstance(scenario_id, str):
                 raise ValueError("scenario needs args.scenario, the id from POST /api/scenarios")
-            return self.run(scenario_id, ctx.run_id, ctx.log)
+            return self.run(
+                scenario_id,
+                ctx.run_id,
+                ctx.log,
+                progress=ctx.progress,
+                cancelled=lambda: ctx.cancelled,
+            )
 
         return scenario
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+class ScenarioCancelled(Exception):
+    """POST /api/runs/{id}/cancel stopped the scenario's run."""
 
 
 def _absolute(spec) -> bool:

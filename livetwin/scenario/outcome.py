@@ -16,7 +16,6 @@ from livetwin.engine import rules
 from livetwin.engine.batch import Batch
 from livetwin.engine.engine import Engine
 from livetwin.spec.types import CompiledType
-from livetwin.timefmt import format_ts
 
 
 class Outcome:
@@ -34,11 +33,15 @@ class Outcome:
         self.engine = Engine()
         self.engine.define_type(ctype)
         self.rule_state = rules.RuleState()
-        self.alarms: list[dict] = []
-        self._open: dict[tuple[str, str], dict] = {}
+        self._alarms = rules.AlarmStories()
         names = tuple(n for n in ctype.inputs if n in current)
         values = np.array([current[n] for n in names]).reshape(len(names), len(twins))
         self._apply(Batch(ctype.name, self.twins, start.astype(np.int64), names, values))
+
+    @property
+    def alarms(self) -> list[dict]:
+        """The alarms the forecast raised (and cleared), in the order they were raised."""
+        return self._alarms.stories
 
     @property
     def derived(self) -> tuple[str, ...]:
@@ -77,25 +80,8 @@ class Outcome:
     def _apply(self, batch: Batch):
         applied = self.engine.apply(batch)
         for t in rules.evaluate(self.rule_state, self.ctype, applied, _nothing_known):
-            self._story(t)
+            self._alarms.add(t)
         return applied
-
-    def _story(self, t: rules.Transition) -> None:
-        if t.kind == "raise":
-            story = {
-                "twin": t.twin,
-                "rule": t.rule,
-                "severity": t.severity,
-                "message": t.message,
-                "values": t.values,
-                "since": format_ts(t.since),
-                "raised": format_ts(t.at),
-                "cleared": None,
-            }
-            self._open[(t.twin, t.rule)] = story
-            self.alarms.append(story)
-        elif t.kind == "clear" and (t.twin, t.rule) in self._open:
-            self._open.pop((t.twin, t.rule))["cleared"] = format_ts(t.at)
 
 
 _STATS = ("mean", "std", "lower", "upper")

@@ -201,6 +201,13 @@ class CompiledType:
             hi.append(math.inf if spec is None or spec.max is None else spec.max)
         return lo, hi
 
+    @property
+    def stamped(self) -> tuple[str, ...]:
+        """Inputs whose values keep their own time: parameters and what calibration publishes.
+        They arrive after newer telemetry (a calibration run publishes its steps' times), so a
+        late observation still sets them unless a newer value of the same name is applied."""
+        return self.inputs[len(self.spec.properties) :]
+
     def column_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.columns)}
 

@@ -109,13 +109,17 @@ def test_calibration_view_has_units_and_the_newest_published_values(platform, cl
     assert b1["ts"] == "2026-11-22T10:00:03.900Z" <= view["filter"]["calibrated_until"]  # T0+3.9s
 
     # newer telemetry arrives before calibration publishes its last step (the demo's case):
-    # the twin's current state keeps its older value, the calibration view shows the newest
+    # the published values still become current state (they keep their own time)
     last = T0 + 39 * STEP_MS
     newer = observations(sim.step(), ids, last + 5 * STEP_MS)
     assert platform.ingest(newer).accepted == 2
     published = {"b1": 0.0321, "b1_std": 0.001, "b1_lower": 0.0301, "b1_upper": 0.0341}
     row = {"twin": "line-a", "type": "roller_line", "ts": last, "values": published}
     assert platform.ingest([row]).accepted == 1
-    assert platform.twin("line-a")["parameters"]["b1"] != 0.0321  # late: not current state
+    twin = platform.twin("line-a")
+    assert twin["parameters"]["b1"] == 0.0321 and twin["properties"]["b1_std"] == 0.001
+    older = {**row, "ts": last - STEP_MS, "values": {"b1": 0.05}}
+    assert platform.ingest([older]).accepted == 1
+    assert platform.twin("line-a")["parameters"]["b1"] == 0.0321  # older than the one held
     b1 = client.get("/api/twins/line-a/calibration").json()["parameters"]["b1"]
     assert (b1["value"], b1["std"], b1["lower"], b1["upper"]) == (0.0321, 0.001, 0.0301, 0.0341)

@@ -101,3 +101,20 @@ def test_a_body_that_is_not_an_object_or_not_finite(calibrated):
     body = '{"twins": ["line-0"], "horizon": "9s", "inputs": {"brake_torque": {"kind": "constant", '
     r = calibrated.post("/api/scenarios", content=body + '"value": 1e400}}}')
     assert r.status_code == 400 and r.json()["error"]["field"] == "body"  # JSON has no infinity
+
+
+def test_a_running_scenario_reports_progress_and_stops_when_cancelled(calibrated, platform):
+    """The job hands the scheduler its progress (model steps) and stops at the next chunk once
+    POST /api/runs/{id}/cancel asked it to: the scenario then ends failed, with nothing stored."""
+    from livetwin.jobs.scenario import ScenarioCancelled
+
+    created = calibrated.post("/api/scenarios", json={**GOOD, "horizon": "20s"}).json()
+    heard: list[tuple[float, float]] = []
+    with pytest.raises(ScenarioCancelled):
+        platform.scenarios.run(
+            created["id"], created["run"], progress=lambda d, t: heard.append((d, t)),
+            cancelled=lambda: len(heard) >= 1,
+        )  # fmt: skip
+    assert heard and heard[0][1] == 200 and 0 < heard[0][0] < 200
+    got = calibrated.get(f"/api/scenarios/{created['id']}").json()
+    assert got["status"] == "failed" and "cancelled" in got["error"] and not got.get("series")
