@@ -31,19 +31,19 @@ _SPEC = dict(
 
 def _rates(p: np.ndarray, u: np.ndarray):
     """The right-hand side for parameter rows `p` and inputs `u`, on states laid out as
-    ``[6, M]`` (one contiguous row per state); per-row constants are computed once here."""
+    ``[6, M]`` (one contiguous row per state); per-row constants are computed once here.
+    Written row by row: both NumPy and the JAX compiler run it fastest that way."""
     xp = namespace(p, u)
-    k, c, inv_m = transposed(p[:, 0:3]), transposed(p[:, 3:6]), 1.0 / transposed(p[:, 6:9])
-    force_in = transposed(u[:, :1])  # [1, M]: the input force pulls on the last mass
+    k1, k2, k3, c1, c2, c3, m1, m2, m3 = transposed(p)
+    a1, a2, a3 = 1.0 / m1, 1.0 / m2, 1.0 / m3
+    force = u[:, 0]  # pulls on the last mass
 
     def f(x: np.ndarray, _p: object = None, _u: object = None) -> np.ndarray:
-        pos, vel = x[:3], x[3:]
-        wall = xp.zeros_like(pos[:1])
-        stretch = pos - xp.concatenate([wall, pos[:-1]])  # x1 - 0, x2 - x1, x3 - x2
-        rate = vel - xp.concatenate([wall, vel[:-1]])
-        force = k * stretch + c * rate  # in each spring-damper
-        pull = xp.concatenate([force[1:], force_in])  # from the right of each mass
-        return xp.concatenate([vel, (pull - force) * inv_m])
+        x1, x2, x3, v1, v2, v3 = x
+        f1 = k1 * x1 + c1 * v1  # in each spring-damper: wall-m1, m1-m2, m2-m3
+        f2 = k2 * (x2 - x1) + c2 * (v2 - v1)
+        f3 = k3 * (x3 - x2) + c3 * (v3 - v2)
+        return xp.stack([v1, v2, v3, (f2 - f1) * a1, (f3 - f2) * a2, (force - f3) * a3])
 
     return f
 
