@@ -44,6 +44,20 @@ def choose_backend(model, estimator: str = "ukf", backend: str | None = None) ->
             field="backend",
             fix="use estimator ukf, or backend numpy",
         )
+    if backend == "jax" and not resolve_model(model).array_api:
+        raise InvalidInput(
+            f"model {resolve_model(model).name!r} is NumPy-only: the jax backend needs a model "
+            "written against the array namespace",
+            field="backend",
+            fix="use backend numpy, or port the model (@model(..., array_api=True), "
+            "see livetwin.models.xp)",
+        )
+    if backend == "jax" and not jax_installed():
+        raise InvalidInput(
+            "the jax backend needs JAX, which is not installed here",
+            field="backend",
+            fix="pip install 'livetwin[jax]', or use backend numpy",
+        )
     return backend
 
 

@@ -9,7 +9,8 @@ re-opening and resets. Only the summary of the posterior (`make_result`) runs in
 
 * Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
   handful of shapes, not one per size. Compiled steps are kept per model, spec layout, options,
-  size and precision in this process (`compile_seconds` says what compiling cost); set
+  size and precision in this process (`compile_seconds` says what compiling cost,
+  `compile_wait_s` what this filter waited for it: 0 when cached); set
   ``JAX_COMPILATION_CACHE_DIR`` to keep them on disk across processes.
 * ``precision="float32"`` halves memory traffic; its accuracy cost is measured by
   ``livetwin bench calibrate`` (parameters against float64).
@@ -21,6 +22,7 @@ JAX is an optional extra (``pip install 'livetwin[jax]'``); this module imports 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ PRECISIONS = ("float64", "float32")
 MIN_CHUNK = 16
 CPU_CHUNK = 512  # twins per compiled call on a CPU: the model's rows stay in cache
 DEVICE_CHUNK = 1 << 20
+_COMPILING = threading.Lock()
 
 
 class CompiledUKF(BatchUKF):
@@ -94,7 +97,8 @@ class CompiledUKF(BatchUKF):
             )
         self.precision = precision
         self._dtype = np.dtype(precision)
-        self.compile_seconds: dict[int, float] = {}  # padded chunk size -> seconds
+        self.compile_seconds: dict[int, float] = {}  # padded chunk size -> seconds it took
+        self.compile_wait_s = 0.0  # what this filter waited for compiling (0 when cached)
         plan, w = self.plan, self.weights
         self._static = _Static(
             fn=model.fn,
@@ -201,7 +205,10 @@ class CompiledUKF(BatchUKF):
         return new, result
 
     def _compiled(self, size: int):
-        fn, seconds = _compile(self._static, size)
+        t0 = time.perf_counter()
+        with _COMPILING:  # chunks of one size on several threads compile it once
+            fn, seconds = _compile(self._static, size)
+        self.compile_wait_s += time.perf_counter() - t0
         self.compile_seconds.setdefault(size, seconds)
         return fn
 
