@@ -159,15 +159,17 @@ class CompiledUKF(BatchUKF):
         else:
             per_twin["r"] = plan.r
         dt_arg = self._dtype.type(dt)
+        starts = range(0, n, self.chunk_size)
+        sizes = [_padded(min(n, lo + self.chunk_size) - lo) for lo in starts]
+        compiled = {size: self._compiled(size) for size in set(sizes)}  # here, not on threads
 
         def run(lo: int) -> dict:
             hi = min(n, lo + self.chunk_size)
-            size = max(MIN_CHUNK, 1 << (hi - lo - 1).bit_length())
+            size = _padded(hi - lo)
             chunk = {k: _pad(v[lo:hi], size, self._dtype) for k, v in per_twin.items()}
-            out = self._compiled(size)(dt_arg, chunk)
+            out = compiled[size](dt_arg, chunk)
             return {k: np.asarray(v)[: hi - lo] for k, v in out.items()}
 
-        starts = range(0, n, self.chunk_size)
         if len(starts) > 1 and self.threads > 1:
             parts = list(_pool(self.threads).map(run, starts))
         else:
@@ -206,11 +208,16 @@ class CompiledUKF(BatchUKF):
 
     def _compiled(self, size: int):
         t0 = time.perf_counter()
-        with _COMPILING:  # chunks of one size on several threads compile it once
+        with _COMPILING:  # filters on several threads compile a shape once
             fn, seconds = _compile(self._static, size)
         self.compile_wait_s += time.perf_counter() - t0
         self.compile_seconds.setdefault(size, seconds)
         return fn
+
+
+def _padded(rows: int) -> int:
+    """The compiled size for a chunk of `rows` twins: the next power of two, at least 16."""
+    return max(MIN_CHUNK, 1 << (rows - 1).bit_length())
 
 
 @lru_cache(maxsize=8)
