@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,fmu,postgres,s3,interop,files]'
+	$(BIN)/pip install -q -e '.[dev,fmu,postgres,s3,interop,files,jax]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -29,9 +29,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check livetwin tests benchmarks
 	$(BIN)/ruff format --check livetwin tests benchmarks
 
+# The benchmarks also need what they compare against: FilterPy (the `bench` extra).
 bench: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[bench,jax]'
 	$(BIN)/livetwin bench ingest --json
 	$(BIN)/livetwin bench replay --json
+	$(BIN)/livetwin bench calibrate --json
 
 clean:
 	rm -rf $(VENV) livetwin-data .pytest_cache

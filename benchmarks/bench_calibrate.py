@@ -1,5 +1,6 @@
-"""Calibration benchmark: filter-steps per second of the batched UKF on the demo models, the ratio
-to FilterPy run twin by twin (when installed), and accuracy on synthetic fleets.
+"""Calibration benchmark: filter-steps per second of the batched UKF on the demo models (NumPy
+and the compiled JAX backend, with their ratio), the ratio to FilterPy run twin by twin (when
+installed: ``pip install 'livetwin[bench]'``), and accuracy on synthetic fleets.
 
 ``livetwin bench calibrate [--json] [--quick]`` prints one JSON line per scenario. A
 "filter-step" is one twin advanced by one predict + update.
@@ -22,6 +23,7 @@ if str(_HERE) not in sys.path:
 
 from synthetic import coverage, rmse, run_synthetic, true_calibrated  # noqa: E402
 
+from livetwin.calibrate import jax_installed, make_filter  # noqa: E402
 from livetwin.calibrate.batch import chunk_pool  # noqa: E402
 from livetwin.calibrate.spec import CalibrationSpec  # noqa: E402
 from livetwin.calibrate.ukf import BatchUKF  # noqa: E402
@@ -70,30 +72,91 @@ CHAIN_LOOP = Scenario(
 
 
 def time_steps(
-    scenario: Scenario, n: int, steps: int, *, workers: int = 0, chunk_size: int = 1000
+    scenario: Scenario,
+    n: int,
+    steps: int,
+    *,
+    workers: int = 0,
+    chunk_size: int | None = None,
+    backend: str = "numpy",
+    precision: str = "float64",
 ) -> dict:
-    """Median wall time of `steps` UKF steps of `n` twins (simulation not timed)."""
+    """Median wall time of `steps` UKF steps of `n` twins (simulation and compiling not timed)."""
     sim = scenario.fleet(n)
     spec = scenario.spec(sim)
     samples = [sim.step() for _ in range(steps + 1)]
+    options = {} if chunk_size is None else {"chunk_size": chunk_size}
     with chunk_pool(workers) as pool:
-        flt = BatchUKF(spec, n, executor=pool, chunk_size=chunk_size)
+        flt = make_filter(spec, n, backend=backend, precision=precision, executor=pool, **options)
         state = flt.init()
-        state, _ = flt.step(state, samples[0].inputs, samples[0].z, sim.dt)  # warm-up
+        state, _ = flt.step(state, samples[0].inputs, samples[0].z, sim.dt)  # warm-up, compile
         times = []
         for s in samples[1:]:
             t0 = time.perf_counter()
             state, _ = flt.step(state, s.inputs, s.z, sim.dt)
             times.append(time.perf_counter() - t0)
     per_step = float(np.median(times))
-    return {
-        "scenario": scenario.name + (f"-{workers}-workers" if workers else ""),
+    suffix = "" if backend == "numpy" else f"-{backend}"
+    suffix += "-float32" if precision == "float32" else ""
+    row = {
+        "scenario": scenario.name + suffix + (f"-{workers}-workers" if workers else ""),
         "n_twins": n,
         "filter_steps_per_s": round(n / per_step, 1),
         "us_per_filter_step": round(per_step / n * 1e6, 2),
         "filter_vars": len(flt.names),
-        "chunk_size": chunk_size,
+        "chunk_size": flt.chunk_size,
+        "backend": backend,
     }
+    if backend == "jax":
+        row["precision"] = precision
+        row["compile_s"] = round(sum(flt.compile_seconds.values()), 2)
+    return row
+
+
+def float32_cost(scenario: Scenario, n: int, steps: int) -> dict:
+    """The accuracy cost of float32 on the jax backend: relative difference of the parameter
+    means (and stds) from float64 after `steps` steps on the same data."""
+    sim = scenario.fleet(n)
+    spec = scenario.spec(sim)
+    f64 = make_filter(spec, n, backend="jax")
+    f32 = make_filter(spec, n, backend="jax", precision="float32")
+    a, b = f64.init(), f32.init()
+    for _ in range(steps):
+        s = sim.step()
+        a, ra = f64.step(a, s.inputs, s.z, sim.dt)
+        b, rb = f32.step(b, s.inputs, s.z, sim.dt)
+    ok = ~(a.failed | b.failed)
+    mean_err = np.abs(rb.param_mean[ok] / ra.param_mean[ok] - 1)
+    std_err = np.abs(rb.param_std[ok] / ra.param_std[ok] - 1)
+    return {
+        "scenario": scenario.name + "-jax-float32-accuracy",
+        "n_twins": n,
+        "steps": steps,
+        "param_mean_rel_diff_median": float(f"{np.median(mean_err):.3g}"),
+        "param_mean_rel_diff_max": float(f"{np.max(mean_err):.3g}"),
+        "param_std_rel_diff_median": float(f"{np.median(std_err):.3g}"),
+        "failed_twins_float32": int(b.failed.sum()),
+        "failed_twins_float64": int(a.failed.sum()),
+    }
+
+
+def jax_rows(quick: bool = False) -> list[dict]:
+    """The compiled backend beside NumPy in the same run: the roller line and the chain with its
+    explicit 200-substep loop at N = 1,000, float64 and float32, with the ratio to NumPy."""
+    if not jax_installed():
+        return [{"scenario": "jax", "skipped": "JAX is not installed: pip install 'livetwin[jax]'"}]
+    rows = []
+    for scenario, numpy_steps, jax_steps in ((ROLLERS, 5, 10), (CHAIN_LOOP, 2, 5)):
+        base = time_steps(scenario, 1000, numpy_steps)
+        base["coverage_95"] = base["rmse"] = None
+        rows.append(base)
+        for precision in ("float64",) if quick else ("float64", "float32"):
+            row = time_steps(scenario, 1000, jax_steps, backend="jax", precision=precision)
+            row["ratio_to_numpy"] = round(row["filter_steps_per_s"] / base["filter_steps_per_s"], 1)
+            rows.append(row)
+    if not quick:
+        rows.append(float32_cost(CHAIN_LOOP, 200, 100))
+    return rows
 
 
 def filterpy_steps_per_s(scenario: Scenario, twins: int = 2, steps: int = 3) -> float | None:
@@ -104,7 +167,7 @@ def filterpy_steps_per_s(scenario: Scenario, twins: int = 2, steps: int = 3) -> 
     except ImportError:
         return None
     sim = scenario.fleet(twins)
-    flt = BatchUKF(scenario.spec(sim), twins)
+    flt = BatchUKF(scenario.spec(sim), twins)  # only for its compiled plan
     plan = flt.plan
     n, p = plan.n, plan.n_params
     samples = [sim.step() for _ in range(steps)]
@@ -179,8 +242,9 @@ def run(quick: bool = False) -> list[dict]:
             rows.append(row)
         if not quick:
             rows.append(_with_ratio(time_steps(scenario, 10_000, 2, workers=2), ratio_base))
-    if not quick:
-        rows.append(_with_ratio(time_steps(CHAIN_LOOP, 1000, 2), filterpy_steps_per_s(CHAIN_LOOP)))
+    if not _has_filterpy():
+        rows.append({"scenario": "filterpy", "skipped": FILTERPY_MISSING})
+    rows += jax_rows(quick)
     rows.append(accuracy(ROLLERS, 200, 200 if quick else 400, TENSIONS))
     rows.append(accuracy(CHAIN, 100, 150 if quick else 300, ("f1", "f2", "f3")))
     rows += fmu_rows(steps=10 if quick else 40)
@@ -262,6 +326,18 @@ def fmu_steps(
     }
 
 
+FILTERPY_MISSING = (
+    "filterpy_ratio is null: FilterPy is not installed; pip install 'livetwin[bench]' "
+    "(or `make bench`) for the comparison"
+)
+
+
+def _has_filterpy() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("filterpy") is not None
+
+
 def _number(value: object) -> float | None:
     try:
         return None if value is None else float(value)
@@ -283,12 +359,21 @@ def main(json_only: bool = False, quick: bool = False) -> None:
     if not json_only:
         for row in rows:
             rate = row.get("filter_steps_per_s")
+            versus = (
+                f"numpy x{row['ratio_to_numpy']} (compile {row['compile_s']} s)"
+                if "ratio_to_numpy" in row
+                else f"filterpy x{row.get('filterpy_ratio')}"
+                if _has_filterpy()
+                else "filterpy: not installed"
+            )
             print(
-                f"{row['scenario']:<44} N={row.get('n_twins')!s:>6} "
+                f"{row['scenario']:<52} N={row.get('n_twins')!s:>6} "
                 f"steps/s={rate if rate is None else round(rate):>8} "
-                f"filterpy x{row.get('filterpy_ratio')} coverage={row.get('coverage_95')}",
+                f"{versus} coverage={row.get('coverage_95')}",
                 file=sys.stderr,
             )
+        if not _has_filterpy():
+            print(FILTERPY_MISSING, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 fleets of twins from measurements, with honest uncertainty. Pure computation, no I/O.
 """
 
+from livetwin.calibrate.backends import BACKENDS, choose_backend, jax_installed, make_filter
 from livetwin.calibrate.batch import chunk_pool
 from livetwin.calibrate.enkf import BatchEnKF
 from livetwin.calibrate.noise import rolling_noise_variance
@@ -12,6 +13,7 @@ from livetwin.calibrate.transforms import Transforms
 from livetwin.calibrate.ukf import BatchUKF, SigmaWeights
 
 __all__ = [
+    "BACKENDS",
     "FAILURE_REASONS",
     "BatchEnKF",
     "BatchUKF",
@@ -20,6 +22,9 @@ __all__ = [
     "SigmaWeights",
     "StepResult",
     "Transforms",
+    "choose_backend",
     "chunk_pool",
+    "jax_installed",
+    "make_filter",
     "rolling_noise_variance",
 ]

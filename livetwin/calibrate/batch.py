@@ -61,12 +61,12 @@ class BatchFilter:
     ):
         self.spec = spec
         self.plan: Plan = compile_spec(spec, n_twins)
-        _check_int("chunk_size", chunk_size, 1)
-        _check_int("max_rejects", max_rejects, 1)
-        _check_int("reopen_after", reopen_after, 1)
+        check_int("chunk_size", chunk_size, 1)
+        check_int("max_rejects", max_rejects, 1)
+        check_int("reopen_after", reopen_after, 1)
         self.reopen_after = reopen_after
-        _check_int("noise_window", noise_window, 3)
-        _check_int("noise_min_samples", noise_min_samples, 1)
+        check_int("noise_window", noise_window, 3)
+        check_int("noise_min_samples", noise_min_samples, 1)
         if gate is not None and not 0.0 < gate < 1.0:
             raise InvalidInput("gate must be a probability in (0, 1) or None", field="gate")
         self.chunk_size, self.executor, self.max_rejects = chunk_size, executor, max_rejects
@@ -128,11 +128,7 @@ class BatchFilter:
         """
         plan = self.plan
         n, m = self.n_twins, len(plan.meas_idx)
-        self._check_state(state)
-        inputs = _array(inputs, (n, len(plan.model.inputs)), "inputs")
-        z = _array(z, (n, m), "z", allow_nan=True)
-        if not (np.isfinite(dt) and dt > 0):
-            raise InvalidInput(f"dt must be positive, got {dt}", field="dt", fix="pass dt > 0")
+        inputs, z = self._check_step(state, inputs, z, dt)
 
         new = replace(  # mean, cov and ensemble are replaced below, never written in place
             state,
@@ -252,6 +248,17 @@ class BatchFilter:
         return None if self.plan.q is None else self.plan.q[sl]
 
     # -- helpers ---------------------------------------------------------------------------
+    def _check_step(
+        self, state: FilterState, inputs: object, z: object, dt: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`inputs` and `z` as checked float arrays; raises InvalidInput before any work."""
+        self._check_state(state)
+        inputs = _array(inputs, (self.n_twins, len(self.plan.model.inputs)), "inputs")
+        z = _array(z, (self.n_twins, len(self.plan.meas_idx)), "z", allow_nan=True)
+        if not (np.isfinite(dt) and dt > 0):
+            raise InvalidInput(f"dt must be positive, got {dt}", field="dt", fix="pass dt > 0")
+        return inputs, z
+
     def _check_state(self, state: FilterState) -> None:
         plan = self.plan
         if state.names != plan.names or state.kind != self.kind or state.n_twins != self.n_twins:
@@ -267,7 +274,7 @@ class BatchFilter:
 def chunk_pool(workers: int) -> Iterator[Executor | None]:
     """A pool of `workers` spawned processes for a filter's chunks, shut down on exit; None
     (chunks run in the caller's process) for 0."""
-    _check_int("workers", workers, 0)
+    check_int("workers", workers, 0)
     if not workers:
         yield None
         return
@@ -282,7 +289,7 @@ def _run_chunk(fn: Callable, ctx: object, dt: float, arrays: dict) -> dict:
     return fn(ctx, dt, arrays)
 
 
-def _check_int(name: str, value: object, low: int) -> None:
+def check_int(name: str, value: object, low: int) -> None:
     if not isinstance(value, int | np.integer) or value < low:
         raise InvalidInput(f"{name} must be an integer >= {low}", field=name, fix=f"use {low}+")
 

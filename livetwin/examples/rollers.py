@@ -26,6 +26,7 @@ from livetwin.calibrate.spec import CalibrationSpec
 from livetwin.models.base import model
 from livetwin.models.ode import rk4
 from livetwin.models.simulate import FleetSimulator
+from livetwin.models.xp import namespace, transposed
 
 N_ROLLERS = 4
 SUBSTEPS = 20
@@ -47,30 +48,24 @@ STATE_NOISE = {**{w: 1e-3 for w in SPEEDS}, **{t: 0.05 for t in TENSIONS}}
 
 def _rates(p: np.ndarray, u: np.ndarray) -> Callable:
     """The right-hand side for parameter rows `p` and inputs `u`, on states laid out as
-    ``[2R-1, M]`` (one contiguous row per state: fast column-wise arithmetic)."""
-    b, inertia = p[:, :_R].T, p[:, _R : 2 * _R].T
+    ``[2R-1, M]`` (one contiguous row per state: fast column-wise arithmetic). Written against
+    the array namespace of `p` (NumPy or JAX): functional updates only."""
+    xp = namespace(p, u)
+    b, inertia = transposed(p[:, :_R]), transposed(p[:, _R : 2 * _R])
     r, ea, length = p[:, 2 * _R], p[:, -2], p[:, -1]
     r_j, b_j = r / inertia, b / inertia
-    brake_j, motor_j = u[:, 0] / inertia[0], u[:, 1] / inertia[-1]
+    idle = xp.zeros_like(b_j[1:-1])
+    torque_j = xp.concatenate([-u[None, :, 0] / inertia[:1], idle, u[None, :, 1] / inertia[-1:]])
     stretch = ea * r / length  # dT/dt per unit angular-speed difference
     transport = r / length  # dT/dt per unit (w * T)
 
     def f(x: np.ndarray, _p: object = None, _u: object = None) -> np.ndarray:
         w, t = x[:_R], x[_R:]
-        out = np.empty_like(x)
-        dw, dtension = out[:_R], out[_R:]
-        dw[0] = t[0]  # T_i - T_{i-1} on roller i, with T_0 = T_R = 0
-        np.subtract(t[1:], t[:-1], out=dw[1:-1])
-        np.negative(t[-1], out=dw[-1])
-        dw *= r_j
-        dw -= b_j * w
-        dw[0] -= brake_j
-        dw[-1] += motor_j
-        np.subtract(w[1:], w[:-1], out=dtension)
-        dtension *= stretch
-        dtension -= transport * (w[1:] * t)
-        dtension[1:] += transport * (w[1:-1] * t[:-1])
-        return out
+        free = xp.zeros_like(t[:1])
+        padded = xp.concatenate([free, t, free])  # T_0 = T_R = 0 around T_1 .. T_{R-1}
+        dw = r_j * (padded[1:] - padded[:-1]) - b_j * w + torque_j
+        dtension = stretch * (w[1:] - w[:-1]) + transport * (w[:-1] * padded[:-2] - w[1:] * t)
+        return xp.concatenate([dw, dtension])
 
     return f
 
@@ -81,15 +76,17 @@ def _rates(p: np.ndarray, u: np.ndarray) -> Callable:
     outputs=SPEEDS + TENSIONS + SLIPS,
     states=SPEEDS + TENSIONS,
     bounds={name: (0.0, None) for name in DRAGS + INERTIAS + ("r", "EA", "L")},
+    array_api=True,
 )
 def roller_line(
     states: np.ndarray, params: np.ndarray, inputs: np.ndarray, dt: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Roller line with bearing drags b1..b4 (see the module docstring)."""
-    x = rk4(_rates(params, inputs), np.ascontiguousarray(states.T), None, None, dt, SUBSTEPS)
+    xp = namespace(states, params)
+    x = rk4(_rates(params, inputs), transposed(states), None, None, dt, SUBSTEPS)
     w = x[:_R]
-    slip = (w[1:] - w[:-1]) / np.maximum(w[:-1], 1e-6)
-    return x.T, np.concatenate([x, slip]).T
+    slip = (w[1:] - w[:-1]) / xp.maximum(w[:-1], 1e-6)
+    return x.T, xp.concatenate([x, slip]).T
 
 
 def steady_state(b: np.ndarray, brake: np.ndarray, speed: float) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 from livetwin.calibrate.spec import CalibrationSpec
 from livetwin.models.base import model
 from livetwin.models.simulate import FleetSimulator
+from livetwin.models.xp import namespace
 
 ROOM = "livetwin.examples.thermal:room"
 DT = 900.0  # s: one sample every 15 minutes
@@ -25,16 +26,18 @@ STATE_NOISE = 0.02  # K per step: unmodelled gains (sun, people), in truth and f
     outputs=("t_in", "heat_loss"),
     states=("t_in",),
     bounds={"UA": (0.0, None), "C": (0.0, None)},
+    array_api=True,
 )
 def room(
     states: np.ndarray, params: np.ndarray, inputs: np.ndarray, dt: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """1R1C room: UA [W/K], C [J/K]; inputs outdoor temperature [degC] and heating [W]."""
+    xp = namespace(states, params)
     ua, c = params[:, 0], params[:, 1]
     t_out, heat = inputs[:, 0], inputs[:, 1]
     t_eq = t_out + heat / ua
-    t_in = t_eq + (states[:, 0] - t_eq) * np.exp(-dt * ua / c)
-    return t_in[:, None], np.stack([t_in, ua * (t_in - t_out)], axis=1)
+    t_in = t_eq + (states[:, 0] - t_eq) * xp.exp(-dt * ua / c)
+    return t_in[:, None], xp.stack([t_in, ua * (t_in - t_out)], axis=1)
 
 
 def thermal_fleet(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from livetwin.calibrate import BatchEnKF, BatchUKF, CalibrationSpec, FilterState, chunk_pool
+from livetwin.calibrate import CalibrationSpec, FilterState, choose_backend, chunk_pool, make_filter
 from livetwin.calibrate.state import FAILURE_REASONS
 from livetwin.engine.batch import Batch
 from livetwin.errors import InvalidInput
@@ -84,6 +84,8 @@ def calibrate(
     run = run or new_run_id("calibrate")
     ctype, chosen, uids, last_seen, params = ports.reader.type_rows(type_name, _params, twins)
     plan = ctype.calibration
+    section = plan.section
+    backend = _checked(choose_backend, plan.model, section.estimator, section.backend)
     saved = _load(ports.store, type_name, plan)
     record = {
         "run": run,
@@ -91,6 +93,9 @@ def calibrate(
         "type_version": ctype.version,
         "model": plan.model.name,
         "estimator": plan.section.estimator,
+        "backend": backend,
+        "precision": plan.section.precision,
+        "compile_s": 0.0,
         "started": format_ts(started),
         "twins": len(chosen),
         "steps": 0,
@@ -125,7 +130,9 @@ def calibrate(
             {p: v[index] for p, v in params.items()},
             first,
             resumed,
+            backend,
         )
+        record["compile_s"] = round(record["compile_s"] + outcome["compile_s"], 3)
         record["steps"] = max(record["steps"], outcome["steps"])
         record["calibrated"] += outcome["calibrated"]
         record["failed"].update(outcome["failed"])
@@ -261,7 +268,9 @@ def _too_little(aligned: _Aligned | None, plan: CalibrationPlan) -> str | None:
     return None
 
 
-def _run_cohort(ingest, ctype, plan, saved, members, aligned, params, first, resumed) -> dict:
+def _run_cohort(
+    ingest, ctype, plan, saved, members, aligned, params, first, resumed, backend
+) -> dict:
     """Filter twins that start at the same step; publish results; update `saved` in place."""
     n = len(members)
     end = min(max(int(a.buckets[-1]) for a in aligned), first + MAX_STEPS - 1)
@@ -274,11 +283,19 @@ def _run_cohort(ingest, ctype, plan, saved, members, aligned, params, first, res
         inputs[:k, i], measured[:k, i], step_ts[:k, i] = a.inputs[:k], a.measured[:k], a.last_ts[:k]
         inputs[k:, i] = a.inputs[k - 1]  # a twin whose data ends early is carried forward
     spec = _spec(ctype, plan, params, measured)
-    estimator = BatchEnKF if plan.section.estimator == "enkf" else BatchUKF
+    section = plan.section
     dt = plan.dt_ms / 1000.0
     published = []
-    with chunk_pool(plan.section.workers) as pool:
-        filt = estimator(spec, n, executor=pool)
+    with chunk_pool(section.workers if backend == "numpy" else 0) as pool:
+        filt = _checked(
+            make_filter,
+            spec,
+            n,
+            estimator=section.estimator,
+            backend=backend,
+            precision=section.precision,
+            executor=pool,
+        )
         if resumed:
             state = _take(saved.state, [saved.ids.index(t) for t in members])
         else:
@@ -286,6 +303,7 @@ def _run_cohort(ingest, ctype, plan, saved, members, aligned, params, first, res
         for k in range(steps):
             state, result = filt.step(state, inputs[k], measured[k], dt)
             published.append(_values(plan, result))
+    compile_s = getattr(filt, "compile_wait_s", 0.0)  # the compiled backend's, when cached 0
     _publish(ingest, ctype, plan, members, step_ts, published)
     _store(saved, state, members, (end + 1) * plan.dt_ms - 1)
     failed = {
@@ -299,7 +317,18 @@ def _run_cohort(ingest, ctype, plan, saved, members, aligned, params, first, res
         "pending": any(int(a.buckets[-1]) > end for a in aligned),
         "window": {"from": format_ts(first * plan.dt_ms), "to": format_ts((end + 1) * plan.dt_ms)},
         "span": (first * plan.dt_ms, (end + 1) * plan.dt_ms),
+        "compile_s": compile_s,
     }
+
+
+def _checked(fn: Callable, *args, **kwargs):
+    """`fn(...)`, its InvalidInput naming the type's field (`calibration.backend`, ...)."""
+    try:
+        return fn(*args, **kwargs)
+    except InvalidInput as exc:
+        if exc.field in ("backend", "precision", "estimator"):
+            raise InvalidInput(exc.message, field=f"calibration.{exc.field}", fix=exc.fix) from None
+        raise
 
 
 def _spec(ctype, plan: CalibrationPlan, params: dict, measured: np.ndarray) -> CalibrationSpec:

@@ -10,7 +10,9 @@ There is a single interface with two shapes of callable, told apart by whether i
 filters have one code path. Outputs are the values at the *end* of the step (time ``t + dt``);
 they include measured outputs and virtual sensors alike (the calibration spec says which are
 measured). Inputs are held constant over the step. A model never does I/O and never loops over
-rows: all rows go through NumPy at once.
+rows: all rows go through NumPy at once. A model written against the array namespace of its
+arguments (`livetwin.models.xp`, declared with ``array_api=True``) also runs on the compiled
+JAX backend of the filters.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class Model:
     """A named vectorised model: its callable and the names of its columns.
 
     `bounds` gives default bounds of parameters (for example ``(0, None)`` for a drag); a
-    calibration may override them.
+    calibration may override them. `array_api`: the callable takes its array namespace from its
+    arguments (`livetwin.models.xp`), so it runs on NumPy and on `jax.numpy` alike.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Model:
     states: tuple[str, ...] = ()
     bounds: Mapping[str, Bounds] = field(default_factory=dict)
     doc: str = ""
+    array_api: bool = False
 
     @property
     def transient(self) -> bool:
@@ -83,8 +87,10 @@ def model(
     outputs: tuple[str, ...] | list[str],
     states: tuple[str, ...] | list[str] = (),
     bounds: Mapping[str, Bounds] | None = None,
+    array_api: bool = False,
 ) -> Callable[[Callable], Callable]:
-    """Decorator that names a model function's columns (the function itself is unchanged).
+    """Decorator that names a model function's columns (the function itself is unchanged);
+    ``array_api=True`` says it is written against `livetwin.models.xp` (NumPy or JAX).
 
     >>> @model(params=["k"], inputs=["x"], outputs=["y"])
     ... def gain(params, inputs, dt):
@@ -97,6 +103,7 @@ def model(
         fn.outputs = tuple(outputs)  # type: ignore[attr-defined]
         fn.states = tuple(states)  # type: ignore[attr-defined]
         fn.bounds = dict(bounds or {})  # type: ignore[attr-defined]
+        fn.array_api = bool(array_api)  # type: ignore[attr-defined]
         return fn
 
     return wrap
@@ -153,6 +160,7 @@ def resolve_model(ref: str | Model | Callable) -> Model:
         states=states,
         bounds=dict(getattr(obj, "bounds", {}) or {}),
         doc=(obj.__doc__ or "").strip().split("\n")[0],
+        array_api=bool(getattr(obj, "array_api", False)),
         **spec,
     )
 

@@ -2,8 +2,9 @@
 
 wall -k1,c1- m1 -k2,c2- m2 -k3,c3- m3 <- force. States: positions x1..x3 [m], velocities v1..v3
 [m/s]. Measured: x1..x3. Virtual sensors: spring forces f1..f3 [N] (f_i = k_i * stretch_i).
-`chain3` evaluates the RK4 map exactly by matrix powers (`rk4_linear`); `chain3_loop` runs the
-same 200 substeps one by one with `rk4`. Both give the same numbers up to rounding.
+`chain3` evaluates the RK4 map exactly by matrix powers (`rk4_linear`; NumPy only); `chain3_loop`
+runs the same 200 substeps one by one with `rk4`, written against the array namespace (NumPy or
+JAX, `livetwin.models.xp`). Both give the same numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from livetwin.models.base import model
 from livetwin.models.ode import rk4, rk4_linear
 from livetwin.models.simulate import FleetSimulator
+from livetwin.models.xp import namespace, transposed
 
 SUBSTEPS = 200
 PARAMS = ("k1", "k2", "k3", "c1", "c2", "c3", "m1", "m2", "m3")
@@ -27,16 +29,23 @@ _SPEC = dict(
 )
 
 
-def _deriv(x: np.ndarray, p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    k, c, m = p[:, 0:3], p[:, 3:6], p[:, 6:9]
-    pos, vel = x[:, 0:3], x[:, 3:6]
-    stretch = np.diff(pos, axis=1, prepend=0.0)  # x1 - 0, x2 - x1, x3 - x2
-    rate = np.diff(vel, axis=1, prepend=0.0)
-    f = k * stretch + c * rate  # force in each spring-damper
-    net = -f
-    net[:, :2] += f[:, 1:]
-    net[:, 2] += u[:, 0]
-    return np.concatenate([vel, net / m], axis=1)
+def _rates(p: np.ndarray, u: np.ndarray):
+    """The right-hand side for parameter rows `p` and inputs `u`, on states laid out as
+    ``[6, M]`` (one contiguous row per state); per-row constants are computed once here.
+    Written row by row: both NumPy and the JAX compiler run it fastest that way."""
+    xp = namespace(p, u)
+    k1, k2, k3, c1, c2, c3, m1, m2, m3 = transposed(p)
+    a1, a2, a3 = 1.0 / m1, 1.0 / m2, 1.0 / m3
+    force = u[:, 0]  # pulls on the last mass
+
+    def f(x: np.ndarray, _p: object = None, _u: object = None) -> np.ndarray:
+        x1, x2, x3, v1, v2, v3 = x
+        f1 = k1 * x1 + c1 * v1  # in each spring-damper: wall-m1, m1-m2, m2-m3
+        f2 = k2 * (x2 - x1) + c2 * (v2 - v1)
+        f3 = k3 * (x3 - x2) + c3 * (v3 - v2)
+        return xp.stack([v1, v2, v3, (f2 - f1) * a1, (f3 - f2) * a2, (force - f3) * a3])
+
+    return f
 
 
 def _system(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +69,10 @@ def _system(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _outputs(x: np.ndarray, p: np.ndarray) -> np.ndarray:
-    stretch = np.diff(x[:, 0:3], axis=1, prepend=0.0)
-    return np.concatenate([x[:, 0:3], p[:, 0:3] * stretch], axis=1)
+    xp = namespace(x, p)
+    pos = x[:, 0:3]
+    stretch = pos - xp.concatenate([xp.zeros_like(pos[:, :1]), pos[:, :-1]], axis=1)
+    return xp.concatenate([pos, p[:, 0:3] * stretch], axis=1)
 
 
 @model(**_SPEC)
@@ -74,12 +85,12 @@ def chain3(
     return new, _outputs(new, params)
 
 
-@model(**_SPEC)
+@model(**_SPEC, array_api=True)
 def chain3_loop(
     states: np.ndarray, params: np.ndarray, inputs: np.ndarray, dt: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """3-mass chain, 200 explicit RK4 substeps (the generic path)."""
-    new = rk4(_deriv, states, params, inputs, dt, SUBSTEPS)
+    """3-mass chain, 200 explicit RK4 substeps (the generic path; NumPy or JAX)."""
+    new = rk4(_rates(params, inputs), transposed(states), None, None, dt, SUBSTEPS).T
     return new, _outputs(new, params)
 
 

@@ -79,6 +79,14 @@ class CalibrationSection(BaseModel):
         default_factory=dict,
         description="(initial value, std) of a model state that is not measured",
     )
+    backend: Literal["numpy", "jax"] | None = Field(
+        None,
+        description="numpy, or jax: the UKF step compiled (pip install 'livetwin[jax]'); "
+        "default jax when installed and the model supports it (see docs/calibration-backends.md)",
+    )
+    precision: Literal["float64", "float32"] = Field(
+        "float64", description="float32 runs faster on the jax backend, at an accuracy cost"
+    )
     min_steps: int = Field(5, ge=1, description="fewer aligned rows than this is too little data")
     workers: int = Field(0, ge=0, le=64, description="processes for large fleets (0: this one)")
 
@@ -123,6 +131,7 @@ def plan_calibration(
             parse_duration(calibration.every)
         except ValueError as exc:
             raise InvalidInput(str(exc), field="calibration.every", fix="e.g. every: 10m") from None
+    _check_backend(model, calibration)
     for name in model.params:
         _require(name in parameters, "model.ref", f"model parameter '{name}'", "parameters")
     for name in model.inputs:
@@ -173,6 +182,31 @@ def plan_calibration(
         _require(name in measured, "calibration.measurement_noise", f"'{name}'", "")
         _positive(value, f"calibration.measurement_noise.{name}")
     return CalibrationPlan(model, dt_ms, tuple(chosen), measured, virtual, calibration)
+
+
+def _check_backend(model: ModelNames, calibration: CalibrationSection) -> None:
+    """The jax backend runs the UKF of a model written against the array namespace; float32
+    exists on that backend only."""
+    if calibration.backend == "jax" and calibration.estimator != "ukf":
+        raise InvalidInput(
+            f"the jax backend runs the UKF only, not the {calibration.estimator}",
+            field="calibration.backend",
+            fix="use estimator: ukf, or backend: numpy",
+        )
+    if calibration.backend == "jax" and not getattr(model, "array_api", False):
+        raise InvalidInput(
+            f"model {model.name!r} is NumPy-only: the jax backend needs a model written "
+            "against the array namespace",
+            field="calibration.backend",
+            fix="use backend: numpy, or declare the model with @model(..., array_api=True) "
+            "(see livetwin.models.xp)",
+        )
+    if calibration.precision == "float32" and calibration.backend == "numpy":
+        raise InvalidInput(
+            "precision float32 needs the jax backend; NumPy filters run in float64",
+            field="calibration.precision",
+            fix="use backend: jax, or precision: float64",
+        )
 
 
 def _require(ok: bool, field: str, what: str, where: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from calibration_support import STEP_MS, feed
 from conftest import T0
 
+from livetwin.calibrate import jax_installed
 from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, observations, roller_fleet
 from livetwin.platform import Platform
 
@@ -39,6 +40,7 @@ def test_calibration_follows_wearing_bearings_and_resumes(tmp_path, clock, fleet
         record = platform.calibrate("roller_line")
         assert record["status"] == "succeeded", record
         assert record["steps"] == 300 and record["calibrated"] == N_LINES
+        assert record["backend"] == ("jax" if jax_installed() else "numpy")
         truth = samples[-1].params[:, : len(DRAGS)]
         assert 0.8 <= coverage(platform, ids, truth) <= 1.0
         estimate = np.array([[platform.twin(t)["parameters"][b] for b in DRAGS] for t in ids])
@@ -75,7 +77,8 @@ def test_a_twin_with_garbage_fails_alone(tmp_path, clock, fleet):
     sim, ids = fleet
     clock.now = T0 + 10**8
     with Platform(tmp_path / "d", clock=clock) as platform:
-        platform.put_type("roller_line", ROLLER_TYPE)
+        calibration = {**ROLLER_TYPE["calibration"], "backend": "numpy"}  # the reference
+        platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": calibration})
         rows = []
         for k in range(120):
             batch = observations(sim.step(), ids, T0 + k * STEP_MS)
@@ -84,7 +87,7 @@ def test_a_twin_with_garbage_fails_alone(tmp_path, clock, fleet):
             rows += batch
         platform.ingest(rows)
         record = platform.calibrate("roller_line")
-        assert record["status"] == "partial"
+        assert record["status"] == "partial" and record["backend"] == "numpy"
         assert list(record["failed"]) == ["line-0"]
         assert "outliers" in record["failed"]["line-0"]
         assert record["calibrated"] == N_LINES - 1
@@ -134,6 +137,27 @@ def test_calibration_api_and_bad_input(client, platform, clock, fleet):
             {"calibration": {**ROLLER_TYPE["calibration"], "process_noise": {"b1": -1}}},
             "calibration.process_noise.b1",
             "not positive",
+        ),
+        (
+            {"calibration": {**ROLLER_TYPE["calibration"], "estimator": "enkf", "backend": "jax"}},
+            "calibration.backend",
+            "UKF only",
+        ),
+        (
+            {"calibration": {**ROLLER_TYPE["calibration"], "backend": "cuda"}},
+            "calibration.backend",
+            "",
+        ),
+        (
+            {
+                "calibration": {
+                    **ROLLER_TYPE["calibration"],
+                    "backend": "numpy",
+                    "precision": "float32",
+                }
+            },
+            "calibration.precision",
+            "needs the jax backend",
         ),
         (
             {

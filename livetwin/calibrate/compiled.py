@@ -1,0 +1,500 @@
+"""The batched UKF as one compiled function per chunk of twins (JAX/XLA, on CPU or GPU).
+
+`CompiledUKF` gives the same results as `BatchUKF` (NumPy, the reference; a test holds them to
+1e-9 relative in float64) for models written against the array namespace
+(``array_api=True``, see `livetwin.models.xp`). One call of the compiled step does everything
+`BatchUKF.step` does for a chunk: the running measurement-noise estimate, sigma points, the
+model (its substep loop compiled, not unrolled), the masked Kalman update, the outlier gate,
+re-opening and resets. Only the summary of the posterior (`make_result`) runs in NumPy.
+
+* Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
+  handful of shapes, not one per size. Compiled steps are kept per model, spec layout, options,
+  size and precision in this process (`compile_seconds` says what compiling cost,
+  `compile_wait_s` what this filter waited for it: 0 when cached); set
+  ``JAX_COMPILATION_CACHE_DIR`` to keep them on disk across processes.
+* ``precision="float32"`` halves memory traffic; its accuracy cost is measured by
+  ``livetwin bench calibrate`` (parameters against float64).
+* ``dt`` is an argument of the compiled step, not a constant: a model must not branch on it.
+
+JAX is an optional extra (``pip install 'livetwin[jax]'``); this module imports it on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from livetwin.calibrate.batch import (
+    BAD_COV,
+    BAD_INNOVATION,
+    BAD_MODEL,
+    BAD_OUTLIERS,
+    check_int,
+)
+from livetwin.calibrate.linalg import JITTERS
+from livetwin.calibrate.results import StepResult, make_result
+from livetwin.calibrate.spec import CalibrationSpec
+from livetwin.calibrate.state import FilterState
+from livetwin.calibrate.transforms import BOTH, LOWER, UPPER
+from livetwin.calibrate.ukf import BatchUKF
+from livetwin.errors import InvalidInput
+
+PRECISIONS = ("float64", "float32")
+MIN_CHUNK = 16
+CPU_CHUNK = 512  # twins per compiled call on a CPU: the model's rows stay in cache
+DEVICE_CHUNK = 1 << 20
+_COMPILING = threading.Lock()
+
+
+class CompiledUKF(BatchUKF):
+    """`BatchUKF` with each chunk's step compiled by JAX (see the module docstring).
+
+    Takes the options of `BatchUKF` (`executor` is not used: XLA runs the chunk) and
+    `precision` ("float64" or "float32"). The model must be declared ``array_api=True``.
+    """
+
+    kind = "ukf"
+
+    def __init__(
+        self,
+        spec: CalibrationSpec,
+        n_twins: int,
+        *,
+        precision: str = "float64",
+        chunk_size: int | None = None,
+        threads: int | None = None,
+        **options,
+    ):
+        jax = _jax()  # fails here, before any work, when JAX is not installed
+        on_cpu = jax.default_backend() == "cpu"
+        if chunk_size is None:  # cache-sized on a CPU, whole fleets on an accelerator
+            chunk_size = CPU_CHUNK if on_cpu else DEVICE_CHUNK
+        super().__init__(spec, n_twins, chunk_size=chunk_size, **options)
+        if threads is None:
+            threads = (os.cpu_count() or 1) if on_cpu else 1
+        check_int("threads", threads, 1)
+        self.threads = threads
+        if precision not in PRECISIONS:
+            raise InvalidInput(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+                field="precision",
+                fix="use float64 (default) or float32",
+            )
+        model = self.plan.model
+        if not model.array_api:
+            raise InvalidInput(
+                f"model {model.name!r} is NumPy-only: the compiled backend needs a model "
+                "written against the array namespace",
+                field="backend",
+                fix="use backend numpy, or port the model (@model(..., array_api=True), "
+                "see livetwin.models.xp)",
+            )
+        self.precision = precision
+        self._dtype = np.dtype(precision)
+        self.compile_seconds: dict[int, float] = {}  # padded chunk size -> seconds it took
+        self.compile_wait_s = 0.0  # what this filter waited for compiling (0 when cached)
+        plan, w = self.plan, self.weights
+        self._static = _Static(
+            fn=model.fn,
+            transient=model.transient,
+            n_model_params=len(model.params),
+            n_states=len(model.states),
+            n_outputs=len(model.outputs),
+            n_inputs=len(model.inputs),
+            cal_idx=tuple(int(i) for i in plan.cal_idx),
+            fixed_idx=tuple(int(i) for i in plan.fixed_idx),
+            meas_idx=tuple(int(i) for i in plan.meas_idx),
+            tf_kind=tuple(int(k) for k in plan.tf.kind),
+            tf_lo=tuple(float(v) for v in plan.tf.lo),
+            tf_hi=tuple(float(v) for v in plan.tf.hi),
+            scale=w.scale,
+            wm=tuple(float(v) for v in w.wm),
+            wc=tuple(float(v) for v in w.wc),
+            gate_table=tuple(float(v) for v in self.gate_table),
+            has_q=plan.q is not None,
+            estimate_noise=plan.r is None,
+            max_rejects=self.max_rejects,
+            reopen_after=self.reopen_after,
+            noise_window=self.noise_window,
+            noise_min_samples=self.noise_min_samples,
+            precision=precision,
+        )
+
+    def step(
+        self,
+        state: FilterState,
+        inputs: np.ndarray,
+        z: np.ndarray,
+        dt: float,
+        *,
+        t: float | None = None,
+    ) -> tuple[FilterState, StepResult]:
+        """As `BatchUKF.step`, each chunk in one compiled call."""
+        inputs, z = self._check_step(state, inputs, z, dt)
+        plan, n = self.plan, self.n_twins
+        per_twin = {
+            "mean": state.mean,
+            "cov": state.cov,
+            "rejects": state.rejects.astype(np.int32),
+            "u": inputs,
+            "z": z,
+            "fixed": plan.fixed,
+            "prior_mean": plan.prior_mean,
+            "prior_cov": plan.prior_cov,
+        }
+        if plan.q is not None:
+            per_twin["q"] = plan.q
+        if plan.r is None:
+            per_twin.update(
+                noise_var=state.noise_var,
+                noise_count=state.noise_count.astype(np.int64),
+                noise_hist=state.noise_hist,
+            )
+        else:
+            per_twin["r"] = plan.r
+        dt_arg = self._dtype.type(dt)
+        starts = range(0, n, self.chunk_size)
+        sizes = [_padded(min(n, lo + self.chunk_size) - lo) for lo in starts]
+        compiled = {size: self._compiled(size) for size in set(sizes)}  # here, not on threads
+
+        def run(lo: int) -> dict:
+            hi = min(n, lo + self.chunk_size)
+            size = _padded(hi - lo)
+            chunk = {k: _pad(v[lo:hi], size, self._dtype) for k, v in per_twin.items()}
+            out = compiled[size](dt_arg, chunk)
+            return {k: np.asarray(v)[: hi - lo] for k, v in out.items()}
+
+        if len(starts) > 1 and self.threads > 1:
+            parts = list(_pool(self.threads).map(run, starts))
+        else:
+            parts = [run(lo) for lo in starts]
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        floats = {k: out[k].astype(float) for k in ("mean", "cov", "out_mean", "out_var", "nis")}
+        new = FilterState(
+            mean=floats["mean"],
+            cov=floats["cov"],
+            names=state.names,
+            model=state.model,
+            kind=state.kind,
+            t=float(t) if t is not None else state.t + dt,
+            steps=state.steps + 1,
+            type_version=state.type_version,
+            failed=state.failed | out["reset"],
+            reason=np.where(out["reset"], out["bad"], state.reason).astype(np.int8),
+            rejects=out["rejects"].astype(np.int32),
+        )
+        if plan.r is None:
+            new.noise_var = out["noise_var"].astype(float)
+            new.noise_count = out["noise_count"].astype(np.int64)
+            new.noise_hist = out["noise_hist"].astype(float)
+        result = make_result(
+            plan,
+            new.mean,
+            new.cov,
+            floats["out_mean"],
+            floats["out_var"],
+            floats["nis"],
+            out["updated"],
+            out["reset"],
+            out["bad"].astype(np.int8),
+        )
+        return new, result
+
+    def _compiled(self, size: int):
+        t0 = time.perf_counter()
+        with _COMPILING:  # filters on several threads compile a shape once
+            fn, seconds = _compile(self._static, size)
+        self.compile_wait_s += time.perf_counter() - t0
+        self.compile_seconds.setdefault(size, seconds)
+        return fn
+
+
+def _padded(rows: int) -> int:
+    """The compiled size for a chunk of `rows` twins: the next power of two, at least 16."""
+    return max(MIN_CHUNK, 1 << (rows - 1).bit_length())
+
+
+@lru_cache(maxsize=8)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """Threads that run chunks side by side (XLA releases the GIL while a chunk runs)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="livetwin-ukf")
+
+
+def _pad(value: np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
+    """Rows up to `size` by repeating the last twin (its results are dropped); floats in the
+    filter's precision."""
+    if value.dtype.kind == "f":
+        value = value.astype(dtype, copy=False)
+    if len(value) < size:
+        value = np.concatenate([value, np.repeat(value[-1:], size - len(value), axis=0)])
+    return value
+
+
+# ---- the compiled step ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Static:
+    """Everything a compiled step depends on besides array shapes: the cache key."""
+
+    fn: object
+    transient: bool
+    n_model_params: int
+    n_states: int
+    n_outputs: int
+    n_inputs: int
+    cal_idx: tuple[int, ...]
+    fixed_idx: tuple[int, ...]
+    meas_idx: tuple[int, ...]
+    tf_kind: tuple[int, ...]
+    tf_lo: tuple[float, ...]
+    tf_hi: tuple[float, ...]
+    scale: float
+    wm: tuple[float, ...]
+    wc: tuple[float, ...]
+    gate_table: tuple[float, ...]
+    has_q: bool
+    estimate_noise: bool
+    max_rejects: int
+    reopen_after: int
+    noise_window: int
+    noise_min_samples: int
+    precision: str
+
+
+def _jax():
+    """The `jax` module, with 64-bit floats enabled (float64 is the default precision)."""
+    try:
+        import jax
+    except ImportError:
+        raise InvalidInput(
+            "the compiled (jax) calibration backend needs JAX, which is not installed",
+            field="backend",
+            fix="pip install 'livetwin[jax]', or use backend numpy",
+        ) from None
+    if not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+@lru_cache(maxsize=64)
+def _compile(static: _Static, size: int):
+    """The compiled step of `static` for chunks of `size` twins, and the seconds it took."""
+    jax = _jax()
+    dtype = np.dtype(static.precision)
+    n, m = len(static.cal_idx) + static.n_states, len(static.meas_idx)
+
+    def shape(*dims: int, kind: object = dtype):
+        return jax.ShapeDtypeStruct((size, *dims), kind)
+
+    spec = {
+        "mean": shape(n),
+        "cov": shape(n, n),
+        "rejects": shape(kind=np.int32),
+        "u": shape(static.n_inputs),
+        "z": shape(m),
+        "fixed": shape(len(static.fixed_idx)),
+        "prior_mean": shape(n),
+        "prior_cov": shape(n, n),
+    }
+    if static.has_q:
+        spec["q"] = shape(n, n)
+    if static.estimate_noise:
+        spec.update(noise_var=shape(m), noise_count=shape(m, kind=np.int64), noise_hist=shape(2, m))
+    else:
+        spec["r"] = shape(m, m)
+    t0 = time.perf_counter()
+    step = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
+    compiled = step.lower(jax.ShapeDtypeStruct((), dtype), spec).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _ukf_step(static: _Static, dt, a: dict) -> dict:
+    """`BatchUKF.step` for one chunk, traced: the noise estimate, `ukf_chunk`, then the gate's
+    bookkeeping, re-opening and resets of `BatchFilter.step`, as functional array code."""
+    import jax.numpy as jnp
+
+    dtype = a["mean"].dtype
+    mean, cov, z = a["mean"], a["cov"], a["z"]
+    n_tw, n = mean.shape
+    p = len(static.cal_idx)
+    m = z.shape[1]
+    out: dict = {}
+    obs = jnp.isfinite(z)
+    if static.estimate_noise:  # `update_noise_estimate`
+        var, count, hist = a["noise_var"], a["noise_count"], a["noise_hist"]
+        d2 = z - 2.0 * hist[:, 1] + hist[:, 0]
+        ok = jnp.isfinite(d2)
+        count = count + ok
+        weight = jnp.where(ok, 1.0 / jnp.maximum(jnp.minimum(count, static.noise_window), 1), 0.0)
+        var = var + weight * (jnp.where(ok, d2 * d2 / 6.0, 0.0) - jnp.where(ok, var, 0.0))
+        out.update(noise_var=var, noise_count=count, noise_hist=jnp.stack([hist[:, 1], z], 1))
+        obs = obs & (count >= static.noise_min_samples) & (var > 0)
+        r = jnp.eye(m, dtype=dtype) * jnp.where(obs, var, 1.0)[:, None, :]
+    else:
+        r = a["r"]
+
+    # `ukf_chunk`: sigma points (centre, +-state columns, +-parameter columns), model, update
+    wm, wc = jnp.asarray(static.wm, dtype), jnp.asarray(static.wc, dtype)
+    prior = cov + a["q"] if static.has_q else cov
+    low, cov_ok = _cholesky(prior)
+    spread = static.scale * jnp.swapaxes(low, 1, 2)
+    centre = mean[:, None, :]
+    sig = jnp.concatenate(
+        [
+            centre,
+            centre + spread[:, p:],
+            centre - spread[:, p:],
+            centre + spread[:, :p],
+            centre - spread[:, :p],
+        ],
+        axis=1,
+    )
+    k = sig.shape[1]
+    y = _propagate(static, sig.reshape(n_tw * k, n), a["u"], a["fixed"], dt, k).reshape(n_tw, k, -1)
+    finite = jnp.isfinite(y).all(axis=(1, 2))
+    y = jnp.where((finite & cov_ok)[:, None, None], y, 0.0)
+    mu = y[:, 0] + jnp.einsum("k,nkd->nd", wm[1:], y[:, 1:] - y[:, :1])
+    dev = y - mu[:, None, :]
+    wdev = dev * wc[:, None]
+    zi = n + np.asarray(static.meas_idx)
+    cz = jnp.swapaxes(wdev, 1, 2) @ dev[:, :, zi]
+    gain, nu, nis, attempted, gated, s_ok = _masked_gain(
+        static, cz, cz[:, zi], r, z - mu[:, zi], obs
+    )
+    mu = mu + (gain @ nu[:, :, None])[:, :, 0]
+    post = jnp.swapaxes(wdev[:, :, :n], 1, 2) @ dev[:, :, :n]
+    post = post - gain[:, :n] @ jnp.swapaxes(cz[:, :n], 1, 2)
+    post = 0.5 * (post + jnp.swapaxes(post, 1, 2))
+    out_var = jnp.einsum("nkd,nkd->nd", wdev[:, :, n:], dev[:, :, n:])
+    out_var = out_var - jnp.einsum("nij,nij->ni", gain[:, n:], cz[:, n:])
+    diag = jnp.diagonal(post, axis1=1, axis2=2)
+    post_ok = jnp.isfinite(post).all(axis=(1, 2)) & (diag > 0).all(axis=1)
+    bad = jnp.select(  # `fail_code`
+        [~finite, ~(cov_ok & post_ok), ~s_ok], [BAD_MODEL, BAD_COV, BAD_INNOVATION], 0
+    )
+
+    # `BatchFilter.step`: rejects in a row, re-opening, resets
+    new_mean, new_cov = mu[:, :n], post
+    rejects = jnp.where(attempted, jnp.where(gated, a["rejects"] + 1, 0), a["rejects"])
+    bad = jnp.where((bad == 0) & (rejects > static.max_rejects), BAD_OUTLIERS, bad)
+    reset = bad != 0
+    reopen = ~reset & attempted & gated & (rejects >= static.reopen_after)
+    new_cov = jnp.where(reopen[:, None, None], new_cov + a["prior_cov"], new_cov)
+    restart = jnp.where((bad == BAD_OUTLIERS)[:, None], new_mean, mean)
+    prior_mean = a["prior_mean"]
+    model_failed = (bad == BAD_MODEL)[:, None] & (jnp.arange(n) < p)[None, :]
+    restart = jnp.where(model_failed, prior_mean, restart)
+    restart = jnp.where(jnp.isfinite(restart), restart, prior_mean)
+    out.update(
+        mean=jnp.where(reset[:, None], restart, new_mean),
+        cov=jnp.where(reset[:, None, None], a["prior_cov"], new_cov),
+        rejects=jnp.where(reset, 0, rejects),
+        out_mean=jnp.where(reset[:, None], jnp.nan, mu[:, n:]),
+        out_var=jnp.where(reset[:, None], jnp.nan, out_var),
+        nis=nis,
+        updated=attempted & ~gated & ~reset,
+        reset=reset,
+        bad=bad.astype(jnp.int8),
+    )
+    return out
+
+
+def _propagate(static: _Static, flat, u, fixed, dt, reps: int):
+    """`propagate`: all rows of ``flat[M, n]`` through the model -> ``[M, n + o]``."""
+    import jax.numpy as jnp
+
+    p = len(static.cal_idx)
+    columns = jnp.concatenate([_to_param(static, flat[:, :p]), jnp.repeat(fixed, reps, 0)], 1)
+    order = np.argsort(np.array(static.cal_idx + static.fixed_idx, dtype=int))
+    params = columns[:, order]
+    inputs = jnp.repeat(u, reps, axis=0)
+    states = flat[:, p:]
+    if static.transient:
+        new_states, outputs = static.fn(states, params, inputs, dt)
+    else:
+        new_states, outputs = states, static.fn(params, inputs, dt)
+    rows = flat.shape[0]
+    for arr, width, what in (
+        (new_states, static.n_states, "states"),
+        (outputs, static.n_outputs, "outputs"),
+    ):
+        if tuple(arr.shape) != (rows, width):
+            raise InvalidInput(
+                f"model returned {what} of shape {tuple(arr.shape)}, expected {(rows, width)}",
+                field="model",
+                fix="return one row per input row and one column per declared name",
+            )
+    return jnp.concatenate([flat[:, :p], new_states.astype(flat.dtype), outputs], axis=1)
+
+
+def _to_param(static: _Static, theta):
+    """`Transforms.to_param` with the kinds known at compile time."""
+    import jax.numpy as jnp
+
+    columns = []
+    for j, kind in enumerate(static.tf_kind):
+        t, lo, hi = theta[:, j], static.tf_lo[j], static.tf_hi[j]
+        if kind == LOWER:
+            t = jnp.exp(t) + lo
+        elif kind == UPPER:
+            t = hi - jnp.exp(-t)
+        elif kind == BOTH:
+            t = lo + (hi - lo) / (1.0 + jnp.exp(-t))
+        columns.append(t)
+    return jnp.stack(columns, axis=1)
+
+
+def _cholesky(a):
+    """`robust_cholesky`: lower factors and ok per twin; a failing twin is retried with growing
+    jitter (only when one fails) and gets an identity factor if that fails too."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    a = 0.5 * (a + jnp.swapaxes(a, -1, -2))
+    ok = jnp.isfinite(a).all(axis=(-2, -1))
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+    a = jnp.where(ok[:, None, None], a, eye)
+    low = jnp.linalg.cholesky(a)
+    good = jnp.isfinite(low).all(axis=(-2, -1))
+
+    def repair(found):  # all jitters in one factorisation; each twin takes its first success
+        low, good = found
+        scale = jnp.mean(jnp.abs(jnp.diagonal(a, axis1=1, axis2=2)), axis=1)
+        scale = jnp.where(scale == 0, 1.0, scale)
+        jitter = jnp.asarray(JITTERS, a.dtype)[:, None, None, None] * scale[None, :, None, None]
+        retry = jnp.linalg.cholesky(a[None] + jitter * eye)  # [jitters, N, k, k]
+        for level in range(len(JITTERS)):
+            fine = ~good & jnp.isfinite(retry[level]).all(axis=(-2, -1))
+            low = jnp.where(fine[:, None, None], retry[level], low)
+            good = good | fine
+        return jnp.where(good[:, None, None], low, eye), good
+
+    low, good = lax.cond(good.all(), lambda found: found, repair, (low, good))
+    return low, ok & good
+
+
+def _masked_gain(static: _Static, cz, pzz, r, innov, obs):
+    """`masked_gain`: the gain from each twin's observed components, gated on its NIS."""
+    import jax.numpy as jnp
+
+    m = obs.shape[1]
+    both = obs[:, :, None] & obs[:, None, :]
+    s = jnp.where(both, pzz + r, 0.0) + jnp.eye(m, dtype=r.dtype) * (~obs)[:, None, :]
+    low, ok = _cholesky(s)
+    li = jnp.linalg.inv(low)
+    s_inv = jnp.swapaxes(li, -1, -2) @ li
+    nu = jnp.where(obs, innov, 0.0)
+    nis = jnp.einsum("ni,nij,nj->n", nu, s_inv, nu)
+    dof = obs.sum(axis=1)
+    attempted = dof > 0
+    gated = attempted & ~(nis <= jnp.asarray(static.gate_table, r.dtype)[dof])
+    use = attempted & ~gated & ok
+    gain = ((cz * obs[:, None, :]) @ s_inv) * use[:, None, None]
+    return gain, nu, jnp.where(attempted, nis, jnp.nan), attempted, gated & ok, ok
