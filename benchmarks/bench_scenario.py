@@ -27,29 +27,31 @@ if str(_HERE) not in sys.path:
 
 from common import Report  # noqa: E402
 
-from livetwin.calibrate import BatchUKF, chunk_pool  # noqa: E402
+from livetwin.calibrate import chunk_pool, jax_installed, make_filter  # noqa: E402
 from livetwin.examples.rollers import DT, roller_fleet, roller_spec  # noqa: E402
 from livetwin.scenario.forecast import Columns, forward, measurement_var  # noqa: E402
 
 TARGET_S = 10.0  # 1,000 lines x 1,000 steps with bands
 
 
-def calibrated(n: int, steps: int, *, seed: int = 1, **fleet):
-    """A fleet, its filter and the state after `steps` calibrated steps."""
+def calibrated(n: int, steps: int, *, seed: int = 1, backend: str = "numpy", **fleet):
+    """A fleet, its filter (on `backend`) and the state after `steps` calibrated steps."""
     sim = roller_fleet(n, seed=seed, **fleet)
     warm = sim.run(steps)
-    filt = BatchUKF(roller_spec(warm.z[0]), n)
+    filt = make_filter(roller_spec(warm.z[0]), n, backend=backend)
     state, _ = filt.run(filt.init(), warm.inputs, warm.z, DT)
     return sim, filt, state
 
 
-def time_forward(n: int, steps: int, workers: int) -> dict:
-    sim, filt, state = calibrated(n, 20)
+def time_forward(n: int, steps: int, workers: int, backend: str = "numpy") -> dict:
+    sim, filt, state = calibrated(n, 20, backend=backend)
     inputs = np.repeat(sim.step().inputs[None], steps, axis=0)
     columns = Columns(filt.plan.model.outputs[:4], filt.plan.model.outputs[4:], filt.plan.params)
     meas_var = measurement_var(filt, state)
     with chunk_pool(workers) as pool:
         filt.executor = pool
+        if backend == "jax":  # compile outside the timing (reported by the calibration rows)
+            list(forward(filt, state, inputs[:1], DT))
         started = time.perf_counter()
         for _, results in forward(filt, state, inputs, DT):
             bands = columns.bands(results, meas_var)
@@ -74,12 +76,14 @@ def coverage(wear: float, drift: float, n: int = 24, steps: int = 300) -> float:
 def main(json_only: bool = False, quick: bool = False) -> None:
     report = Report(json_only, quick)
     n, steps = 1000, 100 if quick else 1000
-    for workers in (0,) if quick else (0, 2):
-        report.note(f"forward: {n} lines x {steps} steps, {workers or 1} process(es)")
-        row = time_forward(n, steps, workers)
+    runs = [("numpy", w) for w in ((0,) if quick else (0, 2))]
+    runs += [("jax", 0)] if jax_installed() else []
+    for backend, workers in runs:
+        report.note(f"forward: {n} lines x {steps} steps, {backend}, {workers or 1} process(es)")
+        row = time_forward(n, steps, workers, backend)
         full = row["seconds"] * 1000 / steps
         report.emit(
-            f"forward-rollers-{n}x1000-{workers or 1}proc",
+            f"forward-rollers-{n}x1000-{backend}-{workers or 1}proc",
             values_per_s=None,
             observations_per_s=None,
             target=f"< {TARGET_S:g} s for 1,000 x 1,000 steps",
@@ -91,6 +95,7 @@ def main(json_only: bool = False, quick: bool = False) -> None:
             extrapolated=steps != 1000,
             twin_steps_per_s=round(row["twin_steps_per_s"]),
             workers=workers,
+            backend=backend,
         )
     for label, wear, drift in (("drift-as-assumed", 0.0, 2e-3), ("demo-wear", 2e-4, 1e-3)):
         report.note(f"coverage: {label}")

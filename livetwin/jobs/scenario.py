@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livetwin.calibrate import BatchEnKF, BatchUKF, StepResult, chunk_pool
+from livetwin.calibrate import StepResult, choose_backend, chunk_pool, make_filter
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.jobs.calibration import TypeCalibration, _spec, _take
 from livetwin.jobs.lineage import model_node
@@ -184,8 +184,14 @@ class Scenarios:
         params = {p: np.tile(current[p], 2) for p in plan.model.params}
         measured = np.tile(np.stack([current[m] for m in plan.measured], axis=-1), (1, 2, 1))
         spec = _spec(ctype, plan, params, measured)
-        estimator = BatchEnKF if plan.section.estimator == "enkf" else BatchUKF
-        filt = estimator(spec, 2 * n)
+        section = plan.section  # the filter its calibration runs: estimator, backend, precision
+        filt = make_filter(
+            spec,
+            2 * n,
+            estimator=section.estimator,
+            backend=section.backend,
+            precision=section.precision,
+        )
         state = _take(saved.state, rows + rows)
         return Fork(ctype, ids, start, current, steps, every // dt, scenario, baseline, filt, state)
 
@@ -387,7 +393,10 @@ class Scenarios:
         out = np.full((2, points, n, len(labels)), np.nan)
         chunk = max(50, -(-fork.steps // 50))
         dt = fork.dt_ms / 1000.0
-        with chunk_pool(plan.section.workers) as pool:  # as the type's calibration runs
+        section = plan.section
+        numpy = choose_backend(plan.model, section.estimator, section.backend) == "numpy"
+        workers = section.workers if numpy else 0  # XLA runs its chunks on its own threads
+        with chunk_pool(workers) as pool:  # as the type's calibration runs
             fork.filt.executor = pool
             for first, results in forward(fork.filt, fork.state, u, dt, chunk=chunk):
                 self._keep(fork, sides, columns, meas_var, inputs, out, first, results)

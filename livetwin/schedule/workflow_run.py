@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import multiprocessing
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -303,9 +304,12 @@ class Executor:
         self.kind = kind
         self.lineage = lineage
         self.clock: Callable[[], int] = lineage.clock or wall_clock_ms
-        pool_class = ThreadPoolExecutor if kind == "thread" else ProcessPoolExecutor
-        extra = {"thread_name_prefix": "livetwin-task"} if kind == "thread" else {}
-        self._pool = pool_class(max_workers=max_workers, **extra)
+        if kind == "thread":
+            self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="livetwin-task")
+        else:  # spawned, never forked: a fork of this many-threaded process (JAX, the writer,
+            # the scheduler) may copy a held lock into the child and deadlock it
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=spawn)
 
     def start(self, wf: Workflow | Callable, *args: Any, **kwargs: Any) -> WorkflowRun:
         """Start a run in the background; returns its `WorkflowRun` at once."""
