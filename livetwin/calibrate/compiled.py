@@ -21,7 +21,6 @@ JAX is an optional extra (``pip install 'livetwin[jax]'``); this module imports 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -76,8 +75,8 @@ class CompiledUKF(BatchUKF):
         if chunk_size is None:  # cache-sized on a CPU, whole fleets on an accelerator
             chunk_size = CPU_CHUNK if on_cpu else DEVICE_CHUNK
         super().__init__(spec, n_twins, chunk_size=chunk_size, **options)
-        if threads is None:
-            threads = (os.cpu_count() or 1) if on_cpu else 1
+        if threads is None:  # chunks one after another: XLA spreads each over the cores;
+            threads = 1  # two chunks in flight on a 2-core CPU were seen to hang in XLA
         check_int("threads", threads, 1)
         self.threads = threads
         if precision not in PRECISIONS:
