@@ -17,14 +17,14 @@ from typing import ClassVar
 import numpy as np
 
 from livetwin.calibrate.linalg import inv_from_cholesky, robust_cholesky
-from livetwin.calibrate.noise import update_noise_estimate
+from livetwin.calibrate.noise import LEARNED, learn_noise, noise_in_use, update_noise_estimate
 from livetwin.calibrate.results import StepResult, make_result, stack
 from livetwin.calibrate.spec import CalibrationSpec, Plan, compile_spec
 from livetwin.calibrate.state import FilterState
 from livetwin.errors import InvalidInput
 
 BAD_MODEL, BAD_COV, BAD_INNOVATION, BAD_OUTLIERS = 1, 2, 3, 4
-_NOISE = ("noise_var", "noise_count", "noise_hist")
+_NOISE = ("noise_var", "noise_count", "noise_hist", *LEARNED)
 
 
 class BatchFilter:
@@ -40,7 +40,9 @@ class BatchFilter:
       The caller owns it: `with chunk_pool(k) as pool: BatchUKF(spec, n, executor=pool)`;
       a pool of processes is worthwhile for many thousand twins.
     * `noise_window`, `noise_min_samples`: the running measurement-noise estimate used when the
-      spec gives no `meas_noise`; a component is used only after `noise_min_samples` samples.
+      spec gives no `meas_noise` (`livetwin.calibrate.noise`: covariance matching of the
+      innovations over an exponential window of `noise_window` updates, after a bootstrap of
+      `noise_min_samples` samples); a component is used only after `noise_min_samples` samples.
     """
 
     kind: ClassVar[str] = ""
@@ -56,7 +58,7 @@ class BatchFilter:
         reopen_after: int = 3,
         chunk_size: int = 1000,
         executor: Executor | None = None,
-        noise_window: int = 50,
+        noise_window: int = 100,
         noise_min_samples: int = 5,
     ):
         self.spec = spec
@@ -107,6 +109,7 @@ class BatchFilter:
             state.noise_var = np.zeros((self.n_twins, m))
             state.noise_count = np.zeros((self.n_twins, m), dtype=np.int64)
             state.noise_hist = np.full((self.n_twins, 2, m), np.nan)
+            _learning_arrays(state)
         self._init_extra(state, np.arange(self.n_twins))
         return state
 
@@ -127,7 +130,7 @@ class BatchFilter:
         predicts). The given `state` is not modified.
         """
         plan = self.plan
-        n, m = self.n_twins, len(plan.meas_idx)
+        n = self.n_twins
         inputs, z = self._check_step(state, inputs, z, dt)
 
         new = replace(  # mean, cov and ensemble are replaced below, never written in place
@@ -136,16 +139,8 @@ class BatchFilter:
             reason=state.reason.copy(),
             **{k: getattr(state, k).copy() for k in _NOISE if getattr(state, k) is not None},
         )
+        r, z = self.noise_before(new, z)
         obs = np.isfinite(z)
-        if plan.r is None:
-            update_noise_estimate(
-                new.noise_var, new.noise_count, new.noise_hist, z, self.noise_window
-            )
-            obs &= (new.noise_count >= self.noise_min_samples) & (new.noise_var > 0)
-            r = np.zeros((n, m, m))
-            r[:, np.arange(m), np.arange(m)] = np.where(obs, new.noise_var, 1.0)
-        else:
-            r = plan.r
 
         jobs = []
         for lo in range(0, n, self.chunk_size):
@@ -205,6 +200,7 @@ class BatchFilter:
         new.steps = state.steps + 1
         new.t = float(t) if t is not None else state.t + dt
         updated = attempted & ~out["gated"] & ~reset
+        self.noise_after(new, r, out["innov"], out["pzz"], updated)
         result = make_result(
             plan, new.mean, new.cov, out_mean, out_var, out["nis"], updated, reset, bad
         )
@@ -235,6 +231,31 @@ class BatchFilter:
         new.mean[idx] = mean
         new.cov[idx] = plan.prior_cov[idx]
         self._init_extra(new, idx)
+
+    # -- measurement noise (one implementation for every backend) ---------------------------
+    def noise_before(self, new: FilterState, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The noise covariance ``[N,m,m]`` of this step and `z` with NaN where a component's
+        noise is not known yet (configured, else estimated: `noise_in_use`); updates the
+        second-difference bootstrap of `new` in place."""
+        plan = self.plan
+        if plan.r is not None:
+            return plan.r, z
+        _learning_arrays(new)
+        update_noise_estimate(new.noise_var, new.noise_count, new.noise_hist, z, self.noise_window)
+        var, ready = noise_in_use(new, self.noise_min_samples)
+        m = var.shape[1]
+        r = np.zeros((self.n_twins, m, m))
+        r[:, np.arange(m), np.arange(m)] = np.where(ready, var, 1.0)
+        return r, np.where(ready, z, np.nan)
+
+    def noise_after(
+        self, new: FilterState, r: np.ndarray, innov: np.ndarray, pzz: np.ndarray, updated
+    ) -> None:
+        """Learn the noise from this step's innovations (`learn_noise`) of updated twins."""
+        if self.plan.r is None:
+            r_diag = np.diagonal(r, axis1=1, axis2=2)
+            used = updated[:, None] & np.isfinite(innov)
+            learn_noise(new, innov, pzz, r_diag, used, self.noise_window)
 
     # -- hooks -----------------------------------------------------------------------------
     def _context(self) -> object:
@@ -283,6 +304,14 @@ def chunk_pool(workers: int) -> Iterator[Executor | None]:
         yield pool
     finally:
         pool.shutdown()
+
+
+def _learning_arrays(state: FilterState) -> None:
+    """Zeroed covariance-matching sums where `state` has none (a fresh filter, or a state saved
+    before the innovations were learned from)."""
+    for name in LEARNED:
+        if getattr(state, name) is None:
+            setattr(state, name, np.zeros(state.noise_var.shape))
 
 
 def _run_chunk(fn: Callable, ctx: object, dt: float, arrays: dict) -> dict:
@@ -389,6 +418,8 @@ def masked_gain(
     return {
         "gain": gain,
         "nu": nu,
+        "innov": np.where(obs, innov, np.nan),
+        "pzz": np.diagonal(pzz, axis1=1, axis2=2).copy(),
         "nis": np.where(attempted, nis, np.nan),
         "attempted": attempted,
         "gated": gated & ok,

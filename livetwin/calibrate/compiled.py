@@ -3,9 +3,10 @@
 `CompiledUKF` gives the same results as `BatchUKF` (NumPy, the reference; a test holds them to
 1e-9 relative in float64) for models written against the array namespace
 (``array_api=True``, see `livetwin.models.xp`). One call of the compiled step does everything
-`BatchUKF.step` does for a chunk: the running measurement-noise estimate, sigma points, the
-model (its substep loop compiled, not unrolled), the masked Kalman update, the outlier gate,
-re-opening and resets. Only the summary of the posterior (`make_result`) runs in NumPy.
+`BatchUKF.step` does for a chunk: sigma points, the model (its substep loop compiled, not
+unrolled), the masked Kalman update, the outlier gate, re-opening and resets. The measurement
+noise estimate (`BatchFilter.noise_before`/`noise_after`, a few array operations per step) and
+the summary of the posterior (`make_result`) run in NumPy, shared with the NumPy backend.
 
 * Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
   handful of shapes, not one per size. Compiled steps are kept per model, spec layout, options,
@@ -24,12 +25,13 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 
 from livetwin.calibrate.batch import (
+    _NOISE,
     BAD_COV,
     BAD_INNOVATION,
     BAD_MODEL,
@@ -117,11 +119,8 @@ class CompiledUKF(BatchUKF):
             wc=tuple(float(v) for v in w.wc),
             gate_table=tuple(float(v) for v in self.gate_table),
             has_q=plan.q is not None,
-            estimate_noise=plan.r is None,
             max_rejects=self.max_rejects,
             reopen_after=self.reopen_after,
-            noise_window=self.noise_window,
-            noise_min_samples=self.noise_min_samples,
             precision=precision,
         )
 
@@ -137,6 +136,9 @@ class CompiledUKF(BatchUKF):
         """As `BatchUKF.step`, each chunk in one compiled call."""
         inputs, z = self._check_step(state, inputs, z, dt)
         plan, n = self.plan, self.n_twins
+        noise = {k: getattr(state, k) for k in _NOISE if getattr(state, k) is not None}
+        new = replace(state, **{k: v.copy() for k, v in noise.items()})
+        r, z = self.noise_before(new, z)
         per_twin = {
             "mean": state.mean,
             "cov": state.cov,
@@ -146,17 +148,10 @@ class CompiledUKF(BatchUKF):
             "fixed": plan.fixed,
             "prior_mean": plan.prior_mean,
             "prior_cov": plan.prior_cov,
+            "r": r,
         }
         if plan.q is not None:
             per_twin["q"] = plan.q
-        if plan.r is None:
-            per_twin.update(
-                noise_var=state.noise_var,
-                noise_count=state.noise_count.astype(np.int64),
-                noise_hist=state.noise_hist,
-            )
-        else:
-            per_twin["r"] = plan.r
         dt_arg = self._dtype.type(dt)
         starts = range(0, n, self.chunk_size)
         sizes = [_padded(min(n, lo + self.chunk_size) - lo) for lo in starts]
@@ -174,24 +169,21 @@ class CompiledUKF(BatchUKF):
         else:
             parts = [run(lo) for lo in starts]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        floats = {k: out[k].astype(float) for k in ("mean", "cov", "out_mean", "out_var", "nis")}
-        new = FilterState(
+        floats = {
+            k: out[k].astype(float)
+            for k in ("mean", "cov", "out_mean", "out_var", "nis", "innov", "pzz")
+        }
+        new = replace(
+            new,
             mean=floats["mean"],
             cov=floats["cov"],
-            names=state.names,
-            model=state.model,
-            kind=state.kind,
             t=float(t) if t is not None else state.t + dt,
             steps=state.steps + 1,
-            type_version=state.type_version,
             failed=state.failed | out["reset"],
             reason=np.where(out["reset"], out["bad"], state.reason).astype(np.int8),
             rejects=out["rejects"].astype(np.int32),
         )
-        if plan.r is None:
-            new.noise_var = out["noise_var"].astype(float)
-            new.noise_count = out["noise_count"].astype(np.int64)
-            new.noise_hist = out["noise_hist"].astype(float)
+        self.noise_after(new, r, floats["innov"], floats["pzz"], out["updated"])
         result = make_result(
             plan,
             new.mean,
@@ -259,11 +251,8 @@ class _Static:
     wc: tuple[float, ...]
     gate_table: tuple[float, ...]
     has_q: bool
-    estimate_noise: bool
     max_rejects: int
     reopen_after: int
-    noise_window: int
-    noise_min_samples: int
     precision: str
 
 
@@ -301,13 +290,10 @@ def _compile(static: _Static, size: int):
         "fixed": shape(len(static.fixed_idx)),
         "prior_mean": shape(n),
         "prior_cov": shape(n, n),
+        "r": shape(m, m),
     }
     if static.has_q:
         spec["q"] = shape(n, n)
-    if static.estimate_noise:
-        spec.update(noise_var=shape(m), noise_count=shape(m, kind=np.int64), noise_hist=shape(2, m))
-    else:
-        spec["r"] = shape(m, m)
     t0 = time.perf_counter()
     step = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
     compiled = step.lower(jax.ShapeDtypeStruct((), dtype), spec).compile()
@@ -315,29 +301,17 @@ def _compile(static: _Static, size: int):
 
 
 def _ukf_step(static: _Static, dt, a: dict) -> dict:
-    """`BatchUKF.step` for one chunk, traced: the noise estimate, `ukf_chunk`, then the gate's
-    bookkeeping, re-opening and resets of `BatchFilter.step`, as functional array code."""
+    """`BatchUKF.step` for one chunk, traced: `ukf_chunk`, then the gate's bookkeeping,
+    re-opening and resets of `BatchFilter.step`, as functional array code."""
     import jax.numpy as jnp
 
     dtype = a["mean"].dtype
     mean, cov, z = a["mean"], a["cov"], a["z"]
     n_tw, n = mean.shape
     p = len(static.cal_idx)
-    m = z.shape[1]
     out: dict = {}
     obs = jnp.isfinite(z)
-    if static.estimate_noise:  # `update_noise_estimate`
-        var, count, hist = a["noise_var"], a["noise_count"], a["noise_hist"]
-        d2 = z - 2.0 * hist[:, 1] + hist[:, 0]
-        ok = jnp.isfinite(d2)
-        count = count + ok
-        weight = jnp.where(ok, 1.0 / jnp.maximum(jnp.minimum(count, static.noise_window), 1), 0.0)
-        var = var + weight * (jnp.where(ok, d2 * d2 / 6.0, 0.0) - jnp.where(ok, var, 0.0))
-        out.update(noise_var=var, noise_count=count, noise_hist=jnp.stack([hist[:, 1], z], 1))
-        obs = obs & (count >= static.noise_min_samples) & (var > 0)
-        r = jnp.eye(m, dtype=dtype) * jnp.where(obs, var, 1.0)[:, None, :]
-    else:
-        r = a["r"]
+    r = a["r"]
 
     # `ukf_chunk`: sigma points (centre, +-state columns, +-parameter columns), model, update
     wm, wc = jnp.asarray(static.wm, dtype), jnp.asarray(static.wc, dtype)
@@ -364,8 +338,10 @@ def _ukf_step(static: _Static, dt, a: dict) -> dict:
     wdev = dev * wc[:, None]
     zi = n + np.asarray(static.meas_idx)
     cz = jnp.swapaxes(wdev, 1, 2) @ dev[:, :, zi]
-    gain, nu, nis, attempted, gated, s_ok = _masked_gain(
-        static, cz, cz[:, zi], r, z - mu[:, zi], obs
+    pzz = cz[:, zi]
+    gain, nu, nis, attempted, gated, s_ok = _masked_gain(static, cz, pzz, r, z - mu[:, zi], obs)
+    out.update(
+        innov=jnp.where(obs, z - mu[:, zi], jnp.nan), pzz=jnp.diagonal(pzz, axis1=1, axis2=2)
     )
     mu = mu + (gain @ nu[:, :, None])[:, :, 0]
     post = jnp.swapaxes(wdev[:, :, :n], 1, 2) @ dev[:, :, :n]

@@ -78,6 +78,8 @@ def enkf_chunk(ctx: _Ctx, dt: float, a: dict) -> dict:
         "out_mean": mean[:, n:],
         "out_var": (dev[:, :, n:] ** 2).sum(axis=1) / (e - 1),
         "nis": g["nis"],
+        "innov": g["innov"],
+        "pzz": g["pzz"],
         "attempted": g["attempted"],
         "gated": g["gated"],
         "bad": fail_code(finite, cov_ok, g["ok"] & r_ok),

@@ -1,9 +1,18 @@
 """Noise design: validate process/measurement noise, and estimate measurement noise from data.
 
-When no measurement noise is given, the filters estimate it per twin and output from the data
-itself, like TwinStat's rolling variance, but on second differences so that slow trends and
-steady ramps do not count as noise: for white noise of variance r,
-``var(z[k+1] - 2 z[k] + z[k-1]) = 6 r``.
+When no measurement noise is given, the filters estimate it per twin and measured output from
+the filter's own innovations by **covariance matching** (Mehra 1972; Myers and Tapley 1976):
+an innovation ``nu = z - h(x)`` has ``E[nu^2] = Pzz + R``, with ``Pzz`` the predicted spread of
+the model output, so ``R ~ mean(nu^2 - Pzz)``. The mean runs over an exponential window of
+`noise_window` updates, each sample weighted by ``1 / S^2`` (``S = Pzz + R``, the variance of
+``nu``): samples taken while the parameters are still uncertain count little. `learn_noise`
+does this once, in NumPy, for every backend.
+
+Until `noise_min_samples` innovations have been learned from, the filter uses a bootstrap from
+the measurements alone, on second differences so that slow trends and steady ramps do not
+count as noise: for white noise of variance r, ``var(z[k+1] - 2 z[k] + z[k-1]) = 6 r``. It
+overstates the noise where the signal bends between samples (inputs that change every step),
+which only slows the first steps; the innovations then take over.
 """
 
 from __future__ import annotations
@@ -60,6 +69,47 @@ def update_noise_estimate(
     var += w * (np.where(ok, d2 * d2 / 6.0, 0.0) - np.where(ok, var, 0.0))
     hist[:, 0] = hist[:, 1]
     hist[:, 1] = z
+
+
+NOISE_FLOOR = 1e-4  # the learned variance never falls below this fraction of the bootstrap's
+LEARNED = ("noise_sum", "noise_weight")  # exponentially decayed sums of w e and w
+
+
+def noise_in_use(state, min_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The measurement-noise variance ``[N, m]`` a filter uses now, and where it is ready.
+
+    The innovations' covariance-matching mean with the second-difference bootstrap as its
+    prior, worth `min_samples` samples judged at ``S = bootstrap``: at first the bootstrap
+    (which errs on the large side: bands too wide, never too narrow), then, as the filter
+    converges and the weights ``1/S^2`` grow, the innovations. A component without a bootstrap
+    yet is not ready: it does not update the filter.
+    """
+    boot = state.noise_var
+    ready = (state.noise_count >= min_samples) & (boot > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prior = min_samples / (boot * boot)
+        var = (state.noise_sum + prior * boot) / (state.noise_weight + prior)
+        var = np.maximum(var, NOISE_FLOOR * boot)
+    return np.where(ready, var, np.nan), ready
+
+
+def learn_noise(
+    state, innov: np.ndarray, pzz: np.ndarray, r: np.ndarray, used: np.ndarray, window: int
+) -> None:
+    """Feed one step's innovations ``innov[N,m]`` (with the model-output variances
+    ``pzz[N,m]`` and the noise ``r[N,m]`` they were judged with) into the running estimate of
+    `state` where `used` (components that updated the filter): each sample ``e = nu^2 - Pzz``
+    weighted ``w = 1 / S^2``, older samples decaying by ``1 - 1/window`` per update."""
+    keep = 1.0 - 1.0 / window
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        s = pzz + r
+        w = 1.0 / (s * s)
+        e = innov * innov - pzz
+        terms = (w * e, w)
+    used = used & np.isfinite(terms[0]) & np.isfinite(w) & (w > 0)
+    for name, term in zip(LEARNED, terms, strict=True):
+        old = getattr(state, name)
+        setattr(state, name, np.where(used, keep * old + term, old))
 
 
 def noise_matrix(

@@ -31,7 +31,9 @@ class FilterState:
     `failed` is sticky: True once a twin has been reset (restarted from its prior covariance,
     see `BatchFilter._reset`); `reason` is the code of its last failure in `FAILURE_REASONS`;
     `rejects` counts consecutive outlier-gated updates. `noise_*` hold the
-    running measurement-noise estimate when none was configured; `ensemble` the members of an
+    running measurement-noise estimate when none was configured (`livetwin.calibrate.noise`:
+    the second-difference bootstrap in `noise_var`/`_count`/`_hist`, the innovations'
+    covariance matching in `noise_sum`/`noise_weight`); `ensemble` the members of an
     ensemble filter.
     """
 
@@ -49,6 +51,8 @@ class FilterState:
     noise_var: np.ndarray | None = None
     noise_count: np.ndarray | None = None
     noise_hist: np.ndarray | None = None
+    noise_sum: np.ndarray | None = None
+    noise_weight: np.ndarray | None = None
     ensemble: np.ndarray | None = None
 
     def __post_init__(self) -> None:

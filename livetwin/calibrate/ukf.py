@@ -115,6 +115,8 @@ def ukf_chunk(ctx: _Ctx, dt: float, a: dict) -> dict:
         "out_mean": mu[:, n:],
         "out_var": out_var,
         "nis": g["nis"],
+        "innov": g["innov"],
+        "pzz": g["pzz"],
         "attempted": g["attempted"],
         "gated": g["gated"],
         "bad": fail_code(finite, cov_ok & post_ok, g["ok"]),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livetwin.calibrate.batch import BatchFilter
+from livetwin.calibrate.noise import noise_in_use
 from livetwin.calibrate.results import StepResult, stack
 from livetwin.calibrate.state import FilterState
 from livetwin.calibrate.transforms import Z95
@@ -41,7 +42,7 @@ def measurement_var(filt: BatchFilter, state: FilterState) -> np.ndarray:
         return np.diagonal(filt.plan.r, axis1=1, axis2=2).copy()
     if state.noise_var is None:
         return np.zeros((filt.n_twins, len(filt.plan.meas_idx)))
-    return np.nan_to_num(state.noise_var, nan=0.0)
+    return np.nan_to_num(noise_in_use(state, filt.noise_min_samples)[0], nan=0.0)
 
 
 @dataclass(frozen=True)
