@@ -200,10 +200,11 @@ class BatchFilter:
         new.steps = state.steps + 1
         new.t = float(t) if t is not None else state.t + dt
         updated = attempted & ~out["gated"] & ~reset
-        self.noise_after(new, r, out["innov"], out["pzz"], updated)
+        innov_var = self.noise_after(new, r, out["innov"], out["pzz"], updated)
         result = make_result(
-            plan, new.mean, new.cov, out_mean, out_var, out["nis"], updated, reset, bad
-        )
+            plan, new.mean, new.cov, out_mean, out_var, out["nis"], updated, reset, bad,
+            out["innov"], innov_var,
+        )  # fmt: skip
         return new, result
 
     def run(
@@ -250,12 +251,14 @@ class BatchFilter:
 
     def noise_after(
         self, new: FilterState, r: np.ndarray, innov: np.ndarray, pzz: np.ndarray, updated
-    ) -> None:
-        """Learn the noise from this step's innovations (`learn_noise`) of updated twins."""
+    ) -> np.ndarray:
+        """Learn the noise from this step's innovations (`learn_noise`) of updated twins;
+        returns the innovations' variances ``S = Pzz + R`` ``[N,m]``."""
+        r_diag = np.diagonal(r, axis1=1, axis2=2)
         if self.plan.r is None:
-            r_diag = np.diagonal(r, axis1=1, axis2=2)
             used = updated[:, None] & np.isfinite(innov)
             learn_noise(new, innov, pzz, r_diag, used, self.noise_window)
+        return pzz + r_diag
 
     # -- hooks -----------------------------------------------------------------------------
     def _context(self) -> object:

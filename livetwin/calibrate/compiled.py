@@ -183,7 +183,7 @@ class CompiledUKF(BatchUKF):
             reason=np.where(out["reset"], out["bad"], state.reason).astype(np.int8),
             rejects=out["rejects"].astype(np.int32),
         )
-        self.noise_after(new, r, floats["innov"], floats["pzz"], out["updated"])
+        innov_var = self.noise_after(new, r, floats["innov"], floats["pzz"], out["updated"])
         result = make_result(
             plan,
             new.mean,
@@ -194,6 +194,8 @@ class CompiledUKF(BatchUKF):
             out["updated"],
             out["reset"],
             out["bad"].astype(np.int8),
+            floats["innov"],
+            innov_var,
         )
         return new, result
 

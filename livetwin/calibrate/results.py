@@ -19,7 +19,10 @@ class StepResult:
     (measured and virtual sensors alike) at the end of the step: posterior mean and std of the
     noise-free output, band = mean -+ 1.96 std. ``nis`` is the normalised innovation squared
     (NaN when nothing was measured), ``updated`` whether measurements were used, ``reset``
-    whether the twin was reset to its prior this step (``reason`` says why).
+    whether the twin was reset to its prior this step (``reason`` says why). ``innovation``
+    and ``innovation_var`` are each measured component's innovation (measurement minus
+    predicted output, NaN where not measured) and its predicted variance ``S`` (model spread
+    plus measurement noise): what `livetwin.calibrate.fit` judges the model by.
     """
 
     params: tuple[str, ...]
@@ -40,6 +43,8 @@ class StepResult:
     updated: np.ndarray
     reset: np.ndarray
     reason: np.ndarray
+    innovation: np.ndarray
+    innovation_var: np.ndarray
 
     def param(self, name: str) -> dict[str, np.ndarray]:
         """``{"mean", "std", "median", "lower", "upper"}`` of one parameter."""
@@ -55,7 +60,9 @@ class StepResult:
 _PARAM_STATS = ("mean", "std", "median", "lower", "upper")
 
 
-def make_result(plan, mean, cov, out_mean, out_var, nis, updated, reset, reason) -> StepResult:
+def make_result(
+    plan, mean, cov, out_mean, out_var, nis, updated, reset, reason, innov, innov_var
+) -> StepResult:
     """Assemble a `StepResult` from the filter's theta-space posterior and output moments."""
     p = plan.n_params
     std = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
@@ -76,6 +83,8 @@ def make_result(plan, mean, cov, out_mean, out_var, nis, updated, reset, reason)
         updated=updated,
         reset=reset,
         reason=reason,
+        innovation=innov,
+        innovation_var=innov_var,
     )
 
 

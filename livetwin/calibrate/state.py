@@ -34,7 +34,7 @@ class FilterState:
     running measurement-noise estimate when none was configured (`livetwin.calibrate.noise`:
     the second-difference bootstrap in `noise_var`/`_count`/`_hist`, the innovations'
     covariance matching in `noise_sum`/`noise_weight`); `ensemble` the members of an
-    ensemble filter.
+    ensemble filter; `fit_*` the window of the model-fit check (`livetwin.calibrate.fit`).
     """
 
     mean: np.ndarray
@@ -54,6 +54,10 @@ class FilterState:
     noise_sum: np.ndarray | None = None
     noise_weight: np.ndarray | None = None
     ensemble: np.ndarray | None = None
+    fit_nis: np.ndarray | None = None
+    fit_dof: np.ndarray | None = None
+    fit_e: np.ndarray | None = None
+    fit_count: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.mean)

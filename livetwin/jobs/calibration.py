@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from livetwin.calibrate import CalibrationSpec, FilterState, choose_backend, chunk_pool, make_filter
+from livetwin.calibrate.fit import FitCheck
+from livetwin.calibrate.noise import noise_in_use
 from livetwin.calibrate.state import FAILURE_REASONS
 from livetwin.engine.batch import Batch
 from livetwin.errors import InvalidInput
@@ -34,7 +36,7 @@ from livetwin.ingest.observations import Normalized
 from livetwin.jobs.lineage import Cohort, record_calibration
 from livetwin.jobs.ports import CalibrationPorts
 from livetwin.registry.lineage import new_run_id
-from livetwin.spec.calibration import CalibrationPlan
+from livetwin.spec.calibration import FIT_VALUES, CalibrationPlan
 from livetwin.store.history import aggregate
 from livetwin.timefmt import format_ts
 
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 20_000  # per cohort and run; the rest waits for the next run
 DEFAULT_PRIOR_STD = 0.3  # relative, for a parameter without calibration.prior_std
 DEFAULT_PARAM_WALK = 1e-3  # random-walk std per step of a (log-)parameter
+NOISE_MIN_SAMPLES = 5  # the filters' default: the bootstrap's samples before updating
+IDENTIFIABLE_AFTER = 200  # updates after which a band still near its prior is reported
+PRIOR_SHARE = 0.8  # "mostly its prior": posterior std above this share of the prior std
 
 
 @dataclass
@@ -104,6 +109,8 @@ def calibrate(
         "skipped": {},
         "pending": False,
         "window": None,
+        "noise": {},
+        "warnings": [],
     }
     data = {}
     for i, twin in enumerate(chosen):
@@ -136,6 +143,7 @@ def calibrate(
         record["steps"] = max(record["steps"], outcome["steps"])
         record["calibrated"] += outcome["calibrated"]
         record["failed"].update(outcome["failed"])
+        record["warnings"] += outcome["warnings"]
         record["pending"] |= outcome["pending"]
         ran.append(Cohort(tuple(members), *outcome["span"], resumed))
         window = outcome["window"]
@@ -146,6 +154,9 @@ def calibrate(
                 "from": min(record["window"]["from"], window["from"]),
                 "to": max(record["window"]["to"], window["to"]),
             }
+    if chosen and saved.ids:
+        rows = [saved.ids.index(t) for t in data if t in saved.ids]
+        record["noise"] = noise_summary(plan, saved.state, rows)
     record["finished"] = format_ts(ports.clock())
     record["status"] = _status(record)
     record["lineage"] = record_calibration(
@@ -183,6 +194,8 @@ def calibration_view(query, store, twin_id: str, *, runs: int = 10) -> dict:
             "reason": int(saved.state.reason[i]),
             "model": saved.state.model,
             "estimator": saved.state.kind,
+            "noise": noise_summary(plan, saved.state, [i], per_twin=True),
+            **fit_summary(plan, saved.state, i),
         }
     stats = query.stats(twin_id, [*plan.parameters, *plan.virtual], until=until)
     declared = ctype.spec.parameters
@@ -300,11 +313,17 @@ def _run_cohort(
             state = _take(saved.state, [saved.ids.index(t) for t in members])
         else:
             state = filt.init(type_version=ctype.version)
+        check = FitCheck(section.model_fit_window)
+        every = section.publish_every
+        kept = []  # the steps published: every k-th of the type's step grid, and the last
         for k in range(steps):
             state, result = filt.step(state, inputs[k], measured[k], dt)
-            published.append(_values(plan, result))
+            fit = check.update(state, result, result.innovation, result.innovation_var)
+            if (first + k + 1) % every == 0 or k == steps - 1:
+                published.append(_values(plan, result, fit))
+                kept.append(k)
     compile_s = getattr(filt, "compile_wait_s", 0.0)  # the compiled backend's, when cached 0
-    _publish(ingest, ctype, plan, members, step_ts, published)
+    _publish(ingest, ctype, plan, members, step_ts[kept], published)
     _store(saved, state, members, (end + 1) * plan.dt_ms - 1)
     failed = {
         members[i]: FAILURE_REASONS.get(int(state.reason[i]), "failed")
@@ -312,6 +331,8 @@ def _run_cohort(
     }
     return {
         "steps": steps,
+        "published_steps": len(kept),
+        "warnings": not_identifiable(filt, state, members),
         "calibrated": n - len(failed),
         "failed": failed,
         "pending": any(int(a.buckets[-1]) > end for a in aligned),
@@ -365,8 +386,8 @@ def _spec(ctype, plan: CalibrationPlan, params: dict, measured: np.ndarray) -> C
     )
 
 
-def _values(plan: CalibrationPlan, result) -> np.ndarray:
-    """One step's published columns (`plan.published` order plus the parameters), (N, k)."""
+def _values(plan: CalibrationPlan, result, fit: dict) -> np.ndarray:
+    """One step's published columns (`published_names` order), (N, k)."""
     columns = []
     for p in plan.parameters:
         stats = result.param(p)
@@ -374,6 +395,7 @@ def _values(plan: CalibrationPlan, result) -> np.ndarray:
     for v in plan.virtual:
         stats = result.output(v)
         columns += [stats["mean"], stats["std"], stats["lower"], stats["upper"]]
+    columns += [fit[name] for name in FIT_VALUES]
     return np.stack(columns, axis=1)
 
 
@@ -384,7 +406,7 @@ def published_names(plan: CalibrationPlan) -> tuple[str, ...]:
         names += [p, f"{p}_std", f"{p}_lower", f"{p}_upper"]
     for v in plan.virtual:
         names += [v, f"{v}_std", f"{v}_lower", f"{v}_upper"]
-    return tuple(names)
+    return (*names, *FIT_VALUES)
 
 
 def _publish(ingest: Ingest, ctype, plan, members, step_ts, published) -> None:
@@ -438,6 +460,69 @@ def _load(store, type_name: str, plan: CalibrationPlan) -> TypeCalibration:
     return TypeCalibration([], np.zeros(0, dtype=np.int64), empty)
 
 
+# ---- what a run learned about its noise, identifiability and fit -----------------------------
+
+
+def noise_summary(plan: CalibrationPlan, state: FilterState, rows: list[int], per_twin=False):
+    """The measurement noise the filter uses now, per measured output: configured, or learned
+    (`livetwin.calibrate.noise`); over `rows` the median and range of the std, or one twin's."""
+    configured = plan.section.measurement_noise
+    if configured or state.noise_var is None or not rows:
+        source = "configured" if configured else "not estimated yet"
+        return {name: {"std": configured.get(name), "source": source} for name in plan.measured}
+    var, ready = noise_in_use(_take(state, rows), NOISE_MIN_SAMPLES)
+    out = {}
+    for j, name in enumerate(plan.measured):
+        std = np.sqrt(var[:, j][ready[:, j]])
+        if not len(std):
+            out[name] = {"std": None, "source": "not estimated yet"}
+        elif per_twin:
+            out[name] = {"std": float(std[0]), "source": "innovations"}
+        else:
+            out[name] = {
+                "std_median": float(np.median(std)),
+                "std_min": float(std.min()),
+                "std_max": float(std.max()),
+                "source": "innovations",
+            }
+    return out
+
+
+def not_identifiable(filt, state: FilterState, twins: list[str]) -> list[str]:
+    """Warnings for parameters whose band is still mostly their prior after
+    `IDENTIFIABLE_AFTER` updates: the data do not tell them apart ("not identifiable")."""
+    plan = filt.plan
+    p = plan.n_params
+    prior_std = np.sqrt(np.diagonal(plan.prior_cov, axis1=1, axis2=2)[:, :p])
+    std = np.sqrt(np.diagonal(state.cov, axis1=1, axis2=2)[:, :p])
+    many = state.fit_count >= IDENTIFIABLE_AFTER
+    stuck = many[:, None] & (std > PRIOR_SHARE * prior_std)
+    warnings = []
+    for j, name in enumerate(plan.params):
+        which = [twins[i] for i in np.flatnonzero(stuck[:, j])]
+        if which:
+            ratio = float(np.median(std[stuck[:, j], j] / prior_std[stuck[:, j], j]))
+            shown = ", ".join(which[:5]) + (f" and {len(which) - 5} more" if len(which) > 5 else "")
+            warnings.append(
+                f"parameter '{name}' is not identifiable from this data for {shown}: after "
+                f"{IDENTIFIABLE_AFTER}+ updates its band is still {ratio:.0%} of its prior "
+                "(give inputs that excite it, a tighter prior_std, or fix it)"
+            )
+    return warnings
+
+
+def fit_summary(plan: CalibrationPlan, state: FilterState, row: int) -> dict:
+    """One twin's model-fit check now: mean NIS over the window and model_fit (1, 0, None)."""
+    if state.fit_count is None:
+        return {"nis": None, "model_fit": None}
+    verdict = FitCheck(plan.section.model_fit_window).verdict(_take(state, [row]))
+    return {k: _number(v[0]) for k, v in verdict.items()}
+
+
+def _number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 # ---- filter-state rows ------------------------------------------------------------------------
 
 
@@ -457,14 +542,26 @@ def _take(state: FilterState, rows: list[int]) -> FilterState:
 def _append(state: FilterState, more: FilterState) -> FilterState:
     if state.n_twins == 0:
         return more.copy()
+    _fit_rows(state, more)
     joined = {k: np.concatenate([getattr(state, k), getattr(more, k)]) for k in _row_fields(more)}
     return replace(state, **joined, steps=max(state.steps, more.steps))
 
 
 def _put(state: FilterState, row: int, one: FilterState) -> None:
+    _fit_rows(state, one)
     for k in _row_fields(one):
         getattr(state, k)[row] = getattr(one, k)[0]
     state.steps = max(state.steps, one.steps)
+
+
+def _fit_rows(state: FilterState, like: FilterState) -> None:
+    """Give stored rows that lack a per-twin array of `like` (saved by an older version, or
+    with another window) a fresh one: zeros, NaN for innovations."""
+    for k in _row_fields(like):
+        mine, theirs = getattr(state, k), getattr(like, k)
+        if mine is None or mine.shape[1:] != theirs.shape[1:]:
+            fill = np.nan if theirs.dtype.kind == "f" and k == "fit_e" else 0
+            setattr(state, k, np.full((state.n_twins, *theirs.shape[1:]), fill, theirs.dtype))
 
 
 def _status(record: dict) -> str:

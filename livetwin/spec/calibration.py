@@ -18,9 +18,12 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from livetwin.errors import InvalidInput
+from livetwin.spec.rules import Rule
 from livetwin.timefmt import parse_duration
 
 BAND_SUFFIXES = ("_std", "_lower", "_upper")
+FIT_VALUES = ("nis", "model_fit")  # published per twin by every calibration (calibrate/fit.py)
+MODEL_FIT_RULE = "model_no_longer_fits"
 
 
 class ModelNames(Protocol):
@@ -87,6 +90,17 @@ class CalibrationSection(BaseModel):
     precision: Literal["float64", "float32"] = Field(
         "float64", description="float32 runs faster on the jax backend, at an accuracy cost"
     )
+    publish_every: int = Field(
+        1, ge=1, description="publish every k-th filter step (and a run's last); 1: every step"
+    )
+    model_fit_alarm: bool = Field(
+        False,
+        description="raise the built-in alarm 'model_no_longer_fits' when model_fit is 0 "
+        "(see docs/calibration.md)",
+    )
+    model_fit_window: int = Field(
+        30, ge=5, le=10_000, description="filter steps the model-fit check looks back over"
+    )
     min_steps: int = Field(5, ge=1, description="fewer aligned rows than this is too little data")
     workers: int = Field(0, ge=0, le=64, description="processes for large fleets (0: this one)")
 
@@ -106,7 +120,22 @@ class CalibrationPlan:
     def published(self) -> tuple[str, ...]:
         """Columns calibration adds to the type: bands of parameters, virtual sensors and bands."""
         bands = tuple(p + s for p in self.parameters for s in BAND_SUFFIXES)
-        return bands + tuple(v + s for v in self.virtual for s in ("", *BAND_SUFFIXES))
+        virtual = tuple(v + s for v in self.virtual for s in ("", *BAND_SUFFIXES))
+        return bands + virtual + FIT_VALUES
+
+    def rules(self) -> dict:
+        """The built-in rules `calibration` adds to the type (``model_fit_alarm: true``)."""
+        if not self.section.model_fit_alarm:
+            return {}
+        rule = Rule(
+            when="model_fit < 0.5",
+            clear="model_fit > 0.5",
+            severity="warning",
+            message="{twin}: the model no longer explains the measurements "
+            "(mean NIS {nis:.2f} over the window, 1 when it fits)",
+            description="built in: calibration.model_fit_alarm (docs/calibration.md)",
+        )
+        return {MODEL_FIT_RULE: rule}
 
 
 def plan_calibration(

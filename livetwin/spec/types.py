@@ -320,7 +320,15 @@ def compile_type(
                 field=f"key_values.{i}",
                 fix=f"use some of: {', '.join(columns)}",
             )
-    rules = compile_rules(spec.rules, set(columns))
+    builtin = plan.rules() if plan else {}
+    for name in builtin:
+        if name in spec.rules:
+            raise InvalidInput(
+                f"rule '{name}' is built in with calibration.model_fit_alarm",
+                field=f"rules.{name}",
+                fix="rename your rule, or drop model_fit_alarm",
+            )
+    rules = compile_rules({**builtin, **spec.rules}, set(columns))
     return CompiledType(
         spec.name, version, spec, properties, columns, order, compiled, plan, rules=rules
     )
