@@ -67,13 +67,13 @@ def _agree(spec, sim, steps: int, n: int, mask=None, **options) -> tuple:
             inputs, z = mask(k, inputs, z)
         a, ra = ref.step(a, inputs, z, sim.dt)
         b, rb = fast.step(b, inputs, z, sim.dt)
-        for name in ("mean", "cov", "noise_var", "noise_hist"):
+        for name in ("mean", "cov", "noise_var", "noise_hist", "noise_sum", "noise_weight"):
             if getattr(a, name) is not None:
                 _close(getattr(a, name), getattr(b, name), f"step {k} {name}")
         for name in ("failed", "reason", "rejects", "noise_count"):
             if getattr(a, name) is not None:
                 assert np.array_equal(getattr(a, name), getattr(b, name)), f"step {k} {name}"
-        for name in ("param_mean", "param_std", "output_mean", "output_std", "nis"):
+        for name in ("param_mean", "param_std", "output_mean", "output_std", "nis", "innovation"):
             _close(getattr(ra, name), getattr(rb, name), f"step {k} {name}")
         for name in ("updated", "reset", "reason"):
             assert np.array_equal(getattr(ra, name), getattr(rb, name)), f"step {k} {name}"
