@@ -22,6 +22,9 @@ from livetwin.spec.rules import Rule
 from livetwin.timefmt import parse_duration
 
 BAND_SUFFIXES = ("_std", "_lower", "_upper")
+# Calibration settings added after types were first stored: left out of the stored form at their
+# defaults, so an unchanged type re-declared after an upgrade keeps its version.
+LATER_DEFAULTS = {"publish_every": 1, "model_fit_alarm": False, "model_fit_window": 30}
 FIT_VALUES = ("nis", "model_fit")  # published per twin by every calibration (calibrate/fit.py)
 MODEL_FIT_RULE = "model_no_longer_fits"
 

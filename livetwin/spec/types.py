@@ -17,6 +17,7 @@ from livetwin.errors import InvalidInput, excerpt
 from livetwin.expr import RESERVED_NAMES, Compiled, compile_expression
 from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
+    LATER_DEFAULTS,
     CalibrationPlan,
     CalibrationSection,
     ModelResolver,
@@ -231,6 +232,10 @@ def stored_spec(spec: TwinTypeSpec) -> dict:
     )
     if data.get("model") is not None and not data["model"].get("units"):
         data["model"].pop("units", None)
+    if data.get("calibration") is not None:
+        for key, default in LATER_DEFAULTS.items():
+            if data["calibration"].get(key) == default:
+                del data["calibration"][key]
     return data
 
 

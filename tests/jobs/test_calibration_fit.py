@@ -60,6 +60,7 @@ def test_rooms_whose_model_changed_raise_the_builtin_alarm(tmp_path, clock):
         assert platform.ingest(rows).accepted == len(rows)
         record = platform.calibrate("room")
         assert record["status"] == "succeeded", record
+        assert record["warnings"] == []  # heating and weather excite UA and C
         assert record["noise"]["t_in"]["source"] == "innovations"
         assert 0.05 < record["noise"]["t_in"]["std_median"] < 0.2  # the rooms' 0.1 K
         platform.alarms.sync()
@@ -89,3 +90,29 @@ def test_model_fit_settings_are_checked(platform):
     taken = {**ROOM, "properties": {**ROOM["properties"], "nis": {}}}
     with pytest.raises(InvalidInput, match="published by calibration"):
         platform.put_type("room", taken)
+
+
+def test_parameters_the_data_cannot_tell_are_reported(tmp_path, clock):
+    """Rooms at rest (no heating, outdoor temperature steady): t_in never moves with UA or C,
+    so after 200+ updates both bands are still their priors, and the run says so."""
+    rng = np.random.default_rng(4)
+    ids = [f"still-{i}" for i in range(4)]
+    rows = [
+        {
+            "twin": twin,
+            "type": "room",
+            "ts": T0 + int(k * DT * 1000),
+            "values": {"t_out": 10.0, "heat": 0.0, "t_in": 10.0 + 0.1 * rng.standard_normal()},
+        }
+        for k in range(220)
+        for twin in ids
+    ]
+    clock.now = T0 + int(220 * DT * 1000) + 10**6
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        platform.put_type("room", ROOM)
+        assert platform.ingest(rows).accepted == len(rows)
+        record = platform.calibrate("room")
+    assert record["status"] == "succeeded", record
+    text = " ".join(record["warnings"])
+    assert "parameter 'UA' is not identifiable from this data for still-0" in text, text
+    assert "parameter 'C' is not identifiable" in text
