@@ -21,7 +21,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from synthetic import coverage, rmse, run_synthetic, true_calibrated  # noqa: E402
+from synthetic import coverage, model_change, rmse, run_synthetic, true_calibrated  # noqa: E402
 
 from livetwin.calibrate import jax_installed, make_filter  # noqa: E402
 from livetwin.calibrate.batch import chunk_pool  # noqa: E402
@@ -248,7 +248,26 @@ def run(quick: bool = False) -> list[dict]:
     rows.append(accuracy(ROLLERS, 200, 200 if quick else 400, TENSIONS))
     rows.append(accuracy(CHAIN, 100, 150 if quick else 300, ("f1", "f2", "f3")))
     rows += fmu_rows(steps=10 if quick else 40)
+    rows.append(model_fit_row(200 if quick else 1000, 480 if quick else 1920))
     return rows
+
+
+def model_fit_row(n: int, steps: int) -> dict:
+    """The model-fit check (`livetwin.calibrate.fit`) on `n` rooms over `steps` 15-minute steps,
+    a tenth of them given an unmodelled heat gain half-way: detection delay and false alarms."""
+    run = model_change(n, steps, n // 10)
+    delays = run["delays"]
+    found = delays[delays >= 0]
+    return {
+        "scenario": "model-fit check, rooms with an unmodelled 1.5 kW gain half-way",
+        "n_twins": n,
+        "steps": steps,
+        "detected": float(np.mean(delays >= 0)),
+        "detect_steps_median": float(np.median(found)) if len(found) else None,
+        "detect_steps_max": int(found.max()) if len(found) else None,
+        "flagged_at_end": run["flagged_at_end"],
+        "false_alarms_per_twin_day": round(run["false_alarms_per_twin_day"], 4),
+    }
 
 
 def fmu_rows(steps: int) -> list[dict]:
@@ -358,22 +377,35 @@ def main(json_only: bool = False, quick: bool = False) -> None:
         print(json.dumps(row), flush=True)
     if not json_only:
         for row in rows:
-            rate = row.get("filter_steps_per_s")
-            versus = (
-                f"numpy x{row['ratio_to_numpy']} (compile {row['compile_s']} s)"
-                if "ratio_to_numpy" in row
-                else f"filterpy x{row.get('filterpy_ratio')}"
-                if _has_filterpy()
-                else "filterpy: not installed"
-            )
-            print(
-                f"{row['scenario']:<52} N={row.get('n_twins')!s:>6} "
-                f"steps/s={rate if rate is None else round(rate):>8} "
-                f"{versus} coverage={row.get('coverage_95')}",
-                file=sys.stderr,
-            )
+            print(table_line(row, _has_filterpy()), file=sys.stderr)
         if not _has_filterpy():
             print(FILTERPY_MISSING, file=sys.stderr)
+
+
+def table_line(row: dict, filterpy: bool) -> str:
+    """One row of the table printed after the JSON lines (`filterpy`: whether it is installed)."""
+    if "skipped" in row:
+        return f"{row['scenario']:<52} skipped: {row['skipped']}"
+    if "false_alarms_per_twin_day" in row:
+        return (
+            f"{row['scenario']:<52} N={row['n_twins']!s:>6} detected={row['detected']} "
+            f"median {row['detect_steps_median']} steps, false alarms/twin-day "
+            f"{row['false_alarms_per_twin_day']}"
+        )
+    rate = row.get("filter_steps_per_s")
+    if "ratio_to_numpy" in row:
+        versus = f"numpy x{row['ratio_to_numpy']} (compile {row['compile_s']} s)"
+    elif row.get("filterpy_ratio") is not None:
+        versus = f"filterpy x{row['filterpy_ratio']}"
+    elif "filterpy_ratio" in row and not filterpy:
+        versus = "filterpy: not installed (pip install 'livetwin[bench]')"
+    else:
+        versus = ""
+    shown = "-" if rate is None else round(rate)
+    return (
+        f"{row['scenario']:<52} N={row.get('n_twins')!s:>6} steps/s={shown!s:>8} "
+        f"{versus} coverage={row.get('coverage_95')}"
+    )
 
 
 if __name__ == "__main__":
