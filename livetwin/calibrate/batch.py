@@ -24,6 +24,7 @@ from livetwin.calibrate.state import FilterState
 from livetwin.errors import InvalidInput
 
 BAD_MODEL, BAD_COV, BAD_INNOVATION, BAD_OUTLIERS = 1, 2, 3, 4
+NOISE_MIN_SAMPLES = 5  # default: samples of the noise bootstrap before a component updates
 _NOISE = ("noise_var", "noise_count", "noise_hist", *LEARNED)
 
 
@@ -59,7 +60,7 @@ class BatchFilter:
         chunk_size: int = 1000,
         executor: Executor | None = None,
         noise_window: int = 100,
-        noise_min_samples: int = 5,
+        noise_min_samples: int = NOISE_MIN_SAMPLES,
     ):
         self.spec = spec
         self.plan: Plan = compile_spec(spec, n_twins)

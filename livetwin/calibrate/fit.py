@@ -47,9 +47,10 @@ class FitCheck:
             )
 
     def init(self, state, n_measured: int) -> None:
-        """Give `state` empty windows where it has none (a fresh or an older saved state)."""
+        """Give `state` empty windows where it has none or another shape (a fresh state, one
+        saved by an older version, a changed window)."""
         n, w = state.n_twins, self.window
-        if getattr(state, "fit_nis", None) is None or state.fit_nis.shape[1:] != (w,):
+        if state.fit_nis is None or state.fit_e.shape[1:] != (w, n_measured):
             state.fit_nis = np.zeros((n, w))
             state.fit_dof = np.zeros((n, w))
             state.fit_e = np.full((n, w, n_measured), np.nan)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from livetwin.calibrate import CalibrationSpec, FilterState, choose_backend, chunk_pool, make_filter
+from livetwin.calibrate.batch import NOISE_MIN_SAMPLES
 from livetwin.calibrate.fit import FitCheck
 from livetwin.calibrate.noise import noise_in_use
 from livetwin.calibrate.state import FAILURE_REASONS
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 20_000  # per cohort and run; the rest waits for the next run
 DEFAULT_PRIOR_STD = 0.3  # relative, for a parameter without calibration.prior_std
 DEFAULT_PARAM_WALK = 1e-3  # random-walk std per step of a (log-)parameter
-NOISE_MIN_SAMPLES = 5  # the filters' default: the bootstrap's samples before updating
 IDENTIFIABLE_AFTER = 200  # updates after which a band still near its prior is reported
 PRIOR_SHARE = 0.8  # "mostly its prior": posterior std above this share of the prior std
 
@@ -331,7 +331,6 @@ def _run_cohort(
     }
     return {
         "steps": steps,
-        "published_steps": len(kept),
         "warnings": not_identifiable(filt, state, members),
         "calibrated": n - len(failed),
         "failed": failed,
@@ -490,7 +489,8 @@ def noise_summary(plan: CalibrationPlan, state: FilterState, rows: list[int], pe
 
 def not_identifiable(filt, state: FilterState, twins: list[str]) -> list[str]:
     """Warnings for parameters whose band is still mostly their prior after
-    `IDENTIFIABLE_AFTER` updates: the data do not tell them apart ("not identifiable")."""
+    `IDENTIFIABLE_AFTER` updates (counted by the model-fit check, since the twin's last reset):
+    the data do not tell them apart ("not identifiable")."""
     plan = filt.plan
     p = plan.n_params
     prior_std = np.sqrt(np.diagonal(plan.prior_cov, axis1=1, axis2=2)[:, :p])
@@ -542,25 +542,25 @@ def _take(state: FilterState, rows: list[int]) -> FilterState:
 def _append(state: FilterState, more: FilterState) -> FilterState:
     if state.n_twins == 0:
         return more.copy()
-    _fit_rows(state, more)
+    _missing_rows(state, more)
     joined = {k: np.concatenate([getattr(state, k), getattr(more, k)]) for k in _row_fields(more)}
     return replace(state, **joined, steps=max(state.steps, more.steps))
 
 
 def _put(state: FilterState, row: int, one: FilterState) -> None:
-    _fit_rows(state, one)
+    _missing_rows(state, one)
     for k in _row_fields(one):
         getattr(state, k)[row] = getattr(one, k)[0]
     state.steps = max(state.steps, one.steps)
 
 
-def _fit_rows(state: FilterState, like: FilterState) -> None:
+def _missing_rows(state: FilterState, like: FilterState) -> None:
     """Give stored rows that lack a per-twin array of `like` (saved by an older version, or
-    with another window) a fresh one: zeros, NaN for innovations."""
+    with another model-fit window) a fresh one: zeros, NaN for innovations."""
     for k in _row_fields(like):
         mine, theirs = getattr(state, k), getattr(like, k)
         if mine is None or mine.shape[1:] != theirs.shape[1:]:
-            fill = np.nan if theirs.dtype.kind == "f" and k == "fit_e" else 0
+            fill = np.nan if k == "fit_e" else 0
             setattr(state, k, np.full((state.n_twins, *theirs.shape[1:]), fill, theirs.dtype))
 
 
