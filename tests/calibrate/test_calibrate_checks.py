@@ -1,4 +1,4 @@
-"""The calibration check of issue 15: a fleet of twins whose model is a Modelica-style FMU with
+"""The calibration check (issue 15): a fleet of twins whose model is a Modelica-style FMU with
 dotted names (built by the test FMU builder), true parameters per twin, default settings and no
 hand-set noise. The 95 % bands cover the truth for 90-99 % of twin-parameters and the median
 error is within 1.5x of the exact posterior's spread.
