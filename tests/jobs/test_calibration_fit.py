@@ -116,3 +116,48 @@ def test_parameters_the_data_cannot_tell_are_reported(tmp_path, clock):
     text = " ".join(record["warnings"])
     assert "parameter 'UA' is not identifiable from this data for still-0" in text, text
     assert "parameter 'C' is not identifiable" in text
+
+
+def test_a_filter_state_saved_before_noise_learning_and_model_fit_resumes(tmp_path, clock):
+    """A stored state without the learned-noise sums and the model-fit window (saved by an
+    older version) resumes: both start afresh, the run succeeds and fills them."""
+    from livetwin.jobs.calibration import TypeCalibration
+
+    sim = thermal_fleet(4, seed=8)
+    sim.params[:] = [[250.0, 1.2e7]] * 4
+    ids = [f"old-{i}" for i in range(4)]
+
+    def rows(start: int, steps: int) -> list[dict]:
+        out = []
+        for k in range(start, start + steps):
+            sample = sim.step()
+            for i, twin in enumerate(ids):
+                values = {"t_out": sample.inputs[i, 0], "heat": sample.inputs[i, 1]}
+                values = {**values, "t_in": sample.z[i, 0]}
+                out.append(
+                    {
+                        "twin": twin,
+                        "type": "room",
+                        "ts": T0 + int(k * DT * 1000),
+                        "values": {n: float(v) for n, v in values.items()},
+                    }
+                )
+        return out
+
+    clock.now = T0 + int(200 * DT * 1000)
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        platform.put_type("room", ROOM)
+        platform.ingest(rows(0, 60))
+        first = platform.calibrate("room")
+        assert first["status"] == "succeeded"
+        store = platform.core.store
+        saved = TypeCalibration.from_bytes(store.calibration_state("room"))
+        for name in ("noise_sum", "noise_weight", "fit_nis", "fit_dof", "fit_e", "fit_count"):
+            setattr(saved.state, name, None)  # as an older version stored it
+        store.save_calibration("room", saved.to_bytes(), first, clock.now)
+        platform.ingest(rows(60, 60))
+        record = platform.calibrate("room")
+        assert record["status"] == "succeeded" and record["calibrated"] == 4, record
+        assert record["noise"]["t_in"]["source"] == "innovations"
+        view = platform.calibration(ids[0])["filter"]
+        assert view["model_fit"] == 1.0  # a full window (30) again after 60 new steps
