@@ -6,15 +6,38 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
 asyncua = pytest.importorskip("asyncua", reason="OPC UA tests need the opcua extra (asyncua)")
 from asyncua import Server, ua  # noqa: E402
+from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
 from asyncua.crypto.permission_rules import User, UserRole  # noqa: E402
 from asyncua.server.user_managers import UserManager  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
 NAMESPACE = "urn:livetwin:test"
+
+
+async def certificate(key: Path, cert: Path, uri: str, use) -> None:
+    """A self-signed application certificate (DER) and its key (PEM) for `uri`."""
+    await setup_self_signed_certificate(
+        key, cert, uri, socket.gethostname(), [use], {"commonName": uri}
+    )
+
+
+def client_certificate(folder: Path) -> None:
+    """livetwin's client certificate and key as livetwin-cert.der / livetwin-key.pem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    asyncio.run(
+        certificate(
+            folder / "livetwin-key.pem",
+            folder / "livetwin-cert.der",
+            "urn:livetwin:client",
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+    )
 
 
 def free_port() -> int:
@@ -38,9 +61,16 @@ class OpcServer:
     `users`: only
     operator/secret may connect (no anonymous sessions)."""
 
-    def __init__(self, port: int | None = None, *, pumps=("pump-1", "pump-2"), users=False):
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        pumps=("pump-1", "pump-2"),
+        users=False,
+        pki: Path | None = None,
+    ):
         self.port = port or free_port()
-        self.pumps, self.users = pumps, users
+        self.pumps, self.users, self.pki = pumps, users, pki
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/"
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -60,7 +90,16 @@ class OpcServer:
         server = Server(user_manager=Users() if self.users else None)
         await server.init()
         server.set_endpoint(self.endpoint)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.pki is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:  # only Basic256Sha256 with SignAndEncrypt, on a self-signed server certificate
+            key, cert = self.pki / "server-key.pem", self.pki / "server-cert.der"
+            await certificate(
+                key, cert, "urn:livetwin:test:server", ExtendedKeyUsageOID.SERVER_AUTH
+            )
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
         if self.users:
             server.set_security_IDs(["Username"])
         self.ns = await server.register_namespace(NAMESPACE)
@@ -87,5 +126,14 @@ class OpcServer:
 
     def close(self) -> None:
         self.stop()
+        self._run(_cancel_others())  # the stopped server's session loops
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
+
+
+async def _cancel_others() -> None:
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)

@@ -108,18 +108,23 @@ class OpcuaConnectors:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None:
             return
-        if running:
 
-            async def stop_all() -> None:
-                await asyncio.gather(*(c.stop() for c in running))
+        async def stop_all() -> None:
+            await asyncio.gather(*(c.stop() for c in running))
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # what closed clients left behind
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
-            try:
-                self._call(stop_all(), timeout, loop=loop)
-            except FutureTimeout:
-                log.warning("OPC UA connectors did not stop within %.0f s", timeout)
+        try:
+            self._call(stop_all(), timeout, loop=loop)
+        except FutureTimeout:
+            log.warning("OPC UA connectors did not stop within %.0f s", timeout)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout)
+        if not loop.is_running():
+            loop.close()
 
     def __enter__(self) -> OpcuaConnectors:
         return self.start()
@@ -443,12 +448,8 @@ class Connector:
             uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
             if uris:  # servers check that the application URI is the certificate's
                 client.application_uri = uris[0]
-            await client.set_security(
-                policy,
-                str(spec.certificate),
-                str(spec.private_key),
-                server_certificate=endpoint.ServerCertificate,
-                mode=endpoint.SecurityMode,
+            await client.set_security(  # the server's certificate: from its endpoints
+                policy, str(spec.certificate), str(spec.private_key), mode=endpoint.SecurityMode
             )
         except (ValueError, TypeError, OSError, x509.ExtensionNotFound) as exc:
             raise ConnectorFailed(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import PUMP
 from fastapi.testclient import TestClient
-from opcua_support import OpcServer, free_port
+from opcua_support import OpcServer, client_certificate, free_port
 from webhook_support import wait_for
 
 from livetwin.api.app import create_app
@@ -152,6 +152,28 @@ def test_wrong_security_policy_is_refused_with_the_fix(platform, server, api):
     assert "None/None" in error["message"]  # what it offers
     assert "security.policy" in error["fix"]
     assert api.get("/api/opcua/connectors/secure").status_code == 404  # nothing stored
+
+
+def test_signed_and_encrypted_session_with_a_client_certificate(platform, tmp_path):
+    server = OpcServer(pki=tmp_path).start()
+    try:
+        with pytest.raises(InvalidInput) as plain:  # the server offers no unsecured endpoint
+            platform.opcua.put_connector("secure", nodes_spec(server))
+        assert plain.value.field == "security.policy"
+        assert "offers: Basic256Sha256/SignAndEncrypt" in plain.value.message
+        client_certificate(platform.path / "opcua")
+        security = {
+            "policy": "Basic256Sha256",
+            "mode": "SignAndEncrypt",
+            "certificate": "livetwin-cert.der",
+            "private_key": "livetwin-key.pem",
+        }
+        view = platform.opcua.put_connector("secure", nodes_spec(server, security=security))
+        assert view["status"]["connected"], view["status"]
+        server.write("pump-1.flow", 11.0)
+        wait_for(lambda: value(platform, "pump-1", "flow") == 11.0)
+    finally:
+        server.close()
 
 
 def test_credentials_are_checked(platform):
