@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
@@ -48,8 +48,10 @@ class OpcuaConnectorStatus(BaseModel):
 
 
 class OpcuaConnector(OpcuaConnectorBody):
-    """A connector as shown: its spec without the password, and its status."""
+    """A connector as shown: its spec without the password, and its status (a stored one that
+    cannot run shows only its name, endpoint and why)."""
 
+    model_config = ConfigDict(extra="ignore")
     name: str
     password_set: bool = False
     status: OpcuaConnectorStatus

@@ -80,7 +80,8 @@ class OpcuaConnectors:
         self.ingest, self.configs, self.clock, self.outbound = ingest, configs, clock, outbound
         self.pki_dir = pki_dir
         self.options = {"flush_s": flush_s, "backoff_s": backoff_s, "timeout_s": timeout_s}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the connector tables
+        self._changes = threading.Lock()  # one PUT or DELETE at a time
         self._running: dict[str, Connector] = {}
         self._broken: dict[str, dict] = {}  # stored specs that cannot run (shown in the list)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,7 +99,7 @@ class OpcuaConnectors:
             except (LivetwinError, ValueError) as exc:
                 log.error("OPC UA connector %r was not started: %s", name, exc)
                 fix = getattr(exc, "fix", None) or f"replace it: PUT /api/opcua/connectors/{name}"
-                self._broken[name] = {"name": name, "status": _down(str(exc), fix)}
+                self._broken[name] = _broken_view(name, text, str(exc), fix)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -161,12 +162,20 @@ class OpcuaConnectors:
         """
         spec = parse_connector(name, body, pki_dir=self.pki_dir)
         self._check_outbound(spec)
+        with self._changes:
+            return self._replace(spec)
+
+    def _replace(self, spec: ConnectorSpec) -> dict:
+        name = spec.name
         with self._lock:
             old = self._running.pop(name, None)
         if old is not None:
             self._call(old.stop())
         connector = self._launch(spec, watermarks=old.watermarks if old else None)
-        first = self._call(connector.first_attempt(), self.options["timeout_s"] * 4 + 5)
+        try:
+            first = self._call(connector.first_attempt(), self.options["timeout_s"] * 4 + 5)
+        except FutureTimeout:  # still trying (a slow server, a large browse): the status tells
+            first = None
         if first is not None and first.config:
             with self._lock:
                 self._running.pop(name, None)
@@ -182,12 +191,13 @@ class OpcuaConnectors:
         return connector.view()
 
     def delete_connector(self, name: str) -> None:
-        with self._lock:
-            running = self._running.pop(name, None)
-            broken = self._broken.pop(name, None)
-        if running is not None:
-            self._call(running.stop())
-        deleted = self.configs.delete_config(CONFIG_KIND, name)
+        with self._changes:
+            with self._lock:
+                running = self._running.pop(name, None)
+                broken = self._broken.pop(name, None)
+            if running is not None:
+                self._call(running.stop())
+            deleted = self.configs.delete_config(CONFIG_KIND, name)
         if running is None and broken is None and not deleted:
             raise NotFound(f"no OPC UA connector '{name}'", field="name", fix="list them first")
 
@@ -265,8 +275,14 @@ class OpcuaConnectors:
             raise
 
 
-def _down(message: str, fix: str) -> dict:
-    return {"connected": False, "last_error": message, "fix": fix}
+def _broken_view(name: str, text: str, message: str, fix: str) -> dict:
+    """A stored connector that cannot run: its name, endpoint and why."""
+    try:
+        endpoint = orjson.loads(text).get("endpoint")
+    except (ValueError, AttributeError):
+        endpoint = None
+    status = {"connected": False, "last_error": message, "fix": fix}
+    return {"name": name, "endpoint": str(endpoint or ""), "status": status}
 
 
 class Connector:

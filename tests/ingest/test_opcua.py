@@ -234,6 +234,23 @@ def test_api_round_trip_survives_a_restart(tmp_path, server):
         assert platform.opcua.connectors() == []
 
 
+def test_a_stored_connector_that_cannot_run_says_why(tmp_path, server):
+    data = tmp_path / "data"
+    with open_platform(data) as platform:
+        platform.core.store.put_config("opcua", "old", '{"endpoint": "opc.tcp://plc:4840"}', 0)
+    with open_platform(data) as platform, TestClient(create_app(platform)) as api:
+        listed = api.get("/api/opcua")
+        assert listed.status_code == 200
+        (old,) = listed.json()["connectors"]
+        assert old["name"] == "old" and old["endpoint"] == "opc.tcp://plc:4840"
+        assert "maps no nodes" in old["status"]["last_error"] and old["status"]["fix"]
+        health = api.get("/api/health")
+        assert health.status_code == 503 and "maps no nodes" in health.text
+        put = api.put("/api/opcua/connectors/old", json=nodes_spec(server))
+        assert put.status_code == 200 and put.json()["status"]["connected"]
+        assert api.get("/api/health").status_code == 200
+
+
 def test_loopback_endpoint_needs_the_outbound_allow_list(tmp_path, server):
     with open_platform(tmp_path / "data", Settings(webhooks=False, run_schedules=False)) as p:
         with pytest.raises(InvalidInput) as denied:
