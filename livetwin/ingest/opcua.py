@@ -316,7 +316,7 @@ class Connector:
             "fix": None,
             "last_rejected": None,
         }
-        self._rejections = RejectionLog()
+        self._rejections = RejectionLog(what=f"OPC UA connector {spec.name}")
         self._buffer: list[tuple[str, float, int]] = []  # (node id, value, ts ms)
         self._targets: dict[str, tuple[str, str, str]] = {}  # node id -> twin, property, type
         self._tasks: list[asyncio.Task] = []
@@ -570,7 +570,7 @@ class Connector:
 
     def _reject(self, where: str, why: str) -> None:
         self.status["last_rejected"] = {"node": where, "reason": why}
-        self._rejections.note(f"OPC UA {self.spec.name} {where}", why)
+        self._rejections.note(f"node {where}", why)
 
     async def _flushing(self) -> None:
         while True:
