@@ -589,29 +589,28 @@ class Connector:
         if not self._buffer:
             return
         taken, self._buffer = self._buffer, []
-        grouped: dict[tuple[str, str, int], dict] = {}
-        sources: dict[tuple[str, str, int], str] = {}
+        grouped: dict[tuple[str, str, int], dict[str, tuple[float, str]]] = {}  # -> prop: value
         for node_id, value, ts in taken:
             target = self._targets.get(node_id)
-            if target is None:
-                continue
-            twin, prop, kind = target
-            grouped.setdefault((twin, kind, ts), {})[prop] = value
-            sources.setdefault((twin, kind, ts), node_id)
+            if target is not None:
+                twin, prop, kind = target
+                grouped.setdefault((twin, kind, ts), {})[prop] = (value, node_id)
         observations = [
-            {"twin": twin, "type": kind, "ts": ts, "values": values}
-            for (twin, kind, ts), values in grouped.items()
+            {"twin": twin, "type": kind, "ts": ts, "values": {p: v for p, (v, _) in row.items()}}
+            for (twin, kind, ts), row in grouped.items()
         ]
         submitted = await asyncio.to_thread(self.ingest.submit, observations)  # checks rows
         result = await asyncio.wrap_future(submitted)
         self.status["observations_accepted"] += result.accepted + result.duplicates
         if result.rejected:
-            keys = list(grouped)
-            self.status["values_rejected"] += sum(
-                len(grouped[keys[r.index]]) for r in result.rejected
-            )
+            rows = list(grouped.values())
+            self.status["values_rejected"] += sum(len(rows[r.index]) for r in result.rejected)
             first = result.rejected[0]
-            self._reject(sources[keys[first.index]], f"{first.error}; {first.fix}")
+            row = rows[first.index]
+            at_fault = row.get((first.field or "").removeprefix("values.")) or next(
+                iter(row.values())
+            )
+            self._reject(at_fault[1], f"{first.error}; {first.fix}")
 
     def _explain(self, exc: BaseException) -> ConnectorFailed:
         """An asyncua or network error as what went wrong and how to fix it."""

@@ -105,6 +105,18 @@ def test_browse_pattern_makes_wildcard_names_twin_ids(platform, server):
     assert "properties take numbers" in status["last_rejected"]["reason"]
 
 
+def test_values_ingest_refuses_are_counted_with_the_reason(platform, server):
+    spec = nodes_spec(server)
+    spec["nodes"][1]["property"] = "presure"  # not a property of pump
+    platform.opcua.put_connector("line-1", spec)
+    server.write("pump-1.flow", 6.5)
+    wait_for(lambda: value(platform, "pump-1", "flow") == 6.5)  # the good values go in
+    wait_for(lambda: platform.opcua.connector("line-1")["status"]["values_rejected"] >= 1)
+    rejected = platform.opcua.connector("line-1")["status"]["last_rejected"]
+    assert rejected["node"] == f"ns={server.ns};s=pump-1.pressure"
+    assert "presure" in rejected["reason"]
+
+
 def test_reconnects_after_the_server_restarts(platform, server, api):
     platform.opcua.put_connector("line-1", nodes_spec(server))
     assert api.get("/api/health").json()["checks"]["opcua"] == {"status": "ok", "connectors": 1}
