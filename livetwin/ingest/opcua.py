@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 COUNTERS = ("values_received", "values_rejected", "observations_accepted", "dropped")
 MAX_BROWSED = 10_000  # nodes a browse pattern may visit per level
+MAX_QUEUE = 1000  # samples the server keeps per node between two publishes
 MAX_BUFFERED = 200_000  # values waiting for ingest per connector; older ones are dropped
 INSTALL_FIX = "pip install 'livetwin[opcua]' (asyncua, LGPL-3.0) and restart the server"
 REACH_FIX = "check the endpoint's host and port, and that the OPC UA server runs and is reachable"
@@ -404,7 +406,8 @@ class Connector:
             self.outbound.check_url(spec.endpoint, "endpoint", schemes=("opc.tcp",))
         except OutboundDenied as exc:
             raise ConnectorFailed(exc.message, field="endpoint", fix=exc.fix, config=True) from None
-        client = Client(spec.endpoint, timeout=self.timeout_s)
+        # the watchdog reads the server's state this often, allowing as long for the answer
+        client = Client(spec.endpoint, timeout=self.timeout_s, watchdog_intervall=self.timeout_s)
         client.name = client.description = f"livetwin {spec.name}"
         endpoints = await asyncio.wait_for(
             client.connect_and_get_server_endpoints(), self.timeout_s
@@ -485,8 +488,10 @@ class Connector:
             self.spec.body.publishing_ms, handler, queue_maxsize=MAX_BUFFERED
         )
         nodes = [client.get_node(node_id) for node_id in targets]
+        body = self.spec.body  # the server queues every sample taken between two publishes
+        queue = min(MAX_QUEUE, math.ceil(body.publishing_ms / max(body.sampling_ms, 1)))
         results = await subscription.subscribe_data_change(
-            nodes, sampling_interval=self.spec.body.sampling_ms
+            nodes, sampling_interval=body.sampling_ms, queuesize=max(1, queue)
         )
         for node_id, result in zip(targets, results, strict=True):
             if isinstance(result, ua.StatusCode):
