@@ -16,6 +16,7 @@ from livetwin.errors import InvalidInput
 ALLOW_ENV = "LIVETWIN_OUTBOUND_ALLOW"
 FIX = f"allow it with {ALLOW_ENV} (CIDRs or host:port, comma-separated)"
 MAX_STORED_BYTES = 64 * 1024  # response bodies kept in run records are cut here
+DEFAULT_PORTS = {"http": 80, "https": 443, "opc.tcp": 4840}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,21 +65,28 @@ class OutboundPolicy:
         # parsed once: a bad entry fails at startup, not at the first call
         object.__setattr__(self, "_rules", tuple(map(_parse_allow, self.allow)))
 
-    def check_url(self, url: str, field: str = "url", *, unresolved_ok: bool = False) -> None:
-        """Refuse `url` (OutboundDenied naming `field`) when its host, after DNS resolution,
-        has any address in a denied range that the allow-list does not name. A host that does
-        not resolve is refused too, unless `unresolved_ok` (when a URL is declared: each call
-        checks it again)."""
+    def check_url(
+        self,
+        url: str,
+        field: str = "url",
+        *,
+        unresolved_ok: bool = False,
+        schemes: tuple[str, ...] = ("http", "https"),
+    ) -> None:
+        """Refuse `url` (OutboundDenied naming `field`) when its scheme is not one of `schemes`
+        or its host, after DNS resolution, has any address in a denied range that the
+        allow-list does not name. A host that does not resolve is refused too, unless
+        `unresolved_ok` (when a URL is declared: each call checks it again)."""
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        if parts.scheme not in ("http", "https") or not host:
+        if parts.scheme not in schemes or not host:
             raise OutboundDenied(
-                f"{url!r} is not an http:// or https:// URL with a host",
+                f"{url!r} is not an {' or '.join(s + '://' for s in schemes)} URL with a host",
                 field=field,
-                fix="e.g. https://example.com/hook",
+                fix=f"e.g. {schemes[-1]}://example.com" + ("/hook" if "http" in schemes else ""),
             )
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError:
             raise OutboundDenied(
                 f"{url!r} has a bad port", field=field, fix="fix the port"

@@ -31,6 +31,7 @@ from livetwin.ingest.files.mapping import CONFIG_KIND as MAPPINGS
 from livetwin.ingest.files.mapping import ImportMapping
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection
+from livetwin.ingest.opcua import OpcuaConnectors
 from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
@@ -88,6 +89,13 @@ class Platform:
             else None
         )
         self.mqtt, self.commands = self._start_mqtt()
+        self.opcua = OpcuaConnectors(
+            ingest=self.core,
+            configs=self.core.store,
+            clock=self.clock,
+            outbound=self.outbound,
+            pki_dir=self.path / "opcua",
+        ).start()
         self.alarms = AlarmService(
             clock=self.clock,
             bus=self.bus,
@@ -223,7 +231,7 @@ class Platform:
             return
         self._closed = True
         self.scheduler.stop()  # first: running functions may still ingest
-        for service in (self.mqtt, self.commands):  # MQTT: what it submitted is drained below
+        for service in (self.mqtt, self.commands, self.opcua):  # drained below
             if service is not None:
                 service.stop()
         self.core.stop_writer()  # publishes its last batches: the services below still hear them

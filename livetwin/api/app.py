@@ -27,6 +27,7 @@ from livetwin.api.commands import commands_routes
 from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
+from livetwin.api.opcua import opcua_routes
 from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_RESPONSES, document
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
@@ -398,6 +399,7 @@ def create_app(
     monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
     alarm_routes(app, platform.alarms)
     mqtt_routes(app, platform, platform.mqtt)
+    opcua_routes(app, platform)
     if platform.webhooks is not None:
         webhook_routes(app, platform.webhooks)
     schedule_routes(app, platform.scheduler)

@@ -167,6 +167,8 @@ class StatsCollector:
 class Monitor:
     """Metrics and health of a platform and of the services registered with it by name."""
 
+    UNUSED = object()  # what a check returns while its dependency is not in use: not reported
+
     def __init__(self, platform):
         self.platform = platform
         self.registry = CollectorRegistry(auto_describe=False)
@@ -182,7 +184,8 @@ class Monitor:
     def add_check(self, name: str, check: Check) -> None:
         """A named health check: returns a dict of details (or None) when up, raises when down.
 
-        A returned dict with `"status": "down"` (or a returned False) also counts as down.
+        A returned dict with `"status": "down"` (or a returned False) also counts as down;
+        `Monitor.UNUSED` leaves the check out of the report.
         """
         self._checks[name] = check
 
@@ -217,6 +220,8 @@ class Monitor:
                 result = check()
             except Exception as exc:  # a check that fails reports its dependency down
                 report[name] = {"status": "down", "error": str(exc) or type(exc).__name__}
+                continue
+            if result is Monitor.UNUSED:
                 continue
             if result is False:
                 report[name] = {"status": "down"}

@@ -500,8 +500,8 @@ class RejectionLog:
     `every_s` seconds with how many were refused since, so a flood of bad messages cannot flood
     the log."""
 
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
+    def __init__(self, every_s: float = 10.0, what: str = "MQTT") -> None:
+        self.every_s, self.what = every_s, what
         self.last: dict | None = None
         self._lock = threading.Lock()
         self._logged_at = -float("inf")
@@ -516,7 +516,7 @@ class RejectionLog:
                 return
             count, self._since, self._logged_at = self._since, 0, now
         more = f" ({count - 1} more refused since the last report)" if count > 1 else ""
-        log.warning("MQTT %s: %s%s", topic, reason, more)
+        log.warning("%s %s: %s%s", self.what, topic, reason, more)
 
 
 def _rebase(path: str) -> str:
