@@ -2,7 +2,7 @@
 // lineage graph from a twin value (twin, name, ts) or from a node id.
 import { api, errorBox, qs, twinPath } from '../api.js';
 import { append, h, link, localTime, navigate, replace, table } from '../dom.js';
-import { drawLineage } from '../lineage.js';
+import { collapse, counted, drawLineage, panZoom } from '../lineage.js';
 
 const NARROW_PX = 640; // below this the graph's layers stack top to bottom
 const EVENT_SCAN = 200; // recent events searched for a name's newest published value
@@ -140,36 +140,66 @@ export async function renderLineage(root, { params, signal }) {
     return;
   }
   const details = h('div', { class: 'node-details', id: 'node-details' });
-  const holder = h('div', { class: 'scroll graph' });
+  const holder = h('div', { class: 'graph' });
   const graphml = `${path}${path.includes('?') ? '&' : '?'}${qs({ format: 'graphml', direction: node ? params.get('direction') || 'up' : '', depth })}`;
+  const folded = collapse(graph);
+  const fold = h('input', { type: 'checkbox', name: 'fold', checked: true, disabled: !folded.collapsed, onchange: () => draw() });
+  let view = null;
+  const tool = (label, title, action) => h('button', { type: 'button', class: 'secondary', title, 'aria-label': title, onclick: () => view && action(view) }, label);
   append(
     out,
     h('h2', {}, node ? `${params.get('direction') === 'down' ? 'Down' : 'Up'} from ${node}` : `${name} of ${twin}`),
     h('p', { class: 'muted small' },
       `${graph.nodes.length} nodes, ${graph.edges.length} edges${graph.truncated ? ' (truncated: raise depth or walk from a node)' : ''} · `,
       h('a', { href: graphml, download: 'lineage.graphml' }, 'GraphML'), ' · select a node for its details'),
+    h('div', { class: 'graph-tools' },
+      h('label', { class: 'inline' }, fold, folded.collapsed ? ` fold repeated runs (${folded.collapsed} nodes fewer)` : ' no repeated runs to fold'),
+      h('span', { class: 'muted small' }, 'drag to pan · Ctrl+wheel or pinch to zoom'),
+      h('span', { class: 'zoom' },
+        tool('−', 'zoom out', (v) => v.zoom(0.8)),
+        tool('+', 'zoom in', (v) => v.zoom(1.25)),
+        tool('Reset', 'back to the first view, centred on the traced node', (v) => v.reset()))),
     holder,
     details,
   );
   const select = (n) => {
     for (const g of holder.querySelectorAll('g.node')) g.classList.toggle('selected', g.dataset.id === n.id);
-    replace(details, nodeDetails(n));
+    replace(details, n.count ? groupDetails(n) : nodeDetails(n));
   };
   const draw = () => {
     const width = holder.clientWidth || window.innerWidth;
-    const svg = drawLineage(graph, { width, vertical: width < NARROW_PX, onSelect: select });
+    const shown = fold.checked ? folded : graph;
+    const svg = drawLineage(shown, { width, vertical: width < NARROW_PX, onSelect: select });
     svg.dataset.vertical = String(width < NARROW_PX);
     replace(holder, svg);
+    view = panZoom(svg, { width, focus: graph.root });
+    const selected = details.firstChild?.dataset.id;
+    if (selected && svg.querySelector(`g.node[data-id="${CSS.escape(selected)}"]`)) select(shown.nodes.find((n) => n.id === selected));
   };
   draw();
   const rootNode = graph.nodes.find((n) => n.id === (graph.run || graph.root));
   if (rootNode) select(rootNode);
+  let drawnWidth = holder.clientWidth;
   const observer = new ResizeObserver(() => {
-    const vertical = String(holder.clientWidth < NARROW_PX);
-    if (vertical !== holder.querySelector('svg')?.dataset.vertical) draw();
+    if (Math.abs(holder.clientWidth - drawnWidth) < 2) return;
+    drawnWidth = holder.clientWidth;
+    draw();
   });
   observer.observe(holder);
   signal.addEventListener('abort', () => observer.disconnect());
+}
+
+/** A folded node: how many, over what time, and each member to walk from. */
+function groupDetails(g) {
+  return h(
+    'div',
+    { 'data-id': g.id },
+    h('h3', {}, `${counted(g)}: ${g.name}`),
+    g.first && h('p', { class: 'small' }, `${localTime(g.first)} → ${localTime(g.last)}`),
+    h('p', { class: 'small muted' }, 'Repeated nodes of one job, folded into one; untick "fold repeated runs" to draw each.'),
+    h('ul', { class: 'members small' }, g.members.map((m) =>
+      h('li', {}, h('a', { href: `#/lineage?${qs({ node: m.id, direction: 'up' })}` }, m.id), m.started || m.created ? ` · ${when(m.started || m.created)}` : ''))),
+  );
 }
 
 /** The timestamp of the newest value of `name` among the twin's recent events (for a blank ts). */
