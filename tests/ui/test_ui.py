@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import httpx
 import pytest
@@ -752,6 +752,30 @@ def test_a_model_walked_down_folds_its_runs(server, page, errors):
     assert errors == []
 
 
+def test_a_model_version_shows_its_lineage_and_the_twins_using_it(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/models/roller_line")
+    version = page.locator('article.version[data-version="1"]')
+    use = version.locator('.use[data-job="calibrate:roller_line"]')
+    expect(use).to_contain_text(f"{CALIBRATIONS} runs of calibrate:roller_line")
+    expect(use.locator(".twins-using a")).to_have_text(LINES)
+    graph = version.locator(".version-graph")
+    kinds = graph.locator("g.node").evaluate_all("gs => gs.map(g => g.dataset.kind)")
+    assert sorted(kinds) == ["data", "model", "run"], kinds  # training data -> v1 -> its runs
+    expect(graph.locator("g.node.group")).to_have_attribute("data-count", str(CALIBRATIONS))
+    seen = graph.evaluate(IN_BOX)
+    assert seen["svg"] and all(seen["nodes"].values()), seen
+    graph.locator("g.node.group").click()  # to the folded runs of the full graph
+    page.wait_for_selector("svg.lineage g.node.group")
+    assert "direction=down" in page.url and MODEL_NODE in unquote(page.url)
+    use_link = f"#/twin/{LINES[1]}"
+    go(page, "/models/roller_line")
+    page.click(f'.twins-using a[href="{use_link}"]')
+    expect(page.locator("h1")).to_have_text(LINES[1])
+    assert errors == []
+
+
 def _newest(twin: str, name: str, server) -> int:
     history = server.platform.history(twin, [name])
     return max(t for t, v in zip(history["ts"], history["series"][name], strict=True) if v is not None)
@@ -1016,7 +1040,7 @@ BROKEN_WORDS = """() => {
 def test_no_word_is_broken_inside_a_card(server, browser, viewport):
     context = browser.new_context(viewport=viewport)
     tab = context.new_page()
-    for route in ("/twin/line-1", "/twin/pump-1", "/fleet", "/jobs"):
+    for route in ("/twin/line-1", "/twin/pump-1", "/fleet", "/jobs", "/models/roller_line"):
         visit(tab, server, route)
         tab.wait_for_timeout(200)
         assert tab.evaluate(BROKEN_WORDS) == [], route

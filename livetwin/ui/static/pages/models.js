@@ -47,15 +47,60 @@ export async function renderModel(root, { args: [name], params, signal }) {
     h('p', { class: 'crumbs' }, h('a', { href: '#/models' }, 'Models'), ' › ', name),
     h('h1', {}, name),
     h('p', { class: 'meta' }, `${versions.length} version${versions.length === 1 ? '' : 's'}${archived ? '' : ' (archived hidden)'} · `, toggle),
-    h('div', { class: 'versions' }, [...versions].reverse().map(versionCard)),
+    h('div', { class: 'versions' }, [...versions].reverse().map((v) => versionCard(v, name))),
     aliases?.history?.length > 0 &&
       h('section', { class: 'card' }, h('h2', {}, 'Alias history'),
         table('aliases', ['When', 'Alias', 'Version', 'By'], aliases.history.map((e) =>
           h('tr', {}, h('td', { class: 'nowrap' }, when(e.at)), h('td', {}, e.alias), h('td', {}, e.version == null ? 'removed' : `v${e.version}`), h('td', {}, e.author || '—'))))),
   );
+  for (const holder of root.querySelectorAll('.version-graph')) {
+    const v = versions.find((x) => String(x.version) === holder.dataset.version);
+    const svg = drawLineage(versionGraph(v), { width: holder.clientWidth, vertical: holder.clientWidth < NARROW_PX, onSelect: (n) => navigate(n.href) });
+    holder.append(svg);
+    panZoom(svg, { width: holder.clientWidth, focus: v.lineage });
+  }
 }
 
-/** One version's metadata as a card. */
+const TWINS_SHOWN = 12;
+
+/** A version's lineage at a glance: its training data and parent versions, the version, and
+ * the runs that used it folded per job; each node leads to the full graph or the parent. */
+function versionGraph(v) {
+  const self = v.lineage || `model:${v.name}/${v.version}`;
+  const down = `#/lineage?${qs({ node: self, direction: 'down', depth: 1 })}`;
+  const nodes = [{ id: self, kind: 'model', name: v.name, inputs: { version: v.version, kind: v.kind }, href: down }];
+  const edges = [];
+  if (v.training?.start) {
+    nodes.push({ id: `${self}#training`, kind: 'data', name: `training data of ${v.name}`, inputs: { window: { start: Date.parse(v.training.start), end: Date.parse(v.training.end) } },
+      href: `#/lineage?${qs({ node: self, direction: 'up' })}` });
+    edges.push({ from: `${self}#training`, to: self });
+  }
+  for (const p of v.parents || []) {
+    const id = `model:${p.name}/${p.version}`;
+    nodes.push({ id, kind: 'model', name: p.name, inputs: { version: p.version }, href: `#/models/${encodeURIComponent(p.name)}` });
+    edges.push({ from: id, to: self });
+  }
+  for (const use of v.used_by || []) {
+    const id = `group:${use.kind}:${use.name}`;
+    nodes.push({ id, kind: use.kind, name: use.name, count: use.count, first: Date.parse(use.first), last: Date.parse(use.last), href: down });
+    edges.push({ from: self, to: id });
+  }
+  return { root: self, nodes, edges };
+}
+
+/** 'used by' of a version: runs per job (the newest one's lineage) and the twins it published. */
+function usedBy(v) {
+  if (!v.used_by?.length) return h('span', { class: 'muted' }, 'no run has used it yet');
+  return v.used_by.map((use) => h('div', { class: 'use', 'data-job': use.name },
+    `${use.count} run${use.count === 1 ? '' : 's'} of `, h('code', {}, use.name), ' · ',
+    h('span', { class: 'nowrap' }, when(use.first)), ' → ', h('span', { class: 'nowrap' }, when(use.last)), ' · ',
+    h('a', { href: `#/lineage?${qs({ node: use.newest, direction: 'up' })}` }, 'newest run'),
+    use.twins.length > 0 && h('div', { class: 'twins-using' }, 'twins: ',
+      use.twins.slice(0, TWINS_SHOWN).map((t) => [link('#/twin/', t, t), ' ']),
+      use.twins.length > TWINS_SHOWN && h('span', { class: 'muted' }, `and ${use.twins.length - TWINS_SHOWN} more`))));
+}
+
+/** One version's metadata as a card, with its lineage and what uses it. */
 function versionCard(v) {
   const node = v.lineage || `model:${v.name}/${v.version}`;
   const training = v.training || {};
@@ -79,9 +124,11 @@ function versionCard(v) {
         a.uploaded
           ? h('a', { href: `api/models/${encodeURIComponent(v.name)}/versions/${v.version}/artifacts/${encodeURIComponent(a.filename)}` }, `${a.filename} `)
           : h('span', { class: 'muted', title: 'declared, not uploaded yet' }, `${a.filename} (missing) `))),
+      row('used by', usedBy(v)),
       row('lineage',
-        h('a', { class: 'lineage-down', href: `#/lineage?${qs({ node, direction: 'down', depth: 3 })}` }, 'runs that used it'), ' · ',
+        h('a', { class: 'lineage-down', href: `#/lineage?${qs({ node, direction: 'down', depth: 1 })}` }, 'runs that used it'), ' · ',
         h('a', { href: `#/lineage?${qs({ node, direction: 'up' })}` }, 'where it came from'))),
+    h('div', { class: 'graph version-graph', 'data-version': String(v.version) }),
   );
 }
 
