@@ -715,7 +715,9 @@ def test_the_lineage_of_a_calibrated_value_fits_its_box(server, browser, viewpor
     tab.screenshot(path=ARTIFACTS / f"lineage-folded-{viewport['width']}.png", full_page=True)
 
     folded.click()  # the folded node lists its runs
-    expect(tab.locator("#node-details h3")).to_have_text(f"{len(runs) - 1} runs: calibrate:roller_line")
+    expect(tab.locator("#node-details h3")).to_have_text(
+        f"{len(runs) - 1} runs: calibrate:roller_line"
+    )
     expect(tab.locator("#node-details ul.members li")).to_have_count(len(runs) - 1)
 
     tab.uncheck('input[name="fold"]')  # every node: wider than the box, centred on the value
@@ -778,7 +780,9 @@ def test_a_model_version_shows_its_lineage_and_the_twins_using_it(server, page, 
 
 def _newest(twin: str, name: str, server) -> int:
     history = server.platform.history(twin, [name])
-    return max(t for t, v in zip(history["ts"], history["series"][name], strict=True) if v is not None)
+    return max(
+        t for t, v in zip(history["ts"], history["series"][name], strict=True) if v is not None
+    )
 
 
 MQTT = (MQTT_HOST, MQTT_PORT)  # the real Mosquitto
