@@ -17,7 +17,7 @@ DOCS = Path(__file__).resolve().parent
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 PICTURES = {  # file -> (route, what must be drawn first, viewport height)
-    "ui-twin.png": ("/twin/line-1", "#chart .main-svg", 2100),
+    "ui-twin.png": ("/twin/line-1?range=15m", "#chart .main-svg", 2300),
     "ui-lineage.png": ("/lineage?twin=line-1&name=b2", "svg.lineage g.node.group", 760),
     "ui-models.png": ("/models/roller_line", ".version-graph svg", 820),
     "ui-fleet.png": ("/fleet?type=pump", "table.twins [data-spark] svg", 900),
