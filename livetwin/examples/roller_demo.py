@@ -1,12 +1,15 @@
 """The roller-line part of `livetwin demo`: lines stream speeds in real time while their bearings
 wear, and calibration follows the drags: the type's `calibration.every` makes it a system
-schedule of the platform's scheduler (the demo prints true vs calibrated)."""
+schedule of the platform's scheduler (the demo prints true vs calibrated). The physics model is
+a registered version, so the Models page shows it with the runs and twins that use it."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, observations, roller_fleet
+from livetwin.examples.rollers import DRAGS, ROLLER_LINE, ROLLER_TYPE, observations, roller_fleet
+from livetwin.models.base import resolve_model
+from livetwin.registry.lineage import code_hash
 
 STEP_MS = 100  # the model's dt
 
@@ -21,6 +24,7 @@ class RollerDemo:
         self.truth = self.sim.params[:, : len(DRAGS)].copy()
         calibration = {**ROLLER_TYPE["calibration"], "every": f"{every_s:g}s"}
         platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": calibration})
+        register_model(platform)
         self.next_ts: int | None = None
 
     def run_until(self, now_ms: int) -> int:
@@ -46,6 +50,26 @@ class RollerDemo:
             b2 = self.platform.calibration(twin)["parameters"]["b2"]
             out.append((twin, float(self.truth[i, 1]), b2["value"], b2["lower"], b2["upper"]))
         return out
+
+
+def register_model(platform) -> dict:
+    """The roller-line model as version of `roller_line` in the registry: a new version only
+    when its code changed since the last one (so a restarted demo keeps its version)."""
+    hash_ = code_hash(ROLLER_LINE, resolve_model(ROLLER_LINE).fn)
+    found = platform.registry.store.lookup_ref(ROLLER_LINE, hash_, namespace="default")
+    if found is not None and found["code_matches"]:
+        return platform.registry.get(found["name"], found["version"])
+    return platform.registry.register(
+        "roller_line",
+        {
+            "kind": "deductive",
+            "ref": ROLLER_LINE,
+            "author": "livetwin demo",
+            "description": "4 rollers on one web: speeds, web tensions and slips from drive and "
+            "brake torques; bearing drags b1..b4 calibrated (RK4, 20 substeps per 100 ms step)",
+            "tags": {"example": "livetwin.examples.rollers"},
+        },
+    )
 
 
 def coverage(rows: list[tuple[str, float, float, float, float]]) -> float:

@@ -23,7 +23,8 @@ T = TypeVar("T")
 def namespace(*arrays: object) -> ModuleType:
     """`jax.numpy` when any argument is a JAX array (traced or concrete), else NumPy."""
     jax = sys.modules.get("jax")  # never imports JAX: a JAX array means it is loaded
-    if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
+    array = getattr(jax, "Array", None)  # None while another thread is still importing JAX
+    if array is not None and any(isinstance(a, array) for a in arrays):
         return jax.numpy
     return np
 

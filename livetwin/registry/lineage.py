@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS produced (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL, twin TEXT NOT NULL, ts_from INTEGER NOT NULL, ts_to INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS produced_twin ON produced (twin, ts_from);
+CREATE INDEX IF NOT EXISTS produced_node ON produced (node);
 """
 NODE_COLUMNS = "id, kind, name, created, started, finished, host, code_hash, body"
 PRODUCED_COLUMNS = "node, twin, ts_from, ts_to"
@@ -279,6 +280,37 @@ class LineageStore:
             "nodes": list(nodes.values()),
             "edges": [{"from": s, "to": d} for s, d in sorted(edges)],
         }
+
+    def fed(self, node_id: str, twins: int = 100) -> list[dict]:
+        """What `node_id` fed directly, per kind and name (newest first): how many nodes, the
+        first and last recorded, the newest one's id and the twins whose values it published
+        (at most `twins` of them). A model version's use, without walking every run."""
+        conn = self.db.read()
+        groups = conn.execute(
+            "SELECT n.kind, n.name, COUNT(*), MIN(n.created), MAX(n.created), MAX(n.n)"
+            " FROM edges e JOIN nodes n ON n.id = e.dst WHERE e.src = ?"
+            " GROUP BY n.kind, n.name ORDER BY MAX(n.n) DESC",
+            (node_id,),
+        ).fetchall()
+        out = []
+        for kind, name, count, first, last, newest_n in groups:
+            (newest,) = conn.execute("SELECT id FROM nodes WHERE n = ?", (newest_n,)).fetchone()
+            published = conn.execute(
+                "SELECT DISTINCT twin FROM produced WHERE node = ? ORDER BY twin LIMIT ?",
+                (newest, twins),
+            ).fetchall()
+            out.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "count": count,
+                    "first": format_ts(first),
+                    "last": format_ts(last),
+                    "newest": newest,
+                    "twins": [t for (t,) in published],
+                }
+            )
+        return out
 
     def producer(self, twin: str, name: str, ts: int) -> dict:
         """The run node that published `name` of `twin` at `ts` (the newest, if it was re-run)."""

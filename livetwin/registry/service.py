@@ -297,8 +297,13 @@ class Registry:
         namespace = check_namespace(namespace)
         check_name(name, "name")
         number = self.store.resolve(name, version, namespace)
-        record = self.store.version(name, number, namespace)
-        record["lineage"] = model_node_id(name, number, namespace)
+        return self._with_use(self.store.version(name, number, namespace), namespace)
+
+    def _with_use(self, record: dict, namespace: str) -> dict:
+        """`record` with its lineage node and `used_by`: the runs that used the version, per
+        job (count, first, last, the newest and the twins it published)."""
+        record["lineage"] = model_node_id(record["name"], record["version"], namespace)
+        record["used_by"] = [u for u in self.lineage.fed(record["lineage"]) if u["kind"] == "run"]
         return record
 
     def versions(
@@ -312,9 +317,10 @@ class Registry:
     ) -> list[dict]:
         namespace = check_namespace(namespace)
         check_name(name, "name")
-        return self.store.versions(
+        listed = self.store.versions(
             name, archived=archived, limit=limit, offset=offset, namespace=namespace
         )
+        return [self._with_use(record, namespace) for record in listed]
 
     def models(
         self, *, archived: bool = False, namespace: str | None = DEFAULT_NAMESPACE

@@ -163,3 +163,13 @@ def test_backend_choice_and_errors():
     with pytest.raises(InvalidInput) as err:
         make_filter(spec, 4, backend="cuda")
     assert err.value.field == "backend"
+
+
+def test_numpy_arrays_stay_numpy_while_another_thread_imports_jax(monkeypatch):
+    """The demo's simulator steps the model while a calibration thread is importing JAX: a
+    half-imported module (no `jax.Array` yet) must not fail a NumPy call."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
+    assert namespace(np.zeros(2), np.ones(3)) is np

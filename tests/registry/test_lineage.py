@@ -34,6 +34,24 @@ def published_ts(platform: Platform, twin: str, name: str) -> list[int]:
     return [t for t, v in zip(history["ts"], history["series"][name], strict=True) if v is not None]
 
 
+def test_the_demo_registers_its_roller_model_once_and_runs_link_to_it(tmp_path, clock):
+    from livetwin.examples.roller_demo import RollerDemo
+
+    clock.now = T0 + 10**8
+    with Platform(tmp_path / "d", clock=clock) as platform:
+        demo = RollerDemo(platform, lines=2, every_s=3600)
+        RollerDemo(platform, lines=2)  # a restarted demo: the same code, no new version
+        (model,) = platform.registry.models()
+        assert (model["name"], model["versions"], model["kind"]) == ("roller_line", 1, "deductive")
+        demo.run_until(T0 + 3_000)
+        run = platform.calibrate("roller_line")
+        assert run["status"] == "succeeded"
+        used = platform.lineage.node(run["lineage"])["inputs"]["model"]["registry"]
+        assert (used["name"], used["version"], used["code_matches"]) == ("roller_line", 1, True)
+        (use,) = platform.registry.get("roller_line", 1)["used_by"]
+        assert use["newest"] == run["lineage"] and use["twins"] == ["line-1", "line-2"]
+
+
 def test_a_calibrated_parameter_traces_to_its_model_version_and_data_window(tmp_path, clock):
     clock.now = T0 + 10**8
     sim = roller_fleet(len(LINES), seed=5)
@@ -110,6 +128,11 @@ def test_a_calibrated_parameter_traces_to_its_model_version_and_data_window(tmp_
             ).json()
             assert second["lineage"] in {n["id"] for n in down["nodes"]}
             assert first["lineage"] not in {n["id"] for n in down["nodes"]}
+            # the version says who used it: the second run only, and the twins it calibrated
+            (used,) = api.get("/api/models/roller_line/versions/1").json()["used_by"]
+            assert used["name"] == "calibrate:roller_line" and used["count"] == 1
+            assert used["newest"] == second["lineage"] and used["twins"] == LINES
+            assert api.get("/api/models/roller_line/versions").json()[0]["used_by"] == [used]
 
             # GraphML of the same walk
             r = api.get(

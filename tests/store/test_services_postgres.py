@@ -280,6 +280,11 @@ def test_lineage_is_recorded_walked_and_kept(backend, tmp_path):
         assert {n["id"] for n in down["nodes"]} == {model, first}
         assert lineage.producer("p-1", "k", T0 + 5)["id"] == second
         assert lineage.node(first)["parents"] == sorted([data, model])
+        (fed,) = lineage.fed(model)  # what the model fed, counted by the database
+        assert (fed["kind"], fed["name"], fed["count"], fed["newest"]) == (
+            "run", "calibrate", 1, first,
+        )  # fmt: skip
+        assert fed["twins"] == ["p-1"] and fed["first"] == fed["last"]
     finally:
         lineage.close()
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import httpx
 import pytest
@@ -84,6 +84,7 @@ PIR = {"properties": {"motion": {}}}  # event-driven: reports a change every 20 
 CRON = {"kind": "cron", "cron": "0 3 * * *", "tz": "Europe/Berlin"}
 LINES = ["line-0", "line-1"]
 MODEL_NODE = "model:roller_line/1"
+CALIBRATIONS = 12  # runs of the roller lines' calibration, each resuming the one before
 LOG_LINE = "hello from the dashboard test"
 ODD_ID = "lab/room #2?"  # ids may hold '/', '#' and '?': links must encode them
 
@@ -233,16 +234,17 @@ def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
     platform.registry.register("roller_line", model)
     platform.registry.set_alias("roller_line", "production", 1, "ana")
     sim = roller_fleet(len(LINES), seed=5)
-    rows = []
-    for k in range(20):
-        rows += observations(sim.step(), LINES, now - 60_000 + k * 100)
-    assert not platform.ingest(rows).rejected
-    run = scheduler.run_schedule("calibrate.every.roller_line")  # a run on the Jobs page
-    deadline = time.monotonic() + 30
-    while (run := scheduler.run(run["id"]))["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, run
-        time.sleep(0.05)
-    assert run["result"]["status"] == "succeeded", run
+    for r in range(CALIBRATIONS):  # each run resumes the last: a chain of runs in the lineage
+        rows = []
+        for k in range(20):
+            rows += observations(sim.step(), LINES, now - 60_000 + (20 * r + k) * 100)
+        assert not platform.ingest(rows).rejected
+        run = scheduler.run_schedule("calibrate.every.roller_line")  # a run on the Jobs page
+        deadline = time.monotonic() + 30
+        while (run := scheduler.run(run["id"]))["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, run
+            time.sleep(0.05)
+        assert run["result"]["status"] == "succeeded", run
 
 
 @contextmanager
@@ -672,6 +674,117 @@ def test_the_lineage_of_a_calibrated_parameter_shows_its_model_version(server, p
     assert [e for e in errors if "status of 404" not in e] == []
 
 
+IN_BOX = """holder => {
+    // each node's box on screen (after the view's zoom and pan) against the graph's box
+    const box = holder.getBoundingClientRect();
+    const inside = r => r.left >= box.left - 1 && r.right <= box.right + 1
+        && r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+    const svg = holder.querySelector('svg.lineage');
+    return {
+        svg: inside(svg.getBoundingClientRect()),
+        viewBox: svg.getAttribute('viewBox'),
+        scale: Number(svg.dataset.scale),
+        nodes: Object.fromEntries([...svg.querySelectorAll('g.node')].map(
+            g => [g.dataset.id, inside(g.getBoundingClientRect())])),
+    };
+}"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1400, "height": 900}, PHONE], ids=["1400", "390"])
+def test_the_lineage_of_a_calibrated_value_fits_its_box(server, browser, viewport):
+    """A value of a twin calibrated run after run: the runs before the one that published it
+    fold into one node with their count, and the graph fits its box with the value in view;
+    drawn unfolded, the view centres the value; the view zooms, pans and resets."""
+    from playwright.sync_api import expect
+
+    graph = httpx.get(
+        f"{server.url}/api/lineage/value",
+        params={"twin": "line-1", "name": "b1", "ts": _newest("line-1", "b1", server)},
+    ).json()
+    runs = [n["id"] for n in graph["nodes"] if n["kind"] == "run"]
+    assert len(runs) >= 10 and len(graph["nodes"]) >= 20  # the chain the issue saw
+    context = browser.new_context(viewport=viewport)
+    tab = context.new_page()
+    visit(tab, server, "/lineage?twin=line-1&name=b1")
+    holder = tab.locator("#lineage .graph")
+    folded = tab.locator("svg.lineage g.node.group[data-kind=run]")
+    expect(folded).to_have_attribute("data-count", str(len(runs) - 1))  # all but the producer
+    seen = holder.evaluate(IN_BOX)
+    assert seen["svg"] and len(seen["nodes"]) <= 8 and all(seen["nodes"].values()), seen
+    assert graph["root"] in seen["nodes"] and graph["run"] in seen["nodes"]
+    tab.screenshot(path=ARTIFACTS / f"lineage-folded-{viewport['width']}.png", full_page=True)
+
+    folded.click()  # the folded node lists its runs
+    expect(tab.locator("#node-details h3")).to_have_text(
+        f"{len(runs) - 1} runs: calibrate:roller_line"
+    )
+    expect(tab.locator("#node-details ul.members li")).to_have_count(len(runs) - 1)
+
+    tab.uncheck('input[name="fold"]')  # every node: wider than the box, centred on the value
+    expect(tab.locator("svg.lineage g.node")).to_have_count(len(graph["nodes"]))
+    seen = holder.evaluate(IN_BOX)
+    assert seen["svg"] and seen["nodes"][graph["root"]], seen
+    first = seen["viewBox"]
+
+    tab.click('button[aria-label="zoom in"]')
+    zoomed = holder.evaluate(IN_BOX)
+    assert zoomed["scale"] == pytest.approx(seen["scale"] * 1.25, rel=1e-2), zoomed
+    svg = tab.locator("svg.lineage").bounding_box()
+    x, y = svg["x"] + svg["width"] / 2, svg["y"] + 6  # drag from the graph's top edge
+    tab.mouse.move(x, y)
+    tab.mouse.down()
+    tab.mouse.move(x + 60, y + 2, steps=5)
+    tab.mouse.up()
+    panned = holder.evaluate(IN_BOX)
+    shift = float(zoomed["viewBox"].split()[0]) - float(panned["viewBox"].split()[0])
+    assert shift == pytest.approx(60 / zoomed["scale"], rel=0.1), (zoomed, panned)
+    tab.click('button[aria-label^="back to the first view"]')
+    assert holder.evaluate(IN_BOX)["viewBox"] == first
+    context.close()
+
+
+def test_a_model_walked_down_folds_its_runs(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/lineage?" + urlencode({"node": MODEL_NODE, "direction": "down"}))
+    expect(page.locator("svg.lineage g.node")).to_have_count(2)  # the model and its runs
+    runs = page.locator("svg.lineage g.node.group")
+    expect(runs).to_have_attribute("data-count", str(CALIBRATIONS))
+    expect(runs.locator("text.kind")).to_have_text(f"{CALIBRATIONS} runs")
+    assert errors == []
+
+
+def test_a_model_version_shows_its_lineage_and_the_twins_using_it(server, page, errors):
+    from playwright.sync_api import expect
+
+    visit(page, server, "/models/roller_line")
+    version = page.locator('article.version[data-version="1"]')
+    use = version.locator('.use[data-job="calibrate:roller_line"]')
+    expect(use).to_contain_text(f"{CALIBRATIONS} runs of calibrate:roller_line")
+    expect(use.locator(".twins-using a")).to_have_text(LINES)
+    graph = version.locator(".version-graph")
+    kinds = graph.locator("g.node").evaluate_all("gs => gs.map(g => g.dataset.kind)")
+    assert sorted(kinds) == ["data", "model", "run"], kinds  # training data -> v1 -> its runs
+    expect(graph.locator("g.node.group")).to_have_attribute("data-count", str(CALIBRATIONS))
+    seen = graph.evaluate(IN_BOX)
+    assert seen["svg"] and all(seen["nodes"].values()), seen
+    graph.locator("g.node.group").click()  # to the folded runs of the full graph
+    page.wait_for_selector("svg.lineage g.node.group")
+    assert "direction=down" in page.url and MODEL_NODE in unquote(page.url)
+    use_link = f"#/twin/{LINES[1]}"
+    go(page, "/models/roller_line")
+    page.click(f'.twins-using a[href="{use_link}"]')
+    expect(page.locator("h1")).to_have_text(LINES[1])
+    assert errors == []
+
+
+def _newest(twin: str, name: str, server) -> int:
+    history = server.platform.history(twin, [name])
+    return max(
+        t for t, v in zip(history["ts"], history["series"][name], strict=True) if v is not None
+    )
+
+
 MQTT = (MQTT_HOST, MQTT_PORT)  # the real Mosquitto
 
 
@@ -931,7 +1044,7 @@ BROKEN_WORDS = """() => {
 def test_no_word_is_broken_inside_a_card(server, browser, viewport):
     context = browser.new_context(viewport=viewport)
     tab = context.new_page()
-    for route in ("/twin/line-1", "/twin/pump-1", "/fleet", "/jobs"):
+    for route in ("/twin/line-1", "/twin/pump-1", "/fleet", "/jobs", "/models/roller_line"):
         visit(tab, server, route)
         tab.wait_for_timeout(200)
         assert tab.evaluate(BROKEN_WORDS) == [], route

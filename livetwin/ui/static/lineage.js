@@ -1,5 +1,6 @@
 // A lineage graph as a layered SVG (no library): inputs on the left (or on top at phone width),
-// what they fed to the right (or below); one box per node, coloured by kind.
+// what they fed to the right (or below); one box per node, coloured by kind. Repeated runs of
+// one job collapse into one node with a count; the view zooms and pans around the traced node.
 import { localTime } from './dom.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -41,11 +42,68 @@ export function layers(graph) {
   return { layer, inputs };
 }
 
-const short = (iso) => (iso ? localTime(Date.parse(iso)) : '');
+/**
+ * `graph` with repeated nodes folded: runs of one job (kind and name), except those in `keep`,
+ * become one node `{kind: 'run', name, count, members}` when there are two or more; then the
+ * data windows that fed only folded nodes fold the same way. Edges follow their ends, once.
+ */
+export function collapse(graph, keep = new Set([graph.root, graph.run])) {
+  const groupOf = new Map(); // node id -> group id
+  const consumers = new Map(graph.nodes.map((n) => [n.id, []]));
+  for (const e of graph.edges) consumers.get(e.from)?.push(e.to);
+  const fold = (candidates) => {
+    const byKey = new Map();
+    for (const n of candidates) byKey.set(`${n.kind}:${n.name}`, [...(byKey.get(`${n.kind}:${n.name}`) || []), n]);
+    for (const [key, members] of byKey) if (members.length > 1) for (const n of members) groupOf.set(n.id, `group:${key}`);
+  };
+  const free = graph.nodes.filter((n) => !keep.has(n.id));
+  fold(free.filter((n) => n.kind === 'run'));
+  fold(free.filter((n) => n.kind !== 'run' && n.kind !== 'model' && !groupOf.has(n.id)
+    && consumers.get(n.id).length > 0 && consumers.get(n.id).every((to) => groupOf.has(to))));
+  if (!groupOf.size) return graph;
+
+  const groups = new Map();
+  const nodes = [];
+  for (const n of graph.nodes) {
+    const gid = groupOf.get(n.id);
+    if (!gid) {
+      nodes.push(n);
+      continue;
+    }
+    let g = groups.get(gid);
+    if (!g) {
+      g = { id: gid, kind: n.kind, name: n.name, count: 0, members: [] };
+      groups.set(gid, g);
+      nodes.push(g);
+    }
+    g.count += 1;
+    g.members.push(n);
+  }
+  for (const g of groups.values()) {
+    const times = g.members.map((m) => Date.parse(m.started || m.created)).filter(Number.isFinite);
+    if (times.length) [g.first, g.last] = [Math.min(...times), Math.max(...times)];
+  }
+  const seen = new Set();
+  const edges = [];
+  for (const e of graph.edges) {
+    const from = groupOf.get(e.from) || e.from;
+    const to = groupOf.get(e.to) || e.to;
+    if (from === to || seen.has(`${from}\n${to}`)) continue;
+    seen.add(`${from}\n${to}`);
+    edges.push({ from, to });
+  }
+  return { ...graph, nodes, edges, collapsed: graph.nodes.length - nodes.length };
+}
+
+/** '10 runs', '9 data windows': a folded node's count and kind. */
+export const counted = (n) => `${n.count} ${n.kind === 'data' ? 'data windows' : `${n.kind}s`}`;
+
+const short = (t) => (t ? localTime(typeof t === 'number' ? t : Date.parse(t)) : '');
 const fit = (text, chars) => (text.length > chars ? `${text.slice(0, chars - 1)}…` : text);
 
 /** The second line of a node's box: what tells it apart at a glance. */
 export function caption(node) {
+  if (node.count) return node.first ? `${short(node.first)} → ${short(node.last).slice(11)}` : '';
   const inputs = node.inputs || {};
   switch (node.kind) {
     case 'model':
@@ -106,6 +164,8 @@ export function drawLineage(graph, { width, vertical = false, onSelect = () => {
     width: w,
     height: h,
     viewBox: `0 0 ${w} ${h}`,
+    'data-width': w,
+    'data-height': h,
     role: 'img',
     'aria-label': `lineage graph of ${graph.root}: ${graph.nodes.length} nodes`,
   });
@@ -135,16 +195,20 @@ export function drawLineage(graph, { width, vertical = false, onSelect = () => {
     const g = s(
       'g',
       {
-        class: n.id === graph.root ? 'node root' : 'node',
+        class: `node${n.id === graph.root ? ' root' : ''}${n.count ? ' group' : ''}`,
         'data-id': n.id,
         'data-kind': n.kind,
+        'data-count': n.count,
         transform: `translate(${x} ${y})`,
+        'data-cx': x + nodeW / 2,
+        'data-cy': y + NODE_H / 2,
         tabindex: '0',
         role: 'button',
       },
-      s('title', {}, n.id),
+      s('title', {}, n.count ? `${n.count} ${n.kind} nodes of ${n.name}` : n.id),
+      n.count && s('rect', { x: '4', y: '4', width: nodeW, height: NODE_H, rx: '8', class: `kind-${n.kind} stack` }),
       s('rect', { width: nodeW, height: NODE_H, rx: '8', class: `kind-${n.kind}` }),
-      s('text', { x: '8', y: '16', class: 'kind' }, n.kind),
+      s('text', { x: '8', y: '16', class: 'kind' }, n.count ? counted(n) : n.kind),
       s('text', { x: '8', y: '34', class: 'name' }, fit(n.name || n.id, chars)),
       s('text', { x: '8', y: '50', class: 'caption' }, fit(caption(n), chars + 4)),
     );
@@ -153,4 +217,82 @@ export function drawLineage(graph, { width, vertical = false, onSelect = () => {
     svg.append(g);
   }
   return svg;
+}
+
+const MIN_FIT = 0.55; // the smallest scale a first view uses: below it the boxes' text is unreadable
+const ZOOM = [0.15, 3]; // how far the user may zoom out and in
+const MAX_HEIGHT = 560; // px: a taller graph shows the part around the focus
+const clamp = (v, lo, hi) => (lo > hi ? (lo + hi) / 2 : Math.min(hi, Math.max(lo, v)));
+
+/**
+ * Show `svg` (from drawLineage) in a box `width` px wide: the whole graph when it fits at a
+ * readable scale, else the part centred on node `focus`. Drag pans; Ctrl+wheel (a pinch), the
+ * keys + - 0 and arrows, or `zoom(factor)` zoom and pan; `reset()` returns to the first view.
+ */
+export function panZoom(svg, { width, focus }) {
+  const W = Number(svg.dataset.width);
+  const H = Number(svg.dataset.height);
+  const box = { w: Math.max(width, 1), h: 0 };
+  let view = { x: 0, y: 0, k: 1 }; // the box's top-left in graph units; pixels per unit
+  const apply = () => {
+    svg.setAttribute('viewBox', `${view.x} ${view.y} ${box.w / view.k} ${box.h / view.k}`);
+    svg.dataset.scale = view.k.toFixed(3);
+  };
+  const reset = () => {
+    const k = clamp(box.w / W, MIN_FIT, 1);
+    box.h = Math.min(H * k, MAX_HEIGHT);
+    svg.setAttribute('width', box.w);
+    svg.setAttribute('height', box.h);
+    const target = focus && svg.querySelector(`g.node[data-id="${CSS.escape(focus)}"]`);
+    const [cx, cy] = target ? [Number(target.dataset.cx), Number(target.dataset.cy)] : [W / 2, H / 2];
+    const [vw, vh] = [box.w / k, box.h / k];
+    // centre the graph where it fits; else the focus, without leaving empty space at an edge
+    view = { k, x: vw >= W ? (W - vw) / 2 : clamp(cx - vw / 2, 0, W - vw), y: vh >= H ? (H - vh) / 2 : clamp(cy - vh / 2, 0, H - vh) };
+    apply();
+  };
+  const zoom = (factor, px = box.w / 2, py = box.h / 2) => {
+    const k = clamp(view.k * factor, ...ZOOM);
+    view = { k, x: view.x + px / view.k - px / k, y: view.y + py / view.k - py / k };
+    apply();
+  };
+  const pan = (dx, dy) => {
+    view = { ...view, x: view.x - dx / view.k, y: view.y - dy / view.k };
+    apply();
+  };
+
+  let drag = null; // {id, x, y, moved}
+  svg.addEventListener('pointerdown', (e) => {
+    if (e.button === 0) drag = { id: e.pointerId, x: e.clientX, y: e.clientY, moved: false };
+  });
+  svg.addEventListener('pointermove', (e) => {
+    if (!drag || e.pointerId !== drag.id) return;
+    const [dx, dy] = [e.clientX - drag.x, e.clientY - drag.y];
+    if (!drag.moved && Math.hypot(dx, dy) < 4) return; // a click, so far
+    if (!drag.moved) svg.setPointerCapture(e.pointerId);
+    drag = { ...drag, x: e.clientX, y: e.clientY, moved: true };
+    svg.classList.add('dragging');
+    pan(dx, dy);
+  });
+  const end = () => {
+    drag = null;
+    svg.classList.remove('dragging');
+  };
+  svg.addEventListener('pointerup', end);
+  svg.addEventListener('pointercancel', end);
+  svg.addEventListener('wheel', (e) => {
+    if (!e.ctrlKey && !e.metaKey) return; // a plain wheel scrolls the page
+    e.preventDefault();
+    const r = svg.getBoundingClientRect();
+    zoom(Math.exp(-e.deltaY / 300), e.clientX - r.left, e.clientY - r.top);
+  }, { passive: false });
+  const KEYS = { '+': () => zoom(1.25), '=': () => zoom(1.25), '-': () => zoom(0.8), 0: reset,
+    ArrowLeft: () => pan(60, 0), ArrowRight: () => pan(-60, 0), ArrowUp: () => pan(0, 60), ArrowDown: () => pan(0, -60) };
+  svg.setAttribute('tabindex', '0');
+  svg.addEventListener('keydown', (e) => {
+    if (e.target !== svg || !KEYS[e.key]) return;
+    e.preventDefault();
+    KEYS[e.key]();
+  });
+  reset();
+  return { zoom, reset, pan };
 }

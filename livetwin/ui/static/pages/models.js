@@ -2,7 +2,7 @@
 // lineage graph from a twin value (twin, name, ts) or from a node id.
 import { api, errorBox, qs, twinPath } from '../api.js';
 import { append, h, link, localTime, navigate, replace, table } from '../dom.js';
-import { drawLineage } from '../lineage.js';
+import { collapse, counted, drawLineage, panZoom } from '../lineage.js';
 
 const NARROW_PX = 640; // below this the graph's layers stack top to bottom
 const EVENT_SCAN = 200; // recent events searched for a name's newest published value
@@ -47,15 +47,60 @@ export async function renderModel(root, { args: [name], params, signal }) {
     h('p', { class: 'crumbs' }, h('a', { href: '#/models' }, 'Models'), ' › ', name),
     h('h1', {}, name),
     h('p', { class: 'meta' }, `${versions.length} version${versions.length === 1 ? '' : 's'}${archived ? '' : ' (archived hidden)'} · `, toggle),
-    h('div', { class: 'versions' }, [...versions].reverse().map(versionCard)),
+    h('div', { class: 'versions' }, [...versions].reverse().map((v) => versionCard(v, name))),
     aliases?.history?.length > 0 &&
       h('section', { class: 'card' }, h('h2', {}, 'Alias history'),
         table('aliases', ['When', 'Alias', 'Version', 'By'], aliases.history.map((e) =>
           h('tr', {}, h('td', { class: 'nowrap' }, when(e.at)), h('td', {}, e.alias), h('td', {}, e.version == null ? 'removed' : `v${e.version}`), h('td', {}, e.author || '—'))))),
   );
+  for (const holder of root.querySelectorAll('.version-graph')) {
+    const v = versions.find((x) => String(x.version) === holder.dataset.version);
+    const svg = drawLineage(versionGraph(v), { width: holder.clientWidth, vertical: holder.clientWidth < NARROW_PX, onSelect: (n) => navigate(n.href) });
+    holder.append(svg);
+    panZoom(svg, { width: holder.clientWidth, focus: v.lineage });
+  }
 }
 
-/** One version's metadata as a card. */
+const TWINS_SHOWN = 12;
+
+/** A version's lineage at a glance: its training data and parent versions, the version, and
+ * the runs that used it folded per job; each node leads to the full graph or the parent. */
+function versionGraph(v) {
+  const self = v.lineage || `model:${v.name}/${v.version}`;
+  const down = `#/lineage?${qs({ node: self, direction: 'down', depth: 1 })}`;
+  const nodes = [{ id: self, kind: 'model', name: v.name, inputs: { version: v.version, kind: v.kind }, href: down }];
+  const edges = [];
+  if (v.training?.start) {
+    nodes.push({ id: `${self}#training`, kind: 'data', name: `training data of ${v.name}`, inputs: { window: { start: Date.parse(v.training.start), end: Date.parse(v.training.end) } },
+      href: `#/lineage?${qs({ node: self, direction: 'up' })}` });
+    edges.push({ from: `${self}#training`, to: self });
+  }
+  for (const p of v.parents || []) {
+    const id = `model:${p.name}/${p.version}`;
+    nodes.push({ id, kind: 'model', name: p.name, inputs: { version: p.version }, href: `#/models/${encodeURIComponent(p.name)}` });
+    edges.push({ from: id, to: self });
+  }
+  for (const use of v.used_by || []) {
+    const id = `group:${use.kind}:${use.name}`;
+    nodes.push({ id, kind: use.kind, name: use.name, count: use.count, first: Date.parse(use.first), last: Date.parse(use.last), href: down });
+    edges.push({ from: self, to: id });
+  }
+  return { root: self, nodes, edges };
+}
+
+/** 'used by' of a version: runs per job (the newest one's lineage) and the twins it published. */
+function usedBy(v) {
+  if (!v.used_by?.length) return h('span', { class: 'muted' }, 'no run has used it yet');
+  return v.used_by.map((use) => h('div', { class: 'use', 'data-job': use.name },
+    `${use.count} run${use.count === 1 ? '' : 's'} of `, h('code', {}, use.name), ' · ',
+    h('span', { class: 'nowrap' }, when(use.first)), ' → ', h('span', { class: 'nowrap' }, when(use.last)), ' · ',
+    h('a', { href: `#/lineage?${qs({ node: use.newest, direction: 'up' })}` }, 'newest run'),
+    use.twins.length > 0 && h('div', { class: 'twins-using' }, 'twins: ',
+      use.twins.slice(0, TWINS_SHOWN).map((t) => [link('#/twin/', t, t), ' ']),
+      use.twins.length > TWINS_SHOWN && h('span', { class: 'muted' }, `and ${use.twins.length - TWINS_SHOWN} more`))));
+}
+
+/** One version's metadata as a card, with its lineage and what uses it. */
 function versionCard(v) {
   const node = v.lineage || `model:${v.name}/${v.version}`;
   const training = v.training || {};
@@ -79,9 +124,11 @@ function versionCard(v) {
         a.uploaded
           ? h('a', { href: `api/models/${encodeURIComponent(v.name)}/versions/${v.version}/artifacts/${encodeURIComponent(a.filename)}` }, `${a.filename} `)
           : h('span', { class: 'muted', title: 'declared, not uploaded yet' }, `${a.filename} (missing) `))),
+      row('used by', usedBy(v)),
       row('lineage',
-        h('a', { class: 'lineage-down', href: `#/lineage?${qs({ node, direction: 'down', depth: 3 })}` }, 'runs that used it'), ' · ',
+        h('a', { class: 'lineage-down', href: `#/lineage?${qs({ node, direction: 'down', depth: 1 })}` }, 'runs that used it'), ' · ',
         h('a', { href: `#/lineage?${qs({ node, direction: 'up' })}` }, 'where it came from'))),
+    h('div', { class: 'graph version-graph', 'data-version': String(v.version) }),
   );
 }
 
@@ -140,36 +187,66 @@ export async function renderLineage(root, { params, signal }) {
     return;
   }
   const details = h('div', { class: 'node-details', id: 'node-details' });
-  const holder = h('div', { class: 'scroll graph' });
+  const holder = h('div', { class: 'graph' });
   const graphml = `${path}${path.includes('?') ? '&' : '?'}${qs({ format: 'graphml', direction: node ? params.get('direction') || 'up' : '', depth })}`;
+  const folded = collapse(graph);
+  const fold = h('input', { type: 'checkbox', name: 'fold', checked: true, disabled: !folded.collapsed, onchange: () => draw() });
+  let view = null;
+  const tool = (label, title, action) => h('button', { type: 'button', class: 'secondary', title, 'aria-label': title, onclick: () => view && action(view) }, label);
   append(
     out,
     h('h2', {}, node ? `${params.get('direction') === 'down' ? 'Down' : 'Up'} from ${node}` : `${name} of ${twin}`),
     h('p', { class: 'muted small' },
       `${graph.nodes.length} nodes, ${graph.edges.length} edges${graph.truncated ? ' (truncated: raise depth or walk from a node)' : ''} · `,
       h('a', { href: graphml, download: 'lineage.graphml' }, 'GraphML'), ' · select a node for its details'),
+    h('div', { class: 'graph-tools' },
+      h('label', { class: 'inline' }, fold, folded.collapsed ? ` fold repeated runs (${folded.collapsed} nodes fewer)` : ' no repeated runs to fold'),
+      h('span', { class: 'muted small' }, 'drag to pan · Ctrl+wheel or pinch to zoom'),
+      h('span', { class: 'zoom' },
+        tool('−', 'zoom out', (v) => v.zoom(0.8)),
+        tool('+', 'zoom in', (v) => v.zoom(1.25)),
+        tool('Reset', 'back to the first view, centred on the traced node', (v) => v.reset()))),
     holder,
     details,
   );
   const select = (n) => {
     for (const g of holder.querySelectorAll('g.node')) g.classList.toggle('selected', g.dataset.id === n.id);
-    replace(details, nodeDetails(n));
+    replace(details, n.count ? groupDetails(n) : nodeDetails(n));
   };
   const draw = () => {
     const width = holder.clientWidth || window.innerWidth;
-    const svg = drawLineage(graph, { width, vertical: width < NARROW_PX, onSelect: select });
+    const shown = fold.checked ? folded : graph;
+    const svg = drawLineage(shown, { width, vertical: width < NARROW_PX, onSelect: select });
     svg.dataset.vertical = String(width < NARROW_PX);
     replace(holder, svg);
+    view = panZoom(svg, { width, focus: graph.root });
+    const selected = details.firstChild?.dataset.id;
+    if (selected && svg.querySelector(`g.node[data-id="${CSS.escape(selected)}"]`)) select(shown.nodes.find((n) => n.id === selected));
   };
   draw();
   const rootNode = graph.nodes.find((n) => n.id === (graph.run || graph.root));
   if (rootNode) select(rootNode);
+  let drawnWidth = holder.clientWidth;
   const observer = new ResizeObserver(() => {
-    const vertical = String(holder.clientWidth < NARROW_PX);
-    if (vertical !== holder.querySelector('svg')?.dataset.vertical) draw();
+    if (Math.abs(holder.clientWidth - drawnWidth) < 2) return;
+    drawnWidth = holder.clientWidth;
+    draw();
   });
   observer.observe(holder);
   signal.addEventListener('abort', () => observer.disconnect());
+}
+
+/** A folded node: how many, over what time, and each member to walk from. */
+function groupDetails(g) {
+  return h(
+    'div',
+    { 'data-id': g.id },
+    h('h3', {}, `${counted(g)}: ${g.name}`),
+    g.first && h('p', { class: 'small' }, `${localTime(g.first)} → ${localTime(g.last)}`),
+    h('p', { class: 'small muted' }, 'Repeated nodes of one job, folded into one; untick "fold repeated runs" to draw each.'),
+    h('ul', { class: 'members small' }, g.members.map((m) =>
+      h('li', {}, h('a', { href: `#/lineage?${qs({ node: m.id, direction: 'up' })}` }, m.id), m.started || m.created ? ` · ${when(m.started || m.created)}` : ''))),
+  );
 }
 
 /** The timestamp of the newest value of `name` among the twin's recent events (for a blank ts). */
