@@ -10,12 +10,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from livetwin.errors import InvalidInput
+from livetwin.timefmt import parse_duration
 
 if TYPE_CHECKING:
     import ssl
 
 DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # store/open.py falls back to it without Settings
 LOG_FORMAT_ENV = "LIVETWIN_LOG_FORMAT"
+JOURNAL_RETENTION_ENV = "LIVETWIN_JOURNAL_RETENTION"
 LIST_ENV = {  # comma-separated lists
     "outbound_allow": "LIVETWIN_OUTBOUND_ALLOW",
     "model_packages": "LIVETWIN_MODEL_PACKAGES",
@@ -152,6 +154,9 @@ class Settings:
     webhooks: bool = True  # deliver webhooks (tests run their own service with fast retries)
     run_schedules: bool = True  # calibrate on calibration.every; run the scheduler's triggers
     scheduler_modules: tuple[str, ...] = ()  # module prefixes an API `ref` may import
+    # journal entries older than this (and behind the newest snapshot) are compacted into a
+    # base snapshot, e.g. '90d'; None keeps the whole journal; LIVETWIN_JOURNAL_RETENTION
+    journal_retention: str | None = None
 
     # ---- the deployment (None: from the environment) ----------------------------------------
     database_url: str | None = None  # postgresql://... ('' : SQLite); LIVETWIN_DATABASE_URL
@@ -196,6 +201,15 @@ class Settings:
             **{name: _list(env.get(var)) for name, var in LIST_ENV.items()},
         }
         settings = base if base is not None else cls()
+        if settings.journal_retention is None and env.get(JOURNAL_RETENTION_ENV):
+            settings = replace(settings, journal_retention=env[JOURNAL_RETENTION_ENV].strip())
+        if settings.journal_retention is not None:
+            try:
+                parse_duration(settings.journal_retention)
+            except ValueError as exc:
+                raise InvalidInput(
+                    str(exc), field="journal_retention", fix="e.g. LIVETWIN_JOURNAL_RETENTION=90d"
+                ) from None
         unset = {name: value for name, value in found.items() if getattr(settings, name) is None}
         if settings.mqtt is not None:
             unset["mqtt"] = settings.mqtt.with_env(env)

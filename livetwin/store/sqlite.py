@@ -16,8 +16,9 @@ from pathlib import Path
 import orjson
 
 from livetwin.store.base import JournalEntry
-from livetwin.store.buffer import Chunk, decode_chunk
+from livetwin.store.buffer import Chunk, decode_chunk, trimmed
 from livetwin.store.keys import journaled_keys, scoped_key
+from livetwin.store.rollup import ROLLUP_PERIOD
 from livetwin.timefmt import parse_ts
 
 
@@ -61,7 +62,12 @@ CREATE TABLE IF NOT EXISTS history (
     seq_min INTEGER NOT NULL, seq_max INTEGER NOT NULL, version INTEGER NOT NULL,
     n INTEGER NOT NULL, ts BLOB NOT NULL, seqs BLOB NOT NULL, vals BLOB NOT NULL,
     PRIMARY KEY (uid, ts_min, seq_min)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_seq_max ON history (seq_max);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rollups (
+    uid INTEGER NOT NULL, bucket INTEGER NOT NULL, period INTEGER NOT NULL,
+    version INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (uid, bucket, period)) WITHOUT ROWID;
 """
 
 DATABASES = {"main": "livetwin", "history": "history"}  # the two files of a data directory
@@ -209,6 +215,70 @@ class SqliteStore:
         )
         for ts_max, *chunk in rows:
             yield ts_max, decode_chunk(*chunk)
+
+    # ---- retention (store/rollup.py, journal/compaction.py) --------------------------------
+
+    def touched(self, after_seq: int) -> dict[int, int]:
+        rows = self._conn("history").execute(
+            "SELECT uid, min(ts_min) FROM history WHERE seq_max > ? GROUP BY uid", (after_seq,)
+        )
+        return dict(rows.fetchall())
+
+    def put_rollups(self, rows: list[tuple]) -> None:
+        with self._transaction("history") as conn:
+            conn.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", rows)
+
+    def rollups(self, uid: int, bucket: int, start: int, end: int) -> list[tuple]:
+        span = bucket * ROLLUP_PERIOD
+        rows = self._conn("history").execute(
+            "SELECT period, version, data FROM rollups WHERE uid = ? AND bucket = ?"
+            " AND period < ? AND period > ? ORDER BY period",
+            (int(uid), int(bucket), int(end), int(start) - span),
+        )
+        return rows.fetchall()
+
+    def delete_history(self, uids: list[int], before: int) -> int:
+        deleted = 0
+        with self._transaction("history") as conn:
+            for uid in uids:
+                straddling = conn.execute(
+                    "SELECT ts_min, seq_min, uid, version, n, ts, seqs, vals FROM history"
+                    " WHERE uid = ? AND ts_min < ? AND ts_max >= ?",
+                    (int(uid), before, before),
+                ).fetchall()
+                for ts_min, seq_min, *chunk in straddling:
+                    rows = trimmed(decode_chunk(*chunk), before)
+                    conn.execute(
+                        "DELETE FROM history WHERE uid = ? AND ts_min = ? AND seq_min = ?",
+                        (int(uid), ts_min, seq_min),
+                    )
+                    conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                deleted += len(straddling) + conn.execute(
+                    "DELETE FROM history WHERE uid = ? AND ts_max < ?", (int(uid), before)
+                ).rowcount
+        return deleted
+
+    def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:
+        span = bucket * ROLLUP_PERIOD
+        with self._transaction("history") as conn:
+            return sum(
+                conn.execute(
+                    "DELETE FROM rollups WHERE uid = ? AND bucket = ? AND period + ? <= ?",
+                    (int(uid), bucket, span, before),
+                ).rowcount
+                for uid in uids
+            )
+
+    def compact_journal(self, upto: int) -> int:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM idempotency WHERE seq <= ?", (upto,))
+            return conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,)).rowcount
+
+    def put_base_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        """Base snapshots are files beside this database (journal/compaction.py)."""
+
+    def base_snapshot(self) -> tuple[int, bytes] | None:
+        return None
 
     def type_versions(self, name: str) -> list[tuple[int, str, int]]:
         return (

@@ -1,0 +1,172 @@
+"""The `compact` job: applies a type's `retention` (rollups computed from raw history, raw
+history and rollups past their retention deleted) and, with the `journal_retention` setting,
+compacts the journal. Types with a retention get a system schedule running it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from livetwin.errors import NotFound
+from livetwin.store import rollup
+from livetwin.timefmt import format_duration
+
+if TYPE_CHECKING:
+    from livetwin.core import TwinCore
+    from livetwin.query import Query
+    from livetwin.schedule.functions import RunContext
+
+COMPACT = "compact"
+COMPACT_EVERY = "10m"
+COMPACT_FUNCTION = {
+    "kind": "builtin",
+    "job": COMPACT,
+    "concurrency": 1,
+    "retries": 1,
+    "backoff_s": 30.0,
+    "description": "applies twin types' retention (rollups, deletes) and journal_retention",
+}
+UIDS_PER_WRITE = 64  # twins whose rollup rows are written in one transaction
+
+
+def compact_type(reader: Query, type_name: str, now: int) -> dict:
+    """Bring a type's rollups up to the last complete bucket before `now` and delete what its
+    retention no longer keeps. Buckets that late rows changed are recomputed from raw history
+    while raw history still holds them."""
+    store = reader.core.store
+    ctype = reader.compiled_type(type_name)
+    if ctype is None:
+        raise NotFound(f"no twin type '{type_name}'", field="type", fix="check the type name")
+    retention = ctype.spec.retention
+    if retention is None:
+        return {"type": type_name, "retention": None}
+    with reader.core.lock:
+        seq = reader.core.history.flushed_seq  # rows flushed later are `touched` next time
+    uids = reader.selection(type_name)["uid"].tolist()
+    state = rollup.progress(store, type_name)
+    touched = store.touched(state.get("seq", 0))
+    raw = retention.raw_ms()
+    columns = ctype.columns
+    out: dict[str, Any] = {"type": type_name, "rollups": {}}
+    for bucket, keep in retention.levels():
+        # buckets whose raw rows were deleted by an earlier run are never recomputed
+        floors = [f for f in (state.get("raw"), None if keep is None else now - keep) if f]
+        floor = -(-max(floors) // bucket) * bucket if floors else None
+        done = state.get(str(bucket))
+        upto = now // bucket * bucket
+        rows: list[tuple] = []
+        written = 0
+        for uid in uids:
+            changed = touched.get(uid)
+            lo = changed if done is None else min(done, changed if changed is not None else done)
+            if lo is None:
+                continue
+            lo = lo // bucket * bucket if floor is None else max(lo // bucket * bucket, floor)
+            if lo < upto:
+                rows += _recompute(reader, type_name, columns, ctype.version, uid, bucket, lo, upto)
+            if len(rows) >= UIDS_PER_WRITE:
+                store.put_rollups(rows)
+                written, rows = written + len(rows), []
+        if rows:
+            store.put_rollups(rows)
+            written += len(rows)
+        state[str(bucket)] = upto
+        deleted = store.delete_rollups(uids, bucket, now - keep) if keep is not None else 0
+        out["rollups"][format_duration(bucket)] = {"rows_written": written, "deleted": deleted}
+    out["raw_deleted"] = 0
+    if raw is not None:
+        out["raw_deleted"] = store.delete_history(uids, now - raw)
+        state["raw"] = now - raw
+    state["seq"] = seq
+    rollup.save_progress(store, type_name, state, now)
+    return out
+
+
+def _recompute(reader, type_name, columns, version, uid, bucket, lo, hi) -> list[tuple]:
+    """Rollup rows of one twin with the buckets in [lo, hi) recomputed from raw history."""
+    span = bucket * rollup.ROLLUP_PERIOD
+    ts, _, values = reader.history_rows(uid, type_name, list(columns), lo, hi)
+    starts, stats = rollup.bucket_stats(ts, values, bucket)
+    stored = {p: (v, d) for p, v, d in reader.core.store.rollups(uid, bucket, lo, hi)}
+    rows = []
+    for period in range(lo // span * span, hi, span):
+        if period in stored:
+            version_was, data = stored[period]
+            have = reader.layout(type_name, version_was)[0]
+            grid = rollup.relayout(rollup.decode(data), have, columns).copy()
+        else:
+            grid = rollup.empty_grid(len(columns))
+        a, b = max(lo, period), min(hi, period + span)
+        grid[:, :, (a - period) // bucket : (b - period) // bucket] = np.nan
+        grid[0, :, (a - period) // bucket : (b - period) // bucket] = 0.0
+        inside = (starts >= a) & (starts < b)
+        grid[:, :, (starts[inside] - period) // bucket] = stats[:, :, inside]
+        if period in stored or inside.any():
+            rows.append((uid, bucket, period, version, rollup.encode(grid)))
+    return rows
+
+
+def compact_journal(core: TwinCore, now: int) -> dict:
+    """Journal compaction per the `journal_retention` setting (nothing when it is unset)."""
+    from livetwin.journal import compaction
+    from livetwin.timefmt import parse_duration
+
+    keep = core.settings.journal_retention
+    if keep is None:
+        return {"journal_retention": None}
+    return compaction.compact(core, parse_duration(keep), now)
+
+
+def compact_job(reader: Query, clock: Callable[[], int]) -> Callable[[RunContext], dict]:
+    """The built-in job `compact`: args {type} applies one type's retention, {journal: true}
+    compacts the journal."""
+
+    def run(ctx: RunContext) -> dict:
+        now = clock()
+        if ctx.args.get("journal"):
+            result = compact_journal(reader.core, now)
+            ctx.log(f"journal: {result}")
+            return result
+        type_name = ctx.args.get("type")
+        if not isinstance(type_name, str):
+            raise ValueError("compact needs args.type (a twin type) or args.journal: true")
+        result = compact_type(reader, type_name, now)
+        ctx.log(f"{type_name}: {result}")
+        return result
+
+    run.__name__ = run.__qualname__ = COMPACT
+    return run
+
+
+def retention_schedules(journal_retention: str | None) -> Callable[[Any], list[dict]]:
+    """The system schedules of a type: a `compact` run every COMPACT_EVERY when it declares a
+    retention, and one journal compaction when `journal_retention` is set."""
+
+    def source(ctype) -> list[dict]:
+        found = []
+        if ctype.spec.retention is not None:
+            found.append(
+                {
+                    "id": f"{COMPACT}.{ctype.name}",
+                    "function": COMPACT,
+                    "trigger": {"kind": "interval", "every": COMPACT_EVERY},
+                    "args": {"type": ctype.name},
+                    "description": f"retention of type {ctype.name}",
+                }
+            )
+        if journal_retention is not None:
+            found.append(
+                {
+                    "id": f"{COMPACT}.journal",
+                    "function": COMPACT,
+                    "trigger": {"kind": "interval", "every": COMPACT_EVERY},
+                    "args": {"journal": True},
+                    "description": f"journal compaction (journal_retention {journal_retention})",
+                }
+            )
+        return found
+
+    return source

@@ -1,0 +1,162 @@
+"""Retention: rollups computed by the `compact` job, raw history deleted past its retention,
+history queries on the finest resolution kept, journal compaction behind a base snapshot.
+Each on SQLite and on PostgreSQL (a fresh schema)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from conftest import T0, FakeClock, obs
+from postgres_support import fresh_schema, postgres_platform
+
+from livetwin.errors import InvalidInput
+from livetwin.jobs.retention import compact_journal, compact_type
+from livetwin.platform import Platform, Settings
+
+MIN = 60_000
+HOUR = 60 * MIN
+SENSOR = {
+    "properties": {"temp": {}, "load": {}},
+    "derived": {"hot": "temp > 30"},
+    "retention": {"raw": "2h", "rollups": {"1m": "1d", "1h": "forever"}},
+}
+STEP = 10_000  # one observation per twin every 10 s
+SPAN = 6 * HOUR
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_platform(request, tmp_path, monkeypatch):
+    """A function (clock, **settings) -> a platform on SQLite or on a fresh PostgreSQL schema."""
+    with contextlib.ExitStack() as stack:
+
+        def make(clock, **settings):
+            options = {"clock": clock, "settings": Settings(run_schedules=False, **settings)}
+            if request.param == "sqlite":
+                return stack.enter_context(Platform(tmp_path / "data", **options))
+            url = stack.enter_context(fresh_schema())
+            platform = postgres_platform(monkeypatch, tmp_path / "data", url, **options)
+            return stack.enter_context(platform)
+
+        yield make
+
+
+def temp_at(ts):
+    return 20 + 10 * np.sin(np.asarray(ts) / HOUR)
+
+
+def fill(platform, twins=("s-1", "s-2")):
+    """SPAN of data ending at T0 + SPAN, every STEP, in hour-sized batches."""
+    for start in range(T0, T0 + SPAN, HOUR):
+        ts = np.arange(start, start + HOUR, STEP)
+        platform.ingest(
+            [
+                obs(t, int(x), "sensor", temp=float(temp_at(x)) + k, load=float(k))
+                for x in ts
+                for k, t in enumerate(twins)
+            ]
+        )
+    platform.snapshot()  # flushes history
+
+
+def test_compact_rolls_up_deletes_raw_and_history_picks_the_resolution(open_platform):
+    clock = FakeClock(T0 + SPAN)
+    platform = open_platform(clock)
+    platform.put_type("sensor", SENSOR)
+    fill(platform)
+    # older than the raw retention: 1m buckets, computed from raw history before any rollup
+    before = platform.history("s-1", ["temp"], start=T0, every="1m")
+    assert before["resolution"] == "1m" and len(before["ts"]) == SPAN // MIN
+    raw = platform.history("s-1", ["temp"], start=T0 + SPAN - HOUR, every="1m")
+    assert raw["resolution"] == "raw" and raw["series"] == {"temp": before["series"]["temp"][-60:]}
+
+    result = compact_type(platform.query, "sensor", clock())
+    assert result["rollups"]["1m"]["rows_written"] > 0
+    assert result["raw_deleted"] > 0
+
+    # a range older than the raw retention comes from the 1m rollups, with the same buckets
+    old = platform.history("s-1", ["temp"], start=T0, end=T0 + 3 * HOUR, every="1m")
+    assert old["resolution"] == "1m" and old["every"] == "1m"
+    assert old["ts"] == before["ts"][: 3 * 60]
+    assert np.allclose(old["series"]["temp"], before["series"]["temp"][: 3 * 60])
+    hourly = platform.history("s-1", ["temp"], start=T0, every="1h", agg="max")
+    assert hourly["resolution"] == "1m" and len(hourly["ts"]) == SPAN // HOUR
+    assert hourly["series"]["temp"][0] == pytest.approx(temp_at(np.arange(T0, T0 + HOUR, STEP)).max())
+    counts = platform.history("s-2", ["load"], start=T0, every="1h", agg="count")
+    assert counts["series"]["load"] == [HOUR / STEP] * (SPAN // HOUR)
+    # the recent range is still raw; raw older than 2h is gone
+    recent = platform.history("s-1", ["temp"], start=T0 + SPAN - HOUR)
+    assert recent["resolution"] == "raw" and len(recent["ts"]) == HOUR // STEP
+    gone = platform.query.history_rows(
+        platform.query.selection("sensor", ids=["s-1"])["uid"][0], "sensor", ["temp"], T0, T0 + HOUR
+    )[0]
+    assert len(gone) == 0
+
+    # two days on, the 1m rollups are past their retention: the 1h rollups answer
+    clock.now += 2 * 86_400_000
+    compact_type(platform.query, "sensor", clock())
+    later = platform.history("s-1", ["temp"], start=T0, end=T0 + SPAN, every="1m", agg="avg")
+    assert later["resolution"] == "1h" and later["every"] == "1h"
+    assert len(later["ts"]) == SPAN // HOUR
+    expected = temp_at(np.arange(T0, T0 + HOUR, STEP)).mean()
+    assert later["series"]["temp"][0] == pytest.approx(expected)
+
+
+def test_late_rows_are_rolled_up_again_while_raw_history_holds_them(open_platform):
+    clock = FakeClock(T0 + SPAN)
+    platform = open_platform(clock)
+    platform.put_type("sensor", SENSOR)
+    fill(platform, twins=("s-1",))
+    compact_type(platform.query, "sensor", clock())
+    late = T0 + SPAN - 90 * MIN + 5_000  # inside raw retention, in an already rolled-up bucket
+    platform.ingest([obs("s-1", late, "sensor", temp=1000.0, load=0.0)])
+    platform.snapshot()
+    compact_type(platform.query, "sensor", clock())
+    clock.now += 3 * HOUR  # raw of that minute is gone now: the 1m rollup must hold the late row
+    compact_type(platform.query, "sensor", clock())
+    got = platform.history(
+        "s-1", ["temp"], start=late - 5_000, end=late + 55_000, every="1m", agg="max"
+    )
+    assert got["resolution"] == "1m"
+    assert got["series"]["temp"] == [1000.0]
+
+
+def test_retention_spec_errors_name_the_fix(platform):
+    bad = {
+        "shorter than its own bucket": {"raw": "30d", "rollups": {"1h": "30m"}},
+        "too short to compute": {"raw": "1h", "rollups": {"1h": "forever"}},
+        "never read": {"raw": "30d", "rollups": {"1m": "forever", "1h": "1y"}},
+        "bad duration": {"raw": "thirty days"},
+    }
+    for message, retention in bad.items():
+        with pytest.raises(InvalidInput) as caught:
+            platform.put_type("sensor", {**SENSOR, "retention": retention})
+        assert message in caught.value.message
+        assert caught.value.field.startswith("retention")
+
+
+def test_journal_compaction_keeps_recovery_and_rebuild_working(tmp_path):
+    clock = FakeClock(T0)
+    settings = Settings(run_schedules=False, journal_retention="3h")
+    with Platform(tmp_path / "data", clock=clock, settings=settings) as platform:
+        platform.put_type("sensor", {**SENSOR, "retention": None})
+        for start in range(T0, T0 + SPAN, HOUR):  # journaled an hour apart
+            clock.now = start + HOUR
+            platform.ingest(
+                [obs("s-1", x, "sensor", temp=float(x % 97), load=1.0) for x in range(start, start + HOUR, MIN)]
+            )
+        platform.snapshot()
+        state = platform.twin("s-1")
+        entries = platform.stats()["journal_entries"]
+        result = compact_journal(platform.core, clock())
+        assert result["deleted"] == 3 and result["base_seq"] == result["upto"]
+        assert platform.stats()["journal_entries"] == entries - 3
+        # cut: the type entry and the two hours journaled before now - 3h
+        assert platform.rebuild()["observations"] == 4 * 60  # from the base, not from nothing
+        assert platform.twin("s-1")["properties"] == state["properties"]
+    for snap in (tmp_path / "data" / "snapshots").glob("snapshot-*.npz"):
+        snap.unlink()  # recovery without snapshots starts at the base snapshot
+    with Platform(tmp_path / "data", clock=clock, settings=settings) as again:
+        assert again.twin("s-1")["properties"] == state["properties"]
+        assert again.recovered["snapshot_seq"] == result["base_seq"]
