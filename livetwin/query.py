@@ -332,7 +332,7 @@ class Query:
                 every_ms = parse_duration(every)
             except ValueError as exc:
                 raise InvalidInput(str(exc), field="every", fix="e.g. every=1m") from None
-        bucket = rollup.choose(retention, start_ms, self.core.clock())
+        bucket = rollup.choose(retention, start_ms, self.core.clock(), every_ms)
         if bucket is None:
             ts, values, envelope = self._raw_series(
                 uid, type_name, names, start_ms, end_ms, every_ms, agg

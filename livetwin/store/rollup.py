@@ -1,8 +1,8 @@
 """Rollups: per-bucket count, min, max, avg and last of a twin's history, kept longer than raw.
 
 A stored rollup row holds `ROLLUP_PERIOD` consecutive buckets of one twin and bucket size as a
-dense grid (stats x columns x buckets, NaN where a bucket is empty), zlib-compressed; columns are
-those of the type version the row names. Rollups are recomputed from raw history by the
+dense grid (stats x columns x buckets, NaN where a bucket is empty), losslessly compressed
+(`encode`); columns are those of the type version the row names. Rollups are recomputed from raw history by the
 `compact` job (`Rollups.compact`); history queries read the finest resolution still kept.
 """
 
@@ -48,12 +48,23 @@ def bucket_stats(ts: np.ndarray, values: np.ndarray, bucket: int):
 
 
 def encode(grid: np.ndarray) -> bytes:
-    return zlib.compress(np.ascontiguousarray(grid, dtype="<f8").tobytes(), 6)
+    """A grid as compressed bytes, losslessly: min, max and last are stored XOR the average's
+    bits (zero where a bucket holds one row), then bytes are shuffled (byte k of every number
+    together) so zlib finds the repeats."""
+    bits = np.ascontiguousarray(grid, dtype="<f8").view("<u8").copy()
+    bits[1:3] ^= bits[3]
+    bits[4] ^= bits[3]
+    shuffled = bits.reshape(-1).view(np.uint8).reshape(-1, 8).T
+    return zlib.compress(np.ascontiguousarray(shuffled).tobytes(), 6)
 
 
 def decode(data: bytes) -> np.ndarray:
-    flat = np.frombuffer(zlib.decompress(data), dtype="<f8")
-    return flat.reshape(len(STATS), -1, ROLLUP_PERIOD)
+    raw = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
+    bits = np.ascontiguousarray(raw.reshape(8, -1).T).view("<u8").reshape(len(STATS), -1, ROLLUP_PERIOD)
+    bits = bits.copy()
+    bits[1:3] ^= bits[3]
+    bits[4] ^= bits[3]
+    return bits.view("<f8")
 
 
 def empty_grid(columns: int) -> np.ndarray:
@@ -73,19 +84,22 @@ def relayout(grid: np.ndarray, have: Sequence[str], want: Sequence[str]) -> np.n
     return out
 
 
-def choose(retention: Retention | None, start: int, now: int) -> int | None:
-    """The finest resolution still kept for a range starting at `start`: None for raw history,
-    else a rollup bucket in ms (the longest-kept rollup when none reaches back so far)."""
+def choose(retention: Retention | None, start: int, now: int, every: int | None = None):
+    """The resolution a range starting at `start` is read at: None for raw history while raw
+    history still reaches back to `start`, else the finest rollup kept that far (the
+    longest-kept one when none is). Asked for buckets of `every`, the coarsest kept rollup
+    whose bucket divides `every` is read instead: the same answer from fewer rows."""
     if retention is None:
         return None
     raw = retention.raw_ms()
     levels = retention.levels()
     if raw is None or start >= now - raw or not levels:
         return None
-    for bucket, keep in levels:
-        if keep is None or start >= now - keep:
-            return bucket
-    return levels[-1][0]
+    kept = [bucket for bucket, keep in levels if keep is None or start >= now - keep]
+    if not kept:
+        return levels[-1][0]
+    dividing = [bucket for bucket in kept if every is not None and every % bucket == 0]
+    return dividing[-1] if dividing else kept[0]
 
 
 def read(

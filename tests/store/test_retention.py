@@ -81,8 +81,12 @@ def test_compact_rolls_up_deletes_raw_and_history_picks_the_resolution(open_plat
     assert old["ts"] == before["ts"][: 3 * 60]
     assert np.allclose(old["series"]["temp"], before["series"]["temp"][: 3 * 60])
     hourly = platform.history("s-1", ["temp"], start=T0, every="1h", agg="max")
-    assert hourly["resolution"] == "1m" and len(hourly["ts"]) == SPAN // HOUR
+    assert hourly["resolution"] == "1h" and len(hourly["ts"]) == SPAN // HOUR  # fewer rows
     assert hourly["series"]["temp"][0] == pytest.approx(temp_at(np.arange(T0, T0 + HOUR, STEP)).max())
+    halves = platform.history("s-1", ["temp"], start=T0, every="30m", agg="max")
+    half = np.array(halves["series"]["temp"])
+    assert halves["resolution"] == "1m"
+    assert np.maximum(half[::2], half[1::2]) == pytest.approx(hourly["series"]["temp"])
     counts = platform.history("s-2", ["load"], start=T0, every="1h", agg="count")
     assert counts["series"]["load"] == [HOUR / STEP] * (SPAN // HOUR)
     # the recent range is still raw; raw older than 2h is gone
