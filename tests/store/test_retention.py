@@ -5,6 +5,7 @@ Each on SQLite and on PostgreSQL (a fresh schema)."""
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -164,3 +165,76 @@ def test_journal_compaction_keeps_recovery_and_rebuild_working(tmp_path):
     with Platform(tmp_path / "data", clock=clock, settings=settings) as again:
         assert again.twin("s-1")["properties"] == state["properties"]
         assert again.recovered["snapshot_seq"] == result["base_seq"]
+
+
+def test_a_type_with_retention_gets_a_compact_schedule_that_runs(tmp_path):
+    clock = FakeClock(T0 + SPAN)
+    settings = Settings(journal_retention="30d")
+    with Platform(tmp_path / "data", clock=clock, settings=settings) as platform:
+        platform.put_type("sensor", SENSOR)
+        platform.put_type("plain", {"properties": {"x": {}}})
+        fill(platform, twins=("s-1",))
+        ids = {s["id"] for s in platform.scheduler.schedules(namespace="system")}
+        assert ids == {"compact.sensor", "compact.journal"}
+        run = platform.scheduler.wait(platform.scheduler.run_schedule("compact.sensor")["id"], 60)
+        assert run["state"] == "succeeded", run
+        assert run["result"]["rollups"]["1m"]["rows_written"] == 1
+        run = platform.scheduler.wait(platform.scheduler.run_schedule("compact.journal")["id"], 60)
+        assert run["state"] == "succeeded" and run["result"]["upto"] == 0  # nothing is 30d old
+
+
+def test_the_api_says_which_resolution_answered(client, platform, clock):
+    clock.now = T0 + SPAN
+    platform.put_type("sensor", SENSOR)
+    fill(platform, twins=("s-1",))
+    old = client.get("/api/twins/s-1/history", params={"from": T0, "to": T0 + HOUR, "every": "5m"})
+    assert old.status_code == 200
+    assert old.headers["X-Livetwin-Resolution"] == "1m" and old.json()["resolution"] == "1m"
+    recent = client.get(
+        "/api/twins/s-1/history", params={"from": T0 + SPAN - HOUR}, headers={"Accept": "text/csv"}
+    )
+    assert recent.headers["X-Livetwin-Resolution"] == "raw" and recent.text.startswith("time,")
+    bad = client.get("/api/twins/s-1/history", params={"from": T0, "every": "5m", "agg": "median"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "agg"
+
+
+def test_a_back_test_after_journal_compaction_starts_from_the_base_snapshot(tmp_path):
+    import backtest_support as fleet
+
+    clock = FakeClock(fleet.T0)
+    settings = Settings(run_schedules=False, webhooks=False, journal_retention="5d")
+    with Platform(tmp_path / "data", clock=clock, settings=settings) as platform:
+        ingest = platform.ingest
+
+        def two_ages(rows):  # rows before minute 45 journaled ten days before the rest
+            early = [r for r in rows if r["ts"] < fleet.T0 + 45 * fleet.MINUTE]
+            late = [r for r in rows if r["ts"] >= fleet.T0 + 45 * fleet.MINUTE]
+            accepted = ingest(early).accepted if early else 0
+            clock.now = fleet.T0 + 10 * 86_400_000
+            accepted += ingest(late).accepted if late else 0
+            clock.now = fleet.T0
+            return SimpleNamespace(accepted=accepted)
+
+        platform.ingest = two_ages
+        fleet.record(platform)
+        platform.ingest = ingest
+        clock.now = fleet.T0 + 10 * 86_400_000
+        platform.snapshot()
+        result = compact_journal(platform.core, clock())
+        assert result["deleted"] > 0
+        plan = platform.backtests.plan(
+            {
+                "type": "oven",
+                "candidate": {"patch": {"rules": {"hot": {"when": "temp > 80", "for": "5m"}}}},
+                "from": fleet.START,
+                "to": fleet.END,
+            }
+        )
+        platform.backtests.run(plan, "run_after_compaction")
+        report = platform.backtests.report("run_after_compaction")
+        [hot] = [r for r in report["rules"] if r["rule"] == "hot"]
+        assert hot["candidate_alarms"] == len(fleet.expected_hot_alarms()) > 0
+        early = platform.backtests.plan  # a window before the base snapshot: a clear error
+        with pytest.raises(InvalidInput) as caught:
+            early({"type": "oven", "candidate": {"patch": {}}, "from": fleet.T0, "to": fleet.START})
+        assert caught.value.field == "from" and "retained journal" in caught.value.message
