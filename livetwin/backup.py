@@ -122,9 +122,9 @@ def _ordered(data: Path) -> list[Path]:
     rest = []
     for path in sorted(data.rglob("*")):
         relative = path.relative_to(data)
-        if path.is_dir() or relative.parts[0] in SKIP or path.name.endswith(("-wal", "-shm")):
+        if path.is_dir() or relative.parts[0] in SKIP or path.suffix in (".tmp", ".lock"):
             continue
-        if path.suffix == ".tmp":
+        if path.name.endswith(("-wal", "-shm", "-journal")):
             continue
         rest.append(path)
     first = [p for name in FIRST for p in rest if p.relative_to(data).parts[0] == name]

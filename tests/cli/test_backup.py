@@ -4,6 +4,7 @@ target and a folder that is no backup."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import uuid
 
@@ -110,3 +111,47 @@ def test_postgres_backup_under_load_restores_into_a_new_database(tmp_path, monke
         finally:
             with psycopg.connect(PG_URL, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_backup_to_s3_and_restore_from_it(tmp_path, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        env = {
+            "LIVETWIN_S3_ENDPOINT": endpoint,
+            "LIVETWIN_S3_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "test-key",
+            "AWS_SECRET_ACCESS_KEY": "test-secret",
+            "LIVETWIN_OUTBOUND_ALLOW": "127.0.0.0/8",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test-key",
+            aws_secret_access_key="test-secret",
+        ).create_bucket(Bucket="backups")
+        clock = FakeClock()
+        with Platform(tmp_path / "data", clock=clock, settings=Settings(run_schedules=False)) as p:
+            p.put_type("thing", TYPE)
+            p.ingest([obs(t, T0, "thing", temp=1.5) for t in TWINS])
+            runner = CliRunner()
+            target = "s3://backups/site-a/one"
+            done = runner.invoke(app, ["backup", "--data", str(tmp_path / "data"), "--to", target])
+            assert done.exit_code == 0, done.output
+            again = runner.invoke(app, ["backup", "--data", str(tmp_path / "data"), "--to", target])
+            assert again.exit_code == 2 and "holds a backup already" in again.output
+        back = runner.invoke(app, ["restore", target, "--data", str(tmp_path / "restored")])
+        assert back.exit_code == 0, back.output
+        with Platform(tmp_path / "restored", clock=clock, settings=Settings(run_schedules=False)) as r:
+            assert r.twin("t-3")["properties"]["temp"] == 1.5
+    finally:
+        server.stop()
