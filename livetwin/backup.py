@@ -96,7 +96,7 @@ def restore(source: str, data: str | Path, *, database_url: str = "", s3=None) -
                 raise InvalidInput(
                     "this backup is of a PostgreSQL deployment",
                     field="database_url",
-                    fix="set LIVETWIN_DATABASE_URL (or --database-url) to the database to restore into",
+                    fix="set LIVETWIN_DATABASE_URL (or --database-url) to the target database",
                 )
             _pg_restore(local / DUMP, database_url)
     return manifest
@@ -205,11 +205,14 @@ def _run(command: list[str], what: str) -> None:
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     except FileNotFoundError:
         raise Unavailable(
-            f"{command[0]} is not installed", field="database_url", fix="install the PostgreSQL client tools"
+            f"{command[0]} is not installed",
+            field="database_url",
+            fix="install the PostgreSQL client tools",
         ) from None
     if done.returncode != 0:
+        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode
         raise Unavailable(
-            f"{what} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}",
+            f"{what} failed: {why}",
             field="database_url",
             fix="check LIVETWIN_DATABASE_URL and that the PostgreSQL client matches the server",
         )
@@ -218,7 +221,9 @@ def _run(command: list[str], what: str) -> None:
 def _pg_dump(url: str, target: Path) -> None:
     """One consistent `pg_dump` (custom format) of the livetwin schemas."""
     schemas = [arg for s in _schemas(url) for arg in ("-n", s)]
-    _run(["pg_dump", "-Fc", "--no-owner", *schemas, "-f", str(target), "-d", _pg_url(url)], "pg_dump")
+    _run(
+        ["pg_dump", "-Fc", "--no-owner", *schemas, "-f", str(target), "-d", _pg_url(url)], "pg_dump"
+    )
 
 
 def _pg_restore(dump: Path, url: str) -> None:

@@ -118,7 +118,7 @@ def parse_duration(text: str) -> int:
 
 
 def format_duration(ms: int) -> str:
-    """`ms` in the largest unit that divides it, e.g. 3600000 -> '1h' (inverse of parse_duration)."""
+    """`ms` in the largest unit that divides it, e.g. 3600000 -> '1h' (parse_duration's inverse)."""
     for unit, size in sorted(DURATION_UNITS.items(), key=lambda u: -u[1]):
         if ms % size == 0:
             return f"{ms // size}{unit}"

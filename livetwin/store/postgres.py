@@ -568,9 +568,10 @@ class PostgresStore:
             if rows:
                 with cur.copy("COPY history FROM STDIN (FORMAT BINARY)") as copy:
                     copy.write(history_copy_data(rows))
-            return len(straddling) + cur.execute(
+            older = cur.execute(
                 "DELETE FROM history WHERE uid = ANY(%s) AND ts_max < %s", (uids, before)
-            ).rowcount
+            )
+            return len(straddling) + older.rowcount
 
     def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:
         return self._write(

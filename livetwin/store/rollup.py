@@ -2,8 +2,8 @@
 
 A stored rollup row holds `ROLLUP_PERIOD` consecutive buckets of one twin and bucket size as a
 dense grid (stats x columns x buckets, NaN where a bucket is empty), losslessly compressed
-(`encode`); columns are those of the type version the row names. Rollups are recomputed from raw history by the
-`compact` job (`Rollups.compact`); history queries read the finest resolution still kept.
+(`encode`); columns are those of the type version the row names. The `compact` job
+(jobs/retention.py) computes them from raw history; history queries read the finest kept.
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ def encode(grid: np.ndarray) -> bytes:
 
 def decode(data: bytes) -> np.ndarray:
     raw = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
-    bits = np.ascontiguousarray(raw.reshape(8, -1).T).view("<u8").reshape(len(STATS), -1, ROLLUP_PERIOD)
+    bits = (
+        np.ascontiguousarray(raw.reshape(8, -1).T)
+        .view("<u8")
+        .reshape(len(STATS), -1, ROLLUP_PERIOD)
+    )
     bits = bits.copy()
     bits[1:3] ^= bits[3]
     bits[4] ^= bits[3]

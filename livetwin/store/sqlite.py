@@ -253,9 +253,10 @@ class SqliteStore:
                         (int(uid), ts_min, seq_min),
                     )
                     conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-                deleted += len(straddling) + conn.execute(
+                older = conn.execute(
                     "DELETE FROM history WHERE uid = ? AND ts_max < ?", (int(uid), before)
-                ).rowcount
+                )
+                deleted += len(straddling) + older.rowcount
         return deleted
 
     def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:

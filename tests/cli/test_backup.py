@@ -151,7 +151,9 @@ def test_backup_to_s3_and_restore_from_it(tmp_path, monkeypatch):
             assert again.exit_code == 2 and "holds a backup already" in again.output
         back = runner.invoke(app, ["restore", target, "--data", str(tmp_path / "restored")])
         assert back.exit_code == 0, back.output
-        with Platform(tmp_path / "restored", clock=clock, settings=Settings(run_schedules=False)) as r:
+        with Platform(
+            tmp_path / "restored", clock=clock, settings=Settings(run_schedules=False)
+        ) as r:
             assert r.twin("t-3")["properties"]["temp"] == 1.5
     finally:
         server.stop()

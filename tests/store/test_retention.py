@@ -83,7 +83,9 @@ def test_compact_rolls_up_deletes_raw_and_history_picks_the_resolution(open_plat
     assert np.allclose(old["series"]["temp"], before["series"]["temp"][: 3 * 60])
     hourly = platform.history("s-1", ["temp"], start=T0, every="1h", agg="max")
     assert hourly["resolution"] == "1h" and len(hourly["ts"]) == SPAN // HOUR  # fewer rows
-    assert hourly["series"]["temp"][0] == pytest.approx(temp_at(np.arange(T0, T0 + HOUR, STEP)).max())
+    assert hourly["series"]["temp"][0] == pytest.approx(
+        temp_at(np.arange(T0, T0 + HOUR, STEP)).max()
+    )
     halves = platform.history("s-1", ["temp"], start=T0, every="30m", agg="max")
     half = np.array(halves["series"]["temp"])
     assert halves["resolution"] == "1m"
@@ -149,7 +151,10 @@ def test_journal_compaction_keeps_recovery_and_rebuild_working(tmp_path):
         for start in range(T0, T0 + SPAN, HOUR):  # journaled an hour apart
             clock.now = start + HOUR
             platform.ingest(
-                [obs("s-1", x, "sensor", temp=float(x % 97), load=1.0) for x in range(start, start + HOUR, MIN)]
+                [
+                    obs("s-1", x, "sensor", temp=float(x % 97), load=1.0)
+                    for x in range(start, start + HOUR, MIN)
+                ]
             )
         platform.snapshot()
         state = platform.twin("s-1")
