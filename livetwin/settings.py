@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from livetwin.errors import InvalidInput
-from livetwin.timefmt import parse_duration
 
 if TYPE_CHECKING:
     import ssl
@@ -195,21 +194,13 @@ class Settings:
         found = {
             "database_url": env.get(DATABASE_URL_ENV, "").strip(),
             "log_format": env.get(LOG_FORMAT_ENV) or None,
+            "journal_retention": env.get(JOURNAL_RETENTION_ENV, "").strip() or None,
             "smtp": _section(env, SMTP_PREFIXES),
             "artifacts": _section(env, ARTIFACT_PREFIXES),
             **{name: env.get(var) or None for name, var in JWT_ENV.items()},
             **{name: _list(env.get(var)) for name, var in LIST_ENV.items()},
         }
         settings = base if base is not None else cls()
-        if settings.journal_retention is None and env.get(JOURNAL_RETENTION_ENV):
-            settings = replace(settings, journal_retention=env[JOURNAL_RETENTION_ENV].strip())
-        if settings.journal_retention is not None:
-            try:
-                parse_duration(settings.journal_retention)
-            except ValueError as exc:
-                raise InvalidInput(
-                    str(exc), field="journal_retention", fix="e.g. LIVETWIN_JOURNAL_RETENTION=90d"
-                ) from None
         unset = {name: value for name, value in found.items() if getattr(settings, name) is None}
         if settings.mqtt is not None:
             unset["mqtt"] = settings.mqtt.with_env(env)

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livetwin.errors import NotFound
+from livetwin.errors import InvalidInput, NotFound
+from livetwin.journal import compaction
 from livetwin.store import rollup
-from livetwin.timefmt import format_duration
+from livetwin.timefmt import format_duration, parse_duration
 
 if TYPE_CHECKING:
     from livetwin.core import TwinCore
@@ -109,15 +110,24 @@ def _recompute(reader, type_name, columns, version, uid, bucket, lo, hi) -> list
     return rows
 
 
+def journal_retention_ms(keep: str | None) -> int | None:
+    """The `journal_retention` setting in ms (None: keep the whole journal); a clear error."""
+    if keep is None:
+        return None
+    try:
+        return parse_duration(keep)
+    except ValueError as exc:
+        raise InvalidInput(
+            str(exc), field="journal_retention", fix="e.g. LIVETWIN_JOURNAL_RETENTION=90d"
+        ) from None
+
+
 def compact_journal(core: TwinCore, now: int) -> dict:
     """Journal compaction per the `journal_retention` setting (nothing when it is unset)."""
-    from livetwin.journal import compaction
-    from livetwin.timefmt import parse_duration
-
-    keep = core.settings.journal_retention
+    keep = journal_retention_ms(core.settings.journal_retention)
     if keep is None:
         return {"journal_retention": None}
-    return compaction.compact(core, parse_duration(keep), now)
+    return compaction.compact(core, keep, now)
 
 
 def compact_job(reader: Query, clock: Callable[[], int]) -> Callable[[RunContext], dict]:
@@ -143,7 +153,8 @@ def compact_job(reader: Query, clock: Callable[[], int]) -> Callable[[RunContext
 
 def retention_schedules(journal_retention: str | None) -> Callable[[Any], list[dict]]:
     """The system schedules of a type: a `compact` run every COMPACT_EVERY when it declares a
-    retention, and one journal compaction when `journal_retention` is set."""
+    retention, and one journal compaction when `journal_retention` is set (checked now)."""
+    journal_retention_ms(journal_retention)
 
     def source(ctype) -> list[dict]:
         found = []

@@ -243,3 +243,10 @@ def test_a_back_test_after_journal_compaction_starts_from_the_base_snapshot(tmp_
         with pytest.raises(InvalidInput) as caught:
             early({"type": "oven", "candidate": {"patch": {}}, "from": fleet.T0, "to": fleet.START})
         assert caught.value.field == "from" and "retained journal" in caught.value.message
+
+
+def test_a_bad_journal_retention_is_refused_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVETWIN_JOURNAL_RETENTION", "ninety days")
+    with pytest.raises(InvalidInput) as caught:
+        Platform(tmp_path / "data", settings=Settings(run_schedules=False))
+    assert caught.value.field == "journal_retention" and "90d" in caught.value.fix
