@@ -343,6 +343,12 @@ class Query:
             ts, values, envelope = self._rollup_series(
                 uid, type_name, names, start_ms, end_ms, bucket, every_ms, agg
             )
+            if len(ts) > self.settings.max_history_points:
+                raise InvalidInput(
+                    f"more than {self.settings.max_history_points} buckets of {every} in range",
+                    field="every",
+                    fix="narrow from/to or use a coarser every, e.g. every=1h",
+                )
         result = {
             "twin": twin_id,
             "from": format_ts(start_ms),

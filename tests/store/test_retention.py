@@ -14,6 +14,7 @@ from postgres_support import fresh_schema, postgres_platform
 
 from livetwin.errors import InvalidInput
 from livetwin.jobs.retention import compact_journal, compact_type
+from livetwin.journal import compaction
 from livetwin.platform import Platform, Settings
 
 MIN = 60_000
@@ -143,30 +144,38 @@ def test_retention_spec_errors_name_the_fix(platform):
         assert caught.value.field.startswith("retention")
 
 
-def test_journal_compaction_keeps_recovery_and_rebuild_working(tmp_path):
+def test_journal_compaction_keeps_recovery_and_rebuild_working(open_platform, tmp_path):
     clock = FakeClock(T0)
-    settings = Settings(run_schedules=False, journal_retention="3h")
-    with Platform(tmp_path / "data", clock=clock, settings=settings) as platform:
-        platform.put_type("sensor", {**SENSOR, "retention": None})
-        for start in range(T0, T0 + SPAN, HOUR):  # journaled an hour apart
-            clock.now = start + HOUR
-            platform.ingest(
-                [
-                    obs("s-1", x, "sensor", temp=float(x % 97), load=1.0)
-                    for x in range(start, start + HOUR, MIN)
-                ]
-            )
-        platform.snapshot()
-        state = platform.twin("s-1")
-        entries = platform.stats()["journal_entries"]
-        result = compact_journal(platform.core, clock())
-        assert result["deleted"] == 3 and result["base_seq"] == result["upto"]
-        assert platform.stats()["journal_entries"] == entries - 3
-        # cut: the type entry and the two hours journaled before now - 3h
-        assert platform.rebuild()["observations"] == 4 * 60  # from the base, not from nothing
-        assert platform.twin("s-1")["properties"] == state["properties"]
+    platform = open_platform(clock, journal_retention="3h")
+    platform.put_type("sensor", {**SENSOR, "retention": None})
+    for start in range(T0, T0 + SPAN, HOUR):  # journaled an hour apart
+        clock.now = start + HOUR
+        platform.ingest(
+            [
+                obs("s-1", x, "sensor", temp=float(x % 97), load=1.0)
+                for x in range(start, start + HOUR, MIN)
+            ]
+        )
+    platform.snapshot()
+    state = platform.twin("s-1")
+    entries = platform.stats()["journal_entries"]
+    result = compact_journal(platform.core, clock())
+    assert result["deleted"] == 3 and result["base_seq"] == result["upto"]
+    assert platform.stats()["journal_entries"] == entries - 3
+    # cut: the type entry and the two hours journaled before now - 3h
+    assert platform.rebuild()["observations"] == 4 * 60  # from the base, not from nothing
+    assert platform.twin("s-1")["properties"] == state["properties"]
+    assert compact_journal(platform.core, clock())["deleted"] == 0  # nothing more is old
+    store = platform.core.store
+    if store.base_snapshot() is not None:  # PostgreSQL keeps it for a node without the files
+        assert store.base_snapshot()[0] == result["base_seq"]
+        empty = compaction.newest_base(tmp_path / "elsewhere", store)
+        assert empty is not None and empty[0] == result["base_seq"]
+        return
+    platform.close()
     for snap in (tmp_path / "data" / "snapshots").glob("snapshot-*.npz"):
         snap.unlink()  # recovery without snapshots starts at the base snapshot
+    settings = Settings(run_schedules=False, journal_retention="3h")
     with Platform(tmp_path / "data", clock=clock, settings=settings) as again:
         assert again.twin("s-1")["properties"] == state["properties"]
         assert again.recovered["snapshot_seq"] == result["base_seq"]
@@ -250,3 +259,27 @@ def test_a_bad_journal_retention_is_refused_at_start(tmp_path, monkeypatch):
     with pytest.raises(InvalidInput) as caught:
         Platform(tmp_path / "data", settings=Settings(run_schedules=False))
     assert caught.value.field == "journal_retention" and "90d" in caught.value.fix
+
+
+def test_bench_retention_quick_reports_disk_and_query_times(capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_retention
+
+    bench_retention.main(json_only=True, quick=True)
+    rows = {r["scenario"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    disk = rows["retention: disk, a year of 1-minute data for 1,000 twins (extrapolated)"]
+    assert disk["measured_twin_days"] == 20 and set(disk["year_gb"]) == {
+        "raw",
+        "1m",
+        "1h",
+        "journal",
+    }
+    assert all(v > 0 for v in disk["bytes_per_twin_day"].values())
+    assert disk["total_gb"] == pytest.approx(sum(disk["year_gb"].values()), abs=0.02)
+    resolutions = {k: r["resolution"] for k, r in rows.items() if "query" in k}
+    assert sorted(set(resolutions.values())) == ["1h", "1m", "raw"]
+    assert rows["retention: history query, 1h rollups, a year at 1d"]["points"] == 365
