@@ -3,8 +3,9 @@
 A backup is a folder (or an s3://bucket/prefix) holding consistent copies of every SQLite file
 (SQLite's backup API, while livetwin runs), a `pg_dump` archive of the livetwin schemas when the
 store is PostgreSQL, the snapshots and other files (artifacts, models), and `manifest.json`.
-Copy order keeps it consistent: snapshots, then history, then the journal, so the journal holds
-everything history and snapshots cover, and a restored start replays the rest.
+Copy order keeps it consistent: snapshots, history and the services' databases (all derived from
+the journal) before the journal, so the journal copy holds everything they cover and a restored
+start replays the rest; artifacts after the registry that names them.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ MANIFEST = "manifest.json"
 DUMP = "postgres.dump"
 FORMAT = 1
 SKIP = {"lock", "tmp"}  # the platform's lock file and scratch space
-FIRST = ("snapshots", "history.db", "livetwin.db")  # copied in this order, before the rest
+JOURNAL = "livetwin.db"  # journal, idempotency keys, types: copied after what derives from it
 
 
 def backup(data: str | Path, to: str, *, database_url: str = "", s3=None) -> dict:
     """Copy the data directory `data` (and the PostgreSQL schemas of `database_url`) to `to`, a
     folder or s3://bucket/prefix (`s3(bucket)` gives a boto3 client); returns the manifest."""
     data = Path(data)
-    if not (data / "livetwin.db").exists() and not database_url:
+    if not (data / JOURNAL).exists() and not database_url:
         raise NotFound(
             f"{data} is not a livetwin data directory (no livetwin.db)",
             field="data",
@@ -118,17 +119,28 @@ def _empty_target(path: Path, field: str, *, create: bool = True) -> Path:
 
 
 def _ordered(data: Path) -> list[Path]:
-    """The files to copy: snapshots, history, journal first (see the module docstring)."""
-    rest = []
+    """The files to copy, in the order of the module docstring: what is derived from the journal
+    (snapshots, history, the services' databases) before the journal, other files last."""
+    found = []
     for path in sorted(data.rglob("*")):
         relative = path.relative_to(data)
         if path.is_dir() or relative.parts[0] in SKIP or path.suffix in (".tmp", ".lock"):
             continue
         if path.name.endswith(("-wal", "-shm", "-journal")):
             continue
-        rest.append(path)
-    first = [p for name in FIRST for p in rest if p.relative_to(data).parts[0] == name]
-    return first + [p for p in rest if p not in first]
+        found.append(path)
+
+    def rank(path: Path) -> int:
+        top = path.relative_to(data).parts[0]
+        if top == "snapshots":
+            return 0
+        if top == "history.db":
+            return 1
+        if top == JOURNAL:
+            return 3
+        return 2 if path.suffix == ".db" else 4
+
+    return sorted(found, key=rank)
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:
