@@ -13,6 +13,7 @@ import numpy as np
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.journal import compaction
 from livetwin.store import rollup
+from livetwin.store.buffer import Segment, chunk_rows
 from livetwin.timefmt import format_duration, parse_duration
 
 if TYPE_CHECKING:
@@ -31,12 +32,14 @@ COMPACT_FUNCTION = {
     "description": "applies twin types' retention (rollups, deletes) and journal_retention",
 }
 UIDS_PER_WRITE = 64  # twins whose rollup rows are written in one transaction
+DAY = 86_400_000
+MERGE_AFTER_MS = 3_600_000  # a day's raw chunks are merged once it ended this long ago
 
 
 def compact_type(reader: Query, type_name: str, now: int) -> dict:
-    """Bring a type's rollups up to the last complete bucket before `now` and delete what its
-    retention no longer keeps. Buckets that late rows changed are recomputed from raw history
-    while raw history still holds them."""
+    """Merge raw history chunks per twin and day, bring a type's rollups up to the last
+    complete bucket before `now` and delete what its retention no longer keeps. Buckets that
+    late rows changed are recomputed from raw history while raw history still holds them."""
     store = reader.core.store
     ctype = reader.compiled_type(type_name)
     if ctype is None:
@@ -51,7 +54,14 @@ def compact_type(reader: Query, type_name: str, now: int) -> dict:
     touched = store.touched(state.get("seq", 0))
     raw = retention.raw_ms()
     columns = ctype.columns
-    out: dict[str, Any] = {"type": type_name, "rollups": {}}
+    out: dict[str, Any] = {"type": type_name, "merged_chunks": 0, "rollups": {}}
+    # raw history of complete days: one chunk per twin and day (ingest stores one per flush)
+    day_end = (now - MERGE_AFTER_MS) // DAY * DAY
+    for uid in uids:
+        lo = _since(state.get("merged"), touched.get(uid))
+        if lo is not None and lo < day_end:
+            out["merged_chunks"] += _merge_days(store, uid, lo // DAY * DAY, day_end, seq)
+    state["merged"] = day_end
     for bucket, keep in retention.levels():
         # buckets whose raw rows were deleted by an earlier run are never recomputed
         floors = [f for f in (state.get("raw"), None if keep is None else now - keep) if f]
@@ -61,8 +71,7 @@ def compact_type(reader: Query, type_name: str, now: int) -> dict:
         rows: list[tuple] = []
         written = 0
         for uid in uids:
-            changed = touched.get(uid)
-            lo = changed if done is None else min(done, changed if changed is not None else done)
+            lo = _since(done, touched.get(uid))
             if lo is None:
                 continue
             lo = lo // bucket * bucket if floor is None else max(lo // bucket * bucket, floor)
@@ -84,6 +93,37 @@ def compact_type(reader: Query, type_name: str, now: int) -> dict:
     state["seq"] = seq
     rollup.save_progress(store, type_name, state, now)
     return out
+
+
+def _since(done: int | None, changed: int | None) -> int | None:
+    """Where a twin's work starts: where the previous run stopped, or earlier where rows
+    flushed since then lie (None: nothing to do, the twin has no history)."""
+    if done is None or changed is None:
+        return done if changed is None else changed
+    return min(done, changed)
+
+
+def _merge_days(store, uid: int, lo: int, hi: int, max_seq: int) -> int:
+    """Merge each day's raw history chunks of one twin in [lo, hi) (days lo..hi) into one;
+    the number of chunks merged away."""
+    days: dict[int, list] = {}
+    for chunk in store.history(uid, lo, hi, max_seq):
+        first, last = int(chunk.ts[0]), int(chunk.ts[-1])
+        if first >= lo and last < hi and first // DAY == last // DAY:
+            days.setdefault(first // DAY, []).append(chunk)
+    old, rows = [], []
+    for group in days.values():
+        if len(group) > 1:
+            old += [(uid, int(c.ts[0]), int(c.seqs.min())) for c in group]
+            rows += chunk_rows(
+                [
+                    Segment("", c.version, np.full(len(c.ts), uid), c.ts, c.seqs, c.values)
+                    for c in group
+                ]
+            )
+    if old:
+        store.replace_history(old, rows)
+    return len(old) - len(rows)
 
 
 def _recompute(reader, type_name, columns, version, uid, bucket, lo, hi) -> list[tuple]:

@@ -97,6 +97,10 @@ class Store(Protocol):
     def touched(self, after_seq: int) -> dict[int, int]:
         """uid -> oldest ts_min of the history chunks stored with rows after seq `after_seq`."""
 
+    def replace_history(self, old: list[tuple[int, int, int]], rows: list[tuple]) -> None:
+        """In one transaction, delete the history chunks keyed (uid, ts_min, seq_min) in `old`
+        and store `rows` (as `write_history`'s) instead: how chunks are merged."""
+
     def put_rollups(self, rows: list[tuple]) -> None:
         """Insert or replace rollup rows (uid, bucket ms, period start ms, version, data)."""
 

@@ -539,6 +539,18 @@ class PostgresStore:
         )
         return {int(uid): int(ts) for uid, ts in rows}
 
+    def replace_history(self, old: list[tuple[int, int, int]], rows: list[tuple]) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "DELETE FROM history h USING unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
+                " AS o(uid, ts_min, seq_min)"
+                " WHERE h.uid = o.uid AND h.ts_min = o.ts_min AND h.seq_min = o.seq_min",
+                tuple(list(column) for column in zip(*old, strict=True)),
+            )
+            if rows:
+                with cur.copy("COPY history FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(history_copy_data(rows))
+
     def put_rollups(self, rows: list[tuple]) -> None:
         with self._transaction() as cur:
             cur.executemany(

@@ -224,6 +224,13 @@ class SqliteStore:
         )
         return dict(rows.fetchall())
 
+    def replace_history(self, old: list[tuple[int, int, int]], rows: list[tuple]) -> None:
+        with self._transaction("history") as conn:
+            conn.executemany(
+                "DELETE FROM history WHERE uid = ? AND ts_min = ? AND seq_min = ?", old
+            )
+            conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
     def put_rollups(self, rows: list[tuple]) -> None:
         with self._transaction("history") as conn:
             conn.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", rows)

@@ -283,3 +283,37 @@ def test_bench_retention_quick_reports_disk_and_query_times(capsys):
     resolutions = {k: r["resolution"] for k, r in rows.items() if "query" in k}
     assert sorted(set(resolutions.values())) == ["1h", "1m", "raw"]
     assert rows["retention: history query, 1h rollups, a year at 1d"]["points"] == 365
+
+
+def test_raw_chunks_of_complete_days_are_merged_without_changing_history(open_platform):
+    day = 86_400_000
+    d0 = (T0 // day + 1) * day
+    clock = FakeClock(d0 + 2 * day + 2 * HOUR)
+    platform = open_platform(clock)
+    platform.put_type("sensor", {**SENSOR, "retention": {"raw": "30d", "rollups": {"1h": "1y"}}})
+    flush = platform.core.writer.flusher.request
+    for x in range(d0, d0 + 2 * day, 10 * MIN):  # one chunk per flush, as live ingest stores
+        platform.ingest([obs("s-1", x, "sensor", temp=float(x % 89), load=1.0)])
+        flush().result()
+    uid = int(platform.query.selection("sensor", ids=["s-1"])["uid"][0])
+    store = platform.core.store
+
+    def chunks():
+        return len(store.history(uid, d0, d0 + 2 * day, 2**62))
+
+    before = platform.history("s-1", start=d0)
+    assert before["resolution"] == "raw" and chunks() == 2 * 144
+    result = compact_type(platform.query, "sensor", clock())
+    assert result["merged_chunks"] == 2 * 143 and chunks() == 2
+    assert platform.history("s-1", start=d0) == before
+    late = d0 + 5 * MIN  # a late row in a merged day: merged again at the next run
+    platform.ingest([obs("s-1", late, "sensor", temp=500.0, load=2.0)])
+    flush().result()
+    assert chunks() == 3
+    assert compact_type(platform.query, "sensor", clock())["merged_chunks"] == 1
+    after = platform.history("s-1", ["temp"], start=d0, end=d0 + 11 * MIN)
+    assert chunks() == 2 and after["series"]["temp"] == [
+        before["series"]["temp"][0],
+        500.0,
+        before["series"]["temp"][1],
+    ]
