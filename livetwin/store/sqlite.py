@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS rollups (
 
 DATABASES = {"main": "livetwin", "history": "history"}  # the two files of a data directory
 KEYS_SCOPED = 1  # livetwin.db's user_version once its idempotency keys are scoped by twin
+UIDS_PER_TRANSACTION = 64  # retention deletes: twins per write transaction
+ENTRIES_PER_TRANSACTION = 1_000  # journal compaction: entries per write transaction
 
 
 class SqliteStore:
@@ -246,41 +248,61 @@ class SqliteStore:
 
     def delete_history(self, uids: list[int], before: int) -> int:
         deleted = 0
-        with self._transaction("history") as conn:
-            for uid in uids:
-                straddling = conn.execute(
-                    "SELECT ts_min, seq_min, uid, version, n, ts, seqs, vals FROM history"
-                    " WHERE uid = ? AND ts_min < ? AND ts_max >= ?",
-                    (int(uid), before, before),
-                ).fetchall()
-                for ts_min, seq_min, *chunk in straddling:
-                    rows = trimmed(decode_chunk(*chunk), before)
-                    conn.execute(
-                        "DELETE FROM history WHERE uid = ? AND ts_min = ? AND seq_min = ?",
-                        (int(uid), ts_min, seq_min),
-                    )
-                    conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-                older = conn.execute(
-                    "DELETE FROM history WHERE uid = ? AND ts_max < ?", (int(uid), before)
-                )
-                deleted += len(straddling) + older.rowcount
+        for start in range(0, len(uids), UIDS_PER_TRANSACTION):  # short write locks
+            with self._transaction("history") as conn:
+                for uid in uids[start : start + UIDS_PER_TRANSACTION]:
+                    deleted += self._delete_history(conn, int(uid), before)
         return deleted
+
+    @staticmethod
+    def _delete_history(conn: sqlite3.Connection, uid: int, before: int) -> int:
+        straddling = conn.execute(
+            "SELECT ts_min, seq_min, uid, version, n, ts, seqs, vals FROM history"
+            " WHERE uid = ? AND ts_min < ? AND ts_max >= ?",
+            (uid, before, before),
+        ).fetchall()
+        for ts_min, seq_min, *chunk in straddling:
+            conn.execute(
+                "DELETE FROM history WHERE uid = ? AND ts_min = ? AND seq_min = ?",
+                (uid, ts_min, seq_min),
+            )
+            rows = trimmed(decode_chunk(*chunk), before)
+            conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        older = conn.execute("DELETE FROM history WHERE uid = ? AND ts_max < ?", (uid, before))
+        return len(straddling) + older.rowcount
 
     def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:
         span = bucket * ROLLUP_PERIOD
-        with self._transaction("history") as conn:
-            return sum(
-                conn.execute(
-                    "DELETE FROM rollups WHERE uid = ? AND bucket = ? AND period + ? <= ?",
-                    (int(uid), bucket, span, before),
-                ).rowcount
-                for uid in uids
-            )
+        deleted = 0
+        for start in range(0, len(uids), UIDS_PER_TRANSACTION):
+            with self._transaction("history") as conn:
+                deleted += sum(
+                    conn.execute(
+                        "DELETE FROM rollups WHERE uid = ? AND bucket = ? AND period + ? <= ?",
+                        (int(uid), bucket, span, before),
+                    ).rowcount
+                    for uid in uids[start : start + UIDS_PER_TRANSACTION]
+                )
+        return deleted
 
     def compact_journal(self, upto: int) -> int:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM idempotency WHERE seq <= ?", (upto,))
-            return conn.execute("DELETE FROM journal WHERE seq <= ?", (upto,)).rowcount
+        """In ranges of entries, each one short transaction (ingest waits on the write lock):
+        the idempotency keys of each range, read from its entries, then the entries."""
+        conn = self._conn()
+        deleted = 0
+        first = conn.execute("SELECT min(seq) FROM journal").fetchone()[0] or upto + 1
+        for low in range(first, upto + 1, ENTRIES_PER_TRANSACTION):
+            high = min(low + ENTRIES_PER_TRANSACTION - 1, upto)
+            entries = conn.execute(
+                "SELECT seq, body FROM journal WHERE kind = 'obs' AND seq BETWEEN ? AND ?",
+                (low, high),
+            ).fetchall()
+            keys = [(scoped_key(t, k),) for t, k, _ in journaled_keys(entries)]
+            with self._transaction() as tx:
+                tx.executemany("DELETE FROM idempotency WHERE key = ?", keys)
+                gone = tx.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ?", (low, high))
+                deleted += gone.rowcount
+        return deleted
 
     def put_base_snapshot(self, seq: int, data: bytes, at: int) -> None:
         """Base snapshots are files beside this database (journal/compaction.py)."""

@@ -148,11 +148,11 @@ def test_journal_compaction_keeps_recovery_and_rebuild_working(open_platform, tm
     clock = FakeClock(T0)
     platform = open_platform(clock, journal_retention="3h")
     platform.put_type("sensor", {**SENSOR, "retention": None})
-    for start in range(T0, T0 + SPAN, HOUR):  # journaled an hour apart
+    for start in range(T0, T0 + SPAN, HOUR):  # journaled an hour apart, with keys
         clock.now = start + HOUR
         platform.ingest(
             [
-                obs("s-1", x, "sensor", temp=float(x % 97), load=1.0)
+                {**obs("s-1", x, "sensor", temp=float(x % 97), load=1.0), "key": f"k{x}"}
                 for x in range(start, start + HOUR, MIN)
             ]
         )
@@ -166,6 +166,14 @@ def test_journal_compaction_keeps_recovery_and_rebuild_working(open_platform, tm
     assert platform.rebuild()["observations"] == 4 * 60  # from the base, not from nothing
     assert platform.twin("s-1")["properties"] == state["properties"]
     assert compact_journal(platform.core, clock())["deleted"] == 0  # nothing more is old
+    # the keys of the compacted entries are gone with them, the others still deduplicate
+    again = platform.ingest(
+        [
+            {**obs("s-1", x, "sensor", temp=0.0, load=1.0), "key": f"k{x}"}
+            for x in (T0, T0 + SPAN - MIN)
+        ]
+    )
+    assert (again.accepted, again.duplicates) == (1, 1)
     store = platform.core.store
     if store.base_snapshot() is not None:  # PostgreSQL keeps it for a node without the files
         assert store.base_snapshot()[0] == result["base_seq"]
