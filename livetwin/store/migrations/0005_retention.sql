@@ -20,5 +20,5 @@ CREATE TABLE base_snapshot (
 );
 ALTER TABLE base_snapshot ALTER COLUMN data SET STORAGE EXTERNAL;
 
+-- the compact job finds the chunks flushed since its previous run (store.touched)
 CREATE INDEX history_seq_max ON history (seq_max);
-CREATE INDEX idempotency_seq ON idempotency (seq);
