@@ -31,7 +31,7 @@ COMPACT_FUNCTION = {
     "backoff_s": 30.0,
     "description": "applies twin types' retention (rollups, deletes) and journal_retention",
 }
-UIDS_PER_WRITE = 64  # twins whose rollup rows are written in one transaction
+ROWS_PER_WRITE = 64  # rollup rows written in one transaction
 DAY = 86_400_000
 MERGE_AFTER_MS = 3_600_000  # a day's raw chunks are merged once it ended this long ago
 
@@ -54,14 +54,7 @@ def compact_type(reader: Query, type_name: str, now: int) -> dict:
     touched = store.touched(state.get("seq", 0))
     raw = retention.raw_ms()
     columns = ctype.columns
-    out: dict[str, Any] = {"type": type_name, "merged_chunks": 0, "rollups": {}}
-    # raw history of complete days: one chunk per twin and day (ingest stores one per flush)
-    day_end = (now - MERGE_AFTER_MS) // DAY * DAY
-    for uid in uids:
-        lo = _since(state.get("merged"), touched.get(uid))
-        if lo is not None and lo < day_end:
-            out["merged_chunks"] += _merge_days(store, uid, lo // DAY * DAY, day_end, seq)
-    state["merged"] = day_end
+    out: dict[str, Any] = {"type": type_name, "rollups": {}, "merged_chunks": 0}
     for bucket, keep in retention.levels():
         # buckets whose raw rows were deleted by an earlier run are never recomputed
         floors = [f for f in (state.get("raw"), None if keep is None else now - keep) if f]
@@ -77,7 +70,7 @@ def compact_type(reader: Query, type_name: str, now: int) -> dict:
             lo = lo // bucket * bucket if floor is None else max(lo // bucket * bucket, floor)
             if lo < upto:
                 rows += _recompute(reader, type_name, columns, ctype.version, uid, bucket, lo, upto)
-            if len(rows) >= UIDS_PER_WRITE:
+            if len(rows) >= ROWS_PER_WRITE:
                 store.put_rollups(rows)
                 written, rows = written + len(rows), []
         if rows:
@@ -90,6 +83,16 @@ def compact_type(reader: Query, type_name: str, now: int) -> dict:
     if raw is not None:
         out["raw_deleted"] = store.delete_history(uids, now - raw)
         state["raw"] = now - raw
+    # the raw history kept, of complete days: one chunk per twin and day (ingest stores one
+    # per flush)
+    day_end = (now - MERGE_AFTER_MS) // DAY * DAY
+    for uid in uids:
+        lo = _since(state.get("merged"), touched.get(uid))
+        if lo is not None and raw is not None:
+            lo = max(lo, now - raw)
+        if lo is not None and lo < day_end:
+            out["merged_chunks"] += _merge_days(store, uid, lo // DAY * DAY, day_end, seq)
+    state["merged"] = day_end
     state["seq"] = seq
     rollup.save_progress(store, type_name, state, now)
     return out
