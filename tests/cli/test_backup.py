@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 
 import psycopg
@@ -37,8 +38,10 @@ def _backup_under_load(platform, make_backup) -> None:
     writer = threading.Thread(target=_ingest_until, args=(platform, stop, done))
     writer.start()
     try:
+        deadline = time.monotonic() + 60
         while platform.stats()["journal_observations"] < 10 * len(TWINS):
-            pass
+            assert time.monotonic() < deadline and writer.is_alive(), "ingest did not start"
+            time.sleep(0.01)
         make_backup()
     finally:
         stop.set()
