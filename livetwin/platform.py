@@ -32,10 +32,10 @@ from livetwin.ingest.files.mapping import ImportMapping
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.jobs.builtins import register_builtins
-from livetwin.jobs.retention import journal_retention_ms
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
+from livetwin.jobs.retention import journal_retention_ms
 from livetwin.jobs.scenario import ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
