@@ -25,7 +25,7 @@ from livetwin.engine.engine import Engine
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound
 from livetwin.ingest.observations import Normalized, normalize
-from livetwin.journal import snapshot
+from livetwin.journal import compaction, snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
 from livetwin.models.base import ModelRefs
@@ -143,7 +143,9 @@ class TwinCore:
         started = time.perf_counter()
         kept = self.store.newest_snapshot()
         loaded = snapshot.load_newest(self.snapshot_dir, kept, self._stored_models)
-        engine, seq = loaded if loaded else (Engine(), 0)
+        engine, seq = loaded or compaction.base_engine(
+            self.snapshot_dir, self.store, self._stored_models
+        )
         history = HistoryBuffer(self.store.history_seq())
         if history.flushed_seq < seq:
             log.warning(
@@ -195,7 +197,11 @@ class TwinCore:
         `snapshot.load_newest`), and its seq (None when it takes none): the start of a
         back-test, read without touching live state."""
         kept = self.store.newest_snapshot()
-        return snapshot.load_newest(self.snapshot_dir, kept, self._stored_models, accept)
+        found = snapshot.load_newest(self.snapshot_dir, kept, self._stored_models, accept)
+        base = compaction.newest_base(self.snapshot_dir, self.store)
+        if found is None and base is not None:  # the journal was compacted: its start
+            found = snapshot.load_bytes(base[1], self._stored_models, accept)
+        return found
 
     def snapshot(self) -> Path | None:
         """Flush history and write a snapshot now (its path, or None when nothing changed)."""
@@ -296,14 +302,15 @@ class TwinCore:
         }
 
     def rebuild(self, progress=None) -> dict:
-        """Rebuild all twin state from the journal alone (ignoring snapshots), then snapshot it.
+        """Rebuild all twin state from the journal alone (ignoring snapshots, except the base
+        snapshot a compacted journal starts from), then snapshot it.
 
         History is not rewritten: it already holds what the journal produced.
         """
         started = time.perf_counter()
         with self.lock:
-            engine = Engine()
-            last, n = replay(engine, self.store.journal(after=0), progress=progress)
+            engine, seq = compaction.base_engine(self.snapshot_dir, self.store, self._stored_models)
+            last, n = replay(engine, self.store.journal(after=seq), progress=progress)
             self.writer.engine = engine
         seconds = time.perf_counter() - started
         self.writer.snapshot(force=True).result()

@@ -36,6 +36,7 @@ from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
+from livetwin.jobs.retention import journal_retention_ms
 from livetwin.jobs.scenario import ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.outbound import OutboundPolicy
@@ -64,8 +65,9 @@ class Platform:
         clock=wall_clock_ms,
     ):
         self.path = Path(path)
-        self._lock_file = _lock_directory(self.path)
         self.settings = Settings.from_env(settings)  # fields left None: from the environment
+        journal_retention_ms(self.settings.journal_retention)  # a bad value fails before start
+        self._lock_file = _lock_directory(self.path)
         self.outbound = OutboundPolicy(self.settings.outbound_allow or ())
         self.clock = clock
         try:

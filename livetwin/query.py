@@ -17,8 +17,9 @@ from livetwin.engine.engine import json_number
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.expr import Compiled
 from livetwin.spec.types import CompiledType
-from livetwin.store.history import AUTO, aggregate, assemble, auto_aggregate
-from livetwin.timefmt import format_ts, parse_duration, parse_ts_field
+from livetwin.store import rollup
+from livetwin.store.history import AGGREGATES, AUTO, aggregate, assemble, auto_aggregate
+from livetwin.timefmt import format_duration, format_ts, parse_duration, parse_ts_field
 
 if TYPE_CHECKING:
     from livetwin.store.base import JournalEntry
@@ -312,6 +313,7 @@ class Query:
         with self.core.lock:
             st, row = self.core.engine.locate(twin_id)
             uid, type_name, columns = int(st.uid[row]), st.ctype.name, st.ctype.columns
+            retention = st.ctype.spec.retention
         names = list(names) if names else list(columns)
         for name in names:
             if name not in columns:
@@ -320,32 +322,40 @@ class Query:
                     field="names",
                     fix=f"use some of: {', '.join(columns)}",
                 )
-        start_ms = time_arg(start, "from", 0)
+        raw = retention.raw_ms() if retention is not None else None
+        oldest = 0 if raw is None else self.core.clock() - raw  # no `from`: what raw keeps
+        start_ms = time_arg(start, "from", oldest)
         end_ms = time_arg(end, "to", self.core.clock() + self.settings.max_future_ms + 1)
-        ts, _, values = self.history_rows(uid, type_name, names, start_ms, end_ms)
-        if len(ts) > self.settings.max_history_points and every is None:
-            raise InvalidInput(
-                f"more than {self.settings.max_history_points} points in range",
-                field="every",
-                fix="narrow from/to or aggregate with every=1m",
-            )
-        envelope = None
+        every_ms = None
         if every is not None:
             try:
                 every_ms = parse_duration(every)
             except ValueError as exc:
                 raise InvalidInput(str(exc), field="every", fix="e.g. every=1m") from None
-            if agg == AUTO:
-                ts, values, chosen, low, high = auto_aggregate(ts, values, every_ms)
-                envelope = (chosen, low, high)
-            else:
-                ts, values = aggregate(ts, values, every_ms, agg)
+        bucket = rollup.choose(retention, start_ms, self.core.clock(), every_ms)
+        if bucket is None:
+            ts, values, envelope = self._raw_series(
+                uid, type_name, names, start_ms, end_ms, every_ms, agg
+            )
+        else:
+            every_ms = -(-max(every_ms or bucket, bucket) // bucket) * bucket  # a multiple
+            every = format_duration(every_ms)
+            ts, values, envelope = self._rollup_series(
+                uid, type_name, names, start_ms, end_ms, bucket, every_ms, agg
+            )
+            if len(ts) > self.settings.max_history_points:
+                raise InvalidInput(
+                    f"more than {self.settings.max_history_points} buckets of {every} in range",
+                    field="every",
+                    fix="narrow from/to or use a coarser every, e.g. every=1h",
+                )
         result = {
             "twin": twin_id,
             "from": format_ts(start_ms),
             "to": format_ts(end_ms),
             "every": every,
             "agg": agg if every else None,
+            "resolution": "raw" if bucket is None else format_duration(bucket),
             "ts": ts.tolist(),
             "series": {n: _json_list(values[k]) for k, n in enumerate(names)},
         }
@@ -359,6 +369,48 @@ class Query:
                 n: _json_list(high[k]) for k, n in enumerate(names) if chosen[k] == "avg"
             }
         return result
+
+    def _raw_series(self, uid, type_name, names, start_ms, end_ms, every_ms, agg):
+        """Raw history rows, aggregated to buckets of `every_ms` when given."""
+        ts, _, values = self.history_rows(uid, type_name, names, start_ms, end_ms)
+        if len(ts) > self.settings.max_history_points and every_ms is None:
+            raise InvalidInput(
+                f"more than {self.settings.max_history_points} points in range",
+                field="every",
+                fix="narrow from/to or aggregate with every=1m",
+            )
+        if every_ms is None:
+            return ts, values, None
+        if agg == AUTO:
+            ts, values, chosen, low, high = auto_aggregate(ts, values, every_ms)
+            return ts, values, (chosen, low, high)
+        ts, values = aggregate(ts, values, every_ms, agg)
+        return ts, values, None
+
+    def _rollup_series(self, uid, type_name, names, start_ms, end_ms, bucket, every_ms, agg):
+        """Rollup buckets (stored ones before the type's rollup progress, computed from raw
+        history after it) re-aggregated to `every_ms`; `auto` is `avg` with min/max."""
+        if agg not in AGGREGATES and agg != AUTO:
+            raise InvalidInput(
+                f"unknown aggregate '{agg}'",
+                field="agg",
+                fix=f"use one of {', '.join(AGGREGATES)}, {AUTO}",
+            )
+        done = rollup.progress(self.core.store, type_name).get(str(bucket), start_ms)
+        split = min(max(done, start_ms), end_ms)
+        rows = self.core.store.rollups(uid, bucket, start_ms, split)
+        columns_of = lambda v: self.layout(type_name, v)[0]  # noqa: E731
+        stored_ts, stored = rollup.read(rows, columns_of, names, bucket, start_ms, split)
+        ts, _, values = self.history_rows(uid, type_name, names, split, end_ms)
+        fresh_ts, fresh = rollup.bucket_stats(ts, values, bucket)
+        bucket_ts = np.concatenate([stored_ts, fresh_ts])
+        stats = np.concatenate([stored, fresh], axis=2)
+        if agg != AUTO:
+            return *rollup.combine(bucket_ts, stats, every_ms, agg), None
+        starts, mean = rollup.combine(bucket_ts, stats, every_ms, "avg")
+        low = rollup.combine(bucket_ts, stats, every_ms, "min")[1]
+        high = rollup.combine(bucket_ts, stats, every_ms, "max")[1]
+        return starts, mean, (["avg"] * len(names), low, high)
 
     def history_rows(self, uid: int, type_name: str, names: list[str], start: int, end: int):
         """Stored chunks plus buffered rows of one twin within [start, end), sorted."""

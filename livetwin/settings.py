@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 DATABASE_URL_ENV = "LIVETWIN_DATABASE_URL"  # store/open.py falls back to it without Settings
 LOG_FORMAT_ENV = "LIVETWIN_LOG_FORMAT"
+JOURNAL_RETENTION_ENV = "LIVETWIN_JOURNAL_RETENTION"
 LIST_ENV = {  # comma-separated lists
     "outbound_allow": "LIVETWIN_OUTBOUND_ALLOW",
     "model_packages": "LIVETWIN_MODEL_PACKAGES",
@@ -152,6 +153,9 @@ class Settings:
     webhooks: bool = True  # deliver webhooks (tests run their own service with fast retries)
     run_schedules: bool = True  # calibrate on calibration.every; run the scheduler's triggers
     scheduler_modules: tuple[str, ...] = ()  # module prefixes an API `ref` may import
+    # journal entries older than this (and behind the newest snapshot) are compacted into a
+    # base snapshot, e.g. '90d'; None keeps the whole journal; LIVETWIN_JOURNAL_RETENTION
+    journal_retention: str | None = None
 
     # ---- the deployment (None: from the environment) ----------------------------------------
     database_url: str | None = None  # postgresql://... ('' : SQLite); LIVETWIN_DATABASE_URL
@@ -190,6 +194,7 @@ class Settings:
         found = {
             "database_url": env.get(DATABASE_URL_ENV, "").strip(),
             "log_format": env.get(LOG_FORMAT_ENV) or None,
+            "journal_retention": env.get(JOURNAL_RETENTION_ENV, "").strip() or None,
             "smtp": _section(env, SMTP_PREFIXES),
             "artifacts": _section(env, ARTIFACT_PREFIXES),
             **{name: env.get(var) or None for name, var in JWT_ENV.items()},

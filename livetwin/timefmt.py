@@ -87,7 +87,15 @@ def format_ts(ms: int) -> str:
     return (_EPOCH + timedelta(milliseconds=int(ms))).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-DURATION_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+DURATION_UNITS = {
+    "ms": 1,
+    "s": 1_000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 7 * 86_400_000,
+    "y": 365 * 86_400_000,  # a year of 365 days
+}
 MAX_DURATION_MS = 3650 * DURATION_UNITS["d"]
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*")
 
@@ -107,3 +115,11 @@ def parse_duration(text: str) -> int:
     if not math.isfinite(ms) or not 1 <= round(ms) <= MAX_DURATION_MS:  # inf: 400 digits
         raise ValueError(f"bad duration {text[:40]!r}: it must be between 1ms and 3650d")
     return round(ms)
+
+
+def format_duration(ms: int) -> str:
+    """`ms` in the largest unit that divides it, e.g. 3600000 -> '1h' (parse_duration's inverse)."""
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda u: -u[1]):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     # services: independent of one another; the scheduler records lineage in the registry and
     # knows no jobs; jobs build on both (and on the alarm service's vocabulary); interop
     # converts types and twins to and from the twin standards
-    ("ingest", "actions", "registry", "auth", "interop", "backtest", "scenario"),
+    ("ingest", "actions", "registry", "auth", "interop", "backtest", "scenario", "backup"),
     ("schedule",),
     ("jobs",),
     ("platform", "client"),  # the composition root; the SDK for a remote server (httpx)

@@ -364,12 +364,15 @@ def create_app(
             "`max` in the answer)",
         ),
     ):
-        """Aligned series; `Accept: text/csv` for CSV."""
+        """Aligned series; `Accept: text/csv` for CSV. A type with a `retention` answers from
+        the finest resolution still kept for the range: `resolution` (and the
+        X-Livetwin-Resolution header) says which, `raw` or a rollup bucket such as `1m`."""
         wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
         result = platform.history(twin_id, wanted, start=start, end=end, every=every, agg=agg)
+        headers = {"X-Livetwin-Resolution": result["resolution"]}
         if "text/csv" in request.headers.get("accept", ""):
-            return Response(_csv(result), media_type="text/csv")
-        return result
+            return Response(_csv(result), media_type="text/csv", headers=headers)
+        return FastJSON(result, headers=headers)
 
     @app.get("/api/twins/{twin_id:path}/observations", tags=["twins"])
     def observations(twin_id: str, limit: Int64 = 50, before: str | None = None) -> list[dict]:

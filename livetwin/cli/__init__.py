@@ -8,6 +8,7 @@ import typer
 
 from livetwin.cli.admin import grafana_dashboard, token_app
 from livetwin.cli.backtest import backtest
+from livetwin.cli.backup import backup, restore
 from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.files import export, import_file
@@ -29,5 +30,7 @@ app.command("grafana-dashboard")(grafana_dashboard)
 app.add_typer(types_app, name="types")
 app.command("import")(import_file)
 app.command()(export)
+app.command()(backup)
+app.command()(restore)
 
 __all__ = ["app"]

@@ -1,6 +1,7 @@
 """The built-in job kinds, registered with a scheduler by the composition root: `calibrate`
 (with the system schedules of each type's calibration section), `train-baseline`,
-`check-inactivity`, `import`, `backtest` and `scenario` (what-if forecasts). The scheduler
+`check-inactivity`, `import`, `backtest`, `scenario` (what-if forecasts) and `compact`
+(retention, with the system schedules of each type's retention). The scheduler
 itself knows no job kinds.
 """
 
@@ -16,6 +17,7 @@ from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibra
 from livetwin.jobs.imports import import_job
 from livetwin.jobs.inactivity import check_inactivity_job
 from livetwin.jobs.ports import BaselinePorts
+from livetwin.jobs.retention import COMPACT, COMPACT_FUNCTION, compact_job, retention_schedules
 from livetwin.jobs.scenario import SCENARIO_FUNCTION
 from livetwin.schedule.model import SYSTEM
 
@@ -49,6 +51,10 @@ def register_builtins(
     if import_file is not None:
         scheduler.register_job("import", import_job(import_file, s3_client))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
+    scheduler.register_job(COMPACT, compact_job(query, clock))
+    scheduler.add_system_schedules(
+        retention_schedules(query.settings.journal_retention), {COMPACT: COMPACT_FUNCTION}
+    )
     if backtests is not None:
         scheduler.register_job(BACKTEST, backtest_job(backtests))
     if scenarios is not None:

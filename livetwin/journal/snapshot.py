@@ -89,6 +89,13 @@ def load_newest(
     return None
 
 
+def load_bytes(
+    data: bytes, models: Callable = resolve_model, accept: Callable | None = None
+) -> tuple[Engine, int] | None:
+    """The engine of one encoded snapshot and its seq (None when `accept` refuses it)."""
+    return _load(io.BytesIO(data), models, accept)
+
+
 def _load(source, models: Callable, accept=None) -> tuple[Engine, int] | None:
     with np.load(source, allow_pickle=False) as npz:
         meta = msgspec.msgpack.decode(npz["__meta__"].tobytes())

@@ -25,6 +25,7 @@ from livetwin.spec.calibration import (
     plan_calibration,
 )
 from livetwin.spec.commands import CommandSection
+from livetwin.spec.retention import Retention
 from livetwin.spec.rules import CompiledRule, Rule, compile_rules
 from livetwin.timefmt import parse_duration
 
@@ -133,6 +134,11 @@ class TwinTypeSpec(_Strict):
         None,
         description="the names the fleet table shows "
         "(default: the first three properties and the first two derived values)",
+    )
+    retention: Retention | None = Field(
+        None,
+        description="how long raw history and rollups are kept, e.g. "
+        "{raw: 30d, rollups: {1m: 1y, 1h: forever}} (default: raw history forever)",
     )
 
     @field_validator("stale_after")

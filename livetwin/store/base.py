@@ -92,4 +92,34 @@ class Store(Protocol):
     def calibration_runs(self, type_name: str, limit: int) -> list[dict]:
         """Recent calibration runs of a type, newest first."""
 
+    # ---- retention (store/rollup.py, journal/compaction.py) --------------------------------
+
+    def touched(self, after_seq: int) -> dict[int, int]:
+        """uid -> oldest ts_min of the history chunks stored with rows after seq `after_seq`."""
+
+    def replace_history(self, old: list[tuple[int, int, int]], rows: list[tuple]) -> None:
+        """In one transaction, delete the history chunks keyed (uid, ts_min, seq_min) in `old`
+        and store `rows` (as `write_history`'s) instead: how chunks are merged."""
+
+    def put_rollups(self, rows: list[tuple]) -> None:
+        """Insert or replace rollup rows (uid, bucket ms, period start ms, version, data)."""
+
+    def rollups(self, uid: int, bucket: int, start: int, end: int) -> list[tuple]:
+        """(period, version, data) of one twin's rollup rows that overlap [start, end)."""
+
+    def delete_history(self, uids: list[int], before: int) -> int:
+        """Delete the history rows of `uids` older than `before` (chunks that straddle it are
+        rewritten with their newer rows); the number of chunks deleted or rewritten."""
+
+    def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:
+        """Delete the rollup rows of `uids` and `bucket` whose buckets all end by `before`."""
+
+    def compact_journal(self, upto: int) -> int:
+        """Delete journal entries (and their idempotency keys) with seq <= `upto`."""
+
+    def put_base_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        """Keep the snapshot a compacted journal starts from (a data directory keeps a file)."""
+
+    def base_snapshot(self) -> tuple[int, bytes] | None: ...
+
     def close(self) -> None: ...

@@ -117,3 +117,13 @@ def decode_chunk(uid: int, version: int, n: int, ts: bytes, seqs: bytes, vals: b
         np.frombuffer(seqs, dtype="<i8").astype(np.int64),
         np.frombuffer(vals, dtype="<f8").reshape(n, -1),
     )
+
+
+def trimmed(chunk: Chunk, before: int) -> list[tuple]:
+    """The store row (as `chunk_rows`) of a chunk's rows with ts >= `before`; [] when none."""
+    keep = chunk.ts >= before
+    if not keep.any():
+        return []
+    uids = np.full(int(keep.sum()), chunk.uid, dtype=np.int64)
+    part = Segment("", chunk.version, uids, chunk.ts[keep], chunk.seqs[keep], chunk.values[keep])
+    return chunk_rows([part])

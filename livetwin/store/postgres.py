@@ -25,14 +25,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from livetwin.engine.batch import decode_batch
 from livetwin.errors import Unavailable
 from livetwin.store.base import JournalEntry
-from livetwin.store.buffer import Chunk
+from livetwin.store.buffer import Chunk, trimmed
 from livetwin.store.keys import journaled_keys, scoped_key
+from livetwin.store.rollup import ROLLUP_PERIOD
 from livetwin.timefmt import parse_ts
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _LOST = (psycopg.OperationalError, PoolTimeout)  # the server went away or cannot be reached
+ENTRIES_PER_TRANSACTION = 1_000  # journal compaction: entries per transaction
 _FIX_URL = (
     "check host, port, user, password and database in LIVETWIN_DATABASE_URL "
     "(e.g. postgresql://postgres@127.0.0.1:5432/livetwin) and that the server is running"
@@ -529,6 +531,95 @@ class PostgresStore:
             if len(page) < 32:
                 return
             after = (page[-1][1], page[-1][2])
+
+    # ---- retention (store/rollup.py, journal/compaction.py) --------------------------------
+
+    def touched(self, after_seq: int) -> dict[int, int]:
+        rows = self._read(
+            "SELECT uid, min(ts_min) FROM history WHERE seq_max > %s GROUP BY uid", (after_seq,)
+        )
+        return {int(uid): int(ts) for uid, ts in rows}
+
+    def replace_history(self, old: list[tuple[int, int, int]], rows: list[tuple]) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "DELETE FROM history h USING unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
+                " AS o(uid, ts_min, seq_min)"
+                " WHERE h.uid = o.uid AND h.ts_min = o.ts_min AND h.seq_min = o.seq_min",
+                tuple(list(column) for column in zip(*old, strict=True)),
+            )
+            if rows:
+                with cur.copy("COPY history FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(history_copy_data(rows))
+
+    def put_rollups(self, rows: list[tuple]) -> None:
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT INTO rollups VALUES (%s, %s, %s, %s, %s) ON CONFLICT (uid, bucket, period)"
+                " DO UPDATE SET version = excluded.version, data = excluded.data",
+                rows,
+            )
+
+    def rollups(self, uid: int, bucket: int, start: int, end: int) -> list[tuple]:
+        rows = self._read(
+            "SELECT period, version, data FROM rollups WHERE uid = %s AND bucket = %s"
+            " AND period < %s AND period > %s ORDER BY period",
+            (int(uid), int(bucket), int(end), int(start) - bucket * ROLLUP_PERIOD),
+        )
+        return [(int(p), int(v), bytes(d)) for p, v, d in rows]
+
+    def delete_history(self, uids: list[int], before: int) -> int:
+        uids = [int(u) for u in uids]
+        with self._transaction() as cur:
+            straddling = cur.execute(
+                f"DELETE FROM history WHERE uid = ANY(%s) AND ts_min < %s AND ts_max >= %s"
+                f" RETURNING {_CHUNK_COLUMNS}",
+                (uids, before, before),
+                binary=True,
+            ).fetchall()
+            rows = [r for chunk in straddling for r in trimmed(_chunk(*chunk), before)]
+            if rows:
+                with cur.copy("COPY history FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(history_copy_data(rows))
+            older = cur.execute(
+                "DELETE FROM history WHERE uid = ANY(%s) AND ts_max < %s", (uids, before)
+            )
+            return len(straddling) + older.rowcount
+
+    def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:
+        return self._write(
+            "DELETE FROM rollups WHERE uid = ANY(%s) AND bucket = %s AND period + %s <= %s",
+            ([int(u) for u in uids], bucket, bucket * ROLLUP_PERIOD, before),
+        )
+
+    def compact_journal(self, upto: int) -> int:
+        """In ranges of entries: the idempotency keys of each range, read from its entries
+        (idempotency has no index on seq: ingest would pay for one), then the entries."""
+        deleted = 0
+        first = self._read("SELECT min(seq) FROM journal")[0][0] or upto + 1
+        for low in range(first, upto + 1, ENTRIES_PER_TRANSACTION):
+            high = min(low + ENTRIES_PER_TRANSACTION - 1, upto)
+            entries = self._read(
+                "SELECT seq, body FROM journal WHERE kind = 'obs' AND seq BETWEEN %s AND %s",
+                (low, high),
+            )
+            keys = [scoped_key(t, k) for t, k, _ in journaled_keys(entries)]
+            with self._transaction() as cur:
+                cur.execute("DELETE FROM idempotency WHERE key = ANY(%s)", (keys,))
+                gone = cur.execute("DELETE FROM journal WHERE seq BETWEEN %s AND %s", (low, high))
+                deleted += gone.rowcount
+        return deleted
+
+    def put_base_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        self._write(
+            "INSERT INTO base_snapshot VALUES (1, %s, %s, %s) ON CONFLICT (id) DO UPDATE"
+            " SET seq = excluded.seq, data = excluded.data, created = excluded.created",
+            (seq, data, at),
+        )
+
+    def base_snapshot(self) -> tuple[int, bytes] | None:
+        rows = self._read("SELECT seq, data FROM base_snapshot")
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     # ---- metadata --------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import orjson
 
 from livetwin.store.base import JournalEntry
-from livetwin.store.buffer import Chunk, decode_chunk
+from livetwin.store.buffer import Chunk, decode_chunk, trimmed
 from livetwin.store.keys import journaled_keys, scoped_key
+from livetwin.store.rollup import ROLLUP_PERIOD
 from livetwin.timefmt import parse_ts
 
 
@@ -61,11 +62,18 @@ CREATE TABLE IF NOT EXISTS history (
     seq_min INTEGER NOT NULL, seq_max INTEGER NOT NULL, version INTEGER NOT NULL,
     n INTEGER NOT NULL, ts BLOB NOT NULL, seqs BLOB NOT NULL, vals BLOB NOT NULL,
     PRIMARY KEY (uid, ts_min, seq_min)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_seq_max ON history (seq_max);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rollups (
+    uid INTEGER NOT NULL, bucket INTEGER NOT NULL, period INTEGER NOT NULL,
+    version INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (uid, bucket, period)) WITHOUT ROWID;
 """
 
 DATABASES = {"main": "livetwin", "history": "history"}  # the two files of a data directory
 KEYS_SCOPED = 1  # livetwin.db's user_version once its idempotency keys are scoped by twin
+UIDS_PER_TRANSACTION = 64  # retention deletes: twins per write transaction
+ENTRIES_PER_TRANSACTION = 1_000  # journal compaction: entries per write transaction
 
 
 class SqliteStore:
@@ -209,6 +217,98 @@ class SqliteStore:
         )
         for ts_max, *chunk in rows:
             yield ts_max, decode_chunk(*chunk)
+
+    # ---- retention (store/rollup.py, journal/compaction.py) --------------------------------
+
+    def touched(self, after_seq: int) -> dict[int, int]:
+        rows = self._conn("history").execute(
+            "SELECT uid, min(ts_min) FROM history WHERE seq_max > ? GROUP BY uid", (after_seq,)
+        )
+        return dict(rows.fetchall())
+
+    def replace_history(self, old: list[tuple[int, int, int]], rows: list[tuple]) -> None:
+        with self._transaction("history") as conn:
+            conn.executemany(
+                "DELETE FROM history WHERE uid = ? AND ts_min = ? AND seq_min = ?", old
+            )
+            conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def put_rollups(self, rows: list[tuple]) -> None:
+        with self._transaction("history") as conn:
+            conn.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", rows)
+
+    def rollups(self, uid: int, bucket: int, start: int, end: int) -> list[tuple]:
+        span = bucket * ROLLUP_PERIOD
+        rows = self._conn("history").execute(
+            "SELECT period, version, data FROM rollups WHERE uid = ? AND bucket = ?"
+            " AND period < ? AND period > ? ORDER BY period",
+            (int(uid), int(bucket), int(end), int(start) - span),
+        )
+        return rows.fetchall()
+
+    def delete_history(self, uids: list[int], before: int) -> int:
+        deleted = 0
+        for start in range(0, len(uids), UIDS_PER_TRANSACTION):  # short write locks
+            with self._transaction("history") as conn:
+                for uid in uids[start : start + UIDS_PER_TRANSACTION]:
+                    deleted += self._delete_history(conn, int(uid), before)
+        return deleted
+
+    @staticmethod
+    def _delete_history(conn: sqlite3.Connection, uid: int, before: int) -> int:
+        straddling = conn.execute(
+            "SELECT ts_min, seq_min, uid, version, n, ts, seqs, vals FROM history"
+            " WHERE uid = ? AND ts_min < ? AND ts_max >= ?",
+            (uid, before, before),
+        ).fetchall()
+        for ts_min, seq_min, *chunk in straddling:
+            conn.execute(
+                "DELETE FROM history WHERE uid = ? AND ts_min = ? AND seq_min = ?",
+                (uid, ts_min, seq_min),
+            )
+            rows = trimmed(decode_chunk(*chunk), before)
+            conn.executemany("INSERT INTO history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        older = conn.execute("DELETE FROM history WHERE uid = ? AND ts_max < ?", (uid, before))
+        return len(straddling) + older.rowcount
+
+    def delete_rollups(self, uids: list[int], bucket: int, before: int) -> int:
+        span = bucket * ROLLUP_PERIOD
+        deleted = 0
+        for start in range(0, len(uids), UIDS_PER_TRANSACTION):
+            with self._transaction("history") as conn:
+                deleted += sum(
+                    conn.execute(
+                        "DELETE FROM rollups WHERE uid = ? AND bucket = ? AND period + ? <= ?",
+                        (int(uid), bucket, span, before),
+                    ).rowcount
+                    for uid in uids[start : start + UIDS_PER_TRANSACTION]
+                )
+        return deleted
+
+    def compact_journal(self, upto: int) -> int:
+        """In ranges of entries, each one short transaction (ingest waits on the write lock):
+        the idempotency keys of each range, read from its entries, then the entries."""
+        conn = self._conn()
+        deleted = 0
+        first = conn.execute("SELECT min(seq) FROM journal").fetchone()[0] or upto + 1
+        for low in range(first, upto + 1, ENTRIES_PER_TRANSACTION):
+            high = min(low + ENTRIES_PER_TRANSACTION - 1, upto)
+            entries = conn.execute(
+                "SELECT seq, body FROM journal WHERE kind = 'obs' AND seq BETWEEN ? AND ?",
+                (low, high),
+            ).fetchall()
+            keys = [(scoped_key(t, k),) for t, k, _ in journaled_keys(entries)]
+            with self._transaction() as tx:
+                tx.executemany("DELETE FROM idempotency WHERE key = ?", keys)
+                gone = tx.execute("DELETE FROM journal WHERE seq BETWEEN ? AND ?", (low, high))
+                deleted += gone.rowcount
+        return deleted
+
+    def put_base_snapshot(self, seq: int, data: bytes, at: int) -> None:
+        """Base snapshots are files beside this database (journal/compaction.py)."""
+
+    def base_snapshot(self) -> tuple[int, bytes] | None:
+        return None
 
     def type_versions(self, name: str) -> list[tuple[int, str, int]]:
         return (
