@@ -34,6 +34,7 @@ BENCHMARKS = {
     "calibrate": "Batched UKF speed (vs FilterPy twin by twin), band coverage and RMSE.",
     "import": "CSV file import: values/s through the ingest path, peak memory of a large file.",
     "scenario": "What-if forecasts: 1,000 roller lines x 1,000 steps with bands; coverage.",
+    "aggregate": "Aggregates over children: time per child batch, 100,000 children, 1,000 parents.",
 }
 
 

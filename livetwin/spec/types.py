@@ -6,6 +6,7 @@ derived expressions once per version into a `CompiledType` that the engine runs.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ class CompiledType:
     """Derived values that use an aggregate over children, directly or through others, in
     dependency order: the engine re-evaluates them when children change."""
 
-    @property
+    @functools.cached_property
     def aggregates(self) -> tuple[AggregateSpec, ...]:
         """The distinct aggregates over children the derived values use."""
         found = {a.key: a for name in self.derived_order for a in self.compiled[name].aggregates}
