@@ -154,7 +154,9 @@ class Client:
             "where": where,
             "parent": parent,
         }
-        return self.request("GET", f"/api/types/{_path(type_name)}/aggregate", params=_given(params))
+        return self.request(
+            "GET", f"/api/types/{_path(type_name)}/aggregate", params=_given(params)
+        )
 
     def history(
         self,

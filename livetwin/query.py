@@ -230,9 +230,7 @@ class Query:
         result = {}
         for name, column in values.items():
             result[name] = {
-                agg: json_number(
-                    reduce_groups(agg, column, everyone, one_group, 1).result(agg)[0]
-                )
+                agg: json_number(reduce_groups(agg, column, everyone, one_group, 1).result(agg)[0])
                 for agg in aggs
             }
         return {"type": type_name, "twins": len(rows), "values": result}

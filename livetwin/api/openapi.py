@@ -55,6 +55,7 @@ class FleetAggregate(BaseModel):
         examples=[{"flow": {"sum": 120.5, "avg": 12.05, "count": 10}}],
     )
 
+
 # what POST /api/ingest answers: the ingest result (also on 422 when every row was rejected)
 INGEST_RESULT = {
     "type": "object",

@@ -71,7 +71,9 @@ class Links:
         counts = offsets[parents + 1] - starts
         groups = np.repeat(np.arange(len(parents)), counts)
         ends = np.cumsum(counts)
-        positions = np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - ends + counts, counts)
+        positions = np.arange(ends[-1] if len(ends) else 0) + np.repeat(
+            starts - ends + counts, counts
+        )
         return order[positions], groups
 
     def _group(self) -> tuple[np.ndarray, np.ndarray]:
@@ -120,9 +122,7 @@ class Aggregator:
     def parent_types(self, child: str) -> list[TypeState]:
         """Types with aggregates that list `child` among their children."""
         return [
-            s
-            for s in self.states.values()
-            if s.ctype.aggregates and child in s.ctype.spec.children
+            s for s in self.states.values() if s.ctype.aggregates and child in s.ctype.spec.children
         ]
 
     def feeds(self, child: str) -> bool:

@@ -16,9 +16,9 @@ from livetwin.engine.engine import Engine
 from livetwin.engine.state import export_state, import_state
 from livetwin.journal.replay import replay
 from livetwin.query import Query
+from livetwin.spec.types import TwinTypeSpec, compile_type
 from livetwin.store.buffer import HistoryBuffer
 from livetwin.store.history import assemble
-from livetwin.spec.types import TwinTypeSpec, compile_type
 
 STATION = {
     "name": "station",
@@ -234,9 +234,11 @@ def test_aggregates_equal_a_reference_after_any_batches(batches):
             twins = [f"{type_name}{r[1]}" for r in mine]
             parents = [r[2] for r in mine]
             flow = [np.nan if r[3] is None else r[3] for r in mine]
-            values = {"flow": flow, "temp": [20.0] * len(mine)} if type_name == "pump" else {
-                "flow": flow
-            }
+            values = (
+                {"flow": flow, "temp": [20.0] * len(mine)}
+                if type_name == "pump"
+                else {"flow": flow}
+            )
             times = list(range(ts, ts + len(mine)))
             ts += len(mine)
             engine.apply(batch(type_name, twins, times, parents, **values))
@@ -253,7 +255,13 @@ def test_replay_of_the_journal_gives_the_same_parents(tmp_path):
         core.ingest([{"twin": "north", "type": "site", "ts": T0, "values": {"area": 1}}])
         core.ingest(
             [
-                {"twin": s, "type": "station", "ts": T0 + 1, "parent": "north", "values": {"level": 2}}
+                {
+                    "twin": s,
+                    "type": "station",
+                    "ts": T0 + 1,
+                    "parent": "north",
+                    "values": {"level": 2},
+                }
                 for s in ("s1", "s2")
             ]
         )

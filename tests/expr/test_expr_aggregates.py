@@ -117,7 +117,11 @@ def ctype(name: str, spec: dict, version: int = 1):
 
 
 PUMP = {"properties": {"flow": {}}, "derived": {"flow_h": "flow * 2"}}
-STATION = {"properties": {"level": {}}, "children": ["pump"], "derived": {"t": "sum(children.flow)"}}
+STATION = {
+    "properties": {"level": {}},
+    "children": ["pump"],
+    "derived": {"t": "sum(children.flow)"},
+}
 
 
 def test_an_unknown_child_value_is_refused_naming_the_field():
