@@ -226,7 +226,7 @@ class LockStep:
         with the alarm state of the rules the candidate keeps unchanged."""
         self.cand = Engine()
         for name, other in self.base.states.items():  # the children, as the baseline has them
-            if name != self.type_name:
+            if name != self.type_name and name in self.family:
                 self.cand.states[name] = import_state(other.ctype, *export_state(other))
         st = self.base.states.get(self.type_name)
         if st is None:

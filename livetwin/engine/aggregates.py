@@ -138,8 +138,10 @@ class Aggregator:
 
     # ---- changes -------------------------------------------------------------------------
 
-    def defined(self, name: str) -> None:
-        """A type version was installed: refresh it and the types above it now."""
+    def rebuild(self, name: str) -> None:
+        """A type version was installed, or twins of the type were removed: rebuild its links
+        and refresh the aggregates of it and of the types above it now."""
+        self._links = {k: v for k, v in self._links.items() if name not in k}
         stale, todo = set(), [name]
         while todo:
             t = todo.pop()

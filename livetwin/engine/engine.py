@@ -68,7 +68,7 @@ class Engine:
         """Install a type version; existing twins of the type migrate to it."""
         old = self.states.get(ctype.name)
         self.states[ctype.name] = TypeState(ctype) if old is None else old.migrate(ctype)
-        self.aggregates.defined(ctype.name)
+        self.aggregates.rebuild(ctype.name)
 
     def ctype(self, name: str) -> CompiledType:
         state = self.states.get(name)

@@ -129,6 +129,15 @@ def test_parents_follow_their_childrens_batches():
     assert_current(engine)
 
 
+def test_only_child_types_with_the_names_contribute():
+    spec = {**STATION, "derived": {"open_valves": "count(children.where(open > 0))"}, "rules": {}}
+    engine = fleet((spec, PUMP, VALVE))
+    engine.apply(batch("station", ["s1"], [1], level=[1.0]))
+    engine.apply(batch("pump", ["p1"], [2], ["s1"], flow=[4], temp=[1]))
+    engine.apply(batch("valve", ["v1", "v2"], [2, 2], ["s1", "s1"], flow=[1, 1], open=[1, 0]))
+    assert engine.twin("s1")["derived"]["open_valves"] == 1  # pumps have no 'open'
+
+
 def test_a_parent_observation_reads_the_current_aggregates():
     engine = fleet()
     engine.apply(batch("station", ["s1"], [1], level=[1.0]))
