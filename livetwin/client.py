@@ -139,6 +139,25 @@ class Client:
         params = {"type": type, "parent": parent, "where": where, "limit": limit, "offset": offset}
         return self.request("GET", "/api/twins", params=_given(params))
 
+    def aggregate(
+        self,
+        type_name: str,
+        names: list[str] | None = None,
+        aggs: list[str] | None = None,
+        *,
+        where: str | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        params = {
+            "names": ",".join(names) if names else None,
+            "agg": ",".join(aggs) if aggs else None,
+            "where": where,
+            "parent": parent,
+        }
+        return self.request(
+            "GET", f"/api/types/{_path(type_name)}/aggregate", params=_given(params)
+        )
+
     def history(
         self,
         twin_id: str,

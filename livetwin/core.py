@@ -31,6 +31,7 @@ from livetwin.journal.writer import IngestResult, Writer
 from livetwin.models.base import ModelRefs
 from livetwin.ports import Clock
 from livetwin.settings import Settings
+from livetwin.spec.aggregates import check_aggregates
 from livetwin.spec.types import (
     CompiledType,
     TwinTypeSpec,
@@ -219,6 +220,8 @@ class TwinCore:
                 return {"name": name, "version": versions[-1][0], "changed": False}
             version = len(versions) + 1
             ctype = compile_type(parsed, version, resolve_model=self.models)
+            with self.lock:
+                check_aggregates(ctype, self.engine.types)
             self.writer.define(ctype, spec_json).result()
         return {"name": name, "version": version, "changed": True}
 

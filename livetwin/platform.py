@@ -440,6 +440,19 @@ class Platform:
             type=type, parent=parent, where=where, limit=limit, offset=offset, values=values
         )
 
+    def aggregate(
+        self,
+        type_name: str,
+        names: list[str] | None = None,
+        aggs: list[str] | None = None,
+        *,
+        where: str | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Fleet totals of a type: `aggs` (sum, avg, min, max, count) of `names` over its twins
+        matching `where` and `parent`."""
+        return self.query.aggregate(type_name, names, aggs, where=where, parent=parent)
+
     def history(
         self,
         twin_id: str,

@@ -15,7 +15,7 @@ import orjson
 from livetwin.core import TwinCore
 from livetwin.engine.engine import json_number
 from livetwin.errors import InvalidInput, NotFound
-from livetwin.expr import Compiled
+from livetwin.expr import AGGREGATE_FUNCTIONS, Compiled, reduce_groups
 from livetwin.spec.types import CompiledType
 from livetwin.store import rollup
 from livetwin.store.history import AGGREGATES, AUTO, aggregate, assemble, auto_aggregate
@@ -194,6 +194,47 @@ class Query:
                 if len(items) >= limit:
                     break
         return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+    def aggregate(
+        self,
+        type_name: str,
+        names: list[str] | None = None,
+        aggs: list[str] | None = None,
+        *,
+        where: str | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Fleet totals: each aggregate (sum, avg, min, max, count) of each named value over the
+        twins of a type that match `where` and `parent`; missing values are left out (count
+        says how many contributed) and an aggregate of none is None (count 0)."""
+        aggs = list(aggs or AGGREGATE_FUNCTIONS)
+        for agg in aggs:
+            if agg not in AGGREGATE_FUNCTIONS:
+                raise InvalidInput(
+                    f"unknown aggregate '{agg}'",
+                    field="agg",
+                    fix=f"use some of: {', '.join(AGGREGATE_FUNCTIONS)}",
+                )
+        with self.core.lock:
+            [(st, rows)] = self.core.engine.find(type=type_name, parent=parent, where=where)
+            names = list(names or st.ctype.columns)
+            for name in names:
+                if name not in st.col:
+                    raise InvalidInput(
+                        f"'{name}' is not a name of type '{type_name}'",
+                        field="names",
+                        fix=f"use some of: {', '.join(st.ctype.columns)}",
+                    )
+            values = {name: st.data[st.col[name], rows] for name in names}
+        one_group = np.zeros(len(rows), dtype=np.int64)
+        everyone = np.ones(len(rows), dtype=bool)
+        result = {}
+        for name, column in values.items():
+            result[name] = {
+                agg: json_number(reduce_groups(agg, column, everyone, one_group, 1).result(agg)[0])
+                for agg in aggs
+            }
+        return {"type": type_name, "twins": len(rows), "values": result}
 
     def selection(
         self, type_name: str, *, ids: list[str] | None = None, parent=None, where=None

@@ -28,7 +28,14 @@ from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.opcua import opcua_routes
-from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_RESPONSES, document
+from livetwin.api.openapi import (
+    AGGREGATE_RESPONSES,
+    INGEST_RESPONSES,
+    STREAM_RESPONSES,
+    TWIN_LIST_RESPONSES,
+    FleetAggregate,
+    document,
+)
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
 from livetwin.api.registry import lineage_routes, registry_routes
@@ -195,6 +202,25 @@ def create_app(
         if format != "json":
             return export_type(platform.query, name, version, format)
         return platform.get_type(name, version)
+
+    @app.get(
+        "/api/types/{name}/aggregate",
+        tags=["types"],
+        response_model=FleetAggregate,
+        responses=AGGREGATE_RESPONSES,
+    )
+    def aggregate_type(
+        name: str,
+        names: str | None = Query(None, description="comma-separated names (default: all)"),
+        agg: str | None = Query(None, description="comma-separated: sum,avg,min,max,count"),
+        where: str | None = Query(None, description="only twins where this holds"),
+        parent: str | None = Query(None, description="only the children of this twin"),
+    ) -> dict:
+        """Fleet totals: each aggregate of each value over the type's twins (missing values
+        left out; `count` says how many contributed)."""
+        return platform.aggregate(
+            name, _comma_list(names), _comma_list(agg), where=where, parent=parent
+        )
 
     interop_routes(app, platform)  # POST /api/types/import, the NGSI-LD view
 
@@ -415,6 +441,12 @@ def create_app(
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)
     return app
+
+
+def _comma_list(value: str | None) -> list[str] | None:
+    """'a, b,,c' -> ['a', 'b', 'c']; None (or nothing named) -> None."""
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
 
 
 def _ingest_response(result: dict) -> FastJSON:

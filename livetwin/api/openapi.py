@@ -42,6 +42,19 @@ def error_response(description: str) -> dict:
 
 MQTT_OFF = {409: error_response("MQTT not configured: the server was started without --mqtt")}
 TWIN_LIST_RESPONSES = {404: error_response("`type` names no declared twin type")}
+AGGREGATE_RESPONSES = {404: error_response("no twin type of that name")}
+
+
+class FleetAggregate(BaseModel):
+    """GET /api/types/{name}/aggregate: aggregates of values over the twins that matched."""
+
+    type: str
+    twins: int = Field(description="twins that matched where= and parent=")
+    values: dict[str, dict[str, float | None]] = Field(
+        description="name -> aggregate -> value (null: no twin had a value; count: how many had)",
+        examples=[{"flow": {"sum": 120.5, "avg": 12.05, "count": 10}}],
+    )
+
 
 # what POST /api/ingest answers: the ingest result (also on 422 when every row was rejected)
 INGEST_RESULT = {

@@ -3,6 +3,8 @@ engines in lock-step, the recorded type versions (baseline) and a candidate, com
 
 Entries are merged into large batches as `journal.replay` does and applied straight to two
 `Engine`s, never through a core's writer: nothing is journaled, nothing live is touched.
+Entries of the types below it (its children, theirs, ...) are applied to both too, so its
+aggregates over children stay current; outputs are compared at its own observations.
 Observations before `start - warmup` build the baseline alone; at the first one after it the
 candidate starts from a copy of the baseline's state (its changed windows start empty, hence
 the warm-up); observations in [start, end) are compared; later ones are left out.
@@ -85,7 +87,8 @@ class LockStep:
     """A back-test of `candidate` (a version of type `type_name`) over `window`.
 
     `state` is the type's state at the journal position where `feed` starts (from a snapshot;
-    None: no twins yet), `recorded` the version the candidate is compared with for statuses
+    None: no twins yet), `others` the other types' states there (its children feed its
+    aggregates), `recorded` the version the candidate is compared with for statuses
     (the current one); `uids` restricts it to those twins; `watch` names twins whose baseline
     and candidate series are kept for the report; `version_of` compiles a recorded type
     version from its journal entry. Call `feed` with the journal entries after
@@ -99,6 +102,7 @@ class LockStep:
         window: Window,
         *,
         state: TypeState | None = None,
+        others: dict[str, TypeState] | None = None,
         recorded: CompiledType | None = None,
         uids: np.ndarray | None = None,
         watch: Collection[int] = (),
@@ -115,6 +119,8 @@ class LockStep:
         self.base = Engine()
         if state is not None:
             self.base.states[type_name] = state
+        self.base.states.update(others or {})
+        self.family = self._family()
         self.cand: Engine | None = None
         self._reads = (_reader(self.base), None)
         self.base_rules, self.cand_rules = rules.RuleState(), rules.RuleState()
@@ -142,24 +148,41 @@ class LockStep:
 
     # ---- feeding -----------------------------------------------------------------------------
 
+    def _family(self) -> set[str]:
+        """The type and the types below it (children, theirs, ...): what its aggregates read."""
+        types = {n: s.ctype for n, s in self.base.states.items()}
+        found, todo = set(), [self.type_name]
+        while todo:
+            name = todo.pop()
+            if name in found:
+                continue
+            found.add(name)
+            todo.extend(types[name].spec.children if name in types else ())
+            if name == self.type_name:
+                todo.extend(self.candidate.spec.children)
+        return found
+
     def feed(self, entries: Iterable[JournalEntry]) -> None:
-        """Apply journal entries (in journal order); entries of other types are skipped unread."""
+        """Apply journal entries (in journal order): the type's, and those of the types below it
+        (their batches keep its parents' aggregates current); others are skipped unread."""
         name, end = self.type_name, self.window.end
         for entry in entries:
-            if entry.type != name:
-                continue
-            if entry.kind == "type":
+            if entry.kind == "type":  # any type: a later one may make it a child
                 self._flush()
                 self._define(self.version_of(entry))
                 continue
+            if entry.type not in self.family:
+                continue
             batch = decode_batch(entry.body)
             keep = batch.ts < end
-            if self.uids is not None:
+            if self.uids is not None and entry.type == name:
                 keep &= np.isin(batch.uids, self.uids, assume_unique=False)
             if not keep.all():
                 if not keep.any():
                     continue
                 batch = batch.take(np.flatnonzero(keep))
+            if self._pending and self._pending[0].type != batch.type:
+                self._flush()
             self._pending.append(batch)
             self._pending_n += len(batch)
             if self._pending_n >= self.chunk:
@@ -168,7 +191,11 @@ class LockStep:
 
     def _define(self, ctype: CompiledType) -> None:
         self.base.define_type(ctype)
-        rules.retarget(self.base_rules, ctype)
+        if ctype.name == self.type_name:
+            rules.retarget(self.base_rules, ctype)
+        elif self.cand is not None:
+            self.cand.define_type(ctype)
+        self.family = self._family()
 
     def _flush(self) -> None:
         if not self._pending:
@@ -189,8 +216,8 @@ class LockStep:
         self._apply_both(batch)
 
     def _apply_baseline(self, batch: Batch) -> None:
-        ctype = self.base.states[self.type_name].ctype
-        applied = self.base.apply(batch, record=bool(ctype.rules))
+        st = self.base.states.get(self.type_name)
+        applied = self.base.apply(batch, record=bool(st is not None and st.ctype.rules))
         self._rules(self.base, self.base_rules, self.base_alarms, applied)
         self._done(len(batch))
 
@@ -198,6 +225,9 @@ class LockStep:
         """The candidate engine: a copy of the baseline's state under the candidate version,
         with the alarm state of the rules the candidate keeps unchanged."""
         self.cand = Engine()
+        for name, other in self.base.states.items():  # the children, as the baseline has them
+            if name != self.type_name and name in self.family:
+                self.cand.states[name] = import_state(other.ctype, *export_state(other))
         st = self.base.states.get(self.type_name)
         if st is None:
             self.cand.define_type(self.candidate)
@@ -235,11 +265,13 @@ class LockStep:
         )
 
     def _apply_both(self, batch: Batch) -> None:
+        mine = batch.type == self.type_name
         applied_b = self.base.apply(batch, record=True)
-        applied_c = self.cand.apply(self._candidate_batch(batch), record=True)
+        applied_c = self.cand.apply(self._candidate_batch(batch) if mine else batch, record=True)
         self._rules(self.base, self.base_rules, self.base_alarms, applied_b)
         self._rules(self.cand, self.cand_rules, self.cand_alarms, applied_c)
-        self._compare(applied_b, applied_c)
+        if mine:  # outputs are compared at the type's own observations
+            self._compare(applied_b, applied_c)
         self._done(len(batch))
 
     def _done(self, n: int) -> None:
@@ -250,12 +282,15 @@ class LockStep:
     # ---- comparing ---------------------------------------------------------------------------
 
     def _rules(self, engine: Engine, state, alarms: dict[str, Alarms], applied: Applied) -> None:
-        ctype = engine.states[self.type_name].ctype
-        if not ctype.rules:
+        """The type's rules over its rows of the batch and over the updates of its aggregates."""
+        st = engine.states.get(self.type_name)
+        if st is None or not st.ctype.rules:
             return
         read = self._reads[0] if engine is self.base else self._reads[1]
-        for t in rules.evaluate(state, ctype, applied, read):
-            self._alarm(alarms, t)
+        for part in applied.all():
+            if part.type == self.type_name:
+                for t in rules.evaluate(state, st.ctype, part, read):
+                    self._alarm(alarms, t)
 
     def _alarm(self, alarms: dict[str, Alarms], t: rules.Transition) -> None:
         if t.kind in ("raise", "clear"):

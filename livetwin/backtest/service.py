@@ -279,11 +279,13 @@ class BacktestService:
 
     def _lockstep(self, plan, engine, uids, watch, step, cancelled) -> LockStep:
         state = engine.states.get(plan.type) if engine is not None else None
+        others = {n: s for n, s in engine.states.items() if n != plan.type} if engine else None
         return LockStep(
             plan.type,
             plan.candidate,
             plan.window,
             state=state,
+            others=others,
             recorded=plan.recorded,
             uids=uids,
             watch=watch.tolist(),

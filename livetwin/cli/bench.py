@@ -35,6 +35,7 @@ BENCHMARKS = {
     "import": "CSV file import: values/s through the ingest path, peak memory of a large file.",
     "scenario": "What-if forecasts: 1,000 roller lines x 1,000 steps with bands; coverage.",
     "retention": "Disk for a year of 1-minute data of 1,000 twins under retention; query times.",
+    "aggregate": "Aggregates over children: time per child batch, 100,000 children, 1,000 parents.",
 }
 
 

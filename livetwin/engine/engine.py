@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
 
+from livetwin.engine.aggregates import Aggregator
 from livetwin.engine.batch import Batch
 from livetwin.engine.state import TypeState
 from livetwin.errors import InvalidInput, NotFound
@@ -35,6 +36,13 @@ class Applied:
     # derived values after each observation; None when apply(record=False)
     fresh: np.ndarray  # bool (M,): False for a late observation that did not change state
     created: list[str]
+    parents: list[Applied] = field(default_factory=list)
+    """Parents whose aggregates over children the batch changed, in the order updated: one
+    row per parent, inputs absent (NaN) and the derived values as they now are."""
+
+    def all(self) -> list[Applied]:
+        """This batch's rows and then its parents' updates."""
+        return [self, *self.parents]
 
 
 @dataclass
@@ -52,6 +60,7 @@ class Engine:
         self.states: dict[str, TypeState] = {}
         self.type_of: dict[str, str] = {}
         self.next_uid = 1
+        self.aggregates = Aggregator(self.states)
 
     # ---- types -------------------------------------------------------------------------------
 
@@ -59,6 +68,7 @@ class Engine:
         """Install a type version; existing twins of the type migrate to it."""
         old = self.states.get(ctype.name)
         self.states[ctype.name] = TypeState(ctype) if old is None else old.migrate(ctype)
+        self.aggregates.rebuild(ctype.name)
 
     def ctype(self, name: str) -> CompiledType:
         state = self.states.get(name)
@@ -134,6 +144,7 @@ class Engine:
         """Apply a checked batch. Creates twins on their first observation. `record=False`
         skips the per-observation history rows (replay when history is already stored)."""
         st = self.states[batch.type]
+        self.aggregates.ready(st)
         rows, created = self._rows(st, batch)
         m = len(batch)
         col_of_input = np.array([st.col[n] for n in batch.names], dtype=np.int64)
@@ -162,6 +173,7 @@ class Engine:
                 st.value_ts[slot, r[seen]] = t[seen]
             st.last_ts[r] = t
             self._evaluate(st, r, t, present, sel, out)
+        updated = self.aggregates.changed(st, rows, batch.ts)
         return Applied(
             st.ctype.name,
             st.ctype.version,
@@ -171,6 +183,7 @@ class Engine:
             out,
             fresh,
             created,
+            [_parent_update(*u, record) for u in updated],
         )
 
     def _rows(self, st: TypeState, batch: Batch) -> tuple[np.ndarray, list[str]]:
@@ -198,14 +211,22 @@ class Engine:
                 uids = batch.uids[positions]
             else:
                 uids = np.arange(self.next_uid, self.next_uid + len(created), dtype=np.int64)
+            start = len(st)
             st.add(created, parents, uids, batch.ts[positions])
+            self.aggregates.linked(st, range(start, len(st)))
             self.next_uid = max(self.next_uid, int(uids.max()) + 1)
             self.type_of.update(dict.fromkeys(created, st.ctype.name))
             rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
         if batch.parents is not None:
+            moved = {}
             for i, parent in enumerate(batch.parents):
-                if parent is not None:
-                    st.parents[rows[i]] = parent
+                if parent is not None and st.parents[rows[i]] != parent:
+                    moved[int(rows[i])] = parent
+            if moved:
+                self.aggregates.unlinking(st, list(moved))
+                for row, parent in moved.items():
+                    st.parents[row] = parent
+                self.aggregates.linked(st, list(moved))
         return rows, created
 
     def _evaluate(self, st, r, t, present, sel, out) -> None:
@@ -222,6 +243,8 @@ class Engine:
             for dep in compiled.names:
                 if dep not in env:
                     env[dep] = st.data[st.col[dep], r]
+            for spec in compiled.aggregates:
+                env[spec.key] = st.aggregates[spec.key][r]
             ctx = None
             if compiled.windows:
                 ctx = EvalContext(ts=t, rows=r, present=present, states=st.windows[name])
@@ -321,6 +344,17 @@ def _waves(rows: np.ndarray) -> list[np.ndarray]:
     by_rank = np.argsort(rank, kind="stable")
     counts = np.bincount(rank)
     return np.split(by_rank, np.cumsum(counts)[:-1])
+
+
+def _parent_update(st: TypeState, rows: np.ndarray, ts: np.ndarray, record: bool) -> Applied:
+    """What refreshing parents' aggregates did, as an Applied of the parents' type."""
+    values = None
+    if record:
+        values = st.data[:, rows].T.copy()
+        values[:, : len(st.ctype.columns) - len(st.ctype.derived_order)] = np.nan
+    twins = [st.ids[r] for r in rows.tolist()]
+    fresh = np.ones(len(rows), dtype=bool)
+    return Applied(st.ctype.name, st.ctype.version, twins, st.uid[rows], ts, values, fresh, [])
 
 
 def json_number(x: float) -> float | None:

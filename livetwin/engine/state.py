@@ -17,6 +17,8 @@ class TypeState:
     `last_ts[row]` is the newest observation applied to that twin (-1 before the first one).
     `value_ts[slot[name], row]` is the time of the value of a stamped column (parameters and
     calibration outputs, `CompiledType.stamped`): those follow their own newest value.
+    `aggregates[key][row]` is the value of an aggregate over the twin's children (kept by
+    `engine.aggregates`; not in snapshots, it is recomputed from the children).
     """
 
     def __init__(self, ctype: CompiledType, capacity: int = INITIAL_CAPACITY):
@@ -37,6 +39,7 @@ class TypeState:
             for name in ctype.derived_order
         }
         self._param_defaults = {n: p.value for n, p in ctype.spec.parameters.items()}
+        self.aggregates = {a.key: np.full(capacity, a.empty) for a in ctype.aggregates}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,6 +98,8 @@ class TypeState:
         self.uid = _grown(self.uid, capacity, 0)
         self.last_ts = _grown(self.last_ts, capacity, -1)
         self.created_ts = _grown(self.created_ts, capacity, 0)
+        for a in self.ctype.aggregates:
+            self.aggregates[a.key] = _grown(self.aggregates[a.key], capacity, a.empty)
         for states in self.windows.values():
             for state in states:
                 state.grow(capacity)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livetwin.expr import parser
+from livetwin.expr.aggregates import AggregateSpec
 from livetwin.expr.windows import WindowSpec, WindowState
 
 Value = np.ndarray | float
@@ -47,12 +48,15 @@ class Compiled:
 
     `names` holds every name the expression uses (inside windows too) and `windows` every
     window-function call, inner ones before outer ones; keep one state per window per type.
+    `aggregates` holds its aggregates over children: `evaluate` reads each one's values from
+    `env[spec.key]` (the engine computes them).
     """
 
     source: str
     names: frozenset[str]
     windows: tuple[WindowSpec, ...]
     _fn: Fn = field(repr=False, compare=False)
+    aggregates: tuple[AggregateSpec, ...] = ()
 
     def new_states(self, capacity: int) -> list[WindowState]:
         """Empty window states for `capacity` rows, in the order of `windows`."""
@@ -78,6 +82,7 @@ class Compiled:
                 raise ValueError(f"{self.source!r} needs {len(self.windows)} window states")
         size = _row_count(self, env, ctx, size)
         columns = {name: _column(env, name, size) for name in self.names}
+        columns.update((a.key, _column(env, a.key, size)) for a in self.aggregates)
         if ctx is not None:
             ctx = _checked_context(ctx, size)
         with np.errstate(all="ignore"):
@@ -91,14 +96,19 @@ def compile_expression(
     *,
     allow_windows: bool = True,
     field: str | None = None,
+    child_types: Iterable[str] | None = None,
 ) -> Compiled:
     """Validate `source` against the whitelist and compile it; raise ExpressionError if refused.
 
     `known_names` are the names it may use; window functions only when `allow_windows`;
-    `field` names the place the expression came from (e.g. "derived.power.expr") in errors.
+    `field` names the place the expression came from (e.g. "derived.power.expr") in errors;
+    `child_types` (a type's allowed children) allows aggregates over children.
     """
-    parsed = parser.parse_expression(source, known_names, allow_windows=allow_windows, field=field)
-    return Compiled(source, parsed.names, parsed.windows, _compile(parsed.tree))
+    parsed = parser.parse_expression(
+        source, known_names, allow_windows=allow_windows, field=field, child_types=child_types
+    )
+    fn = _compile(parsed.tree)
+    return Compiled(source, parsed.names, parsed.windows, fn, parsed.aggregates)
 
 
 # -- semantics -----------------------------------------------------------------------------
@@ -195,6 +205,9 @@ def _compile(node: parser.Node) -> Fn:
             return _apply(_MATH[func], *args)
         case parser.Window():
             return _window(node)
+        case parser.Aggregate(spec):
+            key = spec.key
+            return lambda frame: frame.columns[key]
     raise TypeError(f"not an expression node: {node!r}")
 
 
@@ -260,7 +273,7 @@ def _row_count(
         return size
     if ctx is not None:
         return len(ctx.ts)
-    for name in (*sorted(compiled.names), *env):
+    for name in (*sorted(compiled.names), *(a.key for a in compiled.aggregates), *env):
         if name in env:
             return len(env[name])
     raise ValueError(f"{compiled.source!r} uses no names: pass size= to evaluate()")

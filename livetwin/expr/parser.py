@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS, CHILDREN, AggregateSpec
 from livetwin.expr.errors import ExpressionError
 from livetwin.expr.windows import DURATION_UNITS, WINDOW_FUNCTIONS, WindowSpec, parse_duration
 
@@ -62,7 +63,6 @@ _COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "=="
 _BOOL = {ast.And: "and", ast.Or: "or"}
 
 _REFUSED = {  # friendly names of common node types that are not allowed
-    ast.Attribute: "attribute access (x.y)",
     ast.Subscript: "indexing (x[i])",
     ast.Slice: "slices",
     ast.Lambda: "lambda",
@@ -142,7 +142,12 @@ class Window:
     arg: Node
 
 
-Node = Number | Name | Unary | Binary | Compare | BoolOp | IfElse | Call | Window
+@dataclass(frozen=True)
+class Aggregate:
+    spec: AggregateSpec
+
+
+Node = Number | Name | Unary | Binary | Compare | BoolOp | IfElse | Call | Window | Aggregate
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class Parsed:
     tree: Node
     names: frozenset[str]
     windows: tuple[WindowSpec, ...]  # in evaluation order: inner windows before outer ones
+    aggregates: tuple[AggregateSpec, ...] = ()  # distinct, in order of appearance
 
 
 def allowed_summary(allow_windows: bool) -> str:
@@ -169,19 +175,26 @@ def parse_expression(
     *,
     allow_windows: bool = True,
     field: str | None = None,
+    child_types: Iterable[str] | None = None,
 ) -> Parsed:
-    """Validate `source` and return its tree; raise ExpressionError for anything not allowed."""
-    return _Parser(source, known_names, allow_windows, field).parse()
+    """Validate `source` and return its tree; raise ExpressionError for anything not allowed.
+
+    `child_types` (the type's allowed children) allows aggregates over children; None refuses
+    them.
+    """
+    return _Parser(source, known_names, allow_windows, field, child_types).parse()
 
 
 class _Parser:
-    def __init__(self, source, known_names, allow_windows: bool, field: str | None):
+    def __init__(self, source, known_names, allow_windows: bool, field: str | None, child_types):
         self.source = source
         self.known = frozenset(known_names)
         self.allow_windows = allow_windows
         self.field = field
+        self.child_types = None if child_types is None else tuple(child_types)
         self.names: set[str] = set()
         self.windows: list[WindowSpec] = []
+        self.aggregates: dict[str, AggregateSpec] = {}
         self.allowed = allowed_summary(allow_windows)
         # ast.parse refuses leading white space in eval mode: parse the stripped source and map
         # positions back with the lines and columns stripped in front.
@@ -252,7 +265,8 @@ class _Parser:
         except (RecursionError, MemoryError):
             raise self.error(None, f"too deeply nested (max {MAX_DEPTH})") from None
         tree = self.visit(body, 1)
-        return Parsed(tree, frozenset(self.names), tuple(self.windows))
+        aggregates = tuple(self.aggregates.values())
+        return Parsed(tree, frozenset(self.names), tuple(self.windows), aggregates)
 
     def visit(self, node: ast.AST, depth: int) -> Node:
         if depth > MAX_DEPTH:
@@ -288,6 +302,8 @@ class _Parser:
         name = node.id
         if name.startswith("_"):
             raise self.error(node, f"names starting with '_' are not allowed ({name!r})")
+        if name == CHILDREN and name not in self.known:
+            raise self.error(node, *self._children_outside())
         if name not in self.known:
             raise self.error(node, f"unknown name {name!r}", _suggest(name, self.known, "names"))
         self.names.add(name)
@@ -335,6 +351,8 @@ class _Parser:
     def _call(self, node: ast.Call, depth: int) -> Node:
         functions = _function_list(self.allow_windows)
         if not isinstance(node.func, ast.Name):
+            if _children_root(node) and CHILDREN not in self.known:
+                raise self.error(node, *self._children_outside())
             raise self.error(node, "only the listed functions can be called by name", functions)
         func = node.func.id
         if func.startswith("_"):
@@ -346,6 +364,8 @@ class _Parser:
         for arg in node.args:
             if isinstance(arg, ast.Starred):
                 raise self.error(arg, "starred arguments (*x) are not allowed", functions)
+        if len(node.args) == 1 and _children_root(node.args[0]) and CHILDREN not in self.known:
+            return self._aggregate(node, func)
         if func in WINDOW_FUNCTIONS and (func not in ("min", "max") or _has_duration(node)):
             return self._window(node, func, depth)
         if func not in MATH_FUNCTIONS:
@@ -386,8 +406,17 @@ class _Parser:
         if len(args) not in counts:
             raise self.error(node, f"wrong arguments for {func}: write {signature}")
         outer_names, self.names = self.names, set()
+        aggregates = len(self.aggregates)
         arg = self.visit(args[0], depth)
         inner_names, self.names = frozenset(self.names), outer_names | self.names
+        if len(self.aggregates) > aggregates:
+            raise self.error(
+                args[0],
+                f"a window function ({func}) cannot take an aggregate of children",
+                "Aggregate the children's own windowed values instead: give the child type a "
+                "derived value such as flow_1h: \"avg(flow, '1h')\" and write "
+                "sum(children.flow_1h).",
+            )
         if not inner_names:
             raise self.error(args[0], f"the first argument of {func} must use a name")
         duration = alpha = None
@@ -411,6 +440,75 @@ class _Parser:
         self.windows.append(spec)
         return Window(len(self.windows) - 1, spec, arg)
 
+    # -- aggregates over children ------------------------------------------------------------
+
+    def _children_outside(self) -> tuple[str, str]:
+        """The problem and fix for `children` used other than as an aggregate's argument."""
+        if self.child_types is None:
+            return (
+                "aggregates over children are only allowed in the derived values of a type "
+                "that declares children",
+                "Declare children: [child type] in the type and the aggregate as a derived "
+                "value, e.g. total_flow: sum(children.flow); rules then use its name.",
+            )
+        return (
+            "'children' is only allowed as the argument of an aggregate",
+            AGGREGATE_HELP,
+        )
+
+    def _aggregate(self, node: ast.Call, func: str) -> Node:
+        if func not in AGGREGATE_FUNCTIONS:
+            raise self.error(node, f"{func}() cannot aggregate children", AGGREGATE_HELP)
+        if self.child_types is None:
+            raise self.error(node, *self._children_outside())
+        steps = self._steps(node.args[0])[1:]
+        child_type = where = name = None
+        if steps and steps[0][0] == "attr" and steps[0][1] in self.child_types:
+            if len(steps) > 1 or func == "count":  # sum(children.pump) sums a value 'pump'
+                child_type = steps.pop(0)[1]
+        if steps and steps[0][0] == "where":
+            where = steps.pop(0)[1]
+        if steps and steps[0][0] == "attr":
+            name = steps.pop(0)[1]
+            if name.startswith("_"):
+                raise self.error(node, f"names starting with '_' are not allowed ({name!r})")
+        if steps:
+            kind, text = steps[0]
+            if kind == "attr" and name is not None and child_type is None and where is None:
+                problem = f"'{name}' is not a child type of this type (children: " + (
+                    ", ".join(self.child_types) or "none"
+                )
+                raise self.error(node, problem + ")", AGGREGATE_HELP)
+            raise self.error(node, f"unexpected '.{text}' in the aggregate", AGGREGATE_HELP)
+        if name is None and func != "count":
+            raise self.error(
+                node, f"{func} needs a value: write {func}(children.flow)", AGGREGATE_HELP
+            )
+        key = ast.unparse(node)
+        self.aggregates.setdefault(key, AggregateSpec(func, child_type, name, where, key))
+        return Aggregate(self.aggregates[key])
+
+    def _steps(self, node: ast.AST) -> list[tuple[str, str]]:
+        """children.pump.where(cond).flow as [("name", "children"), ("attr", "pump"),
+        ("where", "cond"), ("attr", "flow")]."""
+        if isinstance(node, ast.Name):
+            return [("name", node.id)]
+        if isinstance(node, ast.Attribute):
+            return [*self._steps(node.value), ("attr", node.attr)]
+        call = node
+        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+        if call.func.attr != "where" or len(call.args) != 1 or call.keywords:
+            raise self.error(
+                call, f"'.{call.func.attr}(...)' is not allowed in an aggregate", AGGREGATE_HELP
+            )
+        condition = ast.get_source_segment(self._stripped, call.args[0])
+        return [*self._steps(call.func.value), ("where", condition)]
+
+    def _attribute(self, node: ast.Attribute, depth: int) -> Node:
+        if _children_root(node) and CHILDREN not in self.known:
+            raise self.error(node, *self._children_outside())
+        raise self.error(node, "attribute access (x.y) not allowed")
+
     def _duration(self, node: ast.AST, signature: str) -> int:
         if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
             raise self.error(node, f"the duration must be a string literal: {signature}", _units())
@@ -428,7 +526,28 @@ class _Parser:
         ast.BoolOp: _bool_op,
         ast.IfExp: _if_else,
         ast.Call: _call,
+        ast.Attribute: _attribute,
     }
+
+
+AGGREGATE_HELP = (
+    "Aggregates over children: sum, avg, min, max or count of children[.TYPE][.where(cond)]"
+    "[.name], e.g. sum(children.flow), avg(children.pump.temperature), count(children), "
+    "count(children.where(flow > 5)); missing values are left out."
+)
+
+
+def _children_root(node: ast.AST) -> bool:
+    """Whether `node` is `children` followed by attributes and .where(...) calls."""
+    while True:
+        if isinstance(node, ast.Name):
+            return node.id == CHILDREN
+        if isinstance(node, ast.Attribute):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func.value
+        else:
+            return False
 
 
 def _number_literal(node: ast.AST) -> float | None:

@@ -2,6 +2,8 @@
 
 Consecutive observation entries of one type are merged into large batches, so replay runs in
 big vectorised waves; per-twin order is unchanged, so the state is the same as when live.
+(Where history is rebuilt, entries whose type feeds parents' aggregates are applied one by one,
+so the parents' history rows are those written live.)
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def replay(
                     applied.type, applied.version, applied.uids, applied.ts, seqs, applied.values
                 )
             )
+            for a in applied.parents:  # one entry (not merged): its parents' updates
+                seq = np.full(len(a.ts), pending[0][0], dtype=np.int64)
+                history.add(Segment(a.type, a.version, a.uids, a.ts, seq, a.values))
         applied_n += pending_n
         if progress:
             progress(pending_n)
@@ -68,7 +73,14 @@ def replay(
             continue
         batch = decode_batch(entry.body)
         crosses = stored_upto is not None and pending and pending[-1][0] <= stored_upto < entry.seq
-        if pending and (pending[0][1].type != batch.type or pending_n >= chunk or crosses):
+        # history rebuilt for a batch that updates parents gets their rows once per entry, as live
+        alone = (
+            pending
+            and stored_upto is not None
+            and entry.seq > stored_upto
+            and engine.aggregates.feeds(batch.type)
+        )
+        if pending and (pending[0][1].type != batch.type or pending_n >= chunk or crosses or alone):
             flush()
         pending.append((entry.seq, batch))
         pending_n += len(batch)

@@ -207,24 +207,18 @@ class Writer:
                     continue
                 result = IngestResult(rejected=list(work.normalized.rejected))
                 for batch, batch_keys in self._plan(work, known, result):
-                    seqs = np.full(len(batch), seq, dtype=np.int64)
                     with self.lock:
                         applied = self.engine.apply(batch)
-                        self.history.add(
-                            Segment(
-                                applied.type,
-                                applied.version,
-                                applied.uids,
-                                applied.ts,
-                                seqs,
-                                applied.values,
+                        for a in applied.all():  # the batch, then parents it updated
+                            seqs = np.full(len(a.ts), seq, dtype=np.int64)
+                            self.history.add(
+                                Segment(a.type, a.version, a.uids, a.ts, seqs, a.values)
                             )
-                        )
                     batch.uids = applied.uids  # replay finds rows by uid, without lookups
                     body = encode_batch(batch)
                     entries.append(JournalEntry(seq, now, "obs", batch.type, len(batch), body))
                     keys.extend((k, seq) for k in batch_keys)
-                    events.append(StateChanged(seq, applied))
+                    events.extend(StateChanged(seq, a) for a in applied.all())
                     result.accepted += len(batch)
                     observations += len(batch)
                     seq += 1

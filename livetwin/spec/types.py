@@ -6,6 +6,7 @@ derived expressions once per version into a `CompiledType` that the engine runs.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from livetwin.errors import InvalidInput, excerpt
-from livetwin.expr import RESERVED_NAMES, Compiled, compile_expression
+from livetwin.expr import RESERVED_NAMES, AggregateSpec, Compiled, compile_expression
 from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
     LATER_DEFAULTS,
@@ -192,6 +193,15 @@ class CompiledType:
     compiled: dict[str, Compiled] = field(repr=False)
     calibration: CalibrationPlan | None = field(default=None, repr=False)
     rules: dict[str, CompiledRule] = field(default_factory=dict, repr=False)
+    aggregated: tuple[str, ...] = ()
+    """Derived values that use an aggregate over children, directly or through others, in
+    dependency order: the engine re-evaluates them when children change."""
+
+    @functools.cached_property
+    def aggregates(self) -> tuple[AggregateSpec, ...]:
+        """The distinct aggregates over children the derived values use."""
+        found = {a.key: a for name in self.derived_order for a in self.compiled[name].aggregates}
+        return tuple(found.values())
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -297,11 +307,21 @@ def compile_type(
             fix="declare the telemetry it receives, e.g. properties: {flow: {unit: m3/h}}",
         )
     known = set(seen)
+    if spec.children and "children" in known:
+        raise InvalidInput(
+            "'children' names a type's children in its expressions and cannot name a value",
+            field=f"{seen['children']}.children",
+            fix="rename it (e.g. 'children_count')",
+        )
+    child_types = spec.children or None
     compiled = {
-        name: compile_expression(d.expr, known, field=f"derived.{name}.expr")
+        name: compile_expression(
+            d.expr, known, field=f"derived.{name}.expr", child_types=child_types
+        )
         for name, d in spec.derived.items()
     }
     order = _topological_order(compiled)
+    aggregated = _aggregated(compiled, order)
     plan = None
     if spec.model is not None:
         if resolve_model is None:
@@ -341,8 +361,38 @@ def compile_type(
             )
     rules = compile_rules({**builtin, **spec.rules}, set(columns))
     return CompiledType(
-        spec.name, version, spec, properties, columns, order, compiled, plan, rules=rules
+        spec.name,
+        version,
+        spec,
+        properties,
+        columns,
+        order,
+        compiled,
+        plan,
+        rules=rules,
+        aggregated=aggregated,
     )
+
+
+def _aggregated(compiled: dict[str, Compiled], order: tuple[str, ...]) -> tuple[str, ...]:
+    """The derived values that depend on an aggregate; they may not use window functions,
+    because children re-evaluate them between the parent's own observations."""
+    found: list[str] = []
+    for name in order:
+        c = compiled[name]
+        if not (c.aggregates or c.names.intersection(found)):
+            continue
+        if c.windows:
+            via = sorted(c.names.intersection(found))
+            reason = f"it uses {', '.join(via)}, which aggregate" if via else "it aggregates"
+            raise InvalidInput(
+                f"derived value '{name}' uses a window function while {reason} children",
+                field=f"derived.{name}.expr",
+                fix=f"compute the window ({c.windows[0].source}) in a derived value of its own "
+                "and use its name here",
+            )
+        found.append(name)
+    return tuple(found)
 
 
 def _topological_order(compiled: dict[str, Compiled]) -> tuple[str, ...]:

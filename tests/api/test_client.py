@@ -67,6 +67,9 @@ def test_client_calls_match_the_platform(platform, live_server, tmp_path):
         assert (again.accepted, again.duplicates) == (1, 1)
         assert c.twin("p1") == platform.twin("p1")
         assert c.twins(type="pump") == platform.twins(type="pump")
+        totals = c.aggregate("pump", ["flow"], ["sum", "count"], where="flow > 1")
+        assert totals == platform.aggregate("pump", ["flow"], ["sum", "count"], where="flow > 1")
+        assert totals["values"]["flow"] == {"sum": 5.0, "count": 1}
         assert c.history("p1", ["flow"], every="1m") == platform.history("p1", ["flow"], every="1m")
         assert c.observations("p1") == platform.observations("p1")
         with pytest.raises(NotFound) as err:

@@ -161,3 +161,55 @@ def test_a_cancelled_back_test_stops(platform, fleet):
     step = LockStep("oven", plan.candidate, Window(START, END), cancelled=lambda: True)
     with pytest.raises(Cancelled):
         step.feed(platform.core.store.journal())
+
+
+def test_a_parent_type_back_tests_its_aggregates_over_its_children(platform):
+    """The children's entries replay too, so the parent's aggregates are current in both
+    engines: a changed aggregate differs, a new one has the children's values, and a rule over
+    an aggregate fires on the children's batches."""
+    from backtest_support import OVEN, T0
+
+    platform.put_type("oven", OVEN)
+    line = {
+        "properties": {"speed": {}},
+        "children": ["oven"],
+        "derived": {"hot": "max(children.temp)"},
+    }
+    platform.put_type("line", line)
+    ovens = [f"oven-{i}" for i in range(4)]
+    for m in range(180):
+        rows = [{"twin": "line-1", "type": "line", "ts": T0 + m * MINUTE, "values": {"speed": 1}}]
+        rows += [
+            {
+                "twin": oven,
+                "type": "oven",
+                "ts": T0 + m * MINUTE + 1 + i,
+                "parent": "line-1",
+                "values": {"temp": 50.0 + i + (40.0 if m == 100 and i == 2 else 0.0)},
+            }
+            for i, oven in enumerate(ovens)
+        ]
+        assert platform.ingest(rows).accepted == 5
+    plan = platform.backtests.plan(
+        {
+            "type": "line",
+            "from": START,
+            "to": END,
+            "candidate": {
+                "patch": {
+                    "derived": {"hot": "avg(children.temp)", "ovens": "count(children)"},
+                    "rules": {"overheat": {"when": "hot > 60"}},
+                }
+            },
+        }
+    )
+    platform.backtests.run(plan, "run_test_aggregates")
+    report = platform.backtests.report("run_test_aggregates")
+    [hot] = report["outputs"]
+    assert hot["name"] == "hot" and hot["differing"] == hot["compared"] == 90
+    # the line's minute-101 observation sees oven-2's 92 of minute 100: max 92, mean 61.5
+    assert hot["max_abs_diff"] == pytest.approx(92 - 61.5)
+    [ovens_out] = report["new_outputs"]
+    assert ovens_out["name"] == "ovens" and ovens_out["min"] == ovens_out["max"] == 4
+    [overheat] = report["rules"]
+    assert overheat["candidate_alarms"] == 1  # minute 100: oven-2 at 92 lifts the mean to 61.5
