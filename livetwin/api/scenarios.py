@@ -111,7 +111,7 @@ def scenario_routes(app: FastAPI, scenarios: Scenarios) -> None:
             raise InvalidInput(
                 "twins must list twin ids of your namespaces",
                 field="twins",
-                fix='name the twins, e.g. ["plant-a/pump-1"]; a selection by type may span '
+                fix='name the twins, e.g. ["home-7/heater"]; a selection by type may span '
                 "namespaces",
             )
         return await run_in_threadpool(scenarios.submit, body)
