@@ -25,7 +25,7 @@ def check_namespace(value: Any, field: str = "namespace") -> str:
     fix = (
         f"use '{head}': a twin such as '{value}' is in namespace '{head}'"
         if head and NAMESPACE.fullmatch(head)
-        else "e.g. 'default', 'plant-a' or 'home:7'"
+        else "e.g. 'default', 'fleet-a' or 'home:7'"
     )
     raise InvalidInput(
         f"namespace must be 1-{MAX_LENGTH} letters, digits, '_', '.', ':' or '-' "
