@@ -27,6 +27,7 @@ from livetwin.api.commands import commands_routes
 from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
+from livetwin.api.namespaces import namespace_routes
 from livetwin.api.openapi import INGEST_RESPONSES, STREAM_RESPONSES, TWIN_LIST_RESPONSES, document
 from livetwin.api.ops import monitor_services, ops_routes
 from livetwin.api.params import INT64_MAX, Int64
@@ -430,6 +431,7 @@ def create_app(
     lineage_routes(app, platform.lineage)
     file_routes(app, platform)
     scenario_routes(app, platform.scenarios)
+    namespace_routes(app, platform)
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

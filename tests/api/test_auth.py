@@ -192,6 +192,7 @@ ROUTES = {
     "POST /api/scenarios": "tenant",
     "GET /api/scenarios": "tenant",
     "GET /api/scenarios/{scenario_id}": "tenant",
+    "GET /api/namespaces/{namespace}/export": "tenant",
     "GET /api/tokens": "fleet",
     "POST /api/tokens": "fleet",
     "DELETE /api/tokens/{token_id}": "fleet",

@@ -92,3 +92,26 @@ def test_scoped_admins_declare_types_webhooks_and_models_in_their_namespace(tena
     assert client.get("/api/models", headers=admin_b).json() == []
     assert client.get("/api/models/m/versions/1", headers=admin_b).status_code == 404
     assert client.get("/api/models/m/versions/1?namespace=plant-a", headers=fleet).is_success
+
+
+@pytest.mark.platform_services("webhooks")
+def test_a_namespace_exports_everything_it_owns_and_nothing_else(tenants):
+    client, bearer = tenants
+    admin_a, fleet = bearer("admin", "plant-a"), bearer("admin", "*")
+    client.put("/api/types/valve", json={"properties": {"x": {}}}, headers=admin_a)
+    client.post("/api/webhooks", json=HOOK, headers=admin_a)
+    client.post("/api/models/m/versions", json=MODEL, headers=admin_a)
+    client.post("/api/webhooks", json=HOOK, headers=fleet)  # fleet-wide: not plant-a's
+    got = client.get("/api/namespaces/plant-a/export", headers=admin_a)
+    assert got.status_code == 200, got.text
+    export = got.json()
+    assert [t["id"] for t in export["twins"]] == ["plant-a/p1", "plant-a/p2"]
+    assert export["twins"][0]["properties"]["flow"] == 1.0
+    assert [t["name"] for t in export["types"]] == ["valve"]
+    assert len(export["webhooks"]) == 1 and export["webhooks"][0]["filters"]["namespace"]
+    assert [m["name"] for m in export["models"]] == ["m"] and export["models"][0]["versions"]
+    assert client.get("/api/namespaces/plant_b/export", headers=admin_a).status_code == 404
+    plant_b = client.get("/api/namespaces/plant_b/export", headers=fleet).json()
+    assert [t["id"] for t in plant_b["twins"]] == ["plant_b/p1"] and plant_b["webhooks"] == []
+    bad = client.get("/api/namespaces/a:b c/export", headers=fleet)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "namespace"
