@@ -95,6 +95,10 @@ class WebhookService:
         self._inbox: deque[tuple[float, Event]] = deque()
         self._inbox_ready = threading.Event()
         self._lagging = False  # the inbox overflowed: the journal has what it dropped
+        # where the next catch-up stops: at first the journal seq when the bus subscription
+        # began, so an event committed after start() goes out live (with its derived values);
+        # None (to the journal's end) once the inbox has dropped anything
+        self._catch_up_to: int | None = None
         self._stopping = False
         self._born: dict[str, float] = {}  # delivery id -> monotonic publish time (latency)
         self._latencies: deque[float] = deque(maxlen=10_000)
@@ -114,6 +118,7 @@ class WebhookService:
         if self._sender is not None or self._closed:
             return self
         self._token = self.bus.subscribe(self._on_event)
+        self._catch_up_to = self.reader.last_seq()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -263,6 +268,7 @@ class WebhookService:
         if isinstance(event, StateChanged):
             if len(self._inbox) >= self.max_inbox:
                 self._lagging = True  # the journal still has it: the pump catches up
+                self._catch_up_to = None
                 self._inbox_ready.set()
                 return
         elif not (isinstance(event, Notice) and event.kind in NOTICE_KINDS):
@@ -285,7 +291,8 @@ class WebhookService:
             try:
                 if self._lagging and not stopping:
                     self._lagging = False
-                    self._catch_up()
+                    upto, self._catch_up_to = self._catch_up_to, None
+                    self._catch_up(upto)
                 self._fan_out(events)
             except Exception:  # e.g. a full disk: the cursor did not move
                 log.exception("webhooks: writing the outbox failed; trying again in 1 s")
@@ -297,12 +304,13 @@ class WebhookService:
             if stopping:
                 return
 
-    def _catch_up(self) -> None:
-        """Fan out journal entries after the cursor: what a crash, downtime or overflow missed."""
+    def _catch_up(self, upto: int | None = None) -> None:
+        """Fan out journal entries after the cursor (up to `upto`, if given): what a crash,
+        downtime or overflow missed."""
         chunk: list[tuple[float, Any]] = []
         now = time.monotonic()
         for entry in self.reader.journal(after=self._seq):
-            if self._stopping:
+            if self._stopping or (upto is not None and entry.seq > upto):
                 break
             chunk.append((now, entry))
             if len(chunk) >= CATCH_UP_CHUNK:
