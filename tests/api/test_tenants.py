@@ -115,3 +115,23 @@ def test_a_namespace_exports_everything_it_owns_and_nothing_else(tenants):
     assert [t["id"] for t in plant_b["twins"]] == ["plant_b/p1"] and plant_b["webhooks"] == []
     bad = client.get("/api/namespaces/a:b c/export", headers=fleet)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "namespace"
+
+
+def test_the_client_sends_its_namespace_with_every_request():
+    import httpx
+
+    from livetwin.client import Client
+
+    seen: list[httpx.URL] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json={"items": [], "total": 0, "offset": 0, "limit": 5})
+
+    with Client("http://twins", namespace="home-7", transport=httpx.MockTransport(answer)) as c:
+        c.twins(limit=5)
+        c.alarms.list()
+    assert [dict(u.params) for u in seen] == [
+        {"namespace": "home-7", "limit": "5", "offset": "0"},
+        {"namespace": "home-7"},
+    ]
