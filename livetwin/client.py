@@ -33,7 +33,8 @@ class Client:
 
     `ingest` gives every observation without a `key` an idempotency key before the first try,
     so a batch retried after a lost answer is stored once; requests that failed to connect or
-    met 502/503/504 are retried `retries` times with exponential back-off.
+    met 502/503/504 are retried `retries` times with exponential back-off. `namespace` sends
+    `?namespace=` with every request: lists show that tenant only, new objects go there.
     """
 
     def __init__(
@@ -41,13 +42,19 @@ class Client:
         url: str,
         *,
         token: str | None = None,
+        namespace: str | None = None,
         timeout: float = 60.0,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ):
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        params = {"namespace": namespace} if namespace else {}  # every request: one tenant
         self.http = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=url.rstrip("/"),
+            headers=headers,
+            params=params,
+            timeout=timeout,
+            transport=transport,
         )
         self.retries = retries
         self.alarms = _Alarms(self)

@@ -39,6 +39,7 @@ from livetwin.jobs.ports import CalibrationPorts
 from livetwin.jobs.retention import journal_retention_ms
 from livetwin.jobs.scenario import ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
+from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
@@ -433,11 +434,18 @@ class Platform:
         limit: int = 100,
         offset: int = 0,
         values: bool = False,
+        namespaces: frozenset[str] | None = None,
     ) -> dict:
         """Twins matching the filters, paged (creation order within a type); `values` adds each
-        twin's key values."""
+        twin's key values; `namespaces`: only twins in these (None: all)."""
         return self.query.twins(
-            type=type, parent=parent, where=where, limit=limit, offset=offset, values=values
+            type=type,
+            parent=parent,
+            where=where,
+            limit=limit,
+            offset=offset,
+            values=values,
+            namespaces=namespaces,
         )
 
     def aggregate(
@@ -452,6 +460,10 @@ class Platform:
         """Fleet totals of a type: `aggs` (sum, avg, min, max, count) of `names` over its twins
         matching `where` and `parent`."""
         return self.query.aggregate(type_name, names, aggs, where=where, parent=parent)
+
+    def type_namespace(self, name: str) -> str:
+        """The namespace that owns a type (NotFound for an unknown type)."""
+        return self.get_type(name)["spec"].get("namespace") or DEFAULT_NAMESPACE
 
     def history(
         self,

@@ -16,6 +16,8 @@ from livetwin.core import TwinCore
 from livetwin.engine.engine import json_number
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.expr import AGGREGATE_FUNCTIONS, Compiled, reduce_groups
+from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
+from livetwin.namespaces import namespace_of
 from livetwin.spec.types import CompiledType
 from livetwin.store import rollup
 from livetwin.store.history import AGGREGATES, AUTO, aggregate, assemble, auto_aggregate
@@ -75,6 +77,7 @@ class Query:
             return [
                 {
                     "name": name,
+                    "namespace": st.ctype.spec.namespace or DEFAULT_NAMESPACE,
                     "version": st.ctype.version,
                     "twins": len(st),
                     "description": st.ctype.spec.description,
@@ -157,9 +160,10 @@ class Query:
         limit: int = 100,
         offset: int = 0,
         values: bool = False,
+        namespaces: frozenset[str] | None = None,
     ) -> dict:
         """Twins matching the filters, paged (creation order within a type); with `values`, each
-        with the current values of its type's key values."""
+        with the current values of its type's key values; `namespaces`: only twins in these."""
         if not 1 <= limit <= 1000:
             raise InvalidInput(
                 "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
@@ -168,6 +172,8 @@ class Query:
             raise InvalidInput("offset must not be negative", field="offset", fix="use 0 or more")
         with self.core.lock:
             found = self.core.engine.find(type=type, parent=parent, where=where)
+            if namespaces is not None:
+                found = [(st, _in_namespaces(st.ids, rows, namespaces)) for st, rows in found]
             total = sum(len(rows) for _, rows in found)
             items: list[dict] = []
             skip = offset
@@ -542,3 +548,9 @@ def time_arg(value: Any, field: str, default: int) -> int:
 
 def _json_list(values: np.ndarray) -> list:
     return [None if not np.isfinite(v) else v for v in values.tolist()]
+
+
+def _in_namespaces(ids: list[str], rows: np.ndarray, namespaces: frozenset[str]) -> np.ndarray:
+    """The rows whose twin id lies in one of `namespaces`."""
+    keep = [namespace_of(ids[r]) in namespaces for r in rows.tolist()]
+    return rows[np.array(keep, dtype=bool)] if len(rows) else rows

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from livetwin.engine.events import Event, Notice
 from livetwin.errors import InvalidInput
+from livetwin.namespaces import check_namespace, namespace_of
 from livetwin.spec.rules import SEVERITIES
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class SmtpSettings:
     timeout_s: float = 10.0
     attempts: int = 5
     backoff_s: float = 2.0
+    # per namespace (a caregiver per home): its alarms go there instead of `recipients`
+    by_namespace: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -59,13 +62,20 @@ class SmtpSettings:
             _bad("security", f"unknown security '{self.security}'", "use starttls, ssl or plain")
         if not 0 <= self.port <= 65535:
             _bad("port", f"port {self.port} is out of range", "use a TCP port, e.g. 587")
-        if not self.recipients:
+        if not self.recipients and not self.by_namespace:
             _bad(
                 "to",
                 "no recipients",
-                "set LIVETWIN_SMTP_TO to one or more comma-separated addresses",
+                "set LIVETWIN_SMTP_TO to one or more comma-separated addresses "
+                "(or LIVETWIN_SMTP_TO_BY_NAMESPACE)",
             )
-        for address in (self.sender, *self.recipients):
+        for namespace in self.by_namespace:
+            try:
+                check_namespace(namespace, "to_by_namespace")
+            except InvalidInput as exc:
+                _bad("to_by_namespace", exc.message, "write home-7=ana@example.com; home-8=...")
+        per_namespace = (a for group in self.by_namespace.values() for a in group)
+        for address in (self.sender, *self.recipients, *per_namespace):
             if "@" not in parseaddr(address)[1]:
                 _bad(
                     "to" if address != self.sender else "from",
@@ -86,6 +96,10 @@ class SmtpSettings:
             )
         if self.attempts < 1:
             _bad("attempts", "attempts must be at least 1", "use 1 (no retries) or more")
+
+    def recipients_for(self, twin: str) -> tuple[str, ...]:
+        """Who gets the alarms of `twin`: its namespace's recipients, else `recipients`."""
+        return self.by_namespace.get(namespace_of(twin), self.recipients)
 
     @property
     def effective_port(self) -> int:
@@ -125,11 +139,31 @@ class SmtpSettings:
             user=env.get(ENV + "USER") or None,
             password=password or None,
             sender=env.get(ENV + "FROM", "livetwin@localhost").strip(),
-            recipients=tuple(a.strip() for a in env.get(ENV + "TO", "").split(",") if a.strip()),
+            recipients=_addresses(env.get(ENV + "TO", "")),
+            by_namespace=_by_namespace(env.get(ENV + "TO_BY_NAMESPACE", "")),
             public_url=env.get("LIVETWIN_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
             min_severity=env.get(ENV + "MIN_SEVERITY", "warning").strip().lower(),
             ca_file=env.get(ENV + "CA_FILE") or None,
         )
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+def _by_namespace(text: str) -> dict[str, tuple[str, ...]]:
+    """`home-7=ana@example.com,bo@example.com; home-8=cy@example.com` as a dict."""
+    out = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        namespace, equals, addresses = part.partition("=")
+        if not equals or not _addresses(addresses):
+            _bad(
+                "to_by_namespace",
+                f"'{part}' is not namespace=addresses",
+                "write LIVETWIN_SMTP_TO_BY_NAMESPACE='home-7=ana@example.com; home-8=...'",
+            )
+        out[namespace.strip()] = _addresses(addresses)
+    return out
 
 
 def _bad(name: str, message: str, fix: str):
@@ -161,7 +195,7 @@ def alarm_message(settings: SmtpSettings, alarm: dict) -> EmailMessage:
     message = EmailMessage()
     message["Subject"] = f"[{alarm['severity'].upper()}] {alarm['rule']} on {alarm['twin']}"
     message["From"] = settings.sender
-    message["To"] = ", ".join(settings.recipients)
+    message["To"] = ", ".join(settings.recipients_for(alarm["twin"]))
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=settings.sender.rpartition("@")[2] or None)
     message["X-Livetwin-Alarm"] = f"{alarm['id']}.{alarm['version']}"
@@ -265,6 +299,8 @@ class AlarmMailer:
 
     def deliver(self, alarm: dict) -> bool:
         """Mail one alarm now, retrying with exponential backoff; True when sent."""
+        if not self.settings.recipients_for(alarm["twin"]):
+            return False  # its namespace has no recipients and there is no default list
         message = alarm_message(self.settings, alarm)
         attempts = self.settings.attempts
         for attempt in range(1, attempts + 1):
@@ -285,7 +321,5 @@ class AlarmMailer:
                 if self._stopping.wait(delay):
                     break
         self.stats["failed"] += 1
-        log.error(
-            "gave up mailing alarm %s to %s", alarm["id"], ", ".join(self.settings.recipients)
-        )
+        log.error("gave up mailing alarm %s to %s", alarm["id"], message["To"])
         return False

@@ -10,6 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from livetwin.actions.alarms import MAX_COMMENT, MAX_NAME, AlarmService
 from livetwin.api.body import read_body
 from livetwin.api.params import Int64
+from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT
+from livetwin.auth import Access
+from livetwin.errors import NotFound
 from livetwin.spec import parse_model
 
 MAX_BODY = 64 * 1024  # a comment and its author, with room to spare
@@ -46,7 +49,16 @@ async def _read(request: Request, model: type[BaseModel], *, required: bool = Tr
 
 
 def alarm_routes(app: FastAPI, service: AlarmService) -> None:
-    """Add the alarm routes to `app`."""
+    """Add the alarm routes to `app`; an alarm belongs to its twin's namespace."""
+
+    def reachable(alarm_id: int, access: Access) -> dict:
+        """The alarm, or 404 when its twin lies outside the caller's namespaces."""
+        alarm = service.get(alarm_id)
+        if not access.allows_twin(alarm["twin"]):
+            raise NotFound(
+                f"no alarm {alarm_id}", field="alarm_id", fix="list alarms: GET /api/alarms"
+            )
+        return alarm
 
     @app.get("/api/alarms", tags=["alarms"])
     def list_alarms(
@@ -56,34 +68,39 @@ def alarm_routes(app: FastAPI, service: AlarmService) -> None:
         type: str | None = None,
         limit: Int64 = 100,
         offset: Int64 = 0,
+        access: Access = TENANT,
+        namespace: str | None = NAMESPACE_QUERY,
     ) -> dict:
         """Alarms, newest first, filtered and paged."""
         return service.list(
-            state=state, severity=severity, twin=twin, type=type, limit=limit, offset=offset
-        )
+            state=state, severity=severity, twin=twin, type=type, limit=limit, offset=offset,
+            namespaces=access.pick(namespace).namespaces,
+        )  # fmt: skip
 
     @app.get("/api/alarms/counts", tags=["alarms"])
-    def alarm_counts() -> dict:
+    def alarm_counts(access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY) -> dict:
         """Open alarms per severity: active, acknowledged and total."""
-        return service.counts()
+        return service.counts(access.pick(namespace).namespaces)
 
     @app.get("/api/alarms/{alarm_id}", tags=["alarms"])
-    def get_alarm(alarm_id: Int64) -> dict:
+    def get_alarm(alarm_id: Int64, access: Access = TENANT) -> dict:
         """One alarm with its history and comments."""
-        return service.get(alarm_id)
+        return reachable(alarm_id, access)
 
     change = _body_of(ChangeBody, required=False)
 
     @app.post("/api/alarms/{alarm_id}/ack", tags=["alarms"], openapi_extra=change)
-    async def acknowledge(alarm_id: Int64, request: Request) -> dict:
+    async def acknowledge(alarm_id: Int64, request: Request, access: Access = TENANT) -> dict:
         """active -> acknowledged (409 in any other state)."""
         body = await _read(request, ChangeBody, required=False)
+        reachable(alarm_id, access)
         return await run_in_threadpool(service.acknowledge, alarm_id, by=body.by, note=body.note)
 
     @app.post("/api/alarms/{alarm_id}/clear", tags=["alarms"], openapi_extra=change)
-    async def clear(alarm_id: Int64, request: Request) -> dict:
+    async def clear(alarm_id: Int64, request: Request, access: Access = TENANT) -> dict:
         """active or acknowledged -> cleared (409 when it is cleared already)."""
         body = await _read(request, ChangeBody, required=False)
+        reachable(alarm_id, access)
         return await run_in_threadpool(service.clear, alarm_id, by=body.by, note=body.note)
 
     @app.post(
@@ -92,7 +109,8 @@ def alarm_routes(app: FastAPI, service: AlarmService) -> None:
         status_code=201,
         openapi_extra=_body_of(CommentBody, required=True),
     )
-    async def comment(alarm_id: Int64, request: Request) -> dict:
+    async def comment(alarm_id: Int64, request: Request, access: Access = TENANT) -> dict:
         """Add a comment; returns the alarm with its history and comments."""
         body = await _read(request, CommentBody)
+        reachable(alarm_id, access)
         return await run_in_threadpool(service.comment, alarm_id, body.text, body.author)

@@ -27,6 +27,7 @@ from livetwin.api.commands import commands_routes
 from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
+from livetwin.api.namespaces import namespace_routes
 from livetwin.api.opcua import opcua_routes
 from livetwin.api.openapi import (
     AGGREGATE_RESPONSES,
@@ -42,7 +43,9 @@ from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.scenarios import scenario_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
+from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT, check_type, claim_type
 from livetwin.api.webhooks import webhook_routes
+from livetwin.auth import Access
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.ingest.chunks import CHUNKED_ABOVE_BYTES, normalize_chunked, split_array
 from livetwin.interop.exports import export_twin, export_type
@@ -178,18 +181,20 @@ def create_app(
     # ---- types --------------------------------------------------------------------------
 
     @app.get("/api/types", tags=["types"])
-    def list_types() -> list[dict]:
-        """Types with their twin counts, key values and `stale_after` (ms; `stale_after_from`:
-        'type' when declared, 'observed' from recent reporting gaps, null before enough data)."""
-        types = platform.list_types()
+    def list_types(access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY) -> list[dict]:
+        """Types with their namespace, twin counts, key values and `stale_after` (ms;
+        `stale_after_from`: 'type' when declared, 'observed' from recent reporting gaps, null
+        before enough data)."""
+        types = access.pick(namespace).filter(platform.list_types())
         for t in types:
             t["stale_after"], t["stale_after_from"] = platform.stale_after(t["name"])
         return types
 
     @app.put("/api/types/{name}", tags=["types"], openapi_extra=SPEC_BODY)
-    async def put_type(name: str, request: Request) -> dict:
-        """Declare or change a twin type (JSON or YAML). A change makes a new version."""
-        body = await read_body(request, limit)
+    async def put_type(name: str, request: Request, access: Access = TENANT) -> dict:
+        """Declare or change a twin type (JSON or YAML). A change makes a new version. Its
+        `namespace` defaults to the type's current one, else the token's only namespace."""
+        body = claim_type(platform, name, await read_body(request, limit), access)
         return await run_in_threadpool(platform.put_type, name, body)
 
     @app.get("/api/types/{name}", tags=["types"])
@@ -197,8 +202,10 @@ def create_app(
         name: str,
         version: int | None = Query(None, ge=1, le=INT64_MAX),
         format: Literal["json", "dtdl", "aas"] = "json",
+        access: Access = TENANT,
     ) -> dict:
         """A type version; `format=dtdl` or `aas` exports it (docs/interop.md)."""
+        check_type(platform, name, access)
         if format != "json":
             return export_type(platform.query, name, version, format)
         return platform.get_type(name, version)
@@ -298,13 +305,16 @@ def create_app(
 
     @app.post("/api/types/{name}/calibrate", tags=["calibration"])
     async def calibrate_type(name: str) -> dict:
-        """Calibrate every twin of the type on its new measurements; returns the run record."""
+        """Calibrate every twin of the type on its new measurements; returns the run record
+        (fleet-wide: its twins may lie in several namespaces)."""
         return await run_in_threadpool(platform.calibrate, name)
 
     @app.get("/api/types/{name}/calibration", tags=["calibration"])
-    def calibration_runs(name: str, limit: int = Query(20, ge=1, le=1000)) -> list[dict]:
+    def calibration_runs(
+        name: str, limit: int = Query(20, ge=1, le=1000), access: Access = TENANT
+    ) -> list[dict]:
         """Recent calibration runs of a type, newest first."""
-        platform.get_type(name)  # NotFound, with the fix
+        check_type(platform, name, access)  # NotFound, with the fix
         return platform.calibration_runs(name, limit)
 
     @app.post("/api/twins/{twin_id:path}/calibrate", tags=["calibration"])
@@ -329,6 +339,8 @@ def create_app(
         twin: str | None = None,
         kinds: str = "state",
         last_event_id: str | None = Query(None, description="or the Last-Event-ID header"),
+        access: Access = TENANT,
+        namespace: str | None = NAMESPACE_QUERY,
     ):
         """Server-Sent Events of state changes, alarms and finished runs (`kinds`, comma-separated:
         state, alarm, run; `job` is the older name of run); reconnect with Last-Event-ID to
@@ -342,8 +354,12 @@ def create_app(
                 fix=f"use some of: {', '.join(KINDS)}",
             )
         cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
+        reach = access.pick(namespace)
 
         def wanted(type_name: str | None, twin_id: str | None) -> bool:
+            """The filters, and the caller's namespaces (events of no twin: fleet-wide only)."""
+            if not reach.fleet and (twin_id is None or not reach.allows_twin(twin_id)):
+                return False
             return (type is None or type_name == type) and (twin is None or twin_id == twin)
 
         events = feed.stream(
@@ -368,10 +384,19 @@ def create_app(
         limit: Int64 = 100,
         offset: Int64 = 0,
         values: bool = Query(False, description="add each twin's key values (`values`)"),
+        access: Access = TENANT,
+        namespace: str | None = NAMESPACE_QUERY,
     ) -> dict:
-        """Twins filtered by type, parent and an expression over their current values."""
+        """Twins filtered by namespace, type, parent and an expression over their current
+        values (only those of the credentials' namespaces)."""
         return platform.twins(
-            type=type, parent=parent, where=where, limit=limit, offset=offset, values=values
+            type=type,
+            parent=parent,
+            where=where,
+            limit=limit,
+            offset=offset,
+            values=values,
+            namespaces=access.pick(namespace).namespaces,
         )
 
     # twin ids may contain '/': the more specific routes come first
@@ -437,6 +462,7 @@ def create_app(
     lineage_routes(app, platform.lineage)
     file_routes(app, platform)
     scenario_routes(app, platform.scenarios)
+    namespace_routes(app, platform)
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

@@ -20,9 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from livetwin.api.app import error_response
 from livetwin.api.body import parse_body, read_body
 from livetwin.api.openapi import guarded, secure
+from livetwin.api.tenancy import uses_tenancy
 from livetwin.auth import (
     ALL,
     TOKEN_PREFIX,
+    Forbidden,
     JwtVerifier,
     Principal,
     Requirement,
@@ -31,7 +33,7 @@ from livetwin.auth import (
     namespace_of,
     requirement,
 )
-from livetwin.errors import InvalidInput, LivetwinError, PayloadTooLarge
+from livetwin.errors import InvalidInput, LivetwinError, NotFound, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class AuthMiddleware:
         self.public = frozenset(public)
         self.admin_paths = tuple(admin_paths)
         self.max_body = max_body
+        self._tenant_aware: dict[int, bool] = {}
 
     def protects(self, scope: Scope) -> bool:
         path = _route_path(scope)
@@ -99,30 +102,39 @@ class AuthMiddleware:
             return
         try:
             principal = await self.authenticator.principal(_credential(scope))
-            need = requirement(
-                scope["method"], _route_path(scope), self._twin_in_path(scope), self.admin_paths
-            )
+            route, twin = self._route(scope)
+            tenant = route is not None and self._tenancy(route)
+            path = _route_path(scope)
+            need = requirement(scope["method"], path, twin, self.admin_paths, tenant=tenant)
             if self._ingest_by_namespace(scope, need, principal):
                 receive = await self._check_ingest_body(scope, receive, principal)
             else:
-                need.check(principal)
+                _check_hiding_twins(need, principal, twin)
         except LivetwinError as exc:
             response = error_response(exc)
             if exc.status == 401:
                 response.headers["www-authenticate"] = 'Bearer realm="livetwin"'
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        state["principal"], state["scope"] = principal, need.scope  # for tenant_access
         await self.app(scope, receive, send)
 
-    def _twin_in_path(self, scope: Scope) -> str | None:
-        """The twin named in the path of the route the router will pick (`{twin_id}`), if any.
+    def _tenancy(self, route: Any) -> bool:
+        """Whether the route filters by tenant itself (cached per route)."""
+        known = self._tenant_aware.get(id(route))
+        if known is None:
+            known = self._tenant_aware[id(route)] = uses_tenancy(route)
+        return known
+
+    def _route(self, scope: Scope) -> tuple[Any, str | None]:
+        """The route the router will pick and the twin named in its path (`{twin_id}`), if any.
 
         Like the router: the first route whose path and method match, else the first whose
         path matches (the router then answers 405). Regexes only: no scope copies.
         """
         path = _route_path(scope)
-        fallback: tuple[str | None] | None = None
+        fallback: tuple[Any, str | None] | None = None
         for route in self.api.router.routes:
             regex = getattr(route, "path_regex", None)
             found = regex.match(path) if regex is not None else None
@@ -132,9 +144,9 @@ class AuthMiddleware:
             twin = next((names[p] for p in TWIN_PARAMS if p in names), None)
             methods = getattr(route, "methods", None)
             if methods is None or scope["method"] in methods:
-                return twin
-            fallback = fallback or (twin,)
-        return fallback[0] if fallback else None
+                return route, twin
+            fallback = fallback or (None, twin)
+        return fallback if fallback else (None, None)
 
     @staticmethod
     def _ingest_by_namespace(scope: Scope, need: Requirement, principal: Principal) -> bool:
@@ -194,6 +206,22 @@ class AuthMiddleware:
             return await receive()
 
         return replay
+
+
+def _check_hiding_twins(need: Requirement, principal: Principal, twin: str | None) -> None:
+    """`need.check`, except that a twin in a namespace the caller cannot even read answers 404,
+    as a twin that does not exist does: another tenant's twins are not revealed."""
+    try:
+        need.check(principal)
+    except Forbidden:
+        if twin is not None and not principal.allows("read", need.namespace):
+            raise NotFound(
+                f"no twin '{twin}'",
+                field="twin_id",
+                fix="check the id; your credentials reach the namespaces "
+                + ", ".join(sorted(principal.namespaces)),
+            ) from None
+        raise
 
 
 def _route_path(scope: Scope) -> str:

@@ -18,13 +18,14 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from livetwin.api.body import declares_more_than, read_body
 from livetwin.api.openapi import path_parameters
 from livetwin.api.params import Int64
+from livetwin.api.tenancy import TARGET_NAMESPACE, TENANT
+from livetwin.auth import Access
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.registry.lineage import LineageStore, to_graphml
 from livetwin.registry.service import Registry
 from livetwin.timefmt import parse_ts_field
 
 MAX_JSON_BODY = 1024 * 1024
-NS = Query(None, description="the model's namespace (default 'default')")
 
 VERSION_BODY = {
     "requestBody": {
@@ -106,15 +107,24 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
     @app.get("/api/models", tags=["models"])
     def list_models(
         archived: bool = Query(False, description="count archived versions"),
-        namespace: str | None = Query(None, description="default 'default'; '*': every one"),
+        namespace: str | None = Query(
+            None,
+            description="default 'default' (a namespace-scoped token: its namespaces); "
+            "'*': every one the credentials reach",
+        ),
+        access: Access = TENANT,
     ) -> list:
         """Registered models with their latest version, version count and aliases."""
-        return registry.models(archived=archived, namespace=namespace)
+        if namespace == "*" or (namespace is None and not access.fleet):
+            return access.filter(registry.models(archived=archived, namespace="*"))
+        return registry.models(archived=archived, namespace=access.target(namespace))
 
     @app.post(
         "/api/models/{name}/versions", tags=["models"], status_code=201, openapi_extra=VERSION_BODY
     )
-    async def register_version(name: str, request: Request, namespace: str | None = NS) -> dict:
+    async def register_version(
+        name: str, request: Request, namespace: str = TARGET_NAMESPACE
+    ) -> dict:
         """Register the next version of a model (immutable); declare its artifact files."""
         body = await read_body(request, MAX_JSON_BODY)
         return await run_in_threadpool(registry.register, name, body, namespace=namespace)
@@ -125,7 +135,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         archived: bool = Query(False, description="include archived versions"),
         limit: int = Query(100, ge=1, le=1000),
         offset: int = Query(0, ge=0),
-        namespace: str | None = NS,
+        namespace: str = TARGET_NAMESPACE,
     ) -> list:
         """A model's versions, oldest first (archived ones only with archived=true)."""
         return registry.versions(
@@ -133,23 +143,23 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         )
 
     @app.get("/api/models/{name}/versions/{version}", tags=["models"])
-    def get_version(name: str, version: str, namespace: str | None = NS) -> dict:
+    def get_version(name: str, version: str, namespace: str = TARGET_NAMESPACE) -> dict:
         """One version by number or alias (archived versions too)."""
         return registry.get(name, version, namespace=namespace)
 
     @app.put("/api/models/{name}/versions/{version}", tags=["models"])
-    def rewrite_version(name: str, version: str, namespace: str | None = NS) -> dict:
+    def rewrite_version(name: str, version: str, namespace: str = TARGET_NAMESPACE) -> dict:
         """Always refused: versions are immutable (409 with the fix)."""
         registry.rewrite(name, version, namespace=namespace)
         return {}  # not reached
 
     @app.post("/api/models/{name}/versions/{version}/archive", tags=["models"])
-    def archive_version(name: str, version: str, namespace: str | None = NS) -> dict:
+    def archive_version(name: str, version: str, namespace: str = TARGET_NAMESPACE) -> dict:
         """Hide a version from default listings and from default serving (never deletes)."""
         return registry.archive(name, _version_number(version), True, namespace=namespace)
 
     @app.post("/api/models/{name}/versions/{version}/unarchive", tags=["models"])
-    def unarchive_version(name: str, version: str, namespace: str | None = NS) -> dict:
+    def unarchive_version(name: str, version: str, namespace: str = TARGET_NAMESPACE) -> dict:
         """Show an archived version again."""
         return registry.archive(name, _version_number(version), False, namespace=namespace)
 
@@ -160,7 +170,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         openapi_extra=ARTIFACT_BODY,
     )
     async def upload_artifact(
-        name: str, version: str, filename: str, request: Request, namespace: str | None = NS
+        name: str, version: str, filename: str, request: Request, namespace: str = TARGET_NAMESPACE
     ) -> dict:
         """Upload a file declared in the version's `artifacts`, once (raw body, size-limited)."""
         number = _version_number(version)
@@ -179,7 +189,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
 
     @app.get("/api/models/{name}/versions/{version}/artifacts/{filename}", tags=["models"])
     async def download_artifact(
-        name: str, version: str, filename: str, namespace: str | None = NS
+        name: str, version: str, filename: str, namespace: str = TARGET_NAMESPACE
     ) -> Response:
         """An artifact's bytes (ETag: its sha256)."""
         info, chunks = await run_in_threadpool(
@@ -196,13 +206,13 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         )
 
     @app.get("/api/models/{name}/aliases", tags=["models"])
-    def list_aliases(name: str, namespace: str | None = NS) -> dict:
+    def list_aliases(name: str, namespace: str = TARGET_NAMESPACE) -> dict:
         """Current aliases and every move of them."""
         return registry.aliases(name, namespace=namespace)
 
     @app.put("/api/models/{name}/aliases/{alias}", tags=["models"])
     async def set_alias(
-        name: str, alias: str, request: Request, namespace: str | None = NS
+        name: str, alias: str, request: Request, namespace: str = TARGET_NAMESPACE
     ) -> dict:
         """Point an alias at a version: `{"version": 3, "author": "ana"}` (history is kept)."""
         body = await read_body(request, MAX_JSON_BODY)
@@ -226,7 +236,7 @@ def registry_routes(app: FastAPI, registry: Registry) -> None:
         version: str | None = Query(
             None, description="number or alias (default: production, else the newest)"
         ),
-        namespace: str | None = NS,
+        namespace: str = TARGET_NAMESPACE,
     ) -> dict:
         """Predictions of a model version for JSON rows."""
         body = await read_body(request, MAX_JSON_BODY)

@@ -7,6 +7,7 @@ from livetwin.auth.oidc import JwtVerifier
 from livetwin.auth.rules import (
     ALL,
     SCOPES,
+    Access,
     Forbidden,
     Grant,
     Principal,
@@ -24,6 +25,7 @@ from livetwin.auth.tokens import TOKEN_PREFIX, TokenStore
 __all__ = [
     "ALL",
     "SCOPES",
+    "Access",
     "TOKEN_PREFIX",
     "Forbidden",
     "Grant",

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from livetwin import namespaces
-from livetwin.errors import InvalidInput, LivetwinError
+from livetwin.errors import InvalidInput, LivetwinError, NotFound
+from livetwin.namespaces import namespace_of
 
 SCOPES = ("read", "write", "admin")  # each includes the ones before it
 ALL = "*"  # the namespace that covers every namespace
@@ -62,32 +63,87 @@ class Principal:
 
 @dataclass(frozen=True)
 class Requirement:
-    """What a request needs: a scope on a namespace (ALL for fleet-wide requests)."""
+    """What a request needs: a scope on a namespace (ALL for fleet-wide requests; None: on
+    some namespace, for routes that filter by tenant themselves)."""
 
     scope: str
-    namespace: str = ALL
+    namespace: str | None = ALL
 
     def check(self, principal: Principal) -> None:
         """Raise Forbidden unless `principal` holds this scope on this namespace."""
-        if principal.allows(self.scope, self.namespace):
+        if self.namespace is None:
+            if any(principal.allows(self.scope, ns) for ns in principal.namespaces):
+                return
+        elif principal.allows(self.scope, self.namespace):
             return
-        where = "all namespaces ('*')" if self.namespace == ALL else f"namespace '{self.namespace}'"
+        where = (
+            "all namespaces ('*')"
+            if self.namespace == ALL
+            else "some namespace"
+            if self.namespace is None
+            else f"namespace '{self.namespace}'"
+        )
         held = ", ".join(str(g) for g in principal.grants) or "nothing"
         raise Forbidden(
             f"this request needs '{self.scope}' on {where}; the credentials hold {held}",
             field="authorization",
             fix=f"use a token with --scope {self.scope} --namespace "
-            f"{'*' if self.namespace == ALL else self.namespace}",
+            f"{self.namespace if self.namespace not in (ALL, None) else '*'}",
         )
 
 
-def namespace_of(twin_id: str) -> str:
-    """A twin's namespace: the part of its id before the first '/' (`plant-a/pump-1`).
+@dataclass(frozen=True)
+class Access:
+    """The namespaces a request may touch with its scope: every one (`namespaces` None) or a set.
 
-    An id without '/' belongs to no namespace; only '*' grants reach it (returned as ALL).
+    Made from the caller's grants (`of`); list routes filter by it, routes on one object `check`
+    the object's namespace (404 outside it: another tenant's objects do not exist for you).
     """
-    head, slash, _ = twin_id.partition("/")
-    return head if slash and head else ALL
+
+    namespaces: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, principal: Principal | None, scope: str) -> Access:
+        """What `principal` may reach with `scope`; no principal (auth off): everything."""
+        if principal is None or principal.allows(scope, ALL):
+            return cls(None)
+        return cls(frozenset(ns for ns in principal.namespaces if principal.allows(scope, ns)))
+
+    @property
+    def fleet(self) -> bool:
+        return self.namespaces is None
+
+    def allows(self, namespace: str) -> bool:
+        return self.namespaces is None or namespace in self.namespaces
+
+    def allows_twin(self, twin_id: str) -> bool:
+        return self.allows(namespace_of(twin_id))
+
+    def check(self, namespace: str, what: str, fix: str = "check the name") -> None:
+        """NotFound(`what`) unless `namespace` is reachable: the same answer as a missing one."""
+        if not self.allows(namespace):
+            raise NotFound(f"no {what}", field="namespace", fix=fix)
+
+    def pick(self, namespace: str | None) -> Access:
+        """Narrowed to `?namespace=` when given (404 outside this access, as for an object)."""
+        if namespace is None:
+            return self
+        namespaces.check_namespace(namespace)
+        self.check(namespace, f"namespace '{namespace}'", "use a namespace your token holds")
+        return Access(frozenset({namespace}))
+
+    def target(self, namespace: str | None) -> str:
+        """The namespace a new object goes to: `namespace` if given and reachable, else the
+        caller's only namespace, else `default`."""
+        if namespace is None and self.namespaces is not None and len(self.namespaces) == 1:
+            return next(iter(self.namespaces))
+        namespace = namespaces.check_namespace(namespace)
+        self.check(namespace, f"namespace '{namespace}'", "use a namespace your token holds")
+        return namespace
+
+    def filter(self, items: Iterable[dict], key: str = "namespace") -> list[dict]:
+        """The items whose `key` (a namespace; absent: `default`) is reachable."""
+        return [i for i in items if self.allows(i.get(key) or namespaces.DEFAULT)]
 
 
 def parse_grant(text: str) -> Grant | None:
@@ -112,7 +168,12 @@ def grants_from_claims(claims: dict, claim: str = "permissions") -> tuple[Grant,
 
 
 def requirement(
-    method: str, path: str, twin: str | None, admin_paths: Iterable[str] = ()
+    method: str,
+    path: str,
+    twin: str | None,
+    admin_paths: Iterable[str] = (),
+    *,
+    tenant: bool = False,
 ) -> Requirement:
     """The access rule (docs/auth.md): the method picks read or write; definitions need admin.
 
@@ -124,7 +185,8 @@ def requirement(
       or declaring a function (PUT /api/functions/...): both make the server call out or run
       code; plus `admin_paths` prefixes.
     - The namespace is that of the twin in the path (`twin`), else ALL: fleet-wide routes
-      (lists, types, streams, services) need a grant on '*'.
+      need a grant on '*'; routes that filter by tenant (`tenant`: they take an `Access`,
+      livetwin/api/tenancy.py) need the scope on some namespace.
     """
     method = method.upper()
     scope = "read" if method in READ_METHODS else "write"
@@ -138,7 +200,9 @@ def requirement(
         or (method == "PUT" and path.startswith("/api/functions/"))
     ):
         scope = "admin"
-    return Requirement(scope, ALL if twin is None else namespace_of(twin))
+    if twin is not None:
+        return Requirement(scope, namespace_of(twin))
+    return Requirement(scope, None if tenant else ALL)
 
 
 def _under(path: str, prefixes: Iterable[str]) -> bool:
@@ -154,18 +218,9 @@ def check_scope(scope: str) -> str:
 
 
 def check_namespace(namespace: Any) -> str:
-    """A grant's namespace: '*', or a name by the one namespace rule (`livetwin.namespaces`)
-    that can head a twin id (the part before its first '/', see `namespace_of`): so no '/'."""
+    """A grant's namespace: '*', or a name by the one namespace rule (`livetwin.namespaces`)."""
     if namespace == ALL:
         return ALL
     if namespace is None:
         raise InvalidInput("a namespace is needed", field="namespace", fix="use '*' or a name")
-    namespaces.check_namespace(namespace)
-    if "/" in namespace:
-        raise InvalidInput(
-            f"'{namespace}' cannot be the namespace of a twin: that is the part of the twin's id "
-            "before its first '/'",
-            field="namespace",
-            fix=f"use '{namespace.partition('/')[0]}' (it covers twins such as '{namespace}')",
-        )
-    return namespace
+    return namespaces.check_namespace(namespace)

@@ -230,8 +230,10 @@ class RunQueue:
         namespace: str | None = None,
         schedule: str | None = None,
         limit: int = 100,
+        namespaces: frozenset[str] | None = None,
     ) -> list[dict]:
-        """Runs, newest first, filtered by function, state, namespace and schedule."""
+        """Runs, newest first, filtered by function, state, namespace (or any of `namespaces`)
+        and schedule."""
         if state is not None and state not in RUN_STATES:
             raise InvalidInput(
                 f"unknown run state '{state}'",
@@ -243,7 +245,7 @@ class RunQueue:
                 "limit must be between 1 and 1000", field="limit", fix="use e.g. limit=100"
             )
         filters = {
-            "namespace": namespace,
+            "namespace": namespace if namespaces is None else frozenset(namespaces),
             "function": function,
             "state": state,
             "schedule_id": schedule,

@@ -306,11 +306,15 @@ def write_finished(conn: Any, rows: list[tuple]) -> None:
 
 
 def select_runs(conn: Any, filters: dict[str, Any], limit: int) -> list[tuple]:
-    """Runs (RUN_COLUMNS), newest first, whose columns equal the non-None `filters`."""
+    """Runs (RUN_COLUMNS), newest first, whose columns equal the non-None `filters` (or lie in
+    them, for a frozenset)."""
     where, args = [], []
     for column in ("namespace", "function", "state", "schedule_id"):
         value = filters.get(column)
-        if value is not None:
+        if isinstance(value, frozenset):
+            where.append(f"{column} IN ({', '.join('?' * len(value))})" if value else "1=0")
+            args.extend(sorted(value))
+        elif value is not None:
             where.append(f"{column}=?")
             args.append(value)
     sql = f"SELECT {RUN_COLUMNS} FROM runs"

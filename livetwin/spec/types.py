@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from livetwin.errors import InvalidInput, excerpt
 from livetwin.expr import RESERVED_NAMES, AggregateSpec, Compiled, compile_expression
+from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
+from livetwin.namespaces import check_namespace
 from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
     LATER_DEFAULTS,
@@ -116,6 +118,9 @@ class TwinTypeSpec(_Strict):
     """A twin type as a user declares it."""
 
     name: str | None = Field(default=None, pattern=TYPE_NAME_PATTERN)
+    namespace: str | None = Field(
+        None, description="the namespace (tenant) that owns the type (default: 'default')"
+    )
     description: str = ""
     properties: dict[str, Property] = Field(default_factory=dict)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
@@ -141,6 +146,15 @@ class TwinTypeSpec(_Strict):
         description="how long raw history and rollups are kept, e.g. "
         "{raw: 30d, rollups: {1m: 1y, 1h: forever}} (default: raw history forever)",
     )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_by_the_one_rule(cls, value: str | None) -> str | None:
+        try:
+            value = check_namespace(value)
+        except InvalidInput as exc:
+            raise ValueError(f"{exc.message}; {exc.fix}") from None
+        return None if value == DEFAULT_NAMESPACE else value  # the default is left unstored
 
     @field_validator("stale_after")
     @classmethod
@@ -238,7 +252,7 @@ class CompiledType:
 
 # Fields added after types were first stored: left out of the stored form while unset, so a
 # type declared before them keeps its stored JSON (re-declaring it makes no new version).
-_LATER_FIELDS = ("source", "stale_after", "key_values")
+_LATER_FIELDS = ("namespace", "source", "stale_after", "key_values")
 
 
 def stored_spec(spec: TwinTypeSpec) -> dict:

@@ -247,3 +247,29 @@ def alarm_fixture() -> dict:
         "raised": stamp,
         "event": "raised",
     }
+
+
+def test_alarm_mail_goes_to_the_recipients_of_the_twins_namespace(smtp_server):
+    """LIVETWIN_SMTP_TO_BY_NAMESPACE: a caregiver per home; other namespaces get the default."""
+    env = {
+        "LIVETWIN_SMTP_HOST": "smtp.example.com",
+        "LIVETWIN_SMTP_TO_BY_NAMESPACE": "home-7=ana@example.com, bo@example.com; home-8=cy@x.org",
+    }
+    loaded = SmtpSettings.from_env(env)
+    assert loaded.recipients_for("home-7/kitchen") == ("ana@example.com", "bo@example.com")
+    assert loaded.recipients_for("home-9/hall") == ()  # no default list: not mailed
+    for bad in ("home-7", "home/7=a@example.com", "home-7=not-an-address"):
+        with pytest.raises(InvalidInput) as caught:
+            SmtpSettings.from_env({**env, "LIVETWIN_SMTP_TO_BY_NAMESPACE": bad})
+        assert caught.value.field == "smtp.to_by_namespace" or caught.value.field == "smtp.to"
+    inbox = Inbox()
+    port = smtp_server(inbox)
+    mailer = AlarmMailer(settings(port, by_namespace={"home-7": ("ana@example.com",)}))
+    assert mailer.deliver({**alarm_fixture(), "twin": "home-7/kitchen"}) is True
+    assert mailer.deliver(alarm_fixture()) is True  # pump-1: namespace default, default list
+    assert [rcpt for rcpt, _ in inbox.messages] == [
+        ["ana@example.com"],
+        ["ops@plant.example", "oncall@plant.example"],
+    ]
+    silent = AlarmMailer(settings(port, recipients=(), by_namespace={"home-7": ("a@example.com",)}))
+    assert silent.deliver(alarm_fixture()) is False and len(inbox.messages) == 2

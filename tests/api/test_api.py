@@ -82,6 +82,7 @@ def test_type_versions_stay_readable_and_twins_migrate(client):
     assert client.get("/api/types").json() == [
         {
             "name": "pump",
+            "namespace": "default",
             "version": 2,
             "twins": 1,
             "description": "test pump",

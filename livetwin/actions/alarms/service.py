@@ -371,9 +371,10 @@ class AlarmService:
         type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        namespaces: frozenset[str] | None = None,
     ) -> dict:
         """Alarms matching the filters, newest first. `state` and `severity` take comma lists;
-        state `open` means active or acknowledged."""
+        state `open` means active or acknowledged; `namespaces`: of twins in these only."""
         if not 1 <= limit <= 1000:
             raise InvalidInput(
                 "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
@@ -383,14 +384,15 @@ class AlarmService:
         with self._lock:
             return self._store.list(
                 state=state, severity=severity, twin=twin, type_name=type, limit=limit,
-                offset=offset,
+                offset=offset, namespaces=namespaces,
             )  # fmt: skip
 
-    def counts(self) -> dict:
-        """Open alarms per severity and state, and their totals."""
+    def counts(self, namespaces: frozenset[str] | None = None) -> dict:
+        """Open alarms per severity and state, and their totals (`namespaces`: of twins in
+        these only)."""
         out = {s: {"active": 0, "acknowledged": 0, "total": 0} for s in reversed(SEVERITIES)}
         with self._lock:
-            rows = self._store.open_counts()
+            rows = self._store.open_counts(namespaces)
         for severity, state, n in rows:
             out[severity][state] = n
             out[severity]["total"] += n

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import orjson
 
 from livetwin.errors import InvalidInput
+from livetwin.namespaces import twin_filter_sql
 from livetwin.spec.rules import SEVERITIES
 from livetwin.store.servicedb import ServiceDB
 from livetwin.timefmt import format_ts
@@ -193,9 +194,15 @@ class AlarmStore:
         ).fetchone()
         return row[0] if row else None
 
-    def list(self, *, state, severity, twin, type_name, limit: int, offset: int) -> dict:
+    def list(
+        self, *, state, severity, twin, type_name, limit: int, offset: int, namespaces=None
+    ) -> dict:
         """Alarms matching the filters, newest first (see `AlarmService.list`)."""
         where, args = [], []
+        if namespaces is not None:
+            clause, ns_args = twin_filter_sql("twin", namespaces)
+            where.append(clause)
+            args.extend(ns_args)
         states = _choices(state, "state", (*STATES, "open"))
         if states:
             if "open" in states:
@@ -223,11 +230,15 @@ class AlarmStore:
             "limit": limit,
         }
 
-    def open_counts(self) -> list[tuple[str, str, int]]:
-        """(severity, state, count) of the open alarms."""
+    def open_counts(self, namespaces=None) -> list[tuple[str, str, int]]:
+        """(severity, state, count) of the open alarms (of twins in `namespaces`, if given)."""
+        clause, args = (
+            twin_filter_sql("twin", namespaces) if namespaces is not None else ("1=1", [])
+        )
         return self._sql(
-            "SELECT severity, state, count(*) FROM alarms WHERE state != 'cleared' "
-            "GROUP BY severity, state"
+            f"SELECT severity, state, count(*) FROM alarms WHERE state != 'cleared' AND {clause} "
+            "GROUP BY severity, state",
+            args,
         ).fetchall()
 
 

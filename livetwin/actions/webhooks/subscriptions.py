@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from livetwin.errors import InvalidInput
+from livetwin.namespaces import check_namespace, namespace_of
 
 KINDS = ("state", "created", "alarm", "run", "job")  # "job": the older name of "run"
 NOTICE_KINDS = ("alarm", "run", "job")
@@ -20,16 +21,21 @@ MIN_SECRET = 16
 
 @dataclass(frozen=True)
 class Filters:
-    """Which events a subscription wants: a twin type, a twin id prefix, and event kinds."""
+    """Which events a subscription wants: a twin type, a twin id prefix, event kinds, and a
+    namespace (its twins only; a subscription of a namespace-scoped token always has one)."""
 
     type: str | None = None
     twin_prefix: str | None = None
     kinds: tuple[str, ...] = ("state",)
+    namespace: str | None = None
 
     def to_dict(self) -> dict:
-        return {"type": self.type, "twin_prefix": self.twin_prefix, "kinds": list(self.kinds)}
+        out = {"type": self.type, "twin_prefix": self.twin_prefix, "kinds": list(self.kinds)}
+        return out if self.namespace is None else {**out, "namespace": self.namespace}
 
     def twin_ok(self, twin: str | None) -> bool:
+        if self.namespace is not None and (twin is None or namespace_of(twin) != self.namespace):
+            return False
         return self.twin_prefix is None or (twin is not None and twin.startswith(self.twin_prefix))
 
 
@@ -102,13 +108,16 @@ def validate_subscription(body: Any) -> tuple[str, str, Filters]:
             "filters",
             'e.g. {"type": "pump", "twin_prefix": "site-a/", "kinds": ["state", "alarm"]}',
         )
-    unknown = sorted(set(raw) - {"type", "twin_prefix", "kinds"})
+    unknown = sorted(set(raw) - {"type", "twin_prefix", "kinds", "namespace"})
     if unknown:
         raise _invalid(
             f"unknown filter(s): {', '.join(unknown)}",
             f"filters.{unknown[0]}",
-            "use only type, twin_prefix and kinds",
+            "use only type, twin_prefix, kinds and namespace",
         )
+    namespace = raw.get("namespace")
+    if namespace is not None:
+        check_namespace(namespace, "filters.namespace")
     for name in ("type", "twin_prefix"):
         if raw.get(name) is not None and (not isinstance(raw[name], str) or not raw[name]):
             raise _invalid(
@@ -131,10 +140,11 @@ def validate_subscription(body: Any) -> tuple[str, str, Filters]:
             f"use some of: {', '.join(KINDS)}",
         )
     kinds_in_order = tuple(k for k in KINDS if k in kinds)
-    return url, secret, Filters(raw.get("type"), raw.get("twin_prefix"), kinds_in_order)
+    return url, secret, Filters(raw.get("type"), raw.get("twin_prefix"), kinds_in_order, namespace)
 
 
 def filters_from_json(text: str | bytes) -> Filters:
     """The filters of a stored subscription (the JSON of `Filters.to_dict`)."""
     raw = orjson.loads(text)
-    return Filters(raw.get("type"), raw.get("twin_prefix"), tuple(raw.get("kinds") or ("state",)))
+    kinds = tuple(raw.get("kinds") or ("state",))
+    return Filters(raw.get("type"), raw.get("twin_prefix"), kinds, raw.get("namespace"))
