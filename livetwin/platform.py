@@ -22,6 +22,7 @@ from livetwin.actions.alarms import AlarmService
 from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.actions.webhooks import WebhookService
+from livetwin.auth.devices import DeviceStore
 from livetwin.backtest.service import BacktestService
 from livetwin.core import TwinCore, done
 from livetwin.engine.events import EventBus
@@ -91,6 +92,7 @@ class Platform:
             if self.settings.webhooks
             else None
         )
+        self.devices = DeviceStore(self.open_db, clock=self.clock)  # opened on first use
         self.mqtt, self.commands = self._start_mqtt()
         self.opcua = OpcuaConnectors(
             ingest=self.core,
@@ -222,6 +224,7 @@ class Platform:
             extractor=self.extractor,
             configs=self.core.store,
             clock=self.clock,
+            device_twins=self.devices.owner,
         )
         commands = CommandService(
             connection, clock=self.clock, bus=self.bus, reader=self.query, open_db=self.open_db
@@ -245,6 +248,7 @@ class Platform:
         self.backtests.close()
         self.scenarios.close()
         self.lineage.close()
+        self.devices.stop()
         self.core.close()
         self._lock_file.close()
 

@@ -24,6 +24,7 @@ from livetwin.api.alarms import alarm_routes
 from livetwin.api.backtests import backtest_routes
 from livetwin.api.body import parse_body, read_body, read_raw_body
 from livetwin.api.commands import commands_routes
+from livetwin.api.devices import device_routes
 from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.mqtt import mqtt_routes
@@ -463,6 +464,7 @@ def create_app(
     file_routes(app, platform)
     scenario_routes(app, platform.scenarios)
     namespace_routes(app, platform)
+    device_routes(app, platform.devices)
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

@@ -6,8 +6,9 @@ JWKS URL, and API tokens too). The rule itself lives in `livetwin.auth` (docs/au
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from livetwin.api.app import error_response
 from livetwin.api.body import parse_body, read_body
+from livetwin.api.devices import check_device_route
 from livetwin.api.openapi import guarded, secure
 from livetwin.api.tenancy import uses_tenancy
 from livetwin.auth import (
@@ -33,6 +35,7 @@ from livetwin.auth import (
     namespace_of,
     requirement,
 )
+from livetwin.auth.devices import DEVICE_PREFIX, DevicePrincipal, DeviceStore
 from livetwin.errors import InvalidInput, LivetwinError, NotFound, PayloadTooLarge
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,17 @@ def default_mode(host: str) -> str:
 class Authenticator:
     """Turns a presented bearer credential into a Principal: API tokens, and JWTs if configured."""
 
-    def __init__(self, tokens: TokenStore | None, jwt: JwtVerifier | None = None):
-        self.tokens, self.jwt = tokens, jwt
+    def __init__(
+        self,
+        tokens: TokenStore | None,
+        jwt: JwtVerifier | None = None,
+        devices: DeviceStore | None = None,
+    ):
+        self.tokens, self.jwt, self.devices = tokens, jwt, devices
 
     async def principal(self, credential: str) -> Principal:
+        if credential.startswith(DEVICE_PREFIX) and self.devices is not None:
+            return self.devices.authenticate(credential)  # one indexed read
         if credential.startswith(TOKEN_PREFIX) and self.tokens is not None:
             return self.tokens.authenticate(credential)  # one indexed read
         if self.jwt is not None and credential.count(".") == 2:
@@ -106,8 +116,13 @@ class AuthMiddleware:
             tenant = route is not None and self._tenancy(route)
             path = _route_path(scope)
             need = requirement(scope["method"], path, twin, self.admin_paths, tenant=tenant)
-            if self._ingest_by_namespace(scope, need, principal):
-                receive = await self._check_ingest_body(scope, receive, principal)
+            if isinstance(principal, DevicePrincipal):  # its own twins' observations only
+                check_device_route(scope["method"], path, principal)
+                receive = await self._check_ingest_body(scope, receive, principal.check_row)
+            elif self._ingest_by_namespace(scope, need, principal):
+                receive = await self._check_ingest_body(
+                    scope, receive, functools.partial(_check_writable, principal)
+                )
             else:
                 _check_hiding_twins(need, principal, twin)
         except LivetwinError as exc:
@@ -159,9 +174,10 @@ class AuthMiddleware:
         )
 
     async def _check_ingest_body(
-        self, scope: Scope, receive: Receive, principal: Principal
+        self, scope: Scope, receive: Receive, check: Callable[[str, str], None]
     ) -> Receive:
-        """Every observation's twin (and parent) must lie in a namespace the caller may write.
+        """Every observation's twin (and parent) must pass `check(field, twin)`, which raises
+        when the caller may not write it: then the request is refused and nothing is written.
 
         The body is read here (within the size limit) and replayed to the route unchanged.
         """
@@ -190,9 +206,8 @@ class AuthMiddleware:
             for field in ("twin", "parent"):
                 twin = row.get(field)
                 if isinstance(twin, str):
-                    need = Requirement("write", namespace_of(twin))
                     try:
-                        need.check(principal)
+                        check(field, twin)
                     except LivetwinError as exc:
                         exc.field = f"[{i}].{field}"
                         raise
@@ -206,6 +221,11 @@ class AuthMiddleware:
             return await receive()
 
         return replay
+
+
+def _check_writable(principal: Principal, field: str, twin: str) -> None:
+    """Forbidden unless `principal` may write in the namespace of `twin`."""
+    Requirement("write", namespace_of(twin)).check(principal)
 
 
 def _check_hiding_twins(need: Requirement, principal: Principal, twin: str | None) -> None:
@@ -339,6 +359,7 @@ def install_auth(
             fix="pass --jwks-url https://idp.example.com/.well-known/jwks.json",
         )
     tokens = TokenStore(platform.open_db, clock=platform.clock).start()
+    devices = getattr(platform, "devices", None)  # credentials of devices (docs/devices.md)
     verifier = (
         JwtVerifier(
             jwks_url, audience=audience, issuer=issuer, claim=claim, outbound=platform.outbound
@@ -350,7 +371,7 @@ def install_auth(
     app.add_middleware(
         AuthMiddleware,
         api=app,
-        authenticator=Authenticator(tokens, verifier),
+        authenticator=Authenticator(tokens, verifier, devices),
         public=public,
         admin_paths=admin_paths,
         max_body=platform.settings.max_body_bytes,

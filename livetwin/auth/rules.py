@@ -178,9 +178,10 @@ def requirement(
     """The access rule (docs/auth.md): the method picks read or write; definitions need admin.
 
     - GET, HEAD, OPTIONS need `read`; POST, PUT, PATCH, DELETE need `write`.
-    - `admin`: anything under /api/tokens, PUT/PATCH/DELETE under /api/types, /api/extractors,
-      /api/mappings and /api/opcua (declaring types, extractors, import mappings and OPC UA
-      connectors: these make the server call out), importing types
+    - `admin`: anything under /api/tokens and /api/devices (credentials), PUT/PATCH/DELETE
+      under /api/types, /api/extractors, /api/mappings and /api/opcua (declaring types,
+      extractors, import mappings and OPC UA connectors: these make the server call out),
+      importing types
       (POST /api/types/import), creating a webhook (POST /api/webhooks)
       or declaring a function (PUT /api/functions/...): both make the server call out or run
       code; plus `admin_paths` prefixes.
@@ -191,7 +192,7 @@ def requirement(
     method = method.upper()
     scope = "read" if method in READ_METHODS else "write"
     if (
-        _under(path, ("/api/tokens", *admin_paths))
+        _under(path, ("/api/tokens", "/api/devices", *admin_paths))
         or (
             method in ("PUT", "PATCH", "DELETE")
             and _under(path, ("/api/types", "/api/extractors", "/api/mappings", "/api/opcua"))

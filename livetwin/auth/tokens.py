@@ -4,23 +4,17 @@ when one is configured): only sha256 hashes of the secrets are kept.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import hmac
 import re
 import secrets
-import threading
-from pathlib import Path
 
 from livetwin.auth.rules import Grant, Principal, Unauthorized, check_namespace, check_scope
+from livetwin.auth.store import AuthStore, digest
 from livetwin.errors import InvalidInput, NotFound
-from livetwin.ports import Clock, OpenServiceDB
-from livetwin.store.servicedb import ServiceDB, open_service_db
-from livetwin.timefmt import format_ts, parse_duration, wall_clock_ms
+from livetwin.timefmt import format_ts, parse_duration
 
 TOKEN_PREFIX = "lt_"
 TOKEN_RE = re.compile(r"^lt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
-DB_NAME = "auth"  # the file auth.db, the PostgreSQL schema <schema>_auth
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, namespace TEXT NOT NULL,
@@ -28,57 +22,14 @@ CREATE TABLE IF NOT EXISTS tokens (
 """
 
 
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
-class TokenStore:
+class TokenStore(AuthStore):
     """API tokens: `create`, `list`, `revoke`, and `authenticate` a presented one.
 
     A token reads `lt_<12 hex id>_<43 url-safe chars>`: the id finds the row, the secret (32
     random bytes) is compared by hash in constant time. The plain token is shown once.
-    `open_db` opens the service database (the deployment's storage choice, see ports.py).
     """
 
-    def __init__(self, open_db: OpenServiceDB, *, clock: Clock = wall_clock_ms):
-        self.open_db, self.clock = open_db, clock
-        self._db: ServiceDB | None = None
-        self._opening = threading.Lock()
-
-    @classmethod
-    def in_directory(
-        cls, directory: str | Path, *, database_url: str | None = None, clock: Clock = wall_clock_ms
-    ) -> TokenStore:
-        """The token store of a data directory without a running platform (the CLI's)."""
-        open_db = functools.partial(open_service_db, directory, database_url=database_url)
-        return cls(open_db, clock=clock)
-
-    def start(self) -> TokenStore:
-        with self._opening:
-            if self._db is None:
-                self._db = self.open_db(DB_NAME, SCHEMA)
-        return self
-
-    def stop(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
-
-    def __enter__(self) -> TokenStore:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _opened(self) -> ServiceDB:
-        return self._db or self.start()._db
-
-    def _read(self, query: str, args: tuple = ()) -> list[tuple]:
-        return self._opened().read().execute(query, args).fetchall()
-
-    def _write(self, query: str, args: tuple) -> None:
-        with self._opened().write() as conn:
-            conn.execute(query, args)
+    SCHEMA = SCHEMA
 
     def create(
         self, *, name: str, scope: str, namespace: str, expires: str | int | None = None
@@ -105,7 +56,7 @@ class TokenStore:
         secret = secrets.token_urlsafe(32)
         self._write(
             "INSERT INTO tokens VALUES (?,?,?,?,?,?,?,NULL)",
-            (token_id, name.strip(), scope, namespace, _digest(secret), now, expires_at),
+            (token_id, name.strip(), scope, namespace, digest(secret), now, expires_at),
         )
         return {**self.get(token_id), "token": f"{TOKEN_PREFIX}{token_id}_{secret}"}
 
@@ -144,7 +95,7 @@ class TokenStore:
         )
         # compare against a dummy hash for unknown ids too, so timing tells nothing
         stored, scope, namespace, expires, revoked = rows[0] if rows else (b"\0" * 32, "", "", 0, 0)
-        if not hmac.compare_digest(stored, _digest(secret)) or not rows:
+        if not hmac.compare_digest(stored, digest(secret)) or not rows:
             raise Unauthorized(
                 "unknown API token",
                 field="authorization",

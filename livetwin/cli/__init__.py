@@ -1,4 +1,4 @@
-"""The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token,
+"""The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token, devices,
 grafana-dashboard, types, import, export. Each module holds a group of commands; this one puts
 them together."""
 
@@ -11,6 +11,7 @@ from livetwin.cli.backtest import backtest
 from livetwin.cli.backup import backup, restore
 from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
+from livetwin.cli.devices import devices_app
 from livetwin.cli.files import export, import_file
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
@@ -26,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 app.command()(calibrate)
 app.command()(backtest)
 app.add_typer(token_app, name="token")
+app.add_typer(devices_app, name="devices")
 app.command("grafana-dashboard")(grafana_dashboard)
 app.add_typer(types_app, name="types")
 app.command("import")(import_file)

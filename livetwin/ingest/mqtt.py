@@ -24,6 +24,7 @@ from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.ingest.extract import extract
 from livetwin.ingest.mqtt_topics import (
     Subscription,
+    device_of_topic,
     parse_address,
     topic_matches,
     validate_topic_filter,
@@ -58,6 +59,7 @@ COUNTERS = (
     "observations_accepted",
     "observations_rejected",
     "errors",
+    "device_refused",
 )
 
 
@@ -71,9 +73,20 @@ class ConfigRecords(Protocol):
     def delete_config(self, kind: str, name: str) -> bool: ...
 
 
+class DeviceTwins(Protocol):
+    """The twins a device may write (livetwin.auth.devices.TwinPattern)."""
+
+    text: str
+
+    def allows(self, field: str, twin: str) -> bool: ...
+
+
 class MqttBridge:
     """Subscribes to an MQTT broker and submits messages to `ingest`, each mapped by the
     extractor its subscription names (`extractor(name)` looks one up; NotFound if none).
+
+    A message on a device topic `devices/<id>/...` is refused unless `device_twins(id)` (None:
+    unknown or revoked) allows every twin it carries (docs/devices.md).
 
     The session thread hands every socket read to a bounded inbox (blocking when it is full, so
     the broker holds the rest in its inflight window); a worker drains the whole inbox, extracts
@@ -89,6 +102,7 @@ class MqttBridge:
         extractor: Callable[[str], ExtractorSpec],
         configs: ConfigRecords,
         clock: Clock,
+        device_twins: Callable[[str], DeviceTwins | None] | None = None,
         queue_size: int = 50_000,
         batch_max: int = 20_000,
         receive_maximum: int = 65_535,
@@ -96,6 +110,7 @@ class MqttBridge:
         keepalive: int = 30,
     ) -> None:
         self.ingest, self.extractor, self.configs, self.clock = ingest, extractor, configs, clock
+        self.device_twins = device_twins
         self.host, self.port = connection.host, connection.port
         # A fixed client id keeps the broker session (and its queued QoS 1 messages) across
         # restarts; without one every start is a fresh session.
@@ -384,6 +399,24 @@ class MqttBridge:
                 self._last_error = f"ingest failed: {exc}"
                 self._count(errors=size)
 
+    def _device_refusal(self, topic: str, observations: list[dict]) -> str | None:
+        """Why a message on a device topic may not be ingested (None: it may, or no device)."""
+        device = device_of_topic(topic) if self.device_twins is not None else None
+        if device is None:
+            return None
+        twins = self.device_twins(device)
+        if twins is None:
+            return f"device '{device}' is unknown or revoked; refused"
+        for observation in observations:
+            for field in ("twin", "parent"):
+                twin = observation.get(field)
+                if isinstance(twin, str) and not twins.allows(field, twin):
+                    return (
+                        f"device '{device}' may write twins '{twins.text}' only, "
+                        f"not {field} '{twin}'; refused"
+                    )
+        return None
+
     def _spec(self, sub: Subscription) -> ExtractorSpec:
         """The extractor for `sub`; with twin_from_topic, a variant reading the wrapper object."""
         spec = self.extractor(sub.extractor)
@@ -413,7 +446,7 @@ class MqttBridge:
         owners: list[int] = []  # observation -> message number, to count rejected messages
         acks: dict[int, list[int]] = {}  # generation -> QoS 1 packet ids
         rejected: set[int] = set()
-        malformed = unrouted = extraction_rejects = number = 0
+        malformed = unrouted = extraction_rejects = device_refused = number = 0
         specs: dict[str, ExtractorSpec] = {}
         for generation, messages in chunks:
             ids = acks.setdefault(generation, [])
@@ -443,13 +476,20 @@ class MqttBridge:
                     extraction_rejects += 1
                     rejected.add(number)
                     continue
+                refusal = self._device_refusal(topic, result.observations)
+                if refusal is not None:
+                    self._rejections.note(topic, refusal)
+                    rejected.add(number)
+                    device_refused += 1
+                    extraction_rejects += len(result.observations) + len(result.errors)
+                    continue
                 if result.errors:
                     rejected.add(number)
                     extraction_rejects += len(result.errors)
                     self._rejections.note(topic, f"rejected: {result.errors[0]['error']}")
                 observations.extend(result.observations)
                 owners.extend([number] * len(result.observations))
-        self._count(malformed=malformed, rejected=unrouted)
+        self._count(malformed=malformed, rejected=unrouted, device_refused=device_refused)
 
         def finish(result: Any) -> None:
             for r in result.rejected if result is not None else ():

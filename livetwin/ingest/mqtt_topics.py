@@ -8,7 +8,16 @@ from typing import Any
 
 from livetwin.errors import InvalidInput
 
-__all__ = ["Subscription", "parse_address", "topic_matches", "validate_topic_filter"]
+__all__ = [
+    "DEVICE_TOPIC_ROOT",
+    "Subscription",
+    "device_of_topic",
+    "parse_address",
+    "topic_matches",
+    "validate_topic_filter",
+]
+
+DEVICE_TOPIC_ROOT = "devices"  # device <id> publishes under devices/<id>/ (docs/devices.md)
 
 
 @dataclass(frozen=True)
@@ -93,3 +102,9 @@ def topic_matches(pattern: str, topic: str) -> bool:
         if i >= len(levels) or (part != "+" and part != levels[i]):
             return False
     return len(parts) == len(levels)
+
+
+def device_of_topic(topic: str) -> str | None:
+    """The device id of a device topic `devices/<id>/...` (possibly ''), else None."""
+    root, _, rest = topic.partition("/")
+    return rest.partition("/")[0] if root == DEVICE_TOPIC_ROOT else None

@@ -201,6 +201,10 @@ ROUTES = {
     "GET /api/tokens": "fleet",
     "POST /api/tokens": "fleet",
     "DELETE /api/tokens/{token_id}": "fleet",
+    "POST /api/devices": "tenant",
+    "GET /api/devices": "tenant",
+    "GET /api/devices/{device_id}": "tenant",
+    "DELETE /api/devices/{device_id}": "tenant",
 }
 NEVER_ANSWERS = {"GET /api/stream"}  # an allowed caller gets an endless stream
 
