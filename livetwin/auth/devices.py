@@ -150,7 +150,8 @@ class DeviceStore(AuthStore):
                 fix=f"leave namespace out, or start twins with '{namespace}/'",
             )
         device_id = secrets.token_hex(6)
-        credential = f"{DEVICE_PREFIX}{device_id}_{secrets.token_urlsafe(32)}"
+        secret = secrets.token_urlsafe(32)
+        credential = f"{DEVICE_PREFIX}{device_id}_{secret}"
         self._write(
             "INSERT INTO devices VALUES (?,?,?,?,?,?,?,NULL)",
             (
@@ -158,7 +159,7 @@ class DeviceStore(AuthStore):
                 name.strip(),
                 pattern.text,
                 pattern.namespace,
-                digest(credential.rpartition("_")[2]),
+                digest(secret),
                 mosquitto_hash(credential),
                 self.clock(),
             ),
