@@ -24,6 +24,19 @@ Clock = Callable[[], int]
 """Epoch milliseconds now (tests pass a fake one)."""
 
 
+DEVICE_TOPIC_ROOT = "devices"
+"""Device `<id>` publishes under `devices/<id>/...`: the MQTT bridge checks what arrives there,
+the Mosquitto ACL export confines each device to its own (docs/devices.md)."""
+
+
+class DeviceTwins(Protocol):
+    """The twins one device may write (`livetwin.auth.devices.TwinPattern`)."""
+
+    text: str
+
+    def allows(self, field: str, twin: str) -> bool: ...
+
+
 class Bus(Protocol):
     """What became durable (state, types) and what services announce (alarms, runs)."""
 

@@ -22,8 +22,8 @@ from livetwin import namespaces
 from livetwin.auth.rules import Forbidden, Principal, Unauthorized
 from livetwin.auth.store import AuthStore, digest
 from livetwin.errors import InvalidInput, NotFound
-from livetwin.ingest.mqtt_topics import DEVICE_TOPIC_ROOT
 from livetwin.namespaces import namespace_of
+from livetwin.ports import DEVICE_TOPIC_ROOT
 from livetwin.timefmt import format_ts
 
 DEVICE_PREFIX = "ltd_"

@@ -34,7 +34,7 @@ from livetwin.settings import MqttConnection
 from livetwin.spec.extractor import ExtractorSpec
 
 if TYPE_CHECKING:
-    from livetwin.ports import Clock, Ingest
+    from livetwin.ports import Clock, DeviceTwins, Ingest
 
 __all__ = [
     "MqttBridge",
@@ -71,14 +71,6 @@ class ConfigRecords(Protocol):
     def put_config(self, kind: str, name: str, spec: str, at: int) -> None: ...
 
     def delete_config(self, kind: str, name: str) -> bool: ...
-
-
-class DeviceTwins(Protocol):
-    """The twins a device may write (livetwin.auth.devices.TwinPattern)."""
-
-    text: str
-
-    def allows(self, field: str, twin: str) -> bool: ...
 
 
 class MqttBridge:

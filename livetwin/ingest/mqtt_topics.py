@@ -7,17 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from livetwin.errors import InvalidInput
+from livetwin.ports import DEVICE_TOPIC_ROOT
 
 __all__ = [
-    "DEVICE_TOPIC_ROOT",
     "Subscription",
     "device_of_topic",
     "parse_address",
     "topic_matches",
     "validate_topic_filter",
 ]
-
-DEVICE_TOPIC_ROOT = "devices"  # device <id> publishes under devices/<id>/ (docs/devices.md)
 
 
 @dataclass(frozen=True)
