@@ -105,6 +105,31 @@ def test_a_device_writes_its_own_twins_and_nothing_else(secured, platform):
     assert [d["id"] for d in client.get("/api/devices", headers=admin).json()] == [device["id"]]
 
 
+@pytest.mark.platform_services("webhooks")
+def test_a_device_credential_is_refused_by_every_operation_but_ingest(secured, platform):
+    """Every operation of the OpenAPI document, called with a device credential: 403 (public
+    ones aside), and nothing written; only POST /api/ingest with its own twin is let through."""
+    client, admin, _ = secured
+    made = client.post("/api/devices", json={"name": "d", "twins": TWIN_A}, headers=admin)
+    mine = _bearer(made.json()["credential"])
+    body = [obs(TWIN_A, T0, flow=1.0)]
+    before, let_through = _journaled(platform), []
+    for template, item in client.app.openapi()["paths"].items():
+        path = template.replace("{twin_id}", TWIN_A)
+        path = "/".join("x" if p.startswith("{") else p for p in path.split("/"))
+        for method in item:
+            if "security" not in item[method]:
+                continue  # public: /api/health
+            send = {"json": body} if method in ("post", "put", "patch") else {}
+            response = client.request(method.upper(), path, headers=mine, **send)
+            if response.status_code != 403:
+                let_through.append((method.upper(), template, response.status_code))
+            else:
+                assert response.json()["error"]["field"] == "authorization", template
+    assert let_through == [("POST", "/api/ingest", 200)]
+    assert _journaled(platform) == before + 1
+
+
 def test_revocation_takes_effect_at_once_and_is_measured(secured, platform, tmp_path):
     """Revoked by the CLI (another process's view of the same store), the running server refuses
     the device's next request: the test measures the time until the first refusal."""
