@@ -148,7 +148,10 @@ def login_routes(app: FastAPI) -> None:
 def stream_ticket(path: str, scope: Scope) -> str | None:
     """The `?ticket=` of a request to the live stream; None without one. Credentials in a URL
     are refused otherwise: `?access_token=` anywhere, a ticket on any other route."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    raw = scope.get("query_string", b"")
+    if b"access_token" not in raw and b"ticket" not in raw:
+        return None  # most requests: nothing to parse
+    query = parse_qs(raw.decode("latin-1"))
     if "access_token" in query:
         raise LivetwinError(
             "credentials in the URL (?access_token=) are refused: URLs end up in logs, proxies "

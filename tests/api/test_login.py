@@ -197,3 +197,12 @@ def test_ticket_store_keeps_hashes_narrows_to_read_and_sweeps(tmp_path, clock):
         assert count == 1
     finally:
         store.stop()
+
+
+def test_the_oidc_client_settings_come_from_the_environment():
+    from livetwin.settings import Settings
+
+    env = {"LIVETWIN_OIDC_CLIENT_ID": "dashboard", "LIVETWIN_OIDC_SCOPES": "openid read:a"}
+    settings = Settings.from_env(environ=env)
+    assert (settings.oidc_client_id, settings.oidc_scopes) == ("dashboard", "openid read:a")
+    assert Settings.from_env(Settings(oidc_client_id="cli"), env).oidc_client_id == "cli"
