@@ -328,7 +328,7 @@ def test_scoped_tokens_reach_their_namespace_only(secured, platform):
     listed = client.get("/api/twins", headers=_bearer(read_a)).json()
     assert [t["id"] for t in listed["items"]] == [TWIN_A] and listed["total"] == 1
     assert client.get("/api/twins?namespace=plant-b", headers=_bearer(read_a)).status_code == 404
-    # a token in the URL is refused (EventSource uses a stream ticket: tests/api/test_login.py)
+    # a token in the URL is refused (EventSource uses a stream ticket: tests/api/test_login_api.py)
     refused = client.get(f"/api/twins/{TWIN_A}?access_token={read_a}")
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "access_token"
     # namespaced ingest: the body's twins (and parents) are checked

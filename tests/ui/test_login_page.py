@@ -6,6 +6,8 @@ logout forgets the credential; with auth off there is no login at all."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import served
@@ -21,6 +23,13 @@ pytestmark = pytest.mark.services  # needs Chromium (see conftest.py)
 
 PUMP = {"properties": {"flow": {"unit": "m3/h"}}}
 TWINS = {"plant-a": ["plant-a/pump-1", "plant-a/pump-2"], "plant-b": ["plant-b/pump-1"]}
+NOTES = b"plant-a's model notes"
+KEEP_SOURCES = """
+window.sources = [];
+window.EventSource = class extends EventSource {
+  constructor(...args) { super(...args); window.sources.push(this); }
+};
+"""  # the page's EventSources, so a test can break the connection
 USERS = {"ana": ["read:plant-a"], "bob": ["read:plant-a", "write:plant-b"]}
 
 
@@ -34,6 +43,8 @@ def _seed(platform: Platform) -> None:
             {"twin": t, "type": f"{ns}-pump", "ts": now, "values": {"flow": 1.0}} for t in twins
         ]
     assert not platform.ingest(rows).rejected
+    notes = {"kind": "inductive", "artifacts": ["notes.txt"]}
+    platform.registry.register("wear", notes, {"notes.txt": NOTES}, namespace="plant-a")
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +119,7 @@ def _ready(page) -> None:
 def test_token_login_sees_its_namespace_live_values_and_logs_out(server, page):
     from playwright.sync_api import expect
 
+    page.add_init_script(KEEP_SOURCES)
     page.goto(f"{server.url}/#/fleet")
     page.wait_for_selector("form.login")
     expect(page.locator("#nav")).to_be_hidden()
@@ -140,10 +152,27 @@ def test_token_login_sees_its_namespace_live_values_and_logs_out(server, page):
         ]
     )
     expect(page.locator('tr[data-name="flow"] .value')).to_have_text("777")
-    streams = [u for u in page.urls if "/api/stream" in u]
-    assert streams and all("ticket=ltt_" in u for u in streams)
+    # a dropped connection: a new ticket (the old one is spent), resumed after the last event
+    page.evaluate("window.sources.at(-1).dispatchEvent(new Event('error'))")
+    expect(page.locator("#live")).to_have_text("live")
+    row = {"twin": "plant-a/pump-1", "type": "plant-a-pump", "values": {"flow": 778}}
+    server.platform.ingest([{**row, "ts": server.platform.clock()}])
+    expect(page.locator('tr[data-name="flow"] .value')).to_have_text("778")
+    streams = [parse_qs(urlsplit(u).query) for u in page.urls if "/api/stream" in u]
+    assert all(s["ticket"][0].startswith("ltt_") for s in streams)  # the fleet's too
+    twin = [s for s in streams if "twin" in s]
+    assert len(twin) == 2 and twin[0]["ticket"] != twin[1]["ticket"]
+    assert "last_event_id" in twin[1]
     assert not any(reader["token"] in u for u in page.urls)  # never in a URL
     assert reader["token"] not in page.url
+
+    # a link into the API (a model artifact) is fetched with the credential, then saved
+    page.goto(f"{server.url}/#/models/wear")
+    _ready(page)
+    with page.expect_download() as got:
+        page.click('a:text("notes.txt")')
+    assert Path(got.value.path()).read_bytes() == NOTES
+    assert got.value.suggested_filename == "notes.txt"
 
     page.goto(f"{server.url}/#/twin/{'plant-b%2Fpump-1'}")  # another tenant's twin: 404
     _ready(page)
