@@ -206,3 +206,67 @@ def test_the_oidc_client_settings_come_from_the_environment():
     settings = Settings.from_env(environ=env)
     assert (settings.oidc_client_id, settings.oidc_scopes) == ("dashboard", "openid read:a")
     assert Settings.from_env(Settings(oidc_client_id="cli"), env).oidc_client_id == "cli"
+
+
+@pytest.mark.services
+def test_tickets_live_in_postgresql_next_to_the_tokens(tmp_path, clock):
+    """With PostgreSQL configured, a ticket issued by one front end is redeemed by another
+    (schema `<schema>_auth`, table `tickets`), once."""
+    from postgres_support import fresh_schema
+
+    from livetwin.store.servicedb import service_db_opener
+
+    with fresh_schema() as url:
+        issuer = TicketStore(service_db_opener(tmp_path / "a", database_url=url), clock=clock)
+        other = TicketStore(service_db_opener(tmp_path / "b", database_url=url), clock=clock)
+        try:
+            ticket = issuer.start().issue(Principal("jwt:ana", (Grant("read", "plant-a"),)))
+            assert other.start().redeem(ticket["ticket"]).subject == "jwt:ana"
+            with pytest.raises(Unauthorized):
+                issuer.redeem(ticket["ticket"])
+        finally:
+            issuer.stop()
+            other.stop()
+        assert not (tmp_path / "a" / "auth.db").exists()
+
+
+def test_serve_hands_the_oidc_client_settings_to_the_dashboard(tmp_path, monkeypatch):
+    import gc
+    import socket
+    import sys
+
+    from typer.testing import CliRunner
+
+    from livetwin.cli import app as cli
+
+    seen: dict = {}
+
+    def run(api, **kwargs):  # instead of uvicorn: ask the app that would be served
+        with TestClient(api) as client:
+            seen["config"] = client.get("/api/auth/config").json()
+
+    monkeypatch.setattr("uvicorn.run", run)
+    monkeypatch.setenv("LIVETWIN_OUTBOUND_ALLOW", "127.0.0.0/8")  # the JWKS URL below
+    monkeypatch.setenv("LIVETWIN_OIDC_SCOPES", "openid read:plant-a")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["serve", "--data", str(tmp_path / "d"), "--port", str(port), "--auth", "oidc"]
+    args += ["--jwks-url", "http://127.0.0.1:9/jwks.json", "--issuer", "https://idp.test/"]
+    args += ["--audience", "livetwin", "--oidc-client-id", "dashboard"]
+    interval, threshold = sys.getswitchinterval(), gc.get_threshold()
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:  # serve tunes the interpreter for a server process: undo it for the other tests
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+    assert result.exit_code == 0, result.output
+    assert seen["config"]["oidc"] == {
+        "enabled": True,
+        "issuer": "https://idp.test/",
+        "client_id": "dashboard",
+        "scopes": "openid read:plant-a",
+        "audience": "livetwin",
+        "why_not": None,
+    }
