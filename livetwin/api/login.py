@@ -124,6 +124,7 @@ def login_routes(app: FastAPI) -> None:
         id, scopes and audience."""
         return auth_config(config_of(request))
 
+    # these two take an Access (TENANT) so that credentials of any namespace may call them
     @app.get("/api/auth/me", tags=["auth"])
     def get_me(request: Request, access: Access = TENANT) -> Me:
         """Who the credentials are: subject, grants, scopes and namespaces."""
