@@ -36,6 +36,8 @@ JWT_ENV = {
     "jwks_url": "LIVETWIN_JWKS_URL",
     "jwt_audience": "LIVETWIN_JWT_AUDIENCE",
     "jwt_issuer": "LIVETWIN_JWT_ISSUER",
+    "oidc_client_id": "LIVETWIN_OIDC_CLIENT_ID",
+    "oidc_scopes": "LIVETWIN_OIDC_SCOPES",
 }
 # variables kept as a group, for the parser of their section: actions.email.SmtpSettings ...
 SMTP_PREFIXES = ("LIVETWIN_SMTP_", "LIVETWIN_PUBLIC_URL")
@@ -164,6 +166,11 @@ class Settings:
     jwks_url: str | None = None  # OIDC: the identity provider's keys; LIVETWIN_JWKS_URL
     jwt_audience: str | None = None  # LIVETWIN_JWT_AUDIENCE
     jwt_issuer: str | None = None  # LIVETWIN_JWT_ISSUER
+    # the dashboard's "Sign in with OIDC" (authorization code + PKCE against jwt_issuer): its
+    # public client id, LIVETWIN_OIDC_CLIENT_ID, and the scopes it asks for (space-separated,
+    # default "openid"), LIVETWIN_OIDC_SCOPES
+    oidc_client_id: str | None = None
+    oidc_scopes: str | None = None
     log_format: str | None = None  # text or json; LIVETWIN_LOG_FORMAT (default text)
     smtp: Mapping[str, str] | None = None  # LIVETWIN_SMTP_* (actions.email.SmtpSettings)
     artifacts: Mapping[str, str] | None = None  # LIVETWIN_ARTIFACTS, LIVETWIN_S3_*, AWS keys

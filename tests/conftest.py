@@ -110,8 +110,9 @@ def live_server(platform):
 
 
 @contextlib.contextmanager
-def served(platform):
-    """A real uvicorn server over `platform` on a free port while the block runs; its URL."""
+def served(platform, app=None):
+    """A real uvicorn server over `platform` (or over `app`, e.g. one with auth installed) on a
+    free port while the block runs; its URL."""
     import socket
     import threading
     import time
@@ -124,7 +125,7 @@ def served(platform):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = uvicorn.Config(
-        create_app(platform),
+        create_app(platform) if app is None else app,
         host="127.0.0.1",
         port=port,
         log_level="warning",

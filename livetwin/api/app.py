@@ -27,6 +27,7 @@ from livetwin.api.commands import commands_routes
 from livetwin.api.devices import device_routes
 from livetwin.api.files import file_routes
 from livetwin.api.interop import interop_routes
+from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.namespaces import namespace_routes
 from livetwin.api.opcua import opcua_routes
@@ -465,6 +466,7 @@ def create_app(
     scenario_routes(app, platform.scenarios)
     namespace_routes(app, platform)
     device_routes(app, platform.devices)
+    login_routes(app)  # /api/auth: how to sign in, who am I, stream tickets
     for add_routes in extra_routes:
         add_routes(app)
     mount_ui(app)  # the web dashboard at / (the API stays under /api)

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs
 
 import anyio
 from fastapi import FastAPI, Request
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from livetwin.api.app import error_response
 from livetwin.api.body import parse_body, read_body
 from livetwin.api.devices import check_device_route
+from livetwin.api.login import LoginConfig, stream_ticket
 from livetwin.api.openapi import guarded, secure
 from livetwin.api.tenancy import uses_tenancy
 from livetwin.auth import (
@@ -30,6 +30,7 @@ from livetwin.auth import (
     JwtVerifier,
     Principal,
     Requirement,
+    TicketStore,
     TokenStore,
     Unauthorized,
     namespace_of,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 MODES = ("open", "tokens", "oidc")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 TWIN_PARAMS = ("twin_id", "twin")  # path parameters that name a twin (and so a namespace)
-PUBLIC = ("/api/health",)  # liveness for load balancers: no twin data
+PUBLIC = ("/api/health", "/api/auth/config")  # liveness; how to sign in: no twin data
 NAMESPACED_INGEST = "/api/ingest"  # its body's twins are checked for namespaced tokens
 
 
@@ -95,8 +96,10 @@ class AuthMiddleware:
         public: Iterable[str] = PUBLIC,
         admin_paths: Iterable[str] = (),
         max_body: int = 32 * 1024 * 1024,
+        tickets: TicketStore | None = None,
     ):
         self.app, self.api, self.authenticator = app, api, authenticator
+        self.tickets = tickets
         self.public = frozenset(public)
         self.admin_paths = tuple(admin_paths)
         self.max_body = max_body
@@ -111,7 +114,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self.authenticator.principal(_credential(scope))
+            principal = await self._principal(scope)
             route, twin = self._route(scope)
             tenant = route is not None and self._tenancy(route)
             path = _route_path(scope)
@@ -134,6 +137,14 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         state["principal"], state["scope"] = principal, need.scope  # for tenant_access
         await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope) -> Principal:
+        """The caller: from a stream ticket on the live stream (livetwin/api/login.py), else
+        from the Authorization header."""
+        ticket = stream_ticket(_route_path(scope), scope)
+        if ticket is not None and self.tickets is not None:
+            return await anyio.to_thread.run_sync(self.tickets.redeem, ticket)
+        return await self.authenticator.principal(_credential(scope))
 
     def _tenancy(self, route: Any) -> bool:
         """Whether the route filters by tenant itself (cached per route)."""
@@ -251,7 +262,7 @@ def _route_path(scope: Scope) -> str:
 
 
 def _credential(scope: Scope) -> str:
-    """The bearer credential: the Authorization header, else `access_token` (for EventSource)."""
+    """The bearer credential of the Authorization header (EventSource: see `stream_ticket`)."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             kind, _, credential = value.decode("latin-1").strip().partition(" ")
@@ -262,9 +273,6 @@ def _credential(scope: Scope) -> str:
                     fix="send 'Authorization: Bearer <token>'",
                 )
             return credential.strip()
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if query.get("access_token"):
-        return query["access_token"][0]
     raise Unauthorized(
         "this endpoint needs a bearer token",
         field="authorization",
@@ -334,16 +342,20 @@ def install_auth(
     claim: str = "permissions",
     public: Iterable[str] = PUBLIC,
     admin_paths: Iterable[str] = (),
+    oidc_client_id: str | None = None,
+    oidc_scopes: str | None = None,
 ) -> TokenStore | None:
     """Protect `app` (call it after all routes are added); returns the token store, if any.
 
     `open` checks nothing and logs a loud warning. `tokens` checks API tokens. `oidc` also
-    accepts JWTs signed by a key from `jwks_url` with claims such as `read:plant-a`.
+    accepts JWTs signed by a key from `jwks_url` with claims such as `read:plant-a`; the
+    dashboard signs in against `issuer` as the public client `oidc_client_id`.
     """
     if mode not in MODES:
         raise InvalidInput(
             f"unknown auth mode '{mode}'", field="auth", fix=f"use one of: {', '.join(MODES)}"
         )
+    app.state.login = LoginConfig(mode, issuer, oidc_client_id, oidc_scopes, audience)
     if mode == "open":
         where = host or "this server"
         log.warning(
@@ -367,6 +379,7 @@ def install_auth(
         if mode == "oidc"
         else None
     )
+    tickets = TicketStore(platform.open_db, clock=platform.clock).start()
     auth_routes(app, tokens)
     app.add_middleware(
         AuthMiddleware,
@@ -375,14 +388,15 @@ def install_auth(
         public=public,
         admin_paths=admin_paths,
         max_body=platform.settings.max_body_bytes,
+        tickets=tickets,
     )
-    app.state.tokens = tokens
+    app.state.tokens, app.state.tickets = tokens, tickets
     secure(app, frozenset(public))  # the document declares the bearer scheme and 401/403
-    _close_on_shutdown(app, tokens)
+    _close_on_shutdown(app, tokens, tickets)
     return tokens
 
 
-def _close_on_shutdown(app: FastAPI, tokens: TokenStore) -> None:
+def _close_on_shutdown(app: FastAPI, *stores: TokenStore | TicketStore) -> None:
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -391,6 +405,7 @@ def _close_on_shutdown(app: FastAPI, tokens: TokenStore) -> None:
             async with inner(a) as state:
                 yield state
         finally:
-            tokens.stop()
+            for store in stores:
+                store.stop()
 
     app.router.lifespan_context = lifespan

@@ -15,6 +15,7 @@ from livetwin.namespaces import namespace_of
 SCOPES = ("read", "write", "admin")  # each includes the ones before it
 ALL = "*"  # the namespace that covers every namespace
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_POSTS = frozenset({"/api/auth/ticket"})  # POSTs that only let a reader read (a ticket)
 
 
 class Unauthorized(LivetwinError):
@@ -177,7 +178,8 @@ def requirement(
 ) -> Requirement:
     """The access rule (docs/auth.md): the method picks read or write; definitions need admin.
 
-    - GET, HEAD, OPTIONS need `read`; POST, PUT, PATCH, DELETE need `write`.
+    - GET, HEAD, OPTIONS need `read`; POST, PUT, PATCH, DELETE need `write`, except the
+      POSTs in READ_POSTS (a stream ticket: it only opens the stream), which need `read`.
     - `admin`: anything under /api/tokens and /api/devices (credentials), PUT/PATCH/DELETE
       under /api/types, /api/extractors, /api/mappings and /api/opcua (declaring types,
       extractors, import mappings and OPC UA connectors: these make the server call out),
@@ -190,7 +192,8 @@ def requirement(
       livetwin/api/tenancy.py) need the scope on some namespace.
     """
     method = method.upper()
-    scope = "read" if method in READ_METHODS else "write"
+    reads = method in READ_METHODS or (method == "POST" and path in READ_POSTS)
+    scope = "read" if reads else "write"
     if (
         _under(path, ("/api/tokens", "/api/devices", *admin_paths))
         or (

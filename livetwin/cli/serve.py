@@ -150,6 +150,8 @@ def run_server(
             jwks_url=settings.jwks_url,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            oidc_client_id=settings.oidc_client_id,
+            oidc_scopes=settings.oidc_scopes,
         )
     except LivetwinError as exc:
         platform.close()
@@ -207,6 +209,18 @@ def serve(
     jwks_url: str = typer.Option(None, "--jwks-url", help="Default: LIVETWIN_JWKS_URL."),
     audience: str = typer.Option(None, "--audience", help="Default: LIVETWIN_JWT_AUDIENCE."),
     issuer: str = typer.Option(None, "--issuer", help="Default: LIVETWIN_JWT_ISSUER."),
+    oidc_client_id: str = typer.Option(
+        None,
+        "--oidc-client-id",
+        help="The dashboard's public OIDC client id ('Sign in with OIDC' against --issuer). "
+        "Default: LIVETWIN_OIDC_CLIENT_ID.",
+    ),
+    oidc_scopes: str = typer.Option(
+        None,
+        "--oidc-scopes",
+        help="Scopes the dashboard asks for, space-separated. Default: LIVETWIN_OIDC_SCOPES, "
+        "else 'openid'.",
+    ),
     mqtt: str = typer.Option(
         None, "--mqtt", help="MQTT broker host:port for ingest subscriptions and commands."
     ),
@@ -245,6 +259,8 @@ def serve(
         jwks_url=jwks_url,
         jwt_audience=audience,
         jwt_issuer=issuer,
+        oidc_client_id=oidc_client_id,
+        oidc_scopes=oidc_scopes,
     )
     if (tls_cert is None) != (tls_key is None):
         fail(

@@ -205,6 +205,9 @@ ROUTES = {
     "GET /api/devices": "tenant",
     "GET /api/devices/{device_id}": "tenant",
     "DELETE /api/devices/{device_id}": "tenant",
+    "GET /api/auth/config": "public",
+    "GET /api/auth/me": "tenant",
+    "POST /api/auth/ticket": "tenant",
 }
 NEVER_ANSWERS = {"GET /api/stream"}  # an allowed caller gets an endless stream
 
@@ -329,8 +332,9 @@ def test_scoped_tokens_reach_their_namespace_only(secured, platform):
     listed = client.get("/api/twins", headers=_bearer(read_a)).json()
     assert [t["id"] for t in listed["items"]] == [TWIN_A] and listed["total"] == 1
     assert client.get("/api/twins?namespace=plant-b", headers=_bearer(read_a)).status_code == 404
-    # the query string token works for EventSource-style clients
-    assert client.get(f"/api/twins/{TWIN_A}?access_token={read_a}").status_code == 200
+    # a token in the URL is refused (EventSource uses a stream ticket: tests/api/test_login_api.py)
+    refused = client.get(f"/api/twins/{TWIN_A}?access_token={read_a}")
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "access_token"
     # namespaced ingest: the body's twins (and parents) are checked
     mine = [obs(TWIN_A, T0 + 1000, flow=5.0), obs("plant-a/pump-2", T0, flow=6.0)]
     response = client.post("/api/ingest", json=mine, headers=_bearer(write_a))

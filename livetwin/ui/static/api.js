@@ -1,5 +1,8 @@
 // The REST API (relative URLs, so the dashboard also works behind a path prefix) and its errors.
+// Signed in, every request carries `Authorization: Bearer` and the switcher's `namespace`; the
+// live stream, which cannot send a header, opens with a single-use ticket.
 import { h } from './dom.js';
+import { bearer, namespace } from './session.js';
 
 /** An API error: the server's `{"error": {code, message, field, fix}}`. */
 export class ApiError extends Error {
@@ -14,15 +17,27 @@ export class ApiError extends Error {
   }
 }
 
-/** `api('api/twins', {query: {type: 'pump'}})` -> parsed JSON; throws ApiError on 4xx/5xx. */
-export async function api(path, { method = 'GET', query, body, type = 'application/json', signal } = {}) {
-  const url = query ? `${path}?${qs(query)}` : path;
+/**
+ * `api('api/twins', {query: {type: 'pump'}})` -> parsed JSON; throws ApiError on 4xx/5xx.
+ * `token` sends that credential instead of the session's (the login page checks one with it);
+ * a 401 with the session's credential announces `livetwin:signed-out` (app.js shows the login).
+ * `everywhere` leaves out the switcher's namespace.
+ */
+export async function api(path, { method = 'GET', query, body, type = 'application/json', signal, token, everywhere = false } = {}) {
+  const raw = query ? `${path}?${qs(query)}` : path;
+  const url = everywhere ? raw : scoped(raw);
   const init = { method, signal, headers: { accept: 'application/json' } };
+  const credential = token ?? bearer();
+  if (credential) init.headers.authorization = `Bearer ${credential}`;
   if (body !== undefined) {
     init.body = typeof body === 'string' ? body : JSON.stringify(body);
     init.headers['content-type'] = type;
   }
   const response = await fetch(url, init);
+  if (response.status === 401 && credential && !token) {
+    const error = await response.clone().json().catch(() => null);
+    window.dispatchEvent(new CustomEvent('livetwin:signed-out', { detail: error?.error }));
+  }
   const text = await response.text();
   let data = null;
   try {
@@ -34,6 +49,30 @@ export async function api(path, { method = 'GET', query, body, type = 'applicati
     throw new ApiError(response.status, data?.error || { message: `HTTP ${response.status} ${response.statusText}` });
   }
   return data;
+}
+
+/** `url` with the switcher's `?namespace=` (unless it names one already). */
+function scoped(url) {
+  const ns = namespace();
+  if (!ns || !url.startsWith('api/') || url.startsWith('api/auth/') || /[?&]namespace=/.test(url)) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}${qs({ namespace: ns })}`;
+}
+
+/** Fetch an `api/...` link (a CSV, an artifact) with the session's credential and save it. */
+export async function download(href, filename) {
+  const response = await fetch(scoped(href), { headers: { authorization: `Bearer ${bearer()}` } });
+  if (!response.ok) {
+    const data = await response.json().catch(() => null);
+    throw new ApiError(response.status, data?.error || { message: `HTTP ${response.status}` });
+  }
+  const disposition = response.headers.get('content-disposition') || '';
+  const named = /filename="?([^";]+)"?/.exec(disposition)?.[1];
+  const url = URL.createObjectURL(await response.blob());
+  const a = h('a', { href: url, download: filename || named || href.split('?')[0].split('/').pop() });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 /** A query string from an object, leaving out empty values. */
@@ -63,17 +102,61 @@ export function errorBox(err) {
  * Server-Sent Events from `api/stream` (`query`: kinds, twin, type) until `signal` aborts.
  * `handlers` maps event names ('state', 'alarm', 'run', 'reset') to functions of the parsed
  * data; `onStatus(text, live)` hears the connection come and go.
+ *
+ * Signed in, each connection opens with a fresh stream ticket (`POST api/auth/ticket`, single
+ * use): the browser's own reconnect would reuse a spent one, so after an error this reconnects
+ * itself with a new ticket and `last_event_id`, and misses nothing.
  */
 export function listen(query, handlers, signal, onStatus = () => {}) {
-  const source = new EventSource(`api/stream?${qs(query)}`);
-  source.addEventListener('open', () => onStatus('live', true));
-  source.addEventListener('error', () =>
-    onStatus(source.readyState === EventSource.CLOSED ? 'live updates unavailable' : 'reconnecting…', false));
-  for (const [name, handler] of Object.entries(handlers)) {
-    source.addEventListener(name, (e) => handler(e.data ? JSON.parse(e.data) : null));
+  let source = null;
+  let lastId = '';
+  let retry = null;
+  let failures = 0;
+  const again = () => {
+    clearTimeout(retry);
+    retry = setTimeout(open, Math.min(30_000, 1000 * 2 ** failures++));
+  };
+  async function open() {
+    if (signal.aborted) return;
+    const params = { ...query, last_event_id: lastId };
+    const ticketed = !!bearer();
+    if (ticketed) {
+      try {
+        params.ticket = (await api('api/auth/ticket', { method: 'POST', signal })).ticket;
+      } catch (err) {
+        if (err.name === 'AbortError' || err.status === 401) return; // 401: the login page takes over
+        onStatus('live updates unavailable', false);
+        again();
+        return;
+      }
+      if (signal.aborted) return;
+    }
+    source = new EventSource(scoped(`api/stream?${qs(params)}`));
+    source.addEventListener('open', () => {
+      failures = 0;
+      onStatus('live', true);
+    });
+    source.addEventListener('error', () => {
+      if (ticketed) {
+        source.close(); // its ticket is spent: reconnect with a new one
+        onStatus('reconnecting…', false);
+        again();
+      } else {
+        onStatus(source.readyState === EventSource.CLOSED ? 'live updates unavailable' : 'reconnecting…', false);
+      }
+    });
+    for (const [name, handler] of Object.entries(handlers)) {
+      source.addEventListener(name, (e) => {
+        if (e.lastEventId) lastId = e.lastEventId;
+        handler(e.data ? JSON.parse(e.data) : null);
+      });
+    }
   }
-  signal.addEventListener('abort', () => source.close());
-  return source;
+  signal.addEventListener('abort', () => {
+    clearTimeout(retry);
+    source?.close();
+  });
+  open();
 }
 
 /** `fn` once, `ms` after the first of a burst of calls (live refreshes: at most one per `ms`). */

@@ -1,7 +1,7 @@
 // Twin detail: current values (live over Server-Sent Events), hierarchy, charts of history with
 // uncertainty bands, desired vs reported values (types with commands), its open alarms
 // (acknowledge in place) and its recent events.
-import { api, coalesce, errorBox, qs, twinPath } from '../api.js';
+import { api, coalesce, errorBox, listen, qs, twinPath } from '../api.js';
 import { calibrationCard } from '../calibration.js';
 import { bandsOf, figure, loadPlotly, withBands } from '../chart.js';
 import { desiredCard } from '../desired.js';
@@ -328,13 +328,7 @@ export async function render(root, { args: [id], params, signal }) {
     live.className = on ? 'live on' : 'live off';
   };
 
-  const source = new EventSource(`api/stream?${qs({ twin: id, kinds: 'state,alarm' })}`);
-  source.addEventListener('alarm', reloadAlarms);
-  source.addEventListener('open', () => setLive('live', true));
-  source.addEventListener('error', () =>
-    setLive(source.readyState === EventSource.CLOSED ? 'live updates unavailable' : 'reconnecting…', false));
-  source.addEventListener('state', (e) => {
-    const msg = JSON.parse(e.data);
+  const onState = (msg) => {
     if (msg.twin !== id) return;
     if (calibration && Object.keys(msg.values).some((n) => n.endsWith('_std'))) calibration.refresh();
     if (msg.ts >= lastTs) {
@@ -344,8 +338,8 @@ export async function render(root, { args: [id], params, signal }) {
     }
     desired?.refresh();
     later();
-  });
-  source.addEventListener('reset', async () => {
+  };
+  const onReset = async () => {
     // events were missed while disconnected: read the whole state again
     const fresh = await api(twinPath(id), { signal }).catch(() => null);
     if (!fresh) return;
@@ -357,10 +351,10 @@ export async function render(root, { args: [id], params, signal }) {
     later();
     reloadAlarms();
     desired?.refresh();
-  });
+  };
+  listen({ twin: id, kinds: 'state,alarm' }, { state: onState, alarm: reloadAlarms, reset: onReset }, signal, setLive);
   const tick = setInterval(() => setUpdated(Number.isFinite(lastTs) ? new Date(lastTs).toISOString() : null), 15_000);
   signal.addEventListener('abort', () => {
-    source.close();
     clearInterval(tick);
     clearTimeout(redraw);
   });
