@@ -7,34 +7,22 @@ another one issued; only sha256 hashes of the secrets are stored.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
-import threading
 
 from livetwin.auth.rules import Grant, Principal, Unauthorized, parse_grant
-from livetwin.auth.tokens import DB_NAME
+from livetwin.auth.store import AuthStore, digest
 from livetwin.ports import Clock, OpenServiceDB
-from livetwin.store.servicedb import ServiceDB
 from livetwin.timefmt import format_ts, wall_clock_ms
 
 TICKET_PREFIX = "ltt_"
 TICKET_RE = re.compile(r"^ltt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 TICKET_TTL_MS = 60_000
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tickets (
-    id TEXT PRIMARY KEY, hash BLOB NOT NULL, subject TEXT NOT NULL, grants TEXT NOT NULL,
-    expires INTEGER NOT NULL);
-"""
 FIX = "get a fresh one with POST /api/auth/ticket right before opening the stream"
 
 
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
-class TicketStore:
+class TicketStore(AuthStore):
     """`issue` a ticket for a principal (read grants only, `ttl_ms`), `redeem` it once.
 
     A ticket reads `ltt_<16 hex id>_<43 url-safe chars>`. Redeeming deletes it, so a ticket
@@ -42,26 +30,17 @@ class TicketStore:
     whenever a new one is issued.
     """
 
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS tickets (
+        id TEXT PRIMARY KEY, hash BLOB NOT NULL, subject TEXT NOT NULL, grants TEXT NOT NULL,
+        expires INTEGER NOT NULL);
+    """
+
     def __init__(
         self, open_db: OpenServiceDB, *, clock: Clock = wall_clock_ms, ttl_ms: int = TICKET_TTL_MS
     ):
-        self.open_db, self.clock, self.ttl_ms = open_db, clock, ttl_ms
-        self._db: ServiceDB | None = None
-        self._opening = threading.Lock()
-
-    def start(self) -> TicketStore:
-        with self._opening:
-            if self._db is None:
-                self._db = self.open_db(DB_NAME, SCHEMA)
-        return self
-
-    def stop(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
-
-    def _opened(self) -> ServiceDB:
-        return self._db or self.start()._db
+        super().__init__(open_db, clock=clock)
+        self.ttl_ms = ttl_ms
 
     def issue(self, principal: Principal) -> dict:
         """A new ticket carrying `principal`'s subject and its grants narrowed to `read`."""
@@ -72,7 +51,7 @@ class TicketStore:
             conn.execute("DELETE FROM tickets WHERE expires <= ?", (now,))
             conn.execute(
                 "INSERT INTO tickets VALUES (?,?,?,?,?)",
-                (ticket_id, _digest(secret), principal.subject, grants, now + self.ttl_ms),
+                (ticket_id, digest(secret), principal.subject, grants, now + self.ttl_ms),
             )
         return {
             "ticket": f"{TICKET_PREFIX}{ticket_id}_{secret}",
@@ -94,7 +73,7 @@ class TicketStore:
                 "SELECT hash, subject, grants, expires FROM tickets WHERE id = ?", (ticket_id,)
             ).fetchall()
             stored, subject, grants, expires = rows[0] if rows else (b"\0" * 32, "", "", 0)
-            if not hmac.compare_digest(stored, _digest(secret)) or not rows:
+            if not hmac.compare_digest(stored, digest(secret)) or not rows:
                 raise Unauthorized(
                     "unknown or already used stream ticket (a ticket opens one stream)",
                     field="ticket",
