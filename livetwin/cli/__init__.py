@@ -1,6 +1,6 @@
 """The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token,
-grafana-dashboard, types, import, export. Each module holds a group of commands; this one puts
-them together."""
+grafana-dashboard, types, import, export, backup, restore, opcua. Each module holds a group of
+commands; this one puts them together."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from livetwin.cli.backup import backup, restore
 from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.files import export, import_file
+from livetwin.cli.opcua import opcua_app
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
 from livetwin.cli.types import types_app
@@ -32,5 +33,6 @@ app.command("import")(import_file)
 app.command()(export)
 app.command()(backup)
 app.command()(restore)
+app.add_typer(opcua_app, name="opcua")
 
 __all__ = ["app"]
