@@ -150,3 +150,13 @@ def test_put_refuses_a_bad_spec_file_with_the_field(tmp_path, server, loopback):
     spec_file.write_text(json.dumps(connector(server, username="u", password_file="nope")))
     refused(run("opcua", "put", "x", str(spec_file), "--data", str(data)), "password_file")
     assert json.loads(run("opcua", "list", "--data", str(data)).stdout)["connectors"] == []
+
+
+def test_bench_opcua_counts_the_changes_it_stored():
+    """A smoke run of `livetwin bench opcua --json --quick` (no speed is asserted here)."""
+    done = run("bench", "opcua", "--json", "--quick")
+    assert done.exit_code == 0, done.output
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["scenario"] == "opcua_subscribe" and row["variables"] == 100
+    assert 0 < row["values_stored"] <= row["values_received"]
+    assert row["values_per_s"] > 0 and row["values_rejected"] == 0
