@@ -35,6 +35,17 @@ def check_namespace(value: Any, field: str = "namespace") -> str:
     )
 
 
+def owner_namespace(value: Any) -> str | None:
+    """A spec's `namespace` field (types, extractors, import mappings) by the one rule, for a
+    pydantic validator: ValueError (with the fix) for a bad one, None for `default` (the
+    default is left unstored)."""
+    try:
+        value = check_namespace(value)
+    except InvalidInput as exc:
+        raise ValueError(f"{exc.message}; {exc.fix}") from None
+    return None if value == DEFAULT else value
+
+
 def namespace_of(twin_id: str) -> str:
     """A twin's namespace: the part of its id before the first '/' (`plant-a/pump-1` is in
     `plant-a`); an id without one (or starting with '/') is in `default`."""

@@ -318,6 +318,10 @@ class Platform:
             self._extractors[name] = ExtractorSpec.from_data(orjson.loads(stored), name=name)
         return self._extractors[name]
 
+    def extractor_namespace(self, name: str) -> str:
+        """The namespace that owns an extractor (NotFound for an unknown one)."""
+        return self.extractor(name).namespace or DEFAULT_NAMESPACE
+
     def list_extractors(self) -> list[dict]:
         return [orjson.loads(s) for _, s in sorted(self.core.store.extractors().items())]
 
@@ -376,6 +380,10 @@ class Platform:
                 fix=f"declare it with PUT /api/mappings/{name}",
             )
         return orjson.loads(stored)
+
+    def mapping_namespace(self, name: str) -> str:
+        """The namespace that owns an import mapping (NotFound for an unknown one)."""
+        return self.get_mapping(name).get("namespace") or DEFAULT_NAMESPACE
 
     def list_mappings(self) -> list[dict]:
         return [orjson.loads(s) for _, s in sorted(self.core.store.configs(MAPPINGS).items())]

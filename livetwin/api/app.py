@@ -45,7 +45,14 @@ from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.scenarios import scenario_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.stream import KINDS, Cursor, LiveFeed
-from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT, check_type, claim_type
+from livetwin.api.tenancy import (
+    NAMESPACE_QUERY,
+    TENANT,
+    check_owner,
+    check_type,
+    claim,
+    claim_type,
+)
 from livetwin.api.webhooks import webhook_routes
 from livetwin.auth import Access
 from livetwin.errors import InvalidInput, LivetwinError
@@ -236,17 +243,23 @@ def create_app(
     # ---- extractors ---------------------------------------------------------------------
 
     @app.get("/api/extractors", tags=["ingest"])
-    def list_extractors() -> list[dict]:
-        return platform.list_extractors()
+    def list_extractors(
+        access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
+    ) -> list[dict]:
+        return access.pick(namespace).filter(platform.list_extractors())
 
     @app.put("/api/extractors/{name}", tags=["ingest"], openapi_extra=SPEC_BODY)
-    async def put_extractor(name: str, request: Request) -> dict:
-        """Declare how a device's own JSON maps to observations (JSONPath)."""
+    async def put_extractor(name: str, request: Request, access: Access = TENANT) -> dict:
+        """Declare how a device's own JSON maps to observations (JSONPath), in the body's
+        `namespace` (default: the token's only one, else `default`)."""
         body = await read_body(request, limit)
+        body = claim("extractor", name, body, platform.extractor_namespace, access)
         return await run_in_threadpool(platform.put_extractor, name, body)
 
     @app.get("/api/extractors/{name}", tags=["ingest"])
-    def get_extractor(name: str) -> dict:
+    def get_extractor(name: str, access: Access = TENANT) -> dict:
+        fix = f"declare it with PUT /api/extractors/{name}"
+        check_owner(platform.extractor_namespace, name, access, "extractor", fix)
         return platform.extractor(name).model_dump(mode="json", exclude_defaults=True)
 
     # ---- ingest -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from starlette.datastructures import UploadFile
 
 from livetwin.api.body import declares_more_than, parse_body, read_body
 from livetwin.api.openapi import ERROR_REF, error_response
+from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT, check_owner, claim
+from livetwin.auth import Access
 from livetwin.errors import InvalidInput, PayloadTooLarge
 from livetwin.platform import Platform
 
@@ -103,22 +105,32 @@ def file_routes(app: FastAPI, platform: Platform) -> None:
     max_file = platform.settings.max_import_bytes
     scratch = platform.path / "tmp"
 
+    def check_mapping(name: str, access: Access) -> None:
+        fix = f"declare it with PUT /api/mappings/{name}"
+        check_owner(platform.mapping_namespace, name, access, "import mapping", fix)
+
     @app.get("/api/mappings", tags=["files"])
-    def list_mappings() -> list[dict]:
-        return platform.list_mappings()
+    def list_mappings(
+        access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
+    ) -> list[dict]:
+        return access.pick(namespace).filter(platform.list_mappings())
 
     @app.put("/api/mappings/{name}", tags=["files"], openapi_extra=MAPPING_BODY)
-    async def put_mapping(name: str, request: Request) -> dict:
-        """Declare how a file's columns map to twins, types, times and values (JSON or YAML)."""
+    async def put_mapping(name: str, request: Request, access: Access = TENANT) -> dict:
+        """Declare how a file's columns map to twins, types, times and values (JSON or YAML),
+        in the body's `namespace` (default: the token's only one, else `default`)."""
         body = await read_body(request, limit)
+        body = claim("import mapping", name, body, platform.mapping_namespace, access)
         return await run_in_threadpool(platform.put_mapping, name, body)
 
     @app.get("/api/mappings/{name}", tags=["files"])
-    def get_mapping(name: str) -> dict:
+    def get_mapping(name: str, access: Access = TENANT) -> dict:
+        check_mapping(name, access)
         return platform.get_mapping(name)
 
     @app.delete("/api/mappings/{name}", tags=["files"])
-    def delete_mapping(name: str) -> dict:
+    def delete_mapping(name: str, access: Access = TENANT) -> dict:
+        check_mapping(name, access)
         return platform.delete_mapping(name)
 
     @app.post("/api/imports", tags=["files"], openapi_extra=IMPORT_BODY, responses=IMPORT_RESPONSES)

@@ -178,16 +178,7 @@ def _series_panel(type_name: str, quantity: str, banded: bool, datasource: dict)
         "title": quantity,
         "description": "value with its 95 % band" if banded else "measured values",
         "datasource": datasource,
-        "targets": [
-            {
-                "refId": "A",
-                "datasource": datasource,
-                "editorMode": "code",
-                "rawQuery": True,
-                "format": "time_series",
-                "rawSql": _samples_sql(type_name, names),
-            }
-        ],
+        "targets": [_sql_target(datasource, "time_series", _samples_sql(type_name, names))],
         "fieldConfig": {
             "defaults": {"custom": {"lineWidth": 2, "fillOpacity": 0, "spanNulls": True}},
             "overrides": overrides,
@@ -231,16 +222,7 @@ def _alarms_panel(type_name: str, view: str, datasource: dict) -> dict:
         "type": "table",
         "title": "Alarms (open, and raised in the time range)",
         "datasource": datasource,
-        "targets": [
-            {
-                "refId": "A",
-                "datasource": datasource,
-                "editorMode": "code",
-                "rawQuery": True,
-                "format": "table",
-                "rawSql": sql,
-            }
-        ],
+        "targets": [_sql_target(datasource, "table", sql)],
         "fieldConfig": {"defaults": {}, "overrides": []},
         "options": {"showHeader": True, "sortBy": [{"displayName": "time", "desc": True}]},
     }
@@ -296,3 +278,15 @@ def _identifier(name: str) -> str:
 
 def _uid(type_name: str) -> str:
     return ("livetwin-" + re.sub(r"[^A-Za-z0-9_-]", "-", type_name))[:40]
+
+
+def _sql_target(datasource: dict, format: str, sql: str) -> dict:
+    """A panel's one query: raw SQL on the PostgreSQL data source, as `format`."""
+    return {
+        "refId": "A",
+        "datasource": datasource,
+        "editorMode": "code",
+        "rawQuery": True,
+        "format": format,
+        "rawSql": sql,
+    }

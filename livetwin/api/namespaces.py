@@ -1,6 +1,6 @@
 """`GET /api/namespaces/{namespace}/export`: everything a namespace (a tenant) owns, as one JSON
-document: types, twins with their state, alarms, webhooks, functions, schedules, recent runs,
-models with their versions and scenarios."""
+document: types, twins with their state, alarms, extractors, import mappings, webhooks,
+functions, schedules, recent runs, models with their versions and scenarios."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def export_namespace(platform: Any, namespace: str) -> dict:
         "types": [platform.get_type(t["name"]) for t in types],
         "twins": twins,
         "alarms": alarms,
+        "extractors": Access(only).filter(platform.list_extractors()),
+        "mappings": Access(only).filter(platform.list_mappings()),
     }
     hooks = platform.webhooks
     if hooks is not None:

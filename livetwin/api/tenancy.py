@@ -5,6 +5,7 @@ auth middleware then lets namespace-scoped tokens in and the route filters by `a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, Query, Request
@@ -57,25 +58,39 @@ def uses_tenancy(route: Any) -> bool:
 
 def check_type(platform: Any, name: str, access: Access) -> str:
     """The namespace of type `name`; 404 for a type the caller cannot reach, as for no type."""
-    namespace = platform.type_namespace(name)  # NotFound, with the fix
-    access.check(namespace, f"twin type '{name}'", f"declare it with PUT /api/types/{name}")
+    fix = f"declare it with PUT /api/types/{name}"
+    return check_owner(platform.type_namespace, name, access, "twin type", fix)
+
+
+def check_owner(owner: Callable[[str], str], name: str, access: Access, what: str, fix: str):
+    """`owner(name)`: the namespace of the named object (NotFound for none); 404 as well for
+    one the caller cannot reach."""
+    namespace = owner(name)  # NotFound, with the fix
+    access.check(namespace, f"{what} '{name}'", fix)
     return namespace
 
 
 def claim_type(platform: Any, name: str, body: Any, access: Access) -> Any:
-    """A type declaration with its namespace settled: the body's `namespace` (reachable by the
-    caller), else the type's current one, else the caller's only namespace (or `default`)."""
+    """A type declaration with its namespace settled (`claim`)."""
+    return claim("type", name, body, platform.type_namespace, access)
+
+
+def claim(what: str, name: str, body: Any, owner: Callable[[str], str], access: Access) -> Any:
+    """A declaration (type, extractor, import mapping) with its namespace settled: the body's
+    `namespace` (reachable by the caller), else that of the object of that name (`owner`, as
+    in `check_owner`), else the caller's only namespace (or `default`). Names are shared by all
+    namespaces: one that another namespace holds is a 409."""
     if not isinstance(body, dict):
-        return body  # put_type says what is wrong
+        return body  # the declaration's own check says what is wrong
     try:
-        existing = platform.type_namespace(name)
+        existing = owner(name)
     except NotFound:
         existing = None
     if existing is not None and not access.allows(existing):
         raise Conflict(
-            f"the type name '{name}' is taken in another namespace",
+            f"the {what} name '{name}' is taken in another namespace",
             field="name",
-            fix="type names are shared by all namespaces: choose another, e.g. 'plant-a-pump'",
+            fix=f"{what} names are shared by all namespaces: choose another, e.g. 'plant-a-{name}'",
         )
     wanted = body.get("namespace")
     namespace = access.target(wanted if wanted is not None else existing)

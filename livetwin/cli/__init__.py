@@ -1,6 +1,6 @@
 """The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token, devices,
-grafana-dashboard, types, import, export. Each module holds a group of commands; this one puts
-them together."""
+grafana-dashboard, types, import, export, backup, restore, opcua. Each module holds a group of
+commands; this one puts them together."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.devices import devices_app
 from livetwin.cli.files import export, import_file
+from livetwin.cli.opcua import opcua_app
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
 from livetwin.cli.types import types_app
@@ -34,5 +35,6 @@ app.command("import")(import_file)
 app.command()(export)
 app.command()(backup)
 app.command()(restore)
+app.add_typer(opcua_app, name="opcua")
 
 __all__ = ["app"]

@@ -16,16 +16,25 @@ DATABASE = typer.Option(
 )
 
 
-def _s3(settings: Settings):
-    """A function bucket -> boto3 client on the LIVETWIN_S3_* endpoint and credentials."""
+def _copy(action: str, source, target, database_url: str | None) -> dict:
+    """Run `livetwin.backup.backup` or `.restore` from `source` to `target` with the
+    configured database and S3 endpoint; a LivetwinError exits with its fix."""
+    from livetwin import backup as backups
     from livetwin.outbound import OutboundPolicy
     from livetwin.registry.artifacts import S3Config, s3_client
 
-    def client(bucket: str):
+    settings = Settings.from_env(Settings(database_url=database_url))
+
+    def s3(bucket: str):
         config = S3Config.from_env({**(settings.artifacts or {}), "LIVETWIN_S3_BUCKET": bucket})
         return s3_client(config, OutboundPolicy(settings.outbound_allow or ()))
 
-    return client
+    try:
+        return getattr(backups, action)(
+            source, target, database_url=settings.database_url or "", s3=s3
+        )
+    except LivetwinError as exc:
+        fail(exc)
 
 
 def backup(
@@ -35,15 +44,7 @@ def backup(
 ):
     """Copy a data directory (and its PostgreSQL schemas) while livetwin runs; prints the
     manifest."""
-    from livetwin import backup as backups
-
-    settings = Settings.from_env(Settings(database_url=database_url))
-    try:
-        manifest = backups.backup(
-            data, to, database_url=settings.database_url or "", s3=_s3(settings)
-        )
-    except LivetwinError as exc:
-        fail(exc)
+    manifest = _copy("backup", data, to, database_url)
     console.print(f"backed up {len(manifest['files'])} files to {to}")
     print_json(manifest)
 
@@ -54,13 +55,5 @@ def restore(
     database_url: str = DATABASE,
 ):
     """Restore a backup into a new data directory (and PostgreSQL database)."""
-    from livetwin import backup as backups
-
-    settings = Settings.from_env(Settings(database_url=database_url))
-    try:
-        manifest = backups.restore(
-            source, data, database_url=settings.database_url or "", s3=_s3(settings)
-        )
-    except LivetwinError as exc:
-        fail(exc)
+    manifest = _copy("restore", source, data, database_url)
     console.print(f"restored {len(manifest['files'])} files into {data}")

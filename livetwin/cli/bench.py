@@ -28,6 +28,7 @@ def bench_ingest(
 BENCHMARKS = {
     "scheduler": "Scheduler: joined events dispatched per second, trigger latency p50/p99.",
     "mqtt": "MQTT ingest at QoS 1 through the local broker: messages/s, values/s, lost.",
+    "opcua": "OPC UA ingest: a local asyncua server changing many variables; changes/s stored.",
     "webhooks": "Webhook deliveries/s and latency: one dead endpoint among ten live ones.",
     "replay": "Replay throughput from the journal.",
     "backtest": "Back-test throughput (baseline and candidate in lock-step) vs plain replay.",

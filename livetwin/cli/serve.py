@@ -110,6 +110,28 @@ def check_https(https: Https | None, host: str, mode: str, insecure_http: bool) 
         )
 
 
+def load_config(path: Path) -> tuple[MqttConnection | None, dict[str, dict], dict[str, dict]]:
+    """The sections of a `serve --config` file: the MQTT broker and its subscriptions (`mqtt:`;
+    a file with neither section is read as one) and the OPC UA connectors (`opcua:`)."""
+    import yaml
+
+    from livetwin.ingest.opcua_spec import config_connectors
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(
+            f"cannot read the config file {path}: {exc}", field="config", fix="pass a YAML file"
+        ) from None
+    has = data.keys() if isinstance(data, dict) else ()
+    connection, subscriptions, connectors = None, {}, {}
+    if "mqtt" in has or "opcua" not in has:
+        connection, subscriptions = load_mqtt_config(path)
+    if "opcua" in has:
+        connectors = config_connectors(data["opcua"], path.parent)
+    return connection, subscriptions, connectors
+
+
 def run_server(
     platform: Platform,
     host: str,
@@ -241,7 +263,10 @@ def serve(
     mqtt_tls_cert: Path = typer.Option(None, "--mqtt-tls-cert", help="MQTT client certificate."),
     mqtt_tls_key: Path = typer.Option(None, "--mqtt-tls-key", help="MQTT client key."),
     config: Path = typer.Option(
-        None, "--config", help="YAML file with an mqtt: section (broker and subscriptions)."
+        None,
+        "--config",
+        help="YAML file with an mqtt: section (broker and subscriptions) and/or an opcua: "
+        "section (connectors).",
     ),
     tls_cert: Path = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate."),
     tls_key: Path = typer.Option(None, "--tls-key", help="The HTTPS certificate's private key."),
@@ -272,10 +297,11 @@ def serve(
         )
     https = Https(str(tls_cert), str(tls_key)) if tls_cert else None
     subscriptions: dict = {}
+    connectors: dict = {}
     connection: MqttConnection | None = None
     try:
         if config is not None:
-            connection, subscriptions = load_mqtt_config(config)
+            connection, subscriptions, connectors = load_config(config)
         if mqtt:
             host_port = parse_address(mqtt)
             connection = dataclasses.replace(
@@ -311,12 +337,14 @@ def serve(
     check_https(https, host, settings.auth or default_mode(host), insecure_http)
     check_port(host, port)
     platform = open_platform(data, settings)
-    for name, body in subscriptions.items():
-        try:
+    try:
+        for name, body in subscriptions.items():
             platform.mqtt.put_subscription(name, body)
-        except LivetwinError as exc:
-            platform.close()
-            fail(exc)
+        for name, body in connectors.items():  # each tried once: a refusal stops the start
+            platform.opcua.put_connector(name, body)
+    except LivetwinError as exc:
+        platform.close()
+        fail(exc)
     scheme = "https" if https else "http"
     banner = f"livetwin serving {data} at [bold]{scheme}://{host}:{port}[/] (API docs: /docs)"
     run_server(platform, host, port, banner, https=https)

@@ -230,13 +230,5 @@ class Aggregator:
                 parts[key].add(part)
         for spec in ctype.aggregates:
             st.aggregates[spec.key][rows] = parts[spec.key].result(spec.func)
-        env: dict[str, np.ndarray] = {}
-        for name in ctype.aggregated:
-            compiled = ctype.compiled[name]
-            for dep in compiled.names:
-                if dep not in env:
-                    env[dep] = st.data[st.col[dep], rows]
-            for spec in compiled.aggregates:
-                env[spec.key] = st.aggregates[spec.key][rows]
-            env[name] = compiled.evaluate(env, size=n)
-            st.data[st.col[name], rows] = env[name]
+        for _ in st.derive(ctype.aggregated, rows):  # stores each value as it goes
+            pass

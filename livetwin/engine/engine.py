@@ -237,22 +237,12 @@ class Engine:
         absent = np.zeros(len(r), dtype=bool)
         for name in st.col:
             present.setdefault(name, absent)
-        env: dict[str, np.ndarray] = {}
-        for name in ctype.derived_order:
-            compiled = ctype.compiled[name]
-            for dep in compiled.names:
-                if dep not in env:
-                    env[dep] = st.data[st.col[dep], r]
-            for spec in compiled.aggregates:
-                env[spec.key] = st.aggregates[spec.key][r]
-            ctx = None
-            if compiled.windows:
-                ctx = EvalContext(ts=t, rows=r, present=present, states=st.windows[name])
-            value = compiled.evaluate(env, ctx, size=len(r))
-            env[name] = value
-            present[name] = _any_present(present, compiled.names, absent)
-            j = st.col[name]
-            st.data[j, r] = value
+
+        def window(name: str) -> EvalContext:
+            return EvalContext(ts=t, rows=r, present=present, states=st.windows[name])
+
+        for name, j, value in st.derive(ctype.derived_order, r, window):
+            present[name] = _any_present(present, ctype.compiled[name].names, absent)
             if out is not None:
                 out[sel, j] = value
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 import numpy as np
 
 from livetwin.expr import WindowState
@@ -103,6 +105,26 @@ class TypeState:
         for states in self.windows.values():
             for state in states:
                 state.grow(capacity)
+
+    def derive(
+        self, names: Iterable[str], rows: np.ndarray, windows: Callable | None = None
+    ) -> Iterator[tuple[str, int, np.ndarray]]:
+        """Evaluate the derived values `names` (in dependency order) for the twins at `rows`,
+        storing each in its column; yields (name, column, values) as each is stored.
+        `windows(name)` gives the window context of a derived value with window functions."""
+        env: dict[str, np.ndarray] = {}
+        for name in names:
+            compiled = self.ctype.compiled[name]
+            for dep in compiled.names:
+                if dep not in env:
+                    env[dep] = self.data[self.col[dep], rows]
+            for spec in compiled.aggregates:
+                env[spec.key] = self.aggregates[spec.key][rows]
+            ctx = windows(name) if compiled.windows else None
+            value = env[name] = compiled.evaluate(env, ctx, size=len(rows))
+            j = self.col[name]
+            self.data[j, rows] = value
+            yield name, j, value
 
     def column(self, name: str) -> np.ndarray:
         """The live values of one column for all twins (a view, length len(self))."""

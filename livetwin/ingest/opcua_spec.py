@@ -18,7 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from livetwin.errors import InvalidInput
 from livetwin.spec import parse_model
 
-__all__ = ["BrowsePattern", "ConnectorSpec", "parse_connector"]
+__all__ = [
+    "BrowsePattern",
+    "ConnectorSpec",
+    "config_connectors",
+    "parse_connector",
+    "with_password_file",
+]
 
 CONFIG_KIND = "opcua"
 DEFAULT_PORT = 4840
@@ -295,3 +301,51 @@ def _security(security: OpcuaSecurity, pki_dir: Path) -> tuple[Path | None, Path
             )
         files.append(path)
     return files[0], files[1]
+
+
+def with_password_file(body: Any, folder: Path, where: str) -> Any:
+    """A connector body from a file: `password_file` (relative to `folder`, the file's own
+    folder) read into `password`, so the password itself need not sit in the file."""
+    if not isinstance(body, dict) or "password_file" not in body:
+        return body
+    body = dict(body)
+    name = body.pop("password_file")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(
+            f"{where}.password_file must be a file name",
+            field=f"{where}.password_file",
+            fix="give the name of a file holding the password",
+        )
+    try:
+        body["password"] = (folder / name).read_text().strip()
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot read {where}.password_file {name}: {exc.strerror}",
+            field=f"{where}.password_file",
+            fix="give a readable file holding the password",
+        ) from None
+    return body
+
+
+def config_connectors(section: Any, folder: Path) -> dict[str, Any]:
+    """The connectors of the `opcua:` section of a `livetwin serve --config` file (found in
+    `folder`), by name: `{connectors: {name: spec}}`; each is validated when it is applied."""
+    example = "opcua: {connectors: {line-1: {endpoint: opc.tcp://plc:4840, type: pump, ...}}}"
+    if not isinstance(section, dict) or set(section) - {"connectors"}:
+        unknown = sorted(set(section) - {"connectors"}) if isinstance(section, dict) else []
+        raise InvalidInput(
+            f"unknown key opcua.{unknown[0]}" if unknown else "opcua: must be a mapping",
+            field=f"opcua.{unknown[0]}" if unknown else "opcua",
+            fix=example,
+        )
+    connectors = section.get("connectors") or {}
+    if not isinstance(connectors, dict):
+        raise InvalidInput(
+            "opcua.connectors must map names to connector specs",
+            field="opcua.connectors",
+            fix=example,
+        )
+    return {
+        name: with_password_file(body, folder, f"opcua.connectors.{name}")
+        for name, body in connectors.items()
+    }

@@ -5,7 +5,6 @@ back-tests still start from the oldest kept point (the base) and replay what fol
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def compact(core, retention_ms: int, now: int | None = None) -> dict:
         return {"upto": 0, "deleted": 0, "base_seq": seq}
     replay(engine, _until(core.store.journal(after=seq), upto), models=core._stored_models)
     data = snapshot.encode(*snapshot.capture(engine, upto))
-    _write(base_path(core.snapshot_dir, upto), data)
+    snapshot.write_atomic(base_path(core.snapshot_dir, upto), data)
     core.store.put_base_snapshot(upto, data, int(time.time() * 1000))
     for old in sorted(core.snapshot_dir.glob(f"{BASE_PREFIX}*.npz"))[:-1]:
         old.unlink(missing_ok=True)
@@ -70,14 +69,3 @@ def _until(entries, upto: int):
         if entry.seq > upto:
             return
         yield entry
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

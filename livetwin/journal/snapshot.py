@@ -47,16 +47,21 @@ def encode(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def write(directory: Path, seq: int, data: bytes) -> Path:
-    """Write an encoded snapshot atomically (temp file, fsync, rename) and prune old ones."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(seq)
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file atomically: a temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write(directory: Path, seq: int, data: bytes) -> Path:
+    """Write an encoded snapshot atomically (temp file, fsync, rename) and prune old ones."""
+    path = directory / file_name(seq)
+    write_atomic(path, data)
     for old in sorted(directory.glob("snapshot-*.npz"))[:-KEEP]:
         old.unlink(missing_ok=True)
     return path

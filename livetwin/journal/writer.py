@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,13 +230,13 @@ class Writer:
                 f"nothing was stored: {exc}", fix="check the disk and the server log, then retry"
             )
             for work in group:
-                work.future.set_exception(error)
+                _answer(work.future, error=error)
             self._resync(exc)
             return
         self.next_seq = seq
         self._since_snapshot += observations
         for work, result in results:
-            work.future.set_result(result)
+            _answer(work.future, result)
         if self.bus.active:
             for event in events:
                 self.bus.publish(event)
@@ -336,3 +336,15 @@ class Writer:
     def _snapshot_done(self, future: Future) -> None:
         if future.exception() is not None:  # try again at the next occasion
             self._requested_seq = self.flusher.snapshot_seq
+
+
+def _answer(future: Future, result: object = None, *, error: BaseException | None = None) -> None:
+    """Hand a caller its batch's outcome; a caller that stopped waiting (cancelled its future:
+    a client that went away) is skipped, and the batch stays stored."""
+    try:
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass

@@ -16,9 +16,18 @@ from typing import Any, Literal
 
 import jsonpath_ng.jsonpath as jp
 from jsonpath_ng.ext import parse as _jsonpath_parse
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from livetwin.errors import InvalidInput
+from livetwin.namespaces import owner_namespace
 from livetwin.spec.safe_yaml import load_yaml
 
 __all__ = ["CompiledPath", "ExtractorSpec", "TsFormat", "compile_path"]
@@ -181,6 +190,9 @@ class ExtractorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None
+    namespace: str | None = Field(
+        None, description="the namespace (tenant) that owns it (default: 'default')"
+    )
     foreach: str | None = None
     twin: str
     twin_prefix: str = ""
@@ -194,6 +206,11 @@ class ExtractorSpec(BaseModel):
 
     _paths: dict[str, CompiledPath] = PrivateAttr(default_factory=dict)
     _prefix_vars: tuple[str, ...] = PrivateAttr(default=())
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_by_the_one_rule(cls, value: str | None) -> str | None:
+        return owner_namespace(value)
 
     @model_validator(mode="after")
     def _check_and_compile(self) -> ExtractorSpec:

@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from livetwin.errors import InvalidInput, excerpt
 from livetwin.expr import RESERVED_NAMES, AggregateSpec, Compiled, compile_expression
-from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
-from livetwin.namespaces import check_namespace
+from livetwin.namespaces import owner_namespace
 from livetwin.spec import parse_model
 from livetwin.spec.calibration import (
     LATER_DEFAULTS,
@@ -150,11 +149,7 @@ class TwinTypeSpec(_Strict):
     @field_validator("namespace")
     @classmethod
     def _namespace_by_the_one_rule(cls, value: str | None) -> str | None:
-        try:
-            value = check_namespace(value)
-        except InvalidInput as exc:
-            raise ValueError(f"{exc.message}; {exc.fix}") from None
-        return None if value == DEFAULT_NAMESPACE else value  # the default is left unstored
+        return owner_namespace(value)
 
     @field_validator("stale_after")
     @classmethod

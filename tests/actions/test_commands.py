@@ -6,7 +6,7 @@ import queue
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -14,6 +14,7 @@ import pytest
 from conftest import MQTT_HOST, MQTT_PORT, T0, obs, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
+from webhook_support import wait_for
 
 from livetwin.actions.commands import SCHEMA, CommandService, migrate
 from livetwin.api.app import create_app
@@ -60,7 +61,7 @@ def service(platform, prefix) -> Iterator[CommandService]:
     platform.put_type("plain", {"properties": {"x": {}}})
     platform.ingest([obs("fan-1", T0, "fan", speed=10, temp=20), obs("p-1", T0, "plain", x=1)])
     svc = command_service(platform, PORT).start()
-    wait_until(lambda: svc._client.is_connected())
+    wait_for(lambda: svc._client.is_connected())
     yield svc
     svc.stop()
 
@@ -86,15 +87,6 @@ def app_for(platform, service: CommandService):
     return create_app(platform)
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    assert check(), "condition not met before the deadline"
-
-
 def test_command_reaches_device_and_pending_clears_when_reported(platform, service, device, prefix):
     app = app_for(platform, service)
     with TestClient(app) as client:
@@ -109,7 +101,7 @@ def test_command_reaches_device_and_pending_clears_when_reported(platform, servi
         assert topic == f"{prefix}/fan/fan-1/set" and qos == 1
         assert command["twin"] == "fan-1" and command["values"] == {"speed": 12.5, "gain": 2.0}
         assert command["id"] == view["command"]["id"] and command["ts"].endswith("Z")
-        wait_until(lambda: client.get("/api/twins/fan-1/desired").json()["command"]["published"])
+        wait_for(lambda: client.get("/api/twins/fan-1/desired").json()["command"]["published"])
 
         # The device applies the speed (within tolerance), then the gain.
         platform.ingest([obs("fan-1", T0 + 1000, "fan", speed=12.495)])
@@ -117,7 +109,7 @@ def test_command_reaches_device_and_pending_clears_when_reported(platform, servi
         platform.ingest([obs("fan-1", T0 + 2000, "fan", gain=2.0)])
         view = client.get("/api/twins/fan-1/desired").json()
         assert view["pending"] == [] and view["reported"] == {"gain": 2.0, "speed": 12.495}
-        wait_until(lambda: set(service.desired("fan-1")["reached"]) == {"gain", "speed"})
+        wait_for(lambda: set(service.desired("fan-1")["reached"]) == {"gain", "speed"})
 
 
 def test_desired_is_durable_across_restart(service, platform):
@@ -128,7 +120,7 @@ def test_desired_is_durable_across_restart(service, platform):
         view = again.desired("fan-1")
         assert view["desired"] == {"speed": 30.0} and view["pending"] == ["speed"]
         platform.ingest([obs("fan-1", T0 + 5000, "fan", speed=30)])
-        wait_until(lambda: "speed" in again.desired("fan-1")["reached"])
+        wait_for(lambda: "speed" in again.desired("fan-1")["reached"])
     finally:
         again.stop()
 
@@ -147,7 +139,7 @@ def test_command_published_once_broker_is_reachable(platform, prefix, device):
     try:
         topic, command, _ = device.get(timeout=10)
         assert topic == f"{prefix}/fan/fan-2/set" and command["values"] == {"speed": 5.0}
-        wait_until(lambda: online.desired("fan-2")["command"]["published"])
+        wait_for(lambda: online.desired("fan-2")["command"]["published"])
     finally:
         online.stop()
 

@@ -94,6 +94,48 @@ def test_scoped_admins_declare_types_webhooks_and_models_in_their_namespace(tena
     assert client.get("/api/models/m/versions/1?namespace=plant-a", headers=fleet).is_success
 
 
+EXTRACTOR = {"twin": "$.id", "type": "pump", "values": {"flow": "$.flow"}}
+MAPPING = {"type": "pump", "twin": "plant-a/{id}", "ts_column": "time", "values": {"flow": "q"}}
+
+
+@pytest.mark.parametrize(
+    "route, spec", [("/api/extractors", EXTRACTOR), ("/api/mappings", MAPPING)]
+)
+def test_extractors_and_mappings_belong_to_a_namespace(tenants, route, spec):
+    client, bearer = tenants
+    admin_a, admin_b = bearer("admin", "plant-a"), bearer("admin", "plant_b")
+    read_a, fleet = bearer("read", "plant-a"), bearer("admin", "*")
+    made = client.put(f"{route}/line-a", json=spec, headers=admin_a)
+    assert made.status_code == 200, made.text
+    assert made.json()["namespace"] == "plant-a"  # the token's only namespace
+    assert client.put(f"{route}/shared", json=spec, headers=fleet).json().get("namespace") is None
+    names = lambda h, q="": [x["name"] for x in client.get(f"{route}{q}", headers=h).json()]  # noqa: E731
+    assert names(read_a) == ["line-a"] and names(admin_b) == []
+    assert names(fleet) == ["line-a", "shared"] and names(fleet, "?namespace=default") == ["shared"]
+    assert client.get(f"{route}?namespace=plant-a", headers=admin_b).status_code == 404
+    # another namespace's object does not exist for this token, and its name is not free
+    assert client.get(f"{route}/line-a", headers=read_a).json()["namespace"] == "plant-a"
+    for token in (admin_b, bearer("read", "plant_b")):
+        missing = client.get(f"{route}/line-a", headers=token)
+        assert missing.status_code == 404 and "plant-a" not in missing.text
+    assert client.get(f"{route}/shared", headers=admin_a).status_code == 404
+    taken = client.put(f"{route}/line-a", json=spec, headers=admin_b)
+    assert taken.status_code == 409 and taken.json()["error"]["field"] == "name"
+    moved = client.put(f"{route}/line-a", json={**spec, "namespace": "plant_b"}, headers=admin_a)
+    assert moved.status_code == 404  # a namespace the token does not hold
+    bad = client.put(f"{route}/x", json={**spec, "namespace": "a/b"}, headers=fleet)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "namespace"
+    # too weak a scope within the namespace stays a 403
+    assert client.put(f"{route}/line-a", json=spec, headers=read_a).status_code == 403
+    # a replacement without a namespace keeps the one it had
+    again = client.put(f"{route}/line-a", json=spec, headers=fleet)
+    assert again.json()["namespace"] == "plant-a"
+    if route == "/api/mappings":
+        assert client.delete(f"{route}/line-a", headers=admin_b).status_code == 404
+        assert client.delete(f"{route}/line-a", headers=admin_a).status_code == 200
+        assert names(fleet) == ["shared"]
+
+
 @pytest.mark.platform_services("webhooks")
 def test_a_namespace_exports_everything_it_owns_and_nothing_else(tenants):
     client, bearer = tenants
@@ -101,6 +143,9 @@ def test_a_namespace_exports_everything_it_owns_and_nothing_else(tenants):
     client.put("/api/types/valve", json={"properties": {"x": {}}}, headers=admin_a)
     client.post("/api/webhooks", json=HOOK, headers=admin_a)
     client.post("/api/models/m/versions", json=MODEL, headers=admin_a)
+    client.put("/api/extractors/e-a", json=EXTRACTOR, headers=admin_a)
+    client.put("/api/mappings/m-a", json=MAPPING, headers=admin_a)
+    client.put("/api/mappings/m-all", json=MAPPING, headers=fleet)  # in default
     client.post("/api/webhooks", json=HOOK, headers=fleet)  # fleet-wide: not plant-a's
     got = client.get("/api/namespaces/plant-a/export", headers=admin_a)
     assert got.status_code == 200, got.text
@@ -110,6 +155,8 @@ def test_a_namespace_exports_everything_it_owns_and_nothing_else(tenants):
     assert [t["name"] for t in export["types"]] == ["valve"]
     assert len(export["webhooks"]) == 1 and export["webhooks"][0]["filters"]["namespace"]
     assert [m["name"] for m in export["models"]] == ["m"] and export["models"][0]["versions"]
+    assert [e["name"] for e in export["extractors"]] == ["e-a"]
+    assert [m["name"] for m in export["mappings"]] == ["m-a"]
     assert client.get("/api/namespaces/plant_b/export", headers=admin_a).status_code == 404
     plant_b = client.get("/api/namespaces/plant_b/export", headers=fleet).json()
     assert [t["id"] for t in plant_b["twins"]] == ["plant_b/p1"] and plant_b["webhooks"] == []

@@ -10,17 +10,17 @@ from the type's prior, the true noise); times the filter's prior (log-normal, 30
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
+from fmu_support import MSD_STATE_STD as STATE_STD
+from fmu_support import calibrate_msd_fleet
 from scipy.linalg import expm
 
 pytest.importorskip("fmpy", reason="FMU tests need FMPy: pip install 'livetwin[fmu]'")
 
 N, STEPS, DT_MS, NOISE = 50, 150, 200, 0.005
 PRIOR = {"d": 0.8, "c": 4.0}  # the type's values; default prior std 30 %
-STATE_STD = 0.5
 GRID = 41
 
 
@@ -68,43 +68,9 @@ def _exact_posterior(force, z, dt, centre, half_width):
 
 
 def test_a_dotted_name_fmu_fleet_calibrates_honestly_with_default_settings(msd, tmp_path, clock):
-    from conftest import T0
-
-    from livetwin.models.fmu import resolve_fmu_ref
-    from livetwin.platform import Platform
-
-    ref = "fmu:msd.fmu?params=damper.d:d,spring.c:c&states=mass.s:s,mass.v:v"
-    spec = {
-        "properties": {"F": {"unit": "N"}, "y": {"unit": "m"}},
-        "parameters": {
-            "d": {"value": PRIOR["d"], "min": 0, "calibrate": True},
-            "c": {"value": PRIOR["c"], "min": 0, "calibrate": True},
-        },
-        "model": {"ref": ref, "dt": f"{DT_MS}ms"},
-        "calibration": {"state_prior": {"s": [0.0, STATE_STD], "v": [0.0, STATE_STD]}},
-    }
-    rng = np.random.default_rng(7)
-    truth = np.c_[rng.uniform(0.5, 1.1, N), rng.uniform(3.0, 5.0, N)]  # d, c
-    plant = resolve_fmu_ref(f"fmu:{msd}?params=damper.d:d,spring.c:c&states=mass.s:s,mass.v:v")
-    x, rows = np.zeros((N, 2)), []
-    forces, zs = np.empty((STEPS, N)), np.empty((STEPS, N))
-    for k in range(STEPS):
-        forces[k] = rng.uniform(-2, 2, N)  # a new input every step
-        x, y = plant.fn(x, truth, forces[k][:, None], DT_MS / 1000)
-        zs[k] = y[:, 0] + NOISE * rng.standard_normal(N)
-        rows += [
-            {"twin": f"m{i}", "type": "msd", "ts": T0 + (k + 1) * DT_MS, "values": {"F": f, "y": v}}
-            for i, (f, v) in enumerate(zip(forces[k].tolist(), zs[k].tolist(), strict=True))
-        ]
-    (tmp_path / "d" / "fmus").mkdir(parents=True)
-    shutil.copy(msd, tmp_path / "d" / "fmus" / "msd.fmu")
-    clock.now = T0 + 10**8
-    with Platform(tmp_path / "d", clock=clock) as platform:
-        platform.put_type("msd", spec)
-        assert platform.ingest(rows).accepted == len(rows)
-        record = platform.calibrate("msd")
-        assert record["status"] == "succeeded" and record["calibrated"] == N, record
-        views = [platform.calibration(f"m{i}") for i in range(N)]
+    truth, forces, zs, record, views = calibrate_msd_fleet(
+        msd, tmp_path / "d", clock, n=N, steps=STEPS, dt_ms=DT_MS, noise=NOISE, seed=7, prior=PRIOR
+    )
     noise = record["noise"]["y"]
     assert noise["source"] == "innovations"
     assert 0.7 * NOISE < noise["std_median"] < 1.4 * NOISE, noise

@@ -4,7 +4,6 @@ target and a folder that is no backup."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -13,6 +12,7 @@ import psycopg
 import pytest
 from conftest import T0, FakeClock, obs
 from postgres_support import PG_URL, fresh_schema, postgres_platform, schema_url
+from s3_support import CREDENTIALS, REGION, moto_s3, s3_client
 from typer.testing import CliRunner
 
 from livetwin.backup import backup, restore
@@ -117,31 +117,16 @@ def test_postgres_backup_under_load_restores_into_a_new_database(tmp_path, monke
 
 
 def test_backup_to_s3_and_restore_from_it(tmp_path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
+    with moto_s3() as endpoint:
         env = {
             "LIVETWIN_S3_ENDPOINT": endpoint,
-            "LIVETWIN_S3_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "test-key",
-            "AWS_SECRET_ACCESS_KEY": "test-secret",
+            "LIVETWIN_S3_REGION": REGION,
+            **CREDENTIALS,
             "LIVETWIN_OUTBOUND_ALLOW": "127.0.0.0/8",
         }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test-key",
-            aws_secret_access_key="test-secret",
-        ).create_bucket(Bucket="backups")
+        s3_client(endpoint).create_bucket(Bucket="backups")
         clock = FakeClock()
         with Platform(tmp_path / "data", clock=clock, settings=Settings(run_schedules=False)) as p:
             p.put_type("thing", TYPE)
@@ -158,5 +143,3 @@ def test_backup_to_s3_and_restore_from_it(tmp_path, monkeypatch):
             tmp_path / "restored", clock=clock, settings=Settings(run_schedules=False)
         ) as r:
             assert r.twin("t-3")["properties"]["temp"] == 1.5
-    finally:
-        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 
 import pytest
@@ -54,27 +53,13 @@ def test_the_import_job_refuses_unknown_arguments(platform, tmp_path):
 
 def test_the_import_job_takes_new_objects_under_an_s3_prefix(tmp_path, clock):
     """Against a real S3-protocol server (moto's, on loopback)."""
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
+    from s3_support import CREDENTIALS, REGION, moto_s3, s3_client
     from webhook_support import LOOPBACK
 
     from livetwin.platform import Platform, Settings
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        keys = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test-key",
-            aws_secret_access_key="test-secret",
-        )
+    with moto_s3() as endpoint:
+        s3 = s3_client(endpoint)
         s3.create_bucket(Bucket="drop")
         s3.put_object(Bucket="drop", Key="in/a.csv", Body=b"id,time,q\n1,2026-11-22T10:00:00Z,5\n")
         s3.put_object(Bucket="drop", Key="in/b.csv", Body=b"id,when,q\n1,2,3\n")
@@ -83,7 +68,11 @@ def test_the_import_job_takes_new_objects_under_an_s3_prefix(tmp_path, clock):
             webhooks=False,
             run_schedules=True,
             outbound_allow=LOOPBACK,
-            artifacts={"LIVETWIN_S3_ENDPOINT": endpoint, "LIVETWIN_S3_REGION": "us-east-1", **keys},
+            artifacts={
+                "LIVETWIN_S3_ENDPOINT": endpoint,
+                "LIVETWIN_S3_REGION": REGION,
+                **CREDENTIALS,
+            },
         )
         with Platform(tmp_path / "d", clock=clock, settings=settings) as p:
             p.put_type("pump", PUMP)
@@ -105,5 +94,3 @@ def test_the_import_job_takes_new_objects_under_an_s3_prefix(tmp_path, clock):
             s3.get_object(Bucket="drop", Key="in/failed/b.csv.report.json")["Body"].read()
         )
         assert report["error"]["field"] == "ts_column"
-    finally:
-        server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -13,6 +13,7 @@ import pytest
 from conftest import MQTT_HOST, MQTT_PORT, PUMP, require_mosquitto
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
+from webhook_support import wait_for
 
 from livetwin.api.app import create_app
 from livetwin.errors import InvalidInput, NotFound
@@ -81,15 +82,6 @@ def publisher() -> Iterator[mqtt.Client]:
     client.loop_stop()
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    assert check(), "condition not met before the deadline"
-
-
 def flow(platform, twin: str) -> float | None:
     try:
         return platform.twin(twin)["properties"]["flow"]
@@ -111,8 +103,8 @@ def send(client: mqtt.Client, topic: str, payload: object, raw: bool = False) ->
 def test_payload_twin_id(setup, bridge, publisher, prefix):
     subscribe(bridge, "a", {"topic": f"{prefix}/+/telemetry", "extractor": "pj"})
     send(publisher, f"{prefix}/x/telemetry", {"id": f"{prefix}-p1", "flow": 3.5})
-    wait_until(lambda: flow(setup, f"{prefix}-p1") == 3.5)
-    wait_until(lambda: bridge.stats()["ingested"] == 1)  # counted once the ack is sent
+    wait_for(lambda: flow(setup, f"{prefix}-p1") == 3.5)
+    wait_for(lambda: bridge.stats()["ingested"] == 1)  # counted once the ack is sent
 
 
 def test_topic_segments_to_twin_ids(setup, bridge, publisher, prefix):
@@ -124,8 +116,8 @@ def test_topic_segments_to_twin_ids(setup, bridge, publisher, prefix):
     )
     send(publisher, f"{prefix}/plantA/line/7/t", {"id": "m1", "flow": 1})
     send(publisher, f"{prefix}/dev/x/pump-9", {"flow": 9})  # no id in the payload
-    wait_until(lambda: flow(setup, "plantA/m1") == 1)
-    wait_until(lambda: flow(setup, "pump-9") == 9)
+    wait_for(lambda: flow(setup, "plantA/m1") == 1)
+    wait_for(lambda: flow(setup, "pump-9") == 9)
 
 
 def test_malformed_is_counted_and_good_messages_still_arrive(setup, bridge, publisher, prefix):
@@ -133,8 +125,8 @@ def test_malformed_is_counted_and_good_messages_still_arrive(setup, bridge, publ
     send(publisher, f"{prefix}/d", b"{not json", raw=True)
     send(publisher, f"{prefix}/d", {"flow": 1})  # no id: rejected by the extractor
     send(publisher, f"{prefix}/d", {"id": f"{prefix}-ok", "flow": 2})
-    wait_until(lambda: flow(setup, f"{prefix}-ok") == 2)
-    wait_until(lambda: bridge.stats()["ingested"] == 1)
+    wait_for(lambda: flow(setup, f"{prefix}-ok") == 2)
+    wait_for(lambda: bridge.stats()["ingested"] == 1)
     stats = bridge.stats()
     assert (stats["malformed"], stats["rejected"], stats["ingested"]) == (1, 1, 1)
     assert stats["received"] == 3 and stats["connected"] is True
@@ -151,7 +143,7 @@ def test_burst_of_5000_qos1_messages_all_arrive(setup, bridge, publisher, prefix
     ]
     for info in infos:
         info.wait_for_publish(30)
-    wait_until(lambda: bridge.stats()["ingested"] == n, timeout=60)
+    wait_for(lambda: bridge.stats()["ingested"] == n, timeout=60)
     assert all(flow(setup, f"b{i}") == i % 1000 for i in range(0, n, 97))
     assert bridge.stats()["observations_accepted"] == n
 
@@ -166,7 +158,7 @@ def test_restart_resubscribes_from_persisted_config(setup, publisher, prefix):
         assert second.wait_connected()
         time.sleep(0.3)
         send(publisher, f"{prefix}/d", {"id": f"{prefix}-r", "flow": 4})
-        wait_until(lambda: flow(setup, f"{prefix}-r") == 4)
+        wait_for(lambda: flow(setup, f"{prefix}-r") == 4)
     finally:
         second.stop()
 
@@ -215,11 +207,11 @@ def test_topic_filter_and_address_parsing():
 def test_reconnects_and_resubscribes_after_the_connection_drops(setup, bridge, publisher, prefix):
     subscribe(bridge, "a", {"topic": f"{prefix}/+", "extractor": "pj"})
     bridge._session._sock.shutdown(socket.SHUT_RDWR)  # the network drops the connection
-    wait_until(lambda: not bridge.stats()["connected"], timeout=5)
+    wait_for(lambda: not bridge.stats()["connected"], timeout=5)
     assert bridge.wait_connected(timeout=10)
     time.sleep(0.3)  # the SUBACK of the resubscription
     send(publisher, f"{prefix}/d", {"id": f"{prefix}-again", "flow": 6})
-    wait_until(lambda: flow(setup, f"{prefix}-again") == 6)
+    wait_for(lambda: flow(setup, f"{prefix}-again") == 6)
 
 
 def test_config_file_for_serve(tmp_path, setup, prefix):

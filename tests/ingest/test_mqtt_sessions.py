@@ -19,6 +19,7 @@ import pytest
 from conftest import MQTT_HOST, MQTT_PORT, PUMP, require_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from tls_support import self_signed
+from webhook_support import free_port, wait_for
 
 from livetwin.errors import InvalidInput
 from livetwin.platform import Platform, Settings
@@ -27,21 +28,6 @@ from livetwin.settings import MqttConnection
 pytestmark = pytest.mark.services
 
 USER, PASSWORD = "plant", "s3cret-Pa55"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    assert check(), "condition not met before the deadline"
 
 
 def publisher(port: int = MQTT_PORT, **tls) -> mqtt.Client:
@@ -87,7 +73,7 @@ def tls_broker(tmp_path) -> Iterator[tuple[int, str]]:
         ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        wait_until(lambda: _listening(port), timeout=10)
+        wait_for(lambda: _listening(port), timeout=10)
         yield port, str(cert)
     finally:
         broker.terminate()
@@ -120,7 +106,7 @@ def test_a_persistent_session_keeps_what_was_published_while_livetwin_was_down(t
         device.disconnect()
         device.loop_stop()
     with open_platform(tmp_path / "d", connection) as platform:
-        wait_until(lambda: journaled(platform) == 200)
+        wait_for(lambda: journaled(platform) == 200)
         assert platform.twin("p9")["properties"]["flow"] == 199.0
         time.sleep(0.5)
         assert journaled(platform) == 200  # each once
@@ -143,15 +129,15 @@ def test_tls_with_a_password_ingests_and_refusals_say_why(tmp_path, tls_broker):
         finally:
             device.disconnect()
             device.loop_stop()
-        wait_until(lambda: platform.mqtt.stats()["received"] == 3)
-        wait_until(lambda: platform.mqtt.stats()["ingested"] == 1)
+        wait_for(lambda: platform.mqtt.stats()["received"] == 3)
+        wait_for(lambda: platform.mqtt.stats()["ingested"] == 1)
         stats = platform.mqtt.stats()
         assert stats["tls"] is True and stats["malformed"] == 1 and stats["rejected"] == 1
         assert stats["last_rejected"]["topic"] == f"{prefix}/b"
         assert "twin" in stats["last_rejected"]["reason"]
         assert platform.twin("a")["properties"]["flow"] == 1.5
         assert platform.commands._client is not None
-        wait_until(lambda: platform.commands._client.is_connected())  # commands: same settings
+        wait_for(lambda: platform.commands._client.is_connected())  # commands: same settings
 
     for connection, words in [
         (
@@ -161,7 +147,7 @@ def test_tls_with_a_password_ingests_and_refusals_say_why(tmp_path, tls_broker):
         (MqttConnection(MQTT_HOST, port, username=USER, password=PASSWORD, tls=True), "TLS"),
     ]:
         with open_platform(tmp_path / "d", connection) as platform:
-            wait_until(lambda p=platform: p.mqtt.stats()["last_error"] is not None)
+            wait_for(lambda p=platform: p.mqtt.stats()["last_error"] is not None)
             assert words in platform.mqtt.stats()["last_error"]
             assert platform.mqtt.stats()["connected"] is False
 

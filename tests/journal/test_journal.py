@@ -43,6 +43,27 @@ def test_concurrent_callers_share_commits(platform, monkeypatch):
     assert platform.twin("p3")["properties"]["flow"] == 9.0
 
 
+def test_a_caller_that_stops_waiting_does_not_stop_the_writer(platform, monkeypatch):
+    """An HTTP client that disconnects (or a connector that stops) cancels its future while
+    the batch is being committed: the batch is stored all the same, and so are later ones."""
+    platform.put_type("pump", PUMP)
+    committing = threading.Event()
+    real_commit = platform.core.store.commit
+
+    def slow_commit(*args):
+        committing.set()
+        time.sleep(0.2)
+        real_commit(*args)
+
+    monkeypatch.setattr(platform.core.store, "commit", slow_commit)
+    future = platform.core.submit([obs("p1", T0, flow=1.0)])
+    assert committing.wait(5)
+    assert future.cancel()
+    assert platform.ingest([obs("p1", T0 + 1000, flow=2.0)]).accepted == 1
+    assert platform.twin("p1")["properties"]["flow"] == 2.0
+    assert platform.stats()["journal_observations"] == 2
+
+
 def test_events_are_published_after_commit(platform):
     seen = []
     token = platform.bus.subscribe(seen.append)

@@ -5,10 +5,9 @@ documented `fmu:` reference with default settings."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
+from fmu_support import calibrate_msd_fleet
 from scipy.integrate import solve_ivp
 
 from livetwin.errors import InvalidInput
@@ -102,42 +101,11 @@ def test_a_fleet_calibrates_through_the_documented_reference(msd, tmp_path, cloc
     """A type whose model is the dotted-name FMU through an `fmu:` reference, default prior and
     measurement noise, inputs that change every step and known true damping and stiffness per
     twin: the 95 % bands cover the truth and the errors are within the bands' spread."""
-    from conftest import T0
-
-    from livetwin.platform import Platform
-
-    n, steps, dt_ms = 12, 60, 200
-    ref = "fmu:msd.fmu?params=damper.d:d,spring.c:c&states=mass.s:s,mass.v:v"
-    spec = {
-        "properties": {"F": {"unit": "N"}, "y": {"unit": "m"}},
-        "parameters": {
-            "d": {"value": 0.8, "min": 0, "calibrate": True},
-            "c": {"value": 4.0, "min": 0, "calibrate": True},
-        },
-        "model": {"ref": ref, "dt": f"{dt_ms}ms"},
-        "calibration": {"state_prior": {"s": [0.0, 0.5], "v": [0.0, 0.5]}},
-    }
-    rng = np.random.default_rng(11)
-    truth = np.c_[rng.uniform(0.5, 1.1, n), rng.uniform(3.0, 5.0, n)]  # d, c
-    plant = resolve_fmu_ref(f"fmu:{msd}?params=damper.d:d,spring.c:c&states=mass.s:s,mass.v:v")
-    x, rows = np.zeros((n, 2)), []
-    for k in range(1, steps + 1):
-        force = rng.uniform(-2, 2, n)
-        x, y = plant.fn(x, truth, force[:, None], dt_ms / 1000)
-        z = y[:, 0] + 0.005 * rng.standard_normal(n)
-        rows += [
-            {"twin": f"m{i}", "type": "msd", "ts": T0 + k * dt_ms, "values": {"F": f, "y": v}}
-            for i, (f, v) in enumerate(zip(force.tolist(), z.tolist(), strict=True))
-        ]
-    (tmp_path / "d" / "fmus").mkdir(parents=True)
-    shutil.copy(msd, tmp_path / "d" / "fmus" / "msd.fmu")
-    clock.now = T0 + 10**8
-    with Platform(tmp_path / "d", clock=clock) as platform:
-        platform.put_type("msd", spec)
-        assert platform.ingest(rows).accepted == len(rows)
-        record = platform.calibrate("msd")
-        assert record["status"] == "succeeded" and record["calibrated"] == n, record
-        got = [platform.calibration(f"m{i}")["parameters"] for i in range(n)]
+    n, prior = 12, {"d": 0.8, "c": 4.0}
+    truth, _, _, _, views = calibrate_msd_fleet(
+        msd, tmp_path / "d", clock, n=n, steps=60, dt_ms=200, noise=0.005, seed=11, prior=prior
+    )
+    got = [v["parameters"] for v in views]
     inside, error, spread = [], [], []
     for i, params in enumerate(got):
         for j, name in enumerate(("d", "c")):

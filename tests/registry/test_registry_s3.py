@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from webhook_support import LOOPBACK
+from s3_support import CREDENTIALS, moto_s3, s3_client
+from webhook_support import LOOPBACK, free_port
 
 from livetwin.api.app import create_app
 from livetwin.errors import InvalidInput, Unavailable
@@ -20,8 +20,8 @@ from livetwin.platform import Platform
 from livetwin.registry import FileArtifactStore, Registry, S3ArtifactStore, artifact_store
 
 try:
-    import boto3
-    from moto.server import ThreadedMotoServer
+    import boto3  # noqa: F401
+    import moto.server  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     if os.environ.get("CI") == "true":
         raise
@@ -30,7 +30,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     )
 
 BUCKET = "livetwin-artifacts"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
 
 
 def store_for(data_dir, env):
@@ -38,19 +37,10 @@ def store_for(data_dir, env):
     return artifact_store(data_dir, env, OutboundPolicy(LOOPBACK))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -62,13 +52,7 @@ def s3_env(s3_endpoint):
         "LIVETWIN_S3_PREFIX": "site-a/",
         **CREDENTIALS,
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test-key",
-        aws_secret_access_key="test-secret",
-    )
+    client = s3_client(s3_endpoint)
     client.create_bucket(Bucket=BUCKET)
     yield env, client
     listed = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])

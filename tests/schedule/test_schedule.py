@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from conftest import PUMP, T0, obs
 from schedule_support import FailingCommit, new_scheduler
+from webhook_support import wait_for
 
 from livetwin.engine.events import Notice
 from livetwin.errors import InvalidInput
@@ -300,10 +301,7 @@ def test_failing_or_slow_functions_never_block_others(platform, scheduler):
     failed = scheduler.wait(broken)
     assert failed["state"] == "failed" and "ZeroDivisionError" in failed["error"]
     assert any("ZeroDivisionError" in line for line in failed["logs"])
-    deadline = time.monotonic() + 10
-    while scheduler.run(slow[0])["state"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: scheduler.run(slow[0])["state"] == "running", timeout=10)
     states = [scheduler.run(r)["state"] for r in slow]
     assert states == ["running", "queued", "queued"]  # concurrency 1, FIFO
     fn = scheduler.function("slow")
@@ -381,10 +379,7 @@ def test_a_failed_commit_loses_nothing_acknowledged_and_runs_nothing_twice(platf
     scheduler.register("pair", lambda ctx: calls.append("pair"), events=["a", "b"])
     slow = scheduler.run_function("slow")["id"]
     scheduler.post_event("a", {"n": 1})
-    deadline = time.monotonic() + 10
-    while scheduler.run(slow)["state"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: scheduler.run(slow)["state"] == "running", timeout=10)
     real = scheduler._store
     scheduler._store = FailingCommit(real)
     with pytest.raises(Unavailable):

@@ -240,10 +240,7 @@ def _seed_alarms_jobs_models(platform: Platform, now: int) -> None:
             rows += observations(sim.step(), LINES, now - 60_000 + (20 * r + k) * 100)
         assert not platform.ingest(rows).rejected
         run = scheduler.run_schedule("calibrate.every.roller_line")  # a run on the Jobs page
-        deadline = time.monotonic() + 30
-        while (run := scheduler.run(run["id"]))["state"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, run
-            time.sleep(0.05)
+        run = scheduler.wait(run["id"], 30)
         assert run["result"]["status"] == "succeeded", run
 
 

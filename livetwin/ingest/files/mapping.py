@@ -8,9 +8,10 @@ import string
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from livetwin.errors import InvalidInput
+from livetwin.namespaces import owner_namespace
 from livetwin.spec import parse_model
 from livetwin.spec.safe_yaml import load_yaml
 
@@ -36,6 +37,9 @@ class ImportMapping(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None
+    namespace: str | None = Field(
+        None, description="the namespace (tenant) that owns it (default: 'default')"
+    )
     format: Literal["csv", "jsonl", "xlsx", "parquet"] | None = None  # default: the extension
     layout: Literal["wide", "long"] = "wide"
     twin: str | None = None
@@ -52,6 +56,11 @@ class ImportMapping(BaseModel):
     parent_column: str | None = None
     sheet: str | None = None  # xlsx: the sheet to read (required when the file has several)
     delimiter: str = ","  # csv
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_by_the_one_rule(cls, value: str | None) -> str | None:
+        return owner_namespace(value)
 
     @classmethod
     def from_data(cls, data: Any, *, name: str | None = None) -> ImportMapping:
