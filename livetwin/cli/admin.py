@@ -6,9 +6,8 @@ import json as jsonlib
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from livetwin.cli.common import DATA, console, fail, results
+from livetwin.cli.common import DATA, console, fail, print_records
 from livetwin.errors import LivetwinError
 from livetwin.settings import Settings
 
@@ -58,16 +57,11 @@ def token_list(
             tokens = store.list()
     except LivetwinError as exc:
         fail(exc)
-    if json:
-        typer.echo(jsonlib.dumps(tokens, indent=2))
-        return
-    columns = ("id", "name", "scope", "namespace", "created", "expires", "revoked")
-    table = Table(*columns)
-    table.columns[0].no_wrap = True  # `token revoke` takes the id: never cut it
-    table.columns[0].min_width = max((len(t["id"]) for t in tokens), default=2)
-    for t in tokens:
-        table.add_row(*(t[c] or "-" for c in columns))
-    results.print(table)
+    print_records(
+        tokens,
+        ("id", "name", "scope", "namespace", "created", "expires", "revoked"),
+        as_json=json,
+    )
 
 
 @token_app.command("revoke")

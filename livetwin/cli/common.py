@@ -15,6 +15,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from livetwin.errors import LivetwinError
 from livetwin.platform import Platform, Settings
@@ -37,6 +38,20 @@ def fail(exc: LivetwinError) -> NoReturn:
 def print_json(data) -> None:
     """A command's JSON answer, alone on stdout."""
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_records(records: list[dict], columns: tuple[str, ...], *, as_json: bool) -> None:
+    """A list command's answer: JSON, or a table of `columns` whose first column (the id that
+    other commands take) is never cut."""
+    if as_json:
+        print_json(records)
+        return
+    table = Table(*columns)
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(r[columns[0]]) for r in records), default=2)
+    for record in records:
+        table.add_row(*(str(record[c]) if record[c] is not None else "-" for c in columns))
+    results.print(table)
 
 
 def require_data(data: Path) -> None:

@@ -3,13 +3,11 @@ password file and ACL made from them (docs/devices.md)."""
 
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from livetwin.cli.common import DATA, console, fail, results
+from livetwin.cli.common import DATA, console, fail, print_records
 from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.settings import Settings
 
@@ -63,16 +61,7 @@ def devices_list(
             devices = store.list()
     except LivetwinError as exc:
         fail(exc)
-    if json:
-        typer.echo(jsonlib.dumps(devices, indent=2))
-        return
-    columns = ("id", "name", "twins", "namespace", "created", "revoked")
-    table = Table(*columns)
-    table.columns[0].no_wrap = True
-    table.columns[0].min_width = 12
-    for d in devices:
-        table.add_row(*(d[c] or "-" for c in columns))
-    results.print(table)
+    print_records(devices, ("id", "name", "twins", "namespace", "created", "revoked"), as_json=json)
 
 
 @devices_app.command("revoke")

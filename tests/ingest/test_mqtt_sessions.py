@@ -4,9 +4,7 @@ TLS listener), the broker's refusals in plain words, and why messages were rejec
 
 from __future__ import annotations
 
-import getpass
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -17,9 +15,10 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import MQTT_HOST, MQTT_PORT, PUMP, require_mosquitto
+from mqtt_support import private_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from tls_support import self_signed
-from webhook_support import free_port, wait_for
+from webhook_support import wait_for
 
 from livetwin.errors import InvalidInput
 from livetwin.platform import Platform, Settings
@@ -56,36 +55,18 @@ def journaled(platform: Platform) -> int:
 
 @pytest.fixture
 def tls_broker(tmp_path) -> Iterator[tuple[int, str]]:
-    """Mosquitto with one TLS listener, a user name and password required: (port, CA file)."""
-    if shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("the TLS broker test starts its own mosquitto (Debian: apt install mosquitto)")
+    """A private Mosquitto with a TLS listener and one user: (port, CA certificate)."""
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("the TLS broker test needs mosquitto_passwd (Debian: apt install mosquitto)")
     cert, key = self_signed(tmp_path / "tls")
     passwords = tmp_path / "passwords"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD], check=True)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\ncafile {cert}\ncertfile {cert}\nkeyfile {key}\n"
-        f"allow_anonymous false\npassword_file {passwords}\npersistence false\n"
-        f"user {getpass.getuser()}\n"  # as root, stay root: the files lie in a private folder
+    settings = (
+        f"cafile {cert}\ncertfile {cert}\nkeyfile {key}\n"
+        f"allow_anonymous false\npassword_file {passwords}\n"
     )
-    broker = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for(lambda: _listening(port), timeout=10)
-        yield port, str(cert)
-    finally:
-        broker.terminate()
-        broker.wait(10)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+    with private_mosquitto(tmp_path, settings) as broker:
+        yield broker.port, str(cert)
 
 
 def test_a_persistent_session_keeps_what_was_published_while_livetwin_was_down(tmp_path):

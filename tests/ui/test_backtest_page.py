@@ -3,36 +3,23 @@ tables, and the baseline-vs-candidate plot of a chosen twin and output."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from backtest_support import END, START, record
+from browser_support import DESKTOP, chromium
 
 pytestmark = pytest.mark.services  # needs Chromium (see conftest.py)
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
 def page(live_server):
-    if not Path(CHROMIUM).exists():
-        message = f"the dashboard tests need {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-        tab = browser.new_page(viewport={"width": 1280, "height": 900})
+    with chromium() as browser:
+        tab = browser.new_page(viewport=DESKTOP)
         tab.set_default_timeout(15_000)
         tab.on("console", lambda m: m.type == "error" and errors.append(m.text))
         tab.on("pageerror", lambda exc: errors.append(str(exc)))
         tab.errors = errors
         yield tab
-        browser.close()
 
 
 def test_a_report_shows_its_tables_and_plots_baseline_vs_candidate(platform, live_server, page):

@@ -10,9 +10,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from browser_support import DESKTOP, chromium, require_browser
 from conftest import served
 from oidc_support import OidcProvider, s256
-from test_ui import CHROMIUM, CHROMIUM_ARGS, DESKTOP, _require_browser
 
 from livetwin.api.app import create_app
 from livetwin.api.auth import install_auth
@@ -56,7 +56,7 @@ def idp():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, idp):
     """The dashboard with auth on (API tokens and OIDC JWTs from `idp`); its URL and tokens."""
-    _require_browser()
+    require_browser()
     platform = Platform(tmp_path_factory.mktemp("login") / "data")
     platform.outbound = OutboundPolicy(("127.0.0.0/8",))  # the identity provider is on loopback
     app = create_app(platform)
@@ -80,12 +80,8 @@ def server(tmp_path_factory, idp):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

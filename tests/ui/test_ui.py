@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlencode
 import httpx
 import pytest
 import uvicorn
+from browser_support import DESKTOP, PHONE, chromium, require_browser
 from conftest import MQTT_HOST, MQTT_PORT, require_mosquitto
 
 from livetwin.api.app import create_app
@@ -32,19 +33,6 @@ pytestmark = pytest.mark.services  # needs a real service (see conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 
 STATION = {"properties": {"level": {"unit": "m"}}, "children": ["pump"]}
 PUMP = {
@@ -116,21 +104,6 @@ def test_mount_serves_the_page_its_modules_and_plotly(platform, monkeypatch):
         monkeypatch.setattr(livetwin.ui, "plotly_js", lambda: None)
         missing = client.get("/ui/vendor/plotly.min.js")
         assert missing.status_code == 404 and "pip install" in missing.json()["error"]["fix"]
-
-
-def _require_browser() -> None:
-    """Skip (or fail under CI=true) when Playwright or Debian's Chromium is missing."""
-    problem = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problem = "Playwright for Python is not installed (pip install playwright)"
-    if problem is None and not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        problem = f"{CHROMIUM} is missing: apt-get install -y chromium (never `playwright install`)"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the UI tests need a browser under CI: {problem}")
-        pytest.skip(problem)
 
 
 def _seed(platform: Platform, now: int) -> None:
@@ -276,7 +249,7 @@ def _serve(platform: Platform, seed=None) -> Iterator[SimpleNamespace]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[SimpleNamespace]:
     """The dashboard over a seeded platform."""
-    _require_browser()
+    require_browser()
     platform = Platform(tmp_path_factory.mktemp("ui") / "data")
     with _serve(platform, lambda p: _seed(p, wall_clock_ms())) as served:
         yield served
@@ -284,12 +257,8 @@ def server(tmp_path_factory) -> Iterator[SimpleNamespace]:
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
