@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from livetwin.actions.alarms import MAX_COMMENT, MAX_NAME, AlarmService
 from livetwin.api.body import read_body
+from livetwin.api.openapi import json_body
 from livetwin.api.params import Int64
 from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT
 from livetwin.auth import Access
@@ -36,10 +37,7 @@ class CommentBody(BaseModel):
 
 def _body_of(model: type[BaseModel], *, required: bool) -> dict:
     """The OpenAPI request body of a route that reads `model` through `read_body`."""
-    schema = model.model_json_schema()
-    return {
-        "requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}
-    }
+    return json_body(model.model_json_schema(), required=required)
 
 
 async def _read(request: Request, model: type[BaseModel], *, required: bool = True):

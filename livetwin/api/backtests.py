@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
-from livetwin.api.openapi import error_response
+from livetwin.api.openapi import error_response, request_body
 from livetwin.api.params import Int64
 from livetwin.backtest.report import to_csv
 from livetwin.backtest.service import BacktestService
@@ -20,45 +20,42 @@ from livetwin.schedule import Scheduler
 from livetwin.schedule.model import SYSTEM
 
 MAX_BODY = 4 * 1024 * 1024
-BACKTEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["type", "candidate", "from", "to"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "candidate": {
-                            "type": "object",
-                            "description": '{"patch": {...}} or {"spec": {...}}',
-                        },
-                        "from": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
-                        "to": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
-                        "warmup": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
-                        "twins": {
-                            "type": "object",
-                            "properties": {
-                                "ids": {"type": "array", "items": {"type": "string"}},
-                                "parent": {"type": "string"},
-                                "where": {"type": "string"},
-                            },
-                        },
-                        "plot": {"type": "array", "items": {"type": "string"}},
+BACKTEST_BODY = request_body(
+    {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["type", "candidate", "from", "to"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "candidate": {
+                        "type": "object",
+                        "description": '{"patch": {...}} or {"spec": {...}}',
                     },
-                },
-                "example": {
-                    "type": "pump",
-                    "candidate": {"patch": {"derived": {"flow_avg": "avg(flow, '30m')"}}},
-                    "from": "2026-11-22T00:00:00Z",
-                    "to": "2026-11-23T00:00:00Z",
+                    "from": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                    "to": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                    "warmup": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                    "twins": {
+                        "type": "object",
+                        "properties": {
+                            "ids": {"type": "array", "items": {"type": "string"}},
+                            "parent": {"type": "string"},
+                            "where": {"type": "string"},
+                        },
+                    },
+                    "plot": {"type": "array", "items": {"type": "string"}},
                 },
             },
-            "application/yaml": {"schema": {"type": "string"}},
+            "example": {
+                "type": "pump",
+                "candidate": {"patch": {"derived": {"flow_avg": "avg(flow, '30m')"}}},
+                "from": "2026-11-22T00:00:00Z",
+                "to": "2026-11-23T00:00:00Z",
+            },
         },
+        "application/yaml": {"schema": {"type": "string"}},
     }
-}
+)
 
 
 def backtest_routes(app: FastAPI, backtests: BacktestService, scheduler: Scheduler) -> None:

@@ -8,28 +8,19 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
-from livetwin.api.openapi import MQTT_OFF
+from livetwin.api.openapi import MQTT_OFF, json_body
 from livetwin.errors import Conflict
 
 __all__ = ["commands_routes"]
 
-DESIRED_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["values"],
-                    "properties": {
-                        "values": {"type": "object", "additionalProperties": {"type": "number"}}
-                    },
-                },
-                "example": {"values": {"speed": 12.5}},
-            }
-        },
-    }
-}
+DESIRED_BODY = json_body(
+    {
+        "type": "object",
+        "required": ["values"],
+        "properties": {"values": {"type": "object", "additionalProperties": {"type": "number"}}},
+    },
+    example={"values": {"speed": 12.5}},
+)
 
 
 def commands_routes(app: FastAPI, platform: Any, service: Any | None) -> None:

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
-from livetwin.api.openapi import error_response
+from livetwin.api.openapi import error_response, json_body
 from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT
 from livetwin.auth import Access, Forbidden
 from livetwin.auth.devices import DevicePrincipal, DeviceStore, TwinPattern
@@ -18,32 +18,25 @@ DEVICE_ROUTE = ("POST", "/api/ingest")  # the one route a device credential may 
 FIELDS = ("name", "twins", "namespace")
 MAX_BODY = 16 * 1024
 OUT_OF_REACH = {404: error_response("a namespace the credentials do not hold")}
-DEVICE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["name", "twins"],
-                    "properties": {
-                        "name": {"type": "string", "minLength": 1, "maxLength": 100},
-                        "twins": {
-                            "type": "string",
-                            "description": "a twin id, or a pattern: '*' any characters but "
-                            "'/', '**' any characters, '?' one character but '/'",
-                        },
-                        "namespace": {
-                            "type": "string",
-                            "description": "the twins' namespace (optional: checked if given)",
-                        },
-                    },
-                },
-                "example": {"name": "pump-7 gateway", "twins": "plant-a/pump-7*"},
-            }
+DEVICE_BODY = json_body(
+    {
+        "type": "object",
+        "required": ["name", "twins"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "twins": {
+                "type": "string",
+                "description": "a twin id, or a pattern: '*' any characters but "
+                "'/', '**' any characters, '?' one character but '/'",
+            },
+            "namespace": {
+                "type": "string",
+                "description": "the twins' namespace (optional: checked if given)",
+            },
         },
-    }
-}
+    },
+    example={"name": "pump-7 gateway", "twins": "plant-a/pump-7*"},
+)
 
 
 def check_device_route(method: str, path: str, principal: DevicePrincipal) -> None:

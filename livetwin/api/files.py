@@ -13,43 +13,37 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from livetwin.api.body import declares_more_than, parse_body, read_body
-from livetwin.api.openapi import ERROR_REF, error_response
+from livetwin.api.openapi import ERROR_REF, error_response, request_body
 from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT, check_owner, claim
 from livetwin.auth import Access
 from livetwin.errors import InvalidInput, PayloadTooLarge
 from livetwin.platform import Platform
 
 PARQUET = "application/vnd.apache.parquet"
-MAPPING_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "application/yaml": {"schema": {"type": "string"}},
-        },
+MAPPING_BODY = request_body(
+    {
+        "application/json": {"schema": {"type": "object"}},
+        "application/yaml": {"schema": {"type": "string"}},
     }
-}
-IMPORT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "mapping": {"type": "string", "description": "a stored mapping's name"},
-                        "mapping_spec": {
-                            "type": "string",
-                            "description": "or the mapping itself, as JSON or YAML",
-                        },
+)
+IMPORT_BODY = request_body(
+    {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "mapping": {"type": "string", "description": "a stored mapping's name"},
+                    "mapping_spec": {
+                        "type": "string",
+                        "description": "or the mapping itself, as JSON or YAML",
                     },
-                }
+                },
             }
-        },
+        }
     }
-}
+)
 IMPORT_REPORT = {
     "type": "object",
     "required": ["file", "rows", "accepted", "duplicates", "rejected", "rejected_total"],

@@ -12,23 +12,21 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import parse_body, read_raw_body
+from livetwin.api.openapi import request_body
 from livetwin.api.params import Int64
 from livetwin.interop.importer import declare, is_package, parse_models
 from livetwin.interop.ngsi_ld import CORE_CONTEXT, MAX_LIMIT, NgsiLdView
 from livetwin.platform import Platform
 
-IMPORT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
-            "application/ld+json": {"schema": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
-            "application/asset-administration-shell-package": {
-                "schema": {"type": "string", "format": "binary"}
-            },
+IMPORT_BODY = request_body(
+    {
+        "application/json": {"schema": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
+        "application/ld+json": {"schema": {"oneOf": [{"type": "object"}, {"type": "array"}]}},
+        "application/asset-administration-shell-package": {
+            "schema": {"type": "string", "format": "binary"}
         },
     }
-}
+)
 IMPORT_RESULT = {
     "type": "object",
     "required": ["types", "skipped"],

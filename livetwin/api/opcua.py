@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
-from livetwin.api.openapi import error_response
+from livetwin.api.openapi import error_response, json_body
 from livetwin.ingest.opcua import COUNTERS, asyncua_available
 from livetwin.ingest.opcua_spec import EXAMPLE, OpcuaConnectorBody
 
@@ -21,12 +21,7 @@ __all__ = ["opcua_routes"]
 # its parts (OpcuaSecurity, OpcuaNode, OpcuaBrowse) are components through the response models
 BODY_SCHEMA = OpcuaConnectorBody.model_json_schema(ref_template="#/components/schemas/{model}")
 BODY_SCHEMA.pop("$defs", None)
-CONNECTOR_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": BODY_SCHEMA, "example": EXAMPLE}},
-    }
-}
+CONNECTOR_BODY = json_body(BODY_SCHEMA, example=EXAMPLE)
 HIDDEN = {"password"}  # write-only
 NOT_INSTALLED = {503: error_response("asyncua is not installed: pip install 'livetwin[opcua]'")}
 

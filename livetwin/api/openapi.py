@@ -40,6 +40,20 @@ def error_response(description: str) -> dict:
     }
 
 
+def request_body(content: dict[str, dict], *, required: bool = True) -> dict:
+    """`openapi_extra` declaring the body a route reads itself (through `read_body`): `content`
+    maps each media type to its schema and example."""
+    return {"requestBody": {"required": required, "content": content}}
+
+
+def json_body(schema: dict, *, example: Any = None, required: bool = True) -> dict:
+    """`openapi_extra` for a route that reads a JSON body of `schema` (with an `example`)."""
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return request_body({"application/json": media}, required=required)
+
+
 MQTT_OFF = {409: error_response("MQTT not configured: the server was started without --mqtt")}
 TWIN_LIST_RESPONSES = {404: error_response("`type` names no declared twin type")}
 AGGREGATE_RESPONSES = {404: error_response("no twin type of that name")}

@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from livetwin.api.body import declares_more_than, read_body
-from livetwin.api.openapi import path_parameters
+from livetwin.api.openapi import json_body, path_parameters, request_body
 from livetwin.api.params import Int64
 from livetwin.api.tenancy import TARGET_NAMESPACE, TENANT
 from livetwin.auth import Access
@@ -27,43 +27,25 @@ from livetwin.timefmt import parse_ts_field
 
 MAX_JSON_BODY = 1024 * 1024
 
-VERSION_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "required": ["kind"]},
-                "example": {
-                    "kind": "deductive",
-                    "ref": "livetwin.examples.rollers:roller_line",
-                    "author": "ana",
-                    "description": "roller line with bearing drags",
-                    "training": {"start": "2026-11-01T00:00:00Z", "end": "2026-11-22T00:00:00Z"},
-                    "metrics": {"rmse_T1": 1.9},
-                    "hyperparameters": {"dt": 0.1},
-                    "tags": {"site": "plant-a"},
-                },
-            }
-        },
-    }
-}
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "required": ["rows"]},
-                "example": {"rows": [{"x": 1.0}, {"x": 2.5}]},
-            }
-        },
-    }
-}
-ARTIFACT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
+VERSION_BODY = json_body(
+    {"type": "object", "required": ["kind"]},
+    example={
+        "kind": "deductive",
+        "ref": "livetwin.examples.rollers:roller_line",
+        "author": "ana",
+        "description": "roller line with bearing drags",
+        "training": {"start": "2026-11-01T00:00:00Z", "end": "2026-11-22T00:00:00Z"},
+        "metrics": {"rmse_T1": 1.9},
+        "hyperparameters": {"dt": 0.1},
+        "tags": {"site": "plant-a"},
+    },
+)
+PREDICT_BODY = json_body(
+    {"type": "object", "required": ["rows"]}, example={"rows": [{"x": 1.0}, {"x": 2.5}]}
+)
+ARTIFACT_BODY = request_body(
+    {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+)
 
 
 class NotAllowed(LivetwinError):

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from livetwin.api.body import read_body
+from livetwin.api.openapi import json_body
 from livetwin.api.tenancy import TENANT
 from livetwin.auth import Access
 from livetwin.errors import InvalidInput, NotFound
@@ -39,46 +40,39 @@ _INPUT = {
         "every": {"type": ["string", "number"]},
     },
 }
-SCENARIO_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["twins", "horizon"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "twins": {
-                            "oneOf": [
-                                {"type": "array", "items": {"type": "string"}},
-                                {
-                                    "type": "object",
-                                    "required": ["type"],
-                                    "properties": {
-                                        "type": {"type": "string"},
-                                        "parent": {"type": "string"},
-                                        "where": {"type": "string"},
-                                    },
-                                },
-                            ]
+SCENARIO_BODY = json_body(
+    {
+        "type": "object",
+        "required": ["twins", "horizon"],
+        "properties": {
+            "name": {"type": "string"},
+            "twins": {
+                "oneOf": [
+                    {"type": "array", "items": {"type": "string"}},
+                    {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "parent": {"type": "string"},
+                            "where": {"type": "string"},
                         },
-                        "horizon": {"type": ["string", "number"]},
-                        "step": {"type": ["string", "number"]},
-                        "inputs": {"type": "object", "additionalProperties": _INPUT},
                     },
-                },
-                "example": {
-                    "name": "brake +20 % after a minute",
-                    "twins": ["line-1"],
-                    "horizon": "10m",
-                    "step": "10s",
-                    "inputs": {"brake_torque": {"kind": "step", "at": "1m", "factor": 1.2}},
-                },
-            }
+                ]
+            },
+            "horizon": {"type": ["string", "number"]},
+            "step": {"type": ["string", "number"]},
+            "inputs": {"type": "object", "additionalProperties": _INPUT},
         },
-    }
-}
+    },
+    example={
+        "name": "brake +20 % after a minute",
+        "twins": ["line-1"],
+        "horizon": "10m",
+        "step": "10s",
+        "inputs": {"brake_torque": {"kind": "step", "at": "1m", "factor": 1.2}},
+    },
+)
 
 
 def _twins_reachable(request: Any, access: Access) -> bool:

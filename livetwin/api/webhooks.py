@@ -7,54 +7,48 @@ from starlette.concurrency import run_in_threadpool
 
 from livetwin.actions.webhooks import KINDS, MIN_SECRET, STATUSES, WebhookService
 from livetwin.api.body import read_body
+from livetwin.api.openapi import json_body
 from livetwin.api.tenancy import NAMESPACE_QUERY, TENANT
 from livetwin.auth import Access
 from livetwin.errors import InvalidInput, NotFound
 
 MAX_BODY = 64 * 1024
 
-SUBSCRIPTION_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["url", "secret"],
-                    "properties": {
-                        "url": {"type": "string", "format": "uri"},
-                        "secret": {"type": "string", "minLength": MIN_SECRET},
-                        "filters": {
-                            "type": "object",
-                            "properties": {
-                                "type": {"type": "string"},
-                                "twin_prefix": {"type": "string"},
-                                "namespace": {
-                                    "type": "string",
-                                    "description": "only twins of this namespace (a "
-                                    "namespace-scoped token's own by default)",
-                                },
-                                "kinds": {
-                                    "type": "array",
-                                    "items": {"type": "string", "enum": list(KINDS)},
-                                },
-                            },
-                        },
+SUBSCRIPTION_BODY = json_body(
+    {
+        "type": "object",
+        "required": ["url", "secret"],
+        "properties": {
+            "url": {"type": "string", "format": "uri"},
+            "secret": {"type": "string", "minLength": MIN_SECRET},
+            "filters": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string"},
+                    "twin_prefix": {"type": "string"},
+                    "namespace": {
+                        "type": "string",
+                        "description": "only twins of this namespace (a "
+                        "namespace-scoped token's own by default)",
+                    },
+                    "kinds": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": list(KINDS)},
                     },
                 },
-                "example": {
-                    "url": "https://example.com/hooks/livetwin",
-                    "secret": "a-long-random-shared-secret",
-                    "filters": {
-                        "type": "pump",
-                        "twin_prefix": "site-a/",
-                        "kinds": ["state", "alarm"],
-                    },
-                },
-            }
+            },
         },
-    }
-}
+    },
+    example={
+        "url": "https://example.com/hooks/livetwin",
+        "secret": "a-long-random-shared-secret",
+        "filters": {
+            "type": "pump",
+            "twin_prefix": "site-a/",
+            "kinds": ["state", "alarm"],
+        },
+    },
+)
 
 
 def _namespace(sub: dict) -> str | None:
