@@ -9,7 +9,9 @@ noise estimate (`BatchFilter.noise_before`/`noise_after`, a few array operations
 the summary of the posterior (`make_result`) run in NumPy, shared with the NumPy backend.
 
 * Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
-  handful of shapes, not one per size. Compiled steps are kept per model, spec layout, options,
+  handful of shapes, not one per size. Inside a chunk, on a CPU, the model runs on groups of
+  about ``row_chunk`` (1,024) sigma rows one after another, so its substep loop works in cache.
+  Compiled steps are kept per model, spec layout, options,
   size and precision in this process (`compile_seconds` says what compiling cost,
   `compile_wait_s` what this filter waited for it: 0 when cached); set
   ``JAX_COMPILATION_CACHE_DIR`` to keep them on disk across processes.
@@ -48,7 +50,8 @@ from livetwin.errors import InvalidInput
 
 PRECISIONS = ("float64", "float32")
 MIN_CHUNK = 16
-CPU_CHUNK = 512  # twins per compiled call on a CPU: the model's rows stay in cache
+CPU_CHUNK = 512  # twins per compiled call on a CPU
+CPU_ROWS = 1024  # sigma rows per model call on a CPU: the model's intermediates stay in cache
 DEVICE_CHUNK = 1 << 20
 _COMPILING = threading.Lock()
 
@@ -56,8 +59,10 @@ _COMPILING = threading.Lock()
 class CompiledUKF(BatchUKF):
     """`BatchUKF` with each chunk's step compiled by JAX (see the module docstring).
 
-    Takes the options of `BatchUKF` (`executor` is not used: XLA runs the chunk) and
-    `precision` ("float64" or "float32"). The model must be declared ``array_api=True``.
+    Takes the options of `BatchUKF` (`executor` is not used: XLA runs the chunk),
+    `precision` ("float64" or "float32") and `row_chunk` (sigma rows per model call inside a
+    chunk; default 1,024 on a CPU, 0 = all at once on an accelerator). The model must be declared
+    ``array_api=True``.
     """
 
     kind = "ukf"
@@ -69,6 +74,7 @@ class CompiledUKF(BatchUKF):
         *,
         precision: str = "float64",
         chunk_size: int | None = None,
+        row_chunk: int | None = None,
         threads: int | None = None,
         **options,
     ):
@@ -76,6 +82,9 @@ class CompiledUKF(BatchUKF):
         on_cpu = jax.default_backend() == "cpu"
         if chunk_size is None:  # cache-sized on a CPU, whole fleets on an accelerator
             chunk_size = CPU_CHUNK if on_cpu else DEVICE_CHUNK
+        if row_chunk is None:  # an accelerator takes all rows at once
+            row_chunk = CPU_ROWS if on_cpu else 0
+        check_int("row_chunk", row_chunk, 0)
         super().__init__(spec, n_twins, chunk_size=chunk_size, **options)
         if threads is None:  # chunks one after another: XLA spreads each over the cores;
             threads = 1  # two chunks in flight on a 2-core CPU were seen to hang in XLA
@@ -122,6 +131,7 @@ class CompiledUKF(BatchUKF):
             max_rejects=self.max_rejects,
             reopen_after=self.reopen_after,
             precision=precision,
+            row_chunk=row_chunk,
         )
 
     def step(
@@ -256,6 +266,7 @@ class _Static:
     max_rejects: int
     reopen_after: int
     precision: str
+    row_chunk: int
 
 
 def _jax():
@@ -331,8 +342,7 @@ def _ukf_step(static: _Static, dt, a: dict) -> dict:
         ],
         axis=1,
     )
-    k = sig.shape[1]
-    y = _propagate(static, sig.reshape(n_tw * k, n), a["u"], a["fixed"], dt, k).reshape(n_tw, k, -1)
+    y = _propagate_rows(static, sig, a["u"], a["fixed"], dt)
     finite = jnp.isfinite(y).all(axis=(1, 2))
     y = jnp.where((finite & cov_ok)[:, None, None], y, 0.0)
     mu = y[:, 0] + jnp.einsum("k,nkd->nd", wm[1:], y[:, 1:] - y[:, :1])
@@ -381,6 +391,43 @@ def _ukf_step(static: _Static, dt, a: dict) -> dict:
         bad=bad.astype(jnp.int8),
     )
     return out
+
+
+def _propagate_rows(static: _Static, sig, u, fixed, dt):
+    """The model on all sigma points ``sig[N, k, n]`` -> ``[N, k, n + o]``, in groups of twins
+    of about `static.row_chunk` sigma rows each, one group after another (``lax.map``): on a
+    CPU the model's intermediates then stay in cache instead of streaming ``N * k`` rows through
+    memory at every substep. A group is a power of two of twins and chunks are padded to powers
+    of two, so groups divide the chunk exactly."""
+    from jax import lax
+
+    n_tw, k, n = sig.shape
+    group = _group(n_tw, k, static.row_chunk)
+    if group == n_tw:
+        return _propagate(static, sig.reshape(n_tw * k, n), u, fixed, dt, k).reshape(n_tw, k, -1)
+
+    def one(part):
+        s, uu, ff = part
+        return _propagate(static, s.reshape(group * k, n), uu, ff, dt, k)
+
+    parts = n_tw // group
+    split = (
+        sig.reshape(parts, group, k, n),
+        u.reshape(parts, group, u.shape[1]),
+        fixed.reshape(parts, group, fixed.shape[1]),
+    )
+    return lax.map(one, split).reshape(n_tw, k, -1)
+
+
+def _group(n_tw: int, k: int, row_chunk: int) -> int:
+    """Twins per model call: the largest power of two with at most `row_chunk` sigma rows (at
+    least one twin) that divides `n_tw`; all of them when `row_chunk` is 0."""
+    if not row_chunk:
+        return n_tw
+    group = 1 << max(0, (row_chunk // k).bit_length() - 1)
+    while n_tw % group:
+        group //= 2
+    return min(group, n_tw)
 
 
 def _propagate(static: _Static, flat, u, fixed, dt, reps: int):
