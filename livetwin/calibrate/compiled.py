@@ -50,10 +50,12 @@ from livetwin.errors import InvalidInput
 
 PRECISIONS = ("float64", "float32")
 MIN_CHUNK = 16
+PREDICT_BLOCK = 10  # steps per compiled call of `CompiledUKF.predict`
 CPU_CHUNK = 512  # twins per compiled call on a CPU
 CPU_ROWS = 1024  # sigma rows per model call on a CPU: the model's intermediates stay in cache
 DEVICE_CHUNK = 1 << 20
 _COMPILING = threading.Lock()
+_PER_STEP = ("means", "vars", "out_mean", "out_var", "reset", "bad", "pzz")
 
 
 class CompiledUKF(BatchUKF):
@@ -149,19 +151,7 @@ class CompiledUKF(BatchUKF):
         noise = {k: getattr(state, k) for k in _NOISE if getattr(state, k) is not None}
         new = replace(state, **{k: v.copy() for k, v in noise.items()})
         r, z = self.noise_before(new, z)
-        per_twin = {
-            "mean": state.mean,
-            "cov": state.cov,
-            "rejects": state.rejects.astype(np.int32),
-            "u": inputs,
-            "z": z,
-            "fixed": plan.fixed,
-            "prior_mean": plan.prior_mean,
-            "prior_cov": plan.prior_cov,
-            "r": r,
-        }
-        if plan.q is not None:
-            per_twin["q"] = plan.q
+        per_twin = {**self._per_twin(state, r), "u": inputs, "z": z}
         dt_arg = self._dtype.type(dt)
         starts = range(0, n, self.chunk_size)
         sizes = [_padded(min(n, lo + self.chunk_size) - lo) for lo in starts]
@@ -197,7 +187,7 @@ class CompiledUKF(BatchUKF):
         result = make_result(
             plan,
             new.mean,
-            new.cov,
+            np.diagonal(new.cov, axis1=1, axis2=2),
             floats["out_mean"],
             floats["out_var"],
             floats["nis"],
@@ -209,12 +199,98 @@ class CompiledUKF(BatchUKF):
         )
         return new, result
 
-    def _compiled(self, size: int):
+    def predict(
+        self, state: FilterState, inputs: np.ndarray, dt: float
+    ) -> tuple[FilterState, StepResult]:
+        """As `BatchFilter.predict`: per chunk of twins, blocks of `PREDICT_BLOCK` steps in one
+        compiled loop (``lax.scan`` over `_ukf_step` with nothing measured), the filter state
+        staying in XLA's memory from block to block."""
+        inputs = self._check_inputs(inputs)
+        self._check_state(state)
+        if not (np.isfinite(dt) and dt > 0):
+            raise InvalidInput(f"dt must be positive, got {dt}", field="dt", fix="pass dt > 0")
+        plan, n, steps = self.plan, self.n_twins, len(inputs)
+        none = np.full((n, len(plan.meas_idx)), np.nan)
+        new = replace(
+            state, **{k: getattr(state, k).copy() for k in _NOISE if getattr(state, k) is not None}
+        )
+        for _ in range(min(steps, 2)):  # unmeasured steps change only the bootstrap's history
+            r, _ = self.noise_before(new, none)
+        per_twin = self._per_twin(state, r)
+        dt_arg = self._dtype.type(dt)
+        parts = []
+        for lo in range(0, n, self.chunk_size):
+            hi = min(n, lo + self.chunk_size)
+            size = _padded(hi - lo)
+            compiled = self._compiled(size, PREDICT_BLOCK)
+            chunk = {k: _pad(v[lo:hi], size, self._dtype) for k, v in per_twin.items()}
+            carry = {k: chunk.pop(k) for k in ("mean", "cov", "rejects")}
+            blocks = []
+            for first in range(0, steps, PREDICT_BLOCK):
+                u = inputs[first : first + PREDICT_BLOCK, lo:hi]
+                active = np.arange(PREDICT_BLOCK) < len(u)
+                u = _pad(np.swapaxes(u, 0, 1), size, self._dtype)  # twins first, then steps
+                u = _pad(np.swapaxes(u, 0, 1), PREDICT_BLOCK, self._dtype)
+                carry, out = compiled(dt_arg, chunk, carry, u, active)
+                blocks.append({k: np.asarray(v)[: active.sum(), : hi - lo] for k, v in out.items()})
+            out = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+            out.update({k: np.asarray(v)[: hi - lo] for k, v in carry.items()})
+            parts.append(out)
+        out = {k: np.concatenate([p[k] for p in parts], axis=int(k in _PER_STEP)) for k in parts[0]}
+        reset, bad = out["reset"], out["bad"].astype(np.int8)
+        reason, t = state.reason.copy(), state.t
+        for k in range(steps):  # as `steps` unmeasured steps leave them
+            reason = np.where(reset[k], bad[k], reason)
+            t += dt
+        new = replace(
+            new,
+            mean=out["mean"].astype(float),
+            cov=out["cov"].astype(float),
+            t=t,
+            steps=state.steps + steps,
+            failed=state.failed | reset.any(axis=0),
+            reason=reason.astype(np.int8),
+            rejects=out["rejects"].astype(np.int32),
+        )
+        pzz = out["pzz"].astype(float)
+        nothing = np.full(pzz.shape, np.nan)
+        result = make_result(
+            plan,
+            out["means"].astype(float),
+            out["vars"].astype(float),
+            out["out_mean"].astype(float),
+            out["out_var"].astype(float),
+            np.full(reset.shape, np.nan),
+            np.zeros(reset.shape, dtype=bool),
+            reset,
+            bad,
+            nothing,
+            pzz + np.diagonal(r, axis1=1, axis2=2),
+        )
+        return new, result
+
+    def _per_twin(self, state: FilterState, r: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-twin arrays of a compiled step besides its inputs and measurements."""
+        plan = self.plan
+        arrays = {
+            "mean": state.mean,
+            "cov": state.cov,
+            "rejects": state.rejects.astype(np.int32),
+            "fixed": plan.fixed,
+            "prior_mean": plan.prior_mean,
+            "prior_cov": plan.prior_cov,
+            "r": r,
+        }
+        if plan.q is not None:
+            arrays["q"] = plan.q
+        return arrays
+
+    def _compiled(self, size: int, block: int = 0):
         t0 = time.perf_counter()
         with _COMPILING:  # filters on several threads compile a shape once
-            fn, seconds = _compile(self._static, size)
+            fn, seconds = _compile(self._static, size, block)
         self.compile_wait_s += time.perf_counter() - t0
-        self.compile_seconds.setdefault(size, seconds)
+        self.compile_seconds.setdefault((size, block) if block else size, seconds)
         return fn
 
 
@@ -285,8 +361,9 @@ def _jax():
 
 
 @lru_cache(maxsize=64)
-def _compile(static: _Static, size: int):
-    """The compiled step of `static` for chunks of `size` twins, and the seconds it took."""
+def _compile(static: _Static, size: int, block: int = 0):
+    """The compiled step of `static` for chunks of `size` twins (with `block` > 0: `block`
+    unmeasured steps, `_ukf_predict`), and the seconds it took."""
     jax = _jax()
     dtype = np.dtype(static.precision)
     n, m = len(static.cal_idx) + static.n_states, len(static.meas_idx)
@@ -308,9 +385,39 @@ def _compile(static: _Static, size: int):
     if static.has_q:
         spec["q"] = shape(n, n)
     t0 = time.perf_counter()
-    step = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
-    compiled = step.lower(jax.ShapeDtypeStruct((), dtype), spec).compile()
+    scalar = jax.ShapeDtypeStruct((), dtype)
+    if block:
+        carry = {k: spec.pop(k) for k in ("mean", "cov", "rejects")}
+        del spec["u"], spec["z"]
+        u = jax.ShapeDtypeStruct((block, size, static.n_inputs), dtype)
+        active = jax.ShapeDtypeStruct((block,), np.bool_)
+        fn = jax.jit(lambda dt, a, c, u, on: _ukf_predict(static, dt, a, c, u, on))
+        compiled = fn.lower(scalar, spec, carry, u, active).compile()
+    else:
+        fn = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
+        compiled = fn.lower(scalar, spec).compile()
     return compiled, time.perf_counter() - t0
+
+
+def _ukf_predict(static: _Static, dt, a: dict, carry: dict, u, active):
+    """`_ukf_step` with nothing measured over the steps of ``u[K, N, u]`` (``lax.scan``); the
+    filter state (`carry`: mean, cov, rejects) moves on where `active`. Returns the state and
+    per step the posterior means and variances, output moments, resets and the model-output
+    variances of the measured outputs."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    none = jnp.full((u.shape[1], len(static.meas_idx)), jnp.nan, a["r"].dtype)
+
+    def body(now: dict, step):
+        u_k, on = step
+        out = _ukf_step(static, dt, {**a, **now, "u": u_k, "z": none})
+        later = {k: jnp.where(on, out[k], now[k]) for k in now}
+        seen = {k: out[k] for k in ("out_mean", "out_var", "reset", "bad", "pzz")}
+        seen.update(means=out["mean"], vars=jnp.diagonal(out["cov"], axis1=1, axis2=2))
+        return later, seen
+
+    return lax.scan(body, carry, (u, active))
 
 
 def _ukf_step(static: _Static, dt, a: dict) -> dict:

@@ -207,3 +207,40 @@ def test_numpy_arrays_stay_numpy_while_another_thread_imports_jax(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
     assert namespace(np.zeros(2), np.ones(3)) is np
+
+
+@pytest.mark.parametrize(("n", "steps", "chunk_size"), [(37, 23, 16), (5, 10, 512), (3, 1, 512)])
+def test_predict_agrees_with_unmeasured_steps(n, steps, chunk_size):
+    """`CompiledUKF.predict` (blocks of steps in one compiled loop, padded in steps and twins)
+    gives the NumPy filter's unmeasured steps, a model failure and its reset included."""
+    sim = thermal_fleet(n, seed=9)
+    spec = thermal_spec(sim.step().z[:, 0], meas_noise=None)
+    spec = type(spec)(**{**spec.__dict__, "model": flaky_room})
+    ref, fast = BatchUKF(spec, n), CompiledUKF(spec, n, chunk_size=chunk_size)
+    warm = sim.run(15)
+    state, _ = ref.run(ref.init(t=0.0), warm.inputs, warm.z, sim.dt)
+    inputs = sim.run(steps).inputs
+    inputs[min(4, steps - 1), n - 1, 0] = -99.0  # the last twin's model fails once
+    a, ra = ref.predict(state, inputs, sim.dt)
+    b, rb = fast.predict(state, inputs, sim.dt)
+    for name in ("mean", "cov", "noise_var", "noise_hist", "noise_sum", "noise_weight"):
+        _close(getattr(a, name), getattr(b, name), name)
+    for name in ("failed", "reason", "rejects", "noise_count", "steps"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.t == b.t and a.failed[n - 1] and a.failed.sum() == 1
+    for name in ("param_mean", "param_std", "param_lower", "state_mean", "output_mean",
+                 "output_std", "innovation_var"):  # fmt: skip
+        _close(getattr(ra, name).reshape(-1, n).T, getattr(rb, name).reshape(-1, n).T, name)
+    for name in ("updated", "reset", "reason", "nis", "innovation"):
+        assert np.array_equal(getattr(ra, name), getattr(rb, name), equal_nan=True), name
+    assert rb.param_mean.shape == (steps, n, len(ref.plan.params))
+
+
+def test_predict_checks_its_inputs():
+    spec = thermal_spec(20.0)
+    for filt in (BatchUKF(spec, 4), CompiledUKF(spec, 4)):
+        state = filt.init()
+        for bad in (np.zeros((4, 2)), np.zeros((0, 4, 2)), np.full((3, 4, 2), np.nan)):
+            with pytest.raises(InvalidInput) as err:
+                filt.predict(state, bad, 900.0)
+            assert err.value.field == "inputs"
