@@ -407,11 +407,9 @@ def _ukf_predict(static: _Static, dt, a: dict, carry: dict, u, active):
     import jax.numpy as jnp
     from jax import lax
 
-    none = jnp.full((u.shape[1], len(static.meas_idx)), jnp.nan, a["r"].dtype)
-
     def body(now: dict, step):
         u_k, on = step
-        out = _ukf_step(static, dt, {**a, **now, "u": u_k, "z": none})
+        out = _ukf_step(static, dt, {**a, **now, "u": u_k}, measured=False)
         later = {k: jnp.where(on, out[k], now[k]) for k in now}
         seen = {k: out[k] for k in ("out_mean", "out_var", "reset", "bad", "pzz")}
         seen.update(means=out["mean"], vars=jnp.diagonal(out["cov"], axis1=1, axis2=2))
@@ -420,18 +418,18 @@ def _ukf_predict(static: _Static, dt, a: dict, carry: dict, u, active):
     return lax.scan(body, carry, (u, active))
 
 
-def _ukf_step(static: _Static, dt, a: dict) -> dict:
+def _ukf_step(static: _Static, dt, a: dict, measured: bool = True) -> dict:
     """`BatchUKF.step` for one chunk, traced: `ukf_chunk`, then the gate's bookkeeping,
-    re-opening and resets of `BatchFilter.step`, as functional array code."""
+    re-opening and resets of `BatchFilter.step`, as functional array code. Without `measured`
+    (a forecast: `a` has no ``z``) the Kalman update is left out."""
     import jax.numpy as jnp
 
     dtype = a["mean"].dtype
-    mean, cov, z = a["mean"], a["cov"], a["z"]
+    mean, cov, z, r = a["mean"], a["cov"], a.get("z"), a["r"]
     n_tw, n = mean.shape
     p = len(static.cal_idx)
     out: dict = {}
-    obs = jnp.isfinite(z)
-    r = a["r"]
+    obs = jnp.isfinite(z) if measured else None
 
     # `ukf_chunk`: sigma points (centre, +-state columns, +-parameter columns), model, update
     wm, wc = jnp.asarray(static.wm, dtype), jnp.asarray(static.wc, dtype)
@@ -456,18 +454,23 @@ def _ukf_step(static: _Static, dt, a: dict) -> dict:
     dev = y - mu[:, None, :]
     wdev = dev * wc[:, None]
     zi = n + np.asarray(static.meas_idx)
-    cz = jnp.swapaxes(wdev, 1, 2) @ dev[:, :, zi]
-    pzz = cz[:, zi]
-    gain, nu, nis, attempted, gated, s_ok = _masked_gain(static, cz, pzz, r, z - mu[:, zi], obs)
-    out.update(
-        innov=jnp.where(obs, z - mu[:, zi], jnp.nan), pzz=jnp.diagonal(pzz, axis1=1, axis2=2)
-    )
-    mu = mu + (gain @ nu[:, :, None])[:, :, 0]
     post = jnp.swapaxes(wdev[:, :, :n], 1, 2) @ dev[:, :, :n]
-    post = post - gain[:, :n] @ jnp.swapaxes(cz[:, :n], 1, 2)
-    post = 0.5 * (post + jnp.swapaxes(post, 1, 2))
     out_var = jnp.einsum("nkd,nkd->nd", wdev[:, :, n:], dev[:, :, n:])
-    out_var = out_var - jnp.einsum("nij,nij->ni", gain[:, n:], cz[:, n:])
+    if measured:
+        cz = jnp.swapaxes(wdev, 1, 2) @ dev[:, :, zi]
+        pzz = cz[:, zi]
+        innov = z - mu[:, zi]
+        gain, nu, nis, attempted, gated, s_ok = _masked_gain(static, cz, pzz, r, innov, obs)
+        out.update(innov=jnp.where(obs, innov, jnp.nan), pzz=jnp.diagonal(pzz, axis1=1, axis2=2))
+        mu = mu + (gain @ nu[:, :, None])[:, :, 0]
+        post = post - gain[:, :n] @ jnp.swapaxes(cz[:, :n], 1, 2)
+        out_var = out_var - jnp.einsum("nij,nij->ni", gain[:, n:], cz[:, n:])
+    else:  # nothing measured: no gain; the update's terms are exact zeros, so skipped
+        nis = jnp.full(n_tw, jnp.nan, dtype)
+        attempted = gated = jnp.zeros(n_tw, bool)
+        s_ok = ~attempted
+        out.update(pzz=out_var[:, np.asarray(static.meas_idx)])
+    post = 0.5 * (post + jnp.swapaxes(post, 1, 2))
     diag = jnp.diagonal(post, axis1=1, axis2=2)
     post_ok = jnp.isfinite(post).all(axis=(1, 2)) & (diag > 0).all(axis=1)
     bad = jnp.select(  # `fail_code`
