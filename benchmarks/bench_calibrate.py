@@ -21,6 +21,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+from common import load_avg  # noqa: E402
 from synthetic import coverage, model_change, rmse, run_synthetic, true_calibrated  # noqa: E402
 
 from livetwin.calibrate import jax_installed, make_filter  # noqa: E402
@@ -106,6 +107,7 @@ def time_steps(
         "filter_vars": len(flt.names),
         "chunk_size": flt.chunk_size,
         "backend": backend,
+        "load_avg": load_avg(),  # other work on the machine while this was timed
     }
     if backend == "jax":
         row["precision"] = precision
@@ -224,6 +226,7 @@ def accuracy(scenario: Scenario, n: int, steps: int, outputs: tuple[str, ...]) -
         "rmse_of": list(outputs),
         "failed_twins": int(result.state.failed.sum()),
         "filterpy_ratio": None,
+        "load_avg": load_avg(),
     }
 
 
@@ -342,6 +345,7 @@ def fmu_steps(
         "rows_per_step": n_twins * 3,
         "filter_steps_per_s": n_twins / per_step,
         "us_per_filter_step": per_step / n_twins * 1e6,
+        "load_avg": load_avg(),
     }
 
 
@@ -402,9 +406,10 @@ def table_line(row: dict, filterpy: bool) -> str:
     else:
         versus = ""
     shown = "-" if rate is None else round(rate)
+    load = f" load {row['load_avg'][0]}" if row.get("load_avg") else ""
     return (
         f"{row['scenario']:<52} N={row.get('n_twins')!s:>6} steps/s={shown!s:>8} "
-        f"{versus} coverage={row.get('coverage_95')}"
+        f"{versus} coverage={row.get('coverage_95')}{load}"
     )
 
 

@@ -42,6 +42,15 @@ def machine() -> dict:
     }
 
 
+def load_avg() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages now (None where the OS has none): what else ran
+    while a figure was measured."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 class Report:
     """Collects one JSON object per scenario, prints each as a line, then a table (not --json)."""
 
@@ -79,6 +88,7 @@ class Report:
             **extra,
             "machine": self.machine,
             "python": self.machine["python"],
+            "load_avg": load_avg(),
         }
         self.rows.append(row)
         sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
@@ -113,7 +123,10 @@ class Report:
         console = Console(width=max(Console().width, 150))
         console.print(table)
         m = self.machine
-        console.print(f"{m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}")
+        console.print(
+            f"{m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}, "
+            f"load average {load_avg()}"
+        )
 
 
 def _details(row: dict) -> str:

@@ -202,9 +202,10 @@ class BatchFilter:
         new.t = float(t) if t is not None else state.t + dt
         updated = attempted & ~out["gated"] & ~reset
         innov_var = self.noise_after(new, r, out["innov"], out["pzz"], updated)
+        var = np.diagonal(new.cov, axis1=1, axis2=2)
         result = make_result(
-            plan, new.mean, new.cov, out_mean, out_var, out["nis"], updated, reset, bad,
-            out["innov"], innov_var,
+            plan, new.mean, var, out_mean, out_var, out["nis"], updated, reset, bad, out["innov"],
+            innov_var,
         )  # fmt: skip
         return new, result
 
@@ -217,6 +218,15 @@ class BatchFilter:
             state, res = self.step(state, inputs[k], z[k], dt)
             results.append(res)
         return state, stack(results)
+
+    def predict(
+        self, state: FilterState, inputs: np.ndarray, dt: float
+    ) -> tuple[FilterState, StepResult]:
+        """The filter's forecast over ``inputs[K,N,u]``: `step` with nothing measured, K times
+        (results with a leading step axis). The given `state` is not modified."""
+        inputs = self._check_inputs(inputs)
+        none = np.full((len(inputs), self.n_twins, len(self.plan.meas_idx)), np.nan)
+        return self.run(state, inputs, none, dt)
 
     def _reset(self, new: FilterState, old: FilterState, idx: np.ndarray, why: np.ndarray) -> None:
         """Restart twins `idx` from their prior covariance (see `FilterState` for the means).
@@ -283,6 +293,18 @@ class BatchFilter:
         if not (np.isfinite(dt) and dt > 0):
             raise InvalidInput(f"dt must be positive, got {dt}", field="dt", fix="pass dt > 0")
         return inputs, z
+
+    def _check_inputs(self, inputs: object) -> np.ndarray:
+        """Inputs of a forecast ``[K,N,u]`` (K >= 1) as a float array; raises InvalidInput."""
+        shape = (self.n_twins, len(self.plan.model.inputs))
+        a = np.asarray(inputs, dtype=float)
+        if a.ndim != 3 or not len(a):
+            raise InvalidInput(
+                f"inputs has shape {a.shape}, expected (steps, {shape[0]}, {shape[1]})",
+                field="inputs",
+                fix="pass one array of twins x inputs per step, at least one step",
+            )
+        return np.stack([_array(u, shape, "inputs") for u in a])
 
     def _check_state(self, state: FilterState) -> None:
         plan = self.plan

@@ -9,7 +9,9 @@ noise estimate (`BatchFilter.noise_before`/`noise_after`, a few array operations
 the summary of the posterior (`make_result`) run in NumPy, shared with the NumPy backend.
 
 * Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
-  handful of shapes, not one per size. Compiled steps are kept per model, spec layout, options,
+  handful of shapes, not one per size. Inside a chunk, on a CPU, the model runs on groups of
+  about ``row_chunk`` (1,024) sigma rows one after another, so its substep loop works in cache.
+  Compiled steps are kept per model, spec layout, options,
   size and precision in this process (`compile_seconds` says what compiling cost,
   `compile_wait_s` what this filter waited for it: 0 when cached); set
   ``JAX_COMPILATION_CACHE_DIR`` to keep them on disk across processes.
@@ -48,16 +50,21 @@ from livetwin.errors import InvalidInput
 
 PRECISIONS = ("float64", "float32")
 MIN_CHUNK = 16
-CPU_CHUNK = 512  # twins per compiled call on a CPU: the model's rows stay in cache
+PREDICT_BLOCK = 10  # steps per compiled call of `CompiledUKF.predict`
+CPU_CHUNK = 512  # twins per compiled call on a CPU
+CPU_ROWS = 1024  # sigma rows per model call on a CPU: the model's intermediates stay in cache
 DEVICE_CHUNK = 1 << 20
 _COMPILING = threading.Lock()
+_PER_STEP = ("means", "vars", "out_mean", "out_var", "reset", "bad", "pzz")
 
 
 class CompiledUKF(BatchUKF):
     """`BatchUKF` with each chunk's step compiled by JAX (see the module docstring).
 
-    Takes the options of `BatchUKF` (`executor` is not used: XLA runs the chunk) and
-    `precision` ("float64" or "float32"). The model must be declared ``array_api=True``.
+    Takes the options of `BatchUKF` (`executor` is not used: XLA runs the chunk),
+    `precision` ("float64" or "float32") and `row_chunk` (sigma rows per model call inside a
+    chunk; default 1,024 on a CPU, 0 = all at once on an accelerator). The model must be declared
+    ``array_api=True``.
     """
 
     kind = "ukf"
@@ -69,6 +76,7 @@ class CompiledUKF(BatchUKF):
         *,
         precision: str = "float64",
         chunk_size: int | None = None,
+        row_chunk: int | None = None,
         threads: int | None = None,
         **options,
     ):
@@ -76,6 +84,9 @@ class CompiledUKF(BatchUKF):
         on_cpu = jax.default_backend() == "cpu"
         if chunk_size is None:  # cache-sized on a CPU, whole fleets on an accelerator
             chunk_size = CPU_CHUNK if on_cpu else DEVICE_CHUNK
+        if row_chunk is None:  # an accelerator takes all rows at once
+            row_chunk = CPU_ROWS if on_cpu else 0
+        check_int("row_chunk", row_chunk, 0)
         super().__init__(spec, n_twins, chunk_size=chunk_size, **options)
         if threads is None:  # chunks one after another: XLA spreads each over the cores;
             threads = 1  # two chunks in flight on a 2-core CPU were seen to hang in XLA
@@ -122,6 +133,7 @@ class CompiledUKF(BatchUKF):
             max_rejects=self.max_rejects,
             reopen_after=self.reopen_after,
             precision=precision,
+            row_chunk=row_chunk,
         )
 
     def step(
@@ -139,19 +151,7 @@ class CompiledUKF(BatchUKF):
         noise = {k: getattr(state, k) for k in _NOISE if getattr(state, k) is not None}
         new = replace(state, **{k: v.copy() for k, v in noise.items()})
         r, z = self.noise_before(new, z)
-        per_twin = {
-            "mean": state.mean,
-            "cov": state.cov,
-            "rejects": state.rejects.astype(np.int32),
-            "u": inputs,
-            "z": z,
-            "fixed": plan.fixed,
-            "prior_mean": plan.prior_mean,
-            "prior_cov": plan.prior_cov,
-            "r": r,
-        }
-        if plan.q is not None:
-            per_twin["q"] = plan.q
+        per_twin = {**self._per_twin(state, r), "u": inputs, "z": z}
         dt_arg = self._dtype.type(dt)
         starts = range(0, n, self.chunk_size)
         sizes = [_padded(min(n, lo + self.chunk_size) - lo) for lo in starts]
@@ -187,7 +187,7 @@ class CompiledUKF(BatchUKF):
         result = make_result(
             plan,
             new.mean,
-            new.cov,
+            np.diagonal(new.cov, axis1=1, axis2=2),
             floats["out_mean"],
             floats["out_var"],
             floats["nis"],
@@ -199,12 +199,98 @@ class CompiledUKF(BatchUKF):
         )
         return new, result
 
-    def _compiled(self, size: int):
+    def predict(
+        self, state: FilterState, inputs: np.ndarray, dt: float
+    ) -> tuple[FilterState, StepResult]:
+        """As `BatchFilter.predict`: per chunk of twins, blocks of `PREDICT_BLOCK` steps in one
+        compiled loop (``lax.scan`` over `_ukf_step` with nothing measured), the filter state
+        staying in XLA's memory from block to block."""
+        inputs = self._check_inputs(inputs)
+        self._check_state(state)
+        if not (np.isfinite(dt) and dt > 0):
+            raise InvalidInput(f"dt must be positive, got {dt}", field="dt", fix="pass dt > 0")
+        plan, n, steps = self.plan, self.n_twins, len(inputs)
+        none = np.full((n, len(plan.meas_idx)), np.nan)
+        new = replace(
+            state, **{k: getattr(state, k).copy() for k in _NOISE if getattr(state, k) is not None}
+        )
+        for _ in range(min(steps, 2)):  # unmeasured steps change only the bootstrap's history
+            r, _ = self.noise_before(new, none)
+        per_twin = self._per_twin(state, r)
+        dt_arg = self._dtype.type(dt)
+        parts = []
+        for lo in range(0, n, self.chunk_size):
+            hi = min(n, lo + self.chunk_size)
+            size = _padded(hi - lo)
+            compiled = self._compiled(size, PREDICT_BLOCK)
+            chunk = {k: _pad(v[lo:hi], size, self._dtype) for k, v in per_twin.items()}
+            carry = {k: chunk.pop(k) for k in ("mean", "cov", "rejects")}
+            blocks = []
+            for first in range(0, steps, PREDICT_BLOCK):
+                u = inputs[first : first + PREDICT_BLOCK, lo:hi]
+                active = np.arange(PREDICT_BLOCK) < len(u)
+                u = _pad(np.swapaxes(u, 0, 1), size, self._dtype)  # twins first, then steps
+                u = _pad(np.swapaxes(u, 0, 1), PREDICT_BLOCK, self._dtype)
+                carry, out = compiled(dt_arg, chunk, carry, u, active)
+                blocks.append({k: np.asarray(v)[: active.sum(), : hi - lo] for k, v in out.items()})
+            out = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+            out.update({k: np.asarray(v)[: hi - lo] for k, v in carry.items()})
+            parts.append(out)
+        out = {k: np.concatenate([p[k] for p in parts], axis=int(k in _PER_STEP)) for k in parts[0]}
+        reset, bad = out["reset"], out["bad"].astype(np.int8)
+        reason, t = state.reason.copy(), state.t
+        for k in range(steps):  # as `steps` unmeasured steps leave them
+            reason = np.where(reset[k], bad[k], reason)
+            t += dt
+        new = replace(
+            new,
+            mean=out["mean"].astype(float),
+            cov=out["cov"].astype(float),
+            t=t,
+            steps=state.steps + steps,
+            failed=state.failed | reset.any(axis=0),
+            reason=reason.astype(np.int8),
+            rejects=out["rejects"].astype(np.int32),
+        )
+        pzz = out["pzz"].astype(float)
+        nothing = np.full(pzz.shape, np.nan)
+        result = make_result(
+            plan,
+            out["means"].astype(float),
+            out["vars"].astype(float),
+            out["out_mean"].astype(float),
+            out["out_var"].astype(float),
+            np.full(reset.shape, np.nan),
+            np.zeros(reset.shape, dtype=bool),
+            reset,
+            bad,
+            nothing,
+            pzz + np.diagonal(r, axis1=1, axis2=2),
+        )
+        return new, result
+
+    def _per_twin(self, state: FilterState, r: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-twin arrays of a compiled step besides its inputs and measurements."""
+        plan = self.plan
+        arrays = {
+            "mean": state.mean,
+            "cov": state.cov,
+            "rejects": state.rejects.astype(np.int32),
+            "fixed": plan.fixed,
+            "prior_mean": plan.prior_mean,
+            "prior_cov": plan.prior_cov,
+            "r": r,
+        }
+        if plan.q is not None:
+            arrays["q"] = plan.q
+        return arrays
+
+    def _compiled(self, size: int, block: int = 0):
         t0 = time.perf_counter()
         with _COMPILING:  # filters on several threads compile a shape once
-            fn, seconds = _compile(self._static, size)
+            fn, seconds = _compile(self._static, size, block)
         self.compile_wait_s += time.perf_counter() - t0
-        self.compile_seconds.setdefault(size, seconds)
+        self.compile_seconds.setdefault((size, block) if block else size, seconds)
         return fn
 
 
@@ -256,6 +342,7 @@ class _Static:
     max_rejects: int
     reopen_after: int
     precision: str
+    row_chunk: int
 
 
 def _jax():
@@ -274,8 +361,9 @@ def _jax():
 
 
 @lru_cache(maxsize=64)
-def _compile(static: _Static, size: int):
-    """The compiled step of `static` for chunks of `size` twins, and the seconds it took."""
+def _compile(static: _Static, size: int, block: int = 0):
+    """The compiled step of `static` for chunks of `size` twins (with `block` > 0: `block`
+    unmeasured steps, `_ukf_predict`), and the seconds it took."""
     jax = _jax()
     dtype = np.dtype(static.precision)
     n, m = len(static.cal_idx) + static.n_states, len(static.meas_idx)
@@ -297,23 +385,51 @@ def _compile(static: _Static, size: int):
     if static.has_q:
         spec["q"] = shape(n, n)
     t0 = time.perf_counter()
-    step = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
-    compiled = step.lower(jax.ShapeDtypeStruct((), dtype), spec).compile()
+    scalar = jax.ShapeDtypeStruct((), dtype)
+    if block:
+        carry = {k: spec.pop(k) for k in ("mean", "cov", "rejects")}
+        del spec["u"], spec["z"]
+        u = jax.ShapeDtypeStruct((block, size, static.n_inputs), dtype)
+        active = jax.ShapeDtypeStruct((block,), np.bool_)
+        fn = jax.jit(lambda dt, a, c, u, on: _ukf_predict(static, dt, a, c, u, on))
+        compiled = fn.lower(scalar, spec, carry, u, active).compile()
+    else:
+        fn = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
+        compiled = fn.lower(scalar, spec).compile()
     return compiled, time.perf_counter() - t0
 
 
-def _ukf_step(static: _Static, dt, a: dict) -> dict:
+def _ukf_predict(static: _Static, dt, a: dict, carry: dict, u, active):
+    """`_ukf_step` with nothing measured over the steps of ``u[K, N, u]`` (``lax.scan``); the
+    filter state (`carry`: mean, cov, rejects) moves on where `active`. Returns the state and
+    per step the posterior means and variances, output moments, resets and the model-output
+    variances of the measured outputs."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    def body(now: dict, step):
+        u_k, on = step
+        out = _ukf_step(static, dt, {**a, **now, "u": u_k}, measured=False)
+        later = {k: jnp.where(on, out[k], now[k]) for k in now}
+        seen = {k: out[k] for k in ("out_mean", "out_var", "reset", "bad", "pzz")}
+        seen.update(means=out["mean"], vars=jnp.diagonal(out["cov"], axis1=1, axis2=2))
+        return later, seen
+
+    return lax.scan(body, carry, (u, active))
+
+
+def _ukf_step(static: _Static, dt, a: dict, measured: bool = True) -> dict:
     """`BatchUKF.step` for one chunk, traced: `ukf_chunk`, then the gate's bookkeeping,
-    re-opening and resets of `BatchFilter.step`, as functional array code."""
+    re-opening and resets of `BatchFilter.step`, as functional array code. Without `measured`
+    (a forecast: `a` has no ``z``) the Kalman update is left out."""
     import jax.numpy as jnp
 
     dtype = a["mean"].dtype
-    mean, cov, z = a["mean"], a["cov"], a["z"]
+    mean, cov, z, r = a["mean"], a["cov"], a.get("z"), a["r"]
     n_tw, n = mean.shape
     p = len(static.cal_idx)
     out: dict = {}
-    obs = jnp.isfinite(z)
-    r = a["r"]
+    obs = jnp.isfinite(z) if measured else None
 
     # `ukf_chunk`: sigma points (centre, +-state columns, +-parameter columns), model, update
     wm, wc = jnp.asarray(static.wm, dtype), jnp.asarray(static.wc, dtype)
@@ -331,26 +447,30 @@ def _ukf_step(static: _Static, dt, a: dict) -> dict:
         ],
         axis=1,
     )
-    k = sig.shape[1]
-    y = _propagate(static, sig.reshape(n_tw * k, n), a["u"], a["fixed"], dt, k).reshape(n_tw, k, -1)
+    y = _propagate_rows(static, sig, a["u"], a["fixed"], dt)
     finite = jnp.isfinite(y).all(axis=(1, 2))
     y = jnp.where((finite & cov_ok)[:, None, None], y, 0.0)
     mu = y[:, 0] + jnp.einsum("k,nkd->nd", wm[1:], y[:, 1:] - y[:, :1])
     dev = y - mu[:, None, :]
     wdev = dev * wc[:, None]
     zi = n + np.asarray(static.meas_idx)
-    cz = jnp.swapaxes(wdev, 1, 2) @ dev[:, :, zi]
-    pzz = cz[:, zi]
-    gain, nu, nis, attempted, gated, s_ok = _masked_gain(static, cz, pzz, r, z - mu[:, zi], obs)
-    out.update(
-        innov=jnp.where(obs, z - mu[:, zi], jnp.nan), pzz=jnp.diagonal(pzz, axis1=1, axis2=2)
-    )
-    mu = mu + (gain @ nu[:, :, None])[:, :, 0]
     post = jnp.swapaxes(wdev[:, :, :n], 1, 2) @ dev[:, :, :n]
-    post = post - gain[:, :n] @ jnp.swapaxes(cz[:, :n], 1, 2)
-    post = 0.5 * (post + jnp.swapaxes(post, 1, 2))
     out_var = jnp.einsum("nkd,nkd->nd", wdev[:, :, n:], dev[:, :, n:])
-    out_var = out_var - jnp.einsum("nij,nij->ni", gain[:, n:], cz[:, n:])
+    if measured:
+        cz = jnp.swapaxes(wdev, 1, 2) @ dev[:, :, zi]
+        pzz = cz[:, zi]
+        innov = z - mu[:, zi]
+        gain, nu, nis, attempted, gated, s_ok = _masked_gain(static, cz, pzz, r, innov, obs)
+        out.update(innov=jnp.where(obs, innov, jnp.nan), pzz=jnp.diagonal(pzz, axis1=1, axis2=2))
+        mu = mu + (gain @ nu[:, :, None])[:, :, 0]
+        post = post - gain[:, :n] @ jnp.swapaxes(cz[:, :n], 1, 2)
+        out_var = out_var - jnp.einsum("nij,nij->ni", gain[:, n:], cz[:, n:])
+    else:  # nothing measured: no gain; the update's terms are exact zeros, so skipped
+        nis = jnp.full(n_tw, jnp.nan, dtype)
+        attempted = gated = jnp.zeros(n_tw, bool)
+        s_ok = ~attempted
+        out.update(pzz=out_var[:, np.asarray(static.meas_idx)])
+    post = 0.5 * (post + jnp.swapaxes(post, 1, 2))
     diag = jnp.diagonal(post, axis1=1, axis2=2)
     post_ok = jnp.isfinite(post).all(axis=(1, 2)) & (diag > 0).all(axis=1)
     bad = jnp.select(  # `fail_code`
@@ -381,6 +501,43 @@ def _ukf_step(static: _Static, dt, a: dict) -> dict:
         bad=bad.astype(jnp.int8),
     )
     return out
+
+
+def _propagate_rows(static: _Static, sig, u, fixed, dt):
+    """The model on all sigma points ``sig[N, k, n]`` -> ``[N, k, n + o]``, in groups of twins
+    of about `static.row_chunk` sigma rows each, one group after another (``lax.map``): on a
+    CPU the model's intermediates then stay in cache instead of streaming ``N * k`` rows through
+    memory at every substep. A group is a power of two of twins and chunks are padded to powers
+    of two, so groups divide the chunk exactly."""
+    from jax import lax
+
+    n_tw, k, n = sig.shape
+    group = _group(n_tw, k, static.row_chunk)
+    if group == n_tw:
+        return _propagate(static, sig.reshape(n_tw * k, n), u, fixed, dt, k).reshape(n_tw, k, -1)
+
+    def one(part):
+        s, uu, ff = part
+        return _propagate(static, s.reshape(group * k, n), uu, ff, dt, k)
+
+    parts = n_tw // group
+    split = (
+        sig.reshape(parts, group, k, n),
+        u.reshape(parts, group, u.shape[1]),
+        fixed.reshape(parts, group, fixed.shape[1]),
+    )
+    return lax.map(one, split).reshape(n_tw, k, -1)
+
+
+def _group(n_tw: int, k: int, row_chunk: int) -> int:
+    """Twins per model call: the largest power of two with at most `row_chunk` sigma rows (at
+    least one twin) that divides `n_tw`; all of them when `row_chunk` is 0."""
+    if not row_chunk:
+        return n_tw
+    group = 1 << max(0, (row_chunk // k).bit_length() - 1)
+    while n_tw % group:
+        group //= 2
+    return min(group, n_tw)
 
 
 def _propagate(static: _Static, flat, u, fixed, dt, reps: int):

@@ -61,20 +61,22 @@ _PARAM_STATS = ("mean", "std", "median", "lower", "upper")
 
 
 def make_result(
-    plan, mean, cov, out_mean, out_var, nis, updated, reset, reason, innov, innov_var
+    plan, mean, var, out_mean, out_var, nis, updated, reset, reason, innov, innov_var
 ) -> StepResult:
-    """Assemble a `StepResult` from the filter's theta-space posterior and output moments."""
+    """Assemble a `StepResult` from the filter's theta-space posterior (`mean` and `var`, the
+    diagonal of its covariance) and output moments; arrays ``[..., N, columns]`` (a leading
+    step axis gives a stacked result)."""
     p = plan.n_params
-    std = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
-    stats = plan.tf.describe(mean[:, :p], std[:, :p])
+    std = np.sqrt(np.maximum(var, 0.0))
+    stats = plan.tf.describe(mean[..., :p], std[..., :p])
     out_std = np.sqrt(np.maximum(out_var, 0.0))
     return StepResult(
         params=plan.params,
         states=plan.model.states,
         outputs=plan.model.outputs,
         **{f"param_{k}": stats[k] for k in _PARAM_STATS},
-        state_mean=mean[:, p:],
-        state_std=std[:, p:],
+        state_mean=mean[..., p:],
+        state_std=std[..., p:],
         output_mean=out_mean,
         output_std=out_std,
         output_lower=out_mean - Z95 * out_std,

@@ -16,7 +16,7 @@ import numpy as np
 
 from livetwin.calibrate.batch import BatchFilter
 from livetwin.calibrate.noise import noise_in_use
-from livetwin.calibrate.results import StepResult, stack
+from livetwin.calibrate.results import StepResult
 from livetwin.calibrate.state import FilterState
 from livetwin.calibrate.transforms import Z95
 
@@ -24,15 +24,12 @@ from livetwin.calibrate.transforms import Z95
 def forward(
     filt: BatchFilter, state: FilterState, inputs: np.ndarray, dt: float, *, chunk: int = 50
 ) -> Iterator[tuple[int, StepResult]]:
-    """Predict the filter's twins over ``inputs[K, N, u]``: yields ``(first step, results)`` for
-    chunks of up to `chunk` steps (results with a leading step axis). `state` is not changed."""
-    none = np.full((filt.n_twins, len(filt.plan.meas_idx)), np.nan)
+    """Predict the filter's twins over ``inputs[K, N, u]`` (`BatchFilter.predict`; compiled
+    blocks of steps on the jax backend): yields ``(first step, results)`` for chunks of up to
+    `chunk` steps (results with a leading step axis). `state` is not changed."""
     for lo in range(0, len(inputs), chunk):
-        results = []
-        for k in range(lo, min(lo + chunk, len(inputs))):
-            state, result = filt.step(state, inputs[k], none, dt)
-            results.append(result)
-        yield lo, stack(results)
+        state, results = filt.predict(state, inputs[lo : lo + chunk], dt)
+        yield lo, results
 
 
 def measurement_var(filt: BatchFilter, state: FilterState) -> np.ndarray:

@@ -11,6 +11,8 @@ def test_rows_without_filterpy_say_how_to_install_it():
     missing = table_line({**timed, "filterpy_ratio": None, "coverage_95": None}, filterpy=False)
     assert "pip install 'livetwin[bench]'" in missing and "xNone" not in missing
     assert "x483" in table_line({**timed, "filterpy_ratio": 483}, filterpy=True)
+    loaded = table_line({**timed, "filterpy_ratio": 483, "load_avg": [1.5, 1.2, 0.9]}, True)
+    assert loaded.endswith("load 1.5")
     skipped = table_line({"scenario": "filterpy", "skipped": FILTERPY_MISSING}, filterpy=False)
     assert "skipped" in skipped and "livetwin[bench]" in skipped
     untimed = table_line({"scenario": "accuracy", "n_twins": 200, "coverage_95": 0.97}, True)

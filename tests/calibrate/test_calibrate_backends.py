@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from livetwin.calibrate import BatchUKF, make_filter
-from livetwin.calibrate.compiled import CompiledUKF, _compile
+from livetwin.calibrate.compiled import CompiledUKF, _compile, _group
 from livetwin.errors import InvalidInput
 from livetwin.examples.rollers import roller_fleet, roller_spec
 from livetwin.examples.thermal import room, thermal_fleet, thermal_spec
@@ -56,9 +56,9 @@ def _close(a: np.ndarray, b: np.ndarray, what: str) -> None:
     assert err.max() <= RTOL, f"{what}: relative difference {err.max():.2e}"
 
 
-def _agree(spec, sim, steps: int, n: int, mask=None, **options) -> tuple:
+def _agree(spec, sim, steps: int, n: int, mask=None, row_chunk=None, **options) -> tuple:
     """Run both backends side by side on the same data; compare every step."""
-    ref, fast = BatchUKF(spec, n, **options), CompiledUKF(spec, n, **options)
+    ref, fast = BatchUKF(spec, n, **options), CompiledUKF(spec, n, row_chunk=row_chunk, **options)
     a, b = ref.init(), fast.init()
     for k in range(steps):
         sample = sim.step()
@@ -101,6 +101,40 @@ def test_thermal_fleet_with_gaps_outliers_and_resets_agrees():
     assert state.failed[11] and state.reason[11] == 1  # model failure
     assert state.failed.sum() == 2
     assert set(fast.compile_seconds) == {16}
+
+
+@pytest.mark.parametrize(
+    ("n", "options"),
+    [
+        (37, {"chunk_size": 16, "row_chunk": 20}),  # groups of 2 twins; 37 = 16 + 16 + 5 padded
+        (5, {"row_chunk": 28}),  # fewer twins than a chunk: 5 padded to 16, groups of 4
+        (3, {"row_chunk": 5}),  # fewer rows than one twin's sigma points: groups of 1 twin
+        (40, {"chunk_size": 64, "row_chunk": 1024}),  # one group: the whole padded chunk
+    ],
+)
+def test_sigma_rows_in_groups_agree(n, options):
+    """The model runs on groups of sigma rows inside a compiled chunk (`row_chunk`): fleets that
+    are not a multiple of the chunk, smaller than one chunk or one group, padded, all agree."""
+    sim = thermal_fleet(n, seed=7)
+    spec = thermal_spec(sim.step().z[:, 0], meas_noise=None)
+
+    def mask(k, inputs, z):
+        z[np.random.default_rng(k).random(n) < 0.2] = np.nan
+        return inputs, z
+
+    _agree(spec, sim, 12, n, mask=mask, **options)
+
+
+def test_group_sizes():
+    """Twins per model call: a power of two dividing the padded chunk, within `row_chunk` rows."""
+    assert _group(512, 31, 1024) == 32  # 992 rows
+    assert _group(16, 7, 20) == 2
+    assert _group(16, 7, 5) == 1  # one twin's rows even when they exceed row_chunk
+    assert _group(16, 7, 10_000) == 16  # never more than the chunk
+    assert _group(64, 23, 0) == 64  # 0: all rows at once (an accelerator)
+    with pytest.raises(InvalidInput) as err:
+        CompiledUKF(thermal_spec(20.0), 4, row_chunk=-1)
+    assert err.value.field == "row_chunk"
 
 
 def test_roller_lines_with_given_noise_agree():
@@ -173,3 +207,40 @@ def test_numpy_arrays_stay_numpy_while_another_thread_imports_jax(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
     assert namespace(np.zeros(2), np.ones(3)) is np
+
+
+@pytest.mark.parametrize(("n", "steps", "chunk_size"), [(37, 23, 16), (5, 10, 512), (3, 1, 512)])
+def test_predict_agrees_with_unmeasured_steps(n, steps, chunk_size):
+    """`CompiledUKF.predict` (blocks of steps in one compiled loop, padded in steps and twins)
+    gives the NumPy filter's unmeasured steps, a model failure and its reset included."""
+    sim = thermal_fleet(n, seed=9)
+    spec = thermal_spec(sim.step().z[:, 0], meas_noise=None)
+    spec = type(spec)(**{**spec.__dict__, "model": flaky_room})
+    ref, fast = BatchUKF(spec, n), CompiledUKF(spec, n, chunk_size=chunk_size)
+    warm = sim.run(15)
+    state, _ = ref.run(ref.init(t=0.0), warm.inputs, warm.z, sim.dt)
+    inputs = sim.run(steps).inputs
+    inputs[min(4, steps - 1), n - 1, 0] = -99.0  # the last twin's model fails once
+    a, ra = ref.predict(state, inputs, sim.dt)
+    b, rb = fast.predict(state, inputs, sim.dt)
+    for name in ("mean", "cov", "noise_var", "noise_hist", "noise_sum", "noise_weight"):
+        _close(getattr(a, name), getattr(b, name), name)
+    for name in ("failed", "reason", "rejects", "noise_count", "steps"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.t == b.t and a.failed[n - 1] and a.failed.sum() == 1
+    for name in ("param_mean", "param_std", "param_lower", "state_mean", "output_mean",
+                 "output_std", "innovation_var"):  # fmt: skip
+        _close(getattr(ra, name).reshape(-1, n).T, getattr(rb, name).reshape(-1, n).T, name)
+    for name in ("updated", "reset", "reason", "nis", "innovation"):
+        assert np.array_equal(getattr(ra, name), getattr(rb, name), equal_nan=True), name
+    assert rb.param_mean.shape == (steps, n, len(ref.plan.params))
+
+
+def test_predict_checks_its_inputs():
+    spec = thermal_spec(20.0)
+    for filt in (BatchUKF(spec, 4), CompiledUKF(spec, 4)):
+        state = filt.init()
+        for bad in (np.zeros((4, 2)), np.zeros((0, 4, 2)), np.full((3, 4, 2), np.nan)):
+            with pytest.raises(InvalidInput) as err:
+                filt.predict(state, bad, 900.0)
+            assert err.value.field == "inputs"
