@@ -72,6 +72,9 @@ class Definitions:
         base.pop("ref", None)
         parsed = parse_function(name, {**base, **spec, "kind": "python"}, namespace)
         self.invoker.callables[parsed.key] = fn
+        if not self._leading:  # stored when this scheduler takes the lead
+            self._standby_defs[parsed.key] = parsed
+            return {**parsed.to_dict(), "changed": None, "standby": True}
         return self._call(self._op_define, parsed)
 
     def register_workflow(self, name: str, wf: Any, **spec) -> dict:
