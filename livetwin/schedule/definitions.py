@@ -80,6 +80,7 @@ class Definitions:
     def register_workflow(self, name: str, wf: Any, **spec) -> dict:
         """Register a `@workflow` as a function: its runs execute it on the lineage store."""
         from livetwin.schedule.workflow import Executor, workflow_job
+        from livetwin.schedule.workflow_store import WorkflowStore
 
         if self._workflows is None:
             if self.lineage is None:
@@ -88,7 +89,7 @@ class Definitions:
                     field="lineage",
                     fix="create the Scheduler with lineage=LineageStore(...)",
                 )
-            self._workflows = Executor(self.lineage)
+            self._workflows = Executor(self.lineage, results=WorkflowStore(self._open_db))
         return self.register(name, workflow_job(self._workflows, wf), **spec)
 
     def _op_define(self, spec: FunctionSpec) -> dict:

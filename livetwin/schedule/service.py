@@ -94,6 +94,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         self.catch_up_limit = catch_up_limit
         self.event_retention_ms = event_retention_ms
         self.allow_modules = allow_modules
+        self._open_db = open_db
         self._store, self._owner_lock = store.open_owned(
             open_db, database_url, retry_s=lease_retry_s
         )
@@ -294,6 +295,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         self.invoker.close()
         if self._workflows is not None:
             self._workflows.close()
+            self._workflows.results.close()
         with self._state_lock:
             self._store.close()
         self._owner_lock.close()
