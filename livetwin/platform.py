@@ -88,6 +88,7 @@ class Platform:
                 reader=self.query,
                 open_db=self.open_db,
                 outbound=self.outbound,
+                database_url=self.settings.database_url,
             ).start()
             if self.settings.webhooks
             else None

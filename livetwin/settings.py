@@ -31,6 +31,7 @@ MQTT_ENV = {  # the broker connection's secrets and identity (host and port come
     "tls_ca": "LIVETWIN_MQTT_TLS_CA",
     "tls_cert": "LIVETWIN_MQTT_TLS_CERT",
     "tls_key": "LIVETWIN_MQTT_TLS_KEY",
+    "share_group": "LIVETWIN_MQTT_SHARE_GROUP",
 }
 JWT_ENV = {
     "jwks_url": "LIVETWIN_JWKS_URL",
@@ -58,7 +59,9 @@ class MqttConnection:
     broker holds QoS 1 messages published while livetwin is down and delivers them on reconnect.
     Without one every start is a clean session. TLS is on with `tls` or any `tls_*` file
     (`tls_ca`: the CA bundle to trust, default the system's; `tls_cert`/`tls_key`: a client
-    certificate).
+    certificate). With `share_group` every ingest subscription is a shared subscription
+    (`$share/<group>/<topic>`): the broker hands each message to one of the servers in the
+    group, so several front ends split one topic.
     """
 
     host: str
@@ -71,6 +74,7 @@ class MqttConnection:
     tls_cert: str | None = None
     tls_key: str | None = None
     session_expiry_s: int = 7 * 24 * 3600
+    share_group: str | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -99,6 +103,14 @@ class MqttConnection:
                     field=f"mqtt.{name}",
                     fix="give the path of a readable PEM file",
                 )
+        if self.share_group is not None and (
+            not self.share_group or any(c in self.share_group for c in "/+#")
+        ):
+            raise InvalidInput(
+                f"the MQTT share group {self.share_group!r} is not a valid share name",
+                field="mqtt.share_group",
+                fix="give a non-empty name without '/', '+' or '#', e.g. livetwin",
+            )
         if not 0 <= self.session_expiry_s <= 0xFFFFFFFF:
             raise InvalidInput(
                 f"session expiry {self.session_expiry_s} s is out of range",

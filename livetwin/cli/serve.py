@@ -258,6 +258,12 @@ def serve(
         help="MQTT user name (password: LIVETWIN_MQTT_PASSWORD or the config file's "
         "password_file).",
     ),
+    mqtt_share_group: str = typer.Option(
+        None,
+        "--mqtt-share-group",
+        help="Subscribe as a member of this MQTT shared-subscription group ($share/NAME/topic): "
+        "servers in one group split each topic's messages. Default: LIVETWIN_MQTT_SHARE_GROUP.",
+    ),
     mqtt_tls: bool = typer.Option(False, "--mqtt-tls", help="TLS to the broker (system CAs)."),
     mqtt_tls_ca: Path = typer.Option(None, "--mqtt-tls-ca", help="CA bundle for the broker."),
     mqtt_tls_cert: Path = typer.Option(None, "--mqtt-tls-cert", help="MQTT client certificate."),
@@ -310,6 +316,7 @@ def serve(
         flags = {
             "client_id": mqtt_client_id,
             "username": mqtt_username,
+            "share_group": mqtt_share_group,
             "tls": mqtt_tls or None,
             "tls_ca": mqtt_tls_ca and str(mqtt_tls_ca),
             "tls_cert": mqtt_tls_cert and str(mqtt_tls_cert),

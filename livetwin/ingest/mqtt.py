@@ -107,6 +107,7 @@ class MqttBridge:
         # A fixed client id keeps the broker session (and its queued QoS 1 messages) across
         # restarts; without one every start is a fresh session.
         self.client_id = connection.client_id or f"livetwin-{uuid.uuid4().hex[:12]}"
+        self.share_group = connection.share_group
         self.queue_size, self.batch_max = queue_size, batch_max
         self._session_options = {
             "persistent": connection.client_id is not None,
@@ -228,8 +229,8 @@ class MqttBridge:
             unused = old is not None and not any(s.topic == old.topic for s in self._subs.values())
         if self._session is not None:
             if unused:
-                self._session.unsubscribe(old.topic)
-            self._session.subscribe({sub.topic: sub.qos})
+                self._session.unsubscribe(self._filter(old.topic))
+            self._session.subscribe({self._filter(sub.topic): sub.qos})
         return sub.to_dict()
 
     def delete_subscription(self, name: str) -> None:
@@ -241,11 +242,16 @@ class MqttBridge:
         if sub is None and not deleted:
             raise NotFound(f"no MQTT subscription '{name}'", field="name", fix="list them first")
         if unused and self._session is not None:
-            self._session.unsubscribe(sub.topic)
+            self._session.unsubscribe(self._filter(sub.topic))
+
+    def _filter(self, topic: str) -> str:
+        """The filter subscribed at the broker: in a share group, `$share/<group>/<topic>`
+        (each message goes to one member; it arrives on its own topic)."""
+        return topic if self.share_group is None else f"$share/{self.share_group}/{topic}"
 
     def _topics(self) -> dict[str, int]:
         with self._lock:
-            return {s.topic: s.qos for s in self._subs.values()}
+            return {self._filter(s.topic): s.qos for s in self._subs.values()}
 
     def _route(self, topic: str) -> Subscription | None:
         """The first subscription (by name) whose filter matches `topic`; cached per topic."""
@@ -332,6 +338,7 @@ class MqttBridge:
         return {
             "broker": f"{self.host}:{self.port}",
             "client_id": self.client_id,
+            "share_group": self.share_group,
             "persistent_session": self._session_options["persistent"],
             "tls": self._tls,
             "connected": self._connected,
@@ -561,6 +568,7 @@ _CONNECTION_KEYS = {
     "username": str,
     "password_file": str,
     "session_expiry": int,
+    "share_group": str,
 }
 _TLS_KEYS = ("ca", "cert", "key")
 

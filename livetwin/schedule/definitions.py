@@ -72,11 +72,15 @@ class Definitions:
         base.pop("ref", None)
         parsed = parse_function(name, {**base, **spec, "kind": "python"}, namespace)
         self.invoker.callables[parsed.key] = fn
+        if not self._leading:  # stored when this scheduler takes the lead
+            self._standby_defs[parsed.key] = parsed
+            return {**parsed.to_dict(), "changed": None, "standby": True}
         return self._call(self._op_define, parsed)
 
     def register_workflow(self, name: str, wf: Any, **spec) -> dict:
         """Register a `@workflow` as a function: its runs execute it on the lineage store."""
         from livetwin.schedule.workflow import Executor, workflow_job
+        from livetwin.schedule.workflow_store import WorkflowStore
 
         if self._workflows is None:
             if self.lineage is None:
@@ -85,7 +89,7 @@ class Definitions:
                     field="lineage",
                     fix="create the Scheduler with lineage=LineageStore(...)",
                 )
-            self._workflows = Executor(self.lineage)
+            self._workflows = Executor(self.lineage, results=WorkflowStore(self._open_db))
         return self.register(name, workflow_job(self._workflows, wf), **spec)
 
     def _op_define(self, spec: FunctionSpec) -> dict:

@@ -57,6 +57,9 @@ class Firing:
                 log.info("schedule %s: its last run is still going; not started again", sched.id)
                 instants = []  # coalesced: the run still going covers this instant
             for at in instants:
+                if not store.claim_instant(self._db, sched.id, at):
+                    log.warning("schedule %s: %s fired already; not again", sched.id, format_ts(at))
+                    continue
                 trigger = {
                     "kind": sched.trigger.kind,
                     "schedule": sched.id,

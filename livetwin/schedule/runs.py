@@ -320,6 +320,7 @@ class RunQueue:
                     len(d) for g in self._inbox.values() for n in g.values() for d in n.values()
                 ),
                 "runs": store.runs_by_state(self._db),
+                "leader": int(self._leading),  # 0: on standby (PostgreSQL, another node leads)
             }
 
 

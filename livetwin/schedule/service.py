@@ -7,6 +7,10 @@ returns and a join consumes its events in the same transaction that records the 
 run on a thread pool with a concurrency limit per function; a failing or slow one only occupies
 its own slots. The parts: definitions.py (functions, schedules), firing.py (triggers, events),
 runs.py (queue, attempts, outcomes, reads).
+
+On PostgreSQL several processes may run a scheduler on one schema: the one holding the leader
+lease (store/lease.py) fires triggers and runs functions; the others wait on standby, refuse
+changes (503, naming the leader) and take over, from the durable state, when the leader is lost.
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ from livetwin.schedule.functions import FunctionSpec, Invoker, JobFn, parse_func
 from livetwin.schedule.model import STOP, Key, Op, RunItem, RunLogHandler, Schedule
 from livetwin.schedule.runs import RunQueue
 from livetwin.schedule.triggers import parse_trigger
+from livetwin.store.lease import Lease, holder_name
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Scheduler"]
+
+LEAD = object()  # put on the operation queue: this process took the lease
+FOLLOW = object()  # ... and lost it
 
 
 class Scheduler(Definitions, Firing, RunQueue):
@@ -49,7 +57,9 @@ class Scheduler(Definitions, Firing, RunQueue):
     PostgreSQL server its one-scheduler lock is held on; default LIVETWIN_DATABASE_URL),
     `outbound` (where http functions may call; default: public addresses only).
     `functions_platform` is handed to Python functions as `ctx.platform` and never used by the
-    scheduler itself. Job kinds come from outside (`register_job`, `add_system_schedules`).
+    scheduler itself. `lease_retry_s`: how often a standby scheduler on PostgreSQL tries to
+    take the lead (and a leader checks it still holds it). Job kinds come from outside
+    (`register_job`, `add_system_schedules`).
 
     `tick()` fires the time triggers due at `clock()`; the service's own thread calls it when a
     trigger falls due, and tests with a FakeClock call it directly after moving time.
@@ -72,6 +82,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         allow_modules: tuple[str, ...] = (),
         database_url: str | None = None,
         outbound: OutboundPolicy | None = None,
+        lease_retry_s: float = 1.0,
     ):
         self.clock = clock
         self.bus = bus
@@ -83,7 +94,15 @@ class Scheduler(Definitions, Firing, RunQueue):
         self.catch_up_limit = catch_up_limit
         self.event_retention_ms = event_retention_ms
         self.allow_modules = allow_modules
-        self._store, self._owner_lock = store.open_owned(open_db, database_url)
+        self._open_db = open_db
+        self._store, self._owner_lock = store.open_owned(
+            open_db, database_url, retry_s=lease_retry_s
+        )
+        lease = self._owner_lock if isinstance(self._owner_lock, Lease) else None
+        self._lease = lease
+        self._leading = lease is None or lease.held  # a file lock is held, or it raised
+        self._standby_defs: dict[Key, FunctionSpec] = {}  # registered in code while on standby
+        self._loaded_at = time.monotonic()
         self._sqlite = self._store.dialect == "sqlite"
         self._sync = threading.local()  # the synchronous level of this thread's SQLite connection
         self._state_lock = threading.RLock()
@@ -162,19 +181,94 @@ class Scheduler(Definitions, Firing, RunQueue):
             return self
         if self._closed:
             raise Unavailable("the scheduler was stopped", fix="create a new Scheduler")
-        with self._state_lock, self._store.write() as db:
-            store.requeue_interrupted(db)  # interrupted by the last stop or crash: run again
-            self._prune_events(self.clock())
+        if self._leading:
+            with self._state_lock, self._store.write() as db:
+                store.requeue_interrupted(db)  # interrupted by the last stop or crash: run again
+                self._prune_events(self.clock())
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="livetwin-run")
         logging.getLogger().addHandler(self._log_handler)
         self._thread = threading.Thread(target=self._loop, name="livetwin-scheduler", daemon=True)
         self._thread.start()
         self._token = self.bus.subscribe(self._on_bus)
+        if self._leading:
+            self._begin_term()
+        if self._lease is not None:
+            self._lease.on_acquired = lambda: self._queue.put(LEAD)
+            self._lease.on_lost = lambda: self._queue.put(FOLLOW)
+            self._lease.start()
+        return self
+
+    def _begin_term(self) -> None:
+        """Queue what a leader does first: system schedules in step with the types, recovered
+        runs dispatched, the first tick."""
         if self._system_sources:  # after subscribing: a type declared now is not missed
             types = list(self.reader.compiled_types().values())
             self._queue.put(Op(self._op_sync_system, (types, True), None))
+        for spec in self._standby_defs.values():
+            self._queue.put(Op(self._op_define, (spec,), None))
+        self._standby_defs.clear()
         self._queue.put(Op(self._op_wake, (), None))  # dispatch recovered runs, first tick
-        return self
+
+    # ---- leader and standby (PostgreSQL) ---------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        """'leader' (fires triggers, runs functions) or 'standby' (waits to take over)."""
+        return "leader" if self._leading else "standby"
+
+    def leader(self) -> str | None:
+        """The process (host:pid) whose scheduler leads (this one's on SQLite)."""
+        if self._lease is None or self._lease.held:
+            return holder_name()
+        return self._lease.holder()
+
+    def _standby_error(self) -> Unavailable:
+        try:
+            leader = self.leader() or "no process (one takes over within a second)"
+        except LivetwinError:
+            leader = "unknown (PostgreSQL is unreachable)"
+        return Unavailable(
+            f"this node's scheduler is on standby; the leader is {leader}",
+            field="scheduler",
+            fix="send scheduler changes to the leader's node, or retry: a standby takes over "
+            "when the leader is lost",
+        )
+
+    def _lead(self) -> None:
+        """This process took the lease: load what the last leader left, and run it (if that
+        fails, the lease goes back and is tried again)."""
+        try:
+            with self._store.write() as db:
+                store.requeue_interrupted(db)  # the last leader's running runs run again here
+            self._load()
+        except Exception:
+            self._lease.release()
+            raise
+        self._running = Counter()
+        self._leading = True
+        log.warning("this scheduler leads now (%s)", self._store_name())
+        self._begin_term()
+
+    def _follow(self) -> None:
+        """The lease is lost: stop firing and dispatching; the new leader runs what was queued."""
+        self._leading = False
+        self._queues.clear()
+        self._delayed.clear()
+        self._active.clear()
+        log.warning("this scheduler is on standby now (%s)", self._store_name())
+
+    def _store_name(self) -> str:
+        return getattr(self._store, "schema", "")
+
+    def _refresh_standby(self) -> None:
+        """On standby, reads show the leader's definitions as of at most `retry_s` ago."""
+        if self._lease is None or time.monotonic() - self._loaded_at < self._lease.retry_s:
+            return
+        self._loaded_at = time.monotonic()
+        try:
+            self._load()
+        except Exception as exc:
+            log.debug("the standby scheduler cannot reload its state: %s", exc)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop taking work, wait up to `timeout_s` for running functions, then close.
@@ -201,6 +295,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         self.invoker.close()
         if self._workflows is not None:
             self._workflows.close()
+            self._workflows.results.close()
         with self._state_lock:
             self._store.close()
         self._owner_lock.close()
@@ -222,6 +317,8 @@ class Scheduler(Definitions, Firing, RunQueue):
         """Apply an operation on the writer thread and wait for its result."""
         if self._closed or self._stopping:
             raise Unavailable("the scheduler is stopped", fix="start the server again")
+        if not self._leading:
+            raise self._standby_error()
         op = Op(fn, args, Future())
         if self._thread is None:  # not started: nothing else runs, apply right here
             with self._state_lock:
@@ -250,13 +347,33 @@ class Scheduler(Definitions, Firing, RunQueue):
             stop = any(op is STOP for op in ops)
             try:
                 with self._state_lock:
-                    self._apply([op for op in ops if op is not STOP])
+                    for op in ops:
+                        if op is LEAD and not self._leading:
+                            self._lead()
+                        elif op is FOLLOW and self._leading:
+                            self._follow()
+                    if self._leading:
+                        self._apply([op for op in ops if op not in (STOP, LEAD, FOLLOW)])
+                    else:
+                        self._refuse(ops)
             except Exception:
                 log.exception("the scheduler loop failed; continuing")
             if stop:
                 return
 
+    def _refuse(self, ops: list[Op]) -> None:
+        """On standby: callers are told who leads; internal operations are dropped (the leader
+        works from the durable state)."""
+        error = None
+        for op in ops:
+            if isinstance(op, Op) and op.future is not None:
+                error = error or self._standby_error()
+                op.future.set_exception(error)
+        self._refresh_standby()
+
     def _wait_s(self) -> float:
+        if not self._leading:
+            return self.max_wait_s
         waits = [self.max_wait_s]
         if self._next_due is not None:
             waits.append((self._next_due - self.clock()) / 1000)

@@ -1,6 +1,7 @@
 """The scheduler's durable state: `<data>/schedule.db` (SQLite, WAL), or its own PostgreSQL schema
-when LIVETWIN_DATABASE_URL is set: the schema, the one-scheduler-per-deployment lock, and every
-statement the scheduler runs (`conn` is the connection of the current transaction, or a read).
+when LIVETWIN_DATABASE_URL is set: the schema, the one-scheduler-per-deployment lock (a file lock;
+on PostgreSQL a leader lease), and every statement the scheduler runs (`conn` is the connection of
+the current transaction, or a read).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 from livetwin.errors import Unavailable
 from livetwin.ports import OpenServiceDB
+from livetwin.store.lease import Lease
 from livetwin.store.open import configured_url
 from livetwin.store.servicedb import ServiceDB
 from livetwin.timefmt import format_ts
@@ -86,6 +88,11 @@ CREATE TABLE IF NOT EXISTS runs (
     finished INTEGER,
     duration_ms DOUBLE PRECISION             -- 8 bytes on both (PostgreSQL's REAL has 4)
 );
+CREATE TABLE IF NOT EXISTS fired (          -- each instant a time trigger fired: never twice
+    schedule_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (schedule_id, at)
+);
 CREATE TABLE IF NOT EXISTS meta (            -- last_event_id: event ids are never reused
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -111,16 +118,26 @@ class Lock(Protocol):
     def close(self) -> None: ...
 
 
-def open_owned(open_db: OpenServiceDB, database_url: str | None = None) -> tuple[ServiceDB, Lock]:
-    """The scheduler's database and the lock that makes this scheduler its only one: a file lock
-    beside `schedule.db`, or a session advisory lock on the PostgreSQL schema (`database_url`,
-    default LIVETWIN_DATABASE_URL, names the server to hold it on). Unavailable if another
-    scheduler holds it."""
+def open_owned(
+    open_db: OpenServiceDB, database_url: str | None = None, *, retry_s: float = 1.0
+) -> tuple[ServiceDB, Lock | Lease]:
+    """The scheduler's database and what makes one scheduler its leader: a file lock beside
+    `schedule.db` (Unavailable if another scheduler holds it), or on PostgreSQL a `Lease` on the
+    schema (`database_url`, default LIVETWIN_DATABASE_URL, names the server to hold it on),
+    tried once here: a scheduler that does not hold it waits on standby, trying every
+    `retry_s`."""
     db = open_db("schedule", SCHEMA, sqlite_migrate=_keep_sqlite_sequence)
     try:
         if db.dialect == "sqlite":
             return db, _lock_file(Path(db.path).with_name("schedule.lock"))
-        return db, _lock_schema(configured_url(database_url), db)
+        lease = Lease(
+            configured_url(database_url),
+            f"{db.schema}.scheduler",
+            retry_s=retry_s,
+            timeout_s=db.timeout_s,
+        )
+        lease.try_acquire()
+        return db, lease
     except BaseException:
         db.close()
         raise
@@ -149,32 +166,6 @@ def _lock_file(path: Path) -> Lock:
             f"another scheduler already runs on {path.parent}", field="data", fix=_TAKEN_FIX
         ) from None
     return handle
-
-
-def _lock_schema(url: str, db: Any) -> Lock:
-    """A session advisory lock on the schema, on a connection of its own held until close."""
-    import psycopg
-
-    try:
-        conn = psycopg.connect(
-            url,
-            autocommit=True,
-            application_name="livetwin-scheduler-lock",
-            connect_timeout=round(db.timeout_s),
-        )
-    except psycopg.OperationalError as exc:
-        raise db._unavailable(exc) from None
-    (held,) = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtext(%s))", (f"{db.schema}.scheduler",)
-    ).fetchone()
-    if not held:
-        conn.close()
-        raise Unavailable(
-            f"another scheduler already runs on the PostgreSQL schema {db.schema} at {db.safe_url}",
-            field="LIVETWIN_DATABASE_URL",
-            fix=_TAKEN_FIX,
-        )
-    return conn
 
 
 def last_event_id(db: ServiceDB) -> int:
@@ -284,6 +275,16 @@ def insert_runs(conn: Any, rows: list[tuple]) -> None:
         conn.executemany(INSERT_RUN, rows)
 
 
+def claim_instant(conn: Any, schedule_id: str, at: int) -> bool:
+    """Record that a time trigger fires its instant `at`; False if it fired already (by a
+    leader that lost its lease a moment before this one took over)."""
+    cursor = conn.execute(
+        "INSERT INTO fired (schedule_id, at) VALUES (?,?) ON CONFLICT DO NOTHING",
+        (schedule_id, at),
+    )
+    return cursor.rowcount == 1
+
+
 def set_run_trigger(conn: Any, run_id: str, trigger_json: str) -> None:
     conn.execute("UPDATE runs SET trigger=? WHERE id=?", (trigger_json, run_id))
 
@@ -383,6 +384,7 @@ def insert_schedule(conn: Any, row: tuple, true_twins: list[str]) -> None:
 
 def delete_schedule(conn: Any, schedule_id: str) -> None:
     conn.execute("DELETE FROM schedules WHERE id=?", (schedule_id,))
+    conn.execute("DELETE FROM fired WHERE schedule_id=?", (schedule_id,))
     conn.execute("DELETE FROM conditions WHERE schedule_id=?", (schedule_id,))
 
 

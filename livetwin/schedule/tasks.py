@@ -188,6 +188,8 @@ class TaskFuture:
         self.node_id: str | None = None
         self.started_ms: int | None = None
         self.finished_ms: int | None = None
+        self.step = ""  # "<task name>#<n>": the key of its kept value in a durable run
+        self.resumed = False  # its value was kept by an interrupted run: not run again
         self._outcome: Future = Future()
         self._waiting = len(deps) + 1
 
@@ -212,6 +214,7 @@ class TaskFuture:
             "finished_ms": self.finished_ms,
             "after": [d.name for d in self.deps],
             "error": error_text(error) if error is not None else None,
+            **({"resumed": True} if self.resumed else {}),
         }
 
     def __repr__(self) -> str:

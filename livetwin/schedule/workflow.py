@@ -46,10 +46,12 @@ __all__ = [
 
 def workflow_job(executor: Executor, wf: Workflow) -> Callable[[Any], dict]:
     """A scheduler function `job(ctx)`: runs `wf` with the run's `ctx.args` as keyword
-    arguments and returns the run record; raises the run's error when it failed."""
+    arguments and returns the run record; raises the run's error when it failed. The workflow
+    run has the scheduler run's id, so a run interrupted by a crash (run again on the next
+    start) or retried resumes after its finished tasks (when the executor is durable)."""
 
     def job(ctx: Any) -> dict:
-        run = executor.start(wf, **ctx.args)
+        run = executor.start(wf, run_id=ctx.run_id, **ctx.args)
         run.wait()
         if run.error is not None:
             raise run.error

@@ -1,5 +1,6 @@
 """Running workflows: one `WorkflowRun` (dependencies, retries, failure isolation, a lineage node
-per task run and per workflow run) and the local `Executor` (a thread or process pool).
+per task run and per workflow run, finished tasks kept when the executor has a `WorkflowStore`)
+and the local `Executor` (a thread or process pool).
 """
 
 from __future__ import annotations
@@ -30,15 +31,27 @@ from livetwin.timefmt import wall_clock_ms
 
 if TYPE_CHECKING:
     from livetwin.registry.lineage import LineageStore
+    from livetwin.schedule.workflow_store import WorkflowStore
 
 log = logging.getLogger(__name__)
 
 
 class WorkflowRun:
-    """One run of a workflow: its task runs, state, value or error, and lineage node."""
+    """One run of a workflow: its task runs, state, value or error, and lineage node. With a
+    durable executor, tasks `run_id` finished before (a crash) are not run again."""
 
-    def __init__(self, executor: Executor, workflow: Workflow, args: tuple, kwargs: dict):
-        self.id = uuid.uuid4().hex
+    def __init__(
+        self,
+        executor: Executor,
+        workflow: Workflow,
+        args: tuple,
+        kwargs: dict,
+        run_id: str | None = None,
+    ):
+        self.id = run_id or uuid.uuid4().hex
+        results = executor.results
+        self._kept = results.load(self.id) if results is not None and run_id else {}
+        self._steps: dict[str, int] = {}  # task name -> calls so far (the step key)
         self.executor = executor
         self.workflow = workflow
         self.name = workflow.name
@@ -75,6 +88,14 @@ class WorkflowRun:
         future = TaskFuture(task, self, args, kwargs, deps)
         with self._lock:
             self.tasks.append(future)
+            future.step = f"{task.name}#{self._steps.get(task.name, 0)}"
+            self._steps[task.name] = self._steps.get(task.name, 0) + 1
+        kept = self._kept.get(future.step)
+        if kept is not None:  # finished before this run was interrupted: not run again
+            future.state, future.resumed = "succeeded", True
+            future._outcome.set_result(kept[0])
+            future.node_id = kept[1]
+            return future
         for dep in deps:
             dep._outcome.add_done_callback(lambda _, f=future: self._dependency_done(f))
         self._dependency_done(future)  # the submit itself counts as one "dependency"
@@ -163,6 +184,13 @@ class WorkflowRun:
             started=future.started_ms,
             finished=future.finished_ms,
         )
+        results = self.executor.results
+        if error is None and results is not None:
+            try:
+                results.save(self.id, future.step, value, future.node_id, future.finished_ms)
+            except Exception as exc:  # not kept: the task counts as failed (retry resumes)
+                log.exception("keeping the value of %s failed", future.step)
+                error = exc
         if error is None:
             future.state = "succeeded"
             future._outcome.set_result(value)
@@ -289,11 +317,17 @@ class Executor:
 
     Every task run and workflow run becomes a node of `lineage` (`platform.lineage`), timed by
     that store's clock. With `kind="process"` task functions must be defined at module level,
-    and their arguments and values must pickle.
+    and their arguments and values must pickle. With `results` (a `WorkflowStore`) runs are
+    durable: `start(..., run_id=...)` of an interrupted run resumes after its finished tasks.
     """
 
     def __init__(
-        self, lineage: LineageStore, *, kind: str = "thread", max_workers: int | None = None
+        self,
+        lineage: LineageStore,
+        *,
+        kind: str = "thread",
+        max_workers: int | None = None,
+        results: WorkflowStore | None = None,
     ):
         if kind not in ("thread", "process"):
             raise InvalidInput(
@@ -303,6 +337,7 @@ class Executor:
             )
         self.kind = kind
         self.lineage = lineage
+        self.results = results
         self.clock: Callable[[], int] = lineage.clock or wall_clock_ms
         if kind == "thread":
             self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="livetwin-task")
@@ -311,11 +346,14 @@ class Executor:
             spawn = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=spawn)
 
-    def start(self, wf: Workflow | Callable, *args: Any, **kwargs: Any) -> WorkflowRun:
-        """Start a run in the background; returns its `WorkflowRun` at once."""
+    def start(
+        self, wf: Workflow | Callable, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> WorkflowRun:
+        """Start a run in the background; returns its `WorkflowRun` at once. `run_id` names a
+        durable run: given again after a crash, the run resumes after its finished tasks."""
         if not isinstance(wf, Workflow):
             wf = Workflow(wf)
-        run = WorkflowRun(self, wf, args, kwargs)
+        run = WorkflowRun(self, wf, args, kwargs, run_id)
         threading.Thread(target=run._execute, name=f"workflow-{wf.name}", daemon=True).start()
         return run
 

@@ -147,6 +147,8 @@ def test_serve_refuses_tls_and_mqtt_options_that_cannot_work(tmp_path, never_ser
         (["--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(key)], ["unreadable"]),
         (["--tls-cert", str(junk), "--tls-key", str(key)], ["cannot be used"]),
         (["--mqtt-username", "plant"], ["needs a broker", "--mqtt"]),
+        (["--mqtt-share-group", "front"], ["needs a broker", "--mqtt"]),
+        (["--mqtt", "127.0.0.1:1883", "--mqtt-share-group", "a/b"], ["share group", "without"]),
         (["--mqtt", "127.0.0.1:1883", "--mqtt-tls-ca", str(tmp_path / "no.pem")], ["MQTT TLS CA"]),
     ]
     for options, words in cases:

@@ -256,3 +256,30 @@ def test_without_a_broker_subscriptions_answer_mqtt_not_configured(client):
         error = r.json()["error"]
         assert error["field"] == "mqtt" and "MQTT not configured" in error["message"]
     assert client.get("/api/mqtt").json() == {"enabled": False, "connected": False}
+
+
+def test_a_share_group_splits_one_topic_between_two_servers(setup, publisher, prefix):
+    group = f"g{uuid.uuid4().hex[:8]}"
+    bridges = [mqtt_bridge(setup, HOST, PORT, share_group=group).start() for _ in range(2)]
+    try:
+        for b in bridges:
+            subscribe(b, "shared", {"topic": f"{prefix}/+", "extractor": "pj"})
+        n = 200
+        for i in range(n):
+            send(publisher, f"{prefix}/{i % 5}", {"id": f"s{i}", "flow": i})
+        wait_for(lambda: sum(b.stats()["ingested"] for b in bridges) >= n, timeout=30)
+        time.sleep(0.3)  # a message delivered twice would arrive by now
+        counts = [b.stats()["ingested"] for b in bridges]
+        assert sum(counts) == n and min(counts) > 0, counts  # each message once, both got some
+        assert all(flow(setup, f"s{i}") == i for i in range(0, n, 7))
+        assert bridges[0].stats()["share_group"] == group
+    finally:
+        for b in bridges:
+            b.stop()
+
+
+def test_a_bad_share_group_is_refused():
+    for bad in ("", "a/b", "x+", "#"):
+        with pytest.raises(InvalidInput) as caught:
+            MqttConnection(HOST, PORT, share_group=bad).check()
+        assert caught.value.field == "mqtt.share_group" and caught.value.fix

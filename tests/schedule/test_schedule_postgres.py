@@ -154,21 +154,29 @@ def test_event_ids_are_not_reused_after_old_events_are_pruned(backend, tmp_path)
         assert platform.scheduler.post_event("tick")["id"] == last + 1
 
 
-def test_a_second_scheduler_is_refused(backend, tmp_path):
+def test_a_second_scheduler_is_refused_or_waits_on_standby(backend, tmp_path):
     with Platform(tmp_path / "data", clock=FakeClock()) as platform:
-        with pytest.raises(Unavailable, match="another scheduler already runs") as refused:
-            platform.new_scheduler()
-        if backend != "sqlite":  # another machine's data directory, the same database
+        if backend == "sqlite":
+            with pytest.raises(Unavailable, match="another scheduler already runs") as refused:
+                platform.new_scheduler()
+            assert refused.value.fix
+        else:  # another machine's data directory, the same database: a standby
             elsewhere = Path(tmp_path / "elsewhere")
             elsewhere.mkdir()
-            with pytest.raises(Unavailable, match="PostgreSQL schema"):
-                Scheduler(
-                    clock=platform.clock,
-                    bus=platform.bus,
-                    reader=platform.query,
-                    open_db=partial(open_service_db, elsewhere),
-                )
-        assert refused.value.fix
+            standby = Scheduler(
+                clock=platform.clock,
+                bus=platform.bus,
+                reader=platform.query,
+                open_db=partial(open_service_db, elsewhere),
+            )
+            try:
+                assert standby.role == "standby" and platform.scheduler.role == "leader"
+                with pytest.raises(Unavailable, match="on standby; the leader is") as refused:
+                    standby.run_function("job")
+                assert refused.value.fix and refused.value.field == "scheduler"
+                assert standby.stats()["leader"] == 0
+            finally:
+                standby.stop()
         platform.scheduler.stop()
         s = platform.scheduler = platform.new_scheduler().start()  # the lock went with the first
         s.register("job", lambda ctx: "fine")

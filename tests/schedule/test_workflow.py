@@ -416,8 +416,9 @@ def test_yaml_literal_dollar_and_step_retries(executor):
 
 def test_workflow_job_glue_returns_the_run_record(executor):
     job = workflow_job(executor, squares_then_maybe_halve)
-    record = job(SimpleNamespace(args={"n": 5}))
+    record = job(SimpleNamespace(args={"n": 5}, run_id="run-1"))
     assert record["state"] == "succeeded" and record["value"] == 15.0
+    assert record["id"] == "run-1"  # the scheduler run's id: a durable run resumes under it
     assert len(record["tasks"]) == 7 and record["node"]
 
 

@@ -1,6 +1,9 @@
 """The webhook service: events go bus -> in-memory inbox -> durable outbox (with the last journal
 seq fanned out, so a restart catches up from the journal) -> one sender task per subscription.
 Signed HTTP POSTs of state changes, creations, alarms and job results, at least once.
+
+On PostgreSQL several processes may share one outbox: each fans its own events out into it, and
+only the one holding the sender lease (store/lease.py) sends; another takes over when it is lost.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from livetwin.engine.batch import decode_batch
 from livetwin.engine.events import Event, Notice, StateChanged
 from livetwin.errors import InvalidInput, NotFound
 from livetwin.outbound import OutboundDenied, OutboundPolicy
+from livetwin.store.lease import Lease
+from livetwin.store.open import configured_url
 
 if TYPE_CHECKING:
     from livetwin.ports import Bus, Clock, OpenServiceDB
@@ -55,7 +60,10 @@ class WebhookService:
     `outbound` is where deliveries may go (checked when a subscription is made and before each
     attempt: a denied destination dead-letters the delivery at once; redirects are not followed).
     `start()` subscribes to the bus, catches up from the journal and starts sending; `stop()`
-    writes what the inbox still holds to the outbox and stops (the next start resumes).
+    writes what the inbox still holds to the outbox and stops (the next start resumes). On
+    PostgreSQL (`database_url`, default LIVETWIN_DATABASE_URL) only the holder of the sender
+    lease sends; every process reloads the subscriptions every `lease_retry_s`, and the sender
+    looks at the outbox as often for rows other processes fanned out.
     """
 
     def __init__(
@@ -72,6 +80,8 @@ class WebhookService:
         keep_delivered: int = 1000,
         max_inbox: int = 10_000,
         outbound: OutboundPolicy | None = None,
+        database_url: str | None = None,
+        lease_retry_s: float = 1.0,
     ):
         self.clock, self.bus, self.reader = clock, bus, reader
         self.outbound = outbound or OutboundPolicy()
@@ -82,6 +92,18 @@ class WebhookService:
         self.keep_delivered = keep_delivered
         self.max_inbox = max_inbox
         self.outbox = Outbox(open_db)
+        db = self.outbox.db
+        self._lease = (
+            None
+            if db.dialect == "sqlite"
+            else Lease(
+                configured_url(database_url),
+                f"{db.schema}.webhooks-sender",
+                retry_s=lease_retry_s,
+                timeout_s=db.timeout_s,
+            )
+        )
+        self._sending = threading.Event()  # this process sends (it holds the lease, or SQLite)
         # held while the subscription set and the outbox change together (create, delete,
         # fan-out), so no event is fanned out to a subscription half made or half deleted
         self._lock = threading.Lock()
@@ -108,6 +130,7 @@ class WebhookService:
         self._token: int | None = None
         self._wakers: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self._follower: asyncio.Task | None = None  # _follow_outbox, on PostgreSQL
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -119,6 +142,8 @@ class WebhookService:
             return self
         self._token = self.bus.subscribe(self._on_event)
         self._catch_up_to = self.reader.last_seq()
+        if self._lease is None or self._lease.try_acquire():
+            self._sending.set()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -130,6 +155,9 @@ class WebhookService:
                 self._client = httpx.AsyncClient(timeout=self.timeout_s, limits=limits)
                 for sub_id in list(self._subs):
                     self._spawn(sub_id)
+                if self._lease is not None:
+                    follow = self._follow_outbox(self._lease.retry_s)
+                    self._follower = self._loop.create_task(follow)
             finally:
                 ready.set()
             self._loop.run_forever()
@@ -141,13 +169,48 @@ class WebhookService:
             target=self._run_pump, name="livetwin-webhooks-outbox", daemon=True
         )
         self._pump.start()
+        if self._lease is not None:
+            self._lease.on_acquired = self._take_over
+            self._lease.on_lost = self._sending.clear
+            self._lease.start()
         return self
+
+    @property
+    def sending(self) -> bool:
+        """Whether this process sends the outbox (on PostgreSQL: it holds the sender lease)."""
+        return self._sending.is_set()
+
+    def _take_over(self) -> None:
+        log.warning("this process sends the webhook outbox now")
+        self._sending.set()
+        self._in_loop(self._wake, list(self._subs))
+
+    async def _follow_outbox(self, every_s: float) -> None:
+        """On PostgreSQL: subscriptions made or deleted by other processes, and (when sending)
+        rows they fanned out, are seen within `every_s`."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                subs = await asyncio.to_thread(self.outbox.subscriptions)
+            except Exception as exc:
+                log.debug("cannot reload webhook subscriptions: %s", exc)
+                continue
+            with self._lock:
+                gone, self._subs = set(self._subs) - set(subs), subs
+            for sub_id in gone:
+                self._cancel(sub_id)
+            for sub_id in subs:
+                self._spawn(sub_id)
+            if self.sending:
+                self._wake(list(subs))
 
     def stop(self) -> None:
         """Unsubscribe, move the inbox to the outbox, stop sending and close the outbox."""
         if self._closed:
             return
         self._closed = True
+        if self._lease is not None:
+            self._lease.close()
         if self._token is not None:
             self.bus.unsubscribe(self._token)
         if self._pump is not None:
@@ -162,7 +225,7 @@ class WebhookService:
         self.outbox.close()
 
     async def _shutdown(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *([self._follower] if self._follower else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -246,6 +309,7 @@ class WebhookService:
         lat = np.asarray(self._latencies)
         return {
             "subscriptions": len(self._subs),
+            "sending": int(self.sending),
             **totals,
             "journal_seq": self._seq,
             "latency_p50_s": round(float(np.percentile(lat, 50)), 4) if len(lat) else None,
@@ -415,6 +479,9 @@ class WebhookService:
         while True:
             try:
                 flag.clear()
+                if not self._sending.is_set():  # another process holds the sender lease
+                    await flag.wait()
+                    continue
                 pending = self.outbox.pending(sub_id, SEND_BATCH)
                 if not pending:
                     if unpruned:
