@@ -283,6 +283,34 @@ class Platform:
         """The column names of a type version and which of them are derived values."""
         return self.core.layout(name, version)
 
+    def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
+        """Delete a type (Conflict while it has twins unless `cascade`; `purge`: their history
+        too)."""
+        return self.core.delete_type(name, cascade=cascade, purge=purge)
+
+    # ---- twin lifecycle ------------------------------------------------------------------
+
+    def create_twin(
+        self,
+        twin_id: str,
+        type_name: str,
+        *,
+        attributes: dict | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Create a twin before its first observation (Conflict when it exists)."""
+        return self.core.create_twin(twin_id, type_name, attributes=attributes, parent=parent)
+
+    def update_twin(
+        self, twin_id: str, *, attributes: dict | None = None, parent: str | None = None
+    ) -> dict:
+        """Set a twin's text attributes and/or its parent link (journaled)."""
+        return self.core.update_twin(twin_id, attributes=attributes, parent=parent)
+
+    def delete_twin(self, twin_id: str, *, purge: bool = False) -> dict:
+        """Delete a twin (a journaled tombstone); `purge` deletes its stored history too."""
+        return self.core.delete_twin(twin_id, purge=purge)
+
     # ---- ingest --------------------------------------------------------------------------
 
     def ingest(self, observations: Any, *, atomic: bool = False) -> IngestResult:
