@@ -230,7 +230,9 @@ class Writer:
                         continue
                     body = orjson.dumps(work.body)
                     entries.append(JournalEntry(seq, now, work.kind, done["type"], 0, body))
-                    events.append(Notice("twins", f"{work.kind}-{seq}", {**done, "seq": seq}))
+                    for twin in done.get("removed", ()):  # one per twin: filters see its id
+                        data = {"twin": twin, "type": done["type"], "seq": seq}
+                        events.append(Notice("removed", f"{seq}.{twin}", data))
                     results.append((work, {**done, "seq": seq}))
                     seq += 1
                     continue

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import T0, obs
 
+from livetwin.engine.events import Notice
 from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.expr import ExpressionError, compile_expression
 from livetwin.platform import Platform
@@ -196,3 +197,15 @@ def test_replay_and_snapshots_reproduce_attributes_and_deletions(tmp_path, clock
         assert live["v2"]["properties"]["flow"] == 4.0
         p.rebuild()  # from the journal alone
         assert state(p) == live
+
+
+def test_deletions_announce_each_removed_twin(platform):
+    heard = []
+    platform.bus.subscribe(lambda e: heard.append(e) if isinstance(e, Notice) else None)
+    platform.put_type("valve", VALVE)
+    platform.ingest([obs(t, T0, "valve", flow=1.0) for t in ("a", "b", "c")])
+    platform.delete_twin("a")
+    platform.delete_type("valve", cascade=True)
+    removed = [(e.kind, e.data["twin"], e.data["type"]) for e in heard]
+    assert removed == [("removed", t, "valve") for t in ("a", "b", "c")]
+    assert len({e.id for e in heard}) == 3
