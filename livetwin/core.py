@@ -332,11 +332,22 @@ class TwinCore:
     def delete_twin(self, twin: str, *, purge: bool = False) -> dict:
         """Remove a twin (a journaled tombstone); its history is kept unless `purge`. Its
         children lose their parent link; new telemetry for the id creates it anew."""
+        return self.delete_twins([twin], purge=purge)[0]
+
+    def delete_twins(self, twins: list[str], *, purge: bool = False) -> list[dict]:
+        """`delete_twin` for several twins: one journal entry per type (what each did)."""
+        found: dict[str, tuple[CompiledType, list[str], list[int]]] = {}
         with self.lock:
-            st, row = self.engine.locate(twin)
-            uids = [int(st.uid[row])]
-        done = self.writer.change("remove", {"type": st.ctype.name, "ids": [twin]}).result()
-        return self._purged(done, uids, st.ctype) if purge else {**done, "purged": False}
+            for twin in dict.fromkeys(twins):
+                st, row = self.engine.locate(twin)
+                entry = found.setdefault(st.ctype.name, (st.ctype, [], []))
+                entry[1].append(twin)
+                entry[2].append(int(st.uid[row]))
+        out = []
+        for name, (ctype, ids, uids) in found.items():
+            done = self.writer.change("remove", {"type": name, "ids": ids}).result()
+            out.append(self._purged(done, uids, ctype) if purge else {**done, "purged": False})
+        return out
 
     def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
         """Remove a type; Conflict while it has twins unless `cascade` removes them too

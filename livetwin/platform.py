@@ -311,6 +311,10 @@ class Platform:
         """Delete a twin (a journaled tombstone); `purge` deletes its stored history too."""
         return self.core.delete_twin(twin_id, purge=purge)
 
+    def delete_twins(self, twin_ids: list[str], *, purge: bool = False) -> list[dict]:
+        """`delete_twin` for several twins (one journal entry per type)."""
+        return self.core.delete_twins(twin_ids, purge=purge)
+
     # ---- ingest --------------------------------------------------------------------------
 
     def ingest(self, observations: Any, *, atomic: bool = False) -> IngestResult:
@@ -349,6 +353,12 @@ class Platform:
     def extractor_namespace(self, name: str) -> str:
         """The namespace that owns an extractor (NotFound for an unknown one)."""
         return self.extractor(name).namespace or DEFAULT_NAMESPACE
+
+    def delete_extractor(self, name: str) -> dict:
+        self.extractor(name)  # NotFound, with the fix
+        self.core.store.delete_extractor(name)
+        self._extractors.pop(name, None)
+        return {"name": name, "deleted": True}
 
     def list_extractors(self) -> list[dict]:
         return [orjson.loads(s) for _, s in sorted(self.core.store.extractors().items())]

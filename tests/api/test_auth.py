@@ -202,6 +202,7 @@ ROUTES = {
     "GET /api/scenarios": "tenant",
     "GET /api/scenarios/{scenario_id}": "tenant",
     "GET /api/namespaces/{namespace}/export": "tenant",
+    "DELETE /api/namespaces/{namespace}": "tenant",
     "GET /api/tokens": "fleet",
     "POST /api/tokens": "fleet",
     "DELETE /api/tokens/{token_id}": "fleet",
