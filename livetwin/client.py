@@ -104,6 +104,33 @@ class Client:
     def list_types(self) -> list[dict]:
         return self.request("GET", "/api/types")
 
+    def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
+        params = {"cascade": str(cascade).lower(), "purge": str(purge).lower()}
+        return self.request("DELETE", f"/api/types/{_path(name)}", params=params)
+
+    # ---- twin lifecycle ----------------------------------------------------------------
+
+    def create_twin(
+        self,
+        twin_id: str,
+        type_name: str,
+        *,
+        attributes: dict | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        body = _given({"id": twin_id, "type": type_name, "attributes": attributes})
+        return self.request("POST", "/api/twins", json=_given({**body, "parent": parent}))
+
+    def update_twin(
+        self, twin_id: str, *, attributes: dict | None = None, parent: str | None = None
+    ) -> dict:
+        body = _given({"attributes": attributes, "parent": parent})
+        return self.request("PATCH", f"/api/twins/{_path(twin_id)}", json=body)
+
+    def delete_twin(self, twin_id: str, *, purge: bool = False) -> dict:
+        params = {"purge": str(purge).lower()}
+        return self.request("DELETE", f"/api/twins/{_path(twin_id)}", params=params)
+
     # ---- ingest ------------------------------------------------------------------------
 
     def ingest(self, observations: list[dict], *, atomic: bool = False) -> IngestResult:

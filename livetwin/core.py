@@ -21,10 +21,10 @@ import numpy as np
 import orjson
 
 from livetwin.engine.batch import decode_batch
-from livetwin.engine.engine import Engine
+from livetwin.engine.engine import LIFECYCLE, Engine
 from livetwin.engine.events import EventBus
-from livetwin.errors import NotFound
-from livetwin.ingest.observations import Normalized, normalize
+from livetwin.errors import InvalidInput, NotFound
+from livetwin.ingest.observations import Normalized, check_identifier, normalize
 from livetwin.journal import compaction, snapshot
 from livetwin.journal.replay import replay
 from livetwin.journal.writer import IngestResult, Writer
@@ -216,7 +216,8 @@ class TwinCore:
         spec_json = orjson.dumps(stored_spec(parsed)).decode()
         with self._define_lock:
             versions = self.store.type_versions(name)
-            if versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):
+            live = name in self.engine.states  # not a type deleted since
+            if live and versions and orjson.loads(versions[-1][1]) == orjson.loads(spec_json):
                 return {"name": name, "version": versions[-1][0], "changed": False}
             version = len(versions) + 1
             ctype = compile_type(parsed, version, resolve_model=self.models)
@@ -284,11 +285,89 @@ class TwinCore:
                 self.put_type(entry.type, orjson.loads(entry.body)["spec"])
                 types += 1
                 continue
+            if entry.kind in LIFECYCLE:
+                body = orjson.loads(entry.body)
+                body.pop("uid", None)  # the source engine's row id means nothing here
+                self.writer.change(entry.kind, body).result()
+                continue
             batch = decode_batch(entry.body)
             batch.uids = None  # row ids of the source engine mean nothing here
             normalized = Normalized(batches=[(batch, np.arange(len(batch)))])
             observations += self.writer.ingest(normalized, False).result().accepted
         return {"types": types, "observations": observations}
+
+    # ---- twin and type lifecycle -----------------------------------------------------------
+
+    def create_twin(
+        self,
+        twin: str,
+        type_name: str,
+        *,
+        attributes: dict | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Create a twin before its first observation (Conflict when it exists)."""
+        body = {"id": check_identifier(twin, "id"), "type": type_name, "create": True}
+        return self._change("twin", body, attributes, parent)
+
+    def update_twin(
+        self, twin: str, *, attributes: dict | None = None, parent: str | None = None
+    ) -> dict:
+        """Set a twin's text attributes and/or its parent link (journaled)."""
+        return self._change("twin", {"id": twin}, attributes, parent)
+
+    def _change(self, kind: str, body: dict, attributes, parent) -> dict:
+        if attributes is not None:
+            if not isinstance(attributes, dict):
+                raise InvalidInput(
+                    "attributes must be an object of name -> string",
+                    field="attributes",
+                    fix='send "attributes": {"serial": "A-17"}',
+                )
+            body["attributes"] = attributes
+        if parent is not None:
+            body["parent"] = check_identifier(parent, "parent")
+        return self.writer.change(kind, body).result()
+
+    def delete_twin(self, twin: str, *, purge: bool = False) -> dict:
+        """Remove a twin (a journaled tombstone); its history is kept unless `purge`. Its
+        children lose their parent link; new telemetry for the id creates it anew."""
+        return self.delete_twins([twin], purge=purge)[0]
+
+    def delete_twins(self, twins: list[str], *, purge: bool = False) -> list[dict]:
+        """`delete_twin` for several twins: one journal entry per type (what each did)."""
+        found: dict[str, tuple[CompiledType, list[str], list[int]]] = {}
+        with self.lock:
+            for twin in dict.fromkeys(twins):
+                st, row = self.engine.locate(twin)
+                entry = found.setdefault(st.ctype.name, (st.ctype, [], []))
+                entry[1].append(twin)
+                entry[2].append(int(st.uid[row]))
+        out = []
+        for name, (ctype, ids, uids) in found.items():
+            done = self.writer.change("remove", {"type": name, "ids": ids}).result()
+            out.append(self._purged(done, uids, ctype) if purge else {**done, "purged": False})
+        return out
+
+    def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
+        """Remove a type; Conflict while it has twins unless `cascade` removes them too
+        (their history kept unless `purge`). Its stored versions stay, for the record."""
+        with self.lock:
+            ctype = self.engine.ctype(name)
+            st = self.engine.states[name]
+            uids = st.uid[: len(st)].tolist()
+        done = self.writer.change("drop", {"type": name, "cascade": cascade}).result()
+        return self._purged(done, uids, ctype) if purge else {**done, "purged": False}
+
+    def _purged(self, done: dict, uids: list[int], ctype: CompiledType) -> dict:
+        """Delete the stored history and rollups of removed twins (after flushing)."""
+        self.writer.flusher.request().result()
+        end = np.iinfo(np.int64).max
+        rows = self.store.delete_history(uids, end)
+        retention = ctype.spec.retention
+        for bucket, _ in retention.levels() if retention else ():
+            self.store.delete_rollups(uids, bucket, end // 2)
+        return {**done, "purged": True, "history_chunks_deleted": rows}
 
     # ---- housekeeping ----------------------------------------------------------------------
 

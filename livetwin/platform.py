@@ -284,6 +284,38 @@ class Platform:
         """The column names of a type version and which of them are derived values."""
         return self.core.layout(name, version)
 
+    def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
+        """Delete a type (Conflict while it has twins unless `cascade`; `purge`: their history
+        too)."""
+        return self.core.delete_type(name, cascade=cascade, purge=purge)
+
+    # ---- twin lifecycle ------------------------------------------------------------------
+
+    def create_twin(
+        self,
+        twin_id: str,
+        type_name: str,
+        *,
+        attributes: dict | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Create a twin before its first observation (Conflict when it exists)."""
+        return self.core.create_twin(twin_id, type_name, attributes=attributes, parent=parent)
+
+    def update_twin(
+        self, twin_id: str, *, attributes: dict | None = None, parent: str | None = None
+    ) -> dict:
+        """Set a twin's text attributes and/or its parent link (journaled)."""
+        return self.core.update_twin(twin_id, attributes=attributes, parent=parent)
+
+    def delete_twin(self, twin_id: str, *, purge: bool = False) -> dict:
+        """Delete a twin (a journaled tombstone); `purge` deletes its stored history too."""
+        return self.core.delete_twin(twin_id, purge=purge)
+
+    def delete_twins(self, twin_ids: list[str], *, purge: bool = False) -> list[dict]:
+        """`delete_twin` for several twins (one journal entry per type)."""
+        return self.core.delete_twins(twin_ids, purge=purge)
+
     # ---- ingest --------------------------------------------------------------------------
 
     def ingest(self, observations: Any, *, atomic: bool = False) -> IngestResult:
@@ -322,6 +354,12 @@ class Platform:
     def extractor_namespace(self, name: str) -> str:
         """The namespace that owns an extractor (NotFound for an unknown one)."""
         return self.extractor(name).namespace or DEFAULT_NAMESPACE
+
+    def delete_extractor(self, name: str) -> dict:
+        self.extractor(name)  # NotFound, with the fix
+        self.core.store.delete_extractor(name)
+        self._extractors.pop(name, None)
+        return {"name": name, "deleted": True}
 
     def list_extractors(self) -> list[dict]:
         return [orjson.loads(s) for _, s in sorted(self.core.store.extractors().items())]

@@ -46,6 +46,12 @@ class Query:
 
     def get_type(self, name: str, version: int | None = None) -> dict:
         versions = self.core.type_versions(name)
+        if versions and version is None and self.core.compiled_type(name) is None:
+            raise NotFound(
+                f"twin type '{name}' was deleted (its versions stay readable with ?version=)",
+                field="name",
+                fix=f"declare it again with PUT /api/types/{name}",
+            )
         if not versions:
             raise NotFound(
                 f"no twin type '{name}'", field="name", fix=f"declare it with PUT /api/types/{name}"
@@ -192,6 +198,8 @@ class Query:
                             "updated": format_ts(last) if last >= 0 else None,
                         }
                     )
+                    if st.text:
+                        items[-1]["attributes"] = {n: c[row] for n, c in st.text.items()}
                     if values:
                         items[-1]["values"] = {
                             n: json_number(st.data[st.col[n], row]) for n in st.ctype.key_values()

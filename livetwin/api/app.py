@@ -53,6 +53,7 @@ from livetwin.api.tenancy import (
     claim,
     claim_type,
 )
+from livetwin.api.twins import twin_routes
 from livetwin.api.webhooks import webhook_routes
 from livetwin.auth import Access
 from livetwin.errors import InvalidInput, LivetwinError
@@ -465,6 +466,7 @@ def create_app(
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
+    twin_routes(app, platform)
     monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
     alarm_routes(app, platform.alarms)
     mqtt_routes(app, platform, platform.mqtt)

@@ -1,16 +1,20 @@
 """`GET /api/namespaces/{namespace}/export`: everything a namespace (a tenant) owns, as one JSON
 document: types, twins with their state, alarms, extractors, import mappings, webhooks,
-functions, schedules, recent runs, models with their versions and scenarios."""
+functions, schedules, recent runs, models with their versions and scenarios.
+`DELETE /api/namespaces/{namespace}?confirm=<namespace>` removes what it owns (models are
+archived, never deleted)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 
+from livetwin.api.openapi import error_response
 from livetwin.api.tenancy import TENANT
 from livetwin.auth import Access
+from livetwin.errors import LivetwinError
 from livetwin.namespaces import check_namespace, namespace_of
 
 PAGE = 1000
@@ -53,18 +57,114 @@ def export_namespace(platform: Any, namespace: str) -> dict:
         {**m, "versions": registry.versions(m["name"], archived=True, namespace=namespace)}
         for m in registry.models(archived=True, namespace=namespace)
     ]
-    out["scenarios"] = [
+    out["scenarios"] = _scenarios(platform, namespace)
+    return out
+
+
+def _scenarios(platform: Any, namespace: str) -> list[dict]:
+    """The scenarios of the namespace: those whose twins (a list) all lie in it."""
+    return [
         s
         for s in platform.scenarios.list(PAGE)
         if isinstance(s["request"].get("twins"), list)
         and s["request"]["twins"]
         and all(namespace_of(t) == namespace for t in s["request"]["twins"])
     ]
-    return out
+
+
+def _twin_ids(platform: Any, namespace: str) -> list[str]:
+    only = frozenset({namespace})
+    ids: list[str] = []
+    while True:
+        page = platform.twins(limit=PAGE, offset=len(ids), namespaces=only)
+        ids.extend(t["id"] for t in page["items"])
+        if len(ids) >= page["total"] or not page["items"]:
+            return ids
+
+
+def delete_namespace(platform: Any, namespace: str, *, purge: bool = False) -> dict:
+    """Remove what a namespace owns: schedules, functions, webhooks, scenarios, import
+    mappings, extractors, twins (journaled; history kept unless `purge`) and its types (a type
+    that twins of other namespaces still use is kept, and listed). Models and their lineage are
+    never deleted: every version is archived. Alarms and runs stay as records."""
+    scheduler = platform.scheduler
+    deleted: dict[str, list] = {}
+    deleted["schedules"] = [s["id"] for s in scheduler.schedules(namespace)]
+    for schedule_id in deleted["schedules"]:  # first: they use the functions
+        scheduler.delete_schedule(schedule_id)
+    deleted["functions"] = [f["name"] for f in scheduler.functions(namespace)]
+    for name in deleted["functions"]:
+        scheduler.delete_function(name, namespace)
+    deleted["webhooks"] = []
+    if platform.webhooks is not None:
+        for sub in platform.webhooks.subscriptions():
+            if sub["filters"].get("namespace") == namespace:
+                platform.webhooks.delete(sub["id"])
+                deleted["webhooks"].append(sub["id"])
+    deleted["scenarios"] = [s["id"] for s in _scenarios(platform, namespace)]
+    for scenario_id in deleted["scenarios"]:
+        platform.scenarios.delete(scenario_id)
+    only = Access(frozenset({namespace}))
+    deleted["mappings"] = [m["name"] for m in only.filter(platform.list_mappings())]
+    for name in deleted["mappings"]:
+        platform.delete_mapping(name)
+    deleted["extractors"] = [e["name"] for e in only.filter(platform.list_extractors())]
+    for name in deleted["extractors"]:
+        platform.delete_extractor(name)
+    twins = _twin_ids(platform, namespace)
+    platform.delete_twins(twins, purge=purge)
+    deleted["twins"] = twins
+    deleted["types"], kept = [], []
+    for t in platform.list_types():
+        if t["namespace"] != namespace:
+            continue
+        if t["twins"]:
+            kept.append(t["name"])
+        else:
+            platform.delete_type(t["name"])
+            deleted["types"].append(t["name"])
+    archived = []
+    registry = platform.registry
+    for model in registry.models(namespace=namespace):
+        for version in registry.versions(model["name"], limit=1000, namespace=namespace):
+            registry.archive(model["name"], version["version"], namespace=namespace)
+            archived.append({"model": model["name"], "version": version["version"]})
+    return {
+        "namespace": namespace,
+        "deleted": deleted,
+        "kept_types": kept,
+        "archived_models": archived,
+        "purged": purge,
+    }
 
 
 def namespace_routes(app: FastAPI, platform: Any) -> None:
-    """Add `GET /api/namespaces/{namespace}/export`."""
+    """Add `GET /api/namespaces/{namespace}/export` and `DELETE /api/namespaces/{namespace}`."""
+
+    @app.delete(
+        "/api/namespaces/{namespace}",
+        tags=["namespaces"],
+        responses={400: error_response("`confirm` does not repeat the namespace's name")},
+    )
+    async def delete(
+        namespace: str,
+        confirm: str | None = Query(None, description="the namespace's name again (required)"),
+        purge: bool = Query(False, description="also delete the twins' stored history"),
+        access: Access = TENANT,
+    ) -> dict:
+        """Delete what the namespace owns: twins, types, extractors, import mappings, webhooks,
+        schedules, functions and scenarios (`admin` on it; 404 for one the credentials do not
+        hold). Models are never deleted: their versions are archived. Export it first."""
+        check_namespace(namespace)
+        access.check(namespace, f"namespace '{namespace}'", "use a namespace your token holds")
+        if confirm != namespace:
+            raise LivetwinError(
+                f"deleting namespace '{namespace}' needs confirm={namespace}",
+                field="confirm",
+                fix=f"repeat its name: DELETE /api/namespaces/{namespace}?confirm={namespace} "
+                f"(export it first: GET /api/namespaces/{namespace}/export)",
+            )
+        return await run_in_threadpool(delete_namespace, platform, namespace, purge=purge)
 
     @app.get("/api/namespaces/{namespace}/export", tags=["namespaces"])
     async def export(namespace: str, access: Access = TENANT) -> dict:

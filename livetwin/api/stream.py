@@ -22,7 +22,8 @@ import orjson
 from livetwin.engine.events import Event, EventBus, Notice, StateChanged, notice_name
 from livetwin.errors import InvalidInput
 
-KINDS = ("state", "alarm", "run", "job")  # "job": the older name of "run" (a finished run)
+KINDS = ("state", "alarm", "run", "job", "removed")  # "job": the older name of "run" (a finished
+# run); "removed": a twin deleted (DELETE /api/twins/{id}, or its type with cascade)
 HEARTBEAT_S = 15.0
 AHEAD = orjson.dumps(
     {"reason": "Last-Event-ID is ahead of this server's journal (its data was reset); reload state"}

@@ -186,7 +186,7 @@ def requirement(
       importing types
       (POST /api/types/import), creating a webhook (POST /api/webhooks)
       or declaring a function (PUT /api/functions/...): both make the server call out or run
-      code; plus `admin_paths` prefixes.
+      code; deleting a namespace (DELETE /api/namespaces/...); plus `admin_paths` prefixes.
     - The namespace is that of the twin in the path (`twin`), else ALL: fleet-wide routes
       need a grant on '*'; routes that filter by tenant (`tenant`: they take an `Access`,
       livetwin/api/tenancy.py) need the scope on some namespace.
@@ -201,6 +201,7 @@ def requirement(
             and _under(path, ("/api/types", "/api/extractors", "/api/mappings", "/api/opcua"))
         )
         or (method == "POST" and path.rstrip("/") in ("/api/webhooks", "/api/types/import"))
+        or (method == "DELETE" and _under(path, ("/api/namespaces",)))
         or (method == "PUT" and path.startswith("/api/functions/"))
     ):
         scope = "admin"

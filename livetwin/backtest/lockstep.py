@@ -12,11 +12,13 @@ the warm-up); observations in [start, end) are compared; later ones are left out
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from livetwin.backtest.compare import (
     Alarms,
@@ -27,8 +29,9 @@ from livetwin.backtest.compare import (
 )
 from livetwin.engine import rules
 from livetwin.engine.batch import Batch, decode_batch
-from livetwin.engine.engine import Applied, Engine, json_number
+from livetwin.engine.engine import LIFECYCLE, Applied, Engine, json_number
 from livetwin.engine.state import TypeState, export_state, import_state
+from livetwin.errors import LivetwinError
 from livetwin.journal.replay import CHUNK, compile_entry
 from livetwin.spec.rules import CompiledRule
 from livetwin.spec.types import CompiledType
@@ -173,6 +176,10 @@ class LockStep:
                 continue
             if entry.type not in self.family:
                 continue
+            if entry.kind in LIFECYCLE:  # attributes, twins created or removed: on both sides
+                self._flush()
+                self._change(entry)
+                continue
             batch = decode_batch(entry.body)
             keep = batch.ts < end
             if self.uids is not None and entry.type == name:
@@ -188,6 +195,12 @@ class LockStep:
             if self._pending_n >= self.chunk:
                 self._flush()
         self._flush()
+
+    def _change(self, entry: JournalEntry) -> None:
+        for engine in (self.base, self.cand):
+            if engine is not None and entry.type in engine.states:
+                with contextlib.suppress(LivetwinError):  # e.g. a twin this side never had
+                    engine.change(entry.kind, orjson.loads(entry.body), entry.at)
 
     def _define(self, ctype: CompiledType) -> None:
         self.base.define_type(ctype)

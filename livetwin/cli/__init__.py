@@ -1,6 +1,6 @@
 """The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token, devices,
-grafana-dashboard, types, import, export, backup, restore, opcua. Each module holds a group of
-commands; this one puts them together."""
+grafana-dashboard, types, twins, import, export, backup, restore, opcua. Each module holds a
+group of commands; this one puts them together."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from livetwin.cli.files import export, import_file
 from livetwin.cli.opcua import opcua_app
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
+from livetwin.cli.twins import twins_app
 from livetwin.cli.types import types_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(devices_app, name="devices")
 app.command("grafana-dashboard")(grafana_dashboard)
 app.add_typer(types_app, name="types")
+app.add_typer(twins_app, name="twins")
 app.command("import")(import_file)
 app.command()(export)
 app.command()(backup)

@@ -8,11 +8,28 @@ import typer
 
 from livetwin.api.body import parse_body
 from livetwin.cli.common import DATA, console, fail, open_platform, print_json
+from livetwin.cli.files import TOKEN, URL
+from livetwin.cli.twins import on_platform
 from livetwin.errors import LivetwinError
 from livetwin.interop.importer import declare, is_package, parse_models
 from livetwin.platform import Settings
 
-types_app = typer.Typer(help="Twin types: import DTDL and AAS models.", no_args_is_help=True)
+types_app = typer.Typer(
+    help="Twin types: import DTDL and AAS models, delete types.", no_args_is_help=True
+)
+
+
+@types_app.command("delete")
+def delete_type(
+    name: str = typer.Argument(..., metavar="NAME"),
+    cascade: bool = typer.Option(False, "--cascade", help="Also delete the type's twins."),
+    purge: bool = typer.Option(False, "--purge", help="With --cascade: their history too."),
+    data: Path = DATA,
+    url: str = URL,
+    token: str = TOKEN,
+):
+    """Delete a type (refused while it has twins, unless --cascade)."""
+    on_platform(data, url, token, lambda p: p.delete_type(name, cascade=cascade, purge=purge))
 
 
 @types_app.command("import")

@@ -23,6 +23,7 @@ class Batch:
     parents: list[str | None] | None = None
     keys: list[str | None] | None = None
     uids: np.ndarray | None = None  # int64 (M,): the twins' engine ids, set once journaled
+    attrs: dict[str, list[str | None]] | None = None  # text attributes set (None: not given)
 
     def __len__(self) -> int:
         return len(self.twins)
@@ -39,6 +40,7 @@ class Batch:
             None if self.parents is None else [self.parents[i] for i in idx],
             None if self.keys is None else [self.keys[i] for i in idx],
             None if self.uids is None else self.uids[index],
+            None if self.attrs is None else {n: [v[i] for i in idx] for n, v in self.attrs.items()},
         )
 
     @staticmethod
@@ -56,6 +58,13 @@ class Batch:
             start += len(b)
         has_parents = any(b.parents is not None for b in batches)
         has_keys = any(b.keys is not None for b in batches)
+        attrs = None
+        if any(b.attrs for b in batches):
+            named = dict.fromkeys(n for b in batches for n in (b.attrs or ()))
+            attrs = {
+                n: [v for b in batches for v in (b.attrs or {}).get(n) or [None] * len(b)]
+                for n in named
+            }
         return Batch(
             batches[0].type,
             [t for b in batches for t in b.twins],
@@ -67,6 +76,7 @@ class Batch:
             np.concatenate([b.uids for b in batches])
             if all(b.uids is not None for b in batches)
             else None,
+            attrs,
         )
 
 
@@ -79,6 +89,7 @@ class _Wire(msgspec.Struct, array_like=True):
     parents: list[str | None] | None
     keys: list[str | None] | None
     uids: bytes | None = None
+    attrs: dict[str, list[str | None]] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -96,6 +107,7 @@ def encode_batch(batch: Batch) -> bytes:
         batch.parents,
         batch.keys,
         None if batch.uids is None else np.ascontiguousarray(batch.uids, dtype="<i8").tobytes(),
+        batch.attrs or None,
     )
     return _encoder.encode(wire)
 
@@ -105,4 +117,6 @@ def decode_batch(blob: bytes) -> Batch:
     ts = np.frombuffer(w.ts, dtype="<i8").astype(np.int64)
     values = np.frombuffer(w.values, dtype="<f8").reshape(len(w.names), len(w.twins))
     uids = None if w.uids is None else np.frombuffer(w.uids, dtype="<i8").astype(np.int64)
-    return Batch(w.type, w.twins, ts, tuple(w.names), values.copy(), w.parents, w.keys, uids)
+    return Batch(
+        w.type, w.twins, ts, tuple(w.names), values.copy(), w.parents, w.keys, uids, w.attrs
+    )

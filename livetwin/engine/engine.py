@@ -18,9 +18,12 @@ import numpy as np
 from livetwin.engine.aggregates import Aggregator
 from livetwin.engine.batch import Batch
 from livetwin.engine.state import TypeState
-from livetwin.errors import InvalidInput, NotFound
+from livetwin.errors import Conflict, InvalidInput, NotFound
 from livetwin.expr import EvalContext, compile_expression
 from livetwin.spec.types import CompiledType
+
+LIFECYCLE = ("twin", "remove", "drop")
+"""Journal kinds of lifecycle changes (`Engine.change`), beside "obs" and "type"."""
 
 
 @dataclass
@@ -39,6 +42,9 @@ class Applied:
     parents: list[Applied] = field(default_factory=list)
     """Parents whose aggregates over children the batch changed, in the order updated: one
     row per parent, inputs absent (NaN) and the derived values as they now are."""
+    text: dict[str, np.ndarray] = field(default_factory=dict)
+    """The text attributes the type's rules read, per observation, as they are after the
+    batch (object arrays, None where unset)."""
 
     def all(self) -> list[Applied]:
         """This batch's rows and then its parents' updates."""
@@ -146,6 +152,8 @@ class Engine:
         st = self.states[batch.type]
         self.aggregates.ready(st)
         rows, created = self._rows(st, batch)
+        if batch.attrs:
+            st.set_text(rows, batch.attrs)
         m = len(batch)
         col_of_input = np.array([st.col[n] for n in batch.names], dtype=np.int64)
         stamped = [(k, st.col[n], st.slot[n]) for k, n in enumerate(batch.names) if n in st.slot]
@@ -184,6 +192,7 @@ class Engine:
             fresh,
             created,
             [_parent_update(*u, record) for u in updated],
+            {name: st.text[name][rows] for name in st.ctype.rule_text},
         )
 
     def _rows(self, st: TypeState, batch: Batch) -> tuple[np.ndarray, list[str]]:
@@ -246,6 +255,100 @@ class Engine:
             if out is not None:
                 out[sel, j] = value
 
+    # ---- lifecycle (journal kinds "twin", "remove", "drop") ----------------------------------
+
+    def change(self, kind: str, body: dict, ts: int) -> dict:
+        """Apply one lifecycle entry (checked first: nothing changes when it is refused);
+        returns what it did. `body` is the journaled form; `ts` its time."""
+        if kind == "twin":
+            return self._put_twin(body, ts)
+        if kind == "remove":
+            return self._remove(body["type"], body["ids"])
+        if kind == "drop":
+            return self._drop(body["type"], body.get("cascade", False))
+        raise ValueError(f"not a lifecycle journal kind: {kind!r}")
+
+    def _put_twin(self, body: dict, ts: int) -> dict:
+        """Create a twin before its first observation (`create`), or set its attributes and
+        parent link; each attribute is checked against the type."""
+        twin, create = body["id"], body.get("create", False)
+        if create:
+            if twin in self.type_of:
+                raise Conflict(
+                    f"twin '{twin}' already exists",
+                    field="id",
+                    fix=f"change it with PATCH /api/twins/{twin}, or choose another id",
+                )
+            st = self.states[self.ctype(body["type"]).name]
+        else:
+            st, _ = self.locate(twin)
+        attributes = body.get("attributes") or {}
+        for name, value in attributes.items():
+            check_attribute(st.ctype, name, value)
+        parent = body.get("parent")
+        if parent is not None:
+            problem = self._parent_problem(twin, parent, st.ctype.name, set(), self.type_of.get)
+            if problem:
+                raise InvalidInput(problem[0], field="parent", fix=problem[1])
+        if create:
+            uid = body.get("uid") or self.next_uid
+            st.add([twin], [parent], np.array([uid], dtype=np.int64), np.array([ts]))
+            self.next_uid = max(self.next_uid, uid + 1)
+            self.type_of[twin] = st.ctype.name
+            self.aggregates.linked(st, [len(st) - 1])
+            body["uid"] = uid  # journaled: replay gives the twin the same uid
+        row = st.index[twin]
+        if parent is not None and st.parents[row] != parent:
+            self.aggregates.unlinking(st, [row])
+            st.parents[row] = parent
+            self.aggregates.linked(st, [row])
+            self.aggregates.rebuild(st.ctype.name)
+        if attributes:
+            rows = np.array([row])
+            st.set_text(rows, {n: [v] for n, v in attributes.items()})
+        return {"id": twin, "type": st.ctype.name, "created": create}
+
+    def _remove(self, type_name: str, ids: list[str]) -> dict:
+        """Remove twins of one type; their children lose their parent link."""
+        st = self.states[self.ctype(type_name).name]
+        missing = [t for t in ids if st.index.get(t) is None]
+        if missing:
+            raise NotFound(f"no twin '{missing[0]}' of type '{type_name}'", field="id")
+        self.states[type_name] = st.remove(np.array([st.index[t] for t in ids], dtype=np.int64))
+        for twin in ids:
+            del self.type_of[twin]
+        self._orphan(set(ids))
+        self.aggregates.rebuild(type_name)
+        return {"type": type_name, "removed": list(ids)}
+
+    def _drop(self, type_name: str, cascade: bool) -> dict:
+        """Remove a type, and with `cascade` all its twins."""
+        st = self.states[self.ctype(type_name).name]
+        removed = list(st.ids)
+        if removed and not cascade:
+            raise Conflict(
+                f"type '{type_name}' still has {len(removed)} twins",
+                field="type",
+                fix=f"delete them first, or DELETE /api/types/{type_name}?cascade=true",
+            )
+        del self.states[type_name]
+        for twin in removed:
+            del self.type_of[twin]
+        self._orphan(set(removed))
+        for name in self.states:
+            self.aggregates.rebuild(name)
+        return {"type": type_name, "removed": removed}
+
+    def _orphan(self, gone: set[str]) -> None:
+        """Children of removed twins lose their parent link."""
+        for st in self.states.values():
+            rows = [r for r, p in enumerate(st.parents) if p in gone]
+            if rows:
+                self.aggregates.unlinking(st, rows)
+                for r in rows:
+                    st.parents[r] = None
+                self.aggregates.linked(st, rows)
+
     # ---- reads -------------------------------------------------------------------------------
 
     def locate(self, twin: str) -> tuple[TypeState, int]:
@@ -277,6 +380,7 @@ class Engine:
             "properties": values(st.ctype.properties),
             "parameters": values(spec.parameters),
             "derived": values(st.ctype.derived_order),
+            "attributes": {name: column[row] for name, column in st.text.items()},
         }
 
     def find(
@@ -297,7 +401,9 @@ class Engine:
             if parent is not None:
                 mask &= np.fromiter((p == parent for p in st.parents), bool, n)
             if where is not None:
-                compiled = compile_expression(where, st.col, allow_windows=False, field="where")
+                compiled = compile_expression(
+                    where, st.col, allow_windows=False, field="where", text_names=st.text
+                )
                 env = {name: st.column(name) for name in compiled.names}
                 with np.errstate(invalid="ignore"):
                     mask &= compiled.evaluate(env, size=n) > 0.5
@@ -345,6 +451,22 @@ def _parent_update(st: TypeState, rows: np.ndarray, ts: np.ndarray, record: bool
     twins = [st.ids[r] for r in rows.tolist()]
     fresh = np.ones(len(rows), dtype=bool)
     return Applied(st.ctype.name, st.ctype.version, twins, st.uid[rows], ts, values, fresh, [])
+
+
+def check_attribute(ctype: CompiledType, name: str, value: object) -> str:
+    """`value` checked as text attribute `name` of `ctype` (InvalidInput naming the fix)."""
+    attribute = ctype.attributes.get(name)
+    if attribute is None:
+        known = ", ".join(ctype.attributes) or "none"
+        raise InvalidInput(
+            f"type '{ctype.name}' has no attribute '{name}' (known: {known})",
+            field=f"attributes.{name}",
+            fix="declare it under attributes: in the type spec, or fix the name",
+        )
+    try:
+        return attribute.check(name, value)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field=f"attributes.{name}", fix=attribute.fix()) from None
 
 
 def json_number(x: float) -> float | None:

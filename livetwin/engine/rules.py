@@ -200,6 +200,9 @@ def _environment(state, ctype, applied, rows, uids, starts, group_start, seed) -
     positions = np.arange(len(rows))
     env = {}
     for name in names:
+        if name in applied.text:  # a text attribute: as it is after the batch
+            env[name] = applied.text[name][rows]
+            continue
         values = applied.values[rows, index[name]]
         if name in inputs:
             known = np.maximum.accumulate(np.where(np.isnan(values), -1, positions))
@@ -247,10 +250,15 @@ def _run_rule(state, type_name, rule: CompiledRule, env, twins, ts, starts, out)
     bounds = np.append(np.flatnonzero(starts), size)
     for g in np.unique(group[interesting]).tolist():
         for p in range(bounds[g], bounds[g + 1]):
-            values = {n: json_number(env[n][p]) for n in rule.names} if holds[p] else None
+            values = {n: _json_value(env[n][p]) for n in rule.names} if holds[p] else None
             out.extend(
                 step(state, type_name, rule, twins[p], int(ts[p]), values, bool(ends_alarm[p]))
             )
+
+
+def _json_value(value):
+    """A rule value for JSON: a text attribute as it is, a number as `json_number`."""
+    return value if value is None or isinstance(value, str) else json_number(value)
 
 
 def step(

@@ -21,6 +21,8 @@ class TypeState:
     calibration outputs, `CompiledType.stamped`): those follow their own newest value.
     `aggregates[key][row]` is the value of an aggregate over the twin's children (kept by
     `engine.aggregates`; not in snapshots, it is recomputed from the children).
+    `text[name][row]` is the twin's text attribute `name` (a str, None while unset): object
+    arrays beside the float columns, never on the numeric hot path.
     """
 
     def __init__(self, ctype: CompiledType, capacity: int = INITIAL_CAPACITY):
@@ -42,6 +44,7 @@ class TypeState:
         }
         self._param_defaults = {n: p.value for n, p in ctype.spec.parameters.items()}
         self.aggregates = {a.key: np.full(capacity, a.empty) for a in ctype.aggregates}
+        self.text = {name: np.full(capacity, None, dtype=object) for name in ctype.attributes}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,6 +105,8 @@ class TypeState:
         self.created_ts = _grown(self.created_ts, capacity, 0)
         for a in self.ctype.aggregates:
             self.aggregates[a.key] = _grown(self.aggregates[a.key], capacity, a.empty)
+        for name, values in self.text.items():
+            self.text[name] = _grown(values, capacity, None)
         for states in self.windows.values():
             for state in states:
                 state.grow(capacity)
@@ -127,8 +132,37 @@ class TypeState:
             yield name, j, value
 
     def column(self, name: str) -> np.ndarray:
-        """The live values of one column for all twins (a view, length len(self))."""
+        """The live values of one column or text attribute for all twins (a view, length
+        len(self))."""
+        if name in self.text:
+            return self.text[name][: len(self.ids)]
         return self.data[self.col[name], : len(self.ids)]
+
+    def set_text(self, rows: np.ndarray, attributes: dict[str, list[str | None]]) -> None:
+        """Set text attributes of the twins at `rows` (None: not given, left as it is); a
+        twin given twice keeps the later value."""
+        for name, values in attributes.items():
+            given = np.array([v is not None for v in values], dtype=bool)
+            if given.any():
+                column = np.empty(len(values), dtype=object)
+                column[:] = values
+                self.text[name][rows[given]] = column[given]
+
+    def remove(self, rows: np.ndarray) -> TypeState:
+        """The same type without the twins at `rows` (their rows renumbered, nothing else
+        changed): built through the snapshot form, so every per-twin array follows."""
+        keep = np.ones(len(self), dtype=bool)
+        keep[rows] = False
+        meta, arrays = export_state(self)
+        texts = meta["text"].items()
+        meta = {
+            "ids": [t for t, k in zip(meta["ids"], keep, strict=True) if k],
+            "parents": [p for p, k in zip(meta["parents"], keep, strict=True) if k],
+            "text": {n: [v for v, k in zip(vs, keep, strict=True) if k] for n, vs in texts},
+        }
+        rowwise = ("data", "value_ts")  # (names, rows); the others are (rows, ...)
+        kept = {k: (a[:, keep] if k in rowwise else a[keep]) for k, a in arrays.items()}
+        return import_state(self.ctype, meta, kept)
 
     def migrate(self, ctype: CompiledType) -> TypeState:
         """The same twins under a new type version.
@@ -150,6 +184,8 @@ class TypeState:
         for name, k in new.slot.items():
             if name in self.slot:
                 new.value_ts[k, :n] = self.value_ts[self.slot[name], :n]
+        for name in new.text.keys() & self.text.keys():
+            new.text[name][:n] = self.text[name][:n]
         for name in ctype.derived_order:
             old = self.ctype.compiled.get(name)
             if old is not None and old.source == ctype.compiled[name].source:
@@ -177,7 +213,8 @@ def export_state(st: TypeState) -> tuple[dict, dict[str, np.ndarray]]:
         for k, state in enumerate(states):
             for key, array in state.to_arrays().items():
                 arrays[f"w/{name}/{k}/{key}"] = np.array(array[:n], copy=True)
-    meta = {"ids": list(st.ids), "parents": list(st.parents)}
+    text = {name: values[:n].tolist() for name, values in st.text.items()}
+    meta = {"ids": list(st.ids), "parents": list(st.parents), "text": text}
     return meta, arrays
 
 
@@ -193,6 +230,9 @@ def import_state(ctype: CompiledType, meta: dict, arrays: dict[str, np.ndarray])
     st._map_uids(st.uid[:n], np.arange(n))
     st.last_ts[:n] = arrays["last_ts"]
     st.created_ts[:n] = arrays["created_ts"]
+    for name, values in meta.get("text", {}).items():  # none in older snapshots
+        if name in st.text:
+            st.text[name][:n] = values
     if "value_ts" in arrays:
         st.value_ts[:, :n] = arrays["value_ts"]
     else:  # a snapshot from before stamped values: nothing older than its twin's newest applies

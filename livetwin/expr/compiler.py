@@ -57,6 +57,8 @@ class Compiled:
     windows: tuple[WindowSpec, ...]
     _fn: Fn = field(repr=False, compare=False)
     aggregates: tuple[AggregateSpec, ...] = ()
+    text: frozenset[str] = frozenset()
+    """The text attributes among `names`: their `env` arrays hold strings (None: unset)."""
 
     def new_states(self, capacity: int) -> list[WindowState]:
         """Empty window states for `capacity` rows, in the order of `windows`."""
@@ -81,7 +83,7 @@ class Compiled:
             if len(ctx.states) != len(self.windows):
                 raise ValueError(f"{self.source!r} needs {len(self.windows)} window states")
         size = _row_count(self, env, ctx, size)
-        columns = {name: _column(env, name, size) for name in self.names}
+        columns = {name: _column(env, name, size, name in self.text) for name in self.names}
         columns.update((a.key, _column(env, a.key, size)) for a in self.aggregates)
         if ctx is not None:
             ctx = _checked_context(ctx, size)
@@ -97,18 +99,26 @@ def compile_expression(
     allow_windows: bool = True,
     field: str | None = None,
     child_types: Iterable[str] | None = None,
+    text_names: Iterable[str] = (),
 ) -> Compiled:
     """Validate `source` against the whitelist and compile it; raise ExpressionError if refused.
 
     `known_names` are the names it may use; window functions only when `allow_windows`;
     `field` names the place the expression came from (e.g. "derived.power.expr") in errors;
-    `child_types` (a type's allowed children) allows aggregates over children.
+    `child_types` (a type's allowed children) allows aggregates over children; `text_names`
+    (text attributes) may be compared with strings (`mode == 'auto'`).
     """
     parsed = parser.parse_expression(
-        source, known_names, allow_windows=allow_windows, field=field, child_types=child_types
+        source,
+        known_names,
+        allow_windows=allow_windows,
+        field=field,
+        child_types=child_types,
+        text_names=text_names,
     )
     fn = _compile(parsed.tree)
-    return Compiled(source, parsed.names, parsed.windows, fn, parsed.aggregates)
+    text = parsed.names & frozenset(text_names)
+    return Compiled(source, parsed.names, parsed.windows, fn, parsed.aggregates, text)
 
 
 # -- semantics -----------------------------------------------------------------------------
@@ -128,6 +138,13 @@ def _truth(value: Value) -> np.ndarray:
 
 def _compare(op: Callable) -> Callable[[Value, Value], Value]:
     return lambda a, b: np.where(_unknown(a, b), np.nan, op(a, b))
+
+
+def _text_compare(op: str, column: np.ndarray, value: str) -> Value:
+    """A text column (strings, None where unset) compared with `value`: 1.0 / 0.0, NaN unset."""
+    equal = np.equal(column, value).astype(bool)
+    unset = np.equal(column, None).astype(bool)
+    return np.where(unset, np.nan, equal if op == "==" else ~equal).astype(np.float64)
 
 
 def _and(a: Value, b: Value) -> Value:
@@ -197,6 +214,8 @@ def _compile(node: parser.Node) -> Fn:
             return _apply(_BINARY[op], left, right)
         case parser.Compare(ops, operands):
             return _chain([_COMPARE[op] for op in ops], [_compile(x) for x in operands])
+        case parser.TextCompare(op, name, value):
+            return lambda frame: _text_compare(op, frame.columns[name], value)
         case parser.BoolOp(op, values):
             return _combine(_BOOL[op], [_compile(value) for value in values])
         case parser.IfElse(test, body, orelse):
@@ -279,10 +298,10 @@ def _row_count(
     raise ValueError(f"{compiled.source!r} uses no names: pass size= to evaluate()")
 
 
-def _column(env: Mapping[str, np.ndarray], name: str, size: int) -> np.ndarray:
+def _column(env: Mapping[str, np.ndarray], name: str, size: int, text: bool = False) -> np.ndarray:
     if name not in env:
         raise KeyError(f"no values given for {name!r}")
-    column = np.asarray(env[name], dtype=np.float64)
+    column = np.asarray(env[name], dtype=object if text else np.float64)
     if column.shape != (size,):
         raise ValueError(f"values of {name!r} have shape {column.shape}, expected ({size},)")
     return column

@@ -117,6 +117,15 @@ class Compare:
 
 
 @dataclass(frozen=True)
+class TextCompare:
+    """A text attribute compared with a string: `mode == 'auto'` (1.0 / 0.0, NaN if unset)."""
+
+    op: str  # '==', '!='
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
 class BoolOp:
     op: str  # 'and', 'or'
     values: tuple[Node, ...]
@@ -147,7 +156,19 @@ class Aggregate:
     spec: AggregateSpec
 
 
-Node = Number | Name | Unary | Binary | Compare | BoolOp | IfElse | Call | Window | Aggregate
+Node = (
+    Number
+    | Name
+    | Unary
+    | Binary
+    | Compare
+    | TextCompare
+    | BoolOp
+    | IfElse
+    | Call
+    | Window
+    | Aggregate
+)
 
 
 @dataclass(frozen=True)
@@ -176,19 +197,23 @@ def parse_expression(
     allow_windows: bool = True,
     field: str | None = None,
     child_types: Iterable[str] | None = None,
+    text_names: Iterable[str] = (),
 ) -> Parsed:
     """Validate `source` and return its tree; raise ExpressionError for anything not allowed.
 
     `child_types` (the type's allowed children) allows aggregates over children; None refuses
-    them.
+    them. `text_names` (text attributes) may only be compared with a string by == or !=.
     """
-    return _Parser(source, known_names, allow_windows, field, child_types).parse()
+    return _Parser(source, known_names, allow_windows, field, child_types, text_names).parse()
 
 
 class _Parser:
-    def __init__(self, source, known_names, allow_windows: bool, field: str | None, child_types):
+    def __init__(
+        self, source, known_names, allow_windows: bool, field: str | None, child_types, text=()
+    ):
         self.source = source
         self.known = frozenset(known_names)
+        self.text = frozenset(text)
         self.allow_windows = allow_windows
         self.field = field
         self.child_types = None if child_types is None else tuple(child_types)
@@ -304,8 +329,15 @@ class _Parser:
             raise self.error(node, f"names starting with '_' are not allowed ({name!r})")
         if name == CHILDREN and name not in self.known:
             raise self.error(node, *self._children_outside())
+        if name in self.text:
+            raise self.error(
+                node,
+                f"{name!r} is a text attribute: compare it with a string, e.g. {name} == 'value'",
+                "",
+            )
         if name not in self.known:
-            raise self.error(node, f"unknown name {name!r}", _suggest(name, self.known, "names"))
+            known = self.known | self.text
+            raise self.error(node, f"unknown name {name!r}", _suggest(name, known, "names"))
         self.names.add(name)
         return Name(name)
 
@@ -333,6 +365,9 @@ class _Parser:
         return Binary(op, left, self.visit(node.right, depth))
 
     def _compare(self, node: ast.Compare, depth: int) -> Node:
+        text = self._text_compare(node)
+        if text is not None:
+            return text
         ops = []
         for op in node.ops:
             if type(op) not in _COMPARE:
@@ -340,6 +375,25 @@ class _Parser:
             ops.append(_COMPARE[type(op)])
         operands = [self.visit(operand, depth) for operand in (node.left, *node.comparators)]
         return Compare(tuple(ops), tuple(operands))
+
+    def _text_compare(self, node: ast.Compare) -> TextCompare | None:
+        """`attr == 'x'`, `'x' != attr`: a text attribute and a string literal, else None."""
+        sides = [node.left, *node.comparators]
+        names = [s for s in sides if isinstance(s, ast.Name) and s.id in self.text]
+        if not names:
+            return None
+        strings = [s for s in sides if isinstance(s, ast.Constant) and isinstance(s.value, str)]
+        op = _COMPARE.get(type(node.ops[0]))
+        if len(sides) != 2 or len(strings) != 1 or op not in ("==", "!="):
+            name = names[0].id
+            raise self.error(
+                node,
+                f"a text attribute is compared with one string by == or != "
+                f"(e.g. {name} == 'value' or {name} != 'value')",
+                "",
+            )
+        self.names.add(names[0].id)
+        return TextCompare(op, names[0].id, strings[0].value)
 
     def _bool_op(self, node: ast.BoolOp, depth: int) -> Node:
         return BoolOp(_BOOL[type(node.op)], tuple(self.visit(v, depth) for v in node.values))

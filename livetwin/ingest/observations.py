@@ -19,7 +19,7 @@ from itertools import chain
 import numpy as np
 
 from livetwin.engine.batch import Batch
-from livetwin.errors import MAX_EXCERPT, bounded, excerpt
+from livetwin.errors import MAX_EXCERPT, InvalidInput, bounded, excerpt
 from livetwin.spec.types import CompiledType
 from livetwin.timefmt import SMALLEST_MS, parse_ts
 
@@ -171,6 +171,14 @@ def _read_envelope(i: int, obs: object, types, per_type: dict, now_ms: int) -> N
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ids cannot hold them
 
 
+def check_identifier(value: object, field: str) -> str:
+    """A twin id (or parent) by ingest's rule; InvalidInput naming the fix otherwise."""
+    try:
+        return _identifier(value, field, required=True)
+    except _Reject as r:
+        raise InvalidInput(r.error, field=field, fix=r.fix) from None
+
+
 def _identifier(value: object, name: str, *, required: bool) -> str | None:
     if value is None and not required:
         return None
@@ -238,12 +246,44 @@ def _finish_type(rows: _TypeRows, result: Normalized, latest_ok: int) -> None:
     ctype = rows.ctype
     values = np.full((len(ctype.inputs), len(rows.twins)), np.nan)
     problems: dict[int, _Reject] = {}  # position -> first problem
+    attrs = _split_attributes(ctype, rows.values, problems) if ctype.attributes else None
     _fill_values(ctype, rows.values, values, problems)
     ts = np.array(rows.ts, dtype=np.int64)
     index = np.array(rows.index, dtype=np.int64)
     _emit_batch(
-        ctype, rows.twins, ts, values, index, rows.parents, rows.keys, problems, result, latest_ok
+        ctype,
+        rows.twins,
+        ts,
+        values,
+        index,
+        rows.parents,
+        rows.keys,
+        problems,
+        result,
+        latest_ok,
+        attrs,
     )
+
+
+def _split_attributes(ctype: CompiledType, dicts: list[dict], problems: dict) -> dict | None:
+    """Take the text attributes out of each row's values (checked: an enum value outside its
+    values rejects the row); {name: value or None per row}, or None when no row sets one."""
+    declared = ctype.attributes
+    found: dict[str, list[str | None]] = {}
+    for pos, values in enumerate(dicts):
+        named = values.keys() & declared.keys()
+        if not named:
+            continue
+        dicts[pos] = {k: v for k, v in values.items() if k not in named}
+        for name in named:
+            try:
+                value = declared[name].check(name, values[name])
+            except ValueError as exc:
+                problem = _Reject(f"values.{name}", str(exc), declared[name].fix())
+                problems.setdefault(pos, problem)
+                continue
+            found.setdefault(name, [None] * len(dicts))[pos] = value
+    return found or None
 
 
 def _emit_batch(
@@ -257,6 +297,7 @@ def _emit_batch(
     problems: dict[int, _Reject],
     result: Normalized,
     latest_ok: int,
+    attrs: dict[str, list[str | None]] | None = None,
 ) -> None:
     """Check timestamps and ranges, then add the rows without problems to `result` as one Batch
     and the others as rejections."""
@@ -288,6 +329,7 @@ def _emit_batch(
         values,
         parents if parents is not None and any(p is not None for p in parents) else None,
         keys if keys is not None and any(k is not None for k in keys) else None,
+        attrs=attrs,
     )
     if not keep.all():
         batch = batch.take(np.flatnonzero(keep))

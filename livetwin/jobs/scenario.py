@@ -135,6 +135,11 @@ class Scenarios:
     def list(self, limit: int = 50) -> list[dict]:
         return self.store.list(limit)
 
+    def delete(self, scenario_id: str) -> None:
+        """Remove a scenario's record and results (a namespace's deletion)."""
+        self.store.get(scenario_id)  # NotFound, with the fix
+        self.store.delete(scenario_id)
+
     # ---- forking -------------------------------------------------------------------------
 
     def fork(self, request: ScenarioRequest) -> Fork:

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from livetwin.engine.batch import Batch, decode_batch
-from livetwin.engine.engine import Engine
+from livetwin.engine.engine import LIFECYCLE, Engine
 from livetwin.models.base import resolve_model
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
 from livetwin.store.base import JournalEntry
@@ -70,6 +70,10 @@ def replay(
         if entry.kind == "type":
             flush()
             engine.define_type(compile_entry(entry, models))
+            continue
+        if entry.kind in LIFECYCLE:
+            flush()
+            engine.change(entry.kind, orjson.loads(entry.body), entry.at)
             continue
         batch = decode_batch(entry.body)
         crosses = stored_upto is not None and pending and pending[-1][0] <= stored_upto < entry.seq

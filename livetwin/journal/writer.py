@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from livetwin.engine.batch import encode_batch
 from livetwin.engine.engine import Engine
-from livetwin.engine.events import EventBus, StateChanged, TypeDefined
-from livetwin.errors import Unavailable
+from livetwin.engine.events import EventBus, Notice, StateChanged, TypeDefined
+from livetwin.errors import LivetwinError, Unavailable
 from livetwin.ingest.observations import Normalized, Rejection
 from livetwin.journal import snapshot
 from livetwin.journal.flusher import Flusher
@@ -64,6 +65,15 @@ class _Ingest:
 class _Define:
     ctype: CompiledType
     spec_json: str
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Change:
+    """A lifecycle change (journal kinds "twin", "remove", "drop", see `Engine.change`)."""
+
+    kind: str
+    body: dict
     future: Future = field(default_factory=Future)
 
 
@@ -124,6 +134,11 @@ class Writer:
     def define(self, ctype: CompiledType, spec_json: str) -> Future:
         return self._submit(_Define(ctype, spec_json))
 
+    def change(self, kind: str, body: dict) -> Future:
+        """Journal and apply a lifecycle change; the future gives what it did (or the error
+        that refused it, with nothing stored)."""
+        return self._submit(_Change(kind, body))
+
     def snapshot(self, *, force: bool = False) -> Future:
         """Flush history and write a snapshot after the work queued so far (path or None)."""
         return self._submit(_Snapshot(force=force))
@@ -162,7 +177,7 @@ class Writer:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            work = [w for w in group if isinstance(w, _Ingest | _Define)]
+            work = [w for w in group if isinstance(w, _Ingest | _Define | _Change)]
             if work:
                 self._process(work)
                 self._maintain()
@@ -186,6 +201,7 @@ class Writer:
         types: list[tuple[str, int, str, int]] = []
         events: list = []
         results: list = []
+        refused: list = []
         now = self.clock()
         seq = self.next_seq
         observations = 0
@@ -203,6 +219,21 @@ class Writer:
                     types.append((ctype.name, ctype.version, work.spec_json, now))
                     events.append(TypeDefined(seq, ctype))
                     results.append((work, seq))
+                    seq += 1
+                    continue
+                if isinstance(work, _Change):
+                    try:
+                        with self.lock:
+                            done = self.engine.change(work.kind, work.body, now)
+                    except LivetwinError as exc:  # refused: nothing changed, nothing stored
+                        refused.append((work, exc))
+                        continue
+                    body = orjson.dumps(work.body)
+                    entries.append(JournalEntry(seq, now, work.kind, done["type"], 0, body))
+                    for twin in done.get("removed", ()):  # one per twin: filters see its id
+                        data = {"twin": twin, "type": done["type"], "seq": seq}
+                        events.append(Notice("removed", f"{seq}.{twin}", data))
+                    results.append((work, {**done, "seq": seq}))
                     seq += 1
                     continue
                 result = IngestResult(rejected=list(work.normalized.rejected))
@@ -237,6 +268,8 @@ class Writer:
         self._since_snapshot += observations
         for work, result in results:
             _answer(work.future, result)
+        for work, exc in refused:
+            _answer(work.future, error=exc)
         if self.bus.active:
             for event in events:
                 self.bus.publish(event)

@@ -103,6 +103,12 @@ class ScenarioStore:
             )
         return _record(row)
 
+    def delete(self, scenario_id: str) -> None:
+        """Remove a scenario and its series."""
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM scenario_series WHERE scenario = ?", (scenario_id,))
+            conn.execute("DELETE FROM scenarios WHERE id = ?", (scenario_id,))
+
     def list(self, limit: int) -> list[dict]:
         rows = (
             self.db.read()

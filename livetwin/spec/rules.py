@@ -63,28 +63,33 @@ class CompiledRule:
         return self.message.format_map({**filled, **context})
 
 
-def compile_rules(rules: dict[str, Rule], known: set[str]) -> dict[str, CompiledRule]:
-    """Compile every rule against the type's names; unknown names are a 422 naming the field."""
-    return {name: _compile_rule(name, rule, known) for name, rule in rules.items()}
+def compile_rules(
+    rules: dict[str, Rule], known: set[str], text: frozenset[str] = frozenset()
+) -> dict[str, CompiledRule]:
+    """Compile every rule against the type's names (`text`: its text attributes, compared
+    with strings); unknown names are a 422 naming the field."""
+    return {name: _compile_rule(name, rule, known, text) for name, rule in rules.items()}
 
 
-def _compile_rule(name: str, rule: Rule, known: set[str]) -> CompiledRule:
+def _compile_rule(name: str, rule: Rule, known: set[str], text: frozenset[str]) -> CompiledRule:
     where = f"rules.{name}"
-    when = _condition(rule.when, known, f"{where}.when")
-    clear = None if rule.clear is None else _condition(rule.clear, known, f"{where}.clear")
-    template = _template_names(rule.message, known, f"{where}.message")
+    when = _condition(rule.when, known, text, f"{where}.when")
+    clear = None if rule.clear is None else _condition(rule.clear, known, text, f"{where}.clear")
+    template = _template_names(rule.message, known | text, f"{where}.message")
     names = sorted(when.names | (clear.names if clear else frozenset()) | template)
     for_ms = 0 if rule.for_.strip() in ("0", "0s", "0ms") else parse_duration(rule.for_)
     return CompiledRule(name, when, clear, for_ms, rule.severity, rule.message, tuple(names))
 
 
-def _condition(text: str, known: set[str], where: str) -> Compiled:
+def _condition(text: str, known: set[str], attributes: frozenset[str], where: str) -> Compiled:
     """A rule condition: the expression language without window functions."""
     try:
-        return compile_expression(text, known, allow_windows=False, field=where)
+        return compile_expression(
+            text, known, allow_windows=False, field=where, text_names=attributes
+        )
     except ExpressionError:
         try:
-            compile_expression(text, known, field=where)
+            compile_expression(text, known, field=where, text_names=attributes)
         except ExpressionError:
             raise  # wrong for another reason: the original error says why
         raise InvalidInput(

@@ -93,6 +93,45 @@ class Derived(_Strict):
     description: str = ""
 
 
+class Attribute(_Strict):
+    """A text attribute of a twin (serial number, location, a status enum): set by ingest or
+    PATCH /api/twins/{id}, kept beside the numeric columns, usable in `where` and rules."""
+
+    type: Literal["string", "enum"] = "string"
+    values: list[str] | None = Field(None, description="the allowed values of an enum")
+    max_length: int = Field(256, ge=1, le=4096)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _enum_values(self) -> Attribute:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum needs values: give values: [auto, manual]")
+        if self.type == "string" and self.values is not None:
+            raise ValueError("values belong to an enum: write type: enum, or drop values")
+        return self
+
+    def check(self, name: str, value: object) -> str:
+        """`value` as this attribute's value; ValueError naming the fix when it is not one."""
+        if not isinstance(value, str):
+            raise ValueError(f"attribute '{name}' takes a string, not {excerpt(value, 40)}")
+        if self.values is not None and value not in self.values:
+            raise ValueError(
+                f"{excerpt(value, 40)} is not a value of enum '{name}' "
+                f"(allowed: {', '.join(self.values)})"
+            )
+        if len(value) > self.max_length:
+            raise ValueError(
+                f"attribute '{name}' is {len(value)} characters long (max {self.max_length})"
+            )
+        return value
+
+    def fix(self) -> str:
+        """How to send a valid value."""
+        if self.values is not None:
+            return f"send one of: {', '.join(self.values)}"
+        return f"send a string of at most {self.max_length} characters"
+
+
 class SourceElement(_Strict):
     """One element of the source model that became a livetwin name or child."""
 
@@ -124,6 +163,11 @@ class TwinTypeSpec(_Strict):
     properties: dict[str, Property] = Field(default_factory=dict)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     derived: dict[str, Derived] = Field(default_factory=dict)
+    attributes: dict[str, Attribute] = Field(
+        default_factory=dict,
+        description="text attributes, e.g. {serial: {type: string}, "
+        "mode: {type: enum, values: [auto, manual]}}",
+    )
     children: list[str] = Field(default_factory=list)
     model: ModelSection | None = None
     calibration: CalibrationSection | None = None
@@ -174,7 +218,18 @@ class TwinTypeSpec(_Strict):
             return {k: ({"expr": v} if isinstance(v, str) else v) for k, v in value.items()}
         return value
 
-    @field_validator("properties", "parameters", "derived", "rules")
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attribute_shorthand(cls, value: Any) -> Any:
+        """`serial:` (null in YAML) or `serial: string` declare a string attribute."""
+        if isinstance(value, dict):
+            return {
+                k: ({} if v is None else {"type": v} if isinstance(v, str) else v)
+                for k, v in value.items()
+            }
+        return value
+
+    @field_validator("properties", "parameters", "derived", "rules", "attributes")
     @classmethod
     def _names_are_identifiers(cls, value: dict) -> dict:
         for name in value:
@@ -211,6 +266,17 @@ class CompiledType:
         """The distinct aggregates over children the derived values use."""
         found = {a.key: a for name in self.derived_order for a in self.compiled[name].aggregates}
         return tuple(found.values())
+
+    @functools.cached_property
+    def rule_text(self) -> tuple[str, ...]:
+        """The text attributes the rules read (the engine hands them to the rules)."""
+        names = {n for r in self.rules.values() for n in r.names}
+        return tuple(sorted(names.intersection(self.spec.attributes)))
+
+    @property
+    def attributes(self) -> dict[str, Attribute]:
+        """The type's text attributes (kept beside the columns, not in them)."""
+        return self.spec.attributes
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -252,9 +318,10 @@ _LATER_FIELDS = ("namespace", "source", "stale_after", "key_values")
 
 def stored_spec(spec: TwinTypeSpec) -> dict:
     """The JSON form of a type that the journal stores and versions compare (no name)."""
-    data = spec.model_dump(
-        mode="json", exclude={"name", *(f for f in _LATER_FIELDS if getattr(spec, f) is None)}
-    )
+    later = {f for f in _LATER_FIELDS if getattr(spec, f) is None}
+    if not spec.attributes:
+        later.add("attributes")
+    data = spec.model_dump(mode="json", exclude={"name", *later})
     if data.get("model") is not None and not data["model"].get("units"):
         data["model"].pop("units", None)
     if data.get("calibration") is not None:
@@ -280,7 +347,7 @@ def parse_type_spec(data: Any, name: str) -> TwinTypeSpec:
             fix="drop 'name' from the body or make it match the URL",
         )
     spec = parse_model(TwinTypeSpec, {**data, "name": name}, what="type spec")
-    for section in ("properties", "parameters", "derived"):
+    for section in ("properties", "parameters", "derived", "attributes"):
         for reserved in sorted(RESERVED_NAMES.intersection(getattr(spec, section))):
             raise InvalidInput(
                 f"'{reserved}' is a reserved word of expressions and cannot name a value",
@@ -300,13 +367,13 @@ def compile_type(
     """
     assert spec.name is not None
     seen: dict[str, str] = {}
-    for section in ("properties", "parameters", "derived"):
+    for section in ("properties", "parameters", "derived", "attributes"):
         for name in getattr(spec, section):
             if name in seen:
                 raise InvalidInput(
                     f"'{name}' is declared in both {seen[name]} and {section}",
                     field=f"{section}.{name}",
-                    fix="give each property, parameter and derived value its own name",
+                    fix="give each property, parameter, derived value and attribute its own name",
                 )
             seen[name] = section
     if not spec.properties and not spec.parameters:
@@ -315,7 +382,7 @@ def compile_type(
             field="properties",
             fix="declare the telemetry it receives, e.g. properties: {flow: {unit: m3/h}}",
         )
-    known = set(seen)
+    known = set(seen) - set(spec.attributes)  # derived values read numbers only
     if spec.children and "children" in known:
         raise InvalidInput(
             "'children' names a type's children in its expressions and cannot name a value",
@@ -368,7 +435,7 @@ def compile_type(
                 field=f"rules.{name}",
                 fix="rename your rule, or drop model_fit_alarm",
             )
-    rules = compile_rules({**builtin, **spec.rules}, set(columns))
+    rules = compile_rules({**builtin, **spec.rules}, set(columns), frozenset(spec.attributes))
     return CompiledType(
         spec.name,
         version,

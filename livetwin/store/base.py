@@ -65,6 +65,8 @@ class Store(Protocol):
 
     def extractors(self) -> dict[str, str]: ...
 
+    def delete_extractor(self, name: str) -> bool: ...
+
     def put_snapshot(self, seq: int, data: bytes, at: int) -> None:
         """Keep an engine snapshot (an npz) in the store; a store whose data directory holds
         the snapshot files already keeps nothing here."""

@@ -642,6 +642,9 @@ class PostgresStore:
     def extractors(self) -> dict[str, str]:
         return dict(self._read("SELECT name, spec FROM extractors"))
 
+    def delete_extractor(self, name: str) -> bool:
+        return self._write("DELETE FROM extractors WHERE name = %s", (name,)) > 0
+
     def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
         self._write(
             "INSERT INTO config VALUES (%s, %s, %s, %s) ON CONFLICT (kind, name) DO UPDATE"

@@ -329,6 +329,10 @@ class SqliteStore:
     def extractors(self) -> dict[str, str]:
         return dict(self._conn().execute("SELECT name, spec FROM extractors").fetchall())
 
+    def delete_extractor(self, name: str) -> bool:
+        cursor = self._conn().execute("DELETE FROM extractors WHERE name = ?", (name,))
+        return cursor.rowcount > 0
+
     def put_snapshot(self, seq: int, data: bytes, at: int) -> None:
         """Snapshots are files beside this database, in the same data directory: nothing to do."""
 

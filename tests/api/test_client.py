@@ -12,7 +12,7 @@ import pytest
 from conftest import PUMP, T0, served
 
 from livetwin.client import Client
-from livetwin.errors import InvalidInput, NotFound, Unavailable
+from livetwin.errors import Conflict, InvalidInput, NotFound, Unavailable
 from livetwin.platform import Platform, Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -139,3 +139,22 @@ def test_history_frames_are_the_same_in_process_and_over_http(platform, live_ser
     pd.testing.assert_frame_equal(here, there)
     assert list(here["flow"]) == [0.0, 1.0, 2.0] and here["pressure"].isna().all()
     assert str(here.index.tz) == "UTC" and here.index[0] == pd.Timestamp(T0, unit="ms", tz="UTC")
+
+
+def test_client_twin_lifecycle_matches_the_platform(platform, live_server):
+    spec = {"properties": {"flow": {}}, "attributes": {"mode": {"type": "enum", "values": ["a"]}}}
+    platform.put_type("valve", spec)
+    with Client(live_server) as c:
+        made = c.create_twin("v1", "valve", attributes={"mode": "a"})
+        assert made["created"] is True and c.twin("v1") == platform.twin("v1")
+        c.update_twin("v1", attributes={"mode": "a"})
+        with pytest.raises(InvalidInput) as err:
+            c.update_twin("v1", attributes={"mode": "b"})
+        assert err.value.field == "attributes.mode"
+        with pytest.raises(Conflict):
+            c.delete_type("valve")
+        assert c.delete_twin("v1")["removed"] == ["v1"]
+        with pytest.raises(NotFound):
+            platform.twin("v1")
+        assert c.delete_type("valve")["removed"] == []
+        assert platform.list_types() == []

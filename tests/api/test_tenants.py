@@ -182,3 +182,59 @@ def test_the_client_sends_its_namespace_with_every_request():
         {"namespace": "home-7", "limit": "5", "offset": "0"},
         {"namespace": "home-7"},
     ]
+
+
+@pytest.mark.platform_services("webhooks")
+def test_deleting_a_namespace_removes_what_it_owns_and_archives_its_models(tenants, platform):
+    client, bearer = tenants
+    admin_a, admin_b = bearer("admin", "plant-a"), bearer("admin", "plant_b")
+    write_a, fleet = bearer("write", "plant-a"), bearer("admin", "*")
+    client.put("/api/types/valve", json={"properties": {"x": {}}}, headers=admin_a)
+    client.post("/api/ingest", json=[obs("plant-a/v", T0, "valve", x=1.0)], headers=admin_a)
+    client.put("/api/types/gauge", json={"properties": {"x": {}}}, headers=admin_a)
+    client.post("/api/ingest", json=[obs("plant_b/g", T0, "gauge", x=1.0)], headers=fleet)
+    client.post("/api/webhooks", json=HOOK, headers=admin_a)
+    client.post("/api/webhooks", json=HOOK, headers=fleet)  # fleet-wide: kept
+    client.post("/api/models/m/versions", json=MODEL, headers=admin_a)
+    client.put("/api/extractors/e-a", json=EXTRACTOR, headers=admin_a)
+    client.put("/api/mappings/m-a", json=MAPPING, headers=admin_a)
+    client.put("/api/mappings/m-all", json=MAPPING, headers=fleet)
+    spec = {"kind": "builtin", "job": "calibrate", "args": {"type": "valve"}}
+    platform.scheduler.define_function("nightly", spec, "plant-a")
+    trigger = {"kind": "cron", "cron": "0 3 * * *"}
+    body = {"id": "night", "function": "nightly", "namespace": "plant-a", "trigger": trigger}
+    platform.scheduler.add_schedule(body)
+
+    url = "/api/namespaces/plant-a"
+    unconfirmed = client.delete(url, headers=admin_a)
+    assert unconfirmed.status_code == 400
+    assert unconfirmed.json()["error"]["field"] == "confirm"
+    assert "confirm=plant-a" in unconfirmed.json()["error"]["fix"]
+    assert client.delete(url, params={"confirm": "plant-a"}, headers=write_a).status_code == 403
+    assert client.delete(url, params={"confirm": "plant-a"}, headers=admin_b).status_code == 404
+    assert platform.twin("plant-a/p1")  # nothing refused changed anything
+
+    done = client.delete(url, params={"confirm": "plant-a"}, headers=admin_a)
+    assert done.status_code == 200, done.text
+    answer = done.json()
+    assert sorted(answer["deleted"]["twins"]) == ["plant-a/p1", "plant-a/p2", "plant-a/v"]
+    assert answer["deleted"]["types"] == ["valve"]
+    assert answer["kept_types"] == ["gauge"]  # plant_b's twin uses it
+    assert answer["deleted"]["schedules"] == ["night"]
+    assert answer["deleted"]["functions"] == ["nightly"]
+    assert len(answer["deleted"]["webhooks"]) == 1
+    assert answer["deleted"]["extractors"] == ["e-a"] and answer["deleted"]["mappings"] == ["m-a"]
+    assert answer["archived_models"] == [{"model": "m", "version": 1}]
+
+    left = client.get("/api/namespaces/plant-a/export", headers=fleet).json()
+    for key in ("twins", "webhooks", "extractors", "mappings", "functions", "schedules"):
+        assert left[key] == [], key
+    assert [t["name"] for t in left["types"]] == ["gauge"]
+    assert left["models"][0]["versions"][0]["archived"] is not None  # kept, archived
+    assert [t["id"] for t in client.get("/api/twins", headers=fleet).json()["items"]] == [
+        "plant_b/p1",
+        "loose",
+        "plant_b/g",
+    ]
+    assert [m["name"] for m in platform.list_mappings()] == ["m-all"]
+    assert len(platform.webhooks.subscriptions()) == 1

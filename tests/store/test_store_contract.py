@@ -172,6 +172,8 @@ def test_extractors_and_configuration(store):
     store.put_extractor("dev", '{"a":2}', T0 + 1)
     store.put_extractor("other", '{"b":1}', T0)
     assert store.extractors() == {"dev": '{"a":2}', "other": '{"b":1}'}
+    assert store.delete_extractor("other") and not store.delete_extractor("other")
+    assert store.extractors() == {"dev": '{"a":2}'}
     store.put_config("mqtt", "plant", '{"topic":"x"}', T0)
     store.put_config("mqtt", "plant", '{"topic":"y"}', T0 + 1)
     store.put_config("hook", "plant", '{"url":"z"}', T0)

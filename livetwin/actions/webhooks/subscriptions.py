@@ -14,8 +14,8 @@ import orjson
 from livetwin.errors import InvalidInput
 from livetwin.namespaces import check_namespace, namespace_of
 
-KINDS = ("state", "created", "alarm", "run", "job")  # "job": the older name of "run"
-NOTICE_KINDS = ("alarm", "run", "job")
+KINDS = ("state", "created", "alarm", "run", "job", "removed")  # "job": the older name of "run"
+NOTICE_KINDS = ("alarm", "run", "job", "removed")  # "removed": a twin deleted
 MIN_SECRET = 16
 
 
