@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,fmu,postgres,s3,interop,files,opcua,jax]'
+	$(BIN)/pip install -q -e '.[dev,fmu,postgres,s3,interop,files,opcua,jax,ray]'
 	touch $@
 
 demo: $(BIN)/.installed

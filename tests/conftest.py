@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 from fastapi.testclient import TestClient
@@ -36,6 +37,16 @@ class FakeClock:
 
     def __call__(self) -> int:
         return self.now
+
+
+@pytest.fixture(autouse=True)
+def root_logging():
+    """`livetwin serve` run in-process configures root logging onto the stderr a CliRunner
+    captures: undo it after every test so no later test logs into a dead stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_support import refused, root_logging, run, serving  # noqa: F401 (root_logging: autouse)
+from cli_support import refused, run, serving
 from conftest import PUMP, T0, obs
 from tls_support import self_signed
 

@@ -8,7 +8,7 @@ import json
 
 import httpx
 import pytest
-from cli_support import refused, root_logging, run, serving  # noqa: F401 (root_logging: autouse)
+from cli_support import refused, run, serving
 from conftest import PUMP
 from opcua_support import OpcServer
 from webhook_support import free_port, wait_for
