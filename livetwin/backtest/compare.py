@@ -68,6 +68,10 @@ class OutputDiff:
         self.first: tuple | None = None
         self.worst = PerTwin(-1.0)  # per twin: largest |difference| (inf: known on one side)
 
+    def same(self, n: int) -> None:
+        """`n` observations the two sides computed once (equal by construction)."""
+        self.compared += n
+
     def add(self, uids: np.ndarray, ts: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
         self.compared += len(b)
         nan_b, nan_c = np.isnan(b), np.isnan(c)

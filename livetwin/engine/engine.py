@@ -9,7 +9,7 @@ twin's newest applied one is kept in history and changes only the twin's stamped
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -146,9 +146,13 @@ class Engine:
             )
         return None
 
-    def apply(self, batch: Batch, *, record: bool = True) -> Applied:
+    def apply(
+        self, batch: Batch, *, record: bool = True, on_wave: Callable | None = None
+    ) -> Applied:
         """Apply a checked batch. Creates twins on their first observation. `record=False`
-        skips the per-observation history rows (replay when history is already stored)."""
+        skips the per-observation history rows (replay when history is already stored).
+        `on_wave(state, rows, ts, present, positions)` runs after each wave's derived values
+        (a back-test's candidate overlay evaluates its own there)."""
         st = self.states[batch.type]
         self.aggregates.ready(st)
         rows, created = self._rows(st, batch)
@@ -181,6 +185,8 @@ class Engine:
                 st.value_ts[slot, r[seen]] = t[seen]
             st.last_ts[r] = t
             self._evaluate(st, r, t, present, sel, out)
+            if on_wave is not None:
+                on_wave(st, r, t, present, sel)
         updated = self.aggregates.changed(st, rows, batch.ts)
         return Applied(
             st.ctype.name,
