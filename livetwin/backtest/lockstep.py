@@ -482,7 +482,7 @@ class LockStep:
             (self.base_rules, self.base_alarms),
             (self.cand_rules, self.cand_alarms),
         ):
-            for t in side.due(end) if side is not None else ():
+            for t in side.due(end, self.twin_ids) if side is not None else ():
                 self._alarm(alarms, t)
         for name in self.shared_rules:  # the overlay's unchanged rules: the baseline's alarms
             if name in self.base_alarms:

@@ -10,7 +10,7 @@ come out (what a back-test compares), without values or messages. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +66,6 @@ class RuleColumns:
         self.names = tuple(ctype.rules if names is None else names)
         self.inputs = rules.RuleState()  # what `rules.observed` carries forward (`last`)
         self.state = {name: _PerUid() for name in self.names}
-        self.twin_of_uid: dict[int, str] = {}  # twins with a pending condition
 
     def subset(self, ctype: CompiledType, keep: Iterable[str], names: Iterable[str]) -> RuleColumns:
         """Rules `names` of `ctype` evaluated from here on: those in `keep` with this one's
@@ -75,7 +74,6 @@ class RuleColumns:
         for name in set(keep) & set(self.state) & set(out.state):
             out.state[name] = self.state[name].copy()
         out.inputs = rules.RuleState(last=_copy_last(self.inputs.last))
-        out.twin_of_uid = dict(self.twin_of_uid)
         return out
 
     def retarget(self, ctype: CompiledType) -> None:
@@ -118,10 +116,6 @@ class RuleColumns:
             )
             kinds, groups, at, since, is_open, pending = found
             st.open[uids], st.since[uids] = is_open, pending
-            for g in np.flatnonzero(pending != NEVER).tolist():
-                uid = int(uids[g])
-                if uid not in self.twin_of_uid:
-                    self.twin_of_uid[uid] = applied.twins[int(seen.rows[starts[g]])]
             twins = [applied.twins[int(seen.rows[starts[g]])] for g in groups.tolist()]
             for kind, twin, a, s in zip(
                 kinds.tolist(), twins, at.tolist(), since.tolist(), strict=True
@@ -129,15 +123,16 @@ class RuleColumns:
                 out.append(Change("raise" if kind else "clear", rule.name, twin, a, s))
         return out
 
-    def due(self, now: int) -> list[Change]:
-        """Fire the conditions that have held `for` long enough by `now`."""
+    def due(self, now: int, twin_of: Callable[[np.ndarray], list[str]]) -> list[Change]:
+        """Fire the conditions that have held `for` long enough by `now` (`twin_of`: the twin
+        ids of uids)."""
         out = []
         for name in self.names:
             rule, st = self.ctype.rules[name], self.state[name]
             ready = np.flatnonzero((st.since != NEVER) & (st.since + rule.for_ms <= now))
-            for uid in ready.tolist():
+            for uid, twin in zip(ready.tolist(), twin_of(ready), strict=True):
                 since = int(st.since[uid])
-                out.append(Change("raise", name, self.twin_of_uid[uid], since + rule.for_ms, since))
+                out.append(Change("raise", name, twin, since + rule.for_ms, since))
             st.since[ready] = NEVER
             st.open[ready] = True
         return out
