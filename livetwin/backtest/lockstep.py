@@ -526,6 +526,7 @@ class LockStep:
                 "warmup_ms": self.window.warmup_ms,
             },
             "baseline_versions": sorted(self.versions),
+            "candidate_run": "overlay" if self.overlay is not None else "second engine",
             "changes": {k: v for k, v in sorted(self.status.items()) if v != "unchanged"},
             "observations": {
                 "replayed": self.replayed,

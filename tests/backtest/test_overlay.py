@@ -94,6 +94,8 @@ def test_the_overlay_reports_what_a_second_engine_reports(platform, body):
         if overlay:
             shared = change_set(RECORDED, cand) is not None
             assert (step.overlay is not None) == shared and (step.cand is None) == shared
+    modes = {k: r.pop("candidate_run") for k, r in reports.items()}
+    assert modes == {True: "overlay" if shared else "second engine", False: "second engine"}
     assert reports[True] == reports[False]
     assert reports[True]["observations"]["compared"] > 0
 
