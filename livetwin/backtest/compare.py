@@ -85,18 +85,18 @@ class OutputDiff:
         self.only_baseline += int(np.count_nonzero(nan_c & ~nan_b))
         self.only_candidate += int(np.count_nonzero(nan_b & ~nan_c))
         # only differing observations add to the sums: |c - b| where both are known, else inf
-        gap = np.abs(c[at] - b[at])
-        known_at = known[at]
-        finite_gap = np.where(known_at, gap, 0.0)
+        if len(at) < len(b):
+            uids, ts, b, c, known = uids[at], ts[at], b[at], c[at], known[at]
+        gap = np.abs(c - b)
+        finite_gap = np.where(known, gap, 0.0)
         self.sum_sq += float(np.dot(finite_gap, finite_gap))
-        self.worst.maximum(uids[at], np.where(known_at, gap, np.inf))
-        first = at[np.argmin(ts[at])]
+        self.worst.maximum(uids, np.where(known, gap, np.inf))
+        first = int(np.argmin(ts))
         if self.first is None or ts[first] < self.first[1]:
             self.first = (int(uids[first]), int(ts[first]), b[first], c[first])
-        biggest = int(np.argmax(finite_gap))
-        if finite_gap[biggest] > self.max_abs:
-            p = at[biggest]
-            self.max_abs = float(finite_gap[biggest])
+        p = int(np.argmax(finite_gap))
+        if finite_gap[p] > self.max_abs:
+            self.max_abs = float(finite_gap[p])
             self.max_at = (int(uids[p]), int(ts[p]), b[p], c[p])
 
     def report(self, twin_of: TwinOf) -> dict:

@@ -11,7 +11,7 @@ come out (what a back-test compares), without values or messages. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,8 +22,7 @@ from livetwin.spec.types import CompiledType
 NEVER = np.iinfo(np.int64).min  # "not pending"
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """An alarm raised (`at` = since + for) or cleared (`at` = the observation's time)."""
 
     kind: str  # "raise" | "clear"
@@ -116,7 +115,7 @@ class RuleColumns:
             )
             kinds, groups, at, since, is_open, pending = found
             st.open[uids], st.since[uids] = is_open, pending
-            twins = [applied.twins[int(seen.rows[starts[g]])] for g in groups.tolist()]
+            twins = [applied.twins[i] for i in seen.rows[starts[groups]].tolist()]
             for kind, twin, a, s in zip(
                 kinds.tolist(), twins, at.tolist(), since.tolist(), strict=True
             ):
