@@ -214,13 +214,17 @@ class Engine:
         missing = np.flatnonzero(rows < 0)
         created: list[str] = []
         if len(missing):
-            first = {}  # new twin -> position of its first observation
-            for i in missing.tolist():
-                first.setdefault(batch.twins[i], i)
-            created = list(first)
-            positions = list(first.values())
+            if batch.uids is not None:  # the first observation of each new uid, in batch order
+                _, first = np.unique(batch.uids[missing], return_index=True)
+                positions = missing[np.sort(first)].tolist()
+                created = [batch.twins[i] for i in positions]
+            else:
+                seen = {}  # new twin -> position of its first observation
+                for i in missing.tolist():
+                    seen.setdefault(batch.twins[i], i)
+                created, positions = list(seen), list(seen.values())
             parents = (
-                [batch.parents[i] for i in positions] if batch.parents else [None] * len(first)
+                [batch.parents[i] for i in positions] if batch.parents else [None] * len(created)
             )
             if batch.uids is not None:
                 uids = batch.uids[positions]
@@ -231,7 +235,10 @@ class Engine:
             self.aggregates.linked(st, range(start, len(st)))
             self.next_uid = max(self.next_uid, int(uids.max()) + 1)
             self.type_of.update(dict.fromkeys(created, st.ctype.name))
-            rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
+            if batch.uids is not None:
+                rows[missing] = st.rows_of(batch.uids[missing])
+            else:
+                rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
         if batch.parents is not None:
             moved = {}
             for i, parent in enumerate(batch.parents):
