@@ -81,8 +81,8 @@ def main(json_only: bool = False, quick: bool = False) -> None:
                     "(only what it changes evaluated again, in the baseline's waves) or, where "
                     "it cannot share the state, a second engine; compare per observation and "
                     "evaluate rules (as columns); median of 3. seconds is the lock-step pass "
-                    "(the report's observations_per_s), cpu_seconds its process CPU time; "
-                    "seconds_with_series adds the snapshot load and the narrow second pass "
+                    "(the report's observations_per_s), cpu_seconds the CPU time of its "
+                    "thread; seconds_with_series adds the snapshot load and the narrow second pass "
                     "that records the worst twins' series. baseline_ratio: back-test obs/s "
                     "over plain replay obs/s (Platform.rebuild, median of 3, same journal, "
                     "same run); load_avg: what else ran",

@@ -235,7 +235,7 @@ class BacktestService:
         log: Callable[[str], None] = lambda _: None,
     ) -> dict:
         """Run the back-test, keep its report under `run_id` with a lineage node; a summary."""
-        started_ms, started, cpu = self.clock(), time.perf_counter(), time.process_time()
+        started_ms, started, cpu = self.clock(), time.perf_counter(), time.thread_time()
         loaded = self._start(plan.type, plan.window)
         engine, seq = loaded if loaded else (None, 0)
         total = self.core.store.journal_size(after=seq)[1]
@@ -264,7 +264,7 @@ class BacktestService:
         seconds = time.perf_counter() - started
         report["seconds"] = round(seconds, 3)
         report["observations_per_s"] = round(main.replayed / seconds) if seconds else None
-        report["cpu_seconds"] = round(time.process_time() - cpu, 3)
+        report["cpu_seconds"] = round(time.thread_time() - cpu, 3)
         watch = self._worst(report, main, plan.plot)
         if len(watch) > len(plan.plot):  # a second, narrow pass for the worst twins' series
             log(f"series of {len(watch)} twins")
