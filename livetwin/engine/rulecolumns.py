@@ -191,7 +191,9 @@ def _walk(ts, starts, ends, holds, ends_alarm, is_open, since, for_ms) -> tuple:
     pos = starts.copy()
     changes: list[tuple[np.ndarray, ...]] = []
     cycle = 0
-    active = np.flatnonzero(pos < ends)
+    # only twins whose condition holds somewhere, or that start open or pending, have a cycle
+    holding = np.add.reduceat(holds, starts) > 0
+    active = np.flatnonzero(holding | is_open | (since != NEVER))
     while len(active):
         # an open alarm: cleared at the next observation that ends it
         g = active[is_open[active]]

@@ -198,9 +198,10 @@ def observed(
     fresh = np.flatnonzero(applied.fresh)  # a late observation did not change state
     if len(fresh) == 0:
         return None
-    uids, ts = applied.uids[fresh], applied.ts[fresh]
-    order = np.argsort(uids, kind="stable")
-    uids, ts, rows = uids[order], ts[order], fresh[order]
+    uids, ts, rows = applied.uids[fresh], applied.ts[fresh], fresh
+    if not (uids[1:] >= uids[:-1]).all():  # often already in uid order
+        order = np.argsort(uids, kind="stable")
+        uids, ts, rows = uids[order], ts[order], fresh[order]
     m = len(rows)
     starts = np.ones(m, dtype=bool)
     np.not_equal(uids[1:], uids[:-1], out=starts[1:])
