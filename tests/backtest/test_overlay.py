@@ -120,3 +120,30 @@ def test_a_type_redefined_in_the_window_needs_a_second_engine(platform):
     report = platform.backtests.report("run_test_redefined")
     assert [o["name"] for o in report["outputs"]] == ["temp_avg"]
     assert report["observations"]["compared"] == 12 * 90
+
+
+def test_an_added_rule_on_a_text_attribute_reads_it_through_the_overlay(platform):
+    valve = {
+        "properties": {"flow": {}},
+        "attributes": {"mode": {"type": "enum", "values": ["auto", "manual"]}},
+    }
+    platform.put_type("valve", valve)
+    t0, rows = START - 30 * 60_000, []
+    for m in range(120):
+        for i in range(4):
+            values = {"flow": float((m + i) % 10)}
+            if m % 20 == 0:
+                values["mode"] = "manual" if (m // 20 + i) % 2 else "auto"
+            rows.append({"twin": f"v{i}", "type": "valve", "ts": t0 + m * 60_000, "values": values})
+    assert platform.ingest(rows).accepted == len(rows)
+    recorded = platform.core.engine.states["valve"].ctype
+    patch = {"patch": {"rules": {"manual_flow": {"when": "mode == 'manual' and flow > 5"}}}}
+    cand = compile_candidate("valve", recorded.spec, patch, resolve_model)
+    reports = {}
+    for overlay in (True, False):
+        step = LockStep("valve", cand, Window(START, END), recorded=recorded, overlay=overlay)
+        step.feed(platform.core.store.journal())
+        reports[overlay] = step.report()
+    assert [r.pop("candidate_run") for r in reports.values()] == ["overlay", "second engine"]
+    assert reports[True] == reports[False]
+    assert reports[True]["rules"][0]["candidate_alarms"] > 0
