@@ -22,12 +22,19 @@ from common import PROPS, T0, Report, temp_dir  # noqa: E402
 
 REPEAT = 3
 CANDIDATES = {
-    # the window's length changes; the other two derived values are the recorded ones
+    # the window's length changes; the other two derived values are the recorded ones (the
+    # overlay evaluates the changed window again, the others are computed once)
     "backtest_window_change": {"derived": {"a_avg_10m": "avg(a, '15m')"}},
-    # every derived value changes, and a rule is added: the candidate evaluates all of them
+    # every derived value changes, and a rule is added: the overlay evaluates all of them
     "backtest_all_changed": {
         "derived": {"s": "a + b + e", "r": "a * c / (d + 2)", "a_avg_10m": "avg(a, '15m')"},
         "rules": {"high": {"when": "a_avg_10m > 80", "for": "2m"}},
+    },
+    # the window change, plus a new property: other inputs cannot share the baseline's state,
+    # so the candidate is a second engine fed the same batches (the slow path)
+    "backtest_two_engines": {
+        "properties": {"f": {}},
+        "derived": {"a_avg_10m": "avg(a, '15m')"},
     },
 }
 
@@ -60,19 +67,25 @@ def main(json_only: bool = False, quick: bool = False) -> None:
                     n=run["observations"],
                     seconds=round(run["seconds"], 3),
                     seconds_all_runs=[round(r["seconds"], 3) for r in runs],
+                    cpu_seconds=run["cpu_seconds"],
+                    cpu_observations_per_s=round(run["observations"] / run["cpu_seconds"]),
                     seconds_with_series=round(run["seconds_total"], 3),
                     replay_observations_per_s=round(replay["observations_per_s"]),
-                    replay_seconds=replay["seconds"],
+                    replay_seconds=round(replay["seconds"], 3),
                     twins=run["twins"],
                     derived=list(DERIVED.values()),
                     candidate=patch,
+                    overlay=run["overlay"],
                     note="BacktestService.run over the whole journal: read and decode once, "
-                    "apply to the baseline (recorded version) and the candidate, compare per "
-                    "observation and evaluate rules; median of 3. seconds is the lock-step pass "
-                    "(the report's observations_per_s); seconds_with_series adds the snapshot "
-                    "load and the narrow second pass that records the worst twins' series. "
-                    "baseline_ratio: back-test obs/s over plain replay obs/s (Platform.rebuild, "
-                    "median of 3, same journal)",
+                    "apply to the baseline (recorded version); the candidate as an overlay "
+                    "(only what it changes evaluated again, in the baseline's waves) or, where "
+                    "it cannot share the state, a second engine; compare per observation and "
+                    "evaluate rules (as columns); median of 3. seconds is the lock-step pass "
+                    "(the report's observations_per_s), cpu_seconds the CPU time of its "
+                    "thread; seconds_with_series adds the snapshot load and the narrow second pass "
+                    "that records the worst twins' series. baseline_ratio: back-test obs/s "
+                    "over plain replay obs/s (Platform.rebuild, median of 3, same journal, "
+                    "same run); load_avg: what else ran",
                 )
     report.table("livetwin bench backtest" + (" (--quick)" if quick else ""))
 
@@ -107,6 +120,8 @@ def _backtest(platform, patch: dict) -> dict:
         "observations": report["observations"]["replayed"],
         "seconds": report["seconds"],
         "seconds_total": total,
+        "cpu_seconds": report["cpu_seconds"],
+        "overlay": report["candidate_run"] == "overlay",
         "twins": report["observations"]["twins"],
         "differing": sum(o["differing"] for o in report["outputs"]),
     }

@@ -68,31 +68,36 @@ class OutputDiff:
         self.first: tuple | None = None
         self.worst = PerTwin(-1.0)  # per twin: largest |difference| (inf: known on one side)
 
+    def same(self, n: int) -> None:
+        """`n` observations the two sides computed once (equal by construction)."""
+        self.compared += n
+
     def add(self, uids: np.ndarray, ts: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
         self.compared += len(b)
         nan_b, nan_c = np.isnan(b), np.isnan(c)
-        differ = ~((b == c) | (nan_b & nan_c))
-        if not differ.any():
-            known = ~(nan_b | nan_c)
-            self.both_known += int(known.sum())
-            return
         known = ~(nan_b | nan_c)
-        self.both_known += int(known.sum())
-        self.differing += int(differ.sum())
-        self.only_baseline += int((nan_c & ~nan_b).sum())
-        self.only_candidate += int((nan_b & ~nan_c).sum())
-        gap = np.where(known, np.abs(c - b), np.inf)
+        self.both_known += int(np.count_nonzero(known))
+        differ = ~((b == c) | (nan_b & nan_c))
+        at = np.flatnonzero(differ)
+        if not len(at):
+            return
+        self.differing += len(at)
+        self.only_baseline += int(np.count_nonzero(nan_c & ~nan_b))
+        self.only_candidate += int(np.count_nonzero(nan_b & ~nan_c))
+        # only differing observations add to the sums: |c - b| where both are known, else inf
+        if len(at) < len(b):
+            uids, ts, b, c, known = uids[at], ts[at], b[at], c[at], known[at]
+        gap = np.abs(c - b)
         finite_gap = np.where(known, gap, 0.0)
         self.sum_sq += float(np.dot(finite_gap, finite_gap))
-        at = np.flatnonzero(differ)
-        self.worst.maximum(uids[at], gap[at])
-        first = at[np.argmin(ts[at])]
+        self.worst.maximum(uids, np.where(known, gap, np.inf))
+        first = int(np.argmin(ts))
         if self.first is None or ts[first] < self.first[1]:
             self.first = (int(uids[first]), int(ts[first]), b[first], c[first])
-        biggest = int(np.argmax(finite_gap))
-        if finite_gap[biggest] > self.max_abs:
-            self.max_abs = float(finite_gap[biggest])
-            self.max_at = (int(uids[biggest]), int(ts[biggest]), b[biggest], c[biggest])
+        p = int(np.argmax(finite_gap))
+        if finite_gap[p] > self.max_abs:
+            self.max_abs = float(finite_gap[p])
+            self.max_at = (int(uids[p]), int(ts[p]), b[p], c[p])
 
     def report(self, twin_of: TwinOf) -> dict:
         values = self.worst.values

@@ -1,19 +1,22 @@
-"""The mechanics of a back-test, pure (no I/O): one type's journal entries replayed into two
-engines in lock-step, the recorded type versions (baseline) and a candidate, compared as they go.
+"""The mechanics of a back-test, pure (no I/O): one type's journal entries replayed under the
+recorded type versions (baseline) and a candidate in lock-step, compared as they go.
 
-Entries are merged into large batches as `journal.replay` does and applied straight to two
-`Engine`s, never through a core's writer: nothing is journaled, nothing live is touched.
-Entries of the types below it (its children, theirs, ...) are applied to both too, so its
-aggregates over children stay current; outputs are compared at its own observations.
+Entries are merged into large batches as `journal.replay` does and applied straight to an
+`Engine`, never through a core's writer: nothing is journaled, nothing live is touched.
 Observations before `start - warmup` build the baseline alone; at the first one after it the
-candidate starts from a copy of the baseline's state (its changed windows start empty, hence
-the warm-up); observations in [start, end) are compared; later ones are left out.
+candidate starts from the baseline's state (its changed windows start empty, hence the
+warm-up); observations in [start, end) are compared; later ones are left out.
+
+The candidate is an overlay (`overlay.Overlay`) where it can be: one engine, and only what the
+candidate changes evaluated a second time, in the baseline's waves. Otherwise (other inputs,
+children, the type redefined or twins removed in the window: `NeedsEngines`) it is a second
+engine fed the same batches; entries of the types below it (its children, theirs, ...) are
+applied to both, so its aggregates over children stay current.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
@@ -27,13 +30,14 @@ from livetwin.backtest.compare import (
     OutputDiff,
     compare_alarms,
 )
+from livetwin.backtest.overlay import Overlay, change_set, same_rule
 from livetwin.engine import rules
 from livetwin.engine.batch import Batch, decode_batch
 from livetwin.engine.engine import LIFECYCLE, Applied, Engine, json_number
+from livetwin.engine.rulecolumns import Change, RuleColumns
 from livetwin.engine.state import TypeState, export_state, import_state
 from livetwin.errors import LivetwinError
 from livetwin.journal.replay import CHUNK, compile_entry
-from livetwin.spec.rules import CompiledRule
 from livetwin.spec.types import CompiledType
 from livetwin.store.base import JournalEntry
 from livetwin.timefmt import format_ts
@@ -43,6 +47,11 @@ MAX_SERIES_POINTS = 5_000  # per twin and output in a report
 
 class Cancelled(Exception):
     """The back-test was asked to stop."""
+
+
+class NeedsEngines(Exception):
+    """The overlay cannot follow the journal (the type redefined, twins removed): run the
+    back-test again with `overlay=False`."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,8 @@ class LockStep:
     aggregates), `recorded` the version the candidate is compared with for statuses
     (the current one); `uids` restricts it to those twins; `watch` names twins whose baseline
     and candidate series are kept for the report; `version_of` compiles a recorded type
-    version from its journal entry. Call `feed` with the journal entries after
-    that position, then `report`.
+    version from its journal entry; `overlay=False` runs the candidate as a second engine
+    always. Call `feed` with the journal entries after that position, then `report`.
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class LockStep:
         progress: Callable[[int], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
         chunk: int = CHUNK,
+        overlay: bool = True,
     ) -> None:
         self.type_name, self.candidate, self.window = type_name, candidate, window
         self.version_of, self.chunk = version_of, chunk
@@ -125,8 +135,12 @@ class LockStep:
         self.base.states.update(others or {})
         self.family = self._family()
         self.cand: Engine | None = None
+        self.use_overlay = overlay
+        self.overlay: Overlay | None = None
         self._reads = (_reader(self.base), None)
-        self.base_rules, self.cand_rules = rules.RuleState(), rules.RuleState()
+        self.base_rules = RuleColumns(state.ctype) if state is not None else None
+        self.cand_rules: RuleColumns | None = None
+        self.shared_rules: set[str] = set()  # the candidate's alarms are the baseline's
         self.status = changed_names(recorded or (state.ctype if state else None), candidate)
         self.base_alarms: dict[str, Alarms] = {}
         self.cand_alarms: dict[str, Alarms] = {}
@@ -197,15 +211,22 @@ class LockStep:
         self._flush()
 
     def _change(self, entry: JournalEntry) -> None:
+        if self.overlay is not None and entry.kind != "twin" and entry.type == self.type_name:
+            raise NeedsEngines(f"twins of '{self.type_name}' are removed in the window")
         for engine in (self.base, self.cand):
             if engine is not None and entry.type in engine.states:
                 with contextlib.suppress(LivetwinError):  # e.g. a twin this side never had
                     engine.change(entry.kind, orjson.loads(entry.body), entry.at)
 
     def _define(self, ctype: CompiledType) -> None:
+        if self.overlay is not None and ctype.name == self.type_name:
+            raise NeedsEngines(f"'{self.type_name}' is redefined in the window")
         self.base.define_type(ctype)
         if ctype.name == self.type_name:
-            rules.retarget(self.base_rules, ctype)
+            if self.base_rules is None:
+                self.base_rules = RuleColumns(ctype)
+            else:
+                self.base_rules.retarget(ctype)
         elif self.cand is not None:
             self.cand.define_type(ctype)
         self.family = self._family()
@@ -217,7 +238,7 @@ class LockStep:
             raise Cancelled("the back-test was cancelled")
         batch = Batch.concat(self._pending)
         self._pending, self._pending_n = [], 0
-        if self.cand is None:
+        if self.cand is None and self.overlay is None:  # the candidate has not started yet
             after = np.flatnonzero(batch.ts >= self.window.lockstep_from)
             if not len(after):
                 self._apply_baseline(batch)
@@ -231,10 +252,24 @@ class LockStep:
     def _apply_baseline(self, batch: Batch) -> None:
         st = self.base.states.get(self.type_name)
         applied = self.base.apply(batch, record=bool(st is not None and st.ctype.rules))
-        self._rules(self.base, self.base_rules, self.base_alarms, applied)
+        self._rules(self.base_rules, self._reads[0], self.base_alarms, applied)
         self._done(len(batch))
 
     def _start_candidate(self) -> None:
+        """The candidate: an overlay on the baseline where it can be, else a second engine."""
+        st = self.base.states.get(self.type_name)
+        changes = None
+        if self.use_overlay and st is not None:
+            changes = change_set(st.ctype, self.candidate)
+        if changes is None:
+            self._start_engine()
+            return
+        self.overlay = Overlay(self.candidate, changes, st)
+        self.shared_rules = set(self.candidate.rules) - set(changes.rules)
+        base_rules = self.base_rules or RuleColumns(st.ctype)
+        self.cand_rules = base_rules.subset(self.candidate, (), changes.rules)
+
+    def _start_engine(self) -> None:
         """The candidate engine: a copy of the baseline's state under the candidate version,
         with the alarm state of the rules the candidate keeps unchanged."""
         self.cand = Engine()
@@ -244,6 +279,7 @@ class LockStep:
         st = self.base.states.get(self.type_name)
         if st is None:
             self.cand.define_type(self.candidate)
+            self.cand_rules = RuleColumns(self.candidate)
         else:
             meta, arrays = export_state(st)
             self.cand.states[self.type_name] = import_state(st.ctype, meta, arrays).migrate(
@@ -252,9 +288,10 @@ class LockStep:
             kept = {
                 name
                 for name, rule in self.candidate.rules.items()
-                if name in st.ctype.rules and _same_rule(rule, st.ctype.rules[name])
+                if name in st.ctype.rules and same_rule(rule, st.ctype.rules[name])
             }
-            self.cand_rules = _rules_subset(self.base_rules, self.type_name, kept, self.candidate)
+            base_rules = self.base_rules or RuleColumns(st.ctype)
+            self.cand_rules = base_rules.subset(self.candidate, kept, self.candidate.rules)
         self._reads = (self._reads[0], _reader(self.cand))
 
     def _candidate_batch(self, batch: Batch) -> Batch:
@@ -279,13 +316,37 @@ class LockStep:
 
     def _apply_both(self, batch: Batch) -> None:
         mine = batch.type == self.type_name
-        applied_b = self.base.apply(batch, record=True)
-        applied_c = self.cand.apply(self._candidate_batch(batch) if mine else batch, record=True)
-        self._rules(self.base, self.base_rules, self.base_alarms, applied_b)
-        self._rules(self.cand, self.cand_rules, self.cand_alarms, applied_c)
+        if self.overlay is not None:
+            self.overlay.begin(len(batch))
+            applied_b = self.base.apply(batch, record=True, on_wave=self.overlay.wave)
+            applied_c = self._overlaid(applied_b)
+            read_c = self._reads[0]  # inputs are shared
+        else:
+            applied_b = self.base.apply(batch, record=True)
+            batch_c = self._candidate_batch(batch) if mine else batch
+            applied_c = self.cand.apply(batch_c, record=True)
+            read_c = self._reads[1]
+        self._rules(self.base_rules, self._reads[0], self.base_alarms, applied_b)
+        self._rules(self.cand_rules, read_c, self.cand_alarms, applied_c)
         if mine:  # outputs are compared at the type's own observations
             self._compare(applied_b, applied_c)
         self._done(len(batch))
+
+    def _overlaid(self, ab: Applied) -> Applied:
+        """The candidate's view of a batch the baseline applied with the overlay: its changed
+        values from the overlay, the others (inputs included) the baseline's."""
+        col_b, overlay = self.base.states[self.type_name].col, self.overlay
+        values = np.empty((len(ab.ts), len(self.candidate.columns)))
+        for j, name in enumerate(self.candidate.columns):
+            k = overlay.col.get(name)
+            values[:, j] = ab.values[:, col_b[name]] if k is None else overlay.out[:, k]
+        text = ab.text
+        if set(self.candidate.rule_text) - set(text):
+            st = self.base.states[self.type_name]
+            rows = st.rows_of(ab.uids)
+            text = {name: st.text[name][rows] for name in self.candidate.rule_text}
+        c = self.candidate
+        return Applied(c.name, c.version, ab.twins, ab.uids, ab.ts, values, ab.fresh, [], [], text)
 
     def _done(self, n: int) -> None:
         self.replayed += n
@@ -294,18 +355,16 @@ class LockStep:
 
     # ---- comparing ---------------------------------------------------------------------------
 
-    def _rules(self, engine: Engine, state, alarms: dict[str, Alarms], applied: Applied) -> None:
-        """The type's rules over its rows of the batch and over the updates of its aggregates."""
-        st = engine.states.get(self.type_name)
-        if st is None or not st.ctype.rules:
+    def _rules(self, side: RuleColumns | None, read, alarms: dict[str, Alarms], applied) -> None:
+        """A side's rules over the type's rows of the batch and the updates of its aggregates."""
+        if side is None or not side.names:
             return
-        read = self._reads[0] if engine is self.base else self._reads[1]
         for part in applied.all():
             if part.type == self.type_name:
-                for t in rules.evaluate(state, st.ctype, part, read):
+                for t in side.evaluate(part, read):
                     self._alarm(alarms, t)
 
-    def _alarm(self, alarms: dict[str, Alarms], t: rules.Transition) -> None:
+    def _alarm(self, alarms: dict[str, Alarms], t: Change) -> None:
         if t.kind in ("raise", "clear"):
             side = alarms.get(t.rule)
             if side is None:
@@ -323,6 +382,7 @@ class LockStep:
         base_type = self.base.states[self.type_name].ctype
         self.versions.add(base_type.version)
         col_b, col_c = base_type.column_index(), self.candidate.column_index()
+        overlaid = self.overlay.col if self.overlay is not None else None
         for name in self.candidate.derived_order:
             c = ac.values[at, col_c[name]]
             if name in self.new:
@@ -331,7 +391,10 @@ class LockStep:
                 diff = self.diffs.get(name)
                 if diff is None:
                     diff = self.diffs[name] = OutputDiff(name)
-                diff.add(uids, ts, ab.values[at, col_b[name]], c)
+                if overlaid is not None and name not in overlaid:
+                    diff.same(len(at))  # computed once: equal by construction
+                else:
+                    diff.add(uids, ts, ab.values[at, col_b[name]], c)
             if name in self.failures:
                 self.failures[name].add(uids, ts, c, self._explainer(ac, at, name), self.twin_ids)
         if len(self.watch):
@@ -348,8 +411,14 @@ class LockStep:
     def _explainer(self, ac: Applied, at: np.ndarray, name: str):
         """What an example failure shows: the observation's inputs, and the names the
         expression reads that its twin has never been given (a missing value)."""
-        st = self.cand.states[self.type_name]
+        st = (self.cand or self.base).states[self.type_name]
         col = self.candidate.column_index()
+
+        def current(dep: str, row: int) -> float:
+            if self.overlay is not None:
+                return self.overlay.value(st, dep, row)
+            return float(st.data[col[dep], row])
+
         inputs = [n for n in self.candidate.inputs if n in col]
         deps = sorted(self.candidate.compiled[name].names)
 
@@ -360,7 +429,7 @@ class LockStep:
                 for n in inputs
                 if not np.isnan(ac.values[at[p], col[n]])
             }
-            missing = [d for d in deps if np.isnan(st.data[col[d], row])]
+            missing = [d for d in deps if np.isnan(current(d, row))]
             return {"inputs": observed, "missing": missing}
 
         return explain
@@ -409,10 +478,15 @@ class LockStep:
     def report(self) -> dict:
         """The diff report (JSON-able); fires the conditions still held at the window's end."""
         end = self.window.end - 1
-        for t in rules.due(self.base_rules, end):
-            self._alarm(self.base_alarms, t)
-        for t in rules.due(self.cand_rules, end):
-            self._alarm(self.cand_alarms, t)
+        for side, alarms in (
+            (self.base_rules, self.base_alarms),
+            (self.cand_rules, self.cand_alarms),
+        ):
+            for t in side.due(end, self.twin_ids) if side is not None else ():
+                self._alarm(alarms, t)
+        for name in self.shared_rules:  # the overlay's unchanged rules: the baseline's alarms
+            if name in self.base_alarms:
+                self.cand_alarms[name] = self.base_alarms[name]
         outputs = [d.report(self.twin_ids) for d in self.diffs.values()]
         differing = [o for o in outputs if o["differing"]]
         rule_names = [k.split(".", 1)[1] for k in self.status if k.startswith("rules.")]
@@ -452,6 +526,7 @@ class LockStep:
                 "warmup_ms": self.window.warmup_ms,
             },
             "baseline_versions": sorted(self.versions),
+            "candidate_run": "overlay" if self.overlay is not None else "second engine",
             "changes": {k: v for k, v in sorted(self.status.items()) if v != "unchanged"},
             "observations": {
                 "replayed": self.replayed,
@@ -476,26 +551,3 @@ class LockStep:
 
 def _empty(window: Window) -> Alarms:
     return Alarms(window.start, window.end)
-
-
-def _same_rule(a: CompiledRule, b: CompiledRule) -> bool:
-    same_clear = (a.clear is None and b.clear is None) or (
-        a.clear is not None and b.clear is not None and a.clear.source == b.clear.source
-    )
-    return a.when.source == b.when.source and same_clear and a.for_ms == b.for_ms
-
-
-def _rules_subset(
-    state: rules.RuleState, type_name: str, kept: set[str], ctype: CompiledType
-) -> rules.RuleState:
-    """A copy of a rule state holding only the rules in `kept`, bound to `ctype`'s rules."""
-    out = rules.RuleState()
-    out.open[type_name] = {k: v for k, v in state.open.get(type_name, {}).items() if k[1] in kept}
-    out.pending[type_name] = {
-        k: rules.Pending(ctype.rules[k[1]], p.since, dict(p.values))
-        for k, p in state.pending.get(type_name, {}).items()
-        if k[1] in kept
-    }
-    if type_name in state.last:
-        out.last[type_name] = copy.deepcopy(state.last[type_name])
-    return out

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from livetwin.backtest.candidate import compile_candidate
-from livetwin.backtest.lockstep import LockStep, Window
+from livetwin.backtest.lockstep import LockStep, NeedsEngines, Window
 from livetwin.backtest.report import summary
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.spec.types import CompiledType
@@ -235,7 +235,7 @@ class BacktestService:
         log: Callable[[str], None] = lambda _: None,
     ) -> dict:
         """Run the back-test, keep its report under `run_id` with a lineage node; a summary."""
-        started_ms, started = self.clock(), time.perf_counter()
+        started_ms, started, cpu = self.clock(), time.perf_counter(), time.thread_time()
         loaded = self._start(plan.type, plan.window)
         engine, seq = loaded if loaded else (None, 0)
         total = self.core.store.journal_size(after=seq)[1]
@@ -252,17 +252,25 @@ class BacktestService:
                 progress(done, total)
 
         main = self._lockstep(plan, engine, plan.uids, plan.plot, step, cancelled)
-        main.feed(self.reader.journal(seq))
+        try:
+            main.feed(self.reader.journal(seq))
+        except NeedsEngines as why:
+            log(f"{why}: replaying again with the candidate as a second engine")
+            done, loaded = 0, self._start(plan.type, plan.window)
+            engine = loaded[0] if loaded else None
+            main = self._lockstep(plan, engine, plan.uids, plan.plot, step, cancelled, False)
+            main.feed(self.reader.journal(seq))
         report = main.report()
         seconds = time.perf_counter() - started
         report["seconds"] = round(seconds, 3)
         report["observations_per_s"] = round(main.replayed / seconds) if seconds else None
+        report["cpu_seconds"] = round(time.thread_time() - cpu, 3)
         watch = self._worst(report, main, plan.plot)
         if len(watch) > len(plan.plot):  # a second, narrow pass for the worst twins' series
             log(f"series of {len(watch)} twins")
             loaded = self._start(plan.type, plan.window)
             engine = loaded[0] if loaded else None
-            narrow = self._lockstep(plan, engine, watch, watch, None, cancelled)
+            narrow = self._lockstep(plan, engine, watch, watch, None, cancelled, main.use_overlay)
             narrow.feed(self.reader.journal(seq))
             report["series"] = narrow.report()["series"]
         report["id"] = run_id
@@ -277,7 +285,7 @@ class BacktestService:
         )
         return summary(report)
 
-    def _lockstep(self, plan, engine, uids, watch, step, cancelled) -> LockStep:
+    def _lockstep(self, plan, engine, uids, watch, step, cancelled, overlay=True) -> LockStep:
         state = engine.states.get(plan.type) if engine is not None else None
         others = {n: s for n, s in engine.states.items() if n != plan.type} if engine else None
         return LockStep(
@@ -292,6 +300,7 @@ class BacktestService:
             version_of=self._recorded_version,
             progress=step,
             cancelled=cancelled,
+            overlay=overlay,
         )
 
     def _recorded_version(self, entry) -> CompiledType:

@@ -8,6 +8,7 @@ means "absent").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import msgspec
 import numpy as np
@@ -67,7 +68,7 @@ class Batch:
             }
         return Batch(
             batches[0].type,
-            [t for b in batches for t in b.twins],
+            list(chain.from_iterable(b.twins for b in batches)),
             np.concatenate([b.ts for b in batches]),
             names,
             values,

@@ -9,7 +9,7 @@ twin's newest applied one is kept in history and changes only the twin's stamped
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -146,9 +146,13 @@ class Engine:
             )
         return None
 
-    def apply(self, batch: Batch, *, record: bool = True) -> Applied:
+    def apply(
+        self, batch: Batch, *, record: bool = True, on_wave: Callable | None = None
+    ) -> Applied:
         """Apply a checked batch. Creates twins on their first observation. `record=False`
-        skips the per-observation history rows (replay when history is already stored)."""
+        skips the per-observation history rows (replay when history is already stored).
+        `on_wave(state, rows, ts, present, positions)` runs after each wave's derived values
+        (a back-test's candidate overlay evaluates its own there)."""
         st = self.states[batch.type]
         self.aggregates.ready(st)
         rows, created = self._rows(st, batch)
@@ -181,6 +185,8 @@ class Engine:
                 st.value_ts[slot, r[seen]] = t[seen]
             st.last_ts[r] = t
             self._evaluate(st, r, t, present, sel, out)
+            if on_wave is not None:
+                on_wave(st, r, t, present, sel)
         updated = self.aggregates.changed(st, rows, batch.ts)
         return Applied(
             st.ctype.name,
@@ -208,13 +214,17 @@ class Engine:
         missing = np.flatnonzero(rows < 0)
         created: list[str] = []
         if len(missing):
-            first = {}  # new twin -> position of its first observation
-            for i in missing.tolist():
-                first.setdefault(batch.twins[i], i)
-            created = list(first)
-            positions = list(first.values())
+            if batch.uids is not None:  # the first observation of each new uid, in batch order
+                _, first = np.unique(batch.uids[missing], return_index=True)
+                positions = missing[np.sort(first)].tolist()
+                created = [batch.twins[i] for i in positions]
+            else:
+                seen = {}  # new twin -> position of its first observation
+                for i in missing.tolist():
+                    seen.setdefault(batch.twins[i], i)
+                created, positions = list(seen), list(seen.values())
             parents = (
-                [batch.parents[i] for i in positions] if batch.parents else [None] * len(first)
+                [batch.parents[i] for i in positions] if batch.parents else [None] * len(created)
             )
             if batch.uids is not None:
                 uids = batch.uids[positions]
@@ -225,7 +235,10 @@ class Engine:
             self.aggregates.linked(st, range(start, len(st)))
             self.next_uid = max(self.next_uid, int(uids.max()) + 1)
             self.type_of.update(dict.fromkeys(created, st.ctype.name))
-            rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
+            if batch.uids is not None:
+                rows[missing] = st.rows_of(batch.uids[missing])
+            else:
+                rows[missing] = [st.index[batch.twins[i]] for i in missing.tolist()]
         if batch.parents is not None:
             moved = {}
             for i, parent in enumerate(batch.parents):

@@ -9,7 +9,7 @@ caller persists the transitions (the alarm service, or a test replaying a journa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -162,27 +162,58 @@ def evaluate(
     """Run the type's rules over the batch, observation by observation, in per-twin order;
     `state` is updated and the transitions are returned in order."""
     out: list[Transition] = []
-    if not ctype.rules or applied.values is None:
+    seen = observed(state, ctype, applied, read, ctype.rules.values())
+    if seen is None:
         return out
+    twins = [applied.twins[i] for i in seen.rows.tolist()]
+    for rule in ctype.rules.values():
+        _run_rule(state, ctype.name, rule, seen.env, twins, seen.ts, seen.starts, out)
+    return out
+
+
+@dataclass
+class Observed:
+    """A batch's fresh observations of one type in per-twin order (by uid, then batch order):
+    their positions in the batch (`rows`), twins, times, where each twin's run `starts`, and
+    the values the rules read as they were right after each (`env`)."""
+
+    rows: np.ndarray
+    uids: np.ndarray
+    ts: np.ndarray
+    starts: np.ndarray
+    env: dict[str, np.ndarray]
+
+
+def observed(
+    state: RuleState,
+    ctype: CompiledType,
+    applied: Applied,
+    read: ReadCurrent,
+    rules: Iterable[CompiledRule],
+) -> Observed | None:
+    """What `rules` of `ctype` see of an applied batch (None: nothing fresh); `state.last`
+    carries inputs forward between batches."""
+    rules = list(rules)
+    if not rules or applied.values is None:
+        return None
     fresh = np.flatnonzero(applied.fresh)  # a late observation did not change state
     if len(fresh) == 0:
-        return out
-    uids, ts = applied.uids[fresh], applied.ts[fresh]
-    order = np.argsort(uids, kind="stable")
-    uids, ts, rows = uids[order], ts[order], fresh[order]
-    twins = [applied.twins[i] for i in rows.tolist()]
+        return None
+    uids, ts, rows = applied.uids[fresh], applied.ts[fresh], fresh
+    if not (uids[1:] >= uids[:-1]).all():  # often already in uid order
+        order = np.argsort(uids, kind="stable")
+        uids, ts, rows = uids[order], ts[order], fresh[order]
     m = len(rows)
     starts = np.ones(m, dtype=bool)
     np.not_equal(uids[1:], uids[:-1], out=starts[1:])
     group_start = np.maximum.accumulate(np.where(starts, np.arange(m), 0))
     seed = _seeder(ctype, applied, read)
-    env = _environment(state, ctype, applied, rows, uids, starts, group_start, seed)
-    for rule in ctype.rules.values():
-        _run_rule(state, ctype.name, rule, env, twins, ts, starts, out)
-    return out
+    names = sorted({n for rule in rules for n in rule.names})
+    env = _environment(state, ctype, applied, names, rows, uids, starts, group_start, seed)
+    return Observed(rows, uids, ts, starts, env)
 
 
-def _environment(state, ctype, applied, rows, uids, starts, group_start, seed) -> dict:
+def _environment(state, ctype, applied, names, rows, uids, starts, group_start, seed) -> dict:
     """The values of the names the rules read, as they were right after each observation.
 
     Derived values are recorded after each observation; inputs an observation did not set
@@ -190,7 +221,6 @@ def _environment(state, ctype, applied, rows, uids, starts, group_start, seed) -
     """
     index = ctype.column_index()
     inputs = set(ctype.inputs)
-    names = sorted({n for rule in ctype.rules.values() for n in rule.names})
     last = state.last.setdefault(ctype.name, LastValues())
     for name in names:
         if name in inputs:

@@ -173,13 +173,25 @@ def _bucket_index(spec: WindowSpec, ts: np.ndarray) -> np.ndarray:
 
 def _in_window(spec: WindowSpec, held: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """(M, B) mask of the slots whose bucket is in the window ending at `ts`: (b_now - B, b_now]."""
-    age = _bucket_index(spec, ts)[:, None] - held
-    return (age >= 0) & (age < spec.buckets)
+    age = np.subtract(_bucket_index(spec, ts)[:, None], held)
+    return age.view(np.uint64) < spec.buckets  # a negative age is a huge unsigned one
 
 
 def _masked_sum(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Row sums of the (M, B) `values` where `inside`."""
-    return np.einsum("ij,ij->i", values, inside)
+    """Row sums of the (M, B) `values` where `inside` (a bool mask, or its 0/1 floats)."""
+    return np.einsum("ij,ij->i", values, inside.astype(np.float64, copy=False))
+
+
+def _flat(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A 1-d view of `arrays[name]` (made contiguous first if it is not), written through."""
+    if not arrays[name].flags.c_contiguous:
+        arrays[name] = np.ascontiguousarray(arrays[name])
+    return arrays[name].reshape(-1)
+
+
+def _rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` (a copy): `take` gathers whole rows faster than fancy indexing."""
+    return array.take(rows, axis=0)
 
 
 class BucketState(WindowState):
@@ -227,51 +239,55 @@ class BucketState(WindowState):
         return self._read(rows, ts)
 
     def _add(self, rows: np.ndarray, ts: np.ndarray, x: np.ndarray) -> None:
-        a = self.arrays
+        # (row, slot) as one index into the flattened (capacity * B) arrays: 1-d take and put
+        a = {name: _flat(self.arrays, name) for name in self.arrays}
         bucket = _bucket_index(self.spec, ts)
-        slot = bucket % self.spec.buckets
-        held = a["bucket"][rows, slot]
+        at = rows * self.spec.buckets + bucket % self.spec.buckets
+        held = a["bucket"].take(at)
         keep = held <= bucket  # a sample older than its slot's bucket is ignored
-        rows, slot, ts, x, bucket = rows[keep], slot[keep], ts[keep], x[keep], bucket[keep]
-        at = (rows, slot)
-        fresh = held[keep] < bucket  # the slot held an older bucket (or nothing): reset it
+        if not keep.all():
+            at, ts, x, bucket, held = at[keep], ts[keep], x[keep], bucket[keep], held[keep]
+        fresh = held < bucket  # the slot held an older bucket (or nothing): reset it
         a["bucket"][at] = bucket
         if "sum" in a:
-            a["sum"][at] = np.where(fresh, x, a["sum"][at] + x)
+            a["sum"][at] = np.where(fresh, x, a["sum"].take(at) + x)
         if "count" in a:
-            a["count"][at] = np.where(fresh, 1.0, a["count"][at] + 1.0)
+            a["count"][at] = np.where(fresh, 1.0, a["count"].take(at) + 1.0)
         if "min" in a:
-            a["min"][at] = np.where(fresh, x, np.minimum(a["min"][at], x))
+            a["min"][at] = np.where(fresh, x, np.minimum(a["min"].take(at), x))
         if "max" in a:
-            a["max"][at] = np.where(fresh, x, np.maximum(a["max"][at], x))
+            a["max"][at] = np.where(fresh, x, np.maximum(a["max"].take(at), x))
         if "first" in a:
-            first = fresh | (ts < a["first_ts"][at])
-            last = fresh | (ts >= a["last_ts"][at])
+            first = fresh | (ts < a["first_ts"].take(at))
+            last = fresh | (ts >= a["last_ts"].take(at))
             for name, new, replace in (("first", x, first), ("first_ts", ts, first)):
-                a[name][at] = np.where(replace, new, a[name][at])
+                a[name][at] = np.where(replace, new, a[name].take(at))
             for name, new, replace in (("last", x, last), ("last_ts", ts, last)):
-                a[name][at] = np.where(replace, new, a[name][at])
+                a[name][at] = np.where(replace, new, a[name].take(at))
 
     def _read(self, rows: np.ndarray, ts: np.ndarray) -> np.ndarray:
         a, func = self.arrays, self.spec.func
-        inside = _in_window(self.spec, a["bucket"][rows], ts)
+        inside = _in_window(self.spec, _rows(a["bucket"], rows), ts)
         if func in ("count", "sum"):
-            return _masked_sum(a[func][rows], inside)
+            return _masked_sum(_rows(a[func], rows), inside)
         if func == "avg":
+            weight = inside.astype(np.float64)
             with np.errstate(invalid="ignore"):
-                return _masked_sum(a["sum"][rows], inside) / _masked_sum(a["count"][rows], inside)
+                return _masked_sum(_rows(a["sum"], rows), weight) / _masked_sum(
+                    _rows(a["count"], rows), weight
+                )
         if func in ("min", "max"):  # samples are finite, so an infinite result means no sample
             if func == "min":
-                extreme = np.where(inside, a["min"][rows], np.inf).min(axis=1)
+                extreme = np.where(inside, _rows(a["min"], rows), np.inf).min(axis=1)
             else:
-                extreme = np.where(inside, a["max"][rows], -np.inf).max(axis=1)
+                extreme = np.where(inside, _rows(a["max"], rows), -np.inf).max(axis=1)
             return np.where(np.isinf(extreme), np.nan, extreme)
         return self._read_first_last(rows, inside)
 
     def _read_first_last(self, rows: np.ndarray, inside: np.ndarray) -> np.ndarray:
         a = self.arrays
-        first_ts = np.where(inside, a["first_ts"][rows], _LATEST)
-        last_ts = np.where(inside, a["last_ts"][rows], _NEVER)
+        first_ts = np.where(inside, _rows(a["first_ts"], rows), _LATEST)
+        last_ts = np.where(inside, _rows(a["last_ts"], rows), _NEVER)
         first_slot, last_slot = first_ts.argmin(axis=1), last_ts.argmax(axis=1)
         each = np.arange(len(rows))
         change = np.where(
@@ -308,8 +324,8 @@ class TimeInState(WindowState):
         self._add_true_time(at[was_true], a["previous_ts"][at][was_true], now[was_true])
         a["previous_ts"][at] = now
         a["previous_true"][at] = values[feed] != 0
-        inside = _in_window(self.spec, a["bucket"][rows], ts)
-        return _masked_sum(a["true_ms"][rows], inside) / 1000.0
+        inside = _in_window(self.spec, _rows(a["bucket"], rows), ts)
+        return _masked_sum(_rows(a["true_ms"], rows), inside) / 1000.0
 
     def _add_true_time(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
         """Add [start, end] to the buckets it overlaps; most intervals lie within one bucket."""
