@@ -1,0 +1,177 @@
+"""One shard: a twin core on its own PostgreSQL schema, the body of a restartable Ray actor.
+
+`Shard` is plain Python (the tests drive it in-process); `start_shards` runs one `Shard` per
+shard as a named, detached Ray actor that Ray restarts (`max_restarts=-1`) wherever there is
+room when its node is lost. A (re)started shard loads its newest snapshot and replays its
+journal tail (`TwinCore`), so it holds exactly what was acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from livetwin.core import TwinCore
+from livetwin.ingest.observations import Normalized
+from livetwin.query import Query
+from livetwin.settings import Settings
+from livetwin.spec.types import stored_spec
+
+NAMESPACE = "livetwin"  # the Ray namespace of shard actors
+SHARD_RESOURCE = "livetwin_shard"  # nodes that offer it are the only ones to host shards
+READ_RETRIES = 3  # a read is retried by Ray after a restart; ingest never is (see frontend)
+
+
+class Shard:
+    """A `TwinCore` over the shard's schema with the reads a front end routes to it."""
+
+    def __init__(self, index: int, url: str, services_url: str, settings: Settings | None = None):
+        from livetwin.store.postgres import PostgresStore
+
+        started = time.perf_counter()
+        self.index, self.services_url = index, services_url
+        self.settings = settings or Settings()
+        self._scratch = tempfile.mkdtemp(prefix=f"livetwin-shard{index:02d}-")
+        store = PostgresStore(url, max_connections=4)
+        try:  # snapshots live in PostgreSQL too: local files are only a cache
+            self.core = TwinCore(store, Path(self._scratch) / "snapshots", settings=self.settings)
+        except BaseException:
+            store.close()
+            raise
+        self.query = Query(self.core)
+        self._calibration_ports = None
+        self._calibration_lock = threading.Lock()
+        self.started_s = round(time.perf_counter() - started, 3)
+
+    def close(self) -> None:
+        self.core.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """Where the shard runs and how far it is: node, pid, twins, seq, queued work."""
+        ray = sys.modules.get("ray")  # loaded when this runs as an actor
+        node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else None
+        stats = self.core.stats()
+        return {
+            "shard": self.index,
+            "host": socket.gethostname(),
+            "node": node,
+            "pid": os.getpid(),
+            "twins": stats["twins"],
+            "last_seq": stats["last_seq"],
+            "snapshot_seq": stats["snapshot_seq"],
+            "lag": self.core.writer.queue_depth,
+            "recovered": self.core.recovered,
+            "started_s": self.started_s,
+        }
+
+    # ---- types (put on every shard by the front end) ---------------------------------------
+
+    def put_type(self, name: str, spec: dict) -> dict:
+        return self.core.put_type(name, spec)
+
+    def type_specs(self) -> dict[str, tuple[int, dict]]:
+        """Every live type's (version, spec) by name: front ends compile them to check ingest."""
+        return {
+            name: (ctype.version, stored_spec(ctype.spec))
+            for name, ctype in self.query.compiled_types().items()
+        }
+
+    def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One of the core's read views (`Query`): get_type, list_types, twin, twins,
+        history, observations, aggregate, stale_after."""
+        if method not in READS:
+            raise ValueError(f"not a shard read: {method}")
+        return getattr(self.query, method)(*args, **kwargs)
+
+    # ---- ingest ----------------------------------------------------------------------------
+
+    def ingest(self, normalized: Normalized, atomic: bool = False) -> dict:
+        """Journal (durably) and apply checked batches; answered after the commit."""
+        return self.core.submit_normalized(normalized, atomic=atomic).result().to_dict()
+
+    # ---- heavy jobs ------------------------------------------------------------------------
+
+    def calibrate(self, type_name: str, twins: list[str] | None, run: str) -> dict:
+        """Calibrate this shard's twins of a type (the batched filter over all of them)."""
+        from livetwin.jobs.calibration import calibrate
+
+        with self._calibration_lock:
+            return calibrate(self._ports(), type_name, twins, run=run)
+
+    def _ports(self):
+        if self._calibration_ports is None:
+            from functools import partial
+
+            from livetwin.jobs.ports import CalibrationPorts
+            from livetwin.registry import LineageStore
+            from livetwin.registry.store import RegistryStore
+            from livetwin.store.servicedb import open_service_db
+
+            open_db = partial(open_service_db, self._scratch, database_url=self.services_url)
+            self._calibration_ports = CalibrationPorts(
+                clock=self.core.clock,
+                reader=self.query,
+                ingest=self.core,
+                store=self.core.store,
+                lineage=LineageStore(open_db, clock=self.core.clock),
+                models=RegistryStore(open_db),
+            )
+        return self._calibration_ports
+
+
+READS = frozenset(
+    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate"}
+)
+
+
+def shard_name(cluster: str, index: int) -> str:
+    """The Ray actor name of a shard."""
+    return f"{cluster}-shard-{index:02d}"
+
+
+def start_shards(meta, *, settings: Settings | None = None, restart_timeout_s: float = 60) -> list:
+    """A handle on every shard actor of the cluster, creating those that do not run yet
+    (named and detached: they outlive the front end that created them)."""
+    import ray
+
+    placement: dict[str, Any] = {"num_cpus": 0}
+    if ray.cluster_resources().get(SHARD_RESOURCE):
+        placement["resources"] = {SHARD_RESOURCE: 0.001}
+    actor = ray.remote(Shard)
+    handles = []
+    for index, url in enumerate(meta.shard_urls):
+        handles.append(
+            actor.options(
+                name=shard_name(meta.name, index),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                max_restarts=-1,
+                max_task_retries=READ_RETRIES,
+                max_concurrency=32,
+                scheduling_strategy="SPREAD",
+                **placement,
+            ).remote(index, url, meta.services_url, settings)
+        )
+    return handles
+
+
+def stop_shards(meta) -> None:
+    """Kill every shard actor of the cluster (their state is durable in PostgreSQL)."""
+    import ray
+
+    for index in range(meta.shards):
+        try:
+            ray.kill(ray.get_actor(shard_name(meta.name, index), namespace=NAMESPACE))
+        except ValueError:
+            pass

@@ -1,0 +1,208 @@
+"""Cluster mode without Ray: the twin hash, the metadata's refusals, and a front end over four
+shards in this process (routing, paging, the 503 partial answer, atomic across shards)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+
+import pytest
+from cluster_support import LocalShards
+from conftest import PUMP, T0
+from fastapi.testclient import TestClient
+from postgres_support import PG_URL, require_postgres
+
+from livetwin.api.cluster import create_cluster_app
+from livetwin.cluster.frontend import ClusterFrontend
+from livetwin.cluster.meta import (
+    drop_cluster,
+    open_cluster,
+    shard_of,
+    shards_of,
+    with_schema,
+)
+from livetwin.errors import InvalidInput, Unavailable
+
+pytestmark = pytest.mark.services  # PostgreSQL
+
+
+def test_a_twin_s_shard_is_crc32_of_its_utf8_id_modulo_the_shard_count():
+    assert shard_of("pump-1", 8) == zlib.crc32(b"pump-1") % 8 == 6  # 1738268294 % 8
+    assert shard_of("plant-a/pump-7", 4) == 0
+    assert shard_of("ü", 5) == zlib.crc32("ü".encode()) % 5
+    ids = [f"t{i}" for i in range(1000)]
+    assert shards_of(ids, 8) == [shard_of(t, 8) for t in ids]
+    assert set(shards_of(ids, 8)) == set(range(8))  # spread over every shard
+
+
+def test_with_schema_sets_the_search_path_and_keeps_the_rest():
+    url = with_schema("postgresql://u@h:5432/db?sslmode=require&options=-cx%3D1", "s_01")
+    assert url == "postgresql://u@h:5432/db?sslmode=require&options=-csearch_path%3Ds_01"
+
+
+@pytest.fixture
+def cluster_name():
+    require_postgres()
+    name = f"lt{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_cluster(PG_URL, name)
+
+
+def test_the_shard_count_is_fixed_at_creation(cluster_name):
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    assert meta.shards == 4 and len(meta.shard_urls) == 4
+    assert meta.shard_urls[2].endswith(f"search_path%3D{cluster_name}_shard_02")
+    assert open_cluster(PG_URL, name=cluster_name) == meta  # joining needs no count
+    assert open_cluster(PG_URL, shards=4, name=cluster_name) == meta
+    with pytest.raises(InvalidInput) as refused:
+        open_cluster(PG_URL, shards=8, name=cluster_name)
+    assert "has 4 shards; it cannot start with 8" in refused.value.message
+    assert refused.value.field == "shards" and "--shards 4" in refused.value.fix
+
+
+def test_another_livetwin_version_is_refused(cluster_name):
+    open_cluster(PG_URL, shards=2, name=cluster_name)
+    with pytest.raises(Unavailable) as refused:
+        open_cluster(PG_URL, name=cluster_name, version="0.0.1")
+    assert "runs livetwin 0.1.0; this is livetwin 0.0.1" in refused.value.message
+    assert refused.value.field == "version"
+
+
+def test_joining_a_cluster_that_does_not_exist_needs_a_shard_count(cluster_name):
+    with pytest.raises(InvalidInput, match="no cluster") as refused:
+        open_cluster(PG_URL, name=cluster_name)
+    assert refused.value.field == "shards"
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        (None, "no database is configured"),
+        ("sqlite:///x.db", "needs a postgresql:// database URL"),
+        ("postgresql://postgres@127.0.0.1:1/x", "cannot connect to PostgreSQL"),
+    ],
+)
+def test_cluster_mode_needs_a_reachable_postgresql(url, says):
+    with pytest.raises(Unavailable, match=says) as refused:
+        open_cluster(url, shards=2, name="ltnever")
+    assert refused.value.field == "database" and "--database" in refused.value.fix
+
+
+def test_shards_may_live_in_several_databases(cluster_name):
+    other = PG_URL.rsplit("/", 1)[0] + "/postgres"
+    meta = open_cluster(PG_URL, shards=3, name=cluster_name, databases=[PG_URL, other])
+    assert [u.split("?")[0] for u in meta.shard_urls] == [PG_URL, other, PG_URL]
+
+
+# ---- a front end over shards in this process -------------------------------------------------
+
+
+@pytest.fixture
+def front(cluster_name):
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards = LocalShards(meta)
+    try:
+        frontend = ClusterFrontend(meta, shards, write_timeout_s=10)
+        with TestClient(create_cluster_app(frontend)) as client:
+            assert client.put("/api/types/pump", json=PUMP).status_code == 200
+            yield client, shards, frontend
+    finally:
+        shards.close()
+
+
+def rows(n: int, twins: int = 20, key: str | None = "k") -> list[dict]:
+    out = []
+    for i in range(n):
+        row = {"twin": f"p{i % twins}", "type": "pump", "ts": T0 + i, "values": {"flow": i}}
+        if key:
+            row["key"] = f"{key}{i}"
+        out.append(row)
+    return out
+
+
+def test_a_batch_is_split_by_shard_and_reads_go_to_the_owner(front):
+    client, shards, _ = front
+    answer = client.post("/api/ingest", json=rows(100))
+    assert answer.status_code == 200
+    assert answer.json() == {"accepted": 100, "duplicates": 0, "rejected": []}
+    for i in range(20):  # each twin lives on its shard only
+        owner = shard_of(f"p{i}", 4)
+        assert [s.core.engine.twin_count() and f"p{i}" in s.core.engine.states["pump"].index
+                for s in shards.shards].count(True) == 1  # fmt: skip
+        assert f"p{i}" in shards.shards[owner].core.engine.states["pump"].index
+    twin = client.get("/api/twins/p3").json()
+    assert twin["properties"]["flow"] == 83 and twin["id"] == "p3"
+    assert client.get("/api/twins/p3/history?names=flow").json()["series"]["flow"][-1] == 83
+    assert len(client.get("/api/twins/p3/observations?limit=3").json()) == 3
+    assert client.get("/api/twins/nope").status_code == 404
+    types = client.get("/api/types").json()
+    assert [(t["name"], t["twins"]) for t in types] == [("pump", 20)]
+    again = client.post("/api/ingest", json=rows(100))  # a retry: stored once
+    assert again.json() == {"accepted": 0, "duplicates": 100, "rejected": []}
+
+
+def test_fleet_lists_fan_out_and_page_over_the_shards(front):
+    client, _, _ = front
+    client.post("/api/ingest", json=rows(40, twins=40))
+    seen = []
+    for offset in range(0, 40, 7):
+        page = client.get(f"/api/twins?type=pump&limit=7&offset={offset}").json()
+        assert page["total"] == 40
+        seen += [t["id"] for t in page["items"]]
+    assert sorted(seen) == sorted(f"p{i}" for i in range(40))  # each once, none missing
+    hot = client.get("/api/twins?type=pump&where=flow >= 30&limit=100").json()
+    assert hot["total"] == 10
+    assert {t["id"] for t in hot["items"]} == {f"p{i}" for i in range(30, 40)}
+
+
+def test_a_shard_that_is_down_refuses_its_rows_with_503_and_the_rest_are_stored(front):
+    client, shards, frontend = front
+    shards.down.add(shard_of("p0", 4))
+    down = shard_of("p0", 4)
+    batch = rows(20)
+    answer = client.post("/api/ingest", json=batch)
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
+    body = answer.json()
+    refused = [r["index"] for r in body["unavailable"]]
+    assert refused == [i for i, r in enumerate(batch) if shard_of(r["twin"], 4) == down]
+    assert body["accepted"] == 20 - len(refused) > 0
+    assert {r["shard"] for r in body["unavailable"]} == {down}
+    assert client.get("/api/twins/p0").status_code == 503  # its reads too, with the fix
+    assert "retry" in client.get("/api/twins/p0").json()["error"]["fix"]
+    shards.down.clear()  # back: the probe marks it live, the retry lands the rest once
+    deadline = time.monotonic() + 20
+    while frontend.state(down) != "live" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = client.post("/api/ingest", json=batch).json()
+    assert again == {"accepted": len(refused), "duplicates": 20 - len(refused), "rejected": []}
+    view = client.get("/api/cluster").json()
+    assert view["cluster"] is True and view["live"] == 4 and view["twins"] == 20
+    assert [s["state"] for s in view["shard_list"]] == ["live"] * 4
+
+
+def test_atomic_across_shards_is_a_clear_400_and_within_one_shard_it_works(front):
+    client, _, _ = front
+    answer = client.post("/api/ingest?atomic=true", json=rows(20))
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["field"] == "atomic" and "one shard" in error["message"]
+    one = [r for r in rows(20) if shard_of(r["twin"], 4) == shard_of("p0", 4)]
+    assert client.post("/api/ingest?atomic=true", json=one).json()["accepted"] == len(one)
+
+
+def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
+    client, _, _ = front
+    for method, path in [("GET", "/api/alarms"), ("GET", "/api/stream"),
+                         ("POST", "/api/twins"), ("GET", "/api/schedules")]:  # fmt: skip
+        answer = client.request(method, path, json={"id": "x", "type": "pump"})
+        assert answer.status_code == 501, (method, path)
+        error = answer.json()["error"]
+        assert "cluster" in error["message"] and "docs/cluster.md" in error["fix"]
+
+
+def test_bad_rows_are_rejected_by_the_front_end_before_any_shard(front):
+    client, _, _ = front
+    answer = client.post("/api/ingest", json=[{"twin": "p1", "type": "nope", "values": {"a": 1}}])
+    assert answer.status_code == 422
+    assert answer.json()["rejected"][0]["field"] == "type"
