@@ -14,9 +14,6 @@ from livetwin.cli import app
 from livetwin.settings import MqttConnection, Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-# `serve --cluster` and `--shards` come with cluster mode (built on another branch); until it
-# has landed they are exempt from the check that every option exists.
-CLUSTER_OPTIONS = {"--cluster", "--shards"}
 
 
 def load(name: str) -> list[dict]:
@@ -38,7 +35,7 @@ def check_livetwin_args(args: list[str]) -> None:
     sub = command.commands[args[0]]
     known = {opt for param in sub.params for opt in [*param.opts, *param.secondary_opts]}
     used = {a for a in args[1:] if a.startswith("--")}
-    assert used - known - CLUSTER_OPTIONS == set(), f"unknown options of {args[0]}"
+    assert used - known == set(), f"unknown options of {args[0]}"
 
 
 def check_env(env: dict[str, str] | list[dict]) -> None:
