@@ -88,11 +88,12 @@ def open_frontend(
     import time
 
     ray_address(address)
-    meta = open_cluster(database, shards=shards, name=name)  # PostgreSQL checks first: cheap
+    open_cluster(database, shards=shards, name=name, create=False)  # cheap checks first
     connect_ray(address)
     import ray
 
     try:
+        meta = open_cluster(database, shards=shards, name=name)
         handles = start_shards(meta)
         calls = {i: h.info.remote() for i, h in enumerate(handles)}
         deadline = time.monotonic() + ready_timeout_s

@@ -131,12 +131,14 @@ def open_cluster(
     name: str = "livetwin",
     databases: Sequence[str] = (),
     version: str = __version__,
+    create: bool = True,
 ) -> ClusterMeta:
     """The cluster `name` stored in the database at `url`, created with `shards` shards when it
     does not exist (shard i's schema lives in `databases[i % len(databases)]`, default `url`).
 
     Refused with a clear error: no PostgreSQL, no shard count for a new cluster, another shard
-    count than the stored one, another livetwin version than the one that created it.
+    count than the stored one, another livetwin version than the one that created it. With
+    `create=False` it only checks (nothing is written): what a start does before it commits.
     """
     url = check_database_url(url)
     name = check_name(name)
@@ -148,6 +150,7 @@ def open_cluster(
         )
     for database in databases:
         check_database_url(database)
+    import psycopg
     from psycopg import sql
 
     schema = sql.Identifier(f"{name}_cluster")
@@ -214,6 +217,8 @@ def open_cluster(
                 sql.SQL("SELECT url FROM {}.shards ORDER BY shard").format(schema)
             )
         )
+        if not create:
+            raise psycopg.Rollback()  # a check only: nothing stays written
     return ClusterMeta(name, stored_shards, stored_version, urls, created, url)
 
 

@@ -73,6 +73,9 @@ def test_joining_a_cluster_that_does_not_exist_needs_a_shard_count(cluster_name)
     with pytest.raises(InvalidInput, match="no cluster") as refused:
         open_cluster(PG_URL, name=cluster_name)
     assert refused.value.field == "shards"
+    assert open_cluster(PG_URL, shards=2, name=cluster_name, create=False).shards == 2
+    with pytest.raises(InvalidInput, match="no cluster"):  # a check writes nothing
+        open_cluster(PG_URL, name=cluster_name)
 
 
 @pytest.mark.parametrize(
@@ -206,3 +209,32 @@ def test_bad_rows_are_rejected_by_the_front_end_before_any_shard(front):
     answer = client.post("/api/ingest", json=[{"twin": "p1", "type": "nope", "values": {"a": 1}}])
     assert answer.status_code == 422
     assert answer.json()["rejected"][0]["field"] == "type"
+
+
+# ---- serve --cluster refuses what cannot work, before it serves -----------------------------
+
+
+def test_serve_cluster_refusals_name_the_fix(cluster_name, monkeypatch):
+    from cli_support import refused, run
+
+    monkeypatch.delenv("LIVETWIN_DATABASE_URL", raising=False)
+    port = ["--port", "18731"]
+    refused(run("serve", "--cluster", "auto", "--shards", "2", *port), "needs PostgreSQL")
+    refused(run("serve", "--shards", "2", *port), "--shards needs --cluster")
+    db = ["--database", PG_URL, "--cluster-name", cluster_name]
+    refused(run("serve", "--cluster", "head::", *db, *port), "is not a Ray address")
+    refused(
+        run("serve", "--cluster", "127.0.0.1:1", "--shards", "2", *db, *port),
+        "no Ray cluster answers at 127.0.0.1:1",
+        "ray start --head",
+    )
+    open_cluster(PG_URL, shards=4, name=cluster_name)
+    refused(
+        run("serve", "--cluster", "auto", "--shards", "8", *db, *port),
+        "has 4 shards; it cannot start with 8",
+        "--shards 4",
+    )
+    refused(
+        run("serve", "--cluster", "auto", "--mqtt", "127.0.0.1:1883", *db, *port),
+        "MQTT and OPC UA ingest are not served by a cluster front end",
+    )
