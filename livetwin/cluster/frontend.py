@@ -478,9 +478,12 @@ class ClusterFrontend:
         if failures:
             raise self._refusal(*sorted(failures))
         records = [answers[i] for i in sorted(answers)]
-        merged = dict(records[0])
-        for key in ("twins", "steps", "calibrated"):
+        merged = dict(max(records, key=lambda r: r.get("twins") or 0))
+        for key in ("twins", "calibrated"):
             merged[key] = sum(r.get(key) or 0 for r in records)
+        merged["steps"] = max(r.get("steps") or 0 for r in records)
+        statuses = {r.get("status") for r in records if r.get("twins")} or {"no-data"}
+        merged["status"] = statuses.pop() if len(statuses) == 1 else "partial"
         for key in ("failed", "skipped"):
             merged[key] = {k: v for r in records for k, v in (r.get(key) or {}).items()}
         merged["shards"] = {i: answers[i] for i in sorted(answers)}

@@ -238,3 +238,31 @@ def test_serve_cluster_refusals_name_the_fix(cluster_name, monkeypatch):
         run("serve", "--cluster", "auto", "--mqtt", "127.0.0.1:1883", *db, *port),
         "MQTT and OPC UA ingest are not served by a cluster front end",
     )
+
+
+# ---- heavy jobs fan out ----------------------------------------------------------------------
+
+
+def test_calibrating_a_type_runs_on_every_shard_at_once(front):
+    from calibration_support import STEP_MS
+
+    from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, observations, roller_fleet
+
+    client, shards, _ = front
+    spec = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "backend": "numpy"}}
+    assert client.put("/api/types/roller_line", json=spec).status_code == 200
+    ids = [f"line-{i}" for i in range(8)]
+    sim = roller_fleet(len(ids), seed=3)
+    rows = []
+    for k in range(120):
+        rows += observations(sim.step(), ids, T0 + k * STEP_MS)
+    assert client.post("/api/ingest", json=rows).json()["accepted"] == len(rows)
+    record = client.post("/api/types/roller_line/calibrate").json()
+    assert record["status"] == "succeeded" and record["calibrated"] == record["twins"] == 8
+    by_shard = {int(i): r["twins"] for i, r in record["shards"].items()}
+    assert by_shard == {i: sum(shard_of(t, 4) == i for t in ids) for i in range(4)}
+    assert len({r["run"] for r in record["shards"].values()}) == 1  # one run, every shard
+    line = client.get("/api/twins/line-3").json()
+    assert 0.005 < line["parameters"][DRAGS[0]] < 0.08  # calibrated in place, on its shard
+    one = client.post("/api/twins/line-3/calibrate").json()  # one twin: its shard only
+    assert list(one["shards"]) == [str(shard_of("line-3", 4))]
