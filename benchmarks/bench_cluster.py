@@ -44,7 +44,7 @@ READS = 500
 
 def main(json_only: bool = False, quick: bool = False) -> None:
     report = Report(json_only, quick)
-    batches = 60 if quick else 200
+    batches = 100 if quick else 400
     kills = 2 if quick else 5
     recovery_twins = 10_000 if quick else 100_000  # per shard
     rng = np.random.default_rng(1)

@@ -11,15 +11,18 @@ Ray actors in a deployment (`RayShards`), plain objects in the unit tests.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
 from livetwin.cluster.meta import ClusterMeta, shards_of
+from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.errors import InvalidInput, LivetwinError, Unavailable
 from livetwin.ingest.observations import Normalized, Rejection, normalize
@@ -78,6 +81,43 @@ class RayShards:
         return remote.remote(*args, **kwargs).future()
 
 
+class _Sender:
+    """The writes for one shard: parts queued while a call is in flight go together in the
+    next one, so HTTP requests become few, large actor calls (and one commit on the shard)."""
+
+    MAX_PARTS = 64
+
+    def __init__(self, frontend: ClusterFrontend, index: int):
+        self.frontend, self.index = frontend, index
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"shard-{index}-sender", daemon=True).start()
+
+    def send(self, part: bytes, atomic: bool) -> Future:
+        """A future of the shard's answer to one part (its IngestResult as a dict)."""
+        future: Future = Future()
+        self.queue.put((part, atomic, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            group = [self.queue.get()]
+            while len(group) < self.MAX_PARTS:
+                try:
+                    group.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            parts, atomic = [g[0] for g in group], [g[1] for g in group]
+            call = {self.index: self.frontend.shards.call(
+                self.index, "ingest_parts", parts, atomic, retry=False
+            )}  # fmt: skip
+            answers, failures = self.frontend._gather(call, self.frontend.write_timeout_s)
+            for i, (_, _, future) in enumerate(group):
+                if self.index in answers:
+                    future.set_result(answers[self.index][i])
+                else:
+                    future.set_exception(failures[self.index])
+
+
 @dataclass
 class ClusterIngestResult:
     """What a cluster ingest stored; `unavailable` lists the rows of shards that could not take
@@ -131,6 +171,7 @@ class ClusterFrontend:
         self._since = [time.monotonic()] * shards.count
         self._probes: set[int] = set()
         self._mutex = threading.Lock()
+        self._senders = [_Sender(self, i) for i in range(shards.count)]
         self.recovered = {"last_seq": 0}
         self._refresh_types()
 
@@ -200,6 +241,7 @@ class ClusterFrontend:
             except BaseException as exc:  # noqa: BLE001 - a shard's failure, reported per shard
                 failures[index] = cause(exc)
                 if not isinstance(failures[index], LivetwinError):
+                    log.warning("shard %d failed: %r", index, failures[index])
                     self._set_state(index, RECOVERING)
         return answers, failures
 
@@ -338,33 +380,37 @@ class ClusterFrontend:
             if self._state[index] != LIVE:
                 self._refuse_rows(result, index, part)
             else:
-                calls[index] = self.shards.call(index, "ingest", part, atomic, retry=False)
+                calls[index] = self._senders[index].send(encode_part(part), atomic)
         out: Future = Future()
+        if not calls:
+            out.set_result(result)
+            return out
+        waiting = [len(calls)]
+        lock = threading.Lock()
 
-        def finish() -> None:
-            try:
-                answers, failures = self._gather(calls, self.write_timeout_s)
-                for answer in answers.values():
+        def landed(index: int, future: Future) -> None:
+            error = future.exception()
+            with lock:
+                if error is None:
+                    answer = future.result()
                     result.accepted += answer["accepted"]
                     result.duplicates += answer["duplicates"]
                     result.rejected.extend(answer["rejected"])
-                for index, error in failures.items():
-                    if isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
-                        for i in _rows(parts[index]):
-                            result.rejected.append(
-                                Rejection(i, error.field, error.message, error.fix).to_dict()
-                            )
-                    else:
-                        self._refuse_rows(result, index, parts[index])
-                result.unavailable.sort(key=lambda r: r["index"])
-                out.set_result(result)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                out.set_exception(exc)
+                elif isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
+                    result.rejected.extend(
+                        Rejection(i, error.field, error.message, error.fix).to_dict()
+                        for i in _rows(parts[index])
+                    )
+                else:
+                    self._refuse_rows(result, index, parts[index])
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+            result.unavailable.sort(key=lambda r: r["index"])
+            out.set_result(result)
 
-        if calls:
-            threading.Thread(target=finish, daemon=True).start()
-        else:
-            finish()
+        for index, future in calls.items():
+            future.add_done_callback(partial(landed, index))
         return out
 
     def _refuse_rows(self, result: ClusterIngestResult, index: int, part: Normalized) -> None:
@@ -486,6 +532,7 @@ class ClusterFrontend:
         merged["status"] = statuses.pop() if len(statuses) == 1 else "partial"
         for key in ("failed", "skipped"):
             merged[key] = {k: v for r in records for k, v in (r.get(key) or {}).items()}
+        merged["run"] = run
         merged["shards"] = {i: answers[i] for i in sorted(answers)}
         return merged
 

@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import numpy as np
+
 from livetwin.core import TwinCore
+from livetwin.engine.batch import decode_batch, encode_batch
 from livetwin.ingest.observations import Normalized
 from livetwin.query import Query
 from livetwin.settings import Settings
@@ -95,22 +99,30 @@ class Shard:
 
     # ---- ingest ----------------------------------------------------------------------------
 
-    def ingest(self, normalized: Normalized, atomic: bool = False) -> dict:
-        """Journal (durably) and apply checked batches; answered after the commit."""
-        return self.core.submit_normalized(normalized, atomic=atomic).result().to_dict()
+    def ingest_parts(self, parts: list[bytes], atomic: list[bool]) -> list[dict]:
+        """Journal (durably) and apply checked parts (`encode_part`), all handed to the writer
+        at once (one group commit); each part's IngestResult, answered after the commit."""
+        futures = [
+            self.core.submit_normalized(decode_part(part), atomic=a)
+            for part, a in zip(parts, atomic, strict=True)
+        ]
+        return [future.result().to_dict() for future in futures]
 
     # ---- heavy jobs ------------------------------------------------------------------------
 
     def calibrate(self, type_name: str, twins: list[str] | None, run: str) -> dict:
-        """Calibrate this shard's twins of a type (the batched filter over all of them)."""
+        """Calibrate this shard's twins of a type (the batched filter over all of them) as the
+        run `<run>-shard<NN>` (each shard records its own lineage node)."""
         from livetwin.jobs.calibration import calibrate
 
         with self._calibration_lock:
-            return calibrate(self._ports(), type_name, twins, run=run)
+            return calibrate(self._ports(), type_name, twins, run=f"{run}-shard{self.index:02d}")
 
     def _ports(self):
         if self._calibration_ports is None:
             from functools import partial
+
+            import psycopg
 
             from livetwin.jobs.ports import CalibrationPorts
             from livetwin.registry import LineageStore
@@ -118,16 +130,38 @@ class Shard:
             from livetwin.store.servicedb import open_service_db
 
             open_db = partial(open_service_db, self._scratch, database_url=self.services_url)
-            self._calibration_ports = CalibrationPorts(
-                clock=self.core.clock,
-                reader=self.query,
-                ingest=self.core,
-                store=self.core.store,
-                lineage=LineageStore(open_db, clock=self.core.clock),
-                models=RegistryStore(open_db),
-            )
+            with psycopg.connect(self.services_url, autocommit=True) as conn:  # one shard at a
+                conn.execute("SELECT pg_advisory_lock(hashtext('livetwin.services'))")  # time
+                self._calibration_ports = CalibrationPorts(
+                    clock=self.core.clock,
+                    reader=self.query,
+                    ingest=self.core,
+                    store=self.core.store,
+                    lineage=LineageStore(open_db, clock=self.core.clock),
+                    models=RegistryStore(open_db),
+                )
         return self._calibration_ports
 
+
+def encode_part(part: Normalized) -> bytes:
+    """A shard's share of a checked batch as bytes (cheap to send): each batch in the journal's
+    wire form with the request index of its rows."""
+    return _part_encoder.encode(
+        [(encode_batch(b), np.ascontiguousarray(i, dtype="<i8").tobytes()) for b, i in part.batches]
+    )
+
+
+def decode_part(data: bytes) -> Normalized:
+    return Normalized(
+        batches=[
+            (decode_batch(b), np.frombuffer(i, dtype="<i8").astype(np.int64))
+            for b, i in _part_decoder.decode(data)
+        ]
+    )
+
+
+_part_encoder = msgspec.msgpack.Encoder()
+_part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate"}
