@@ -4,6 +4,7 @@ LIVETWIN_* variable they set is one livetwin reads, and every `livetwin` option 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import typer
 import yaml
 
 from livetwin.cli import app
+from livetwin.cluster.shard import SHARD_RESOURCE
 from livetwin.settings import MqttConnection, Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -124,6 +126,8 @@ def test_the_kuberay_example_runs_shards_on_workers_and_stateless_front_ends():
     containers = [head_container]
     for group in spec["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        offered = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        assert offered[SHARD_RESOURCE] > 0  # the shards' nodes
         containers += group["template"]["spec"]["containers"]
     redis = {d["kind"]: d for d in load("kuberay/redis.yaml")}
     redis_address = spec["gcsFaultToleranceOptions"]["redisAddress"]
