@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from livetwin import __version__
+from livetwin.api.alarms import alarm_routes
 from livetwin.api.app import (
     FastJSON,
     calibration_routes,
@@ -50,6 +51,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     twin_read_routes(app, frontend)
     twin_routes(app, frontend)
     cluster_route(app, frontend.cluster)
+    alarm_routes(app, frontend.alarms)
     login_routes(app)
 
     @app.get("/api/health", tags=["ops"])

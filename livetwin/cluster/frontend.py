@@ -261,11 +261,19 @@ class ClusterFrontend:
         self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> dict[int, Any]:
         """Every shard's answer (fan out); 503 naming the shards that cannot answer now."""
-        down = [i for i in range(self.shards.count) if self._state[i] != LIVE]
+        calls = {i: (method, *args) for i in range(self.shards.count)}
+        return self._some(calls, timeout=timeout, **kwargs)
+
+    def _some(
+        self, calls: dict[int, tuple], *, timeout: float | None = None, **kwargs: Any
+    ) -> dict[int, Any]:
+        """The answers of some shards (`{shard: (method, *args)}`, each also given `kwargs`);
+        a shard's own error as is, 503 naming the shards that cannot answer now."""
+        down = [i for i in calls if self._state[i] != LIVE]
         if down:
             raise self._refusal(*down)
-        calls = {i: self.shards.call(i, method, *args, **kwargs) for i in range(self.shards.count)}
-        answers, failures = self._gather(calls, timeout or self.read_timeout_s)
+        futures = {i: self.shards.call(i, *call, **kwargs) for i, call in calls.items()}
+        answers, failures = self._gather(futures, timeout or self.read_timeout_s)
         for error in failures.values():
             if isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
                 raise error
@@ -536,6 +544,10 @@ class ClusterFrontend:
         merged["shards"] = {i: answers[i] for i in sorted(answers)}
         return merged
 
+    @property
+    def alarms(self) -> ClusterAlarms:
+        return ClusterAlarms(self)
+
     def calibration(self, twin_id: str) -> dict:
         raise NotServed("a twin's calibration view")
 
@@ -581,3 +593,69 @@ class ClusterFrontend:
 
 def _rows(part: Normalized) -> list[int]:
     return sorted(int(i) for _, index in part.batches for i in index)
+
+
+class ClusterAlarms:
+    """The alarm service's calls (`livetwin/api/alarms.py`) over the shards' alarm services:
+    each shard keeps its twins' alarms in its own schema; an alarm's id in the cluster is
+    `local id x shards + shard`, so a front end finds the shard from the id alone. Lists merge
+    the shards' newest first (by raise time), paged up to offset + limit <= 1000."""
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+        self.count = frontend.shards.count
+
+    def _global(self, alarm: dict, shard: int) -> dict:
+        return {**alarm, "id": alarm["id"] * self.count + shard}
+
+    def _call(self, alarm_id: int, method: str, *args: Any, **kwargs: Any) -> dict:
+        shard, local = alarm_id % self.count, alarm_id // self.count
+        found = self.frontend._one(shard, "alarm", method, local, *args, **kwargs)
+        return self._global(found, shard)
+
+    def get(self, alarm_id: int) -> dict:
+        return self._call(alarm_id, "get")
+
+    def acknowledge(self, alarm_id: int, **change: Any) -> dict:
+        return self._call(alarm_id, "acknowledge", **change)
+
+    def clear(self, alarm_id: int, **change: Any) -> dict:
+        return self._call(alarm_id, "clear", **change)
+
+    def comment(self, alarm_id: int, text: str, author: str | None = None) -> dict:
+        return self._call(alarm_id, "comment", text, author)
+
+    def list(self, *, limit: int = 100, offset: int = 0, **filters: Any) -> dict:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(
+                "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
+            )
+        if offset < 0 or offset + limit > 1000:
+            raise InvalidInput(
+                "a cluster pages alarms up to offset + limit = 1000",
+                field="offset",
+                fix="narrow the list with state, severity, type or twin",
+            )
+        twin = filters.get("twin")
+        shards = [self.frontend.shard(twin)] if twin else range(self.count)
+        calls = {i: ("alarm", "list") for i in shards}
+        answers = self.frontend._some(calls, limit=offset + limit, offset=0, **filters)
+        items = [self._global(a, i) for i, answer in answers.items() for a in answer["items"]]
+        items.sort(key=lambda a: (a["raised"], a["id"]), reverse=True)
+        return {
+            "items": items[offset : offset + limit],
+            "total": sum(answer["total"] for answer in answers.values()),
+            "offset": offset,
+            "limit": limit,
+        }
+
+    def counts(self, namespaces: frozenset[str] | None = None) -> dict:
+        """Open alarms per severity and state, summed over the shards."""
+        answers = self.frontend._all("alarm", "counts", namespaces)
+        total: dict = {}
+        for answer in answers.values():
+            for severity, states in answer.items():
+                into = total.setdefault(severity, dict.fromkeys(states, 0))
+                for state, n in states.items():
+                    into[state] += n
+        return total

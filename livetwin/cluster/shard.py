@@ -50,11 +50,32 @@ class Shard:
             store.close()
             raise
         self.query = Query(self.core)
+        self.alarms = self._start_alarms(url)
         self._calibration_ports = None
         self._calibration_lock = threading.Lock()
         self.started_s = round(time.perf_counter() - started, 3)
 
+    def _start_alarms(self, url: str):
+        """The shard's alarm service: its twins' rules, its alarms in `<shard schema>_alarms`."""
+        from functools import partial
+
+        from livetwin.actions.alarms import AlarmService
+        from livetwin.store.servicedb import open_service_db
+
+        try:
+            return AlarmService(
+                clock=self.core.clock,
+                bus=self.core.bus,
+                reader=self.query,
+                open_db=partial(open_service_db, self._scratch, database_url=url),
+                tick_s=self.settings.alarm_tick_s,
+            ).start()
+        except BaseException:
+            self.core.close()
+            raise
+
     def close(self) -> None:
+        self.alarms.stop()
         self.core.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -96,6 +117,12 @@ class Shard:
         if method not in READS:
             raise ValueError(f"not a shard read: {method}")
         return getattr(self.query, method)(*args, **kwargs)
+
+    def alarm(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One call of the shard's alarm service: list, counts, get, acknowledge, clear, comment."""
+        if method not in ALARM_CALLS:
+            raise ValueError(f"not a shard alarm call: {method}")
+        return getattr(self.alarms, method)(*args, **kwargs)
 
     # ---- ingest ----------------------------------------------------------------------------
 
@@ -163,6 +190,7 @@ def decode_part(data: bytes) -> Normalized:
 _part_encoder = msgspec.msgpack.Encoder()
 _part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
+ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate"}
 )

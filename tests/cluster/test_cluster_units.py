@@ -194,9 +194,38 @@ def test_atomic_across_shards_is_a_clear_400_and_within_one_shard_it_works(front
     assert client.post("/api/ingest?atomic=true", json=one).json()["accepted"] == len(one)
 
 
+def test_alarms_are_raised_on_every_shard_and_listed_merged(front):
+    client, shards, _ = front
+    spec = {"properties": {"temp": {}}, "rules": {"hot": {"when": "temp > 80"}}}
+    assert client.put("/api/types/boiler", json=spec).status_code == 200
+    hot = [f"b{i}" for i in range(12)]
+    rows = [{"twin": t, "type": "boiler", "ts": T0 + i, "values": {"temp": 90}}
+            for i, t in enumerate(hot)]  # fmt: skip
+    rows.append({"twin": "cool", "type": "boiler", "ts": T0, "values": {"temp": 20}})
+    assert client.post("/api/ingest", json=rows).json()["accepted"] == 13
+    for shard in shards.shards:
+        shard.alarms.sync()
+    listed = client.get("/api/alarms?state=open&limit=5").json()
+    assert listed["total"] == 12 and len(listed["items"]) == 5
+    everything = listed["items"] + client.get("/api/alarms?offset=5&limit=20").json()["items"]
+    assert sorted(a["twin"] for a in everything) == sorted(hot)  # every shard's, once
+    assert len({a["id"] for a in everything}) == 12
+    assert {a["id"] % 4 for a in everything} == {shard_of(t, 4) for t in hot}  # id -> shard
+    one = everything[0]
+    assert client.get(f"/api/alarms/{one['id']}").json()["twin"] == one["twin"]
+    acked = client.post(f"/api/alarms/{one['id']}/ack", json={"by": "op"}).json()
+    assert acked["state"] == "acknowledged" and acked["id"] == one["id"]
+    counts = client.get("/api/alarms/counts").json()
+    assert counts["total"] == {"active": 11, "acknowledged": 1, "total": 12}
+    mine = client.get("/api/alarms?twin=b3").json()["items"]
+    assert [a["twin"] for a in mine] == ["b3"]
+    too_deep = client.get("/api/alarms?offset=990&limit=20")
+    assert too_deep.status_code == 422 and too_deep.json()["error"]["field"] == "offset"
+
+
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/alarms"), ("GET", "/api/stream"),
+    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/stream"),
                          ("POST", "/api/twins"), ("GET", "/api/schedules")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
