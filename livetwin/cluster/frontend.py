@@ -31,7 +31,7 @@ from livetwin.outbound import OutboundPolicy
 from livetwin.settings import Settings
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
 from livetwin.store.servicedb import ServiceDB, open_service_db
-from livetwin.timefmt import wall_clock_ms
+from livetwin.timefmt import parse_duration, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class ClusterFrontend:
         self._probes: set[int] = set()
         self._mutex = threading.Lock()
         self._senders = [_Sender(self, i) for i in range(shards.count)]
-        self.recovered = {"last_seq": 0}
+        self.alarms = ClusterAlarms(self)
         self._refresh_types()
 
     @property
@@ -337,16 +337,11 @@ class ClusterFrontend:
         ctype = self.compiled_types().get(type_name)
         declared = ctype.spec.stale_after if ctype is not None else None
         if declared is not None:
-            from livetwin.timefmt import parse_duration
-
             return parse_duration(declared), "type"
         return None, None  # observed gaps are a single-node estimate
 
     def type_namespace(self, name: str) -> str:
         return self.get_type(name)["spec"].get("namespace") or DEFAULT_NAMESPACE
-
-    def layout(self, name: str, version: int):
-        raise NotServed("the live stream")
 
     # ---- ingest ----------------------------------------------------------------------------
 
@@ -543,10 +538,6 @@ class ClusterFrontend:
         merged["run"] = run
         merged["shards"] = {i: answers[i] for i in sorted(answers)}
         return merged
-
-    @property
-    def alarms(self) -> ClusterAlarms:
-        return ClusterAlarms(self)
 
     def calibration(self, twin_id: str) -> dict:
         raise NotServed("a twin's calibration view")

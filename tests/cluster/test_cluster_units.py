@@ -297,3 +297,19 @@ def test_calibrating_a_type_runs_on_every_shard_at_once(front):
     assert 0.005 < line["parameters"][DRAGS[0]] < 0.08  # calibrated in place, on its shard
     one = client.post("/api/twins/line-3/calibrate").json()  # one twin: its shard only
     assert list(one["shards"]) == [str(shard_of("line-3", 4))]
+
+
+def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
+    from livetwin.api.auth import install_auth
+
+    _, _, frontend = front
+    app = create_cluster_app(frontend)
+    tokens = install_auth(app, frontend, mode="tokens")
+    reader = tokens.create(name="r", scope="read", namespace="*")["token"]
+    with TestClient(app) as client:
+        assert client.get("/api/types").status_code == 401
+        authorized = {"authorization": f"Bearer {reader}"}
+        assert client.get("/api/types", headers=authorized).status_code == 200
+        refused = client.post("/api/ingest", json=rows(1), headers=authorized)
+        assert refused.status_code == 403  # read scope: no writes
+        assert client.get("/api/cluster", headers=authorized).status_code == 200
