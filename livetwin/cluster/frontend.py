@@ -24,7 +24,7 @@ import numpy as np
 from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
-from livetwin.errors import InvalidInput, LivetwinError, Unavailable
+from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
@@ -486,19 +486,36 @@ class ClusterFrontend:
     def aggregate(self, *args, **kwargs):
         raise NotServed("fleet aggregates (GET /api/types/{name}/aggregate)")
 
-    # ---- twin lifecycle --------------------------------------------------------------------
+    # ---- twin lifecycle (journaled by the twin's shard) -----------------------------------
 
     def create_twin(self, twin_id: str, type_name: str, **options: Any) -> dict:
-        raise NotServed("creating twins ahead of telemetry (POST /api/twins)")
+        return self._one(
+            self.shard(twin_id), "change", "create_twin", twin_id, type_name, **options
+        )
 
     def update_twin(self, twin_id: str, **options: Any) -> dict:
-        raise NotServed("changing twins (PATCH /api/twins/{id})")
+        return self._one(self.shard(twin_id), "change", "update_twin", twin_id, **options)
 
     def delete_twin(self, twin_id: str, **options: Any) -> dict:
-        raise NotServed("deleting twins (DELETE /api/twins/{id})")
+        return self._one(self.shard(twin_id), "change", "delete_twin", twin_id, **options)
 
-    def delete_type(self, name: str, **options: Any) -> dict:
-        raise NotServed("deleting types (DELETE /api/types/{name})")
+    def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
+        """Delete a type on every shard; without `cascade`, refused (409) before any shard
+        changes while some shard holds twins of it."""
+        if not cascade:
+            counts = {t["name"]: t["twins"] for t in self.list_types()}
+            if counts.get(name):
+                raise Conflict(
+                    f"type '{name}' has {counts[name]} twins",
+                    field="name",
+                    fix="delete them first, or send cascade=true to delete them too",
+                )
+        answers = self._all("change", "delete_type", name, cascade=cascade, purge=purge)
+        self._refresh_types()
+        merged = dict(answers[0])
+        merged["removed"] = [t for i in sorted(answers) for t in answers[i].get("removed", ())]
+        merged.pop("seq", None)  # each shard has its own journal
+        return merged
 
     # ---- heavy jobs ------------------------------------------------------------------------
 
@@ -540,10 +557,15 @@ class ClusterFrontend:
         return merged
 
     def calibration(self, twin_id: str) -> dict:
-        raise NotServed("a twin's calibration view")
+        return self._one(self.shard(twin_id), "calibration", twin_id)
 
     def calibration_runs(self, type_name: str, limit: int = 20) -> list[dict]:
-        raise NotServed("calibration run lists")
+        """Every shard's recent runs of a type (its part of each cluster run), newest first."""
+        runs = [
+            r for answer in self._all("calibration_runs", type_name, limit).values() for r in answer
+        ]
+        runs.sort(key=lambda r: str(r.get("started")), reverse=True)
+        return runs[:limit]
 
     # ---- the cluster -----------------------------------------------------------------------
 

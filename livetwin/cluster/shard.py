@@ -118,6 +118,22 @@ class Shard:
             raise ValueError(f"not a shard read: {method}")
         return getattr(self.query, method)(*args, **kwargs)
 
+    def change(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One journaled lifecycle change of the core: create_twin, update_twin, delete_twin,
+        delete_type."""
+        if method not in CHANGES:
+            raise ValueError(f"not a shard change: {method}")
+        return getattr(self.core, method)(*args, **kwargs)
+
+    def calibration(self, twin_id: str) -> dict:
+        """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
+        from livetwin.jobs.calibration import calibration_view
+
+        return calibration_view(self.query, self.core.store, twin_id)
+
+    def calibration_runs(self, type_name: str, limit: int) -> list[dict]:
+        return self.core.store.calibration_runs(type_name, limit)
+
     def alarm(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One call of the shard's alarm service: list, counts, get, acknowledge, clear, comment."""
         if method not in ALARM_CALLS:
@@ -190,6 +206,7 @@ def decode_part(data: bytes) -> Normalized:
 _part_encoder = msgspec.msgpack.Encoder()
 _part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
+CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate"}

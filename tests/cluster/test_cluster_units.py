@@ -223,10 +223,31 @@ def test_alarms_are_raised_on_every_shard_and_listed_merged(front):
     assert too_deep.status_code == 422 and too_deep.json()["error"]["field"] == "offset"
 
 
+def test_twins_and_types_are_created_changed_and_deleted_on_their_shards(front):
+    client, shards, _ = front
+    made = client.post("/api/twins", json={"id": "p7", "type": "pump"})
+    assert made.status_code == 201 and made.json()["created"] is True
+    owner = shards.shards[shard_of("p7", 4)]
+    assert "p7" in owner.core.engine.states["pump"].index
+    assert client.post("/api/twins", json={"id": "p7", "type": "pump"}).status_code == 409
+    client.post("/api/ingest", json=rows(8, twins=8))
+    patched = client.patch("/api/twins/p7", json={"parent": "p1"})  # the shard's own answer
+    assert patched.status_code == 422 and patched.json()["error"]["field"] == "parent"
+    assert client.delete("/api/twins/p7").json()["removed"] == ["p7"]
+    assert client.get("/api/twins/p7").status_code == 404
+    refused = client.delete("/api/types/pump")
+    assert refused.status_code == 409 and "7 twins" in refused.json()["error"]["message"]
+    assert len(client.get("/api/twins?type=pump").json()["items"]) == 7  # nothing deleted
+    dropped = client.delete("/api/types/pump?cascade=true").json()
+    assert sorted(dropped["removed"]) == sorted(f"p{i}" for i in range(7))
+    assert client.get("/api/types").json() == []
+    assert client.post("/api/ingest", json=rows(1)).status_code == 422  # unknown type now
+
+
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
     for method, path in [("GET", "/api/webhooks"), ("GET", "/api/stream"),
-                         ("POST", "/api/twins"), ("GET", "/api/schedules")]:  # fmt: skip
+                         ("POST", "/api/extractors/x"), ("GET", "/api/schedules")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
@@ -297,6 +318,12 @@ def test_calibrating_a_type_runs_on_every_shard_at_once(front):
     assert 0.005 < line["parameters"][DRAGS[0]] < 0.08  # calibrated in place, on its shard
     one = client.post("/api/twins/line-3/calibrate").json()  # one twin: its shard only
     assert list(one["shards"]) == [str(shard_of("line-3", 4))]
+    view = client.get("/api/twins/line-3/calibration").json()
+    assert set(view["parameters"]) >= set(DRAGS)
+    runs = client.get("/api/types/roller_line/calibration").json()
+    assert len(runs) == 5 and {r["run"] for r in runs} >= {
+        f"{one['run']}-shard{shard_of('line-3', 4):02d}"
+    }
 
 
 def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
