@@ -25,6 +25,7 @@ from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
+from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
@@ -483,8 +484,38 @@ class ClusterFrontend:
         items = [item for i in sorted(answers) for item in answers[i]["items"]]
         return {"items": items, "total": total, "offset": offset, "limit": limit}
 
-    def aggregate(self, *args, **kwargs):
-        raise NotServed("fleet aggregates (GET /api/types/{name}/aggregate)")
+    def aggregate(
+        self,
+        type_name: str,
+        names: list[str] | None = None,
+        aggs: list[str] | None = None,
+        *,
+        where: str | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Fleet totals merged over the shards: sums, counts, minima and maxima of theirs, an
+        average as the sum over the count."""
+        wanted = list(aggs or AGGREGATE_FUNCTIONS)
+        asked = list(dict.fromkeys([*wanted, "sum", "count"]))  # what an average needs
+        answers = self._all(
+            "read", "aggregate", type_name, names, asked, where=where, parent=parent
+        )
+        parts = [answers[i] for i in sorted(answers)]
+        merged = {}
+        for name in parts[0]["values"]:
+            got = {agg: [p["values"][name][agg] for p in parts] for agg in asked}
+            present = {agg: [v for v in vs if v is not None] for agg, vs in got.items()}
+            count = sum(present["count"])
+            total = sum(present["sum"]) if present["sum"] else None
+            found = {
+                "sum": total,
+                "count": count,
+                "min": min(present["min"]) if present.get("min") else None,
+                "max": max(present["max"]) if present.get("max") else None,
+                "avg": total / count if count and total is not None else None,
+            }
+            merged[name] = {agg: found[agg] for agg in wanted}
+        return {"type": type_name, "twins": sum(p["twins"] for p in parts), "values": merged}
 
     # ---- twin lifecycle (journaled by the twin's shard) -----------------------------------
 

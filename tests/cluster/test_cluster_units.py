@@ -184,6 +184,17 @@ def test_a_shard_that_is_down_refuses_its_rows_with_503_and_the_rest_are_stored(
     assert [s["state"] for s in view["shard_list"]] == ["live"] * 4
 
 
+def test_fleet_aggregates_merge_over_the_shards(front):
+    client, _, _ = front
+    client.post("/api/ingest", json=rows(40, twins=40))  # flow 0..39, one per twin
+    got = client.get("/api/types/pump/aggregate?names=flow").json()
+    assert got["twins"] == 40
+    assert got["values"]["flow"] == {"sum": 780.0, "avg": 19.5, "min": 0.0, "max": 39.0,
+                                     "count": 40}  # fmt: skip
+    some = client.get("/api/types/pump/aggregate?names=flow&agg=avg,max&where=flow >= 30")
+    assert some.json()["values"]["flow"] == {"avg": 34.5, "max": 39.0}
+
+
 def test_atomic_across_shards_is_a_clear_400_and_within_one_shard_it_works(front):
     client, _, _ = front
     answer = client.post("/api/ingest?atomic=true", json=rows(20))
