@@ -181,7 +181,50 @@ def create_app(
     ingest_routes(app, platform)
     calibration_routes(app, platform)
 
-    # ---- live ---------------------------------------------------------------------------
+    stream_route(app, platform, feed)
+
+    # ---- twins --------------------------------------------------------------------------
+
+    commands_routes(app, platform, platform.commands)  # .../desired before the catch-all
+
+    twin_read_routes(app, platform)
+    twin_routes(app, platform)
+    cluster_route(app, lambda: {"cluster": False, "shards": 0, "shard_list": []})
+    monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
+    alarm_routes(app, platform.alarms)
+    mqtt_routes(app, platform, platform.mqtt)
+    opcua_routes(app, platform)
+    if platform.webhooks is not None:
+        webhook_routes(app, platform.webhooks)
+    schedule_routes(app, platform.scheduler)
+    backtest_routes(app, platform.backtests, platform.scheduler)
+    registry_routes(app, platform.registry)
+    lineage_routes(app, platform.lineage)
+    file_routes(app, platform)
+    scenario_routes(app, platform.scenarios)
+    namespace_routes(app, platform)
+    device_routes(app, platform.devices)
+    login_routes(app)  # /api/auth: how to sign in, who am I, stream tickets
+    for add_routes in extra_routes:
+        add_routes(app)
+    mount_ui(app)  # the web dashboard at / (the API stays under /api)
+    return app
+
+
+def cluster_route(app: FastAPI, view: Callable[[], dict]) -> None:
+    """GET /api/cluster: the cluster's shards, or `{"cluster": false}` on a single node."""
+
+    @app.get("/api/cluster", tags=["cluster"])
+    async def cluster() -> dict:
+        """Cluster mode: the shards (`shard_list`), each with its state (live, recovering,
+        lost), node, host, lag (queued writes) and twins; a single node answers
+        `cluster: false`."""
+        return await run_in_threadpool(view)
+
+
+def stream_route(app: FastAPI, platform: Any, feed: Any) -> None:
+    """GET /api/stream: Server-Sent Events from `feed` (a `LiveFeed`, or a cluster front end's
+    feed of its shards), filtered per client."""
 
     @app.get(
         "/api/stream", tags=["live"], response_class=StreamingResponse, responses=STREAM_RESPONSES
@@ -224,44 +267,6 @@ def create_app(
         )
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-
-    # ---- twins --------------------------------------------------------------------------
-
-    commands_routes(app, platform, platform.commands)  # .../desired before the catch-all
-
-    twin_read_routes(app, platform)
-    twin_routes(app, platform)
-    cluster_route(app, lambda: {"cluster": False, "shards": 0, "shard_list": []})
-    monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
-    alarm_routes(app, platform.alarms)
-    mqtt_routes(app, platform, platform.mqtt)
-    opcua_routes(app, platform)
-    if platform.webhooks is not None:
-        webhook_routes(app, platform.webhooks)
-    schedule_routes(app, platform.scheduler)
-    backtest_routes(app, platform.backtests, platform.scheduler)
-    registry_routes(app, platform.registry)
-    lineage_routes(app, platform.lineage)
-    file_routes(app, platform)
-    scenario_routes(app, platform.scenarios)
-    namespace_routes(app, platform)
-    device_routes(app, platform.devices)
-    login_routes(app)  # /api/auth: how to sign in, who am I, stream tickets
-    for add_routes in extra_routes:
-        add_routes(app)
-    mount_ui(app)  # the web dashboard at / (the API stays under /api)
-    return app
-
-
-def cluster_route(app: FastAPI, view: Callable[[], dict]) -> None:
-    """GET /api/cluster: the cluster's shards, or `{"cluster": false}` on a single node."""
-
-    @app.get("/api/cluster", tags=["cluster"])
-    async def cluster() -> dict:
-        """Cluster mode: the shards (`shard_list`), each with its state (live, recovering,
-        lost), node, host, lag (queued writes) and twins; a single node answers
-        `cluster: false`."""
-        return await run_in_threadpool(view)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -18,6 +18,7 @@ from livetwin.api.app import (
     cluster_route,
     ingest_routes,
     install_error_handlers,
+    stream_route,
     twin_read_routes,
     type_routes,
 )
@@ -51,6 +52,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     twin_read_routes(app, frontend)
     twin_routes(app, frontend)
     cluster_route(app, frontend.cluster)
+    stream_route(app, frontend, frontend.feed)
     alarm_routes(app, frontend.alarms)
     login_routes(app)
 

@@ -21,9 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from livetwin.api.stream import LiveFeed
 from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
+from livetwin.engine.events import EventBus, StateChanged
 from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
 from livetwin.ingest.observations import Normalized, Rejection, normalize
@@ -174,6 +176,8 @@ class ClusterFrontend:
         self._mutex = threading.Lock()
         self._senders = [_Sender(self, i) for i in range(shards.count)]
         self.alarms = ClusterAlarms(self)
+        self.feed = ClusterFeed(self)
+        self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
 
     @property
@@ -182,7 +186,7 @@ class ClusterFrontend:
         return self
 
     def close(self) -> None:
-        pass
+        self.feed.close()
 
     def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
         """A cluster-wide service's database (tokens, tickets): `<cluster>_<name>` schema."""
@@ -340,6 +344,13 @@ class ClusterFrontend:
         if declared is not None:
             return parse_duration(declared), "type"
         return None, None  # observed gaps are a single-node estimate
+
+    def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
+        """The column names of a type version and which are derived (for the live stream)."""
+        key = (name, version)
+        if key not in self._layouts:
+            self._layouts[key] = self._one(0, "read", "layout", name, version)
+        return self._layouts[key]
 
     def type_namespace(self, name: str) -> str:
         return self.get_type(name)["spec"].get("namespace") or DEFAULT_NAMESPACE
@@ -703,3 +714,59 @@ class ClusterAlarms:
                 for state, n in states.items():
                     into[state] += n
         return total
+
+
+class ClusterFeed:
+    """The live stream of a front end: every shard's applied batches and notices, polled from
+    the shards (from the first client on) and published in the order they arrive here (per
+    shard in journal order) on a bus of this front end, whose `LiveFeed` serves the clients.
+    Event ids are this front end's: a client that reconnects to another one starts over with
+    `event: reset`."""
+
+    POLL_S = 0.1
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+        self.bus = EventBus()
+        self.feed = LiveFeed(self.bus)
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._started = False
+
+    def stream(self, **options: Any):
+        """`LiveFeed.stream` of the merged events (starts polling the shards)."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for index in range(self.frontend.shards.count):
+                    threading.Thread(
+                        target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
+                    ).start()
+        return self.feed.stream(**options)
+
+    def _poll(self, index: int) -> None:
+        after = None
+        while not self.feed.closed:
+            try:
+                position, events = self.frontend.shards.call(index, "events", after).result(10)
+            except Exception:  # recovering: its state says so; ask again
+                time.sleep(1.0)
+                continue
+            if after is not None and position[0] < after[0]:  # a shard restarted from an older
+                after = None  # snapshot replays nothing new: follow it from now on
+                continue
+            after = position
+            for event in events:
+                self._publish(event)
+            if not events:
+                time.sleep(self.POLL_S)
+
+    def _publish(self, event: Any) -> None:
+        with self._lock:
+            if isinstance(event, StateChanged):
+                self._seq += 1
+                event = StateChanged(self._seq, event.applied)
+            self.bus.publish(event)
+
+    def close(self) -> None:
+        self.feed.close()

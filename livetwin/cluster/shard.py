@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from livetwin.api.stream import Cursor, LiveFeed
 from livetwin.core import TwinCore
 from livetwin.engine.batch import decode_batch, encode_batch
 from livetwin.ingest.observations import Normalized
@@ -50,6 +51,7 @@ class Shard:
             store.close()
             raise
         self.query = Query(self.core)
+        self.feed = LiveFeed(self.core.bus, last_seq=self.core.recovered["last_seq"])
         self.alarms = self._start_alarms(url)
         self._calibration_ports = None
         self._calibration_lock = threading.Lock()
@@ -75,6 +77,7 @@ class Shard:
             raise
 
     def close(self) -> None:
+        self.feed.close()
         self.alarms.stop()
         self.core.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -98,6 +101,16 @@ class Shard:
             "recovered": self.core.recovered,
             "started_s": self.started_s,
         }
+
+    def events(self, after: tuple[int, int] | None, limit: int = 100) -> tuple:
+        """What became durable after the feed position `after` (None: from now on): (the new
+        position, up to `limit` events: applied batches and notices, in order)."""
+        if after is None:
+            newest = self.feed.newest()
+            return (newest.seq, newest.row), []
+        items = self.feed.after(Cursor(*after))[0][:limit]
+        last = items[-1].last if items else Cursor(*after)
+        return (last.seq, last.row), [item.event for item in items]
 
     # ---- types (put on every shard by the front end) ---------------------------------------
 
@@ -209,7 +222,7 @@ _part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 READS = frozenset(
-    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate"}
+    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}
 )
 
 

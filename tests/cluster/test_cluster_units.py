@@ -7,6 +7,7 @@ import time
 import uuid
 import zlib
 
+import httpx
 import pytest
 from cluster_support import LocalShards
 from conftest import PUMP, T0
@@ -257,7 +258,7 @@ def test_twins_and_types_are_created_changed_and_deleted_on_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/stream"),
+    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/runs"),
                          ("POST", "/api/extractors/x"), ("GET", "/api/schedules")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
@@ -351,3 +352,35 @@ def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
         refused = client.post("/api/ingest", json=rows(1), headers=authorized)
         assert refused.status_code == 403  # read scope: no writes
         assert client.get("/api/cluster", headers=authorized).status_code == 200
+
+
+def test_the_live_stream_merges_every_shard_s_events(front):
+    from api.test_stream import stream_in_background
+    from conftest import served
+
+    _, shards, frontend = front
+    spec = {**PUMP, "rules": {"fast": {"when": "flow > 100"}}}
+    with served(None, create_cluster_app(frontend)) as url:
+        assert httpx.put(f"{url}/api/types/pump", json=spec).status_code == 200
+        thread, first = stream_in_background(f"{url}/api/stream?kinds=state,alarm", 22)
+        time.sleep(0.5)  # the front end follows the shards from now on
+        batch = rows(20)
+        batch.append({"twin": "p3", "type": "pump", "ts": T0 + 99, "values": {"flow": 500}})
+        assert httpx.post(f"{url}/api/ingest", json=batch).json()["accepted"] == 21
+        thread.join(20)
+        states = [e for e in first if e["event"] == "state"]
+        assert len(first) == 22 and len(states) == 21  # 21 rows and p3's alarm
+        assert sorted(e["data"]["values"]["flow"] for e in states) == [*range(20), 500]
+        (alarm,) = [e for e in first if e["event"] == "alarm"]
+        assert alarm["data"]["twin"] == "p3" and alarm["data"]["rule"] == "fast"
+        assert {shard_of(e["data"]["twin"], 4) for e in states} == {0, 1, 2, 3}
+        ids = [tuple(map(int, e["id"].split("."))) for e in first]
+        assert ids == sorted(ids)  # one order: this front end's
+        # per twin, journal order: p3's rows arrive in ts order
+        p3 = [e["data"]["ts"] for e in states if e["data"]["twin"] == "p3"]
+        assert p3 == sorted(p3)
+        # a client resuming from an id it got misses nothing after it
+        thread, resumed = stream_in_background(f"{url}/api/stream?kinds=state,alarm", 2,
+                                               {"Last-Event-ID": first[-3]["id"]})  # fmt: skip
+        thread.join(20)
+        assert [e["id"] for e in resumed] == [e["id"] for e in first[-2:]]
