@@ -50,6 +50,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("",),  # `livetwin.Platform`
     ("examples", "ui"),
     ("api",),
+    # cluster mode: shards (cores in Ray actors) and the front end the api's routes serve over
+    # them; a shard keeps the api's live feed
+    ("cluster",),
     ("cli",),
 ]
 

@@ -25,6 +25,7 @@ from livetwin.api.app import (
 from livetwin.api.login import login_routes
 from livetwin.api.openapi import document
 from livetwin.api.twins import twin_routes
+from livetwin.errors import NotServed
 from livetwin.ui import mount as mount_ui
 
 
@@ -71,8 +72,6 @@ def create_cluster_app(frontend: Any) -> FastAPI:
         include_in_schema=False,
     )
     async def not_served(rest: str, request: Request):
-        from livetwin.cluster.frontend import NotServed
-
         raise NotServed(f"{request.method} /api/{rest}")
 
     mount_ui(app)

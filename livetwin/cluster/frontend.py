@@ -26,7 +26,7 @@ from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.engine.events import EventBus, StateChanged
-from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
+from livetwin.errors import Conflict, InvalidInput, LivetwinError, NotServed, Unavailable
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
@@ -41,20 +41,6 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
 LIVE, RECOVERING, LOST = "live", "recovering", "lost"
 LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
-
-
-class NotServed(LivetwinError):
-    """A route a cluster front end does not serve (yet): 501, naming the limit."""
-
-    status = 501
-    code = "not_served_in_cluster_mode"
-
-    def __init__(self, what: str):
-        super().__init__(
-            f"{what} is not served by a cluster front end",
-            fix="see docs/cluster.md (Limits) for what cluster mode serves; run a single-node "
-            "`livetwin serve` for this",
-        )
 
 
 class Shards(Protocol):
