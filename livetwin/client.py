@@ -118,8 +118,8 @@ class Client:
         attributes: dict | None = None,
         parent: str | None = None,
     ) -> dict:
-        body = _given({"id": twin_id, "type": type_name, "attributes": attributes})
-        return self.request("POST", "/api/twins", json=_given({**body, "parent": parent}))
+        body = {"id": twin_id, "type": type_name, "attributes": attributes, "parent": parent}
+        return self.request("POST", "/api/twins", json=_given(body))
 
     def update_twin(
         self, twin_id: str, *, attributes: dict | None = None, parent: str | None = None
@@ -130,6 +130,17 @@ class Client:
     def delete_twin(self, twin_id: str, *, purge: bool = False) -> dict:
         params = {"purge": str(purge).lower()}
         return self.request("DELETE", f"/api/twins/{_path(twin_id)}", params=params)
+
+    # ---- namespaces (tenants) -----------------------------------------------------------
+
+    def export_namespace(self, namespace: str) -> dict:
+        return self.request("GET", f"/api/namespaces/{_path(namespace)}/export")
+
+    def delete_namespace(
+        self, namespace: str, *, confirm: str | None = None, purge: bool = False
+    ) -> dict:
+        params = _given({"confirm": confirm, "purge": str(purge).lower()})
+        return self.request("DELETE", f"/api/namespaces/{_path(namespace)}", params=params)
 
     # ---- ingest ------------------------------------------------------------------------
 

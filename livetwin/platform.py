@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from livetwin import tenant
 from livetwin.actions.alarms import AlarmService
 from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
@@ -41,6 +42,7 @@ from livetwin.jobs.retention import journal_retention_ms
 from livetwin.jobs.scenario import ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
+from livetwin.namespaces import check_namespace
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
@@ -559,6 +561,17 @@ class Platform:
 
     def stats(self) -> dict:
         return self.core.stats()
+
+    def export_namespace(self, namespace: str) -> dict:
+        """Everything a namespace owns as one JSON-able document (`livetwin.tenant`)."""
+        return tenant.export_namespace(self, check_namespace(namespace))
+
+    def delete_namespace(
+        self, namespace: str, *, confirm: str | None = None, purge: bool = False
+    ) -> dict:
+        """Remove what a namespace owns (`confirm` repeats its name; models are archived)."""
+        tenant.check_confirmed(namespace, confirm)
+        return tenant.delete_namespace(self, namespace, purge=purge)
 
     def rebuild(self, progress=None) -> dict:
         """Rebuild all twin state from the journal alone (ignoring snapshots), then snapshot it.

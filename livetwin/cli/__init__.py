@@ -1,6 +1,6 @@
 """The `livetwin` command (typer): serve, demo, replay, calibrate, backtest, bench, token, devices,
-grafana-dashboard, types, twins, import, export, backup, restore, opcua. Each module holds a
-group of commands; this one puts them together."""
+grafana-dashboard, types, twins, namespaces, import, export, backup, restore, opcua. Each module
+holds a group of commands; this one puts them together."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from livetwin.cli.bench import bench_app
 from livetwin.cli.demo import demo
 from livetwin.cli.devices import devices_app
 from livetwin.cli.files import export, import_file
+from livetwin.cli.namespaces import namespaces_app
 from livetwin.cli.opcua import opcua_app
 from livetwin.cli.serve import serve
 from livetwin.cli.state import calibrate, replay
@@ -33,6 +34,7 @@ app.add_typer(devices_app, name="devices")
 app.command("grafana-dashboard")(grafana_dashboard)
 app.add_typer(types_app, name="types")
 app.add_typer(twins_app, name="twins")
+app.add_typer(namespaces_app, name="namespaces")
 app.command("import")(import_file)
 app.command()(export)
 app.command()(backup)

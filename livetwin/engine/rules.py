@@ -28,6 +28,7 @@ type: how evaluation learns the state of twins it has not seen yet (`Query.curre
 
 CLEARED = "clear condition met"
 ENDED = "condition no longer holds"
+DELETED = "the twin was deleted"
 
 
 @dataclass
@@ -322,6 +323,14 @@ def retarget(state: RuleState, ctype: CompiledType, at: int = 0) -> list[Transit
         else:
             p.rule = rule
     return out
+
+
+def forget(state: RuleState, type_name: str, twin: str, at: int) -> list[Transition]:
+    """A twin deleted at `at`: its open alarms clear and its pending conditions go."""
+    keys = [key for key in state.open.get(type_name, {}) if key[0] == twin]
+    out = [_clear(state, type_name, key, at, DELETED) for key in keys]
+    pending = [key for key in state.pending.get(type_name, {}) if key[0] == twin]
+    return out + [_drop(state, type_name, key, at) for key in pending]
 
 
 def _fire(state: RuleState, type_name: str, twin: str, pending: Pending) -> Transition:

@@ -313,3 +313,27 @@ def test_rules_with_unknown_names_are_refused_at_put_type(client):
     )
     assert response.status_code == 422 and "derived value" in response.json()["error"]["fix"]
     assert client.get("/api/types/boiler").status_code == 404
+
+
+def test_deleting_a_twin_clears_its_alarms_and_drops_its_pending_conditions(
+    platform, clock, alarms
+):
+    clock.now = T0
+    send(
+        platform, clock, alarms, "b-1", T0, temp=90.0, pressure=6.0
+    )  # overpressure, hot; overheat pends
+    send(platform, clock, alarms, "b-2", T0, temp=90.0, pressure=6.0)
+    raised = open_alarms(alarms, twin="b-1")
+    assert sorted(a["rule"] for a in raised) == ["hot", "overpressure"]
+
+    platform.delete_twin("b-1")
+    alarms.sync()
+    assert open_alarms(alarms, twin="b-1") == []
+    for alarm in raised:
+        cleared = alarms.get(alarm["id"])
+        assert cleared["state"] == "cleared", cleared
+        assert cleared["history"][-1]["note"] == "the twin was deleted", cleared["history"]
+    clock.now = T0 + 5 * MIN
+    alarms.tick()  # b-1's overheat condition was dropped; b-2's fires
+    assert [a["twin"] for a in open_alarms(alarms, "overheat")] == ["b-2"]
+    assert len(open_alarms(alarms, twin="b-2")) == 3

@@ -133,7 +133,9 @@ class AlarmService:
                     self._remember(ctype)
             if ctype is None or ctype.rules:
                 self._queue.put(event)
-        elif isinstance(event, TypeDefined):
+        elif isinstance(event, TypeDefined) or (
+            isinstance(event, Notice) and event.kind == "removed"
+        ):
             self._queue.put(event)
 
     def _ticker(self) -> None:
@@ -169,6 +171,9 @@ class AlarmService:
             self._apply(rules.retarget(self._rules, item.ctype))
         elif isinstance(item, _Tick):
             self._apply(rules.due(self._rules, self.clock()))
+        elif isinstance(item, Notice):  # a twin deleted
+            removed = item.data
+            self._apply(rules.forget(self._rules, removed["type"], removed["twin"], self.clock()))
 
     def _transaction(self, work, *args):
         """Run `work(*args)` in one transaction; publish its notices after the commit. After a
