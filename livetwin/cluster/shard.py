@@ -42,7 +42,7 @@ class Shard:
 
         started = time.perf_counter()
         self.index, self.services_url = index, services_url
-        self.settings = settings or Settings()
+        self.settings = settings or Settings.from_env()  # the node's LIVETWIN_* variables
         self._scratch = tempfile.mkdtemp(prefix=f"livetwin-shard{index:02d}-")
         store = PostgresStore(url, max_connections=4)
         try:  # snapshots live in PostgreSQL too: local files are only a cache
@@ -231,7 +231,7 @@ def shard_name(cluster: str, index: int) -> str:
     return f"{cluster}-shard-{index:02d}"
 
 
-def start_shards(meta, *, settings: Settings | None = None, restart_timeout_s: float = 60) -> list:
+def start_shards(meta, *, settings: Settings | None = None) -> list:
     """A handle on every shard actor of the cluster, creating those that do not run yet
     (named and detached: they outlive the front end that created them)."""
     import ray
@@ -256,14 +256,3 @@ def start_shards(meta, *, settings: Settings | None = None, restart_timeout_s: f
             ).remote(index, url, meta.services_url, settings)
         )
     return handles
-
-
-def stop_shards(meta) -> None:
-    """Kill every shard actor of the cluster (their state is durable in PostgreSQL)."""
-    import ray
-
-    for index in range(meta.shards):
-        try:
-            ray.kill(ray.get_actor(shard_name(meta.name, index), namespace=NAMESPACE))
-        except ValueError:
-            pass
