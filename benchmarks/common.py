@@ -223,19 +223,23 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 class Server:
-    """`livetwin serve` on the checkout, in a subprocess (its own interpreter and GIL)."""
+    """`livetwin serve` on the checkout, in a subprocess (its own interpreter and GIL), with
+    `options` added to its command line and `env` to its environment."""
 
-    def __init__(self, data: Path):
-        self.port = free_port()
+    def __init__(
+        self, data: Path, *options: str, env: dict[str, str] | None = None, ready_s: float = 60
+    ):
+        self.port, self.ready_s = free_port(), ready_s
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
         }
         self.log = open(data.parent / f"{data.name}-server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "livetwin.cli", "serve", "--data", str(data)]
-            + ["--port", str(self.port)],
+            + ["--port", str(self.port), *options],
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -276,7 +280,7 @@ class Server:
 
     def __enter__(self) -> Server:
         try:
-            self.wait_ready()
+            self.wait_ready(self.ready_s)
         except BaseException:
             self.stop()
             raise

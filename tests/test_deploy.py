@@ -4,6 +4,7 @@ LIVETWIN_* variable they set is one livetwin reads, and every `livetwin` option 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,12 +12,10 @@ import typer
 import yaml
 
 from livetwin.cli import app
+from livetwin.cluster.shard import SHARD_RESOURCE
 from livetwin.settings import MqttConnection, Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-# `serve --cluster` and `--shards` come with cluster mode (built on another branch); until it
-# has landed they are exempt from the check that every option exists.
-CLUSTER_OPTIONS = {"--cluster", "--shards"}
 
 
 def load(name: str) -> list[dict]:
@@ -38,7 +37,7 @@ def check_livetwin_args(args: list[str]) -> None:
     sub = command.commands[args[0]]
     known = {opt for param in sub.params for opt in [*param.opts, *param.secondary_opts]}
     used = {a for a in args[1:] if a.startswith("--")}
-    assert used - known - CLUSTER_OPTIONS == set(), f"unknown options of {args[0]}"
+    assert used - known == set(), f"unknown options of {args[0]}"
 
 
 def check_env(env: dict[str, str] | list[dict]) -> None:
@@ -127,6 +126,8 @@ def test_the_kuberay_example_runs_shards_on_workers_and_stateless_front_ends():
     containers = [head_container]
     for group in spec["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        offered = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        assert offered[SHARD_RESOURCE] > 0  # the shards' nodes
         containers += group["template"]["spec"]["containers"]
     redis = {d["kind"]: d for d in load("kuberay/redis.yaml")}
     redis_address = spec["gcsFaultToleranceOptions"]["redisAddress"]

@@ -45,11 +45,14 @@ LAYERS: list[tuple[str, ...]] = [
     # converts types and twins to and from the twin standards
     ("ingest", "actions", "registry", "auth", "interop", "backtest", "scenario", "backup"),
     ("schedule",),
-    ("jobs",),
+    ("jobs", "tenant"),  # tenant: a namespace as a whole (export, delete), over the services
     ("platform", "client"),  # the composition root; the SDK for a remote server (httpx)
     ("",),  # `livetwin.Platform`
     ("examples", "ui"),
     ("api",),
+    # cluster mode: shards (cores in Ray actors) and the front end the api's routes serve over
+    # them; a shard keeps the api's live feed
+    ("cluster",),
     ("cli",),
 ]
 

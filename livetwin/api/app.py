@@ -152,11 +152,132 @@ def create_app(
     app.state.platform = platform
     document(app)  # livetwin's error body and status codes in /openapi.json
     limit = platform.settings.max_body_bytes
-    ingest_slots = anyio.Semaphore(1)
+    install_error_handlers(app)
+    type_routes(app, platform)
+    interop_routes(app, platform)  # POST /api/types/import, the NGSI-LD view
+
+    # ---- extractors ---------------------------------------------------------------------
+
+    @app.get("/api/extractors", tags=["ingest"])
+    def list_extractors(
+        access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
+    ) -> list[dict]:
+        return access.pick(namespace).filter(platform.list_extractors())
+
+    @app.put("/api/extractors/{name}", tags=["ingest"], openapi_extra=SPEC_BODY)
+    async def put_extractor(name: str, request: Request, access: Access = TENANT) -> dict:
+        """Declare how a device's own JSON maps to observations (JSONPath), in the body's
+        `namespace` (default: the token's only one, else `default`)."""
+        body = await read_body(request, limit)
+        body = claim("extractor", name, body, platform.extractor_namespace, access)
+        return await run_in_threadpool(platform.put_extractor, name, body)
+
+    @app.get("/api/extractors/{name}", tags=["ingest"])
+    def get_extractor(name: str, access: Access = TENANT) -> dict:
+        fix = f"declare it with PUT /api/extractors/{name}"
+        check_owner(platform.extractor_namespace, name, access, "extractor", fix)
+        return platform.extractor(name).model_dump(mode="json", exclude_defaults=True)
+
+    ingest_routes(app, platform)
+    calibration_routes(app, platform)
+
+    stream_route(app, platform, feed)
+
+    # ---- twins --------------------------------------------------------------------------
+
+    commands_routes(app, platform, platform.commands)  # .../desired before the catch-all
+
+    twin_read_routes(app, platform)
+    twin_routes(app, platform)
+    cluster_route(app, lambda: {"cluster": False, "shards": 0, "shard_list": []})
+    monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
+    alarm_routes(app, platform.alarms)
+    mqtt_routes(app, platform, platform.mqtt)
+    opcua_routes(app, platform)
+    if platform.webhooks is not None:
+        webhook_routes(app, platform.webhooks)
+    schedule_routes(app, platform.scheduler)
+    backtest_routes(app, platform.backtests, platform.scheduler)
+    registry_routes(app, platform.registry)
+    lineage_routes(app, platform.lineage)
+    file_routes(app, platform)
+    scenario_routes(app, platform.scenarios)
+    namespace_routes(app, platform)
+    device_routes(app, platform.devices)
+    login_routes(app)  # /api/auth: how to sign in, who am I, stream tickets
+    for add_routes in extra_routes:
+        add_routes(app)
+    mount_ui(app)  # the web dashboard at / (the API stays under /api)
+    return app
+
+
+def cluster_route(app: FastAPI, view: Callable[[], dict]) -> None:
+    """GET /api/cluster: the cluster's shards, or `{"cluster": false}` on a single node."""
+
+    @app.get("/api/cluster", tags=["cluster"])
+    async def cluster() -> dict:
+        """Cluster mode: the shards (`shard_list`), each with its state (live, recovering,
+        lost), node, host, lag (queued writes) and twins; a single node answers
+        `cluster: false`."""
+        return await run_in_threadpool(view)
+
+
+def stream_route(app: FastAPI, platform: Any, feed: Any) -> None:
+    """GET /api/stream: Server-Sent Events from `feed` (a `LiveFeed`, or a cluster front end's
+    feed of its shards), filtered per client."""
+
+    @app.get(
+        "/api/stream", tags=["live"], response_class=StreamingResponse, responses=STREAM_RESPONSES
+    )
+    async def stream(
+        request: Request,
+        type: str | None = None,
+        twin: str | None = None,
+        kinds: str = "state",
+        last_event_id: str | None = Query(None, description="or the Last-Event-ID header"),
+        access: Access = TENANT,
+        namespace: str | None = NAMESPACE_QUERY,
+    ):
+        """Server-Sent Events of state changes, alarms and finished runs (`kinds`, comma-separated:
+        state, alarm, run; `job` is the older name of run); reconnect with Last-Event-ID to
+        resume."""
+        wanted_kinds = frozenset(kinds.split(","))
+        unknown = wanted_kinds - set(KINDS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown event kind(s): {', '.join(sorted(unknown))}",
+                field="kinds",
+                fix=f"use some of: {', '.join(KINDS)}",
+            )
+        cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
+        reach = access.pick(namespace)
+
+        def wanted(type_name: str | None, twin_id: str | None) -> bool:
+            """The filters, and the caller's namespaces (events of no twin: fleet-wide only)."""
+            if not reach.fleet and (twin_id is None or not reach.allows_twin(twin_id)):
+                return False
+            return (type is None or type_name == type) and (twin is None or twin_id == twin)
+
+        events = feed.stream(
+            cursor=cursor,
+            kinds=wanted_kinds,
+            wanted=wanted,
+            columns_of=platform.layout,
+            disconnected=request.is_disconnected,
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON naming field and fix (a `LivetwinError` with `headers` sends
+    them, e.g. Retry-After); an unexpected one is logged, never shown."""
 
     @app.exception_handler(LivetwinError)
     async def _livetwin_error(request: Request, exc: LivetwinError):
-        return error_response(exc)
+        response = error_response(exc)
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -187,6 +308,11 @@ def create_app(
         )
         error.status, error.code = 500, "internal"
         return error_response(error)
+
+
+def type_routes(app: FastAPI, platform: Any) -> None:
+    """Type routes: list, declare, read, fleet aggregates."""
+    limit = platform.settings.max_body_bytes
 
     # ---- types --------------------------------------------------------------------------
 
@@ -239,29 +365,11 @@ def create_app(
             name, _comma_list(names), _comma_list(agg), where=where, parent=parent
         )
 
-    interop_routes(app, platform)  # POST /api/types/import, the NGSI-LD view
 
-    # ---- extractors ---------------------------------------------------------------------
-
-    @app.get("/api/extractors", tags=["ingest"])
-    def list_extractors(
-        access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
-    ) -> list[dict]:
-        return access.pick(namespace).filter(platform.list_extractors())
-
-    @app.put("/api/extractors/{name}", tags=["ingest"], openapi_extra=SPEC_BODY)
-    async def put_extractor(name: str, request: Request, access: Access = TENANT) -> dict:
-        """Declare how a device's own JSON maps to observations (JSONPath), in the body's
-        `namespace` (default: the token's only one, else `default`)."""
-        body = await read_body(request, limit)
-        body = claim("extractor", name, body, platform.extractor_namespace, access)
-        return await run_in_threadpool(platform.put_extractor, name, body)
-
-    @app.get("/api/extractors/{name}", tags=["ingest"])
-    def get_extractor(name: str, access: Access = TENANT) -> dict:
-        fix = f"declare it with PUT /api/extractors/{name}"
-        check_owner(platform.extractor_namespace, name, access, "extractor", fix)
-        return platform.extractor(name).model_dump(mode="json", exclude_defaults=True)
+def ingest_routes(app: FastAPI, platform: Any) -> None:
+    """POST /api/ingest (and through an extractor): answered once durable."""
+    limit = platform.settings.max_body_bytes
+    ingest_slots = anyio.Semaphore(1)
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -317,6 +425,9 @@ def create_app(
             )
         return _ingest_response((await asyncio.wrap_future(future)).to_dict())
 
+
+def calibration_routes(app: FastAPI, platform: Any) -> None:
+    """Calibrate a type or a twin; calibration runs and views."""
     # ---- calibration --------------------------------------------------------------------
 
     @app.post("/api/types/{name}/calibrate", tags=["calibration"])
@@ -344,53 +455,10 @@ def create_app(
         """Calibrated parameters and virtual sensors with std and 95 % bands; recent runs."""
         return platform.calibration(twin_id)
 
-    # ---- live ---------------------------------------------------------------------------
 
-    @app.get(
-        "/api/stream", tags=["live"], response_class=StreamingResponse, responses=STREAM_RESPONSES
-    )
-    async def stream(
-        request: Request,
-        type: str | None = None,
-        twin: str | None = None,
-        kinds: str = "state",
-        last_event_id: str | None = Query(None, description="or the Last-Event-ID header"),
-        access: Access = TENANT,
-        namespace: str | None = NAMESPACE_QUERY,
-    ):
-        """Server-Sent Events of state changes, alarms and finished runs (`kinds`, comma-separated:
-        state, alarm, run; `job` is the older name of run); reconnect with Last-Event-ID to
-        resume."""
-        wanted_kinds = frozenset(kinds.split(","))
-        unknown = wanted_kinds - set(KINDS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown event kind(s): {', '.join(sorted(unknown))}",
-                field="kinds",
-                fix=f"use some of: {', '.join(KINDS)}",
-            )
-        cursor = Cursor.parse(request.headers.get("last-event-id") or last_event_id)
-        reach = access.pick(namespace)
-
-        def wanted(type_name: str | None, twin_id: str | None) -> bool:
-            """The filters, and the caller's namespaces (events of no twin: fleet-wide only)."""
-            if not reach.fleet and (twin_id is None or not reach.allows_twin(twin_id)):
-                return False
-            return (type is None or type_name == type) and (twin is None or twin_id == twin)
-
-        events = feed.stream(
-            cursor=cursor,
-            kinds=wanted_kinds,
-            wanted=wanted,
-            columns_of=platform.layout,
-            disconnected=request.is_disconnected,
-        )
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-
-    # ---- twins --------------------------------------------------------------------------
-
-    commands_routes(app, platform, platform.commands)  # .../desired before the catch-all
+def twin_read_routes(app: FastAPI, platform: Any) -> None:
+    """Twin reads: the filtered list, history, observations, one twin's state (the
+    catch-all GET /api/twins/{id}: after every more specific twin route)."""
 
     @app.get("/api/twins", tags=["twins"], responses=TWIN_LIST_RESPONSES)
     def list_twins(
@@ -466,27 +534,6 @@ def create_app(
         twin["updated"] = format_ts(twin["updated"]) if twin["updated"] is not None else None
         return twin
 
-    twin_routes(app, platform)
-    monitor_services(ops_routes(app, platform, health_path="/api/health"), platform)
-    alarm_routes(app, platform.alarms)
-    mqtt_routes(app, platform, platform.mqtt)
-    opcua_routes(app, platform)
-    if platform.webhooks is not None:
-        webhook_routes(app, platform.webhooks)
-    schedule_routes(app, platform.scheduler)
-    backtest_routes(app, platform.backtests, platform.scheduler)
-    registry_routes(app, platform.registry)
-    lineage_routes(app, platform.lineage)
-    file_routes(app, platform)
-    scenario_routes(app, platform.scenarios)
-    namespace_routes(app, platform)
-    device_routes(app, platform.devices)
-    login_routes(app)  # /api/auth: how to sign in, who am I, stream tickets
-    for add_routes in extra_routes:
-        add_routes(app)
-    mount_ui(app)  # the web dashboard at / (the API stays under /api)
-    return app
-
 
 def _comma_list(value: str | None) -> list[str] | None:
     """'a, b,,c' -> ['a', 'b', 'c']; None (or nothing named) -> None."""
@@ -495,6 +542,10 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def _ingest_response(result: dict) -> FastJSON:
+    """200, 422 when every row was rejected, 503 with Retry-After when some rows could not be
+    taken now (`unavailable`: a cluster shard recovering; the rest of the batch is stored)."""
+    if result.get("unavailable"):
+        return FastJSON(result, 503, headers={"Retry-After": str(result["retry_after"])})
     status = 422 if result["rejected"] and not result["accepted"] else 200
     return FastJSON(result, status_code=status)
 

@@ -139,10 +139,12 @@ def run_server(
     banner: str | None = None,
     *,
     https: Https | None = None,
+    make_app=None,
 ) -> None:
     """Run the API over `platform` until Ctrl-C or SIGTERM, with the auth mode of its settings
     (open, tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md), over
-    HTTPS with `https`. `banner` is printed once the app is ready to start."""
+    HTTPS with `https`. `banner` is printed once the app is ready to start. `make_app(platform)`
+    builds the app (default: the single node's, which closes the platform at the end)."""
     import gc
     import sys
 
@@ -162,7 +164,7 @@ def run_server(
 
     settings = platform.settings
     mode = settings.auth or default_mode(host)
-    api = create_app(platform, own_platform=True)
+    api = make_app(platform) if make_app else create_app(platform, own_platform=True)
     try:
         install_auth(  # after every route is added
             api,
@@ -282,9 +284,33 @@ def serve(
         help="Allow bearer tokens over plain HTTP on a non-loopback address (behind a proxy "
         "that terminates TLS).",
     ),
+    cluster: str = typer.Option(
+        None,
+        "--cluster",
+        help="Cluster mode: serve as a stateless front end of the Ray cluster at auto, "
+        "ray://head:10001 or head:6379; the shards run as Ray actors (docs/cluster.md).",
+    ),
+    shards: int = typer.Option(
+        None,
+        "--shards",
+        min=1,
+        help="With --cluster: the shard count of a new cluster (fixed for its life; a running "
+        "cluster's count is read from the database).",
+    ),
+    database: str = typer.Option(
+        None,
+        "--database",
+        help="PostgreSQL URL (postgresql://user@host:5432/db). Default: LIVETWIN_DATABASE_URL.",
+    ),
+    cluster_name: str = typer.Option(
+        "livetwin",
+        "--cluster-name",
+        help="With --cluster: the cluster's name in the database (its schemas start with it).",
+    ),
 ):
     """Run the REST API (and the web UI) on the embedded store (or LIVETWIN_DATABASE_URL)."""
     options = Settings(
+        database_url=database,
         max_body_bytes=max_body_mb * 1024 * 1024,
         auth=auth,
         jwks_url=jwks_url,
@@ -343,6 +369,16 @@ def serve(
 
     check_https(https, host, settings.auth or default_mode(host), insecure_http)
     check_port(host, port)
+    if cluster is not None or shards is not None:
+        frontend = cluster_frontend(
+            cluster, shards, cluster_name, data, settings, bool(subscriptions or connectors)
+        )
+        banner = f"livetwin cluster front end at [bold]{'https' if https else 'http'}://"
+        banner += f"{host}:{port}[/] (API docs: /docs; shards: GET /api/cluster)"
+        from livetwin.api.cluster import create_cluster_app
+
+        run_server(frontend, host, port, banner, https=https, make_app=create_cluster_app)
+        return
     platform = open_platform(data, settings)
     try:
         for name, body in subscriptions.items():
@@ -355,3 +391,39 @@ def serve(
     scheme = "https" if https else "http"
     banner = f"livetwin serving {data} at [bold]{scheme}://{host}:{port}[/] (API docs: /docs)"
     run_server(platform, host, port, banner, https=https)
+
+
+def cluster_frontend(
+    cluster: str | None,
+    shards: int | None,
+    name: str,
+    data: Path,
+    settings: Settings,
+    has_config: bool,
+):
+    """Open a cluster front end for `serve` (every refusal before anything serves)."""
+    from livetwin.cluster.connect import open_frontend
+
+    try:
+        if cluster is None:
+            raise InvalidInput(
+                "--shards needs --cluster", field="shards", fix="add --cluster auto (or an address)"
+            )
+        if settings.mqtt is not None or has_config:
+            raise InvalidInput(
+                "MQTT and OPC UA ingest are not served by a cluster front end yet",
+                field="mqtt",
+                fix="run them on a single-node `livetwin serve` that posts to the cluster, or "
+                "leave out --mqtt/--config (docs/cluster.md, Limits)",
+            )
+        console.print(f"starting a cluster front end on the Ray cluster at {cluster} ...")
+        return open_frontend(
+            cluster,
+            settings.database_url,
+            shards=shards,
+            name=name,
+            settings=settings,
+            data_dir=str(data),
+        )
+    except LivetwinError as exc:
+        fail(exc)

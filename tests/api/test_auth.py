@@ -131,6 +131,7 @@ ROUTES = {
     "DELETE /api/twins/{twin_id}": "twin",
     "GET /metrics": "fleet",
     "GET /api/health": "public",
+    "GET /api/cluster": "fleet",
     "GET /api/alarms": "tenant",
     "GET /api/alarms/counts": "tenant",
     "GET /api/alarms/{alarm_id}": "tenant",

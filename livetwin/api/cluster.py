@@ -1,0 +1,78 @@
+"""The cluster front end's app: the single node's type, ingest, calibration and twin routes (the
+same functions of livetwin/api/app.py, over a `ClusterFrontend`), `GET /api/cluster`, a health
+check, and a 501 naming the limit for every other /api route (docs/cluster.md)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from livetwin import __version__
+from livetwin.api.alarms import alarm_routes
+from livetwin.api.app import (
+    FastJSON,
+    calibration_routes,
+    cluster_route,
+    ingest_routes,
+    install_error_handlers,
+    stream_route,
+    twin_read_routes,
+    type_routes,
+)
+from livetwin.api.login import login_routes
+from livetwin.api.openapi import document
+from livetwin.api.twins import twin_routes
+from livetwin.errors import NotServed
+from livetwin.ui import mount as mount_ui
+
+
+def create_cluster_app(frontend: Any) -> FastAPI:
+    """The app of a stateless cluster front end over `frontend` (a `ClusterFrontend`)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await run_in_threadpool(frontend.close)
+
+    app = FastAPI(
+        title="livetwin (cluster front end)",
+        version=__version__,
+        default_response_class=FastJSON,
+        lifespan=lifespan,
+        description="Living digital twins, sharded over a Ray cluster (docs/cluster.md).",
+    )
+    app.state.platform = frontend
+    document(app)
+    install_error_handlers(app)
+    type_routes(app, frontend)
+    ingest_routes(app, frontend)
+    calibration_routes(app, frontend)
+    twin_read_routes(app, frontend)
+    twin_routes(app, frontend)
+    cluster_route(app, frontend.cluster)
+    stream_route(app, frontend, frontend.feed)
+    alarm_routes(app, frontend.alarms)
+    login_routes(app)
+
+    @app.get("/api/health", tags=["ops"])
+    async def health() -> FastJSON:
+        """200 when every shard is live, 503 (with the shards' states) otherwise."""
+        view = await run_in_threadpool(frontend.cluster)
+        states = {str(s["shard"]): s["state"] for s in view["shard_list"]}
+        ok = view["live"] == view["shards"]
+        body = {"status": "ok" if ok else "degraded", "shards": states}
+        return FastJSON(body, status_code=200 if ok else 503)
+
+    @app.api_route(
+        "/api/{rest:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    async def not_served(rest: str, request: Request):
+        raise NotServed(f"{request.method} /api/{rest}")
+
+    mount_ui(app)
+    return app

@@ -1,0 +1,758 @@
+"""The stateless cluster front end: checks a batch once, splits it by shard, sends every part
+at once and acknowledges after every shard involved has committed; reads go to the owning
+shard, fleet queries fan out and merge.
+
+`ClusterFrontend` offers the platform methods the shared API routes call (livetwin/api/app.py),
+so a front end serves the same REST shapes as a single node; what it does not serve raises
+`NotServed` (501) naming the limit (docs/cluster.md). It talks to shards through `Shards`:
+Ray actors in a deployment (`RayShards`), plain objects in the unit tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future, TimeoutError, wait
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+
+from livetwin.api.stream import LiveFeed
+from livetwin.cluster.meta import ClusterMeta, shards_of
+from livetwin.cluster.shard import encode_part
+from livetwin.core import done
+from livetwin.engine.events import EventBus, StateChanged
+from livetwin.errors import Conflict, InvalidInput, LivetwinError, NotServed, Unavailable
+from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
+from livetwin.ingest.observations import Normalized, Rejection, normalize
+from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
+from livetwin.outbound import OutboundPolicy
+from livetwin.settings import Settings
+from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
+from livetwin.store.servicedb import ServiceDB, open_service_db
+from livetwin.timefmt import parse_duration, wall_clock_ms
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
+LIVE, RECOVERING, LOST = "live", "recovering", "lost"
+LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
+
+
+class Shards(Protocol):
+    """How a front end reaches its shards: `call(i, method, *args)` runs `Shard.method` on
+    shard i and returns a future of its answer (`retry`: Ray may repeat it after a restart)."""
+
+    count: int
+
+    def call(
+        self, index: int, method: str, *args: Any, retry: bool = True, **kwargs: Any
+    ) -> Future: ...
+
+
+class RayShards:
+    """The shard actors of a Ray cluster (their handles, from `start_shards`)."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+        self.count = len(handles)
+
+    def call(
+        self, index: int, method: str, *args: Any, retry: bool = True, **kwargs: Any
+    ) -> Future:
+        remote = getattr(self.handles[index], method)
+        if not retry:  # a write that failed may have committed: the client retries, with keys
+            remote = remote.options(max_task_retries=0)
+        return remote.remote(*args, **kwargs).future()
+
+
+class _Sender:
+    """The writes for one shard: parts queued while a call is in flight go together in the
+    next one, so HTTP requests become few, large actor calls (and one commit on the shard)."""
+
+    MAX_PARTS = 64
+
+    def __init__(self, frontend: ClusterFrontend, index: int):
+        self.frontend, self.index = frontend, index
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=f"shard-{index}-sender", daemon=True).start()
+
+    def send(self, part: bytes, atomic: bool) -> Future:
+        """A future of the shard's answer to one part (its IngestResult as a dict)."""
+        future: Future = Future()
+        self.queue.put((part, atomic, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            group = [self.queue.get()]
+            while len(group) < self.MAX_PARTS:
+                try:
+                    group.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            parts, atomic = [g[0] for g in group], [g[1] for g in group]
+            call = {self.index: self.frontend.shards.call(
+                self.index, "ingest_parts", parts, atomic, retry=False
+            )}  # fmt: skip
+            answers, failures = self.frontend._gather(call, self.frontend.write_timeout_s)
+            for i, (_, _, future) in enumerate(group):
+                if self.index in answers:
+                    future.set_result(answers[self.index][i])
+                else:
+                    future.set_exception(failures[self.index])
+
+
+@dataclass
+class ClusterIngestResult:
+    """What a cluster ingest stored; `unavailable` lists the rows of shards that could not take
+    them now (answered with 503 and Retry-After: send them again, with their keys)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict] = field(default_factory=list)
+    unavailable: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        body = {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": sorted(self.rejected, key=lambda r: r["index"]),
+        }
+        if self.unavailable:
+            body["unavailable"] = self.unavailable
+            body["retry_after"] = RETRY_AFTER_S
+        return body
+
+
+def cause(exc: BaseException) -> BaseException:
+    """The error a shard raised (Ray wraps it in a RayTaskError that keeps it as `cause`)."""
+    inner = getattr(exc, "cause", None)
+    return inner if isinstance(inner, BaseException) else exc
+
+
+class ClusterFrontend:
+    """A front end over the shards of `meta` (see the module docstring)."""
+
+    def __init__(
+        self,
+        meta: ClusterMeta,
+        shards: Shards,
+        *,
+        settings: Settings | None = None,
+        clock=wall_clock_ms,
+        data_dir: str = "livetwin-data",
+        write_timeout_s: float = 30.0,
+        read_timeout_s: float = 10.0,
+    ):
+        self.meta, self.shards, self.data_dir = meta, shards, data_dir
+        self.settings = settings or Settings()
+        self.clock = clock
+        self.outbound = OutboundPolicy(self.settings.outbound_allow or ())
+        self.write_timeout_s, self.read_timeout_s = write_timeout_s, read_timeout_s
+        self._types: dict[str, CompiledType] = {}
+        self._types_lock = threading.Lock()
+        self._state = [LIVE] * shards.count
+        self._since = [time.monotonic()] * shards.count
+        self._probes: set[int] = set()
+        self._mutex = threading.Lock()
+        self._senders = [_Sender(self, i) for i in range(shards.count)]
+        self.alarms = ClusterAlarms(self)
+        self.feed = ClusterFeed(self)
+        self._layouts: dict[tuple[str, int], tuple] = {}
+        self._refresh_types()
+
+    @property
+    def query(self) -> ClusterFrontend:
+        """The read port the shared routes use (`compiled_types`): the front end itself."""
+        return self
+
+    def close(self) -> None:
+        self.feed.close()
+
+    def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
+        """A cluster-wide service's database (tokens, tickets): `<cluster>_<name>` schema."""
+        return open_service_db(self.data_dir, name, schema, database_url=self.meta.services_url)
+
+    # ---- shard states ----------------------------------------------------------------------
+
+    def _set_state(self, index: int, state: str) -> None:
+        with self._mutex:
+            if self._state[index] != state:
+                log.warning("shard %d: %s -> %s", index, self._state[index], state)
+                self._state[index], self._since[index] = state, time.monotonic()
+            if state == LIVE or index in self._probes:
+                return
+            self._probes.add(index)
+        threading.Thread(target=self._probe, args=(index,), daemon=True).start()
+
+    def _probe(self, index: int) -> None:
+        """Ask a shard that failed for its info until it answers again (then it is live)."""
+        try:
+            while True:
+                try:
+                    self.shards.call(index, "info").result(timeout=1.0)
+                    break
+                except Exception:
+                    if time.monotonic() - self._since[index] > LOST_AFTER_S:
+                        with self._mutex:
+                            self._state[index] = LOST
+                    time.sleep(0.1)
+        finally:
+            with self._mutex:
+                self._probes.discard(index)
+                self._state[index], self._since[index] = LIVE, time.monotonic()
+            log.warning("shard %d: live again", index)
+
+    def state(self, index: int) -> str:
+        return self._state[index]
+
+    def _gather(
+        self, calls: dict[int, Future], timeout: float
+    ) -> tuple[dict[int, Any], dict[int, BaseException]]:
+        """The answers of shard calls (by shard) and their failures; a shard that failed or did
+        not answer in time is marked recovering. Errors the shard raised on purpose
+        (`LivetwinError`) are failures too, but leave its state alone."""
+        wait(calls.values(), timeout=timeout)
+        answers, failures = {}, {}
+        for index, future in calls.items():
+            try:
+                answers[index] = future.result(timeout=0)
+            except TimeoutError:
+                failures[index] = Unavailable(
+                    f"shard {index} did not answer within {timeout:g} s",
+                    field="shard",
+                    fix=f"retry after {RETRY_AFTER_S} s",
+                )
+                self._set_state(index, RECOVERING)
+            except BaseException as exc:  # noqa: BLE001 - a shard's failure, reported per shard
+                failures[index] = cause(exc)
+                if not isinstance(failures[index], LivetwinError):
+                    log.warning("shard %d failed: %r", index, failures[index])
+                    self._set_state(index, RECOVERING)
+        return answers, failures
+
+    def _one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One shard's answer to a read; its own error as is, an unreachable shard as 503."""
+        if self._state[index] != LIVE:
+            raise self._refusal(index)
+        answers, failures = self._gather(
+            {index: self.shards.call(index, method, *args, **kwargs)}, self.read_timeout_s
+        )
+        if index in failures:
+            error = failures[index]
+            raise error if isinstance(error, LivetwinError) else self._refusal(index)
+        return answers[index]
+
+    def _all(
+        self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> dict[int, Any]:
+        """Every shard's answer (fan out); 503 naming the shards that cannot answer now."""
+        calls = {i: (method, *args) for i in range(self.shards.count)}
+        return self._some(calls, timeout=timeout, **kwargs)
+
+    def _some(
+        self, calls: dict[int, tuple], *, timeout: float | None = None, **kwargs: Any
+    ) -> dict[int, Any]:
+        """The answers of some shards (`{shard: (method, *args)}`, each also given `kwargs`);
+        a shard's own error as is, 503 naming the shards that cannot answer now."""
+        down = [i for i in calls if self._state[i] != LIVE]
+        if down:
+            raise self._refusal(*down)
+        futures = {i: self.shards.call(i, *call, **kwargs) for i, call in calls.items()}
+        answers, failures = self._gather(futures, timeout or self.read_timeout_s)
+        for error in failures.values():
+            if isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
+                raise error
+        if failures:
+            raise self._refusal(*sorted(failures))
+        return answers
+
+    def _refusal(self, *indices: int) -> Unavailable:
+        states = ", ".join(f"{i} ({self._state[i]})" for i in indices)
+        error = Unavailable(
+            f"shard{'s' if len(indices) > 1 else ''} {states} cannot answer now",
+            field="shard",
+            fix=f"retry after {RETRY_AFTER_S} s; GET /api/cluster shows the shards' states",
+        )
+        error.headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return error
+
+    # ---- types -----------------------------------------------------------------------------
+
+    def _refresh_types(self) -> dict[str, CompiledType]:
+        """Compile every type as shard 0 holds it (all shards hold the same)."""
+        from livetwin.models.base import ModelRefs
+
+        specs = self._one(0, "type_specs")
+        models = ModelRefs.configured(self.settings, self.data_dir).trusting_modules()
+        with self._types_lock:
+            for name, (version, spec) in specs.items():
+                known = self._types.get(name)
+                if known is None or known.version != version:
+                    parsed = TwinTypeSpec.model_validate({**spec, "name": name})
+                    self._types[name] = compile_type(parsed, version, resolve_model=models)
+            for gone in set(self._types) - set(specs):
+                del self._types[gone]
+            return dict(self._types)
+
+    def compiled_types(self) -> dict[str, CompiledType]:
+        with self._types_lock:
+            return dict(self._types)
+
+    def put_type(self, name: str, spec: dict) -> dict:
+        """Declare or change a type on every shard (each keeps the same versions)."""
+        answers = self._all("put_type", name, spec, timeout=self.write_timeout_s)
+        self._refresh_types()
+        return answers[0]
+
+    def get_type(self, name: str, version: int | None = None) -> dict:
+        return self._one(0, "read", "get_type", name, version)
+
+    def list_types(self) -> list[dict]:
+        """Types with their twin counts summed over the shards."""
+        merged: dict[str, dict] = {}
+        for answer in self._all("read", "list_types").values():
+            for item in answer:
+                if item["name"] in merged:
+                    merged[item["name"]]["twins"] += item["twins"]
+                else:
+                    merged[item["name"]] = item
+        return [merged[name] for name in sorted(merged)]
+
+    def stale_after(self, type_name: str) -> tuple[int | None, str | None]:
+        ctype = self.compiled_types().get(type_name)
+        declared = ctype.spec.stale_after if ctype is not None else None
+        if declared is not None:
+            return parse_duration(declared), "type"
+        return None, None  # observed gaps are a single-node estimate
+
+    def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
+        """The column names of a type version and which are derived (for the live stream)."""
+        key = (name, version)
+        if key not in self._layouts:
+            self._layouts[key] = self._one(0, "read", "layout", name, version)
+        return self._layouts[key]
+
+    def type_namespace(self, name: str) -> str:
+        return self.get_type(name)["spec"].get("namespace") or DEFAULT_NAMESPACE
+
+    # ---- ingest ----------------------------------------------------------------------------
+
+    def submit(self, observations: Any, *, atomic: bool = False) -> Future:
+        """Check a batch, split it by shard and send the parts at once: a future of the
+        `ClusterIngestResult`, answered when every shard involved has committed (or failed)."""
+        normalized = self._normalize(observations)
+        return self.submit_normalized(normalized, atomic=atomic)
+
+    def _normalize(self, observations: Any) -> Normalized:
+        def check(types):
+            return normalize(
+                observations,
+                types,
+                now_ms=self.clock(),
+                max_future_ms=self.settings.max_future_ms,
+            )
+
+        normalized = check(self.compiled_types())
+        if any(r.field == "type" for r in normalized.rejected):  # declared by another front end?
+            normalized = check(self._refresh_types())
+        return normalized
+
+    def submit_normalized(self, normalized: Normalized, *, atomic: bool = False) -> Future:
+        parts = self.split(normalized)
+        if atomic and len(parts) > 1:
+            raise LivetwinError(
+                f"atomic=true needs every row on one shard; these rows fall on shards "
+                f"{', '.join(map(str, sorted(parts)))}",
+                field="atomic",
+                fix="send atomic batches of twins of one shard, or send without atomic=true "
+                "(each row is then stored or refused on its own, with idempotency keys)",
+            )
+        result = ClusterIngestResult(rejected=[r.to_dict() for r in normalized.rejected])
+        if (atomic and normalized.rejected) or not parts:
+            return done(result)
+        calls = {}
+        for index, part in parts.items():
+            if self._state[index] != LIVE:
+                self._refuse_rows(result, index, part)
+            else:
+                calls[index] = self._senders[index].send(encode_part(part), atomic)
+        out: Future = Future()
+        if not calls:
+            out.set_result(result)
+            return out
+        waiting = [len(calls)]
+        lock = threading.Lock()
+
+        def landed(index: int, future: Future) -> None:
+            error = future.exception()
+            with lock:
+                if error is None:
+                    answer = future.result()
+                    result.accepted += answer["accepted"]
+                    result.duplicates += answer["duplicates"]
+                    result.rejected.extend(answer["rejected"])
+                elif isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
+                    result.rejected.extend(
+                        Rejection(i, error.field, error.message, error.fix).to_dict()
+                        for i in _rows(parts[index])
+                    )
+                else:
+                    self._refuse_rows(result, index, parts[index])
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+            result.unavailable.sort(key=lambda r: r["index"])
+            out.set_result(result)
+
+        for index, future in calls.items():
+            future.add_done_callback(partial(landed, index))
+        return out
+
+    def _refuse_rows(self, result: ClusterIngestResult, index: int, part: Normalized) -> None:
+        state = self._state[index] if self._state[index] != LIVE else RECOVERING
+        result.unavailable.extend({"index": i, "shard": index, "state": state} for i in _rows(part))
+
+    def split(self, normalized: Normalized) -> dict[int, Normalized]:
+        """The checked batches of each shard (rows keep their request index)."""
+        parts: dict[int, Normalized] = {}
+        count = self.shards.count
+        for batch, index in normalized.batches:
+            owners = np.asarray(shards_of(batch.twins, count), dtype=np.int64)
+            order = np.argsort(owners, kind="stable")
+            cuts = np.flatnonzero(np.diff(owners[order])) + 1
+            for rows in np.split(order, cuts):
+                if len(rows):
+                    shard = int(owners[rows[0]])
+                    part = parts.setdefault(shard, Normalized())
+                    part.batches.append((batch.take(rows), index[rows]))
+        return parts
+
+    def submit_extracted(self, *args, **kwargs):
+        raise NotServed("ingest through an extractor")
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def shard(self, twin_id: str) -> int:
+        return shards_of([twin_id], self.shards.count)[0]
+
+    def twin(self, twin_id: str) -> dict:
+        return self._one(self.shard(twin_id), "read", "twin", twin_id)
+
+    def history(self, twin_id: str, names=None, **window: Any) -> dict:
+        return self._one(self.shard(twin_id), "read", "history", twin_id, names, **window)
+
+    def observations(self, twin_id: str, *, limit: int = 50, before: Any = None) -> list[dict]:
+        return self._one(
+            self.shard(twin_id), "read", "observations", twin_id, limit=limit, before=before
+        )
+
+    def twins(self, *, limit: int = 100, offset: int = 0, **filters: Any) -> dict:
+        """Twins matching the filters, paged over the shards in shard order (creation order
+        within a shard and type): one count round, then one read of the shards the page
+        covers."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(
+                "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
+            )
+        if offset < 0:
+            raise InvalidInput("offset must not be negative", field="offset", fix="use 0 or more")
+        counts = self._all("read", "twins", **filters, limit=1, offset=0)
+        total = sum(c["total"] for c in counts.values())
+        wanted, start = {}, 0
+        for index in range(self.shards.count):
+            n = counts[index]["total"]
+            lo, hi = max(offset - start, 0), min(offset + limit - start, n)
+            if lo < hi:
+                wanted[index] = (lo, hi - lo)
+            start += n
+        calls = {
+            i: self.shards.call(i, "read", "twins", **filters, limit=n, offset=lo)
+            for i, (lo, n) in wanted.items()
+        }
+        answers, failures = self._gather(calls, self.read_timeout_s)
+        if failures:
+            raise self._refusal(*sorted(failures))
+        items = [item for i in sorted(answers) for item in answers[i]["items"]]
+        return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+    def aggregate(
+        self,
+        type_name: str,
+        names: list[str] | None = None,
+        aggs: list[str] | None = None,
+        *,
+        where: str | None = None,
+        parent: str | None = None,
+    ) -> dict:
+        """Fleet totals merged over the shards: sums, counts, minima and maxima of theirs, an
+        average as the sum over the count."""
+        wanted = list(aggs or AGGREGATE_FUNCTIONS)
+        asked = list(dict.fromkeys([*wanted, "sum", "count"]))  # what an average needs
+        answers = self._all(
+            "read", "aggregate", type_name, names, asked, where=where, parent=parent
+        )
+        parts = [answers[i] for i in sorted(answers)]
+        merged = {}
+        for name in parts[0]["values"]:
+            got = {agg: [p["values"][name][agg] for p in parts] for agg in asked}
+            present = {agg: [v for v in vs if v is not None] for agg, vs in got.items()}
+            count = sum(present["count"])
+            total = sum(present["sum"]) if present["sum"] else None
+            found = {
+                "sum": total,
+                "count": count,
+                "min": min(present["min"]) if present.get("min") else None,
+                "max": max(present["max"]) if present.get("max") else None,
+                "avg": total / count if count and total is not None else None,
+            }
+            merged[name] = {agg: found[agg] for agg in wanted}
+        return {"type": type_name, "twins": sum(p["twins"] for p in parts), "values": merged}
+
+    # ---- twin lifecycle (journaled by the twin's shard) -----------------------------------
+
+    def create_twin(self, twin_id: str, type_name: str, **options: Any) -> dict:
+        return self._one(
+            self.shard(twin_id), "change", "create_twin", twin_id, type_name, **options
+        )
+
+    def update_twin(self, twin_id: str, **options: Any) -> dict:
+        return self._one(self.shard(twin_id), "change", "update_twin", twin_id, **options)
+
+    def delete_twin(self, twin_id: str, **options: Any) -> dict:
+        return self._one(self.shard(twin_id), "change", "delete_twin", twin_id, **options)
+
+    def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
+        """Delete a type on every shard; without `cascade`, refused (409) before any shard
+        changes while some shard holds twins of it."""
+        if not cascade:
+            counts = {t["name"]: t["twins"] for t in self.list_types()}
+            if counts.get(name):
+                raise Conflict(
+                    f"type '{name}' has {counts[name]} twins",
+                    field="name",
+                    fix="delete them first, or send cascade=true to delete them too",
+                )
+        answers = self._all("change", "delete_type", name, cascade=cascade, purge=purge)
+        self._refresh_types()
+        merged = dict(answers[0])
+        merged["removed"] = [t for i in sorted(answers) for t in answers[i].get("removed", ())]
+        merged.pop("seq", None)  # each shard has its own journal
+        return merged
+
+    # ---- heavy jobs ------------------------------------------------------------------------
+
+    def calibrate(self, type_name: str, twins: list[str] | None = None, *, run=None) -> dict:
+        """Calibrate a type shard by shard, all shards at once (each runs the batched filter
+        over its own twins); one run record summed over the shards, with each shard's."""
+        from livetwin.jobs.calibration import new_run_id
+
+        run = run or new_run_id("calibrate")
+        if twins is None:
+            chosen = {i: None for i in range(self.shards.count)}
+        else:
+            chosen = {}
+            for twin in twins:
+                chosen.setdefault(self.shard(twin), []).append(twin)
+        down = [i for i in chosen if self._state[i] != LIVE]
+        if down:
+            raise self._refusal(*down)
+        calls = {
+            i: self.shards.call(i, "calibrate", type_name, ids, run) for i, ids in chosen.items()
+        }
+        answers, failures = self._gather(calls, timeout=3600)
+        for error in failures.values():
+            if isinstance(error, LivetwinError):
+                raise error
+        if failures:
+            raise self._refusal(*sorted(failures))
+        records = [answers[i] for i in sorted(answers)]
+        merged = dict(max(records, key=lambda r: r.get("twins") or 0))
+        for key in ("twins", "calibrated"):
+            merged[key] = sum(r.get(key) or 0 for r in records)
+        merged["steps"] = max(r.get("steps") or 0 for r in records)
+        statuses = {r.get("status") for r in records if r.get("twins")} or {"no-data"}
+        merged["status"] = statuses.pop() if len(statuses) == 1 else "partial"
+        for key in ("failed", "skipped"):
+            merged[key] = {k: v for r in records for k, v in (r.get(key) or {}).items()}
+        merged["run"] = run
+        merged["shards"] = {i: answers[i] for i in sorted(answers)}
+        return merged
+
+    def calibration(self, twin_id: str) -> dict:
+        return self._one(self.shard(twin_id), "calibration", twin_id)
+
+    def calibration_runs(self, type_name: str, limit: int = 20) -> list[dict]:
+        """Every shard's recent runs of a type (its part of each cluster run), newest first."""
+        runs = [
+            r for answer in self._all("calibration_runs", type_name, limit).values() for r in answer
+        ]
+        runs.sort(key=lambda r: str(r.get("started")), reverse=True)
+        return runs[:limit]
+
+    # ---- the cluster -----------------------------------------------------------------------
+
+    def cluster(self) -> dict:
+        """The shards: state (live, recovering, lost), where each runs, its lag and twins."""
+        calls = {
+            i: self.shards.call(i, "info")
+            for i in range(self.shards.count)
+            if self._state[i] == LIVE
+        }
+        answers, _ = self._gather(calls, timeout=2.0)
+        now = time.monotonic()
+        shards = []
+        for index in range(self.shards.count):
+            info = answers.get(index, {})
+            shards.append(
+                {
+                    "shard": index,
+                    "state": self._state[index],
+                    "since_s": round(now - self._since[index], 1),
+                    "node": info.get("node"),
+                    "host": info.get("host"),
+                    "pid": info.get("pid"),
+                    "twins": info.get("twins"),
+                    "lag": info.get("lag"),
+                    "last_seq": info.get("last_seq"),
+                    "snapshot_seq": info.get("snapshot_seq"),
+                }
+            )
+        return {
+            "cluster": True,
+            **self.meta.to_dict(),
+            "live": sum(s["state"] == LIVE for s in shards),
+            "twins": sum(s["twins"] or 0 for s in shards),
+            "shard_list": shards,
+        }
+
+
+def _rows(part: Normalized) -> list[int]:
+    return sorted(int(i) for _, index in part.batches for i in index)
+
+
+class ClusterAlarms:
+    """The alarm service's calls (`livetwin/api/alarms.py`) over the shards' alarm services:
+    each shard keeps its twins' alarms in its own schema; an alarm's id in the cluster is
+    `local id x shards + shard`, so a front end finds the shard from the id alone. Lists merge
+    the shards' newest first (by raise time), paged up to offset + limit <= 1000."""
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+        self.count = frontend.shards.count
+
+    def _global(self, alarm: dict, shard: int) -> dict:
+        return {**alarm, "id": alarm["id"] * self.count + shard}
+
+    def _call(self, alarm_id: int, method: str, *args: Any, **kwargs: Any) -> dict:
+        shard, local = alarm_id % self.count, alarm_id // self.count
+        found = self.frontend._one(shard, "alarm", method, local, *args, **kwargs)
+        return self._global(found, shard)
+
+    def get(self, alarm_id: int) -> dict:
+        return self._call(alarm_id, "get")
+
+    def acknowledge(self, alarm_id: int, **change: Any) -> dict:
+        return self._call(alarm_id, "acknowledge", **change)
+
+    def clear(self, alarm_id: int, **change: Any) -> dict:
+        return self._call(alarm_id, "clear", **change)
+
+    def comment(self, alarm_id: int, text: str, author: str | None = None) -> dict:
+        return self._call(alarm_id, "comment", text, author)
+
+    def list(self, *, limit: int = 100, offset: int = 0, **filters: Any) -> dict:
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(
+                "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
+            )
+        if offset < 0 or offset + limit > 1000:
+            raise InvalidInput(
+                "a cluster pages alarms up to offset + limit = 1000",
+                field="offset",
+                fix="narrow the list with state, severity, type or twin",
+            )
+        twin = filters.get("twin")
+        shards = [self.frontend.shard(twin)] if twin else range(self.count)
+        calls = {i: ("alarm", "list") for i in shards}
+        answers = self.frontend._some(calls, limit=offset + limit, offset=0, **filters)
+        items = [self._global(a, i) for i, answer in answers.items() for a in answer["items"]]
+        items.sort(key=lambda a: (a["raised"], a["id"]), reverse=True)
+        return {
+            "items": items[offset : offset + limit],
+            "total": sum(answer["total"] for answer in answers.values()),
+            "offset": offset,
+            "limit": limit,
+        }
+
+    def counts(self, namespaces: frozenset[str] | None = None) -> dict:
+        """Open alarms per severity and state, summed over the shards."""
+        answers = self.frontend._all("alarm", "counts", namespaces)
+        total: dict = {}
+        for answer in answers.values():
+            for severity, states in answer.items():
+                into = total.setdefault(severity, dict.fromkeys(states, 0))
+                for state, n in states.items():
+                    into[state] += n
+        return total
+
+
+class ClusterFeed:
+    """The live stream of a front end: every shard's applied batches and notices, polled from
+    the shards (from the first client on) and published in the order they arrive here (per
+    shard in journal order) on a bus of this front end, whose `LiveFeed` serves the clients.
+    Event ids are this front end's: a client that reconnects to another one starts over with
+    `event: reset`."""
+
+    POLL_S = 0.1
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+        self.bus = EventBus()
+        self.feed = LiveFeed(self.bus)
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._started = False
+
+    def stream(self, **options: Any):
+        """`LiveFeed.stream` of the merged events (starts polling the shards)."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                for index in range(self.frontend.shards.count):
+                    threading.Thread(
+                        target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
+                    ).start()
+        return self.feed.stream(**options)
+
+    def _poll(self, index: int) -> None:
+        after = None
+        while not self.feed.closed:
+            try:
+                position, events = self.frontend.shards.call(index, "events", after).result(10)
+            except Exception:  # recovering: its state says so; ask again
+                time.sleep(1.0)
+                continue
+            if after is not None and position[0] < after[0]:  # a shard restarted from an older
+                after = None  # snapshot replays nothing new: follow it from now on
+                continue
+            after = position
+            for event in events:
+                self._publish(event)
+            if not events:
+                time.sleep(self.POLL_S)
+
+    def _publish(self, event: Any) -> None:
+        with self._lock:
+            if isinstance(event, StateChanged):
+                self._seq += 1
+                event = StateChanged(self._seq, event.applied)
+            self.bus.publish(event)
+
+    def close(self) -> None:
+        self.feed.close()

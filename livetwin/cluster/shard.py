@@ -1,0 +1,258 @@
+"""One shard: a twin core on its own PostgreSQL schema, the body of a restartable Ray actor.
+
+`Shard` is plain Python (the tests drive it in-process); `start_shards` runs one `Shard` per
+shard as a named, detached Ray actor that Ray restarts (`max_restarts=-1`) wherever there is
+room when its node is lost. A (re)started shard loads its newest snapshot and replays its
+journal tail (`TwinCore`), so it holds exactly what was acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from livetwin.api.stream import Cursor, LiveFeed
+from livetwin.core import TwinCore
+from livetwin.engine.batch import decode_batch, encode_batch
+from livetwin.ingest.observations import Normalized
+from livetwin.query import Query
+from livetwin.settings import Settings
+from livetwin.spec.types import stored_spec
+
+NAMESPACE = "livetwin"  # the Ray namespace of shard actors
+SHARD_RESOURCE = "livetwin_shard"  # nodes that offer it are the only ones to host shards
+READ_RETRIES = 3  # a read is retried by Ray after a restart; ingest never is (see frontend)
+
+
+class Shard:
+    """A `TwinCore` over the shard's schema with the reads a front end routes to it."""
+
+    def __init__(self, index: int, url: str, services_url: str, settings: Settings | None = None):
+        from livetwin.store.postgres import PostgresStore
+
+        started = time.perf_counter()
+        self.index, self.services_url = index, services_url
+        self.settings = settings or Settings.from_env()  # the node's LIVETWIN_* variables
+        self._scratch = tempfile.mkdtemp(prefix=f"livetwin-shard{index:02d}-")
+        store = PostgresStore(url, max_connections=4)
+        try:  # snapshots live in PostgreSQL too: local files are only a cache
+            self.core = TwinCore(store, Path(self._scratch) / "snapshots", settings=self.settings)
+        except BaseException:
+            store.close()
+            raise
+        self.query = Query(self.core)
+        self.feed = LiveFeed(self.core.bus, last_seq=self.core.recovered["last_seq"])
+        self.alarms = self._start_alarms(url)
+        self._calibration_ports = None
+        self._calibration_lock = threading.Lock()
+        self.started_s = round(time.perf_counter() - started, 3)
+
+    def _start_alarms(self, url: str):
+        """The shard's alarm service: its twins' rules, its alarms in `<shard schema>_alarms`."""
+        from functools import partial
+
+        from livetwin.actions.alarms import AlarmService
+        from livetwin.store.servicedb import open_service_db
+
+        try:
+            return AlarmService(
+                clock=self.core.clock,
+                bus=self.core.bus,
+                reader=self.query,
+                open_db=partial(open_service_db, self._scratch, database_url=url),
+                tick_s=self.settings.alarm_tick_s,
+            ).start()
+        except BaseException:
+            self.core.close()
+            raise
+
+    def close(self) -> None:
+        self.feed.close()
+        self.alarms.stop()
+        self.core.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """Where the shard runs and how far it is: node, pid, twins, seq, queued work."""
+        ray = sys.modules.get("ray")  # loaded when this runs as an actor
+        node = ray.get_runtime_context().get_node_id() if ray and ray.is_initialized() else None
+        stats = self.core.stats()
+        return {
+            "shard": self.index,
+            "host": socket.gethostname(),
+            "node": node,
+            "pid": os.getpid(),
+            "twins": stats["twins"],
+            "last_seq": stats["last_seq"],
+            "snapshot_seq": stats["snapshot_seq"],
+            "lag": self.core.writer.queue_depth,
+            "recovered": self.core.recovered,
+            "started_s": self.started_s,
+        }
+
+    def events(self, after: tuple[int, int] | None, limit: int = 100) -> tuple:
+        """What became durable after the feed position `after` (None: from now on): (the new
+        position, up to `limit` events: applied batches and notices, in order)."""
+        if after is None:
+            newest = self.feed.newest()
+            return (newest.seq, newest.row), []
+        items = self.feed.after(Cursor(*after))[0][:limit]
+        last = items[-1].last if items else Cursor(*after)
+        return (last.seq, last.row), [item.event for item in items]
+
+    # ---- types (put on every shard by the front end) ---------------------------------------
+
+    def put_type(self, name: str, spec: dict) -> dict:
+        return self.core.put_type(name, spec)
+
+    def type_specs(self) -> dict[str, tuple[int, dict]]:
+        """Every live type's (version, spec) by name: front ends compile them to check ingest."""
+        return {
+            name: (ctype.version, stored_spec(ctype.spec))
+            for name, ctype in self.query.compiled_types().items()
+        }
+
+    def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One of the core's read views (`Query`): get_type, list_types, twin, twins,
+        history, observations, aggregate, stale_after."""
+        if method not in READS:
+            raise ValueError(f"not a shard read: {method}")
+        return getattr(self.query, method)(*args, **kwargs)
+
+    def change(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One journaled lifecycle change of the core: create_twin, update_twin, delete_twin,
+        delete_type."""
+        if method not in CHANGES:
+            raise ValueError(f"not a shard change: {method}")
+        return getattr(self.core, method)(*args, **kwargs)
+
+    def calibration(self, twin_id: str) -> dict:
+        """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
+        from livetwin.jobs.calibration import calibration_view
+
+        return calibration_view(self.query, self.core.store, twin_id)
+
+    def calibration_runs(self, type_name: str, limit: int) -> list[dict]:
+        return self.core.store.calibration_runs(type_name, limit)
+
+    def alarm(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One call of the shard's alarm service: list, counts, get, acknowledge, clear, comment."""
+        if method not in ALARM_CALLS:
+            raise ValueError(f"not a shard alarm call: {method}")
+        return getattr(self.alarms, method)(*args, **kwargs)
+
+    # ---- ingest ----------------------------------------------------------------------------
+
+    def ingest_parts(self, parts: list[bytes], atomic: list[bool]) -> list[dict]:
+        """Journal (durably) and apply checked parts (`encode_part`), all handed to the writer
+        at once (one group commit); each part's IngestResult, answered after the commit."""
+        futures = [
+            self.core.submit_normalized(decode_part(part), atomic=a)
+            for part, a in zip(parts, atomic, strict=True)
+        ]
+        return [future.result().to_dict() for future in futures]
+
+    # ---- heavy jobs ------------------------------------------------------------------------
+
+    def calibrate(self, type_name: str, twins: list[str] | None, run: str) -> dict:
+        """Calibrate this shard's twins of a type (the batched filter over all of them) as the
+        run `<run>-shard<NN>` (each shard records its own lineage node)."""
+        from livetwin.jobs.calibration import calibrate
+
+        with self._calibration_lock:
+            return calibrate(self._ports(), type_name, twins, run=f"{run}-shard{self.index:02d}")
+
+    def _ports(self):
+        if self._calibration_ports is None:
+            from functools import partial
+
+            import psycopg
+
+            from livetwin.jobs.ports import CalibrationPorts
+            from livetwin.registry import LineageStore
+            from livetwin.registry.store import RegistryStore
+            from livetwin.store.servicedb import open_service_db
+
+            open_db = partial(open_service_db, self._scratch, database_url=self.services_url)
+            with psycopg.connect(self.services_url, autocommit=True) as conn:  # one shard at a
+                conn.execute("SELECT pg_advisory_lock(hashtext('livetwin.services'))")  # time
+                self._calibration_ports = CalibrationPorts(
+                    clock=self.core.clock,
+                    reader=self.query,
+                    ingest=self.core,
+                    store=self.core.store,
+                    lineage=LineageStore(open_db, clock=self.core.clock),
+                    models=RegistryStore(open_db),
+                )
+        return self._calibration_ports
+
+
+def encode_part(part: Normalized) -> bytes:
+    """A shard's share of a checked batch as bytes (cheap to send): each batch in the journal's
+    wire form with the request index of its rows."""
+    return _part_encoder.encode(
+        [(encode_batch(b), np.ascontiguousarray(i, dtype="<i8").tobytes()) for b, i in part.batches]
+    )
+
+
+def decode_part(data: bytes) -> Normalized:
+    return Normalized(
+        batches=[
+            (decode_batch(b), np.frombuffer(i, dtype="<i8").astype(np.int64))
+            for b, i in _part_decoder.decode(data)
+        ]
+    )
+
+
+_part_encoder = msgspec.msgpack.Encoder()
+_part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
+
+CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
+ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
+READS = frozenset(
+    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}
+)
+
+
+def shard_name(cluster: str, index: int) -> str:
+    """The Ray actor name of a shard."""
+    return f"{cluster}-shard-{index:02d}"
+
+
+def start_shards(meta, *, settings: Settings | None = None) -> list:
+    """A handle on every shard actor of the cluster, creating those that do not run yet
+    (named and detached: they outlive the front end that created them)."""
+    import ray
+
+    placement: dict[str, Any] = {"num_cpus": 0}
+    if ray.cluster_resources().get(SHARD_RESOURCE):
+        placement["resources"] = {SHARD_RESOURCE: 0.001}
+    actor = ray.remote(Shard)
+    handles = []
+    for index, url in enumerate(meta.shard_urls):
+        handles.append(
+            actor.options(
+                name=shard_name(meta.name, index),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                max_restarts=-1,
+                max_task_retries=READ_RETRIES,
+                max_concurrency=32,
+                scheduling_strategy="SPREAD",
+                **placement,
+            ).remote(index, url, meta.services_url, settings)
+        )
+    return handles

@@ -1,0 +1,386 @@
+"""Cluster mode without Ray: the twin hash, the metadata's refusals, and a front end over four
+shards in this process (routing, paging, the 503 partial answer, atomic across shards)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+
+import httpx
+import pytest
+from cluster_support import LocalShards
+from conftest import PUMP, T0
+from fastapi.testclient import TestClient
+from postgres_support import PG_URL, require_postgres
+
+from livetwin.api.cluster import create_cluster_app
+from livetwin.cluster.frontend import ClusterFrontend
+from livetwin.cluster.meta import (
+    drop_cluster,
+    open_cluster,
+    shard_of,
+    shards_of,
+    with_schema,
+)
+from livetwin.errors import InvalidInput, Unavailable
+
+pytestmark = pytest.mark.services  # PostgreSQL
+
+
+def test_a_twin_s_shard_is_crc32_of_its_utf8_id_modulo_the_shard_count():
+    assert shard_of("pump-1", 8) == zlib.crc32(b"pump-1") % 8 == 6  # 1738268294 % 8
+    assert shard_of("plant-a/pump-7", 4) == 0
+    assert shard_of("ü", 5) == zlib.crc32("ü".encode()) % 5
+    ids = [f"t{i}" for i in range(1000)]
+    assert shards_of(ids, 8) == [shard_of(t, 8) for t in ids]
+    assert set(shards_of(ids, 8)) == set(range(8))  # spread over every shard
+
+
+def test_with_schema_sets_the_search_path_and_keeps_the_rest():
+    url = with_schema("postgresql://u@h:5432/db?sslmode=require&options=-cx%3D1", "s_01")
+    assert url == "postgresql://u@h:5432/db?sslmode=require&options=-csearch_path%3Ds_01"
+
+
+@pytest.fixture
+def cluster_name():
+    require_postgres()
+    name = f"lt{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_cluster(PG_URL, name)
+
+
+def test_the_shard_count_is_fixed_at_creation(cluster_name):
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    assert meta.shards == 4 and len(meta.shard_urls) == 4
+    assert meta.shard_urls[2].endswith(f"search_path%3D{cluster_name}_shard_02")
+    assert open_cluster(PG_URL, name=cluster_name) == meta  # joining needs no count
+    assert open_cluster(PG_URL, shards=4, name=cluster_name) == meta
+    with pytest.raises(InvalidInput) as refused:
+        open_cluster(PG_URL, shards=8, name=cluster_name)
+    assert "has 4 shards; it cannot start with 8" in refused.value.message
+    assert refused.value.field == "shards" and "--shards 4" in refused.value.fix
+
+
+def test_another_livetwin_version_is_refused(cluster_name):
+    open_cluster(PG_URL, shards=2, name=cluster_name)
+    with pytest.raises(Unavailable) as refused:
+        open_cluster(PG_URL, name=cluster_name, version="0.0.1")
+    assert "runs livetwin 0.1.0; this is livetwin 0.0.1" in refused.value.message
+    assert refused.value.field == "version"
+
+
+def test_joining_a_cluster_that_does_not_exist_needs_a_shard_count(cluster_name):
+    with pytest.raises(InvalidInput, match="no cluster") as refused:
+        open_cluster(PG_URL, name=cluster_name)
+    assert refused.value.field == "shards"
+    assert open_cluster(PG_URL, shards=2, name=cluster_name, create=False).shards == 2
+    with pytest.raises(InvalidInput, match="no cluster"):  # a check writes nothing
+        open_cluster(PG_URL, name=cluster_name)
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        (None, "no database is configured"),
+        ("sqlite:///x.db", "needs a postgresql:// database URL"),
+        ("postgresql://postgres@127.0.0.1:1/x", "cannot connect to PostgreSQL"),
+    ],
+)
+def test_cluster_mode_needs_a_reachable_postgresql(url, says):
+    with pytest.raises(Unavailable, match=says) as refused:
+        open_cluster(url, shards=2, name="ltnever")
+    assert refused.value.field == "database" and "--database" in refused.value.fix
+
+
+def test_shards_may_live_in_several_databases(cluster_name):
+    other = PG_URL.rsplit("/", 1)[0] + "/postgres"
+    meta = open_cluster(PG_URL, shards=3, name=cluster_name, databases=[PG_URL, other])
+    assert [u.split("?")[0] for u in meta.shard_urls] == [PG_URL, other, PG_URL]
+
+
+# ---- a front end over shards in this process -------------------------------------------------
+
+
+@pytest.fixture
+def front(cluster_name):
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards = LocalShards(meta)
+    try:
+        frontend = ClusterFrontend(meta, shards, write_timeout_s=10)
+        with TestClient(create_cluster_app(frontend)) as client:
+            assert client.put("/api/types/pump", json=PUMP).status_code == 200
+            yield client, shards, frontend
+    finally:
+        shards.close()
+
+
+def rows(n: int, twins: int = 20, key: str | None = "k") -> list[dict]:
+    out = []
+    for i in range(n):
+        row = {"twin": f"p{i % twins}", "type": "pump", "ts": T0 + i, "values": {"flow": i}}
+        if key:
+            row["key"] = f"{key}{i}"
+        out.append(row)
+    return out
+
+
+def test_a_batch_is_split_by_shard_and_reads_go_to_the_owner(front):
+    client, shards, _ = front
+    answer = client.post("/api/ingest", json=rows(100))
+    assert answer.status_code == 200
+    assert answer.json() == {"accepted": 100, "duplicates": 0, "rejected": []}
+    for i in range(20):  # each twin lives on its shard only
+        owner = shard_of(f"p{i}", 4)
+        assert [s.core.engine.twin_count() and f"p{i}" in s.core.engine.states["pump"].index
+                for s in shards.shards].count(True) == 1  # fmt: skip
+        assert f"p{i}" in shards.shards[owner].core.engine.states["pump"].index
+    twin = client.get("/api/twins/p3").json()
+    assert twin["properties"]["flow"] == 83 and twin["id"] == "p3"
+    assert client.get("/api/twins/p3/history?names=flow").json()["series"]["flow"][-1] == 83
+    assert len(client.get("/api/twins/p3/observations?limit=3").json()) == 3
+    assert client.get("/api/twins/nope").status_code == 404
+    types = client.get("/api/types").json()
+    assert [(t["name"], t["twins"]) for t in types] == [("pump", 20)]
+    again = client.post("/api/ingest", json=rows(100))  # a retry: stored once
+    assert again.json() == {"accepted": 0, "duplicates": 100, "rejected": []}
+
+
+def test_fleet_lists_fan_out_and_page_over_the_shards(front):
+    client, _, _ = front
+    client.post("/api/ingest", json=rows(40, twins=40))
+    seen = []
+    for offset in range(0, 40, 7):
+        page = client.get(f"/api/twins?type=pump&limit=7&offset={offset}").json()
+        assert page["total"] == 40
+        seen += [t["id"] for t in page["items"]]
+    assert sorted(seen) == sorted(f"p{i}" for i in range(40))  # each once, none missing
+    hot = client.get("/api/twins?type=pump&where=flow >= 30&limit=100").json()
+    assert hot["total"] == 10
+    assert {t["id"] for t in hot["items"]} == {f"p{i}" for i in range(30, 40)}
+
+
+def test_a_shard_that_is_down_refuses_its_rows_with_503_and_the_rest_are_stored(front):
+    client, shards, frontend = front
+    shards.down.add(shard_of("p0", 4))
+    down = shard_of("p0", 4)
+    batch = rows(20)
+    answer = client.post("/api/ingest", json=batch)
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
+    body = answer.json()
+    refused = [r["index"] for r in body["unavailable"]]
+    assert refused == [i for i, r in enumerate(batch) if shard_of(r["twin"], 4) == down]
+    assert body["accepted"] == 20 - len(refused) > 0
+    assert {r["shard"] for r in body["unavailable"]} == {down}
+    assert client.get("/api/twins/p0").status_code == 503  # its reads too, with the fix
+    assert "retry" in client.get("/api/twins/p0").json()["error"]["fix"]
+    shards.down.clear()  # back: the probe marks it live, the retry lands the rest once
+    deadline = time.monotonic() + 20
+    while frontend.state(down) != "live" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = client.post("/api/ingest", json=batch).json()
+    assert again == {"accepted": len(refused), "duplicates": 20 - len(refused), "rejected": []}
+    view = client.get("/api/cluster").json()
+    assert view["cluster"] is True and view["live"] == 4 and view["twins"] == 20
+    assert [s["state"] for s in view["shard_list"]] == ["live"] * 4
+
+
+def test_fleet_aggregates_merge_over_the_shards(front):
+    client, _, _ = front
+    client.post("/api/ingest", json=rows(40, twins=40))  # flow 0..39, one per twin
+    got = client.get("/api/types/pump/aggregate?names=flow").json()
+    assert got["twins"] == 40
+    assert got["values"]["flow"] == {"sum": 780.0, "avg": 19.5, "min": 0.0, "max": 39.0,
+                                     "count": 40}  # fmt: skip
+    some = client.get("/api/types/pump/aggregate?names=flow&agg=avg,max&where=flow >= 30")
+    assert some.json()["values"]["flow"] == {"avg": 34.5, "max": 39.0}
+
+
+def test_atomic_across_shards_is_a_clear_400_and_within_one_shard_it_works(front):
+    client, _, _ = front
+    answer = client.post("/api/ingest?atomic=true", json=rows(20))
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["field"] == "atomic" and "one shard" in error["message"]
+    one = [r for r in rows(20) if shard_of(r["twin"], 4) == shard_of("p0", 4)]
+    assert client.post("/api/ingest?atomic=true", json=one).json()["accepted"] == len(one)
+
+
+def test_alarms_are_raised_on_every_shard_and_listed_merged(front):
+    client, shards, _ = front
+    spec = {"properties": {"temp": {}}, "rules": {"hot": {"when": "temp > 80"}}}
+    assert client.put("/api/types/boiler", json=spec).status_code == 200
+    hot = [f"b{i}" for i in range(12)]
+    rows = [{"twin": t, "type": "boiler", "ts": T0 + i, "values": {"temp": 90}}
+            for i, t in enumerate(hot)]  # fmt: skip
+    rows.append({"twin": "cool", "type": "boiler", "ts": T0, "values": {"temp": 20}})
+    assert client.post("/api/ingest", json=rows).json()["accepted"] == 13
+    for shard in shards.shards:
+        shard.alarms.sync()
+    listed = client.get("/api/alarms?state=open&limit=5").json()
+    assert listed["total"] == 12 and len(listed["items"]) == 5
+    everything = listed["items"] + client.get("/api/alarms?offset=5&limit=20").json()["items"]
+    assert sorted(a["twin"] for a in everything) == sorted(hot)  # every shard's, once
+    assert len({a["id"] for a in everything}) == 12
+    assert {a["id"] % 4 for a in everything} == {shard_of(t, 4) for t in hot}  # id -> shard
+    one = everything[0]
+    assert client.get(f"/api/alarms/{one['id']}").json()["twin"] == one["twin"]
+    acked = client.post(f"/api/alarms/{one['id']}/ack", json={"by": "op"}).json()
+    assert acked["state"] == "acknowledged" and acked["id"] == one["id"]
+    counts = client.get("/api/alarms/counts").json()
+    assert counts["total"] == {"active": 11, "acknowledged": 1, "total": 12}
+    mine = client.get("/api/alarms?twin=b3").json()["items"]
+    assert [a["twin"] for a in mine] == ["b3"]
+    too_deep = client.get("/api/alarms?offset=990&limit=20")
+    assert too_deep.status_code == 422 and too_deep.json()["error"]["field"] == "offset"
+
+
+def test_twins_and_types_are_created_changed_and_deleted_on_their_shards(front):
+    client, shards, _ = front
+    made = client.post("/api/twins", json={"id": "p7", "type": "pump"})
+    assert made.status_code == 201 and made.json()["created"] is True
+    owner = shards.shards[shard_of("p7", 4)]
+    assert "p7" in owner.core.engine.states["pump"].index
+    assert client.post("/api/twins", json={"id": "p7", "type": "pump"}).status_code == 409
+    client.post("/api/ingest", json=rows(8, twins=8))
+    patched = client.patch("/api/twins/p7", json={"parent": "p1"})  # the shard's own answer
+    assert patched.status_code == 422 and patched.json()["error"]["field"] == "parent"
+    assert client.delete("/api/twins/p7").json()["removed"] == ["p7"]
+    assert client.get("/api/twins/p7").status_code == 404
+    refused = client.delete("/api/types/pump")
+    assert refused.status_code == 409 and "7 twins" in refused.json()["error"]["message"]
+    assert len(client.get("/api/twins?type=pump").json()["items"]) == 7  # nothing deleted
+    dropped = client.delete("/api/types/pump?cascade=true").json()
+    assert sorted(dropped["removed"]) == sorted(f"p{i}" for i in range(7))
+    assert client.get("/api/types").json() == []
+    assert client.post("/api/ingest", json=rows(1)).status_code == 422  # unknown type now
+
+
+def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
+    client, _, _ = front
+    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/runs"),
+                         ("POST", "/api/extractors/x"), ("GET", "/api/schedules")]:  # fmt: skip
+        answer = client.request(method, path, json={"id": "x", "type": "pump"})
+        assert answer.status_code == 501, (method, path)
+        error = answer.json()["error"]
+        assert "cluster" in error["message"] and "docs/cluster.md" in error["fix"]
+
+
+def test_bad_rows_are_rejected_by_the_front_end_before_any_shard(front):
+    client, _, _ = front
+    answer = client.post("/api/ingest", json=[{"twin": "p1", "type": "nope", "values": {"a": 1}}])
+    assert answer.status_code == 422
+    assert answer.json()["rejected"][0]["field"] == "type"
+
+
+# ---- serve --cluster refuses what cannot work, before it serves -----------------------------
+
+
+def test_serve_cluster_refusals_name_the_fix(cluster_name, monkeypatch):
+    from cli_support import refused, run
+
+    monkeypatch.delenv("LIVETWIN_DATABASE_URL", raising=False)
+    port = ["--port", "18731"]
+    refused(run("serve", "--cluster", "auto", "--shards", "2", *port), "needs PostgreSQL")
+    refused(run("serve", "--shards", "2", *port), "--shards needs --cluster")
+    db = ["--database", PG_URL, "--cluster-name", cluster_name]
+    refused(run("serve", "--cluster", "head::", *db, *port), "is not a Ray address")
+    refused(
+        run("serve", "--cluster", "127.0.0.1:1", "--shards", "2", *db, *port),
+        "no Ray cluster answers at 127.0.0.1:1",
+        "ray start --head",
+    )
+    open_cluster(PG_URL, shards=4, name=cluster_name)
+    refused(
+        run("serve", "--cluster", "auto", "--shards", "8", *db, *port),
+        "has 4 shards; it cannot start with 8",
+        "--shards 4",
+    )
+    refused(
+        run("serve", "--cluster", "auto", "--mqtt", "127.0.0.1:1883", *db, *port),
+        "MQTT and OPC UA ingest are not served by a cluster front end",
+    )
+
+
+# ---- heavy jobs fan out ----------------------------------------------------------------------
+
+
+def test_calibrating_a_type_runs_on_every_shard_at_once(front):
+    from calibration_support import STEP_MS
+
+    from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, observations, roller_fleet
+
+    client, shards, _ = front
+    spec = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "backend": "numpy"}}
+    assert client.put("/api/types/roller_line", json=spec).status_code == 200
+    ids = [f"line-{i}" for i in range(8)]
+    sim = roller_fleet(len(ids), seed=3)
+    rows = []
+    for k in range(120):
+        rows += observations(sim.step(), ids, T0 + k * STEP_MS)
+    assert client.post("/api/ingest", json=rows).json()["accepted"] == len(rows)
+    record = client.post("/api/types/roller_line/calibrate").json()
+    assert record["status"] == "succeeded" and record["calibrated"] == record["twins"] == 8
+    by_shard = {int(i): r["twins"] for i, r in record["shards"].items()}
+    assert by_shard == {i: sum(shard_of(t, 4) == i for t in ids) for i in range(4)}
+    assert {r["run"] for r in record["shards"].values()} == {  # one run, a part per shard
+        f"{record['run']}-shard{i:02d}" for i in range(4)
+    }
+    line = client.get("/api/twins/line-3").json()
+    assert 0.005 < line["parameters"][DRAGS[0]] < 0.08  # calibrated in place, on its shard
+    one = client.post("/api/twins/line-3/calibrate").json()  # one twin: its shard only
+    assert list(one["shards"]) == [str(shard_of("line-3", 4))]
+    view = client.get("/api/twins/line-3/calibration").json()
+    assert set(view["parameters"]) >= set(DRAGS)
+    runs = client.get("/api/types/roller_line/calibration").json()
+    assert len(runs) == 5 and {r["run"] for r in runs} >= {
+        f"{one['run']}-shard{shard_of('line-3', 4):02d}"
+    }
+
+
+def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
+    from livetwin.api.auth import install_auth
+
+    _, _, frontend = front
+    app = create_cluster_app(frontend)
+    tokens = install_auth(app, frontend, mode="tokens")
+    reader = tokens.create(name="r", scope="read", namespace="*")["token"]
+    with TestClient(app) as client:
+        assert client.get("/api/types").status_code == 401
+        authorized = {"authorization": f"Bearer {reader}"}
+        assert client.get("/api/types", headers=authorized).status_code == 200
+        refused = client.post("/api/ingest", json=rows(1), headers=authorized)
+        assert refused.status_code == 403  # read scope: no writes
+        assert client.get("/api/cluster", headers=authorized).status_code == 200
+
+
+def test_the_live_stream_merges_every_shard_s_events(front):
+    from api.test_stream import stream_in_background
+    from conftest import served
+
+    _, shards, frontend = front
+    spec = {**PUMP, "rules": {"fast": {"when": "flow > 100"}}}
+    with served(None, create_cluster_app(frontend)) as url:
+        assert httpx.put(f"{url}/api/types/pump", json=spec).status_code == 200
+        thread, first = stream_in_background(f"{url}/api/stream?kinds=state,alarm", 22)
+        time.sleep(0.5)  # the front end follows the shards from now on
+        batch = rows(20)
+        batch.append({"twin": "p3", "type": "pump", "ts": T0 + 99, "values": {"flow": 500}})
+        assert httpx.post(f"{url}/api/ingest", json=batch).json()["accepted"] == 21
+        thread.join(20)
+        states = [e for e in first if e["event"] == "state"]
+        assert len(first) == 22 and len(states) == 21  # 21 rows and p3's alarm
+        assert sorted(e["data"]["values"]["flow"] for e in states) == [*range(20), 500]
+        (alarm,) = [e for e in first if e["event"] == "alarm"]
+        assert alarm["data"]["twin"] == "p3" and alarm["data"]["rule"] == "fast"
+        assert {shard_of(e["data"]["twin"], 4) for e in states} == {0, 1, 2, 3}
+        ids = [tuple(map(int, e["id"].split("."))) for e in first]
+        assert ids == sorted(ids)  # one order: this front end's
+        # per twin, journal order: p3's rows arrive in ts order
+        p3 = [e["data"]["ts"] for e in states if e["data"]["twin"] == "p3"]
+        assert p3 == sorted(p3)
+        # a client resuming from an id it got misses nothing after it
+        thread, resumed = stream_in_background(f"{url}/api/stream?kinds=state,alarm", 2,
+                                               {"Last-Event-ID": first[-3]["id"]})  # fmt: skip
+        thread.join(20)
+        assert [e["id"] for e in resumed] == [e["id"] for e in first[-2:]]
