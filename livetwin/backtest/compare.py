@@ -75,22 +75,29 @@ class OutputDiff:
     def add(self, uids: np.ndarray, ts: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
         self.compared += len(b)
         nan_b, nan_c = np.isnan(b), np.isnan(c)
-        known = ~(nan_b | nan_c)
-        self.both_known += int(np.count_nonzero(known))
-        differ = ~((b == c) | (nan_b & nan_c))
+        if nan_b.any() or nan_c.any():
+            known = ~(nan_b | nan_c)
+            differ = (b != c) & (known | (nan_b != nan_c))  # two unknowns are equal
+            self.only_baseline += int(np.count_nonzero(nan_c & ~nan_b))
+            self.only_candidate += int(np.count_nonzero(nan_b & ~nan_c))
+        else:  # the common case: both known everywhere
+            known, differ = None, b != c
+        self.both_known += len(b) if known is None else int(np.count_nonzero(known))
         at = np.flatnonzero(differ)
         if not len(at):
             return
         self.differing += len(at)
-        self.only_baseline += int(np.count_nonzero(nan_c & ~nan_b))
-        self.only_candidate += int(np.count_nonzero(nan_b & ~nan_c))
         # only differing observations add to the sums: |c - b| where both are known, else inf
         if len(at) < len(b):
-            uids, ts, b, c, known = uids[at], ts[at], b[at], c[at], known[at]
+            uids, ts, b, c = uids[at], ts[at], b[at], c[at]
+            known = None if known is None else known[at]
         gap = np.abs(c - b)
-        finite_gap = np.where(known, gap, 0.0)
+        if known is None:
+            finite_gap, worst = gap, gap
+        else:
+            finite_gap, worst = np.where(known, gap, 0.0), np.where(known, gap, np.inf)
         self.sum_sq += float(np.dot(finite_gap, finite_gap))
-        self.worst.maximum(uids, np.where(known, gap, np.inf))
+        self.worst.maximum(uids, worst)
         first = int(np.argmin(ts))
         if self.first is None or ts[first] < self.first[1]:
             self.first = (int(uids[first]), int(ts[first]), b[first], c[first])

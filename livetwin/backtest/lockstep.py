@@ -32,7 +32,7 @@ from livetwin.backtest.compare import (
 )
 from livetwin.backtest.overlay import Overlay, change_set, same_rule
 from livetwin.engine import rules
-from livetwin.engine.batch import Batch, decode_batch
+from livetwin.engine.batch import Batch, batch_uids, decode_batch
 from livetwin.engine.engine import LIFECYCLE, Applied, Engine, json_number
 from livetwin.engine.rulecolumns import Change, RuleColumns
 from livetwin.engine.state import TypeState, export_state, import_state
@@ -43,6 +43,7 @@ from livetwin.store.base import JournalEntry
 from livetwin.timefmt import format_ts
 
 MAX_SERIES_POINTS = 5_000  # per twin and output in a report
+FEW = 1_000  # a twin filter this small skips batches without its twins before decoding them
 
 
 class Cancelled(Exception):
@@ -194,6 +195,10 @@ class LockStep:
                 self._flush()
                 self._change(entry)
                 continue
+            if self.uids is not None and entry.type == name and len(self.uids) <= FEW:
+                uids = batch_uids(entry.body)  # a few twins: skip the others' batches unread
+                if uids is not None and not np.isin(uids, self.uids).any():
+                    continue
             batch = decode_batch(entry.body)
             keep = batch.ts < end
             if self.uids is not None and entry.type == name:

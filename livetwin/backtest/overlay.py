@@ -37,7 +37,7 @@ def change_set(base: CompiledType, cand: CompiledType) -> ChangeSet | None:
     attributes, or children (aggregates are kept per version)."""
     params = {n: p.value for n, p in base.spec.parameters.items()}
     if (
-        base.inputs != cand.inputs
+        set(base.inputs) != set(cand.inputs)  # (their order does not matter: read by name)
         or params != {n: p.value for n, p in cand.spec.parameters.items()}
         or set(base.attributes) != set(cand.attributes)
         or base.spec.children

@@ -17,6 +17,7 @@ def summary(report: dict) -> dict:
         "observations": report["observations"],
         "seconds": report.get("seconds"),
         "observations_per_s": report.get("observations_per_s"),
+        "candidate_run": report.get("candidate_run"),
         "outputs": {
             o["name"]: {
                 k: o[k] for k in ("differing", "twins_affected", "max_abs_diff", "rms_diff")

@@ -174,12 +174,15 @@ class Engine:
                 if stamped:
                     _set_stamped(st, stamped, batch.values, sel[late], r[late], t[late])
                 sel, r, t = sel[~late], r[~late], t[~late]
-            present = {}
-            for k, (name, j) in enumerate(zip(batch.names, col_of_input, strict=True)):
-                v = batch.values[k, sel]
-                seen = ~np.isnan(v)
-                present[name] = seen
-                st.data[j, r[seen]] = v[seen]
+            values = batch.values[:, sel]
+            given = ~np.isnan(values)
+            present = dict(zip(batch.names, given, strict=True))
+            if given.all():  # the common case: every observation sets every name
+                st.data[col_of_input[:, None], r] = values
+            else:
+                for k, j in enumerate(col_of_input.tolist()):
+                    seen = given[k]
+                    st.data[j, r[seen]] = values[k, seen]
             for k, _, slot in stamped:
                 seen = present[batch.names[k]]
                 st.value_ts[slot, r[seen]] = t[seen]

@@ -100,11 +100,10 @@ class RuleColumns:
         top = int(uids.max())
         out: list[Change] = []
         for rule in todo:
-            size = m
-            when = rule.when.evaluate(seen.env, size=size)
+            when = rule.when.evaluate(seen.env, size=m)
             holds = (when != 0) & ~np.isnan(when)
             if rule.clear is not None:
-                cleared = rule.clear.evaluate(seen.env, size=size)
+                cleared = rule.clear.evaluate(seen.env, size=m)
                 ends_alarm = (cleared != 0) & ~np.isnan(cleared)
             else:
                 ends_alarm = when == 0
@@ -160,6 +159,7 @@ def _next(mask: np.ndarray) -> np.ndarray:
 
 
 def _add(changes: list, kind: int, groups, at, since, order: float) -> None:
+    """Collect changes of `kind` for twin `groups`; `order` sorts them within a twin."""
     if len(groups):
         n = len(groups)
         changes.append(

@@ -89,7 +89,7 @@ class Compiled:
             ctx = _checked_context(ctx, size)
         with np.errstate(all="ignore"):
             out = self._fn(_Frame(columns, size, ctx))
-        return np.array(np.broadcast_to(out, (size,)), dtype=np.float64)
+        return _rows_of(out, size)
 
 
 def compile_expression(
@@ -268,7 +268,7 @@ def _window(node: parser.Window) -> Fn:
     names = sorted(spec.names)
 
     def run(frame: _Frame) -> np.ndarray:
-        values = np.broadcast_to(inner(frame), (frame.size,)).astype(np.float64)
+        values = _rows_of(inner(frame), frame.size)
         feed = np.isfinite(values)
         if spec.func != "time_in":
             feed &= _any_present(frame.ctx.present, names, frame.size)
@@ -281,8 +281,22 @@ def _any_present(present: Mapping[str, np.ndarray], names: list[str], size: int)
     missing = [name for name in names if name not in present]
     if missing:
         raise KeyError(f"EvalContext.present has no entry for {missing}")
-    masks = [np.broadcast_to(np.asarray(present[name], dtype=bool), (size,)) for name in names]
+    masks = [_mask_of(present[name], size) for name in names]
     return functools.reduce(np.logical_or, masks)
+
+
+def _rows_of(value: Value, size: int) -> np.ndarray:
+    """`value` (`size` rows, or one value for all) as a new float64 array of `size` rows."""
+    if isinstance(value, np.ndarray) and value.shape == (size,):
+        return value.astype(np.float64)  # a copy (the common case: no broadcasting needed)
+    return np.array(np.broadcast_to(value, (size,)), dtype=np.float64)
+
+
+def _mask_of(value, size: int) -> np.ndarray:
+    """`value` (a bool per row, or one for all) as `size` bools."""
+    if isinstance(value, np.ndarray) and value.dtype == bool and value.shape == (size,):
+        return value
+    return np.broadcast_to(np.asarray(value, dtype=bool), (size,))
 
 
 def _row_count(

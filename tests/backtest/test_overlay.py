@@ -60,6 +60,13 @@ def test_a_candidate_with_other_inputs_cannot_share_the_state(patch):
     assert change_set(RECORDED, candidate(patch)) is None
 
 
+def test_the_same_inputs_in_another_order_share_the_state():
+    reordered = {**OVEN, "properties": dict(reversed(list(OVEN["properties"].items())))}
+    cand = compile_type(parse_type_spec(reordered, "oven"), 0)
+    assert cand.inputs != RECORDED.inputs
+    assert change_set(RECORDED, cand) == change_set(RECORDED, RECORDED)
+
+
 CANDIDATES = [
     {"patch": {}},
     {"patch": {"derived": {"temp_avg": "avg(temp, '30m')"}}},
@@ -77,6 +84,13 @@ CANDIDATES = [
         }
     },
     {"patch": {"derived": {"power": "fan + temp_avg"}, "rules": {"fan_stuck": None}}},
+    {  # the inputs in another order, and the window changed
+        "spec": {
+            **OVEN,
+            "properties": dict(reversed(list(OVEN["properties"].items()))),
+            "derived": {**OVEN["derived"], "temp_avg": "avg(temp, '20m')"},
+        }
+    },
     {"patch": {"properties": {"pressure": {}}, "derived": {"p2": "pressure * 2"}}},  # engines
 ]
 

@@ -161,3 +161,14 @@ def test_batches_with_uids_replay_to_the_same_state():
         replayed.apply(batch)
     assert_same(state_of(live), state_of(replayed))
     assert replayed.next_uid == live.next_uid
+
+
+def test_the_uids_of_an_encoded_batch_are_read_without_decoding_it():
+    from livetwin.engine.batch import batch_uids, decode_batch, encode_batch
+
+    values = np.array([[1.0, 2.0, 3.0]])
+    batch = Batch("m", ["a", "b", "a"], np.array([1, 2, 3]), ("a",), values)
+    assert batch_uids(encode_batch(batch)) is None  # not journaled yet
+    batch.uids, batch.attrs = np.array([7, 9, 7]), {"mode": ["x", None, "y"]}
+    blob = encode_batch(batch)
+    assert batch_uids(blob).tolist() == [7, 9, 7] == decode_batch(blob).uids.tolist()
