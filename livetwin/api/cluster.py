@@ -16,6 +16,7 @@ from livetwin.api.app import (
     FastJSON,
     calibration_routes,
     cluster_route,
+    extractor_routes,
     ingest_routes,
     install_error_handlers,
     stream_route,
@@ -48,6 +49,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     document(app)
     install_error_handlers(app)
     type_routes(app, frontend)
+    extractor_routes(app, frontend)
     ingest_routes(app, frontend)
     calibration_routes(app, frontend)
     twin_read_routes(app, frontend)

@@ -256,10 +256,35 @@ def test_twins_and_types_are_created_changed_and_deleted_on_their_shards(front):
     assert client.post("/api/ingest", json=rows(1)).status_code == 422  # unknown type now
 
 
+def test_a_device_payload_goes_through_an_extractor_to_its_shards(front):
+    client, shards, _ = front
+    gateway = {
+        "foreach": "$.readings[*]", "twin": "@.id", "twin_prefix": "pump-", "type": "pump",
+        "ts": "$.sent", "ts_format": "epoch_s", "values": {"flow": "@.data.q"},
+    }  # fmt: skip
+    assert client.put("/api/extractors/gateway", json=gateway).status_code == 200
+    assert [e["name"] for e in client.get("/api/extractors").json()] == ["gateway"]
+    readings = [{"id": i, "data": {"q": float(i)}} for i in range(8)]
+    readings.insert(2, {"data": {"q": 1.0}})  # no id: rejected, the others kept
+    readings.insert(5, {"id": 99, "data": {"q": "lots"}})  # extracted, rejected by the check
+    payload = {"sent": T0 // 1000, "readings": readings}
+    shards.down.add(shard_of("pump-7", 4))
+    body = client.post("/api/ingest/gateway", json=payload).json()
+    assert sorted((e["index"], e["field"]) for e in body["rejected"]) == [
+        (2, "twin"),
+        (5, "values.flow"),
+    ]
+    refused = [r["index"] for r in body["unavailable"]]  # payload elements, not observations
+    assert 9 in refused and all(shard_of(f"pump-{readings[i]['id']}", 4) ==
+                                shard_of("pump-7", 4) for i in refused)  # fmt: skip
+    assert body["accepted"] == 8 - len(refused)
+    assert client.get("/api/twins/pump-3").json()["properties"]["flow"] == 3.0
+
+
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
     for method, path in [("GET", "/api/webhooks"), ("GET", "/api/runs"),
-                         ("POST", "/api/extractors/x"), ("GET", "/api/schedules")]:  # fmt: skip
+                         ("POST", "/api/mappings/x"), ("GET", "/api/schedules")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
