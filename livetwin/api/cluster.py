@@ -24,6 +24,7 @@ from livetwin.api.app import (
     type_routes,
 )
 from livetwin.api.login import login_routes
+from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
 from livetwin.api.twins import twin_routes
 from livetwin.errors import NotServed
@@ -56,6 +57,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     twin_routes(app, frontend)
     cluster_route(app, frontend.cluster)
     stream_route(app, frontend, frontend.feed)
+    mqtt_routes(app, frontend, frontend.mqtt)
     alarm_routes(app, frontend.alarms)
     login_routes(app)
 

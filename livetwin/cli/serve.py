@@ -371,7 +371,7 @@ def serve(
     check_port(host, port)
     if cluster is not None or shards is not None:
         frontend = cluster_frontend(
-            cluster, shards, cluster_name, data, settings, bool(subscriptions or connectors)
+            cluster, shards, cluster_name, data, settings, subscriptions, connectors
         )
         banner = f"livetwin cluster front end at [bold]{'https' if https else 'http'}://"
         banner += f"{host}:{port}[/] (API docs: /docs; shards: GET /api/cluster)"
@@ -399,9 +399,11 @@ def cluster_frontend(
     name: str,
     data: Path,
     settings: Settings,
-    has_config: bool,
+    subscriptions: dict[str, dict],
+    connectors: dict[str, dict],
 ):
-    """Open a cluster front end for `serve` (every refusal before anything serves)."""
+    """Open a cluster front end for `serve`, with MQTT ingest when a broker is configured
+    (every refusal before anything serves)."""
     from livetwin.cluster.connect import open_frontend
 
     try:
@@ -409,15 +411,15 @@ def cluster_frontend(
             raise InvalidInput(
                 "--shards needs --cluster", field="shards", fix="add --cluster auto (or an address)"
             )
-        if settings.mqtt is not None or has_config:
+        if connectors:
             raise InvalidInput(
-                "MQTT and OPC UA ingest are not served by a cluster front end yet",
-                field="mqtt",
-                fix="run them on a single-node `livetwin serve` that posts to the cluster, or "
-                "leave out --mqtt/--config (docs/cluster.md, Limits)",
+                "OPC UA connectors are not served by a cluster front end yet",
+                field="config",
+                fix="run them on a single-node `livetwin serve` (docs/cluster.md, Limits), or "
+                "leave the opcua: section out of --config",
             )
         console.print(f"starting a cluster front end on the Ray cluster at {cluster} ...")
-        return open_frontend(
+        frontend = open_frontend(
             cluster,
             settings.database_url,
             shards=shards,
@@ -425,5 +427,14 @@ def cluster_frontend(
             settings=settings,
             data_dir=str(data),
         )
+        try:
+            if settings.mqtt is not None:
+                frontend.start_mqtt(settings.mqtt)
+                for sub_name, body in subscriptions.items():
+                    frontend.mqtt.put_subscription(sub_name, body)
+        except BaseException:
+            frontend.close()
+            raise
+        return frontend
     except LivetwinError as exc:
         fail(exc)

@@ -166,6 +166,7 @@ class ClusterFrontend:
         # extractors live in shard 0's store, read there each time (any front end may change one)
         self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
         self.feed = ClusterFeed(self)
+        self.mqtt = None  # start_mqtt
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
 
@@ -175,6 +176,8 @@ class ClusterFrontend:
         return self
 
     def close(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
         self.feed.close()
 
     def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
@@ -434,6 +437,19 @@ class ClusterFrontend:
                     part = parts.setdefault(shard, Normalized())
                     part.batches.append((batch.take(rows), index[rows]))
         return parts
+
+    def start_mqtt(self, connection: Any) -> None:
+        """MQTT ingest through this front end: its subscriptions live in shard 0's store; with
+        the connection's share group, several front ends split each topic."""
+        from livetwin.ingest.mqtt import MqttBridge
+
+        self.mqtt = MqttBridge(
+            connection,
+            ingest=_WholeBatches(self),
+            extractor=self.extractors.get,
+            configs=_ShardConfigs(self, 0),
+            clock=self.clock,
+        ).start()
 
     def submit_extracted(self, extractor: str, payload: Any, *, atomic: bool = False) -> Future:
         """A device payload mapped by the named extractor, then ingested like `submit`."""
@@ -775,7 +791,8 @@ class ClusterFeed:
 
 
 class _ShardConfigs:
-    """The extractor table of one shard's store, as `Extractors` uses it."""
+    """The extractor and config tables of one shard's store, as `Extractors` and the MQTT
+    bridge (its subscriptions) use them."""
 
     def __init__(self, frontend: ClusterFrontend, index: int):
         self.frontend, self.index = frontend, index
@@ -788,3 +805,37 @@ class _ShardConfigs:
 
     def delete_extractor(self, name: str) -> None:
         self.frontend._one(self.index, "config", "delete_extractor", name)
+
+    def configs(self, kind: str) -> dict[str, str]:
+        return self.frontend._one(self.index, "config", "configs", kind)
+
+    def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
+        self.frontend._one(self.index, "config", "put_config", kind, name, spec, at)
+
+    def delete_config(self, kind: str, name: str) -> bool:
+        return self.frontend._one(self.index, "config", "delete_config", kind, name)
+
+
+class _WholeBatches:
+    """The ingest port of the MQTT bridge: a batch some of whose rows a shard could not take
+    fails as a whole, so the bridge leaves its messages unacknowledged and the broker sends them
+    again (rows stored meanwhile come back as duplicates when they carry keys)."""
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+
+    def submit(self, observations: Any, *, atomic: bool = False) -> Future:
+        out: Future = Future()
+
+        def landed(future: Future) -> None:
+            error = future.exception()
+            if error is None and future.result().unavailable:
+                shards = sorted({r["shard"] for r in future.result().unavailable})
+                error = self.frontend._refusal(*shards)
+            if error is not None:
+                out.set_exception(error)
+            else:
+                out.set_result(future.result())
+
+        self.frontend.submit(observations, atomic=atomic).add_done_callback(landed)
+        return out
