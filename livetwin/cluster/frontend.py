@@ -99,10 +99,14 @@ class _Sender:
                 except queue.Empty:
                     break
             parts, atomic = [g[0] for g in group], [g[1] for g in group]
-            call = {self.index: self.frontend.shards.call(
-                self.index, "ingest_parts", parts, atomic, retry=False
-            )}  # fmt: skip
-            answers, failures = self.frontend._gather(call, self.frontend.write_timeout_s)
+            try:
+                call = {self.index: self.frontend.shards.call(
+                    self.index, "ingest_parts", parts, atomic, retry=False
+                )}  # fmt: skip
+                answers, failures = self.frontend._gather(call, self.frontend.write_timeout_s)
+            except Exception as exc:  # the call could not even be sent: these parts fail
+                answers, failures = {}, {self.index: exc}
+                self.frontend._set_state(self.index, RECOVERING)
             for i, (_, _, future) in enumerate(group):
                 if self.index in answers:
                     future.set_result(answers[self.index][i])
