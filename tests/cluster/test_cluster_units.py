@@ -186,6 +186,9 @@ def test_a_shard_that_is_down_refuses_its_rows_with_503_and_the_rest_are_stored(
     view = client.get("/api/cluster").json()
     assert view["cluster"] is True and view["live"] == 4 and view["twins"] == 20
     assert [s["state"] for s in view["shard_list"]] == ["live"] * 4
+    metrics = client.get("/metrics").text
+    assert 'livetwin_cluster_shards{state="live"} 4.0' in metrics
+    assert f'livetwin_cluster_shard_twins{{shard="{down}"}}' in metrics
 
 
 def test_fleet_aggregates_merge_over_the_shards(front):
