@@ -140,11 +140,13 @@ def run_server(
     *,
     https: Https | None = None,
     make_app=None,
+    stopped: str = "ingest drained, history flushed, snapshot written",
 ) -> None:
     """Run the API over `platform` until Ctrl-C or SIGTERM, with the auth mode of its settings
     (open, tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md), over
     HTTPS with `https`. `banner` is printed once the app is ready to start. `make_app(platform)`
-    builds the app (default: the single node's, which closes the platform at the end)."""
+    builds the app (default: the single node's, which closes the platform at the end);
+    `stopped` says what a stop signal left behind."""
     import gc
     import sys
 
@@ -199,10 +201,7 @@ def run_server(
             **server_options(),  # request heads capped at 64 KiB, refusals in JSON
         )
     if stopped_by:
-        console.print(
-            f"stopped on {signal.Signals(stopped_by[0]).name}: ingest drained, history flushed, "
-            "snapshot written"
-        )
+        console.print(f"stopped on {signal.Signals(stopped_by[0]).name}: {stopped}")
 
 
 @contextlib.contextmanager
@@ -377,7 +376,15 @@ def serve(
         banner += f"{host}:{port}[/] (API docs: /docs; shards: GET /api/cluster)"
         from livetwin.api.cluster import create_cluster_app
 
-        run_server(frontend, host, port, banner, https=https, make_app=create_cluster_app)
+        run_server(
+            frontend,
+            host,
+            port,
+            banner,
+            https=https,
+            make_app=create_cluster_app,
+            stopped="the shards keep running in the Ray cluster",
+        )
         return
     platform = open_platform(data, settings)
     try:
