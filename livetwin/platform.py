@@ -25,14 +25,14 @@ from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.actions.webhooks import WebhookService
 from livetwin.auth.devices import DeviceStore
 from livetwin.backtest.service import BacktestService
-from livetwin.core import TwinCore, done
+from livetwin.core import TwinCore
 from livetwin.engine.events import EventBus
 from livetwin.errors import NotFound, Unavailable
-from livetwin.ingest.extract import extract
+from livetwin.ingest.extractors import Extractors, submit_extracted
 from livetwin.ingest.files.mapping import CONFIG_KIND as MAPPINGS
 from livetwin.ingest.files.mapping import ImportMapping
 from livetwin.ingest.mqtt import MqttBridge
-from livetwin.ingest.observations import Normalized, Rejection
+from livetwin.ingest.observations import Normalized
 from livetwin.ingest.opcua import OpcuaConnectors
 from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
@@ -81,7 +81,7 @@ class Platform:
             raise
         self.query = Query(self.core)
         self.recovered = self.core.recovered
-        self._extractors: dict[str, ExtractorSpec] = {}
+        self.extractors = Extractors(self.core.store, self.clock)
         self._calibration_locks: dict[str, threading.Lock] = {}
         self.webhooks = (
             WebhookService(
@@ -335,36 +335,20 @@ class Platform:
 
     def put_extractor(self, name: str, spec: Any) -> dict:
         """Declare (or replace) how a device's own JSON maps to observations."""
-        parsed = ExtractorSpec.from_data(spec, name=name)
-        body = parsed.model_dump(mode="json", exclude_defaults=True)
-        self.core.store.put_extractor(name, orjson.dumps(body).decode(), self.clock())
-        self._extractors[name] = parsed
-        return body
+        return self.extractors.put(name, spec)
 
     def extractor(self, name: str) -> ExtractorSpec:
-        if name not in self._extractors:
-            stored = self.core.store.extractors().get(name)
-            if stored is None:
-                raise NotFound(
-                    f"no extractor '{name}'",
-                    field="extractor",
-                    fix=f"declare it with PUT /api/extractors/{name}",
-                )
-            self._extractors[name] = ExtractorSpec.from_data(orjson.loads(stored), name=name)
-        return self._extractors[name]
+        return self.extractors.get(name)
 
     def extractor_namespace(self, name: str) -> str:
         """The namespace that owns an extractor (NotFound for an unknown one)."""
-        return self.extractor(name).namespace or DEFAULT_NAMESPACE
+        return self.extractors.namespace(name)
 
     def delete_extractor(self, name: str) -> dict:
-        self.extractor(name)  # NotFound, with the fix
-        self.core.store.delete_extractor(name)
-        self._extractors.pop(name, None)
-        return {"name": name, "deleted": True}
+        return self.extractors.delete(name)
 
     def list_extractors(self) -> list[dict]:
-        return [orjson.loads(s) for _, s in sorted(self.core.store.extractors().items())]
+        return self.extractors.list()
 
     def submit_extracted(
         self,
@@ -379,29 +363,8 @@ class Platform:
         Rejections from extraction keep their element index; ingest rejections are mapped back
         to the element that produced the observation.
         """
-        result = extract(self.extractor(extractor), payload, topic_vars=topic_vars)
-        failed = {e["index"] for e in result.errors}
-        elements = [i for i in range(len(result.observations) + len(failed)) if i not in failed]
-        extraction_rejections = [
-            Rejection(e["index"], e["field"], e["error"], e["fix"]) for e in result.errors
-        ]
-        if atomic and extraction_rejections:
-            return done(IngestResult(rejected=extraction_rejections))
-        future = self.submit(result.observations, atomic=atomic)
-        out: Future = Future()
-
-        def remap(done: Future) -> None:
-            if done.exception() is not None:
-                out.set_exception(done.exception())
-                return
-            ingest = done.result()
-            for r in ingest.rejected:
-                r.index = elements[r.index] if r.index < len(elements) else r.index
-            ingest.rejected.extend(extraction_rejections)
-            out.set_result(ingest)
-
-        future.add_done_callback(remap)
-        return out
+        spec = self.extractors.get(extractor)
+        return submit_extracted(spec, payload, self.submit, atomic=atomic, topic_vars=topic_vars)
 
     # ---- files ---------------------------------------------------------------------------
 

@@ -151,33 +151,10 @@ def create_app(
     )
     app.state.platform = platform
     document(app)  # livetwin's error body and status codes in /openapi.json
-    limit = platform.settings.max_body_bytes
     install_error_handlers(app)
     type_routes(app, platform)
     interop_routes(app, platform)  # POST /api/types/import, the NGSI-LD view
-
-    # ---- extractors ---------------------------------------------------------------------
-
-    @app.get("/api/extractors", tags=["ingest"])
-    def list_extractors(
-        access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
-    ) -> list[dict]:
-        return access.pick(namespace).filter(platform.list_extractors())
-
-    @app.put("/api/extractors/{name}", tags=["ingest"], openapi_extra=SPEC_BODY)
-    async def put_extractor(name: str, request: Request, access: Access = TENANT) -> dict:
-        """Declare how a device's own JSON maps to observations (JSONPath), in the body's
-        `namespace` (default: the token's only one, else `default`)."""
-        body = await read_body(request, limit)
-        body = claim("extractor", name, body, platform.extractor_namespace, access)
-        return await run_in_threadpool(platform.put_extractor, name, body)
-
-    @app.get("/api/extractors/{name}", tags=["ingest"])
-    def get_extractor(name: str, access: Access = TENANT) -> dict:
-        fix = f"declare it with PUT /api/extractors/{name}"
-        check_owner(platform.extractor_namespace, name, access, "extractor", fix)
-        return platform.extractor(name).model_dump(mode="json", exclude_defaults=True)
-
+    extractor_routes(app, platform)
     ingest_routes(app, platform)
     calibration_routes(app, platform)
 
@@ -364,6 +341,31 @@ def type_routes(app: FastAPI, platform: Any) -> None:
         return platform.aggregate(
             name, _comma_list(names), _comma_list(agg), where=where, parent=parent
         )
+
+
+def extractor_routes(app: FastAPI, platform: Any) -> None:
+    """Extractors: how a device's own JSON maps to observations (declare, read, list)."""
+    limit = platform.settings.max_body_bytes
+
+    @app.get("/api/extractors", tags=["ingest"])
+    def list_extractors(
+        access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
+    ) -> list[dict]:
+        return access.pick(namespace).filter(platform.list_extractors())
+
+    @app.put("/api/extractors/{name}", tags=["ingest"], openapi_extra=SPEC_BODY)
+    async def put_extractor(name: str, request: Request, access: Access = TENANT) -> dict:
+        """Declare how a device's own JSON maps to observations (JSONPath), in the body's
+        `namespace` (default: the token's only one, else `default`)."""
+        body = await read_body(request, limit)
+        body = claim("extractor", name, body, platform.extractor_namespace, access)
+        return await run_in_threadpool(platform.put_extractor, name, body)
+
+    @app.get("/api/extractors/{name}", tags=["ingest"])
+    def get_extractor(name: str, access: Access = TENANT) -> dict:
+        fix = f"declare it with PUT /api/extractors/{name}"
+        check_owner(platform.extractor_namespace, name, access, "extractor", fix)
+        return platform.extractor(name).model_dump(mode="json", exclude_defaults=True)
 
 
 def ingest_routes(app: FastAPI, platform: Any) -> None:

@@ -8,6 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 
 from livetwin import __version__
@@ -16,6 +19,7 @@ from livetwin.api.app import (
     FastJSON,
     calibration_routes,
     cluster_route,
+    extractor_routes,
     ingest_routes,
     install_error_handlers,
     stream_route,
@@ -23,6 +27,7 @@ from livetwin.api.app import (
     type_routes,
 )
 from livetwin.api.login import login_routes
+from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
 from livetwin.api.twins import twin_routes
 from livetwin.errors import NotServed
@@ -48,14 +53,24 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     document(app)
     install_error_handlers(app)
     type_routes(app, frontend)
+    extractor_routes(app, frontend)
     ingest_routes(app, frontend)
     calibration_routes(app, frontend)
     twin_read_routes(app, frontend)
     twin_routes(app, frontend)
     cluster_route(app, frontend.cluster)
     stream_route(app, frontend, frontend.feed)
+    mqtt_routes(app, frontend, frontend.mqtt)
     alarm_routes(app, frontend.alarms)
     login_routes(app)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of the shards, as this front end sees them (text format)."""
+        view = await run_in_threadpool(frontend.cluster)
+        registry = CollectorRegistry()
+        registry.register(_ShardMetrics(view))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/health", tags=["ops"])
     async def health() -> FastJSON:
@@ -76,3 +91,32 @@ def create_cluster_app(frontend: Any) -> FastAPI:
 
     mount_ui(app)
     return app
+
+
+class _ShardMetrics:
+    """`GET /api/cluster` as Prometheus gauges: shards by state, and per shard its twins, lag
+    (queued write groups) and journal position."""
+
+    def __init__(self, view: dict):
+        self.view = view
+
+    def collect(self):
+        states = GaugeMetricFamily(
+            "livetwin_cluster_shards",
+            "Shards by state, as this front end sees them",
+            labels=["state"],
+        )
+        for state in ("live", "recovering", "lost"):
+            count = sum(s["state"] == state for s in self.view["shard_list"])
+            states.add_metric([state], count)
+        yield states
+        for name, key, doc in (
+            ("livetwin_cluster_shard_twins", "twins", "Twins held by the shard"),
+            ("livetwin_cluster_shard_lag", "lag", "Write groups queued in the shard's writer"),
+            ("livetwin_cluster_shard_last_seq", "last_seq", "The shard's newest journal entry"),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["shard"])
+            for shard in self.view["shard_list"]:
+                if shard[key] is not None:
+                    family.add_metric([str(shard["shard"])], shard[key])
+            yield family

@@ -140,11 +140,13 @@ def run_server(
     *,
     https: Https | None = None,
     make_app=None,
+    stopped: str = "ingest drained, history flushed, snapshot written",
 ) -> None:
     """Run the API over `platform` until Ctrl-C or SIGTERM, with the auth mode of its settings
     (open, tokens or oidc; unset: open on localhost, tokens elsewhere; docs/auth.md), over
     HTTPS with `https`. `banner` is printed once the app is ready to start. `make_app(platform)`
-    builds the app (default: the single node's, which closes the platform at the end)."""
+    builds the app (default: the single node's, which closes the platform at the end);
+    `stopped` says what a stop signal left behind."""
     import gc
     import sys
 
@@ -199,10 +201,7 @@ def run_server(
             **server_options(),  # request heads capped at 64 KiB, refusals in JSON
         )
     if stopped_by:
-        console.print(
-            f"stopped on {signal.Signals(stopped_by[0]).name}: ingest drained, history flushed, "
-            "snapshot written"
-        )
+        console.print(f"stopped on {signal.Signals(stopped_by[0]).name}: {stopped}")
 
 
 @contextlib.contextmanager
@@ -371,13 +370,21 @@ def serve(
     check_port(host, port)
     if cluster is not None or shards is not None:
         frontend = cluster_frontend(
-            cluster, shards, cluster_name, data, settings, bool(subscriptions or connectors)
+            cluster, shards, cluster_name, data, settings, subscriptions, connectors
         )
         banner = f"livetwin cluster front end at [bold]{'https' if https else 'http'}://"
         banner += f"{host}:{port}[/] (API docs: /docs; shards: GET /api/cluster)"
         from livetwin.api.cluster import create_cluster_app
 
-        run_server(frontend, host, port, banner, https=https, make_app=create_cluster_app)
+        run_server(
+            frontend,
+            host,
+            port,
+            banner,
+            https=https,
+            make_app=create_cluster_app,
+            stopped="the shards keep running in the Ray cluster",
+        )
         return
     platform = open_platform(data, settings)
     try:
@@ -399,9 +406,11 @@ def cluster_frontend(
     name: str,
     data: Path,
     settings: Settings,
-    has_config: bool,
+    subscriptions: dict[str, dict],
+    connectors: dict[str, dict],
 ):
-    """Open a cluster front end for `serve` (every refusal before anything serves)."""
+    """Open a cluster front end for `serve`, with MQTT ingest when a broker is configured
+    (every refusal before anything serves)."""
     from livetwin.cluster.connect import open_frontend
 
     try:
@@ -409,15 +418,15 @@ def cluster_frontend(
             raise InvalidInput(
                 "--shards needs --cluster", field="shards", fix="add --cluster auto (or an address)"
             )
-        if settings.mqtt is not None or has_config:
+        if connectors:
             raise InvalidInput(
-                "MQTT and OPC UA ingest are not served by a cluster front end yet",
-                field="mqtt",
-                fix="run them on a single-node `livetwin serve` that posts to the cluster, or "
-                "leave out --mqtt/--config (docs/cluster.md, Limits)",
+                "OPC UA connectors are not served by a cluster front end yet",
+                field="config",
+                fix="run them on a single-node `livetwin serve` (docs/cluster.md, Limits), or "
+                "leave the opcua: section out of --config",
             )
         console.print(f"starting a cluster front end on the Ray cluster at {cluster} ...")
-        return open_frontend(
+        frontend = open_frontend(
             cluster,
             settings.database_url,
             shards=shards,
@@ -425,5 +434,14 @@ def cluster_frontend(
             settings=settings,
             data_dir=str(data),
         )
+        try:
+            if settings.mqtt is not None:
+                frontend.start_mqtt(settings.mqtt)
+                for sub_name, body in subscriptions.items():
+                    frontend.mqtt.put_subscription(sub_name, body)
+        except BaseException:
+            frontend.close()
+            raise
+        return frontend
     except LivetwinError as exc:
         fail(exc)

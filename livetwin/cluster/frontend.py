@@ -26,12 +26,15 @@ from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.engine.events import EventBus, StateChanged
-from livetwin.errors import Conflict, InvalidInput, LivetwinError, NotServed, Unavailable
+from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
+from livetwin.ingest.extractors import Extractors, submit_extracted
 from livetwin.ingest.observations import Normalized, Rejection, normalize
+from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
 from livetwin.settings import Settings
+from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
 from livetwin.store.servicedb import ServiceDB, open_service_db
 from livetwin.timefmt import parse_duration, wall_clock_ms
@@ -96,10 +99,14 @@ class _Sender:
                 except queue.Empty:
                     break
             parts, atomic = [g[0] for g in group], [g[1] for g in group]
-            call = {self.index: self.frontend.shards.call(
-                self.index, "ingest_parts", parts, atomic, retry=False
-            )}  # fmt: skip
-            answers, failures = self.frontend._gather(call, self.frontend.write_timeout_s)
+            try:
+                call = {self.index: self.frontend.shards.call(
+                    self.index, "ingest_parts", parts, atomic, retry=False
+                )}  # fmt: skip
+                answers, failures = self.frontend._gather(call, self.frontend.write_timeout_s)
+            except Exception as exc:  # the call could not even be sent: these parts fail
+                answers, failures = {}, {self.index: exc}
+                self.frontend._set_state(self.index, RECOVERING)
             for i, (_, _, future) in enumerate(group):
                 if self.index in answers:
                     future.set_result(answers[self.index][i])
@@ -108,23 +115,21 @@ class _Sender:
 
 
 @dataclass
-class ClusterIngestResult:
+class ClusterIngestResult(IngestResult):
     """What a cluster ingest stored; `unavailable` lists the rows of shards that could not take
     them now (answered with 503 and Retry-After: send them again, with their keys)."""
 
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: list[dict] = field(default_factory=list)
     unavailable: list[dict] = field(default_factory=list)
 
+    def reindex(self, index: list[int]) -> None:
+        super().reindex(index)
+        for row in self.unavailable:
+            row["index"] = index[row["index"]] if row["index"] < len(index) else row["index"]
+
     def to_dict(self) -> dict:
-        body = {
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": sorted(self.rejected, key=lambda r: r["index"]),
-        }
+        body = super().to_dict()
         if self.unavailable:
-            body["unavailable"] = self.unavailable
+            body["unavailable"] = sorted(self.unavailable, key=lambda r: r["index"])
             body["retry_after"] = RETRY_AFTER_S
         return body
 
@@ -162,7 +167,10 @@ class ClusterFrontend:
         self._mutex = threading.Lock()
         self._senders = [_Sender(self, i) for i in range(shards.count)]
         self.alarms = ClusterAlarms(self)
+        # extractors live in shard 0's store, read there each time (any front end may change one)
+        self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
         self.feed = ClusterFeed(self)
+        self.mqtt = None  # start_mqtt
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
 
@@ -172,6 +180,8 @@ class ClusterFrontend:
         return self
 
     def close(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
         self.feed.close()
 
     def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
@@ -373,7 +383,7 @@ class ClusterFrontend:
                 fix="send atomic batches of twins of one shard, or send without atomic=true "
                 "(each row is then stored or refused on its own, with idempotency keys)",
             )
-        result = ClusterIngestResult(rejected=[r.to_dict() for r in normalized.rejected])
+        result = ClusterIngestResult(rejected=list(normalized.rejected))
         if (atomic and normalized.rejected) or not parts:
             return done(result)
         calls = {}
@@ -396,10 +406,10 @@ class ClusterFrontend:
                     answer = future.result()
                     result.accepted += answer["accepted"]
                     result.duplicates += answer["duplicates"]
-                    result.rejected.extend(answer["rejected"])
+                    result.rejected.extend(Rejection(**r) for r in answer["rejected"])
                 elif isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
                     result.rejected.extend(
-                        Rejection(i, error.field, error.message, error.fix).to_dict()
+                        Rejection(i, error.field, error.message, error.fix)
                         for i in _rows(parts[index])
                     )
                 else:
@@ -407,7 +417,6 @@ class ClusterFrontend:
                 waiting[0] -= 1
                 if waiting[0]:
                     return
-            result.unavailable.sort(key=lambda r: r["index"])
             out.set_result(result)
 
         for index, future in calls.items():
@@ -433,8 +442,35 @@ class ClusterFrontend:
                     part.batches.append((batch.take(rows), index[rows]))
         return parts
 
-    def submit_extracted(self, *args, **kwargs):
-        raise NotServed("ingest through an extractor")
+    def start_mqtt(self, connection: Any) -> None:
+        """MQTT ingest through this front end: its subscriptions live in shard 0's store; with
+        the connection's share group, several front ends split each topic."""
+        from livetwin.ingest.mqtt import MqttBridge
+
+        self.mqtt = MqttBridge(
+            connection,
+            ingest=_WholeBatches(self),
+            extractor=self.extractors.get,
+            configs=_ShardConfigs(self, 0),
+            clock=self.clock,
+        ).start()
+
+    def submit_extracted(self, extractor: str, payload: Any, *, atomic: bool = False) -> Future:
+        """A device payload mapped by the named extractor, then ingested like `submit`."""
+        spec = self.extractors.get(extractor)
+        return submit_extracted(spec, payload, self.submit, atomic=atomic)
+
+    def put_extractor(self, name: str, spec: Any) -> dict:
+        return self.extractors.put(name, spec)
+
+    def extractor(self, name: str) -> ExtractorSpec:
+        return self.extractors.get(name)
+
+    def extractor_namespace(self, name: str) -> str:
+        return self.extractors.namespace(name)
+
+    def list_extractors(self) -> list[dict]:
+        return self.extractors.list()
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -756,3 +792,54 @@ class ClusterFeed:
 
     def close(self) -> None:
         self.feed.close()
+
+
+class _ShardConfigs:
+    """The extractor and config tables of one shard's store, as `Extractors` and the MQTT
+    bridge (its subscriptions) use them."""
+
+    def __init__(self, frontend: ClusterFrontend, index: int):
+        self.frontend, self.index = frontend, index
+
+    def put_extractor(self, name: str, body: str, at: int) -> None:
+        self.frontend._one(self.index, "config", "put_extractor", name, body, at)
+
+    def extractors(self) -> dict[str, str]:
+        return self.frontend._one(self.index, "config", "extractors")
+
+    def delete_extractor(self, name: str) -> None:
+        self.frontend._one(self.index, "config", "delete_extractor", name)
+
+    def configs(self, kind: str) -> dict[str, str]:
+        return self.frontend._one(self.index, "config", "configs", kind)
+
+    def put_config(self, kind: str, name: str, spec: str, at: int) -> None:
+        self.frontend._one(self.index, "config", "put_config", kind, name, spec, at)
+
+    def delete_config(self, kind: str, name: str) -> bool:
+        return self.frontend._one(self.index, "config", "delete_config", kind, name)
+
+
+class _WholeBatches:
+    """The ingest port of the MQTT bridge: a batch some of whose rows a shard could not take
+    fails as a whole, so the bridge leaves its messages unacknowledged and the broker sends them
+    again (rows stored meanwhile come back as duplicates when they carry keys)."""
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+
+    def submit(self, observations: Any, *, atomic: bool = False) -> Future:
+        out: Future = Future()
+
+        def landed(future: Future) -> None:
+            error = future.exception()
+            if error is None and future.result().unavailable:
+                shards = sorted({r["shard"] for r in future.result().unavailable})
+                error = self.frontend._refusal(*shards)
+            if error is not None:
+                out.set_exception(error)
+            else:
+                out.set_result(future.result())
+
+        self.frontend.submit(observations, atomic=atomic).add_done_callback(landed)
+        return out

@@ -138,6 +138,14 @@ class Shard:
             raise ValueError(f"not a shard change: {method}")
         return getattr(self.core, method)(*args, **kwargs)
 
+    def config(self, method: str, *args: Any) -> Any:
+        """The store's extractor and config tables (shard 0 keeps the cluster's extractors and
+        MQTT subscriptions): put_extractor, extractors, delete_extractor, configs, put_config,
+        delete_config."""
+        if method not in CONFIGS:
+            raise ValueError(f"not a shard config call: {method}")
+        return getattr(self.core.store, method)(*args)
+
     def calibration(self, twin_id: str) -> dict:
         """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
         from livetwin.jobs.calibration import calibration_view
@@ -219,6 +227,9 @@ def decode_part(data: bytes) -> Normalized:
 _part_encoder = msgspec.msgpack.Encoder()
 _part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
+CONFIGS = frozenset(
+    {"put_extractor", "extractors", "delete_extractor", "configs", "put_config", "delete_config"}
+)
 CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 READS = frozenset(

@@ -46,6 +46,12 @@ class IngestResult:
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
 
+    def reindex(self, index: list[int]) -> None:
+        """Renumber the rows this result names: position i of the ingested list becomes
+        `index[i]` (e.g. the payload element an observation came from)."""
+        for r in self.rejected:
+            r.index = index[r.index] if r.index < len(index) else r.index
+
     def to_dict(self) -> dict:
         return {
             "accepted": self.accepted,

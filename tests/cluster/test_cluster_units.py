@@ -3,11 +3,14 @@ shards in this process (routing, paging, the 503 partial answer, atomic across s
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 import zlib
 
 import httpx
+import orjson
 import pytest
 from cluster_support import LocalShards
 from conftest import PUMP, T0
@@ -183,6 +186,9 @@ def test_a_shard_that_is_down_refuses_its_rows_with_503_and_the_rest_are_stored(
     view = client.get("/api/cluster").json()
     assert view["cluster"] is True and view["live"] == 4 and view["twins"] == 20
     assert [s["state"] for s in view["shard_list"]] == ["live"] * 4
+    metrics = client.get("/metrics").text
+    assert 'livetwin_cluster_shards{state="live"} 4.0' in metrics
+    assert f'livetwin_cluster_shard_twins{{shard="{down}"}}' in metrics
 
 
 def test_fleet_aggregates_merge_over_the_shards(front):
@@ -256,10 +262,80 @@ def test_twins_and_types_are_created_changed_and_deleted_on_their_shards(front):
     assert client.post("/api/ingest", json=rows(1)).status_code == 422  # unknown type now
 
 
+def test_a_device_payload_goes_through_an_extractor_to_its_shards(front):
+    client, shards, _ = front
+    gateway = {
+        "foreach": "$.readings[*]", "twin": "@.id", "twin_prefix": "pump-", "type": "pump",
+        "ts": "$.sent", "ts_format": "epoch_s", "values": {"flow": "@.data.q"},
+    }  # fmt: skip
+    assert client.put("/api/extractors/gateway", json=gateway).status_code == 200
+    assert [e["name"] for e in client.get("/api/extractors").json()] == ["gateway"]
+    readings = [{"id": i, "data": {"q": float(i)}} for i in range(8)]
+    readings.insert(2, {"data": {"q": 1.0}})  # no id: rejected, the others kept
+    readings.insert(5, {"id": 99, "data": {"q": "lots"}})  # extracted, rejected by the check
+    payload = {"sent": T0 // 1000, "readings": readings}
+    shards.down.add(shard_of("pump-7", 4))
+    body = client.post("/api/ingest/gateway", json=payload).json()
+    assert sorted((e["index"], e["field"]) for e in body["rejected"]) == [
+        (2, "twin"),
+        (5, "values.flow"),
+    ]
+    refused = [r["index"] for r in body["unavailable"]]  # payload elements, not observations
+    assert 9 in refused and all(shard_of(f"pump-{readings[i]['id']}", 4) ==
+                                shard_of("pump-7", 4) for i in refused)  # fmt: skip
+    assert body["accepted"] == 8 - len(refused)
+    assert client.get("/api/twins/pump-3").json()["properties"]["flow"] == 3.0
+
+
+def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
+    import uuid as uuid_module
+
+    import paho.mqtt.client as mqtt
+    from mqtt_support import wait_until
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from livetwin.settings import MqttConnection
+
+    client, shards, frontend = front
+    client.put("/api/extractors/pj", json={"twin": "$.id", "type": "pump",
+                                            "values": {"flow": "$.flow"}})  # fmt: skip
+    try:
+        socket.create_connection(("127.0.0.1", 1883), timeout=2).close()
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no MQTT broker on 127.0.0.1:1883 (required under CI=true)")
+        pytest.skip("no MQTT broker on 127.0.0.1:1883")
+    frontend.start_mqtt(MqttConnection("127.0.0.1", 1883))
+    client = TestClient(create_cluster_app(frontend))  # an app of a front end with MQTT
+    topic = f"lt-{uuid_module.uuid4().hex[:8]}"
+    made = client.put("/api/mqtt/subscriptions/s", json={"topic": f"{topic}/+", "extractor": "pj"})
+    assert made.status_code == 200, made.text
+    assert frontend.mqtt.wait_connected()
+    time.sleep(0.3)  # the SUBACK
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{topic}")
+    publisher.connect("127.0.0.1", 1883)
+    publisher.loop_start()
+    try:
+        for i in range(8):
+            body = orjson.dumps({"id": f"m{i}", "flow": float(i)})
+            publisher.publish(f"{topic}/x", body, qos=1).wait_for_publish(10)
+        wait_until(lambda: client.get("/api/twins?type=pump").json()["total"] == 8)
+        owner = shards.shards[shard_of("m5", 4)]
+        assert owner.core.engine.twin("m5")["properties"]["flow"] == 5.0
+        assert client.get("/api/mqtt/subscriptions").json()[0]["name"] == "s"
+        shards.down.add(shard_of("m1", 4))  # a batch with a row for it is not acknowledged
+        publisher.publish(f"{topic}/x", orjson.dumps({"id": "m1", "flow": 100.0}), qos=1)
+        wait_until(lambda: frontend.mqtt.stats()["errors"] >= 1)
+        assert frontend.mqtt.stats()["ingested"] == 8
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
     for method, path in [("GET", "/api/webhooks"), ("GET", "/api/runs"),
-                         ("POST", "/api/extractors/x"), ("GET", "/api/schedules")]:  # fmt: skip
+                         ("POST", "/api/mappings/x"), ("GET", "/api/schedules")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
@@ -295,10 +371,6 @@ def test_serve_cluster_refusals_name_the_fix(cluster_name, monkeypatch):
         run("serve", "--cluster", "auto", "--shards", "8", *db, *port),
         "has 4 shards; it cannot start with 8",
         "--shards 4",
-    )
-    refused(
-        run("serve", "--cluster", "auto", "--mqtt", "127.0.0.1:1883", *db, *port),
-        "MQTT and OPC UA ingest are not served by a cluster front end",
     )
 
 
