@@ -209,14 +209,19 @@ def test_numpy_arrays_stay_numpy_while_another_thread_imports_jax(monkeypatch):
     assert namespace(np.zeros(2), np.ones(3)) is np
 
 
-@pytest.mark.parametrize(("n", "steps", "chunk_size"), [(37, 23, 16), (5, 10, 512), (3, 1, 512)])
-def test_predict_agrees_with_unmeasured_steps(n, steps, chunk_size):
-    """`CompiledUKF.predict` (blocks of steps in one compiled loop, padded in steps and twins)
-    gives the NumPy filter's unmeasured steps, a model failure and its reset included."""
+@pytest.mark.parametrize(
+    ("n", "steps", "chunk_size", "row_chunk"),
+    [(37, 23, 16, None), (5, 10, 512, None), (3, 1, 512, None), (37, 12, 64, 1), (37, 12, 64, 20)],
+)
+def test_predict_agrees_with_unmeasured_steps(n, steps, chunk_size, row_chunk):
+    """`CompiledUKF.predict` (blocks of steps in one compiled loop, padded in steps and twins;
+    the steps looped inside groups of one or a few twins with a small `row_chunk`) gives the
+    NumPy filter's unmeasured steps, a model failure and its reset included."""
     sim = thermal_fleet(n, seed=9)
     spec = thermal_spec(sim.step().z[:, 0], meas_noise=None)
     spec = type(spec)(**{**spec.__dict__, "model": flaky_room})
-    ref, fast = BatchUKF(spec, n), CompiledUKF(spec, n, chunk_size=chunk_size)
+    ref = BatchUKF(spec, n)
+    fast = CompiledUKF(spec, n, chunk_size=chunk_size, row_chunk=row_chunk)
     warm = sim.run(15)
     state, _ = ref.run(ref.init(t=0.0), warm.inputs, warm.z, sim.dt)
     inputs = sim.run(steps).inputs
