@@ -678,7 +678,7 @@ def _cholesky(a):
     ok = jnp.isfinite(a).all(axis=(-2, -1))
     eye = jnp.eye(a.shape[-1], dtype=a.dtype)
     a = jnp.where(ok[:, None, None], a, eye)
-    low = jnp.linalg.cholesky(a)
+    low = _factor(a)
     good = jnp.isfinite(low).all(axis=(-2, -1))
 
     def repair(found):  # all jitters in one factorisation; each twin takes its first success
@@ -686,7 +686,7 @@ def _cholesky(a):
         scale = jnp.mean(jnp.abs(jnp.diagonal(a, axis1=1, axis2=2)), axis=1)
         scale = jnp.where(scale == 0, 1.0, scale)
         jitter = jnp.asarray(JITTERS, a.dtype)[:, None, None, None] * scale[None, :, None, None]
-        retry = jnp.linalg.cholesky(a[None] + jitter * eye)  # [jitters, N, k, k]
+        retry = _factor(a[None] + jitter * eye)  # [jitters, N, k, k]
         for level in range(len(JITTERS)):
             fine = ~good & jnp.isfinite(retry[level]).all(axis=(-2, -1))
             low = jnp.where(fine[:, None, None], retry[level], low)
@@ -697,6 +697,44 @@ def _cholesky(a):
     return low, ok & good
 
 
+def _factor(a):
+    """Lower Cholesky factors of ``a[..., k, k]``, column by column as whole-batch array
+    operations (NaN where a matrix is not positive definite, as LAPACK's ``potrf`` in JAX).
+
+    Written out instead of ``jnp.linalg.cholesky``: JAX's CPU LAPACK kernel splits a large batch
+    over XLA's thread pool and blocks until it is done, and with a chunk split over the cores
+    (`_split_over_cores`) both parts then wait on each other's threads for ever (seen: the
+    forecast hung). Plain array operations never block, and for the filter's small matrices
+    they are as fast."""
+    import jax.numpy as jnp
+
+    k = a.shape[-1]
+    below = jnp.arange(k)
+    columns = []
+    for j in range(k):
+        v = a[..., :, j]
+        for c in columns:
+            v = v - c * c[..., j : j + 1]
+        columns.append(jnp.where(below >= j, v / jnp.sqrt(v[..., j : j + 1]), 0.0))
+    return jnp.stack(columns, axis=-1)
+
+
+def _lower_inverse(low):
+    """The inverse of lower-triangular ``low[..., k, k]`` by forward substitution, row by row as
+    whole-batch array operations (no LAPACK call: see `_factor`)."""
+    import jax.numpy as jnp
+
+    k = low.shape[-1]
+    eye = jnp.eye(k, dtype=low.dtype)
+    rows = []
+    for i in range(k):
+        v = eye[i] + jnp.zeros(low.shape[:-2] + (k,), low.dtype)
+        for j, row in enumerate(rows):
+            v = v - low[..., i, j : j + 1] * row
+        rows.append(v / low[..., i, i : i + 1])
+    return jnp.stack(rows, axis=-2)
+
+
 def _masked_gain(static: _Static, cz, pzz, r, innov, obs):
     """`masked_gain`: the gain from each twin's observed components, gated on its NIS."""
     import jax.numpy as jnp
@@ -705,7 +743,7 @@ def _masked_gain(static: _Static, cz, pzz, r, innov, obs):
     both = obs[:, :, None] & obs[:, None, :]
     s = jnp.where(both, pzz + r, 0.0) + jnp.eye(m, dtype=r.dtype) * (~obs)[:, None, :]
     low, ok = _cholesky(s)
-    li = jnp.linalg.inv(low)
+    li = _lower_inverse(low)
     s_inv = jnp.swapaxes(li, -1, -2) @ li
     nu = jnp.where(obs, innov, 0.0)
     nis = jnp.einsum("ni,nij,nj->n", nu, s_inv, nu)
