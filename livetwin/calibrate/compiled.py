@@ -709,14 +709,15 @@ def _factor(a):
     import jax.numpy as jnp
 
     k = a.shape[-1]
-    below = jnp.arange(k)
+    rows_first = jnp.moveaxis(a, (-2, -1), (0, 1))  # [k, k, ...]: each entry a run over twins
     columns = []
     for j in range(k):
-        v = a[..., :, j]
+        v = rows_first[j:, j]
         for c in columns:
-            v = v - c * c[..., j : j + 1]
-        columns.append(jnp.where(below >= j, v / jnp.sqrt(v[..., j : j + 1]), 0.0))
-    return jnp.stack(columns, axis=-1)
+            v = v - c[j:] * c[j]
+        column = v / jnp.sqrt(v[:1])
+        columns.append(jnp.concatenate([jnp.zeros((j, *v.shape[1:]), a.dtype), column]))
+    return jnp.moveaxis(jnp.stack(columns, axis=1), (0, 1), (-2, -1))
 
 
 def _lower_inverse(low):
