@@ -3,11 +3,13 @@ outliers, re-opening and resets agree to 1e-9 relative in float64, step by step.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from livetwin.calibrate import BatchUKF, make_filter
-from livetwin.calibrate.compiled import CompiledUKF, _compile, _group
+from livetwin.calibrate.compiled import PREDICT_BLOCK, CompiledUKF, _compile, _cores, _group
 from livetwin.errors import InvalidInput
 from livetwin.examples.rollers import roller_fleet, roller_spec
 from livetwin.examples.thermal import room, thermal_fleet, thermal_spec
@@ -161,6 +163,21 @@ def test_compiled_steps_are_reused_by_a_new_filter():
     second.step(second.init(), np.tile(sample.inputs[:1], (25, 1)), np.full((25, 1), 20.0), 900.0)
     assert _compile.cache_info().hits == hits + 1
     assert second.compile_seconds == first.compile_seconds
+
+
+def test_compiled_steps_split_chunks_over_the_cores_and_never_call_lapack():
+    """A chunk runs as one program split over one CPU device per core; it must not call JAX's
+    LAPACK kernels, which block on XLA's thread pool: two parts of a chunk did that and waited
+    on each other for ever (the forecast hung)."""
+    sim = roller_fleet(40, seed=1)
+    filt = CompiledUKF(roller_spec(sim.step().z), 40)
+    for compiled, arg in ((filt._compiled(64), 1), (filt._compiled(64, PREDICT_BLOCK), 2)):
+        calls = re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())
+        assert not [c for c in calls if "lapack" in c], calls
+        mean_sharding = compiled.input_shardings[0][arg]["mean"]  # arg: the dict holding it
+        assert len(mean_sharding.device_set) == len(_cores())
+    if len(_cores()) == 1:
+        pytest.skip("one CPU device here (one core, or JAX started before livetwin asked)")
 
 
 def test_float32_is_close_to_float64():
