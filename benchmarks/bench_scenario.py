@@ -7,8 +7,10 @@ measurements), and how honest its bands are on synthetic roller lines whose trut
   points per line through the RK4 x 20 model (what one side of a scenario costs; a scenario runs
   its baseline beside it), bands included. The compiled (jax) backend in float64 and float32:
   ``compile_s`` is the one-off compile of the forecast's shape, ``seconds`` the run after it
-  (the target's figure). NumPy, the reference, runs 100 steps and is scaled to 1,000
-  (``extrapolated``); ``--quick`` does that for every backend;
+  (the target's figure), ``cpu_s`` the processor time it took on all cores together (on a
+  shared machine the wall time says more about the neighbours than about the code). NumPy,
+  the reference, runs 100 steps and is scaled to 1,000 (``extrapolated``); ``--quick`` does
+  that for every backend;
 * ``coverage``: 24 lines calibrated over 300 steps, then forecast over the 300 steps that really
   followed, with the inputs that were recorded: the share of later measured speeds inside the
   95 % band, for drags that drift as the calibration assumes and for the demo's systematic wear
@@ -60,12 +62,17 @@ def time_forward(n: int, steps: int, backend: str, precision: str) -> dict:
         started = time.perf_counter()
         list(forward(filt, state, inputs[:1], DT))
         compile_s = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _, results in forward(filt, state, inputs, DT):
         bands = columns.bands(results, meas_var)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert np.isfinite(bands).all()
-    return {"seconds": seconds, "compile_s": compile_s, "twin_steps_per_s": n * steps / seconds}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "compile_s": compile_s,
+        "twin_steps_per_s": n * steps / seconds,
+    }
 
 
 def coverage(wear: float, drift: float, n: int = 24, steps: int = 300, **backend) -> float:
@@ -103,6 +110,7 @@ def main(json_only: bool = False, quick: bool = False) -> None:
             seconds_1000_steps=round(full, 1),
             extrapolated=steps != 1000,
             compile_s=round(row["compile_s"], 2),
+            cpu_s=round(row["cpu_s"], 2),  # all cores together
             twin_steps_per_s=round(row["twin_steps_per_s"]),
             backend=backend,
             precision=precision,

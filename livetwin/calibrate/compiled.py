@@ -10,7 +10,10 @@ the summary of the posterior (`make_result`) run in NumPy, shared with the NumPy
 
 * Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
   handful of shapes, not one per size. Inside a chunk, on a CPU, the model runs on groups of
-  about ``row_chunk`` (1,024) sigma rows one after another, so its substep loop works in cache.
+  about ``row_chunk`` (1,024) sigma rows one after another, so its substep loop works in cache;
+  a forecast (`predict`) loops its steps inside those groups. On a CPU with several cores a
+  chunk's step is one program split over one JAX CPU device per core (`_split_over_cores`),
+  and no LAPACK kernel is called (`_factor`: they block on XLA's pool and deadlocked).
   Compiled steps are kept per model, spec layout, options,
   size and precision in this process (`compile_seconds` says what compiling cost,
   `compile_wait_s` what this filter waited for it: 0 when cached); set
