@@ -377,7 +377,8 @@ def _one_device_per_core(jax) -> None:
     )
     if chosen or xla_bridge.backends_are_initialized() or jax.config.jax_num_cpu_devices > 0:
         return
-    jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None  # not macOS
+    jax.config.update("jax_num_cpu_devices", len(usable) if usable else os.cpu_count() or 1)
 
 
 @lru_cache(maxsize=1)
