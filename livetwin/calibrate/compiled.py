@@ -10,7 +10,10 @@ the summary of the posterior (`make_result`) run in NumPy, shared with the NumPy
 
 * Chunks are padded to a power of two (at least 16 twins), so a fleet that grows compiles a
   handful of shapes, not one per size. Inside a chunk, on a CPU, the model runs on groups of
-  about ``row_chunk`` (1,024) sigma rows one after another, so its substep loop works in cache.
+  about ``row_chunk`` (1,024) sigma rows one after another, so its substep loop works in cache;
+  a forecast (`predict`) loops its steps inside those groups. On a CPU with several cores a
+  chunk's step is one program split over one JAX CPU device per core (`_split_over_cores`),
+  and no LAPACK kernel is called (`_factor`: they block on XLA's pool and deadlocked).
   Compiled steps are kept per model, spec layout, options,
   size and precision in this process (`compile_seconds` says what compiling cost,
   `compile_wait_s` what this filter waited for it: 0 when cached); set
@@ -24,6 +27,7 @@ JAX is an optional extra (``pip install 'livetwin[jax]'``); this module imports 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -83,7 +87,7 @@ class CompiledUKF(BatchUKF):
         jax = _jax()  # fails here, before any work, when JAX is not installed
         on_cpu = jax.default_backend() == "cpu"
         if chunk_size is None:  # cache-sized on a CPU, whole fleets on an accelerator
-            chunk_size = CPU_CHUNK if on_cpu else DEVICE_CHUNK
+            chunk_size = CPU_CHUNK * len(_cores()) if on_cpu else DEVICE_CHUNK
         if row_chunk is None:  # an accelerator takes all rows at once
             row_chunk = CPU_ROWS if on_cpu else 0
         check_int("row_chunk", row_chunk, 0)
@@ -346,7 +350,8 @@ class _Static:
 
 
 def _jax():
-    """The `jax` module, with 64-bit floats enabled (float64 is the default precision)."""
+    """The `jax` module, with 64-bit floats enabled (float64 is the default precision) and, when
+    it is imported here first, one CPU device per core (`_cores`)."""
     try:
         import jax
     except ImportError:
@@ -357,7 +362,35 @@ def _jax():
         ) from None
     if not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
+    _one_device_per_core(jax)
     return jax
+
+
+def _one_device_per_core(jax) -> None:
+    """Ask JAX for one CPU device per core before it starts its backends (it cannot change
+    later), unless the user chose a number (``JAX_NUM_CPU_DEVICES`` or XLA's
+    ``--xla_force_host_platform_device_count``)."""
+    from jax._src import xla_bridge
+
+    chosen = "JAX_NUM_CPU_DEVICES" in os.environ or "device_count" in os.environ.get(
+        "XLA_FLAGS", ""
+    )
+    if chosen or xla_bridge.backends_are_initialized() or jax.config.jax_num_cpu_devices > 0:
+        return
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None  # not macOS
+    jax.config.update("jax_num_cpu_devices", len(usable) if usable else os.cpu_count() or 1)
+
+
+@lru_cache(maxsize=1)
+def _cores() -> tuple:
+    """The CPU devices a chunk is split over (`shard_map` along its twins: one part per core);
+    a power of two of them so padded chunks divide evenly. One device (no split) when JAX runs
+    on an accelerator, or when JAX had started before `_jax` could ask for more devices."""
+    jax = _jax()
+    if jax.default_backend() != "cpu":
+        return tuple(jax.devices()[:1])
+    devices = jax.devices("cpu")
+    return tuple(devices[: 1 << (len(devices).bit_length() - 1)])
 
 
 @lru_cache(maxsize=64)
@@ -391,31 +424,85 @@ def _compile(static: _Static, size: int, block: int = 0):
         del spec["u"], spec["z"]
         u = jax.ShapeDtypeStruct((block, size, static.n_inputs), dtype)
         active = jax.ShapeDtypeStruct((block,), np.bool_)
-        fn = jax.jit(lambda dt, a, c, u, on: _ukf_predict(static, dt, a, c, u, on))
-        compiled = fn.lower(scalar, spec, carry, u, active).compile()
+        fn = lambda dt, a, c, u, on: _ukf_predict(static, dt, a, c, u, on)  # noqa: E731
+        args = (scalar, spec, carry, u, active)
+        twin_axis = (None, 0, 0, 1, None), (0, 1)  # arguments, results
     else:
-        fn = jax.jit(lambda dt, a: _ukf_step(static, dt, a))
-        compiled = fn.lower(scalar, spec).compile()
+        fn = lambda dt, a: _ukf_step(static, dt, a)  # noqa: E731
+        args = (scalar, spec)
+        twin_axis = (None, 0), 0
+    compiled = _split_over_cores(fn, args, twin_axis, size).compile()
     return compiled, time.perf_counter() - t0
 
 
+def _split_over_cores(fn, args: tuple, twin_axis: tuple, size: int):
+    """`fn` lowered for `args`; on a CPU with several cores (`_cores`) as one program whose parts
+    each take an equal share of the chunk's twins (``shard_map``: twins never interact inside a
+    step, so the parts run side by side without talking). `twin_axis` gives, for the arguments
+    and for the results, the axis of each that runs over twins (None: the same for all)."""
+    jax = _jax()
+    cores = _cores()
+    if len(cores) == 1 or size % len(cores):
+        return jax.jit(fn).lower(*args)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(cores), ("twins",))
+
+    def spec(axis):
+        return PartitionSpec() if axis is None else PartitionSpec(*[None] * axis, "twins")
+
+    arg_specs, out_specs = (
+        tuple(spec(a) for a in twin_axis[0]),
+        jax.tree.map(spec, twin_axis[1], is_leaf=lambda a: a is None),
+    )
+    split = jax.shard_map(fn, mesh=mesh, in_specs=arg_specs, out_specs=out_specs)
+    placed = [
+        jax.tree.map(lambda a, p=p: a.update(sharding=NamedSharding(mesh, p)), arg)
+        for arg, p in zip(args, arg_specs, strict=True)
+    ]
+    return jax.jit(split).lower(*placed)
+
+
 def _ukf_predict(static: _Static, dt, a: dict, carry: dict, u, active):
-    """`_ukf_step` with nothing measured over the steps of ``u[K, N, u]`` (``lax.scan``); the
-    filter state (`carry`: mean, cov, rejects) moves on where `active`. Returns the state and
-    per step the posterior means and variances, output moments, resets and the model-output
-    variances of the measured outputs."""
+    """`_ukf_step` with nothing measured over the steps of ``u[K, N, u]``; the filter state
+    (`carry`: mean, cov, rejects) moves on where `active`. Returns the state and per step the
+    posterior means and variances, output moments, resets and the model-output variances of the
+    measured outputs.
+
+    Unmeasured twins do not interact, so the loop over steps (``lax.scan``) runs inside the
+    loop over groups of twins (`_group`, ``lax.map``): a group's filter state, sigma rows and
+    model intermediates stay in cache for all K steps instead of streaming the chunk's through
+    memory at every step."""
+    import jax
     import jax.numpy as jnp
     from jax import lax
 
-    def body(now: dict, step):
-        u_k, on = step
-        out = _ukf_step(static, dt, {**a, **now, "u": u_k}, measured=False)
-        later = {k: jnp.where(on, out[k], now[k]) for k in now}
-        seen = {k: out[k] for k in ("out_mean", "out_var", "reset", "bad", "pzz")}
-        seen.update(means=out["mean"], vars=jnp.diagonal(out["cov"], axis1=1, axis2=2))
-        return later, seen
+    size, n = carry["mean"].shape[:2]
+    group = _group(size, 2 * n + 1, static.row_chunk)
+    whole = replace(static, row_chunk=0)  # inside a group the model takes all its rows at once
 
-    return lax.scan(body, carry, (u, active))
+    def steps(part):
+        a_g, carry_g, u_g = part
+
+        def body(now: dict, step):
+            u_k, on = step
+            out = _ukf_step(whole, dt, {**a_g, **now, "u": u_k}, measured=False)
+            later = {k: jnp.where(on, out[k], now[k]) for k in now}
+            seen = {k: out[k] for k in ("out_mean", "out_var", "reset", "bad", "pzz")}
+            seen.update(means=out["mean"], vars=jnp.diagonal(out["cov"], axis1=1, axis2=2))
+            return later, seen
+
+        return lax.scan(body, carry_g, (u_g, active))
+
+    if group == size:
+        return steps((a, carry, u))
+    parts, block = size // group, u.shape[0]
+    split = lambda x: x.reshape(parts, group, *x.shape[1:])  # noqa: E731
+    groups_u = jnp.swapaxes(u.reshape(block, parts, group, -1), 0, 1)
+    later, seen = lax.map(steps, (jax.tree.map(split, a), jax.tree.map(split, carry), groups_u))
+    later = jax.tree.map(lambda x: x.reshape(size, *x.shape[2:]), later)
+    seen = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(block, size, *x.shape[3:]), seen)
+    return later, seen
 
 
 def _ukf_step(static: _Static, dt, a: dict, measured: bool = True) -> dict:
@@ -595,7 +682,7 @@ def _cholesky(a):
     ok = jnp.isfinite(a).all(axis=(-2, -1))
     eye = jnp.eye(a.shape[-1], dtype=a.dtype)
     a = jnp.where(ok[:, None, None], a, eye)
-    low = jnp.linalg.cholesky(a)
+    low = _factor(a)
     good = jnp.isfinite(low).all(axis=(-2, -1))
 
     def repair(found):  # all jitters in one factorisation; each twin takes its first success
@@ -603,7 +690,7 @@ def _cholesky(a):
         scale = jnp.mean(jnp.abs(jnp.diagonal(a, axis1=1, axis2=2)), axis=1)
         scale = jnp.where(scale == 0, 1.0, scale)
         jitter = jnp.asarray(JITTERS, a.dtype)[:, None, None, None] * scale[None, :, None, None]
-        retry = jnp.linalg.cholesky(a[None] + jitter * eye)  # [jitters, N, k, k]
+        retry = _factor(a[None] + jitter * eye)  # [jitters, N, k, k]
         for level in range(len(JITTERS)):
             fine = ~good & jnp.isfinite(retry[level]).all(axis=(-2, -1))
             low = jnp.where(fine[:, None, None], retry[level], low)
@@ -614,6 +701,45 @@ def _cholesky(a):
     return low, ok & good
 
 
+def _factor(a):
+    """Lower Cholesky factors of ``a[..., k, k]``, column by column as whole-batch array
+    operations (NaN where a matrix is not positive definite, as LAPACK's ``potrf`` in JAX).
+
+    Written out instead of ``jnp.linalg.cholesky``: JAX's CPU LAPACK kernel splits a large batch
+    over XLA's thread pool and blocks until it is done, and with a chunk split over the cores
+    (`_split_over_cores`) both parts then wait on each other's threads for ever (seen: the
+    forecast hung). Plain array operations never block, and for the filter's small matrices
+    they are as fast."""
+    import jax.numpy as jnp
+
+    k = a.shape[-1]
+    rows_first = jnp.moveaxis(a, (-2, -1), (0, 1))  # [k, k, ...]: each entry a run over twins
+    columns = []
+    for j in range(k):
+        v = rows_first[j:, j]
+        for c in columns:
+            v = v - c[j:] * c[j]
+        column = v / jnp.sqrt(v[:1])
+        columns.append(jnp.concatenate([jnp.zeros((j, *v.shape[1:]), a.dtype), column]))
+    return jnp.moveaxis(jnp.stack(columns, axis=1), (0, 1), (-2, -1))
+
+
+def _lower_inverse(low):
+    """The inverse of lower-triangular ``low[..., k, k]`` by forward substitution, row by row as
+    whole-batch array operations (no LAPACK call: see `_factor`)."""
+    import jax.numpy as jnp
+
+    k = low.shape[-1]
+    eye = jnp.eye(k, dtype=low.dtype)
+    rows = []
+    for i in range(k):
+        v = eye[i] + jnp.zeros(low.shape[:-2] + (k,), low.dtype)
+        for j, row in enumerate(rows):
+            v = v - low[..., i, j : j + 1] * row
+        rows.append(v / low[..., i, i : i + 1])
+    return jnp.stack(rows, axis=-2)
+
+
 def _masked_gain(static: _Static, cz, pzz, r, innov, obs):
     """`masked_gain`: the gain from each twin's observed components, gated on its NIS."""
     import jax.numpy as jnp
@@ -622,7 +748,7 @@ def _masked_gain(static: _Static, cz, pzz, r, innov, obs):
     both = obs[:, :, None] & obs[:, None, :]
     s = jnp.where(both, pzz + r, 0.0) + jnp.eye(m, dtype=r.dtype) * (~obs)[:, None, :]
     low, ok = _cholesky(s)
-    li = jnp.linalg.inv(low)
+    li = _lower_inverse(low)
     s_inv = jnp.swapaxes(li, -1, -2) @ li
     nu = jnp.where(obs, innov, 0.0)
     nis = jnp.einsum("ni,nij,nj->n", nu, s_inv, nu)

@@ -60,11 +60,14 @@ def _rates(p: np.ndarray, u: np.ndarray) -> Callable:
     transport = r / length  # dT/dt per unit (w * T)
 
     def f(x: np.ndarray, _p: object = None, _u: object = None) -> np.ndarray:
+        # T_0 = T_R = 0 around T_1 .. T_{R-1}. Each difference is spelled out rather than taken
+        # from one zero-padded array used three times: compiled, a substep is then 5 fused
+        # loops instead of 9 (the same numbers to the bit).
         w, t = x[:_R], x[_R:]
-        free = xp.zeros_like(t[:1])
-        padded = xp.concatenate([free, t, free])  # T_0 = T_R = 0 around T_1 .. T_{R-1}
-        dw = r_j * (padded[1:] - padded[:-1]) - b_j * w + torque_j
-        dtension = stretch * (w[1:] - w[:-1]) + transport * (w[:-1] * padded[:-2] - w[1:] * t)
+        pulls = xp.concatenate([t[:1], t[1:] - t[:-1], -t[-1:]])  # T_i - T_{i-1}
+        upstream = xp.concatenate([xp.zeros_like(t[:1]), t[:-1]])  # T_{i-1} of span i
+        dw = r_j * pulls - b_j * w + torque_j
+        dtension = stretch * (w[1:] - w[:-1]) + transport * (w[:-1] * upstream - w[1:] * t)
         return xp.concatenate([dw, dtension])
 
     return f

@@ -59,32 +59,25 @@ class Columns:
         return self.measured + self.virtual + self.parameters
 
     def bands(self, results: StepResult, meas_var: np.ndarray) -> np.ndarray:
-        """``[steps, N, names, 3]``: mean, lower and upper of every name."""
-        outputs = list(results.outputs)
-        out = []
-        for name in self.measured:
-            j = outputs.index(name)
-            mean = results.output_mean[..., j]
-            half = Z95 * np.sqrt(
-                results.output_std[..., j] ** 2 + meas_var[:, self.measured.index(name)]
-            )
-            out.append(np.stack([mean, mean - half, mean + half], axis=-1))
-        for name in self.virtual:
-            j = outputs.index(name)
-            out.append(
-                np.stack(
-                    [results.output_mean[..., j], results.output_lower[..., j],
-                     results.output_upper[..., j]],
-                    axis=-1,
-                )
-            )  # fmt: skip
-        for name in self.parameters:
-            j = results.params.index(name)
-            out.append(
-                np.stack(
-                    [results.param_mean[..., j], results.param_lower[..., j],
-                     results.param_upper[..., j]],
-                    axis=-1,
-                )
-            )  # fmt: skip
-        return np.stack(out, axis=-2)
+        """``[steps, N, names, 3]``: mean, lower and upper of every name (filled in place: this
+        runs on every chunk of a forecast)."""
+        outputs, params = list(results.outputs), list(results.params)
+        out = np.empty((*results.output_mean.shape[:2], len(self.names), 3))
+        for i, name in enumerate(self.measured):
+            mean = results.output_mean[..., outputs.index(name)]
+            var = results.output_std[..., outputs.index(name)] ** 2 + meas_var[:, i]
+            half = Z95 * np.sqrt(var)
+            out[..., i, 0] = mean
+            np.subtract(mean, half, out=out[..., i, 1])
+            np.add(mean, half, out=out[..., i, 2])
+        sources = [
+            (results.output_mean, results.output_lower, results.output_upper, outputs.index(n))
+            for n in self.virtual
+        ] + [
+            (results.param_mean, results.param_lower, results.param_upper, params.index(n))
+            for n in self.parameters
+        ]
+        for i, (mean, lower, upper, j) in enumerate(sources, start=len(self.measured)):
+            for k, values in enumerate((mean, lower, upper)):
+                out[..., i, k] = values[..., j]
+        return out

@@ -3,11 +3,13 @@ outliers, re-opening and resets agree to 1e-9 relative in float64, step by step.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from livetwin.calibrate import BatchUKF, make_filter
-from livetwin.calibrate.compiled import CompiledUKF, _compile, _group
+from livetwin.calibrate.compiled import PREDICT_BLOCK, CompiledUKF, _compile, _cores, _group
 from livetwin.errors import InvalidInput
 from livetwin.examples.rollers import roller_fleet, roller_spec
 from livetwin.examples.thermal import room, thermal_fleet, thermal_spec
@@ -163,6 +165,21 @@ def test_compiled_steps_are_reused_by_a_new_filter():
     assert second.compile_seconds == first.compile_seconds
 
 
+def test_compiled_steps_split_chunks_over_the_cores_and_never_call_lapack():
+    """A chunk runs as one program split over one CPU device per core; it must not call JAX's
+    LAPACK kernels, which block on XLA's thread pool: two parts of a chunk did that and waited
+    on each other for ever (the forecast hung)."""
+    sim = roller_fleet(40, seed=1)
+    filt = CompiledUKF(roller_spec(sim.step().z), 40)
+    for compiled, arg in ((filt._compiled(64), 1), (filt._compiled(64, PREDICT_BLOCK), 2)):
+        calls = re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())
+        assert not [c for c in calls if "lapack" in c], calls
+        mean_sharding = compiled.input_shardings[0][arg]["mean"]  # arg: the dict holding it
+        assert len(mean_sharding.device_set) == len(_cores())
+    if len(_cores()) == 1:
+        pytest.skip("one CPU device here (one core, or JAX started before livetwin asked)")
+
+
 def test_float32_is_close_to_float64():
     n = 30
     sim = thermal_fleet(n, seed=3)
@@ -209,14 +226,19 @@ def test_numpy_arrays_stay_numpy_while_another_thread_imports_jax(monkeypatch):
     assert namespace(np.zeros(2), np.ones(3)) is np
 
 
-@pytest.mark.parametrize(("n", "steps", "chunk_size"), [(37, 23, 16), (5, 10, 512), (3, 1, 512)])
-def test_predict_agrees_with_unmeasured_steps(n, steps, chunk_size):
-    """`CompiledUKF.predict` (blocks of steps in one compiled loop, padded in steps and twins)
-    gives the NumPy filter's unmeasured steps, a model failure and its reset included."""
+@pytest.mark.parametrize(
+    ("n", "steps", "chunk_size", "row_chunk"),
+    [(37, 23, 16, None), (5, 10, 512, None), (3, 1, 512, None), (37, 12, 64, 1), (37, 12, 64, 20)],
+)
+def test_predict_agrees_with_unmeasured_steps(n, steps, chunk_size, row_chunk):
+    """`CompiledUKF.predict` (blocks of steps in one compiled loop, padded in steps and twins;
+    the steps looped inside groups of one or a few twins with a small `row_chunk`) gives the
+    NumPy filter's unmeasured steps, a model failure and its reset included."""
     sim = thermal_fleet(n, seed=9)
     spec = thermal_spec(sim.step().z[:, 0], meas_noise=None)
     spec = type(spec)(**{**spec.__dict__, "model": flaky_room})
-    ref, fast = BatchUKF(spec, n), CompiledUKF(spec, n, chunk_size=chunk_size)
+    ref = BatchUKF(spec, n)
+    fast = CompiledUKF(spec, n, chunk_size=chunk_size, row_chunk=row_chunk)
     warm = sim.run(15)
     state, _ = ref.run(ref.init(t=0.0), warm.inputs, warm.z, sim.dt)
     inputs = sim.run(steps).inputs
