@@ -11,12 +11,14 @@ from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type, parse_type_spec
 
 MAPS = ("properties", "parameters", "derived", "rules")  # a patch merges these by name
-NOT_BACKTESTED = ("model", "calibration")
+FIELDS = ("calibration",)  # a patch replaces the fields it gives of these, keeps the others
+NOT_BACKTESTED = ("model",)
 
 
 def merge_patch(current: dict, patch: dict) -> dict:
     """`current` (a spec as JSON) with `patch` applied: in the sections `MAPS`, names are added
-    or replaced, and a name set to null is removed; any other field given replaces its value."""
+    or replaced, and a name set to null is removed; in `FIELDS` each field given replaces its
+    value (the others are kept); any other section given replaces the current one."""
     merged = dict(current)
     for key, value in patch.items():
         if key in MAPS and isinstance(value, dict):
@@ -27,6 +29,8 @@ def merge_patch(current: dict, patch: dict) -> dict:
                 else:
                     section[name] = item
             merged[key] = section
+        elif key in FIELDS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return merged
@@ -38,8 +42,8 @@ def compile_candidate(
     """The candidate version of `type_name` from a request's `candidate` field: `{"spec":
     {...}}` (a full type spec) or `{"patch": {...}}` (changes to the current version `current`).
 
-    The model and calibration sections must be those of the current version: a back-test
-    replays recorded observations, it does not re-run calibration.
+    The model section must be that of the current version; a changed calibration section is
+    back-tested by re-running the batched filter (`livetwin.backtest.calibration`).
     """
     if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ("spec", "patch"):
         raise InvalidInput(
@@ -61,8 +65,8 @@ def compile_candidate(
         for section in NOT_BACKTESTED:
             if _dump(getattr(spec, section)) != _dump(getattr(current, section)):
                 raise InvalidInput(
-                    f"the candidate changes the {section} section: a back-test replays recorded "
-                    "observations under derived values and rules, it does not re-run calibration",
+                    f"the candidate changes the {section} section: a back-test re-runs the "
+                    "recorded model under other calibration settings, not another model",
                     field=section,
                     fix=f"leave {section} as in the current version (a patch: leave it out)",
                 )
