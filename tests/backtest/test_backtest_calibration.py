@@ -4,6 +4,8 @@ unchanged calibration gives no section; nothing live changes; bad settings are 4
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 
 import pytest
@@ -11,6 +13,7 @@ from calibration_support import STEP_MS, feed
 from conftest import T0
 
 from livetwin.backtest.candidate import merge_patch
+from livetwin.backtest.report import summary, to_csv
 from livetwin.errors import InvalidInput
 from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, SPEEDS, roller_fleet
 from livetwin.journal import snapshot
@@ -70,6 +73,11 @@ def test_a_much_larger_measurement_noise_widens_bands_and_changes_coverage(platf
         assert cand["coverage_95"] == 1.0 > base["coverage_95"]  # bands far wider than the noise
     assert report["identical"] is False
     assert section["candidate"]["filter_steps_per_s"] > 0 and section["baseline"]["obs_per_s"] > 0
+    gist = summary(report)["calibration"]
+    assert gist["outputs"]["w1"]["coverage_95"][1] == 1.0
+    rows = list(csv.reader(io.StringIO(to_csv(report))))
+    assert {r[1] for r in rows if r[0] == "calibration_output"} == set(SPEEDS)
+    assert {r[1] for r in rows if r[0] == "calibration_parameter"} == set(DRAGS)
 
 
 def test_settings_that_follow_the_truth_predict_the_recorded_data_better(platform, rollers):
