@@ -28,21 +28,24 @@ from livetwin.spec.types import CompiledType
 from livetwin.timefmt import format_ts
 
 WORST = 5  # twins listed per parameter
+# settings that say when, where or how often the filter runs or publishes, not what it computes
+NEUTRAL = ("every", "continuous", "publish_every", "workers", "model_fit_alarm")
 
 
 def settings(ctype: CompiledType) -> dict | None:
-    """What a calibration back-test compares: the calibration section, the calibrated
-    parameters and their declared values (the prior's means); None without a model."""
+    """What a calibration back-test compares: the calibration section (less `NEUTRAL`), the
+    calibrated parameters and their declared values (the prior's means); None without a model."""
     plan = ctype.calibration
     if plan is None:
         return None
-    section = plan.section.model_dump(mode="json")
+    section = plan.section.model_dump(mode="json", exclude=set(NEUTRAL))
     declared = {p: ctype.spec.parameters[p].value for p in plan.parameters}
     return {"section": section, "parameters": list(plan.parameters), "values": declared}
 
 
 def changed_settings(recorded: CompiledType, candidate: CompiledType) -> list[str]:
-    """The calibration settings the candidate changes (empty: the filter would run the same)."""
+    """The calibration settings the candidate changes that change what the filter computes
+    (empty: it would run the same)."""
     before, after = settings(recorded), settings(candidate)
     if before is None or after is None:
         return []

@@ -52,7 +52,8 @@ def by_name(items: list[dict]) -> dict:
 
 
 def test_a_candidate_that_calibrates_as_recorded_has_no_calibration_section(platform, rollers):
-    for patch in ({}, {"derived": {"line_speed": "w4 * r * 2"}}, {"calibration": {"every": None}}):
+    neutral = {"every": "10m", "publish_every": 10, "continuous": True}  # when, not what
+    for patch in ({}, {"derived": {"line_speed": "w4 * r * 2"}}, {"calibration": neutral}):
         assert backtest(platform, patch)["calibration"] is None, patch
 
 
