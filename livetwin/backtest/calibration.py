@@ -39,6 +39,8 @@ def settings(ctype: CompiledType) -> dict | None:
     if plan is None:
         return None
     section = plan.section.model_dump(mode="json", exclude=set(NEUTRAL))
+    model = ctype.spec.model.model_dump(mode="json", exclude={"units", "virtual"})  # ref, dt
+    section |= {f"model.{k}": v for k, v in model.items()}
     declared = {p: ctype.spec.parameters[p].value for p in plan.parameters}
     return {"section": section, "parameters": list(plan.parameters), "values": declared}
 
@@ -50,7 +52,7 @@ def changed_settings(recorded: CompiledType, candidate: CompiledType) -> list[st
     if before is None or after is None:
         return []
     names = [
-        f"calibration.{k}"
+        k if k.startswith("model.") else f"calibration.{k}"
         for k in before["section"]
         if before["section"][k] != after["section"].get(k)
     ]
@@ -204,6 +206,7 @@ def _run_side(ctype, aligned, params, state, cancelled) -> dict:
         "first": first,
         "steps": len(inputs),
         "speed": {
+            "steps": len(inputs),
             "backend": backend,
             "estimator": plan.section.estimator,
             "seconds": round(seconds, 3),

@@ -152,7 +152,9 @@ def test_a_window_after_the_last_calibration_starts_from_the_persisted_state(pla
         ({"calibration": {"prior_std": {"nope": 0.1}}}, "calibration.prior_std"),
         ({"calibration": {"estimator": "magic"}}, "calibration.estimator"),
         ({"calibration": {"bogus": 1}}, "calibration.bogus"),
-        ({"model": {**ROLLER_TYPE["model"], "dt": "200ms"}}, "model"),
+        ({"model": {"ref": "livetwin.examples.thermal:room"}}, "model"),
+        ({"model": {"virtual": ["T1"]}}, "model"),
+        ({"model": {"dt": "soon"}}, "model.dt"),
     ],
 )
 def test_a_calibration_patch_that_does_not_validate_is_refused(platform, rollers, patch, field):
@@ -173,6 +175,13 @@ def test_the_api_answers_a_bad_calibration_patch_with_422_naming_the_field(clien
     r = client.post("/api/backtests", json=body)
     assert r.status_code == 422
     assert r.json()["error"]["field"] == "candidate.patch.calibration.measurement_noise.w1"
+
+
+def test_a_candidate_may_change_the_model_step(platform, rollers):
+    section = backtest(platform, {"model": {"dt": "200ms"}})["calibration"]
+    assert section["changes"] == ["model.dt"]
+    assert section["baseline"]["steps"] == STEPS and section["candidate"]["steps"] == STEPS // 2
+    assert all(o["candidate"]["predictions"] == N_LINES * STEPS // 2 for o in section["outputs"])
 
 
 def test_merge_patch_replaces_only_the_calibration_fields_given():
