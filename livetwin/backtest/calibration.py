@@ -124,7 +124,7 @@ def backtest_calibration(
     section |= {
         "window": {"from": format_ts(first * dt), "to": format_ts((first + steps) * dt)},
         "steps": steps,
-        "truncated": steps >= MAX_STEPS,
+        "truncated": any(r["truncated"] for r in results.values()),
         **{side: r["speed"] for side, r in results.items()},
         "parameters": _parameters(results, twins),
         "outputs": _outputs(results),
@@ -205,6 +205,7 @@ def _run_side(ctype, aligned, params, state, cancelled) -> dict:
     return {
         "first": first,
         "steps": len(inputs),
+        "truncated": max(int(a.buckets[-1]) for a in aligned) >= first + len(inputs),
         "speed": {
             "steps": len(inputs),
             "backend": backend,

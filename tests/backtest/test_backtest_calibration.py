@@ -62,6 +62,7 @@ def test_a_much_larger_measurement_noise_widens_bands_and_changes_coverage(platf
     section = report["calibration"]
     assert section["changes"] == ["calibration.measurement_noise"]
     assert section["twins"] == N_LINES and section["steps"] == STEPS
+    assert section["truncated"] is False
     assert section["start"] == "prior (no persisted filter state)"
     drags = by_name(section["parameters"])
     for b in DRAGS:
