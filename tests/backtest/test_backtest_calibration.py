@@ -188,3 +188,12 @@ def test_a_candidate_may_change_the_model_step(platform, rollers):
 def test_merge_patch_replaces_only_the_calibration_fields_given():
     merged = merge_patch(ROLLER_TYPE, {"calibration": {"estimator": "enkf"}})
     assert merged["calibration"] == {**ROLLER_TYPE["calibration"], "estimator": "enkf"}
+
+
+def test_a_window_longer_than_a_calibration_run_is_truncated_and_says_so(
+    platform, rollers, monkeypatch
+):
+    monkeypatch.setattr("livetwin.backtest.calibration.MAX_STEPS", 50)
+    section = backtest(platform, {"calibration": {"measurement_noise": {w: 0.1 for w in SPEEDS}}})
+    calibration = section["calibration"]
+    assert calibration["steps"] == 50 and calibration["truncated"] is True
