@@ -11,12 +11,14 @@ from livetwin.errors import InvalidInput, LivetwinError
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type, parse_type_spec
 
 MAPS = ("properties", "parameters", "derived", "rules")  # a patch merges these by name
-NOT_BACKTESTED = ("model", "calibration")
+FIELDS = ("model", "calibration")  # a patch replaces the fields it gives of these, keeps the others
+MODEL_FIXED = ("virtual",)  # model fields a candidate keeps; `dt`, `units`, ref options may change
 
 
 def merge_patch(current: dict, patch: dict) -> dict:
     """`current` (a spec as JSON) with `patch` applied: in the sections `MAPS`, names are added
-    or replaced, and a name set to null is removed; any other field given replaces its value."""
+    or replaced, and a name set to null is removed; in `FIELDS` each field given replaces its
+    value (the others are kept); any other section given replaces the current one."""
     merged = dict(current)
     for key, value in patch.items():
         if key in MAPS and isinstance(value, dict):
@@ -27,6 +29,8 @@ def merge_patch(current: dict, patch: dict) -> dict:
                 else:
                     section[name] = item
             merged[key] = section
+        elif key in FIELDS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return merged
@@ -38,8 +42,9 @@ def compile_candidate(
     """The candidate version of `type_name` from a request's `candidate` field: `{"spec":
     {...}}` (a full type spec) or `{"patch": {...}}` (changes to the current version `current`).
 
-    The model and calibration sections must be those of the current version: a back-test
-    replays recorded observations, it does not re-run calibration.
+    The model must be that of the current version (its `dt`, units and the options of its
+    `ref` may change); changed calibration settings are back-tested by re-running the batched
+    filter (`livetwin.backtest.calibration`).
     """
     if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ("spec", "patch"):
         raise InvalidInput(
@@ -58,19 +63,35 @@ def compile_candidate(
     spec_json = merge_patch(now, value) if kind == "patch" else value
     try:
         spec = parse_type_spec(spec_json, type_name)
-        for section in NOT_BACKTESTED:
-            if _dump(getattr(spec, section)) != _dump(getattr(current, section)):
-                raise InvalidInput(
-                    f"the candidate changes the {section} section: a back-test replays recorded "
-                    "observations under derived values and rules, it does not re-run calibration",
-                    field=section,
-                    fix=f"leave {section} as in the current version (a patch: leave it out)",
-                )
+        _check_model(spec, current)
         return compile_type(spec, 0, resolve_model=resolve_model)
     except LivetwinError as exc:
         exc.field = f"candidate.{kind}" + (f".{exc.field}" if exc.field else "")
         raise
 
 
-def _dump(section: Any) -> Any:
-    return None if section is None else section.model_dump(mode="json", by_alias=True)
+def _check_model(spec: TwinTypeSpec, current: TwinTypeSpec) -> None:
+    """Refuse a candidate with another model (or none, or other virtual sensors): options of
+    the same model are back-tested, another model is not."""
+    old, new = current.model, spec.model
+    if old is None and new is None:
+        return
+    same = (
+        old is not None
+        and new is not None
+        and _base(old.ref) == _base(new.ref)
+        and all(getattr(old, k) == getattr(new, k) for k in MODEL_FIXED)
+    )
+    if not same:
+        raise InvalidInput(
+            "the candidate changes the model: a back-test re-runs the recorded model under other "
+            "settings (dt, units, the options of its ref), not another model or other virtual "
+            "sensors",
+            field="model",
+            fix="keep model.ref (up to its ?options) and model.virtual as in the current version",
+        )
+
+
+def _base(ref: str) -> str:
+    """A model reference without its options (`fmu:path?options`)."""
+    return ref.split("?", 1)[0]

@@ -42,12 +42,36 @@ def summary(report: dict) -> dict:
             for r in report["rules"]
         },
         "failures": {f["name"]: f["infinite"] + f["unknown"] for f in report["failures"]},
+        "calibration": _calibration_summary(report.get("calibration")),
+    }
+
+
+def _calibration_summary(section: dict | None) -> dict | None:
+    """The gist of a calibration back-test: what changed, and which side predicts better."""
+    if not section or "outputs" not in section:
+        return section
+    return {
+        "changes": section["changes"],
+        "start": section["start"],
+        "parameters": {
+            p["name"]: {k: p.get(k) for k in ("twins_affected", "rms_diff", "band_width_ratio")}
+            for p in section["parameters"]
+        },
+        "outputs": {
+            o["name"]: {
+                "rms_error": [o["baseline"]["rms_error"], o["candidate"]["rms_error"]],
+                "coverage_95": [o["baseline"]["coverage_95"], o["candidate"]["coverage_95"]],
+                "better": o["better"],
+            }
+            for o in section["outputs"]
+        },
     }
 
 
 def to_csv(report: dict) -> str:
     """The report's findings, one per row: differing outputs and their worst twins, new
-    outputs, alarms that differ, and expression failures."""
+    outputs, alarms that differ, expression failures, and a calibration back-test's parameters
+    (and their worst twins) and measured outputs."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
@@ -74,4 +98,27 @@ def to_csv(report: dict) -> str:
         for e in f["examples"]:
             detail = e["problem"] + (f"; missing={','.join(e['missing'])}" if e["missing"] else "")
             writer.writerow(["failure", f["name"], e["twin"], e["ts"], e["value"], detail])
+    _calibration_rows(writer, report.get("calibration") or {})
     return out.getvalue()
+
+
+def _calibration_rows(writer, section: dict) -> None:
+    for p in section.get("parameters", []):
+        detail = "; ".join(
+            f"{k}={p.get(k)}" for k in ("status", "twins_affected", "rms_diff", "band_width_ratio")
+        )
+        writer.writerow(["calibration_parameter", p["name"], "", "", p.get("max_abs_diff"), detail])
+        for w in p.get("worst_twins", []):
+            b, c = w["baseline"], w["candidate"]
+            detail = (
+                f"baseline={b['mean']} [{b['lower']}, {b['upper']}]; "
+                f"candidate={c['mean']} [{c['lower']}, {c['upper']}]"
+            )
+            writer.writerow(["calibration_parameter_twin", p["name"], w["twin"], "", "", detail])
+    for o in section.get("outputs", []):
+        b, c = o["baseline"], o["candidate"]
+        detail = (
+            f"rms_error baseline={b['rms_error']} candidate={c['rms_error']}; coverage_95 "
+            f"baseline={b['coverage_95']} candidate={c['coverage_95']}; better={o['better']}"
+        )
+        writer.writerow(["calibration_output", o["name"], "", "", c["rms_error"], detail])

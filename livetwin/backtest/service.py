@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from livetwin.backtest.calibration import backtest_calibration
 from livetwin.backtest.candidate import compile_candidate
 from livetwin.backtest.lockstep import LockStep, NeedsEngines, Window
 from livetwin.backtest.report import summary
@@ -265,6 +266,18 @@ class BacktestService:
         report["seconds"] = round(seconds, 3)
         report["observations_per_s"] = round(main.replayed / seconds) if seconds else None
         report["cpu_seconds"] = round(time.thread_time() - cpu, 3)
+        report["calibration"] = backtest_calibration(
+            self.reader,
+            self.core.store,
+            plan.recorded,
+            plan.candidate,
+            plan.window,
+            plan.uids,
+            cancelled=cancelled,
+            log=log,
+        )
+        if report["calibration"] and _calibration_differs(report["calibration"]):
+            report["identical"] = False
         watch = self._worst(report, main, plan.plot)
         if len(watch) > len(plan.plot):  # a second, narrow pass for the worst twins' series
             log(f"series of {len(watch)} twins")
@@ -381,6 +394,13 @@ class BacktestService:
             started=started,
             finished=self.clock(),
         )
+
+
+def _calibration_differs(section: dict) -> bool:
+    """Whether the candidate's settings calibrated or predicted anything differently."""
+    return any(p.get("twins_affected", 1) for p in section.get("parameters", [])) or any(
+        o["better"] != "equal" for o in section.get("outputs", [])
+    )
 
 
 _FIXES = {

@@ -115,8 +115,9 @@ def calibrate(
     data = {}
     for i, twin in enumerate(chosen):
         since = int(saved.last_ts[saved.ids.index(twin)]) + 1 if twin in saved.ids else 0
-        aligned = _aligned(ports.reader, type_name, plan, int(uids[i]), since, int(last_seen[i]))
-        problem = _too_little(aligned, plan)
+        uid, until = int(uids[i]), int(last_seen[i])
+        aligned = aligned_rows(ports.reader, type_name, plan, uid, since, until)
+        problem = too_little(aligned, plan)
         if problem:
             record["skipped"][twin] = problem
         else:
@@ -233,7 +234,7 @@ def _params(ctype) -> list[str]:
     return list(ctype.calibration.model.params)
 
 
-def _aligned(reader, type_name, plan: CalibrationPlan, uid: int, since: int, until: int):
+def aligned_rows(reader, type_name, plan: CalibrationPlan, uid: int, since: int, until: int):
     """One twin's rows since `since`, one row per model step, or None without data."""
     names = list(plan.model.inputs) + list(plan.measured)
     ts, _, values = reader.history_rows(uid, type_name, names, since, until + 1)
@@ -265,7 +266,7 @@ def _carry_forward(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _too_little(aligned: _Aligned | None, plan: CalibrationPlan) -> str | None:
+def too_little(aligned: _Aligned | None, plan: CalibrationPlan) -> str | None:
     if aligned is None:
         return "no new measurements"
     missing = [
@@ -286,42 +287,20 @@ def _run_cohort(
 ) -> dict:
     """Filter twins that start at the same step; publish results; update `saved` in place."""
     n = len(members)
-    end = min(max(int(a.buckets[-1]) for a in aligned), first + MAX_STEPS - 1)
-    steps = end - first + 1
-    inputs = np.full((steps, n, len(plan.model.inputs)), np.nan)
-    measured = np.full((steps, n, len(plan.measured)), np.nan)
-    step_ts = np.tile(np.arange(first, end + 1)[:, None] * plan.dt_ms, (1, n))
-    for i, a in enumerate(aligned):
-        k = min(len(a.buckets), steps)
-        inputs[:k, i], measured[:k, i], step_ts[:k, i] = a.inputs[:k], a.measured[:k], a.last_ts[:k]
-        inputs[k:, i] = a.inputs[k - 1]  # a twin whose data ends early is carried forward
-    spec = _spec(ctype, plan, params, measured)
-    section = plan.section
-    dt = plan.dt_ms / 1000.0
+    inputs, measured, step_ts = cohort_arrays(plan, aligned, first, MAX_STEPS)
+    steps = len(inputs)
+    end = first + steps - 1
+    start = take_rows(saved.state, [saved.ids.index(t) for t in members]) if resumed else None
     published = []
-    with chunk_pool(section.workers if backend == "numpy" else 0) as pool:
-        filt = _checked(
-            make_filter,
-            spec,
-            n,
-            estimator=section.estimator,
-            backend=backend,
-            precision=section.precision,
-            executor=pool,
-        )
-        if resumed:
-            state = _take(saved.state, [saved.ids.index(t) for t in members])
-        else:
-            state = filt.init(type_version=ctype.version)
-        check = FitCheck(section.model_fit_window)
-        every = section.publish_every
-        kept = []  # the steps published: every k-th of the type's step grid, and the last
-        for k in range(steps):
-            state, result = filt.step(state, inputs[k], measured[k], dt)
-            fit = check.update(state, result, result.innovation, result.innovation_var)
-            if (first + k + 1) % every == 0 or k == steps - 1:
-                published.append(_values(plan, result, fit))
-                kept.append(k)
+    every = plan.section.publish_every
+    kept = []  # the steps published: every k-th of the type's step grid, and the last
+
+    def publish(k: int, result, fit: dict) -> None:
+        if (first + k + 1) % every == 0 or k == steps - 1:
+            published.append(_values(plan, result, fit))
+            kept.append(k)
+
+    filt, state = filter_cohort(ctype, plan, params, inputs, measured, backend, start, publish)
     compile_s = getattr(filt, "compile_wait_s", 0.0)  # the compiled backend's, when cached 0
     _publish(ingest, ctype, plan, members, step_ts[kept], published)
     _store(saved, state, members, (end + 1) * plan.dt_ms - 1)
@@ -339,6 +318,60 @@ def _run_cohort(
         "span": (first * plan.dt_ms, (end + 1) * plan.dt_ms),
         "compile_s": compile_s,
     }
+
+
+def cohort_arrays(
+    plan: CalibrationPlan, aligned: list[_Aligned], first: int, max_steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twins' aligned rows on one step grid from step `first` (at most `max_steps` steps):
+    inputs ``[K,N,u]`` (carried forward, and back before a twin's first row), measurements
+    ``[K,N,m]`` (NaN where none) and each step's newest measurement time ``[K,N]``."""
+    n = len(aligned)
+    end = min(max(int(a.buckets[-1]) for a in aligned), first + max_steps - 1)
+    steps = end - first + 1
+    inputs = np.full((steps, n, len(plan.model.inputs)), np.nan)
+    measured = np.full((steps, n, len(plan.measured)), np.nan)
+    step_ts = np.tile(np.arange(first, end + 1)[:, None] * plan.dt_ms, (1, n))
+    for i, a in enumerate(aligned):
+        lo = int(a.buckets[0]) - first  # 0 for a cohort that starts together
+        k = max(0, min(len(a.buckets), steps - lo))
+        rows = slice(lo, lo + k)
+        inputs[rows, i], measured[rows, i], step_ts[rows, i] = (
+            a.inputs[:k],
+            a.measured[:k],
+            a.last_ts[:k],
+        )
+        inputs[:lo, i] = a.inputs[0]
+        inputs[lo + k :, i] = a.inputs[max(k - 1, 0)]  # a twin whose data ends early
+    return inputs, measured, step_ts
+
+
+def filter_cohort(
+    ctype, plan, params, inputs, measured, backend, state, visit: Callable
+) -> tuple[object, FilterState]:
+    """Run the type's batched filter over all twins of a cohort at once: steps ``inputs[K,N,u]``
+    and ``measured[K,N,m]`` from `state` (None: the prior from `_spec`); `visit(k, result,
+    fit)` sees each step's `StepResult` and model-fit verdict. Returns (filter, final state)."""
+    spec = _spec(ctype, plan, params, measured)
+    section = plan.section
+    dt = plan.dt_ms / 1000.0
+    with chunk_pool(section.workers if backend == "numpy" else 0) as pool:
+        filt = _checked(
+            make_filter,
+            spec,
+            len(measured[0]),
+            estimator=section.estimator,
+            backend=backend,
+            precision=section.precision,
+            executor=pool,
+        )
+        if state is None:
+            state = filt.init(type_version=ctype.version)
+        check = FitCheck(section.model_fit_window)
+        for k in range(len(inputs)):
+            state, result = filt.step(state, inputs[k], measured[k], dt)
+            visit(k, result, check.update(state, result, result.innovation, result.innovation_var))
+    return filt, state
 
 
 def _checked(fn: Callable, *args, **kwargs):
@@ -435,10 +468,10 @@ def _store(saved: TypeCalibration, state: FilterState, members: list[str], end_t
         if twin not in saved.ids:
             saved.ids.append(twin)
             saved.last_ts = np.append(saved.last_ts, -1)
-            saved.state = _append(saved.state, _take(state, [i]))
+            saved.state = _append(saved.state, take_rows(state, [i]))
         row = saved.ids.index(twin)
         saved.last_ts[row] = end_ts
-        _put(saved.state, row, _take(state, [i]))
+        _put(saved.state, row, take_rows(state, [i]))
 
 
 def _load(store, type_name: str, plan: CalibrationPlan) -> TypeCalibration:
@@ -469,7 +502,7 @@ def noise_summary(plan: CalibrationPlan, state: FilterState, rows: list[int], pe
     if configured or state.noise_var is None or not rows:
         source = "configured" if configured else "not estimated yet"
         return {name: {"std": configured.get(name), "source": source} for name in plan.measured}
-    var, ready = noise_in_use(_take(state, rows), NOISE_MIN_SAMPLES)
+    var, ready = noise_in_use(take_rows(state, rows), NOISE_MIN_SAMPLES)
     out = {}
     for j, name in enumerate(plan.measured):
         std = np.sqrt(var[:, j][ready[:, j]])
@@ -515,7 +548,7 @@ def fit_summary(plan: CalibrationPlan, state: FilterState, row: int) -> dict:
     """One twin's model-fit check now: mean NIS over the window and model_fit (1, 0, None)."""
     if state.fit_count is None:
         return {"nis": None, "model_fit": None}
-    verdict = FitCheck(plan.section.model_fit_window).verdict(_take(state, [row]))
+    verdict = FitCheck(plan.section.model_fit_window).verdict(take_rows(state, [row]))
     return {k: _number(v[0]) for k, v in verdict.items()}
 
 
@@ -535,7 +568,7 @@ def _row_fields(state: FilterState) -> list[str]:
     ]
 
 
-def _take(state: FilterState, rows: list[int]) -> FilterState:
+def take_rows(state: FilterState, rows: list[int]) -> FilterState:
     return replace(state, **{k: getattr(state, k)[rows].copy() for k in _row_fields(state)})
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from livetwin.calibrate import StepResult, choose_backend, chunk_pool, make_filter
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
-from livetwin.jobs.calibration import TypeCalibration, _spec, _take
+from livetwin.jobs.calibration import TypeCalibration, _spec, take_rows
 from livetwin.jobs.lineage import model_node
 from livetwin.scenario.forecast import Columns, forward, measurement_var
 from livetwin.scenario.outcome import Outcome
@@ -197,7 +197,7 @@ class Scenarios:
             backend=section.backend,
             precision=section.precision,
         )
-        state = _take(saved.state, rows + rows)
+        state = take_rows(saved.state, rows + rows)
         return Fork(ctype, ids, start, current, steps, every // dt, scenario, baseline, filt, state)
 
     def _twins(self, chosen: list[str] | TwinFilter) -> tuple[str, list[str]]:

@@ -47,3 +47,28 @@ def test_a_report_shows_its_tables_and_plots_baseline_vs_candidate(platform, liv
     page.wait_for_selector('#view[data-ready="1"]')
     page.wait_for_selector("form.backtest-form textarea")
     assert page.errors == []
+
+
+def test_a_calibration_report_shows_parameters_and_prediction_scores(
+    platform, clock, live_server, page
+):
+    from calibration_support import feed
+    from conftest import T0
+
+    from livetwin.examples.rollers import ROLLER_TYPE, SPEEDS, roller_fleet
+
+    clock.now = T0 + 10**8
+    calibration = {**ROLLER_TYPE["calibration"], "backend": "numpy"}
+    platform.put_type("roller_line", {**ROLLER_TYPE, "calibration": calibration})
+    feed(platform, roller_fleet(4, seed=1), [f"line-{i}" for i in range(4)], 60, 0)
+    noisy = {"calibration": {"measurement_noise": {w: 1.0 for w in SPEEDS}}}
+    plan = platform.backtests.plan(
+        {"type": "roller_line", "candidate": {"patch": noisy}, "from": T0, "to": T0 + 6000}
+    )
+    platform.backtests.run(plan, "run_ui_cal")
+    page.goto(f"{live_server}/#/backtests/run_ui_cal")
+    page.wait_for_selector("table.calibration-outputs")
+    assert "b1" in page.inner_text("table.calibration-parameters")
+    scores = page.inner_text("table.calibration-outputs")
+    assert "w1" in scores and "candidate" in scores
+    assert page.errors == []

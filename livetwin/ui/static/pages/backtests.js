@@ -1,6 +1,7 @@
 // Back-tests: start one (a candidate as YAML over a window), list them with their state and
 // progress, and read a report: outputs that differ, alarms per rule, new outputs, failing
-// expressions, and a baseline-vs-candidate plot for a chosen twin and output.
+// expressions, calibration settings (re-filtered: parameters and prediction scores), and a
+// baseline-vs-candidate plot for a chosen twin and output.
 import { api, errorBox } from '../api.js';
 import { loadPlotly } from '../chart.js';
 import { append, fmt, h, localTime, navigate, replace, replaceQuery, table } from '../dom.js';
@@ -116,8 +117,29 @@ export async function renderReport(root, { args: [id], params, signal }) {
         h('td', {}, h('code', {}, `${f.name} = ${f.expr}`)), h('td', {}, fmt(f.infinite)), h('td', {}, fmt(f.unknown)),
         h('td', {}, fmt(f.twins)),
         h('td', {}, f.examples[0] ? `${f.examples[0].twin} at ${f.examples[0].ts}: ${f.examples[0].problem}${f.examples[0].missing.length ? ` (no ${f.examples[0].missing.join(', ')})` : ''}` : ''))))),
+    ...calibration(report.calibration),
   );
   plot(body, report, params, signal);
+}
+
+/** A calibration back-test: parameters' final means and bands, and which side predicts the
+ * recorded measurements better (one-step-ahead RMS error, 95 % band coverage). */
+function calibration(c) {
+  if (!c) return [];
+  if (!c.outputs) return [section('Calibration', h('p', { class: 'muted' }, c.note ?? 'Not run.'))];
+  const side = (s) => `${num(s.rms_error)} / ${num(s.coverage_95)}`;
+  return [
+    section(`Calibration (${c.changes.join(', ')}; start: ${c.start}; ${fmt(c.twins)} twins, ${fmt(c.steps)} steps)`, table('calibration-parameters',
+      ['parameter', 'twins affected', 'max |diff|', 'RMS diff', 'band width ratio', 'worst twins'],
+      c.parameters.map((p) => h('tr', {},
+        h('td', {}, p.name), h('td', {}, p.status === 'both' ? fmt(p.twins_affected) : p.status), h('td', {}, num(p.max_abs_diff)),
+        h('td', {}, num(p.rms_diff)), h('td', {}, num(p.band_width_ratio)),
+        h('td', {}, (p.worst_twins || []).slice(0, 3).map((w) => `${w.twin}: ${fmt(w.baseline.mean)} → ${fmt(w.candidate.mean)}`).join(', ')))))),
+    section('Calibration: predicting the recorded measurements (RMS error / 95 % coverage)', table('calibration-outputs',
+      ['output', 'baseline', 'candidate', 'better'],
+      c.outputs.map((o) => h('tr', {},
+        h('td', {}, o.name), h('td', {}, side(o.baseline)), h('td', {}, side(o.candidate)), h('td', {}, o.better ?? '—'))))),
+  ];
 }
 
 function section(title, content) {
