@@ -1,5 +1,6 @@
-"""The cluster front end's app: the single node's type, ingest, calibration and twin routes (the
-same functions of livetwin/api/app.py, over a `ClusterFrontend`), `GET /api/cluster`, a health
+"""The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
+registry and lineage routes (the same functions of livetwin/api/app.py and friends, over a
+`ClusterFrontend`), `GET /api/cluster`, a health
 check, and a 501 naming the limit for every other /api route (docs/cluster.md)."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from livetwin.api.app import (
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
+from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.twins import twin_routes
 from livetwin.errors import NotServed
 from livetwin.ui import mount as mount_ui
@@ -62,6 +64,8 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     stream_route(app, frontend, frontend.feed)
     mqtt_routes(app, frontend, frontend.mqtt)
     alarm_routes(app, frontend.alarms)
+    registry_routes(app, frontend.registry)
+    lineage_routes(app, frontend.lineage)
     login_routes(app)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

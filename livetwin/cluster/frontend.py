@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,6 +34,8 @@ from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
+from livetwin.registry import LineageStore, Registry
+from livetwin.registry.artifacts import artifact_store
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
@@ -173,6 +176,29 @@ class ClusterFrontend:
         self.mqtt = None  # start_mqtt
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
+        self.lineage, self.registry = self._open_registry()
+
+    def _open_registry(self) -> tuple[LineageStore, Registry]:
+        """The model registry and lineage of the cluster: the single node's services over the
+        cluster's service schemas (`<cluster>_registry`, `<cluster>_lineage`); artifacts in the
+        configured store (S3 for several front ends; files: under this front end's --data)."""
+        from livetwin.models.base import ModelRefs
+
+        lineage = LineageStore(self.open_db, clock=self.clock)
+        try:
+            registry = Registry(
+                clock=self.clock,
+                open_db=self.open_db,
+                lineage=lineage,
+                artifacts=artifact_store(self.data_dir, self.settings.artifacts, self.outbound),
+                tmp_dir=Path(self.data_dir) / "tmp",
+                max_artifact_bytes=self.settings.max_artifact_bytes,
+                model_refs=ModelRefs.configured(self.settings, self.data_dir),
+            ).start()
+        except BaseException:
+            lineage.close()
+            raise
+        return lineage, registry
 
     @property
     def query(self) -> ClusterFrontend:
@@ -183,9 +209,12 @@ class ClusterFrontend:
         if self.mqtt is not None:
             self.mqtt.stop()
         self.feed.close()
+        self.registry.stop()
+        self.lineage.close()
 
     def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
-        """A cluster-wide service's database (tokens, tickets): `<cluster>_<name>` schema."""
+        """A cluster-wide service's database (tokens, tickets, registry, lineage, ...): the
+        `<cluster>_<name>` schema, shared by every front end."""
         return open_service_db(self.data_dir, name, schema, database_url=self.meta.services_url)
 
     # ---- shard states ----------------------------------------------------------------------

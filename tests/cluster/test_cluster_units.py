@@ -106,11 +106,11 @@ def test_shards_may_live_in_several_databases(cluster_name):
 
 
 @pytest.fixture
-def front(cluster_name):
+def front(cluster_name, tmp_path):
     meta = open_cluster(PG_URL, shards=4, name=cluster_name)
     shards = LocalShards(meta)
     try:
-        frontend = ClusterFrontend(meta, shards, write_timeout_s=10)
+        frontend = ClusterFrontend(meta, shards, write_timeout_s=10, data_dir=str(tmp_path))
         with TestClient(create_cluster_app(frontend)) as client:
             assert client.put("/api/types/pump", json=PUMP).status_code == 200
             yield client, shards, frontend
@@ -456,3 +456,22 @@ def test_the_live_stream_merges_every_shard_s_events(front):
                                                {"Last-Event-ID": first[-3]["id"]})  # fmt: skip
         thread.join(20)
         assert [e["id"] for e in resumed] == [e["id"] for e in first[-2:]]
+
+
+def test_the_model_registry_and_lineage_are_shared_by_every_front_end(front, tmp_path):
+    client, shards, frontend = front
+    registered = client.post(
+        "/api/models/forecast/versions", json={"kind": "inductive", "flavor": "linear"}
+    )
+    assert registered.status_code == 201, registered.text
+    other = ClusterFrontend(frontend.meta, shards, data_dir=str(tmp_path / "second"))
+    try:
+        with TestClient(create_cluster_app(other)) as second:
+            (listed,) = [m for m in second.get("/api/models").json() if m["name"] == "forecast"]
+            assert listed["latest"] == 1
+            assert second.get("/api/models/forecast/versions/1").json()["kind"] == "inductive"
+            node = second.get("/api/lineage/model:forecast/1").json()
+            assert node["root"] == "model:forecast/1"
+            assert second.delete("/api/models/forecast/versions/1").status_code == 405
+    finally:
+        other.close()
