@@ -1,7 +1,7 @@
 """The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
-registry and lineage routes (the same functions of livetwin/api/app.py and friends, over a
-`ClusterFrontend`), `GET /api/cluster`, a health
-check, and a 501 naming the limit for every other /api route (docs/cluster.md)."""
+registry, lineage and scheduler routes (the same route functions as a single node's, over a
+`ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the limit for every
+other /api route (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
 from livetwin.api.registry import lineage_routes, registry_routes
+from livetwin.api.schedule import schedule_routes
 from livetwin.api.twins import twin_routes
 from livetwin.errors import NotServed
 from livetwin.ui import mount as mount_ui
@@ -66,6 +67,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     alarm_routes(app, frontend.alarms)
     registry_routes(app, frontend.registry)
     lineage_routes(app, frontend.lineage)
+    schedule_routes(app, frontend.scheduler)
     login_routes(app)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -27,7 +27,7 @@ from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.engine.events import EventBus, StateChanged
-from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
+from livetwin.errors import Conflict, InvalidInput, LivetwinError, NotServed, Unavailable
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
 from livetwin.ingest.extractors import Extractors, submit_extracted
 from livetwin.ingest.observations import Normalized, Rejection, normalize
@@ -36,6 +36,7 @@ from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
 from livetwin.registry import LineageStore, Registry
 from livetwin.registry.artifacts import artifact_store
+from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
@@ -177,6 +178,31 @@ class ClusterFrontend:
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
         self.lineage, self.registry = self._open_registry()
+        self.scheduler = self._new_scheduler()
+        if self.settings.run_schedules:
+            self.scheduler.start()
+            self.feed.follow()  # the scheduler's event triggers hear the shards' changes
+
+    def _new_scheduler(self) -> Scheduler:
+        """The single node's scheduler over the cluster's `<cluster>_schedule` schema: every
+        front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
+        functions here), the others are on standby and take over when it is lost. Its built-in
+        job is `calibrate`, fanned out over the shards."""
+        from livetwin.jobs.builtins import register_calibration
+
+        scheduler = Scheduler(
+            clock=self.clock,
+            bus=self.feed.bus,
+            reader=self,
+            open_db=self.open_db,
+            lineage=self.lineage,
+            functions_platform=self,  # ctx.platform of Python functions
+            database_url=self.meta.services_url,
+            outbound=self.outbound,
+            allow_modules=self.settings.scheduler_modules,
+        )
+        register_calibration(scheduler, self.calibrate)
+        return scheduler
 
     def _open_registry(self) -> tuple[LineageStore, Registry]:
         """The model registry and lineage of the cluster: the single node's services over the
@@ -206,6 +232,7 @@ class ClusterFrontend:
         return self
 
     def close(self) -> None:
+        self.scheduler.stop()  # first: running functions may still ingest
         if self.mqtt is not None:
             self.mqtt.stop()
         self.feed.close()
@@ -369,6 +396,10 @@ class ClusterFrontend:
         if declared is not None:
             return parse_duration(declared), "type"
         return None, None  # observed gaps are a single-node estimate
+
+    def truth(self, type_name: str, compile_for: Any, twins: list[str] | None = None) -> Any:
+        """Condition triggers (the scheduler's `truth` read) are not served in cluster mode."""
+        raise NotServed("a schedule with a condition trigger")
 
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which are derived (for the live stream)."""
@@ -786,14 +817,20 @@ class ClusterFeed:
 
     def stream(self, **options: Any):
         """`LiveFeed.stream` of the merged events (starts polling the shards)."""
-        with self._lock:
-            if not self._started:
-                self._started = True
-                for index in range(self.frontend.shards.count):
-                    threading.Thread(
-                        target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
-                    ).start()
+        self.follow()
         return self.feed.stream(**options)
+
+    def follow(self) -> None:
+        """Start polling every shard's feed (once; the stream's first client or the
+        scheduler)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        for index in range(self.frontend.shards.count):
+            threading.Thread(
+                target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
+            ).start()
 
     def _poll(self, index: int) -> None:
         after = None

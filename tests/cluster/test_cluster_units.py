@@ -334,8 +334,8 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/runs"),
-                         ("POST", "/api/mappings/x"), ("GET", "/api/schedules")]:  # fmt: skip
+    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/backtests"),
+                         ("POST", "/api/mappings/x"), ("GET", "/api/scenarios")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
@@ -408,6 +408,12 @@ def test_calibrating_a_type_runs_on_every_shard_at_once(front):
     assert len(runs) == 5 and {r["run"] for r in runs} >= {
         f"{one['run']}-shard{shard_of('line-3', 4):02d}"
     }
+    # the scheduler's built-in calibrate job fans out over the shards too
+    function = {"kind": "builtin", "job": "calibrate"}
+    assert client.put("/api/functions/cal", json=function).status_code == 200
+    run = client.post("/api/functions/cal/run", json={"type": "roller_line"}).json()
+    done = wait_until(lambda: client.get(f"/api/runs/{run['id']}").json(), "succeeded")
+    assert done["result"]["run"] == run["id"] and len(done["result"]["shards"]) == 4
 
 
 def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
@@ -473,5 +479,45 @@ def test_the_model_registry_and_lineage_are_shared_by_every_front_end(front, tmp
             node = second.get("/api/lineage/model:forecast/1").json()
             assert node["root"] == "model:forecast/1"
             assert second.delete("/api/models/forecast/versions/1").status_code == 405
+    finally:
+        other.close()
+
+
+def wait_until(read, state: str, timeout: float = 30.0) -> dict:
+    """Read a run until it reaches `state` (fails on another final state or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read()
+        if found["state"] == state:
+            return found
+        assert found["state"] not in ("succeeded", "failed", "cancelled"), found
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+
+
+def test_one_front_end_leads_the_scheduler_and_the_others_stand_by(front, tmp_path):
+    client, shards, frontend = front
+    assert frontend.scheduler.role == "leader"
+    frontend.scheduler.register("tick", lambda ctx: ctx.trigger["scheduled_for"])
+    schedule = {"id": "t", "function": "tick", "trigger": {"kind": "interval", "every": "1s"}}
+    assert client.post("/api/schedules", json=schedule).status_code == 201
+    other = ClusterFrontend(frontend.meta, shards, data_dir=str(tmp_path / "second"))
+    try:
+        assert other.scheduler.role == "standby"
+        with TestClient(create_cluster_app(other)) as second:
+            refused = second.post("/api/schedules", json={**schedule, "id": "u"})
+            assert refused.status_code == 503, refused.text
+            assert "on standby; the leader is" in refused.json()["error"]["message"]
+            deadline = time.monotonic() + 15
+            while not second.get("/api/runs", params={"schedule": "t"}).json():
+                assert time.monotonic() < deadline  # reads on standby show the leader's runs
+                time.sleep(0.2)
+            condition = {
+                "id": "c", "function": "tick",
+                "trigger": {"kind": "condition", "type": "pump", "when": "flow > 1"},
+            }  # fmt: skip
+            answer = client.post("/api/schedules", json=condition)
+            assert answer.status_code == 501, answer.text
+            assert "condition trigger" in answer.json()["error"]["message"]
     finally:
         other.close()
