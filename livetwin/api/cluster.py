@@ -1,5 +1,5 @@
 """The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
-registry, lineage and scheduler routes (the same route functions as a single node's, over a
+registry, lineage, scheduler and webhook routes (the same route functions as a single node's, over a
 `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the limit for every
 other /api route (docs/cluster.md)."""
 
@@ -33,6 +33,7 @@ from livetwin.api.openapi import document
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.twins import twin_routes
+from livetwin.api.webhooks import webhook_routes
 from livetwin.errors import NotServed
 from livetwin.ui import mount as mount_ui
 
@@ -68,6 +69,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     registry_routes(app, frontend.registry)
     lineage_routes(app, frontend.lineage)
     schedule_routes(app, frontend.scheduler)
+    webhook_routes(app, frontend.webhooks)
     login_routes(app)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -24,6 +24,7 @@ import numpy as np
 from livetwin.api.stream import Cursor, LiveFeed
 from livetwin.core import TwinCore
 from livetwin.engine.batch import decode_batch, encode_batch
+from livetwin.errors import Unavailable
 from livetwin.ingest.observations import Normalized
 from livetwin.query import Query
 from livetwin.settings import Settings
@@ -53,6 +54,7 @@ class Shard:
         self.query = Query(self.core)
         self.feed = LiveFeed(self.core.bus, last_seq=self.core.recovered["last_seq"])
         self.alarms = self._start_alarms(url)
+        self.webhooks = self._start_webhooks(url) if self.settings.webhooks else None
         self._calibration_ports = None
         self._calibration_lock = threading.Lock()
         self.started_s = round(time.perf_counter() - started, 3)
@@ -76,8 +78,36 @@ class Shard:
             self.core.close()
             raise
 
+    def _start_webhooks(self, url: str):
+        """The shard's webhook service: the cluster's subscriptions (a front end puts each on
+        every shard under one id) and the outbox of this shard's events in
+        `<shard schema>_webhooks`, sent from here (under its sender lease) and caught up from
+        this shard's journal after a restart, as on a single node."""
+        from functools import partial
+
+        from livetwin.actions.webhooks import WebhookService
+        from livetwin.outbound import OutboundPolicy
+        from livetwin.store.servicedb import open_service_db
+
+        try:
+            return WebhookService(
+                clock=self.core.clock,
+                bus=self.core.bus,
+                reader=self.query,
+                open_db=partial(open_service_db, self._scratch, database_url=url),
+                outbound=OutboundPolicy(self.settings.outbound_allow or ()),
+                database_url=url,
+                source=f"s{self.index:02d}",  # delivery ids are unique over the shards
+            ).start()
+        except BaseException:
+            self.alarms.stop()
+            self.core.close()
+            raise
+
     def close(self) -> None:
         self.feed.close()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.alarms.stop()
         self.core.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -161,6 +191,19 @@ class Shard:
             raise ValueError(f"not a shard alarm call: {method}")
         return getattr(self.alarms, method)(*args, **kwargs)
 
+    def webhook(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One call of the shard's webhook service: create, subscriptions, get, delete,
+        deliveries, dead, redeliver."""
+        if method not in WEBHOOK_CALLS:
+            raise ValueError(f"not a shard webhook call: {method}")
+        if self.webhooks is None:
+            raise Unavailable(
+                f"webhooks are off on shard {self.index} (its settings say webhooks=False)",
+                field="webhooks",
+                fix="start the shards with the default settings (webhooks on)",
+            )
+        return getattr(self.webhooks, method)(*args, **kwargs)
+
     # ---- ingest ----------------------------------------------------------------------------
 
     def ingest_parts(self, parts: list[bytes], atomic: list[bool]) -> list[dict]:
@@ -232,6 +275,9 @@ CONFIGS = frozenset(
 )
 CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
+WEBHOOK_CALLS = frozenset(
+    {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver"}
+)
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}
 )

@@ -334,7 +334,7 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/backtests"),
+    for method, path in [("GET", "/api/devices"), ("GET", "/api/backtests"),
                          ("POST", "/api/mappings/x"), ("GET", "/api/scenarios")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
@@ -521,3 +521,48 @@ def test_one_front_end_leads_the_scheduler_and_the_others_stand_by(front, tmp_pa
             assert "condition trigger" in answer.json()["error"]["message"]
     finally:
         other.close()
+
+
+def test_webhooks_deliver_every_shard_s_events_under_ids_unique_over_the_shards(
+    cluster_name, tmp_path, monkeypatch
+):
+    from webhook_support import Receiver, wait_for
+
+    from livetwin.settings import Settings
+
+    monkeypatch.setenv("LIVETWIN_OUTBOUND_ALLOW", "127.0.0.0/8")  # the shards read it too
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards, receiver = LocalShards(meta), Receiver()
+    frontend = None
+    try:
+        settings = Settings.from_env()
+        frontend = ClusterFrontend(meta, shards, settings=settings, data_dir=str(tmp_path))
+        with TestClient(create_cluster_app(frontend)) as client:
+            assert client.put("/api/types/pump", json=PUMP).status_code == 200
+            body = {"url": receiver.url, "secret": "s" * 32, "filters": {"kinds": ["state"]}}
+            made = client.post("/api/webhooks", json=body)
+            assert made.status_code == 201, made.text
+            sub_id = made.json()["id"]
+            assert [s["id"] for s in client.get("/api/webhooks").json()] == [sub_id]
+            bad = client.post("/api/webhooks", json={"url": receiver.url})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "secret"
+            assert client.post("/api/ingest", json=rows(40)).json()["accepted"] == 40
+
+            def twins_heard() -> set[str]:
+                return {e["twin"] for b in receiver.bodies().values() for e in b["events"]}
+
+            wait_for(lambda: twins_heard() == {f"p{i}" for i in range(20)}, timeout=20)
+            sources = {d.split(".")[1] for d in receiver.ids()}
+            assert len(sources) == 4 and all(s.startswith("s0") for s in sources)  # each shard
+            assert len(receiver.received) == len(receiver.ids())  # no delivery twice
+            record = client.get(f"/api/webhooks/{sub_id}").json()
+            assert record["deliveries"]["delivered"] == len(receiver.ids())
+            listed = client.get(f"/api/webhooks/{sub_id}/deliveries").json()
+            assert {d["delivery_id"] for d in listed} == receiver.ids()
+            assert client.delete(f"/api/webhooks/{sub_id}").status_code == 200
+            assert client.get(f"/api/webhooks/{sub_id}").status_code == 404
+    finally:
+        receiver.close()
+        if frontend is not None:
+            frontend.close()
+        shards.close()
