@@ -1,7 +1,7 @@
 """The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
-registry, lineage, scheduler and webhook routes (the same route functions as a single node's, over a
-`ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the limit for every
-other /api route (docs/cluster.md)."""
+registry, lineage, scheduler, webhook and device routes (the same route functions as a single
+node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the
+limit for every other /api route (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from livetwin.api.app import (
     twin_read_routes,
     type_routes,
 )
+from livetwin.api.devices import device_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
@@ -70,6 +71,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     lineage_routes(app, frontend.lineage)
     schedule_routes(app, frontend.scheduler)
     webhook_routes(app, frontend.webhooks)
+    device_routes(app, frontend.devices)
     login_routes(app)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from livetwin.api.stream import LiveFeed
+from livetwin.auth.devices import DeviceStore
 from livetwin.cluster.meta import ClusterMeta, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
@@ -186,6 +187,7 @@ class ClusterFrontend:
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
         self.lineage, self.registry = self._open_registry()
+        self.devices = DeviceStore(self.open_db, clock=self.clock)  # opened on first use
         self.scheduler = self._new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
@@ -246,6 +248,7 @@ class ClusterFrontend:
         self.feed.close()
         self.registry.stop()
         self.lineage.close()
+        self.devices.stop()
 
     def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
         """A cluster-wide service's database (tokens, tickets, registry, lineage, ...): the
@@ -512,7 +515,8 @@ class ClusterFrontend:
 
     def start_mqtt(self, connection: Any) -> None:
         """MQTT ingest through this front end: its subscriptions live in shard 0's store; with
-        the connection's share group, several front ends split each topic."""
+        the connection's share group, several front ends split each topic; device topics are
+        checked against the cluster's device credentials."""
         from livetwin.ingest.mqtt import MqttBridge
 
         self.mqtt = MqttBridge(
@@ -521,6 +525,7 @@ class ClusterFrontend:
             extractor=self.extractors.get,
             configs=_ShardConfigs(self, 0),
             clock=self.clock,
+            device_twins=self.devices.owner,
         ).start()
 
     def submit_extracted(self, extractor: str, payload: Any, *, atomic: bool = False) -> Future:

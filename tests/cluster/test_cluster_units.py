@@ -334,7 +334,7 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/devices"), ("GET", "/api/backtests"),
+    for method, path in [("GET", "/api/opcua"), ("GET", "/api/backtests"),
                          ("POST", "/api/mappings/x"), ("GET", "/api/scenarios")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
@@ -566,3 +566,27 @@ def test_webhooks_deliver_every_shard_s_events_under_ids_unique_over_the_shards(
         if frontend is not None:
             frontend.close()
         shards.close()
+
+
+def test_device_credentials_are_kept_in_the_cluster_s_schema_and_checked_on_ingest(front):
+    from livetwin.api.auth import install_auth
+
+    _, _, frontend = front
+    app = create_cluster_app(frontend)
+    tokens = install_auth(app, frontend, mode="tokens")
+    admin = {
+        "authorization": f"Bearer {tokens.create(name='a', scope='admin', namespace='*')['token']}"
+    }
+    with TestClient(app) as client:
+        made = client.post("/api/devices", json={"name": "gw", "twins": "p1*"}, headers=admin)
+        assert made.status_code == 201, made.text
+        device = {"authorization": f"Bearer {made.json()['credential']}"}
+        mine = [{"twin": "p1", "type": "pump", "ts": T0, "values": {"flow": 1.0}}]
+        assert client.post("/api/ingest", json=mine, headers=device).json()["accepted"] == 1
+        other = [{**mine[0], "twin": "p2"}]
+        assert client.post("/api/ingest", json=other, headers=device).status_code == 403
+        assert client.get("/api/types", headers=device).status_code == 403  # ingest only
+        assert frontend.devices.owner(made.json()["id"]).matches("p12")  # the MQTT check
+        gone = client.delete(f"/api/devices/{made.json()['id']}", headers=admin)
+        assert gone.status_code == 200
+        assert client.post("/api/ingest", json=mine, headers=device).status_code == 401
