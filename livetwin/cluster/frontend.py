@@ -24,7 +24,7 @@ import numpy as np
 
 from livetwin.api.stream import LiveFeed
 from livetwin.auth.devices import DeviceStore
-from livetwin.cluster.meta import ClusterMeta, shards_of
+from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.engine.events import EventBus, StateChanged
@@ -756,7 +756,7 @@ class ClusterAlarms:
         self.count = frontend.shards.count
 
     def _global(self, alarm: dict, shard: int) -> dict:
-        return {**alarm, "id": alarm["id"] * self.count + shard}
+        return {**alarm, "id": cluster_alarm_id(alarm["id"], shard, self.count)}
 
     def _call(self, alarm_id: int, method: str, *args: Any, **kwargs: Any) -> dict:
         shard, local = alarm_id % self.count, alarm_id // self.count

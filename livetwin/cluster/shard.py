@@ -38,11 +38,18 @@ READ_RETRIES = 3  # a read is retried by Ray after a restart; ingest never is (s
 class Shard:
     """A `TwinCore` over the shard's schema with the reads a front end routes to it."""
 
-    def __init__(self, index: int, url: str, services_url: str, settings: Settings | None = None):
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        services_url: str,
+        settings: Settings | None = None,
+        shards: int = 1,
+    ):
         from livetwin.store.postgres import PostgresStore
 
         started = time.perf_counter()
-        self.index, self.services_url = index, services_url
+        self.index, self.services_url, self.shards = index, services_url, shards
         self.settings = settings or Settings.from_env()  # the node's LIVETWIN_* variables
         self._scratch = tempfile.mkdtemp(prefix=f"livetwin-shard{index:02d}-")
         store = PostgresStore(url, max_connections=4)
@@ -64,6 +71,7 @@ class Shard:
         from functools import partial
 
         from livetwin.actions.alarms import AlarmService
+        from livetwin.cluster.meta import cluster_alarm_id
         from livetwin.store.servicedb import open_service_db
 
         try:
@@ -73,6 +81,7 @@ class Shard:
                 reader=self.query,
                 open_db=partial(open_service_db, self._scratch, database_url=url),
                 tick_s=self.settings.alarm_tick_s,
+                public_id=partial(cluster_alarm_id, shard=self.index, shards=self.shards),
             ).start()
         except BaseException:
             self.core.close()
@@ -310,6 +319,6 @@ def start_shards(meta, *, settings: Settings | None = None) -> list:
                 max_concurrency=32,
                 scheduling_strategy="SPREAD",
                 **placement,
-            ).remote(index, url, meta.services_url, settings)
+            ).remote(index, url, meta.services_url, settings, meta.shards)
         )
     return handles

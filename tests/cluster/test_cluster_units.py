@@ -561,6 +561,25 @@ def test_webhooks_deliver_every_shard_s_events_under_ids_unique_over_the_shards(
             assert {d["delivery_id"] for d in listed} == receiver.ids()
             assert client.delete(f"/api/webhooks/{sub_id}").status_code == 200
             assert client.get(f"/api/webhooks/{sub_id}").status_code == 404
+
+            # alarm notices carry the cluster's alarm ids (those of /api/alarms)
+            body["filters"] = {"kinds": ["alarm"]}
+            assert client.post("/api/webhooks", json=body).status_code == 201
+            spec = {"properties": {"temp": {}}, "rules": {"hot": {"when": "temp > 80"}}}
+            assert client.put("/api/types/boiler", json=spec).status_code == 200
+            hot = [{"twin": f"b{i}", "type": "boiler", "ts": T0, "values": {"temp": 90}}
+                   for i in range(8)]  # fmt: skip
+            assert client.post("/api/ingest", json=hot).json()["accepted"] == 8
+            for shard in shards.shards:
+                shard.alarms.sync()
+            listed = {a["id"]: a["twin"] for a in client.get("/api/alarms").json()["items"]}
+
+            def alarms_heard() -> dict[int, str]:
+                bodies = receiver.bodies().values()
+                return {b["data"]["id"]: b["data"]["twin"] for b in bodies if b["kind"] == "alarm"}
+
+            wait_for(lambda: len(alarms_heard()) == 8, timeout=20)
+            assert alarms_heard() == listed
     finally:
         receiver.close()
         if frontend is not None:
