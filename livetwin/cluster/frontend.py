@@ -33,7 +33,6 @@ from livetwin.errors import (
     InvalidInput,
     LivetwinError,
     NotFound,
-    NotServed,
     Unavailable,
 )
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
@@ -408,9 +407,27 @@ class ClusterFrontend:
             return parse_duration(declared), "type"
         return None, None  # observed gaps are a single-node estimate
 
-    def truth(self, type_name: str, compile_for: Any, twins: list[str] | None = None) -> Any:
-        """Condition triggers (the scheduler's `truth` read) are not served in cluster mode."""
-        raise NotServed("a schedule with a condition trigger")
+    def truth(
+        self, type_name: str, compile_for: Any, twins: list[str] | None = None
+    ) -> tuple[list[str], np.ndarray] | None:
+        """Whether a condition trigger's expression holds now (the scheduler's read): checked
+        here for the type's current version, then evaluated by the shards of `twins` (all
+        shards when None) on their own twins, merged in shard order."""
+        ctype = self.compiled_types().get(type_name) or self._refresh_types().get(type_name)
+        if ctype is None:
+            return None
+        source = compile_for(ctype).source
+        if twins is None:
+            calls = {i: ("truth", type_name, source, None) for i in range(self.shards.count)}
+        else:
+            picked: dict[int, list[str]] = {}
+            for twin in twins:
+                picked.setdefault(self.shard(twin), []).append(twin)
+            calls = {i: ("truth", type_name, source, ids) for i, ids in picked.items()}
+        answers = [a for _, a in sorted(self._some(calls).items()) if a is not None]
+        ids = [twin for found, _ in answers for twin in found]
+        held = [truth for _, truth in answers]
+        return ids, np.concatenate(held) if held else np.zeros(0, dtype=bool)
 
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which are derived (for the live stream)."""

@@ -63,6 +63,7 @@ class Shard:
         self.alarms = self._start_alarms(url)
         self.webhooks = self._start_webhooks(url) if self.settings.webhooks else None
         self._calibration_ports = None
+        self._conditions: dict[tuple, Any] = {}  # condition triggers compiled (`truth`)
         self._calibration_lock = threading.Lock()
         self.started_s = round(time.perf_counter() - started, 3)
 
@@ -150,6 +151,21 @@ class Shard:
         items = self.feed.after(Cursor(*after))[0][:limit]
         last = items[-1].last if items else Cursor(*after)
         return (last.seq, last.row), [item.event for item in items]
+
+    def truth(self, type_name: str, source: str, twins: list[str] | None) -> Any:
+        """Whether a condition trigger's expression holds now for this shard's twins of a type
+        (all, or those of `twins`): `Query.truth`, compiled here for the current version."""
+        from livetwin.expr import compile_expression
+
+        def compile_for(ctype: Any) -> Any:
+            key = (type_name, ctype.version, source)
+            if key not in self._conditions:
+                self._conditions[key] = compile_expression(
+                    source, ctype.column_index(), allow_windows=False, field="trigger.when"
+                )
+            return self._conditions[key]
+
+        return self.query.truth(type_name, compile_for, twins)
 
     # ---- types (put on every shard by the front end) ---------------------------------------
 

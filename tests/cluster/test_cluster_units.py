@@ -512,15 +512,31 @@ def test_one_front_end_leads_the_scheduler_and_the_others_stand_by(front, tmp_pa
             while not second.get("/api/runs", params={"schedule": "t"}).json():
                 assert time.monotonic() < deadline  # reads on standby show the leader's runs
                 time.sleep(0.2)
-            condition = {
-                "id": "c", "function": "tick",
-                "trigger": {"kind": "condition", "type": "pump", "when": "flow > 1"},
-            }  # fmt: skip
-            answer = client.post("/api/schedules", json=condition)
-            assert answer.status_code == 501, answer.text
-            assert "condition trigger" in answer.json()["error"]["message"]
     finally:
         other.close()
+
+
+def test_a_condition_trigger_is_evaluated_on_the_shards_of_the_twins_that_changed(front):
+    client, _, frontend = front
+    frontend.scheduler.register("hot", lambda ctx: ctx.trigger["twin"])
+    condition = {"kind": "condition", "type": "pump", "when": "flow > 100"}
+    made = client.post("/api/schedules", json={"id": "c", "function": "hot", "trigger": condition})
+    assert made.status_code == 201, made.text
+    hot = [f"h{i}" for i in range(8)]
+    batch = [{"twin": t, "type": "pump", "ts": T0, "values": {"flow": 500}} for t in hot]
+    batch += [{"twin": f"c{i}", "type": "pump", "ts": T0, "values": {"flow": 5}} for i in range(8)]
+    assert client.post("/api/ingest", json=batch).json()["accepted"] == 16
+    assert len({shard_of(t, 4) for t in hot}) > 1  # the twins live on several shards
+
+    def fired() -> list[str]:
+        runs = client.get("/api/runs", params={"schedule": "c", "state": "succeeded"}).json()
+        return sorted(r["result"] for r in runs)
+
+    deadline = time.monotonic() + 20
+    while fired() != hot:
+        assert time.monotonic() < deadline, fired()
+        time.sleep(0.2)
+    assert client.get("/api/schedules/c").json()["last_error"] is None
 
 
 def test_webhooks_deliver_every_shard_s_events_under_ids_unique_over_the_shards(
