@@ -27,7 +27,7 @@ from livetwin.auth.devices import DeviceStore
 from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
-from livetwin.engine.events import EventBus, StateChanged
+from livetwin.engine.events import EventBus, Notice, StateChanged
 from livetwin.errors import (
     Conflict,
     InvalidInput,
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
 LIVE, RECOVERING, LOST = "live", "recovering", "lost"
 LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
+RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
 
 
 class Shards(Protocol):
@@ -211,7 +212,15 @@ class ClusterFrontend:
             allow_modules=self.settings.scheduler_modules,
         )
         register_calibration(scheduler, self.calibrate)
+        self.feed.bus.subscribe(self._announce_run)
         return scheduler
+
+    def _announce_run(self, event: Any) -> None:
+        """A run notice of this front end's scheduler goes to shard 0's webhook service, where
+        the cluster's subscriptions hear it (not waited for: lost if shard 0 is down then)."""
+        if isinstance(event, Notice) and event.kind in RUN_NOTICES:
+            call = self.shards.call(0, "webhook", "announce", event)
+            call.add_done_callback(_log_failure)
 
     def _open_registry(self) -> tuple[LineageStore, Registry]:
         """The model registry and lineage of the cluster: the single node's services over the
@@ -902,6 +911,11 @@ class ClusterWebhooks:
         if not answers:  # every shard said it has no such dead letter
             raise next(iter(failures.values()))
         return {"id": sub_id, "requeued": sum(a["requeued"] for a in answers.values())}
+
+
+def _log_failure(call: Future) -> None:
+    if call.exception() is not None:
+        log.warning("a run notice did not reach shard 0's webhooks: %r", call.exception())
 
 
 def _without_position(subscription: dict) -> dict:

@@ -218,7 +218,7 @@ class Shard:
 
     def webhook(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One call of the shard's webhook service: create, subscriptions, get, delete,
-        deliveries, dead, redeliver."""
+        deliveries, dead, redeliver, announce (a front end's run notice)."""
         if method not in WEBHOOK_CALLS:
             raise ValueError(f"not a shard webhook call: {method}")
         if self.webhooks is None:
@@ -301,7 +301,7 @@ CONFIGS = frozenset(
 CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 WEBHOOK_CALLS = frozenset(
-    {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver"}
+    {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver", "announce"}
 )
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}

@@ -596,6 +596,19 @@ def test_webhooks_deliver_every_shard_s_events_under_ids_unique_over_the_shards(
 
             wait_for(lambda: len(alarms_heard()) == 8, timeout=20)
             assert alarms_heard() == listed
+
+            # the scheduler's run notices go out through shard 0's webhooks
+            body["filters"] = {"kinds": ["run"]}
+            assert client.post("/api/webhooks", json=body).status_code == 201
+            frontend.scheduler.register("noted", lambda ctx: 42)
+            run = client.post("/api/functions/noted/run", json={}).json()
+
+            def runs_heard() -> dict[str, dict]:
+                bodies = receiver.bodies().values()
+                return {b["id"]: b["data"] for b in bodies if b["kind"] == "run"}
+
+            wait_for(lambda: run["id"] in runs_heard(), timeout=20)
+            assert runs_heard()[run["id"]]["result"] == 42
     finally:
         receiver.close()
         if frontend is not None:
