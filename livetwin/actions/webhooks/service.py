@@ -198,18 +198,24 @@ class WebhookService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                subs = await asyncio.to_thread(self.outbox.subscriptions)
+                subs, gone = await asyncio.to_thread(self._reload_subscriptions)
             except Exception as exc:
                 log.debug("cannot reload webhook subscriptions: %s", exc)
                 continue
-            with self._lock:
-                gone, self._subs = set(self._subs) - set(subs), subs
             for sub_id in gone:
                 self._cancel(sub_id)
             for sub_id in subs:
                 self._spawn(sub_id)
             if self.sending:
                 self._wake(list(subs))
+
+    def _reload_subscriptions(self) -> tuple[dict[str, Subscription], set[str]]:
+        """The stored subscriptions, and the ids of those gone. Read under the lock, so a
+        subscription this process makes meanwhile is not dropped by a read from before it."""
+        with self._lock:
+            subs = self.outbox.subscriptions()
+            gone, self._subs = set(self._subs) - set(subs), subs
+        return subs, gone
 
     def stop(self) -> None:
         """Unsubscribe, move the inbox to the outbox, stop sending and close the outbox."""
