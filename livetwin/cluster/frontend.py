@@ -165,8 +165,10 @@ class ClusterFrontend:
         data_dir: str = "livetwin-data",
         write_timeout_s: float = 30.0,
         read_timeout_s: float = 10.0,
+        workflow_kind: str = "thread",
     ):
         self.meta, self.shards, self.data_dir = meta, shards, data_dir
+        self.workflow_kind = workflow_kind  # "ray" in a Ray cluster: workflow tasks on any node
         self.settings = settings or Settings()
         self.clock = clock
         self.outbound = OutboundPolicy(self.settings.outbound_allow or ())
@@ -196,8 +198,9 @@ class ClusterFrontend:
     def _new_scheduler(self) -> Scheduler:
         """The single node's scheduler over the cluster's `<cluster>_schedule` schema: every
         front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
-        functions here), the others are on standby and take over when it is lost. Its built-in
-        job is `calibrate`, fanned out over the shards."""
+        functions here and workflow tasks where `workflow_kind` says: Ray tasks in a Ray
+        cluster), the others are on standby and take over when it is lost. Its built-in job
+        is `calibrate`, fanned out over the shards."""
         from livetwin.jobs.builtins import register_calibration
 
         scheduler = Scheduler(
@@ -210,6 +213,7 @@ class ClusterFrontend:
             database_url=self.meta.services_url,
             outbound=self.outbound,
             allow_modules=self.settings.scheduler_modules,
+            workflow_kind=self.workflow_kind,
         )
         register_calibration(scheduler, self.calibrate)
         self.feed.bus.subscribe(self._announce_run)

@@ -4,10 +4,11 @@ PostgreSQL. A client ingests steadily over HTTP and records every acknowledged o
 while worker nodes are killed (SIGKILL of a raylet and its workers) one after another, and while
 a front end is killed in the middle of a request. Afterwards every acknowledged observation is
 in the journals exactly once, none twice, and the state read back equals the journals' replay.
+A workflow's tasks run as Ray tasks on the cluster's nodes. Last, the front end that leads the
+scheduler is killed: its schedule fires from the other within one trigger interval + 10 s, and
+no instant fires twice.
 
 Needs Ray (`livetwin[ray]`) and PostgreSQL: skipped without them, failed under CI=true.
-Last, the front end that leads the scheduler is killed: its schedule fires from the other
-within one trigger interval + 10 s, and no instant fires twice.
 
 One Ray cluster serves the whole module (Ray starts slowly on 2 cores): about 100 s.
 """
@@ -287,6 +288,36 @@ def test_a_front_end_killed_mid_request_then_the_retry_lands_exactly_once(cluste
     assert all(stored[r["key"]] == 1 for r in rows)
     view = httpx.get(f"{fronts[0].base}/api/cluster", timeout=30).json()
     assert view["live"] == SHARDS and view["twins"] >= 540
+
+
+def test_a_workflow_s_tasks_run_as_ray_tasks_on_the_cluster_s_nodes(cluster, tmp_path):
+    import ray
+
+    from livetwin.registry.lineage import LineageStore
+    from livetwin.schedule.workflow import Executor, task, workflow
+
+    ray_cluster, _, _ = cluster
+
+    @task  # defined here, so Ray sends it by value (this module is not on the nodes' path)
+    def where(x: int) -> tuple[str, int, int]:
+        return ray.get_runtime_context().get_node_id(), os.getpid(), x * 10
+
+    @workflow
+    def fan_out(n: int):
+        return [where(i) for i in range(n)]
+
+    ray.init(address=ray_cluster.address, logging_level="WARNING", log_to_driver=False)
+    lineage = LineageStore(tmp_path)
+    try:
+        with Executor(lineage, kind="ray") as executor:
+            run = executor.start(fan_out, 4)
+            values = run.result(timeout=120)
+    finally:
+        lineage.close()
+        ray.shutdown()
+    assert [v[2] for v in values] == [0, 10, 20, 30]
+    assert all(pid != os.getpid() for _, pid, _ in values)  # Ray workers ran them
+    assert all(node for node, _, _ in values)
 
 
 def test_killing_the_scheduler_s_leader_front_end_moves_its_schedules_to_another(cluster):
