@@ -62,6 +62,7 @@ class Shard:
         self.feed = LiveFeed(self.core.bus, last_seq=self.core.recovered["last_seq"])
         self.alarms = self._start_alarms(url)
         self.webhooks = self._start_webhooks(url) if self.settings.webhooks else None
+        self.mailer = self._start_mailer()
         self._calibration_ports = None
         self._conditions: dict[tuple, Any] = {}  # condition triggers compiled (`truth`)
         self._calibration_lock = threading.Lock()
@@ -114,11 +115,26 @@ class Shard:
             self.core.close()
             raise
 
+    def _start_mailer(self):
+        """Alarm e-mail of this shard's alarms when the node's LIVETWIN_SMTP_* settings name a
+        server: each alarm is mailed once, by the shard that raised it."""
+        from livetwin.actions.email import AlarmMailer, SmtpSettings
+
+        try:
+            smtp = SmtpSettings.from_env(self.settings.smtp or {})
+            return AlarmMailer(smtp, bus=self.core.bus).start() if smtp else None
+        except BaseException:
+            if self.webhooks is not None:
+                self.webhooks.stop()
+            self.alarms.stop()
+            self.core.close()
+            raise
+
     def close(self) -> None:
         self.feed.close()
-        if self.webhooks is not None:
-            self.webhooks.stop()
-        self.alarms.stop()
+        for service in (self.alarms, self.mailer, self.webhooks):  # in order: alarms notify
+            if service is not None:
+                service.stop()
         self.core.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 

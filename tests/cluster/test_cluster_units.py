@@ -638,3 +638,43 @@ def test_device_credentials_are_kept_in_the_cluster_s_schema_and_checked_on_inge
         gone = client.delete(f"/api/devices/{made.json()['id']}", headers=admin)
         assert gone.status_code == 200
         assert client.post("/api/ingest", json=mine, headers=device).status_code == 401
+
+
+def test_each_alarm_is_mailed_once_by_the_shard_that_raised_it(cluster_name, monkeypatch):
+    from email import message_from_string
+
+    from aiosmtpd.controller import Controller
+    from webhook_support import free_port, wait_for
+
+    received: list[str] = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope.content.decode())
+            return "250 OK"
+
+    port = free_port()
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    for name, value in {"HOST": "127.0.0.1", "PORT": str(port), "SECURITY": "plain",
+                        "TO": "ops@plant.example"}.items():  # fmt: skip
+        monkeypatch.setenv(f"LIVETWIN_SMTP_{name}", value)  # the shards' nodes' settings
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards = LocalShards(meta)
+    try:
+        frontend = ClusterFrontend(meta, shards)
+        with TestClient(create_cluster_app(frontend)) as client:
+            spec = {"properties": {"temp": {}}, "rules": {"hot": {"when": "temp > 80"}}}
+            assert client.put("/api/types/boiler", json=spec).status_code == 200
+            hot = [{"twin": f"b{i}", "type": "boiler", "ts": T0, "values": {"temp": 90}}
+                   for i in range(6)]  # fmt: skip
+            assert client.post("/api/ingest", json=hot).json()["accepted"] == 6
+            for shard in shards.shards:
+                shard.alarms.sync()
+            wait_for(lambda: len(received) >= 6, timeout=20)
+            time.sleep(0.5)  # no second mail of any alarm
+            subjects = sorted(message_from_string(m)["Subject"] for m in received)
+            assert subjects == sorted(f"[WARNING] hot on b{i}" for i in range(6))
+    finally:
+        shards.close()
+        smtp.stop()
