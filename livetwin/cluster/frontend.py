@@ -856,8 +856,9 @@ class ClusterWebhooks:
         return self.frontend._all("webhook", method, *args, **kwargs)
 
     def create(self, body: Any) -> dict:
-        """Check the subscription here, then make it on every shard under one id (a shard that
-        fails: it is deleted again from the others, and the answer is 503)."""
+        """Check the subscription here, then make it on every shard under one id (when a shard
+        cannot make it, e.g. it is down or its node's outbound policy refuses the URL, it is
+        deleted again from the others and that shard's error is the answer)."""
         from livetwin.actions.webhooks import validate_subscription
         from livetwin.actions.webhooks.service import new_subscription_id
 
@@ -866,7 +867,7 @@ class ClusterWebhooks:
         sub_id = new_subscription_id()
         try:
             answers = self._all("create", body, sub_id=sub_id)
-        except Unavailable:
+        except LivetwinError:
             calls = {
                 i: self.frontend.shards.call(i, "webhook", "delete", sub_id)
                 for i in range(self.frontend.shards.count)

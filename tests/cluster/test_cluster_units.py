@@ -678,3 +678,18 @@ def test_each_alarm_is_mailed_once_by_the_shard_that_raised_it(cluster_name, mon
     finally:
         shards.close()
         smtp.stop()
+
+
+def test_a_subscription_a_shard_cannot_make_is_made_on_none(front):
+    client, shards, frontend = front
+    shards.down.add(2)  # down, and this front end does not know yet
+    body = {"url": "https://hooks.example.com/x", "secret": "s" * 32}
+    answer = client.post("/api/webhooks", json=body)
+    assert answer.status_code == 503, answer.text
+    shards.down.clear()
+    deadline = time.monotonic() + 20
+    while frontend.state(2) != "live":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [shard.webhooks.subscriptions() for shard in shards.shards] == [[]] * 4
+    assert client.get("/api/webhooks").json() == []
