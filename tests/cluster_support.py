@@ -13,7 +13,10 @@ class LocalShards:
     way an unreachable Ray actor does (ConnectionError)."""
 
     def __init__(self, meta):
-        self.shards = [Shard(i, url, meta.services_url) for i, url in enumerate(meta.shard_urls)]
+        self.shards = [
+            Shard(i, url, meta.services_url, shards=meta.shards)
+            for i, url in enumerate(meta.shard_urls)
+        ]
         self.count = len(self.shards)
         self.down: set[int] = set()
         self.pool = ThreadPoolExecutor(8)

@@ -1,6 +1,7 @@
-"""The cluster front end's app: the single node's type, ingest, calibration and twin routes (the
-same functions of livetwin/api/app.py, over a `ClusterFrontend`), `GET /api/cluster`, a health
-check, and a 501 naming the limit for every other /api route (docs/cluster.md)."""
+"""The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
+registry, lineage, scheduler, webhook and device routes (the same route functions as a single
+node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the
+limit for every other /api route (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ from livetwin.api.app import (
     twin_read_routes,
     type_routes,
 )
+from livetwin.api.devices import device_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
+from livetwin.api.registry import lineage_routes, registry_routes
+from livetwin.api.schedule import schedule_routes
 from livetwin.api.twins import twin_routes
+from livetwin.api.webhooks import webhook_routes
 from livetwin.errors import NotServed
 from livetwin.ui import mount as mount_ui
 
@@ -62,6 +67,11 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     stream_route(app, frontend, frontend.feed)
     mqtt_routes(app, frontend, frontend.mqtt)
     alarm_routes(app, frontend.alarms)
+    registry_routes(app, frontend.registry)
+    lineage_routes(app, frontend.lineage)
+    schedule_routes(app, frontend.scheduler)
+    webhook_routes(app, frontend.webhooks)
+    device_routes(app, frontend.devices)
     login_routes(app)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

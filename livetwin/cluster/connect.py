@@ -116,7 +116,9 @@ def open_frontend(
                     field="cluster",
                     fix="see the Ray logs of the node (ray logs) and check PostgreSQL",
                 ) from None
-        return ClusterFrontend(meta, RayShards(handles), settings=settings, data_dir=data_dir)
+        return ClusterFrontend(
+            meta, RayShards(handles), settings=settings, data_dir=data_dir, workflow_kind="ray"
+        )
     except BaseException:
         ray.shutdown()
         raise

@@ -17,22 +17,33 @@ import time
 from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from livetwin.api.stream import LiveFeed
-from livetwin.cluster.meta import ClusterMeta, shards_of
+from livetwin.auth.devices import DeviceStore
+from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
-from livetwin.engine.events import EventBus, StateChanged
-from livetwin.errors import Conflict, InvalidInput, LivetwinError, Unavailable
+from livetwin.engine.events import EventBus, Notice, StateChanged
+from livetwin.errors import (
+    Conflict,
+    InvalidInput,
+    LivetwinError,
+    NotFound,
+    Unavailable,
+)
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
 from livetwin.ingest.extractors import Extractors, submit_extracted
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.outbound import OutboundPolicy
+from livetwin.registry import LineageStore, Registry
+from livetwin.registry.artifacts import artifact_store
+from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
 from livetwin.spec.types import CompiledType, TwinTypeSpec, compile_type
@@ -44,6 +55,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
 LIVE, RECOVERING, LOST = "live", "recovering", "lost"
 LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
+RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
 
 
 class Shards(Protocol):
@@ -153,8 +165,10 @@ class ClusterFrontend:
         data_dir: str = "livetwin-data",
         write_timeout_s: float = 30.0,
         read_timeout_s: float = 10.0,
+        workflow_kind: str = "thread",
     ):
         self.meta, self.shards, self.data_dir = meta, shards, data_dir
+        self.workflow_kind = workflow_kind  # "ray" in a Ray cluster: workflow tasks on any node
         self.settings = settings or Settings()
         self.clock = clock
         self.outbound = OutboundPolicy(self.settings.outbound_allow or ())
@@ -167,12 +181,72 @@ class ClusterFrontend:
         self._mutex = threading.Lock()
         self._senders = [_Sender(self, i) for i in range(shards.count)]
         self.alarms = ClusterAlarms(self)
+        self.webhooks = ClusterWebhooks(self)
         # extractors live in shard 0's store, read there each time (any front end may change one)
         self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
         self.feed = ClusterFeed(self)
         self.mqtt = None  # start_mqtt
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
+        self.lineage, self.registry = self._open_registry()
+        self.devices = DeviceStore(self.open_db, clock=self.clock)  # opened on first use
+        self.scheduler = self._new_scheduler()
+        if self.settings.run_schedules:
+            self.scheduler.start()
+            self.feed.follow()  # the scheduler's event triggers hear the shards' changes
+
+    def _new_scheduler(self) -> Scheduler:
+        """The single node's scheduler over the cluster's `<cluster>_schedule` schema: every
+        front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
+        functions here and workflow tasks where `workflow_kind` says: Ray tasks in a Ray
+        cluster), the others are on standby and take over when it is lost. Its built-in job
+        is `calibrate`, fanned out over the shards."""
+        from livetwin.jobs.builtins import register_calibration
+
+        scheduler = Scheduler(
+            clock=self.clock,
+            bus=self.feed.bus,
+            reader=self,
+            open_db=self.open_db,
+            lineage=self.lineage,
+            functions_platform=self,  # ctx.platform of Python functions
+            database_url=self.meta.services_url,
+            outbound=self.outbound,
+            allow_modules=self.settings.scheduler_modules,
+            workflow_kind=self.workflow_kind,
+        )
+        register_calibration(scheduler, self.calibrate)
+        self.feed.bus.subscribe(self._announce_run)
+        return scheduler
+
+    def _announce_run(self, event: Any) -> None:
+        """A run notice of this front end's scheduler goes to shard 0's webhook service, where
+        the cluster's subscriptions hear it (not waited for: lost if shard 0 is down then)."""
+        if isinstance(event, Notice) and event.kind in RUN_NOTICES:
+            call = self.shards.call(0, "webhook", "announce", event)
+            call.add_done_callback(_log_failure)
+
+    def _open_registry(self) -> tuple[LineageStore, Registry]:
+        """The model registry and lineage of the cluster: the single node's services over the
+        cluster's service schemas (`<cluster>_registry`, `<cluster>_lineage`); artifacts in the
+        configured store (S3 for several front ends; files: under this front end's --data)."""
+        from livetwin.models.base import ModelRefs
+
+        lineage = LineageStore(self.open_db, clock=self.clock)
+        try:
+            registry = Registry(
+                clock=self.clock,
+                open_db=self.open_db,
+                lineage=lineage,
+                artifacts=artifact_store(self.data_dir, self.settings.artifacts, self.outbound),
+                tmp_dir=Path(self.data_dir) / "tmp",
+                max_artifact_bytes=self.settings.max_artifact_bytes,
+                model_refs=ModelRefs.configured(self.settings, self.data_dir),
+            ).start()
+        except BaseException:
+            lineage.close()
+            raise
+        return lineage, registry
 
     @property
     def query(self) -> ClusterFrontend:
@@ -180,12 +254,17 @@ class ClusterFrontend:
         return self
 
     def close(self) -> None:
+        self.scheduler.stop()  # first: running functions may still ingest
         if self.mqtt is not None:
             self.mqtt.stop()
         self.feed.close()
+        self.registry.stop()
+        self.lineage.close()
+        self.devices.stop()
 
     def open_db(self, name: str, schema: str, **_sqlite_options) -> ServiceDB:
-        """A cluster-wide service's database (tokens, tickets): `<cluster>_<name>` schema."""
+        """A cluster-wide service's database (tokens, tickets, registry, lineage, ...): the
+        `<cluster>_<name>` schema, shared by every front end."""
         return open_service_db(self.data_dir, name, schema, database_url=self.meta.services_url)
 
     # ---- shard states ----------------------------------------------------------------------
@@ -341,6 +420,28 @@ class ClusterFrontend:
             return parse_duration(declared), "type"
         return None, None  # observed gaps are a single-node estimate
 
+    def truth(
+        self, type_name: str, compile_for: Any, twins: list[str] | None = None
+    ) -> tuple[list[str], np.ndarray] | None:
+        """Whether a condition trigger's expression holds now (the scheduler's read): checked
+        here for the type's current version, then evaluated by the shards of `twins` (all
+        shards when None) on their own twins, merged in shard order."""
+        ctype = self.compiled_types().get(type_name) or self._refresh_types().get(type_name)
+        if ctype is None:
+            return None
+        source = compile_for(ctype).source
+        if twins is None:
+            calls = {i: ("truth", type_name, source, None) for i in range(self.shards.count)}
+        else:
+            picked: dict[int, list[str]] = {}
+            for twin in twins:
+                picked.setdefault(self.shard(twin), []).append(twin)
+            calls = {i: ("truth", type_name, source, ids) for i, ids in picked.items()}
+        answers = [a for _, a in sorted(self._some(calls).items()) if a is not None]
+        ids = [twin for found, _ in answers for twin in found]
+        held = [truth for _, truth in answers]
+        return ids, np.concatenate(held) if held else np.zeros(0, dtype=bool)
+
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which are derived (for the live stream)."""
         key = (name, version)
@@ -444,7 +545,8 @@ class ClusterFrontend:
 
     def start_mqtt(self, connection: Any) -> None:
         """MQTT ingest through this front end: its subscriptions live in shard 0's store; with
-        the connection's share group, several front ends split each topic."""
+        the connection's share group, several front ends split each topic; device topics are
+        checked against the cluster's device credentials."""
         from livetwin.ingest.mqtt import MqttBridge
 
         self.mqtt = MqttBridge(
@@ -453,6 +555,7 @@ class ClusterFrontend:
             extractor=self.extractors.get,
             configs=_ShardConfigs(self, 0),
             clock=self.clock,
+            device_twins=self.devices.owner,
         ).start()
 
     def submit_extracted(self, extractor: str, payload: Any, *, atomic: bool = False) -> Future:
@@ -683,7 +786,7 @@ class ClusterAlarms:
         self.count = frontend.shards.count
 
     def _global(self, alarm: dict, shard: int) -> dict:
-        return {**alarm, "id": alarm["id"] * self.count + shard}
+        return {**alarm, "id": cluster_alarm_id(alarm["id"], shard, self.count)}
 
     def _call(self, alarm_id: int, method: str, *args: Any, **kwargs: Any) -> dict:
         shard, local = alarm_id % self.count, alarm_id // self.count
@@ -738,6 +841,99 @@ class ClusterAlarms:
         return total
 
 
+class ClusterWebhooks:
+    """The webhook service's calls (`livetwin/api/webhooks.py`) over the shards' webhook
+    services: every shard holds the same subscriptions (made on all of them under one id) and
+    the outbox of its own twins' events, which it sends itself and catches up from its own
+    journal after a restart, so each event goes out at least once per subscription, from the
+    shard that committed it. Reads merge the shards' answers; `from_seq` (a position in one
+    shard's journal) is left out."""
+
+    def __init__(self, frontend: ClusterFrontend):
+        self.frontend = frontend
+
+    def _all(self, method: str, *args: Any, **kwargs: Any) -> dict[int, Any]:
+        return self.frontend._all("webhook", method, *args, **kwargs)
+
+    def create(self, body: Any) -> dict:
+        """Check the subscription here, then make it on every shard under one id (when a shard
+        cannot make it, e.g. it is down or its node's outbound policy refuses the URL, it is
+        deleted again from the others and that shard's error is the answer)."""
+        from livetwin.actions.webhooks import validate_subscription
+        from livetwin.actions.webhooks.service import new_subscription_id
+
+        url, _, _ = validate_subscription(body)
+        self.frontend.outbound.check_url(url, unresolved_ok=True)
+        sub_id = new_subscription_id()
+        try:
+            answers = self._all("create", body, sub_id=sub_id)
+        except LivetwinError:
+            calls = {
+                i: self.frontend.shards.call(i, "webhook", "delete", sub_id)
+                for i in range(self.frontend.shards.count)
+                if self.frontend.state(i) == LIVE
+            }
+            self.frontend._gather(calls, self.frontend.read_timeout_s)  # best effort
+            raise
+        return _without_position(answers[0])
+
+    def subscriptions(self) -> list[dict]:
+        return [_without_position(s) for s in self.frontend._one(0, "webhook", "subscriptions")]
+
+    def get(self, sub_id: str) -> dict:
+        """The subscription with its delivery counts and attempts summed over the shards."""
+        answers = [a for _, a in sorted(self._all("get", sub_id).items())]
+        merged = _without_position(answers[0])
+        for key in ("pending", "delivered", "dead"):
+            merged["deliveries"][key] = sum(a["deliveries"][key] for a in answers)
+        for key in ("total", "failed"):
+            merged["attempts"][key] = sum(a["attempts"][key] or 0 for a in answers)
+        last = max(answers, key=lambda a: a["attempts"]["last_at"] or 0)["attempts"]
+        for key in ("last_at", "last_status", "last_error"):
+            merged["attempts"][key] = last[key]
+        return merged
+
+    def delete(self, sub_id: str) -> dict:
+        return self._all("delete", sub_id)[0]
+
+    def deliveries(self, sub_id: str, status: str | None = None, limit: int = 100) -> list[dict]:
+        return _newest(self._all("deliveries", sub_id, status, limit), limit)
+
+    def dead(self, limit: int = 100) -> list[dict]:
+        return _newest(self._all("dead", limit), limit)
+
+    def redeliver(self, sub_id: str, delivery_id: str | None = None) -> dict:
+        """Re-queue dead letters on every shard (one delivery: on the shard that has it)."""
+        self.get(sub_id)  # NotFound for an unknown subscription, 503 for a shard down
+        calls = {
+            i: self.frontend.shards.call(i, "webhook", "redeliver", sub_id, delivery_id)
+            for i in range(self.frontend.shards.count)
+        }
+        answers, failures = self.frontend._gather(calls, self.frontend.read_timeout_s)
+        for index, error in failures.items():
+            if not isinstance(error, NotFound):
+                raise error if isinstance(error, LivetwinError) else self.frontend._refusal(index)
+        if not answers:  # every shard said it has no such dead letter
+            raise next(iter(failures.values()))
+        return {"id": sub_id, "requeued": sum(a["requeued"] for a in answers.values())}
+
+
+def _log_failure(call: Future) -> None:
+    if call.exception() is not None:
+        log.warning("a run notice did not reach shard 0's webhooks: %r", call.exception())
+
+
+def _without_position(subscription: dict) -> dict:
+    return {k: v for k, v in subscription.items() if k != "from_seq"}
+
+
+def _newest(answers: dict[int, list[dict]], limit: int) -> list[dict]:
+    """The shards' deliveries merged, newest first (by creation time), up to `limit`."""
+    merged = [d for answer in answers.values() for d in answer]
+    merged.sort(key=lambda d: d["created"], reverse=True)
+    return merged[:limit]
+
+
 class ClusterFeed:
     """The live stream of a front end: every shard's applied batches and notices, polled from
     the shards (from the first client on) and published in the order they arrive here (per
@@ -757,14 +953,20 @@ class ClusterFeed:
 
     def stream(self, **options: Any):
         """`LiveFeed.stream` of the merged events (starts polling the shards)."""
-        with self._lock:
-            if not self._started:
-                self._started = True
-                for index in range(self.frontend.shards.count):
-                    threading.Thread(
-                        target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
-                    ).start()
+        self.follow()
         return self.feed.stream(**options)
+
+    def follow(self) -> None:
+        """Start polling every shard's feed (once; the stream's first client or the
+        scheduler)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        for index in range(self.frontend.shards.count):
+            threading.Thread(
+                target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
+            ).start()
 
     def _poll(self, index: int) -> None:
         after = None

@@ -35,6 +35,12 @@ def shards_of(twin_ids: Sequence[str], shards: int) -> list[int]:
     return [crc32(t.encode()) % shards for t in twin_ids]
 
 
+def cluster_alarm_id(local_id: int, shard: int, shards: int) -> int:
+    """An alarm's id in the cluster: its shard's own id x shards + shard (so the shard follows
+    from the id alone: `divmod(id, shards)`)."""
+    return local_id * shards + shard
+
+
 def with_schema(url: str, schema: str) -> str:
     """`url` with `schema` as its search_path (the store creates the schema when missing)."""
     parts = urlsplit(url)

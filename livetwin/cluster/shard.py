@@ -24,6 +24,7 @@ import numpy as np
 from livetwin.api.stream import Cursor, LiveFeed
 from livetwin.core import TwinCore
 from livetwin.engine.batch import decode_batch, encode_batch
+from livetwin.errors import Unavailable
 from livetwin.ingest.observations import Normalized
 from livetwin.query import Query
 from livetwin.settings import Settings
@@ -37,11 +38,18 @@ READ_RETRIES = 3  # a read is retried by Ray after a restart; ingest never is (s
 class Shard:
     """A `TwinCore` over the shard's schema with the reads a front end routes to it."""
 
-    def __init__(self, index: int, url: str, services_url: str, settings: Settings | None = None):
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        services_url: str,
+        settings: Settings | None = None,
+        shards: int = 1,
+    ):
         from livetwin.store.postgres import PostgresStore
 
         started = time.perf_counter()
-        self.index, self.services_url = index, services_url
+        self.index, self.services_url, self.shards = index, services_url, shards
         self.settings = settings or Settings.from_env()  # the node's LIVETWIN_* variables
         self._scratch = tempfile.mkdtemp(prefix=f"livetwin-shard{index:02d}-")
         store = PostgresStore(url, max_connections=4)
@@ -53,7 +61,10 @@ class Shard:
         self.query = Query(self.core)
         self.feed = LiveFeed(self.core.bus, last_seq=self.core.recovered["last_seq"])
         self.alarms = self._start_alarms(url)
+        self.webhooks = self._start_webhooks(url) if self.settings.webhooks else None
+        self.mailer = self._start_mailer()
         self._calibration_ports = None
+        self._conditions: dict[tuple, Any] = {}  # condition triggers compiled (`truth`)
         self._calibration_lock = threading.Lock()
         self.started_s = round(time.perf_counter() - started, 3)
 
@@ -62,6 +73,7 @@ class Shard:
         from functools import partial
 
         from livetwin.actions.alarms import AlarmService
+        from livetwin.cluster.meta import cluster_alarm_id
         from livetwin.store.servicedb import open_service_db
 
         try:
@@ -71,14 +83,58 @@ class Shard:
                 reader=self.query,
                 open_db=partial(open_service_db, self._scratch, database_url=url),
                 tick_s=self.settings.alarm_tick_s,
+                public_id=partial(cluster_alarm_id, shard=self.index, shards=self.shards),
             ).start()
         except BaseException:
             self.core.close()
             raise
 
+    def _start_webhooks(self, url: str):
+        """The shard's webhook service: the cluster's subscriptions (a front end puts each on
+        every shard under one id) and the outbox of this shard's events in
+        `<shard schema>_webhooks`, sent from here (under its sender lease) and caught up from
+        this shard's journal after a restart, as on a single node."""
+        from functools import partial
+
+        from livetwin.actions.webhooks import WebhookService
+        from livetwin.outbound import OutboundPolicy
+        from livetwin.store.servicedb import open_service_db
+
+        try:
+            return WebhookService(
+                clock=self.core.clock,
+                bus=self.core.bus,
+                reader=self.query,
+                open_db=partial(open_service_db, self._scratch, database_url=url),
+                outbound=OutboundPolicy(self.settings.outbound_allow or ()),
+                database_url=url,
+                source=f"s{self.index:02d}",  # delivery ids are unique over the shards
+            ).start()
+        except BaseException:
+            self.alarms.stop()
+            self.core.close()
+            raise
+
+    def _start_mailer(self):
+        """Alarm e-mail of this shard's alarms when the node's LIVETWIN_SMTP_* settings name a
+        server: each alarm is mailed once, by the shard that raised it."""
+        from livetwin.actions.email import AlarmMailer, SmtpSettings
+
+        try:
+            smtp = SmtpSettings.from_env(self.settings.smtp or {})
+            return AlarmMailer(smtp, bus=self.core.bus).start() if smtp else None
+        except BaseException:
+            if self.webhooks is not None:
+                self.webhooks.stop()
+            self.alarms.stop()
+            self.core.close()
+            raise
+
     def close(self) -> None:
         self.feed.close()
-        self.alarms.stop()
+        for service in (self.alarms, self.mailer, self.webhooks):  # in order: alarms notify
+            if service is not None:
+                service.stop()
         self.core.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -111,6 +167,21 @@ class Shard:
         items = self.feed.after(Cursor(*after))[0][:limit]
         last = items[-1].last if items else Cursor(*after)
         return (last.seq, last.row), [item.event for item in items]
+
+    def truth(self, type_name: str, source: str, twins: list[str] | None) -> Any:
+        """Whether a condition trigger's expression holds now for this shard's twins of a type
+        (all, or those of `twins`): `Query.truth`, compiled here for the current version."""
+        from livetwin.expr import compile_expression
+
+        def compile_for(ctype: Any) -> Any:
+            key = (type_name, ctype.version, source)
+            if key not in self._conditions:
+                self._conditions[key] = compile_expression(
+                    source, ctype.column_index(), allow_windows=False, field="trigger.when"
+                )
+            return self._conditions[key]
+
+        return self.query.truth(type_name, compile_for, twins)
 
     # ---- types (put on every shard by the front end) ---------------------------------------
 
@@ -160,6 +231,19 @@ class Shard:
         if method not in ALARM_CALLS:
             raise ValueError(f"not a shard alarm call: {method}")
         return getattr(self.alarms, method)(*args, **kwargs)
+
+    def webhook(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One call of the shard's webhook service: create, subscriptions, get, delete,
+        deliveries, dead, redeliver, announce (a front end's run notice)."""
+        if method not in WEBHOOK_CALLS:
+            raise ValueError(f"not a shard webhook call: {method}")
+        if self.webhooks is None:
+            raise Unavailable(
+                f"webhooks are off on shard {self.index} (its settings say webhooks=False)",
+                field="webhooks",
+                fix="start the shards with the default settings (webhooks on)",
+            )
+        return getattr(self.webhooks, method)(*args, **kwargs)
 
     # ---- ingest ----------------------------------------------------------------------------
 
@@ -232,6 +316,9 @@ CONFIGS = frozenset(
 )
 CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
+WEBHOOK_CALLS = frozenset(
+    {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver", "announce"}
+)
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}
 )
@@ -264,6 +351,6 @@ def start_shards(meta, *, settings: Settings | None = None) -> list:
                 max_concurrency=32,
                 scheduling_strategy="SPREAD",
                 **placement,
-            ).remote(index, url, meta.services_url, settings)
+            ).remote(index, url, meta.services_url, settings, meta.shards)
         )
     return handles

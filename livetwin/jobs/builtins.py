@@ -44,13 +44,12 @@ def register_builtins(
     and keep their models in `registry`; `import_file(path, mapping)` imports a file (the
     `import` job; `s3_client(bucket)` for its S3 prefixes); `backtests` (a BacktestService)
     runs back-tests; `scenarios` (a `Scenarios`) queues its runs here."""
-    scheduler.register_job("calibrate", calibrate_job(calibrate))
+    register_calibration(scheduler, calibrate)
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
     scheduler.register_job("check-inactivity", partial(check_inactivity_job, platform=ports))
     if import_file is not None:
         scheduler.register_job("import", import_job(import_file, s3_client))
-    scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
     scheduler.register_job(COMPACT, compact_job(query, clock))
     scheduler.add_system_schedules(
         retention_schedules(query.settings.journal_retention), {COMPACT: COMPACT_FUNCTION}
@@ -65,3 +64,10 @@ def register_builtins(
             return scheduler.run_function("scenario", SYSTEM, args)["id"]
 
         scenarios.queue = queue_scenario
+
+
+def register_calibration(scheduler: Any, calibrate: Callable[..., dict]) -> None:
+    """The `calibrate` job and the system schedules of the types that declare
+    `calibration.every` (all a cluster front end registers: its `calibrate` fans out)."""
+    scheduler.register_job("calibrate", calibrate_job(calibrate))
+    scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})

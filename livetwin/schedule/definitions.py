@@ -89,7 +89,9 @@ class Definitions:
                     field="lineage",
                     fix="create the Scheduler with lineage=LineageStore(...)",
                 )
-            self._workflows = Executor(self.lineage, results=WorkflowStore(self._open_db))
+            self._workflows = Executor(
+                self.lineage, kind=self.workflow_kind, results=WorkflowStore(self._open_db)
+            )
         return self.register(name, workflow_job(self._workflows, wf), **spec)
 
     def _op_define(self, spec: FunctionSpec) -> dict:

@@ -58,7 +58,8 @@ class Scheduler(Definitions, Firing, RunQueue):
     `outbound` (where http functions may call; default: public addresses only).
     `functions_platform` is handed to Python functions as `ctx.platform` and never used by the
     scheduler itself. `lease_retry_s`: how often a standby scheduler on PostgreSQL tries to
-    take the lead (and a leader checks it still holds it). Job kinds come from outside
+    take the lead (and a leader checks it still holds it). `workflow_kind`: where workflow
+    tasks run, "thread" or "ray" (a cluster front end). Job kinds come from outside
     (`register_job`, `add_system_schedules`).
 
     `tick()` fires the time triggers due at `clock()`; the service's own thread calls it when a
@@ -83,8 +84,10 @@ class Scheduler(Definitions, Firing, RunQueue):
         database_url: str | None = None,
         outbound: OutboundPolicy | None = None,
         lease_retry_s: float = 1.0,
+        workflow_kind: str = "thread",
     ):
         self.clock = clock
+        self.workflow_kind = workflow_kind  # where workflow tasks run (workflow_run.Executor)
         self.bus = bus
         self.reader = reader
         self.lineage = lineage

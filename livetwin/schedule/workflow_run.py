@@ -313,7 +313,9 @@ class WorkflowRun:
 
 
 class Executor:
-    """Runs workflows locally: tasks on a thread pool (default) or a process pool.
+    """Runs workflows: tasks on a local thread pool (default), a local process pool, or as Ray
+    tasks on any node of the Ray cluster this process joined (`kind="ray"`: a cluster front
+    end; functions travel by value, arguments and values must pickle).
 
     Every task run and workflow run becomes a node of `lineage` (`platform.lineage`), timed by
     that store's clock. With `kind="process"` task functions must be defined at module level,
@@ -329,18 +331,23 @@ class Executor:
         max_workers: int | None = None,
         results: WorkflowStore | None = None,
     ):
-        if kind not in ("thread", "process"):
+        if kind not in ("thread", "process", "ray"):
             raise InvalidInput(
-                f"executor kind must be 'thread' or 'process', not {kind!r}",
+                f"executor kind must be 'thread', 'process' or 'ray', not {kind!r}",
                 field="kind",
-                fix="use thread (default) or process",
+                fix="use thread (default), process or ray (in a Ray cluster's driver)",
             )
         self.kind = kind
         self.lineage = lineage
         self.results = results
         self.clock: Callable[[], int] = lineage.clock or wall_clock_ms
+        self._pool: Any = None
         if kind == "thread":
             self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="livetwin-task")
+        elif kind == "ray":  # a task lost with its node is run again by Ray (max_retries)
+            import ray
+
+            self._remote = ray.remote(_call)
         else:  # spawned, never forked: a fork of this many-threaded process (JAX, the writer,
             # the scheduler) may copy a held lock into the child and deadlock it
             spawn = multiprocessing.get_context("spawn")
@@ -363,6 +370,8 @@ class Executor:
 
     def _dispatch(self, future: TaskFuture, args: tuple, kwargs: dict) -> Future:
         where = (future.name, future.attempts, future.run.id)
+        if self.kind == "ray":
+            return self._remote.remote(future.task.fn, where, args, kwargs).future()
         if self.kind == "process":
             fn = future.task.fn
             return self._pool.submit(
@@ -371,7 +380,8 @@ class Executor:
         return self._pool.submit(_call, future.task.fn, where, args, kwargs)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def __enter__(self) -> Executor:
         return self

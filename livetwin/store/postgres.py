@@ -711,5 +711,10 @@ def _ensure_schema(conn: psycopg.Connection) -> str:
     if schema is None:
         path = conn.execute("SHOW search_path").fetchone()[0]
         schema = path.split(",")[0].strip().strip('"')
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        try:
+            with conn.transaction():  # a savepoint when a transaction is open
+                create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}")
+                conn.execute(create.format(sql.Identifier(schema)))
+        except psycopg.errors.UniqueViolation:
+            pass  # another process created it at the same moment (IF NOT EXISTS can collide)
     return schema

@@ -272,10 +272,12 @@ class PostgresServiceDB:
                 self.schema = f"{'livetwin' if base == 'public' else base}_{name}"
                 use = sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
                 create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}")
-                conn.execute(create.format(sql.Identifier(self.schema)))
-                conn.execute(use)
                 with conn.transaction():  # concurrent CREATE IF NOT EXISTS can collide
-                    conn.execute(self._LOCK)
+                    conn.execute(  # the service schema's writer lock, as `_LOCK` takes it
+                        "SELECT pg_advisory_xact_lock(hashtext(%s || '.writer'))", (self.schema,)
+                    )
+                    conn.execute(create.format(sql.Identifier(self.schema)))
+                    conn.execute(use)  # a SET in a committed transaction stays for the session
                     conn.execute(pg_schema(schema))
         except (psycopg.ProgrammingError, psycopg.OperationalError) as exc:
             raise Unavailable(

@@ -106,11 +106,11 @@ def test_shards_may_live_in_several_databases(cluster_name):
 
 
 @pytest.fixture
-def front(cluster_name):
+def front(cluster_name, tmp_path):
     meta = open_cluster(PG_URL, shards=4, name=cluster_name)
     shards = LocalShards(meta)
     try:
-        frontend = ClusterFrontend(meta, shards, write_timeout_s=10)
+        frontend = ClusterFrontend(meta, shards, write_timeout_s=10, data_dir=str(tmp_path))
         with TestClient(create_cluster_app(frontend)) as client:
             assert client.put("/api/types/pump", json=PUMP).status_code == 200
             yield client, shards, frontend
@@ -334,8 +334,8 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/webhooks"), ("GET", "/api/runs"),
-                         ("POST", "/api/mappings/x"), ("GET", "/api/schedules")]:  # fmt: skip
+    for method, path in [("GET", "/api/opcua"), ("GET", "/api/backtests"),
+                         ("POST", "/api/mappings/x"), ("GET", "/api/scenarios")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
@@ -408,6 +408,12 @@ def test_calibrating_a_type_runs_on_every_shard_at_once(front):
     assert len(runs) == 5 and {r["run"] for r in runs} >= {
         f"{one['run']}-shard{shard_of('line-3', 4):02d}"
     }
+    # the scheduler's built-in calibrate job fans out over the shards too
+    function = {"kind": "builtin", "job": "calibrate"}
+    assert client.put("/api/functions/cal", json=function).status_code == 200
+    run = client.post("/api/functions/cal/run", json={"type": "roller_line"}).json()
+    done = wait_until(lambda: client.get(f"/api/runs/{run['id']}").json(), "succeeded")
+    assert done["result"]["run"] == run["id"] and len(done["result"]["shards"]) == 4
 
 
 def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
@@ -456,3 +462,234 @@ def test_the_live_stream_merges_every_shard_s_events(front):
                                                {"Last-Event-ID": first[-3]["id"]})  # fmt: skip
         thread.join(20)
         assert [e["id"] for e in resumed] == [e["id"] for e in first[-2:]]
+
+
+def test_the_model_registry_and_lineage_are_shared_by_every_front_end(front, tmp_path):
+    client, shards, frontend = front
+    registered = client.post(
+        "/api/models/forecast/versions", json={"kind": "inductive", "flavor": "linear"}
+    )
+    assert registered.status_code == 201, registered.text
+    other = ClusterFrontend(frontend.meta, shards, data_dir=str(tmp_path / "second"))
+    try:
+        with TestClient(create_cluster_app(other)) as second:
+            (listed,) = [m for m in second.get("/api/models").json() if m["name"] == "forecast"]
+            assert listed["latest"] == 1
+            assert second.get("/api/models/forecast/versions/1").json()["kind"] == "inductive"
+            node = second.get("/api/lineage/model:forecast/1").json()
+            assert node["root"] == "model:forecast/1"
+            assert second.delete("/api/models/forecast/versions/1").status_code == 405
+    finally:
+        other.close()
+
+
+def wait_until(read, state: str, timeout: float = 30.0) -> dict:
+    """Read a run until it reaches `state` (fails on another final state or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = read()
+        if found["state"] == state:
+            return found
+        assert found["state"] not in ("succeeded", "failed", "cancelled"), found
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+
+
+def test_one_front_end_leads_the_scheduler_and_the_others_stand_by(front, tmp_path):
+    client, shards, frontend = front
+    assert frontend.scheduler.role == "leader"
+    frontend.scheduler.register("tick", lambda ctx: ctx.trigger["scheduled_for"])
+    schedule = {"id": "t", "function": "tick", "trigger": {"kind": "interval", "every": "1s"}}
+    assert client.post("/api/schedules", json=schedule).status_code == 201
+    other = ClusterFrontend(frontend.meta, shards, data_dir=str(tmp_path / "second"))
+    try:
+        assert other.scheduler.role == "standby"
+        with TestClient(create_cluster_app(other)) as second:
+            refused = second.post("/api/schedules", json={**schedule, "id": "u"})
+            assert refused.status_code == 503, refused.text
+            assert "on standby; the leader is" in refused.json()["error"]["message"]
+            deadline = time.monotonic() + 15
+            while not second.get("/api/runs", params={"schedule": "t"}).json():
+                assert time.monotonic() < deadline  # reads on standby show the leader's runs
+                time.sleep(0.2)
+    finally:
+        other.close()
+
+
+def test_a_condition_trigger_is_evaluated_on_the_shards_of_the_twins_that_changed(front):
+    client, _, frontend = front
+    frontend.scheduler.register("hot", lambda ctx: ctx.trigger["twin"])
+    condition = {"kind": "condition", "type": "pump", "when": "flow > 100"}
+    made = client.post("/api/schedules", json={"id": "c", "function": "hot", "trigger": condition})
+    assert made.status_code == 201, made.text
+    hot = [f"h{i}" for i in range(8)]
+    batch = [{"twin": t, "type": "pump", "ts": T0, "values": {"flow": 500}} for t in hot]
+    batch += [{"twin": f"c{i}", "type": "pump", "ts": T0, "values": {"flow": 5}} for i in range(8)]
+    assert client.post("/api/ingest", json=batch).json()["accepted"] == 16
+    assert len({shard_of(t, 4) for t in hot}) > 1  # the twins live on several shards
+
+    def fired() -> list[str]:
+        runs = client.get("/api/runs", params={"schedule": "c", "state": "succeeded"}).json()
+        return sorted(r["result"] for r in runs)
+
+    deadline = time.monotonic() + 20
+    while fired() != hot:
+        assert time.monotonic() < deadline, fired()
+        time.sleep(0.2)
+    assert client.get("/api/schedules/c").json()["last_error"] is None
+
+
+def test_webhooks_deliver_every_shard_s_events_under_ids_unique_over_the_shards(
+    cluster_name, tmp_path, monkeypatch
+):
+    from webhook_support import Receiver, wait_for
+
+    from livetwin.settings import Settings
+
+    monkeypatch.setenv("LIVETWIN_OUTBOUND_ALLOW", "127.0.0.0/8")  # the shards read it too
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards, receiver = LocalShards(meta), Receiver()
+    frontend = None
+    try:
+        settings = Settings.from_env()
+        frontend = ClusterFrontend(meta, shards, settings=settings, data_dir=str(tmp_path))
+        with TestClient(create_cluster_app(frontend)) as client:
+            assert client.put("/api/types/pump", json=PUMP).status_code == 200
+            body = {"url": receiver.url, "secret": "s" * 32, "filters": {"kinds": ["state"]}}
+            made = client.post("/api/webhooks", json=body)
+            assert made.status_code == 201, made.text
+            sub_id = made.json()["id"]
+            assert [s["id"] for s in client.get("/api/webhooks").json()] == [sub_id]
+            bad = client.post("/api/webhooks", json={"url": receiver.url})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "secret"
+            assert client.post("/api/ingest", json=rows(40)).json()["accepted"] == 40
+
+            def twins_heard() -> set[str]:
+                return {e["twin"] for b in receiver.bodies().values() for e in b["events"]}
+
+            wait_for(lambda: twins_heard() == {f"p{i}" for i in range(20)}, timeout=20)
+            sources = {d.split(".")[1] for d in receiver.ids()}
+            assert len(sources) == 4 and all(s.startswith("s0") for s in sources)  # each shard
+            assert len(receiver.received) == len(receiver.ids())  # no delivery twice
+            record = client.get(f"/api/webhooks/{sub_id}").json()
+            assert record["deliveries"]["delivered"] == len(receiver.ids())
+            listed = client.get(f"/api/webhooks/{sub_id}/deliveries").json()
+            assert {d["delivery_id"] for d in listed} == receiver.ids()
+            assert client.delete(f"/api/webhooks/{sub_id}").status_code == 200
+            assert client.get(f"/api/webhooks/{sub_id}").status_code == 404
+
+            # alarm notices carry the cluster's alarm ids (those of /api/alarms)
+            body["filters"] = {"kinds": ["alarm"]}
+            assert client.post("/api/webhooks", json=body).status_code == 201
+            spec = {"properties": {"temp": {}}, "rules": {"hot": {"when": "temp > 80"}}}
+            assert client.put("/api/types/boiler", json=spec).status_code == 200
+            hot = [{"twin": f"b{i}", "type": "boiler", "ts": T0, "values": {"temp": 90}}
+                   for i in range(8)]  # fmt: skip
+            assert client.post("/api/ingest", json=hot).json()["accepted"] == 8
+            for shard in shards.shards:
+                shard.alarms.sync()
+            listed = {a["id"]: a["twin"] for a in client.get("/api/alarms").json()["items"]}
+
+            def alarms_heard() -> dict[int, str]:
+                bodies = receiver.bodies().values()
+                return {b["data"]["id"]: b["data"]["twin"] for b in bodies if b["kind"] == "alarm"}
+
+            wait_for(lambda: len(alarms_heard()) == 8, timeout=20)
+            assert alarms_heard() == listed
+
+            # the scheduler's run notices go out through shard 0's webhooks
+            body["filters"] = {"kinds": ["run"]}
+            assert client.post("/api/webhooks", json=body).status_code == 201
+            frontend.scheduler.register("noted", lambda ctx: 42)
+            run = client.post("/api/functions/noted/run", json={}).json()
+
+            def runs_heard() -> dict[str, dict]:
+                bodies = receiver.bodies().values()
+                return {b["id"]: b["data"] for b in bodies if b["kind"] == "run"}
+
+            wait_for(lambda: run["id"] in runs_heard(), timeout=20)
+            assert runs_heard()[run["id"]]["result"] == 42
+    finally:
+        receiver.close()
+        if frontend is not None:
+            frontend.close()
+        shards.close()
+
+
+def test_device_credentials_are_kept_in_the_cluster_s_schema_and_checked_on_ingest(front):
+    from livetwin.api.auth import install_auth
+
+    _, _, frontend = front
+    app = create_cluster_app(frontend)
+    tokens = install_auth(app, frontend, mode="tokens")
+    admin = {
+        "authorization": f"Bearer {tokens.create(name='a', scope='admin', namespace='*')['token']}"
+    }
+    with TestClient(app) as client:
+        made = client.post("/api/devices", json={"name": "gw", "twins": "p1*"}, headers=admin)
+        assert made.status_code == 201, made.text
+        device = {"authorization": f"Bearer {made.json()['credential']}"}
+        mine = [{"twin": "p1", "type": "pump", "ts": T0, "values": {"flow": 1.0}}]
+        assert client.post("/api/ingest", json=mine, headers=device).json()["accepted"] == 1
+        other = [{**mine[0], "twin": "p2"}]
+        assert client.post("/api/ingest", json=other, headers=device).status_code == 403
+        assert client.get("/api/types", headers=device).status_code == 403  # ingest only
+        assert frontend.devices.owner(made.json()["id"]).matches("p12")  # the MQTT check
+        gone = client.delete(f"/api/devices/{made.json()['id']}", headers=admin)
+        assert gone.status_code == 200
+        assert client.post("/api/ingest", json=mine, headers=device).status_code == 401
+
+
+def test_each_alarm_is_mailed_once_by_the_shard_that_raised_it(cluster_name, monkeypatch):
+    from email import message_from_string
+
+    from aiosmtpd.controller import Controller
+    from webhook_support import free_port, wait_for
+
+    received: list[str] = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope.content.decode())
+            return "250 OK"
+
+    port = free_port()
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    for name, value in {"HOST": "127.0.0.1", "PORT": str(port), "SECURITY": "plain",
+                        "TO": "ops@plant.example"}.items():  # fmt: skip
+        monkeypatch.setenv(f"LIVETWIN_SMTP_{name}", value)  # the shards' nodes' settings
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards = LocalShards(meta)
+    try:
+        frontend = ClusterFrontend(meta, shards)
+        with TestClient(create_cluster_app(frontend)) as client:
+            spec = {"properties": {"temp": {}}, "rules": {"hot": {"when": "temp > 80"}}}
+            assert client.put("/api/types/boiler", json=spec).status_code == 200
+            hot = [{"twin": f"b{i}", "type": "boiler", "ts": T0, "values": {"temp": 90}}
+                   for i in range(6)]  # fmt: skip
+            assert client.post("/api/ingest", json=hot).json()["accepted"] == 6
+            for shard in shards.shards:
+                shard.alarms.sync()
+            wait_for(lambda: len(received) >= 6, timeout=20)
+            time.sleep(0.5)  # no second mail of any alarm
+            subjects = sorted(message_from_string(m)["Subject"] for m in received)
+            assert subjects == sorted(f"[WARNING] hot on b{i}" for i in range(6))
+    finally:
+        shards.close()
+        smtp.stop()
+
+
+def test_a_subscription_a_shard_cannot_make_is_made_on_none(front):
+    client, shards, frontend = front
+    shards.down.add(2)  # down, and this front end does not know yet
+    body = {"url": "https://hooks.example.com/x", "secret": "s" * 32}
+    answer = client.post("/api/webhooks", json=body)
+    assert answer.status_code == 503, answer.text
+    shards.down.clear()
+    deadline = time.monotonic() + 20
+    while frontend.state(2) != "live":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [shard.webhooks.subscriptions() for shard in shards.shards] == [[]] * 4
+    assert client.get("/api/webhooks").json() == []

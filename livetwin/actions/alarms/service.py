@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +47,21 @@ class AlarmService:
 
     `reader` gives the type versions and the state of twins the rules meet for the first time;
     `open_db("alarms", SCHEMA)` is its database; every `tick_s` wall seconds pending conditions
-    are checked against `clock()`.
+    are checked against `clock()`. `public_id` maps an alarm's id to the one its notices carry
+    (a cluster's shard: the cluster-wide id the alarm routes use; default: the same).
     """
 
     def __init__(
-        self, *, clock: Clock, bus: Bus, reader: Query, open_db: OpenServiceDB, tick_s: float = 1.0
+        self,
+        *,
+        clock: Clock,
+        bus: Bus,
+        reader: Query,
+        open_db: OpenServiceDB,
+        tick_s: float = 1.0,
+        public_id: Callable[[int], int] | None = None,
     ):
+        self.public_id = public_id
         self.clock = clock
         self.bus = bus
         self.reader = reader
@@ -262,8 +272,9 @@ class AlarmService:
     def _record(self, alarm_id: int, version: int, at: int, event: str, by, note) -> None:
         """A history entry, and the notice announcing the alarm's new version after commit."""
         self._store.add_history(alarm_id, version, at, event, by, note)
-        data = {**self._store.row(alarm_id), "event": event}
-        self._notices.append(Notice("alarm", f"{alarm_id}.{version}", data))
+        public = alarm_id if self.public_id is None else self.public_id(alarm_id)
+        data = {**self._store.row(alarm_id), "id": public, "event": event}
+        self._notices.append(Notice("alarm", f"{public}.{version}", data))
 
     # ---- public operations -------------------------------------------------------------------
 

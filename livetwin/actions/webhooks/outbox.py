@@ -272,23 +272,28 @@ def _save_cursor(conn: Connection, seq: int, max_uid: int) -> None:
 # ---- building deliveries --------------------------------------------------------------------
 
 
-def rows_for(seq, batch, created, state, subs, extra: dict) -> Iterator[Row]:
+def rows_for(seq, batch, created, state, subs, extra: dict, source: str = "") -> Iterator[Row]:
     """The state and created deliveries of one journal entry (`batch`: its `type` and `twins`)
-    for the subscriptions `subs`; `state(i)` is row i's JSON object, `extra` goes in each body."""
+    for the subscriptions `subs`; `state(i)` is row i's JSON object, `extra` goes in each body;
+    `source` names the journal in delivery ids where several share subscriptions (a cluster's
+    shards: "s03"), "" on a single node."""
     for sub in subs:
         f = sub.filters
         if "state" in f.kinds:
             picked = [i for i, twin in enumerate(batch.twins) if f.twin_ok(twin)]
             if picked:
                 events = [state(i) for i in picked]
-                yield _row(sub, seq, "state", {"type": batch.type, "events": events, **extra})
+                fields = {"type": batch.type, "events": events, **extra}
+                yield _row(sub, seq, "state", fields, source)
         if "created" in f.kinds and created:
             new = [t for t in created if f.twin_ok(t)]
             if new:
-                yield _row(sub, seq, "created", {"type": batch.type, "twins": new, **extra})
+                yield _row(sub, seq, "created", {"type": batch.type, "twins": new, **extra}, source)
 
 
-def journal_rows(seq: int, batch, subs: list[Subscription], max_uid: int) -> Iterator[Row]:
+def journal_rows(
+    seq: int, batch, subs: list[Subscription], max_uid: int, source: str = ""
+) -> Iterator[Row]:
     """Deliveries rebuilt from a journal entry: observed inputs only (derived values are not
     journaled), twins with a uid above `max_uid` counted as created."""
     wanted = [s for s in subs if seq > s.from_seq and s.filters.type in (None, batch.type)]
@@ -302,10 +307,10 @@ def journal_rows(seq: int, batch, subs: list[Subscription], max_uid: int) -> Ite
         observed = {n: v for n, v in zip(names, values[:, i].tolist(), strict=True) if v == v}
         return {"twin": batch.twins[i], "ts": int(batch.ts[i]), "values": observed}
 
-    yield from rows_for(seq, batch, created, state, wanted, {"from_journal": True})
+    yield from rows_for(seq, batch, created, state, wanted, {"from_journal": True}, source)
 
 
-def notice_rows(notice: Notice, subs: list[Subscription]) -> Iterator[Row]:
+def notice_rows(notice: Notice, subs: list[Subscription], source: str = "") -> Iterator[Row]:
     """An alarm or job notice for each subscription that wants it (by kind, type and twin)."""
     data = notice.data if isinstance(notice.data, dict) else {}
     for sub in subs:
@@ -315,7 +320,7 @@ def notice_rows(notice: Notice, subs: list[Subscription]) -> Iterator[Row]:
             continue
         if f.type is not None and data.get("type") != f.type:
             continue
-        d_id = f"{sub.id}.{notice.kind}.{notice.id}"
+        d_id = _delivery_id(sub, source, notice.kind, notice.id)
         try:
             body = {"kind": name, "delivery_id": d_id, "id": notice.id, "data": notice.data}
             yield Row(d_id, sub.id, None, name, orjson.dumps(body))
@@ -324,8 +329,13 @@ def notice_rows(notice: Notice, subs: list[Subscription]) -> Iterator[Row]:
             return
 
 
-def _row(sub: Subscription, seq: int, kind: str, fields: dict) -> Row:
-    d_id = f"{sub.id}.{seq}.{kind}"
+def _delivery_id(sub: Subscription, source: str, *parts: Any) -> str:
+    """`<subscription>.<parts>`, or `<subscription>.<source>.<parts>` (a cluster's shards)."""
+    return ".".join(str(p) for p in (sub.id, *([source] if source else []), *parts))
+
+
+def _row(sub: Subscription, seq: int, kind: str, fields: dict, source: str = "") -> Row:
+    d_id = _delivery_id(sub, source, seq, kind)
     body = {"kind": kind, "delivery_id": d_id, "seq": seq, **fields}
     return Row(d_id, sub.id, seq, kind, orjson.dumps(body))
 

@@ -53,6 +53,10 @@ SEND_BATCH = 64  # pending rows a sender reads at once
 PRUNE_EVERY = 500  # deliveries between prunes of a busy subscription (an idle one prunes now)
 
 
+def new_subscription_id() -> str:
+    return "wh_" + secrets.token_hex(8)
+
+
 class WebhookService:
     """Subscriptions, the durable outbox and the senders of one twin core.
 
@@ -63,7 +67,8 @@ class WebhookService:
     writes what the inbox still holds to the outbox and stops (the next start resumes). On
     PostgreSQL (`database_url`, default LIVETWIN_DATABASE_URL) only the holder of the sender
     lease sends; every process reloads the subscriptions every `lease_retry_s`, and the sender
-    looks at the outbox as often for rows other processes fanned out.
+    looks at the outbox as often for rows other processes fanned out. `source` goes into the
+    delivery ids where several journals share subscriptions (a cluster's shards).
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class WebhookService:
         outbound: OutboundPolicy | None = None,
         database_url: str | None = None,
         lease_retry_s: float = 1.0,
+        source: str = "",
     ):
         self.clock, self.bus, self.reader = clock, bus, reader
+        self.source = source  # in delivery ids, where several journals share subscriptions
         self.outbound = outbound or OutboundPolicy()
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -191,18 +198,24 @@ class WebhookService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                subs = await asyncio.to_thread(self.outbox.subscriptions)
+                subs, gone = await asyncio.to_thread(self._reload_subscriptions)
             except Exception as exc:
                 log.debug("cannot reload webhook subscriptions: %s", exc)
                 continue
-            with self._lock:
-                gone, self._subs = set(self._subs) - set(subs), subs
             for sub_id in gone:
                 self._cancel(sub_id)
             for sub_id in subs:
                 self._spawn(sub_id)
             if self.sending:
                 self._wake(list(subs))
+
+    def _reload_subscriptions(self) -> tuple[dict[str, Subscription], set[str]]:
+        """The stored subscriptions, and the ids of those gone. Read under the lock, so a
+        subscription this process makes meanwhile is not dropped by a read from before it."""
+        with self._lock:
+            subs = self.outbox.subscriptions()
+            gone, self._subs = set(self._subs) - set(subs), subs
+        return subs, gone
 
     def stop(self) -> None:
         """Unsubscribe, move the inbox to the outbox, stop sending and close the outbox."""
@@ -240,12 +253,16 @@ class WebhookService:
 
     # ---- subscriptions ---------------------------------------------------------------------
 
-    def create(self, body: Any) -> dict:
-        """Validate and store a subscription to events committed from now on; its public form."""
+    def create(self, body: Any, *, sub_id: str | None = None) -> dict:
+        """Validate and store a subscription to events committed from now on; its public form.
+        `sub_id`: the id to give it (a cluster front end gives every shard the same one); one
+        that exists already is answered as it is (a retried fan-out)."""
         url, secret, filters = validate_subscription(body)
         self.outbound.check_url(url, unresolved_ok=True)
+        if sub_id is not None and sub_id in self._subs:
+            return self._subs[sub_id].public()
         sub = Subscription(
-            "wh_" + secrets.token_hex(8),
+            sub_id or new_subscription_id(),
             url,
             secret,
             filters,
@@ -326,6 +343,11 @@ class WebhookService:
             )
         return sub
 
+    def announce(self, notice: Notice) -> None:
+        """Take a notice published elsewhere (a cluster front end's run notices) as if it had
+        come on the bus."""
+        self._on_event(notice)
+
     # ---- bus -> inbox (on the publishing thread: quick) ------------------------------------
 
     def _on_event(self, event: Event) -> None:
@@ -390,7 +412,7 @@ class WebhookService:
         subs = list(self._subs.values())
         for born, item in items:
             if isinstance(item, Notice):
-                rows.extend((born, r) for r in notice_rows(item, subs))
+                rows.extend((born, r) for r in notice_rows(item, subs, self.source))
                 continue
             if item.seq <= seq:  # already fanned out (by the catch-up or before a restart)
                 continue
@@ -400,7 +422,8 @@ class WebhookService:
                 uids = item.applied.uids
             elif item.kind == "obs":  # a journal entry
                 batch = decode_batch(item.body)
-                rows.extend((born, r) for r in journal_rows(item.seq, batch, subs, max_uid))
+                rebuilt = journal_rows(item.seq, batch, subs, max_uid, self.source)
+                rows.extend((born, r) for r in rebuilt)
                 uids = batch.uids
             else:
                 continue
@@ -440,7 +463,7 @@ class WebhookService:
                 encoded[i] = {"twin": applied.twins[i], "ts": int(applied.ts[i]), "values": values}
             return encoded[i]
 
-        yield from rows_for(event.seq, applied, applied.created, state, wanted, {})
+        yield from rows_for(event.seq, applied, applied.created, state, wanted, {}, self.source)
 
     # ---- outbox -> endpoints (the sender thread's event loop) ------------------------------
 
