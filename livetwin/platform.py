@@ -34,6 +34,7 @@ from livetwin.ingest.files.mapping import ImportMapping
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized
 from livetwin.ingest.opcua import OpcuaConnectors
+from livetwin.jobs.backtest_calibration import backtest_calibration
 from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
@@ -137,6 +138,7 @@ class Platform:
             open_db=self.open_db,
             lineage=self.lineage,
             clock=self.clock,
+            calibration=backtest_calibration,
         )
         self.scenarios = Scenarios(
             ScenarioPorts(

@@ -44,7 +44,7 @@ def compile_candidate(
 
     The model must be that of the current version (its `dt`, units and the options of its
     `ref` may change); changed calibration settings are back-tested by re-running the batched
-    filter (`livetwin.backtest.calibration`).
+    filter (`livetwin.jobs.backtest_calibration`).
     """
     if not isinstance(body, dict) or len(body) != 1 or next(iter(body)) not in ("spec", "patch"):
         raise InvalidInput(

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from livetwin.backtest.calibration import backtest_calibration
 from livetwin.backtest.candidate import compile_candidate
 from livetwin.backtest.lockstep import LockStep, NeedsEngines, Window
 from livetwin.backtest.report import summary
@@ -52,8 +51,20 @@ class BacktestService:
     `load_snapshot`, `compiled_version`, `models`, `store.journal_size`), `open_db`, `lineage`
     (a LineageStore) and `clock`. Nothing here writes to the core."""
 
-    def __init__(self, *, reader: Any, core: Any, open_db: Callable, lineage: Any, clock: Callable):
+    def __init__(
+        self,
+        *,
+        reader: Any,
+        core: Any,
+        open_db: Callable,
+        lineage: Any,
+        clock: Callable,
+        calibration: Callable[..., dict | None],
+    ):
+        """`calibration` back-tests a candidate's calibration settings (the batched filter
+        under both sides: `livetwin.jobs.backtest_calibration.backtest_calibration`)."""
         self.reader, self.core, self.lineage, self.clock = reader, core, lineage, clock
+        self.calibration = calibration
         self.db = open_db("backtests", SCHEMA)
 
     def close(self) -> None:
@@ -266,7 +277,7 @@ class BacktestService:
         report["seconds"] = round(seconds, 3)
         report["observations_per_s"] = round(main.replayed / seconds) if seconds else None
         report["cpu_seconds"] = round(time.thread_time() - cpu, 3)
-        report["calibration"] = backtest_calibration(
+        report["calibration"] = self.calibration(
             self.reader,
             self.core.store,
             plan.recorded,

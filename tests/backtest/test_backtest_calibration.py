@@ -193,7 +193,7 @@ def test_merge_patch_replaces_only_the_calibration_fields_given():
 def test_a_window_longer_than_a_calibration_run_is_truncated_and_says_so(
     platform, rollers, monkeypatch
 ):
-    monkeypatch.setattr("livetwin.backtest.calibration.MAX_STEPS", 50)
+    monkeypatch.setattr("livetwin.jobs.backtest_calibration.MAX_STEPS", 50)
     section = backtest(platform, {"calibration": {"measurement_noise": {w: 0.1 for w in SPEEDS}}})
     calibration = section["calibration"]
     assert calibration["steps"] == 50 and calibration["truncated"] is True
