@@ -181,7 +181,10 @@ class OpcuaConnectors:
         if first is not None and first.config:
             with self._lock:
                 self._running.pop(name, None)
-            self._call(connector.stop())
+            try:  # the refusal is the answer, even when the refused connector stops slowly
+                self._call(connector.stop())
+            except FutureTimeout:
+                log.warning("the refused OPC UA connector '%s' did not stop within 30 s", name)
             if old is not None:
                 self._launch(old.spec, watermarks=old.watermarks)
             raise InvalidInput(first.message, field=first.field, fix=first.fix)
