@@ -17,12 +17,7 @@ def export_namespace(platform: Any, namespace: str) -> dict:
     """The namespace's objects (reads only; nothing is changed)."""
     only = frozenset({namespace})
     types = [t for t in platform.list_types() if t["namespace"] == namespace]
-    twins: list[dict] = []
-    while True:
-        page = platform.twins(limit=PAGE, offset=len(twins), namespaces=only)
-        twins.extend(platform.twin(t["id"]) for t in page["items"])
-        if len(twins) >= page["total"] or not page["items"]:
-            break
+    twins = [platform.twin(twin_id) for twin_id in _twin_ids(platform, namespace)]
     alarms: list[dict] = []
     while True:
         page = platform.alarms.list(limit=PAGE, offset=len(alarms), namespaces=only)
