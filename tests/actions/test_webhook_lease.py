@@ -51,7 +51,8 @@ def test_one_process_sends_and_the_other_takes_over(tmp_path, monkeypatch):
                 wait_for(lambda: second.sending and not first.sending, timeout=5)
                 platform.ingest([obs("p1", T0 + 1000, flow=2.0)])  # fanned out by the first
                 wait_for(lambda: len(receiver.received) == 2)  # sent by the second
-                assert second.get(sub)["deliveries"]["delivered"] == 2
+                # the sender records the delivery after the receiver answered: wait for it
+                wait_for(lambda: second.get(sub)["deliveries"]["delivered"] == 2)
                 assert len({r["id"] for r in receiver.received}) == 2
             finally:
                 second.stop()
