@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
 LIVE, RECOVERING, LOST = "live", "recovering", "lost"
 LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
+HEAVY_TIMEOUT_S = 24 * 3600.0  # the longest a heavy job's part may run on a shard
+POLL_S = 0.5  # how often a heavy job's progress is asked for and a cancel passed on
 RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
 
 
@@ -686,6 +689,57 @@ class ClusterFrontend:
 
     # ---- heavy jobs ------------------------------------------------------------------------
 
+    def fan_out(
+        self,
+        calls: dict[int, tuple],
+        *,
+        job: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        timeout: float = HEAVY_TIMEOUT_S,
+    ) -> dict[int, Any]:
+        """Run a heavy job's parts on their shards, all at once (`{shard: (method, *args)}`; Ray
+        runs a part again on the restarted shard when its node is lost). With `job` (the id the
+        shards track the parts by, `Shard._job`), their summed progress goes to
+        `progress(done, total)` and `cancelled()` is passed on while they run. Every shard's
+        answer; a shard's own error as is, 503 naming the shards that failed."""
+        down = [i for i in calls if self._state[i] != LIVE]
+        if down:
+            raise self._refusal(*down)
+        futures = {i: self.shards.call(i, *call) for i, call in calls.items()}
+        deadline = time.monotonic() + timeout
+        parts: dict[int, tuple[int, int]] = {}  # each shard's last (done, total)
+        while time.monotonic() < deadline and not all(f.done() for f in futures.values()):
+            wait(futures.values(), timeout=POLL_S)
+            if job is not None:
+                self._follow(job, futures, parts, progress, cancelled)
+        answers, failures = self._gather(futures, timeout=0)
+        for error in failures.values():
+            if isinstance(error, LivetwinError) and not isinstance(error, Unavailable):
+                raise error
+        if failures:
+            raise self._refusal(*sorted(failures))
+        return answers
+
+    def _follow(self, job, futures, parts, progress, cancelled) -> None:
+        """One look at a heavy job's running parts: pass a cancel on, sum their progress."""
+        running = [i for i, f in futures.items() if not f.done()]
+        if cancelled is not None and cancelled():
+            for i in running:
+                self.shards.call(i, "cancel_job", job, retry=False).add_done_callback(_quiet)
+        if progress is None:
+            return
+        asked = {i: self.shards.call(i, "job_progress", job, retry=False) for i in running}
+        wait(asked.values(), timeout=POLL_S)
+        for i, answer in asked.items():
+            if answer.done() and answer.exception() is None and answer.result() is not None:
+                parts[i] = answer.result()
+        for i, future in futures.items():
+            if future.done() and i in parts:
+                parts[i] = (parts[i][1], parts[i][1])
+        if parts:
+            progress(sum(d for d, _ in parts.values()), sum(t for _, t in parts.values()))
+
     def calibrate(self, type_name: str, twins: list[str] | None = None, *, run=None) -> dict:
         """Calibrate a type shard by shard, all shards at once (each runs the batched filter
         over its own twins); one run record summed over the shards, with each shard's."""
@@ -698,18 +752,8 @@ class ClusterFrontend:
             chosen = {}
             for twin in twins:
                 chosen.setdefault(self.shard(twin), []).append(twin)
-        down = [i for i in chosen if self._state[i] != LIVE]
-        if down:
-            raise self._refusal(*down)
-        calls = {
-            i: self.shards.call(i, "calibrate", type_name, ids, run) for i, ids in chosen.items()
-        }
-        answers, failures = self._gather(calls, timeout=3600)
-        for error in failures.values():
-            if isinstance(error, LivetwinError):
-                raise error
-        if failures:
-            raise self._refusal(*sorted(failures))
+        calls = {i: ("calibrate", type_name, ids, run) for i, ids in chosen.items()}
+        answers = self.fan_out(calls, timeout=3600)
         records = [answers[i] for i in sorted(answers)]
         merged = dict(max(records, key=lambda r: r.get("twins") or 0))
         for key in ("twins", "calibrated"):
@@ -916,6 +960,11 @@ class ClusterWebhooks:
         if not answers:  # every shard said it has no such dead letter
             raise next(iter(failures.values()))
         return {"id": sub_id, "requeued": sum(a["requeued"] for a in answers.values())}
+
+
+def _quiet(call: Future) -> None:
+    """A call whose answer does not matter (a cancel passed on): its failure is not raised."""
+    call.exception()
 
 
 def _log_failure(call: Future) -> None:

@@ -15,6 +15,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,19 @@ from livetwin.spec.types import stored_spec
 NAMESPACE = "livetwin"  # the Ray namespace of shard actors
 SHARD_RESOURCE = "livetwin_shard"  # nodes that offer it are the only ones to host shards
 READ_RETRIES = 3  # a read is retried by Ray after a restart; ingest never is (see frontend)
+
+
+@dataclass
+class ShardJob:
+    """A heavy job's part running on a shard: its progress (polled by the front end that asked
+    for it) and whether that front end passed on a cancel."""
+
+    done: int = 0
+    total: int = 0
+    cancelled: bool = False
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
 
 
 class Shard:
@@ -66,6 +82,7 @@ class Shard:
         self._calibration_ports = None
         self._conditions: dict[tuple, Any] = {}  # condition triggers compiled (`truth`)
         self._calibration_lock = threading.Lock()
+        self._jobs: dict[str, ShardJob] = {}  # heavy jobs running here, by the front end's id
         self.started_s = round(time.perf_counter() - started, 3)
 
     def _start_alarms(self, url: str):
@@ -257,6 +274,30 @@ class Shard:
         return [future.result().to_dict() for future in futures]
 
     # ---- heavy jobs ------------------------------------------------------------------------
+
+    @contextmanager
+    def _job(self, job: str | None) -> Iterator[ShardJob]:
+        """Track a heavy job's part while it runs, under the id its front end polls it by."""
+        part = ShardJob()
+        if job is not None:
+            self._jobs[job] = part
+        try:
+            yield part
+        finally:
+            if job is not None and self._jobs.get(job) is part:
+                del self._jobs[job]
+
+    def job_progress(self, job: str) -> tuple[int, int] | None:
+        """(done, total) of a heavy job's part running here, or None (not running)."""
+        part = self._jobs.get(job)
+        return None if part is None else (part.done, part.total)
+
+    def cancel_job(self, job: str) -> bool:
+        """Ask a heavy job's part running here to stop; whether it runs here."""
+        part = self._jobs.get(job)
+        if part is not None:
+            part.cancelled = True
+        return part is not None
 
     def calibrate(self, type_name: str, twins: list[str] | None, run: str) -> dict:
         """Calibrate this shard's twins of a type (the batched filter over all of them) as the
