@@ -24,6 +24,7 @@ from livetwin.actions.commands import CommandService
 from livetwin.actions.email import AlarmMailer, SmtpSettings
 from livetwin.actions.webhooks import WebhookService
 from livetwin.auth.devices import DeviceStore
+from livetwin.backtest.archive import BacktestArchive
 from livetwin.backtest.service import BacktestService
 from livetwin.core import TwinCore
 from livetwin.engine.events import EventBus
@@ -135,8 +136,7 @@ class Platform:
         self.backtests = BacktestService(
             reader=self.query,
             core=self.core,
-            open_db=self.open_db,
-            lineage=self.lineage,
+            archive=BacktestArchive(self.open_db, self.lineage, self.clock),
             clock=self.clock,
             calibration=backtest_calibration,
         )

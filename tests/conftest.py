@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from livetwin.api.app import create_app
 from livetwin.platform import Platform, Settings
 
-pytest_plugins = ["fmu_support"]  # the FMU fixtures (fo2, fo3, me2, msd)
+pytest_plugins = ["fmu_support", "cluster_support"]  # FMU fixtures; a cluster front end (front)
 
 T0 = 1_795_341_600_000  # 2026-11-22T10:00:00Z
 

@@ -27,6 +27,7 @@ from livetwin.api.app import (
     twin_read_routes,
     type_routes,
 )
+from livetwin.api.backtests import backtest_routes
 from livetwin.api.devices import device_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
@@ -70,6 +71,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     registry_routes(app, frontend.registry)
     lineage_routes(app, frontend.lineage)
     schedule_routes(app, frontend.scheduler)
+    backtest_routes(app, frontend.backtests, frontend.scheduler)
     webhook_routes(app, frontend.webhooks)
     device_routes(app, frontend.devices)
     login_routes(app)

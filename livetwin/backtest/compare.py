@@ -123,6 +123,7 @@ class OutputDiff:
             "rms_diff": float(np.sqrt(self.sum_sq / self.both_known)) if self.both_known else None,
             "first_divergence": self.first
             and _point(twin_of, *self.first[:2], baseline=self.first[2], candidate=self.first[3]),
+            "known_in_both": self.both_known,
             "known_only_in_baseline": self.only_baseline,
             "known_only_in_candidate": self.only_candidate,
             "worst_twins": [
@@ -160,8 +161,12 @@ class Distribution:
         while len(self.sample) > SAMPLE:
             self.sample, self.stride = self.sample[::2], self.stride * 2
 
-    def report(self) -> dict:
+    def report(self, sample: bool = False) -> dict:
+        """The summary; with `sample`, also the thinned sample and the number of values each
+        of its values stands for (what merging shards' distributions needs)."""
         out: dict = {"name": self.name, "count": self.count, "known": self.known}
+        if sample:
+            out["sample"] = {"values": self.sample.copy(), "stride": self.stride}
         if self.known:
             mean = self.total / self.known
             q = np.quantile(self.sample, [0.05, 0.25, 0.5, 0.75, 0.95]).tolist()

@@ -480,8 +480,9 @@ class LockStep:
         """The uids of (at most) `k` twins compared in the window."""
         return np.flatnonzero(self.seen)[:k].astype(np.int64)
 
-    def report(self) -> dict:
-        """The diff report (JSON-able); fires the conditions still held at the window's end."""
+    def report(self, samples: bool = False) -> dict:
+        """The diff report (JSON-able); fires the conditions still held at the window's end.
+        `samples`: new outputs keep their value samples (for merging shards' reports)."""
         end = self.window.end - 1
         for side, alarms in (
             (self.base_rules, self.base_alarms),
@@ -541,7 +542,7 @@ class LockStep:
             "identical": not differing and not alarms_differ and not self.new,
             "outputs": differing,
             "unchanged_outputs": [o["name"] for o in outputs if not o["differing"]],
-            "new_outputs": [d.report() for d in self.new.values()],
+            "new_outputs": [d.report(samples) for d in self.new.values()],
             "removed_outputs": [
                 k.split(".", 1)[1]
                 for k, v in self.status.items()

@@ -5,7 +5,6 @@ before the window, reports kept in the service's own database with a lineage nod
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,23 +13,23 @@ from typing import Any
 import numpy as np
 import orjson
 
+from livetwin.backtest.archive import BacktestArchive
 from livetwin.backtest.candidate import compile_candidate
 from livetwin.backtest.lockstep import LockStep, NeedsEngines, Window
-from livetwin.backtest.report import summary
 from livetwin.errors import InvalidInput, LivetwinError, NotFound
 from livetwin.spec.types import CompiledType
 from livetwin.timefmt import format_ts, parse_duration, parse_ts_field
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS backtests (
-    id TEXT PRIMARY KEY, type TEXT NOT NULL, created INTEGER NOT NULL, report TEXT NOT NULL
-);
-"""
 FIELDS = ("type", "candidate", "from", "to", "warmup", "twins", "plot")
 FILTERS = ("ids", "parent", "where")
 PLOTTED = 5  # the worst twins whose series the report keeps
 MAX_PLOT = 20  # twins a request may ask series for
 MAX_WARMUP_MS = 366 * 86_400_000
+
+
+class EmptySelection(InvalidInput):
+    """The request selects no twin that reported in the window (on a cluster shard: nothing
+    for this shard to replay; an error only when every shard says so)."""
 
 
 @dataclass(frozen=True)
@@ -48,27 +47,31 @@ class Plan:
 
 class BacktestService:
     """Checks, runs and keeps back-tests. Ports: `reader` (a `Query`), `core` (the live core:
-    `load_snapshot`, `compiled_version`, `models`, `store.journal_size`), `open_db`, `lineage`
-    (a LineageStore) and `clock`. Nothing here writes to the core."""
+    `load_snapshot`, `compiled_version`, `models`, `store.journal_size`), `archive` (where
+    reports are kept; None on a cluster shard, whose front end keeps the merged one) and
+    `clock`. Nothing here writes to the core."""
 
     def __init__(
         self,
         *,
         reader: Any,
         core: Any,
-        open_db: Callable,
-        lineage: Any,
+        archive: BacktestArchive | None,
         clock: Callable,
         calibration: Callable[..., dict | None],
     ):
         """`calibration` back-tests a candidate's calibration settings (the batched filter
         under both sides: `livetwin.jobs.backtest_calibration.backtest_calibration`)."""
-        self.reader, self.core, self.lineage, self.clock = reader, core, lineage, clock
+        self.reader, self.core, self.archive, self.clock = reader, core, archive, clock
         self.calibration = calibration
-        self.db = open_db("backtests", SCHEMA)
 
     def close(self) -> None:
-        self.db.close()
+        if self.archive is not None:
+            self.archive.close()
+
+    def report(self, backtest_id: str) -> dict | None:
+        """A kept report, or None."""
+        return self.archive.report(backtest_id)
 
     # ---- checking a request ------------------------------------------------------------------
 
@@ -105,7 +108,7 @@ class BacktestService:
         twins = body.get("twins")
         selected = self._select(type_name, twins)
         if not len(selected["uid"]):
-            raise InvalidInput(
+            raise EmptySelection(
                 f"the twin filter matches no '{type_name}' twin",
                 field="twins",
                 fix="check the ids, parent or where expression (GET /api/twins?type=... lists)",
@@ -189,7 +192,7 @@ class BacktestService:
                 if known.any()
                 else ""
             )
-            raise InvalidInput(
+            raise EmptySelection(
                 f"no journaled observations of '{type_name}' between {format_ts(window.start)} "
                 f"and {format_ts(window.end)}{span}",
                 field="from",
@@ -247,7 +250,23 @@ class BacktestService:
         log: Callable[[str], None] = lambda _: None,
     ) -> dict:
         """Run the back-test, keep its report under `run_id` with a lineage node; a summary."""
-        started_ms, started, cpu = self.clock(), time.perf_counter(), time.thread_time()
+        started = self.clock()
+        report = self.replay(plan, progress=progress, cancelled=cancelled, log=log)
+        return self.archive.keep(run_id, plan.args, report, started)
+
+    def replay(
+        self,
+        plan: Plan,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        log: Callable[[str], None] = lambda _: None,
+        mergeable: bool = False,
+    ) -> dict:
+        """The back-test's report (kept nowhere): the lock-step replay from the newest snapshot
+        before the window, the calibration settings' back-test, the worst twins' series.
+        `mergeable` keeps what merging shards' reports needs (`livetwin.backtest.merge`)."""
+        started, cpu = time.perf_counter(), time.thread_time()
         loaded = self._start(plan.type, plan.window)
         engine, seq = loaded if loaded else (None, 0)
         total = self.core.store.journal_size(after=seq)[1]
@@ -272,11 +291,12 @@ class BacktestService:
             engine = loaded[0] if loaded else None
             main = self._lockstep(plan, engine, plan.uids, plan.plot, step, cancelled, False)
             main.feed(self.reader.journal(seq))
-        report = main.report()
+        report = main.report(samples=mergeable)
         seconds = time.perf_counter() - started
         report["seconds"] = round(seconds, 3)
         report["observations_per_s"] = round(main.replayed / seconds) if seconds else None
         report["cpu_seconds"] = round(time.thread_time() - cpu, 3)
+        report["after_seq"] = seq
         report["calibration"] = self.calibration(
             self.reader,
             self.core.store,
@@ -297,17 +317,11 @@ class BacktestService:
             narrow = self._lockstep(plan, engine, watch, watch, None, cancelled, main.use_overlay)
             narrow.feed(self.reader.journal(seq))
             report["series"] = narrow.report()["series"]
-        report["id"] = run_id
-        report["candidate"] = plan.args["candidate"]
-        report["twins"] = plan.args.get("twins")
-        self._keep(run_id, plan, report)
-        node = self._lineage(run_id, plan, report, seq, started_ms)
-        report["lineage"] = node
         log(
             f"replayed {main.replayed:,} observations in {seconds:.2f} s; "
             f"{len(report['outputs'])} outputs differ"
         )
-        return summary(report)
+        return report
 
     def _lockstep(self, plan, engine, uids, watch, step, cancelled, overlay=True) -> LockStep:
         state = engine.states.get(plan.type) if engine is not None else None
@@ -341,70 +355,6 @@ class BacktestService:
         if report["new_outputs"] and len(uids) < PLOTTED:
             uids = np.concatenate([uids, main.some_twins(PLOTTED - len(uids))])
         return np.unique(np.concatenate([plot, uids]).astype(np.int64))
-
-    # ---- keeping -----------------------------------------------------------------------------
-
-    def _keep(self, run_id: str, plan: Plan, report: dict) -> None:
-        body = orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-        with self.db.write() as conn:
-            conn.execute(
-                "INSERT INTO backtests (id, type, created, report) VALUES (?,?,?,?)"
-                " ON CONFLICT (id) DO UPDATE SET report = excluded.report",
-                (run_id, plan.type, self.clock(), body),
-            )
-
-    def report(self, backtest_id: str) -> dict | None:
-        """A kept report, or None."""
-        row = (
-            self.db.read()
-            .execute("SELECT report FROM backtests WHERE id = ?", (backtest_id,))
-            .fetchone()
-        )
-        return None if row is None else orjson.loads(row[0])
-
-    def _lineage(self, run_id: str, plan: Plan, report: dict, seq: int, started: int) -> str | None:
-        """The run's node: parents are the journal range, the recorded versions replayed and
-        the candidate; its outputs the report's summary."""
-        if self.lineage is None:
-            return None
-        name = plan.type
-        window = {"type": name, "from": plan.args["from"], "to": plan.args["to"], "after_seq": seq}
-        digest = hashlib.sha256(orjson.dumps(window)).hexdigest()[:20]
-        parents = [
-            self.lineage.ensure(
-                f"data:{name}/journal/{digest}", "data", f"{name} journal", inputs=window
-            )
-        ]
-        for version in report["baseline_versions"]:
-            parents.append(
-                self.lineage.ensure(
-                    f"type:{name}@{version}",
-                    "model",
-                    name,
-                    inputs={"type": name, "version": version},
-                )
-            )
-        spec = plan.args["candidate"]["spec"]
-        spec_hash = hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        parents.append(
-            self.lineage.ensure(
-                f"type:{name}@candidate-{spec_hash[:12]}",
-                "model",
-                f"{name} candidate",
-                inputs={"type": name, "spec": spec},
-                code_hash=spec_hash,
-            )
-        )
-        return self.lineage.record(
-            "run",
-            f"backtest:{name}",
-            id=run_id,
-            inputs={"job": "backtest", **{k: v for k, v in plan.args.items() if k != "candidate"}},
-            outputs={**summary(report), "report": f"/api/backtests/{run_id}"},
-            parents=parents,
-            started=started,
-            finished=self.clock(),
-        )
 
 
 def _calibration_differs(section: dict) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 
 from livetwin.api.stream import LiveFeed
 from livetwin.auth.devices import DeviceStore
+from livetwin.cluster.backtests import ClusterBacktests
 from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
@@ -192,6 +193,7 @@ class ClusterFrontend:
         self._layouts: dict[tuple[str, int], tuple] = {}
         self._refresh_types()
         self.lineage, self.registry = self._open_registry()
+        self.backtests = ClusterBacktests(self)
         self.devices = DeviceStore(self.open_db, clock=self.clock)  # opened on first use
         self.scheduler = self._new_scheduler()
         if self.settings.run_schedules:
@@ -203,7 +205,8 @@ class ClusterFrontend:
         front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
         functions here and workflow tasks where `workflow_kind` says: Ray tasks in a Ray
         cluster), the others are on standby and take over when it is lost. Its built-in job
-        is `calibrate`, fanned out over the shards."""
+        jobs are `calibrate` and `backtest`, fanned out over the shards."""
+        from livetwin.jobs.backtest import BACKTEST, backtest_job
         from livetwin.jobs.builtins import register_calibration
 
         scheduler = Scheduler(
@@ -219,6 +222,7 @@ class ClusterFrontend:
             workflow_kind=self.workflow_kind,
         )
         register_calibration(scheduler, self.calibrate)
+        scheduler.register_job(BACKTEST, backtest_job(self.backtests))
         self.feed.bus.subscribe(self._announce_run)
         return scheduler
 
@@ -262,6 +266,7 @@ class ClusterFrontend:
             self.mqtt.stop()
         self.feed.close()
         self.registry.stop()
+        self.backtests.close()
         self.lineage.close()
         self.devices.stop()
 

@@ -25,9 +25,10 @@ import msgspec
 import numpy as np
 
 from livetwin.api.stream import Cursor, LiveFeed
+from livetwin.backtest.service import BacktestService, EmptySelection
 from livetwin.core import TwinCore
 from livetwin.engine.batch import decode_batch, encode_batch
-from livetwin.errors import Unavailable
+from livetwin.errors import LivetwinError, Unavailable
 from livetwin.ingest.observations import Normalized
 from livetwin.query import Query
 from livetwin.settings import Settings
@@ -83,6 +84,7 @@ class Shard:
         self._conditions: dict[tuple, Any] = {}  # condition triggers compiled (`truth`)
         self._calibration_lock = threading.Lock()
         self._jobs: dict[str, ShardJob] = {}  # heavy jobs running here, by the front end's id
+        self._backtest_service = None  # made on first use
         self.started_s = round(time.perf_counter() - started, 3)
 
     def _start_alarms(self, url: str):
@@ -283,6 +285,12 @@ class Shard:
             self._jobs[job] = part
         try:
             yield part
+        except Exception as exc:
+            if not part.cancelled or isinstance(exc, LivetwinError):
+                raise
+            raise LivetwinError(
+                f"{job} was cancelled", field="job", fix="start it again"
+            ) from None  # a cancel is the user's, not the shard's failure
         finally:
             if job is not None and self._jobs.get(job) is part:
                 del self._jobs[job]
@@ -306,6 +314,42 @@ class Shard:
 
         with self._calibration_lock:
             return calibrate(self._ports(), type_name, twins, run=f"{run}-shard{self.index:02d}")
+
+    def backtest_plan(self, body: dict) -> dict | EmptySelection:
+        """A back-test request checked against this shard's twins and journal: its args, or
+        why this shard has nothing to replay (an error only when every shard says so)."""
+        try:
+            return self._backtests().plan(body).args
+        except EmptySelection as nothing:
+            return nothing
+
+    def backtest(self, body: dict, job: str | None = None) -> dict | None:
+        """This shard's part of a back-test (its twins, its journal), tracked as `job`: a
+        report to merge (`livetwin.backtest.merge`), or None when none of its twins is in it."""
+        service = self._backtests()
+        with self._job(job) as part:
+            try:
+                plan = service.plan(body)
+            except EmptySelection:
+                return None
+            return service.replay(
+                plan, progress=part.progress, cancelled=lambda: part.cancelled, mergeable=True
+            )
+
+    def _backtests(self) -> BacktestService:
+        """The single node's back-test service over this shard's core, keeping nothing (the
+        front end keeps the merged report and its lineage)."""
+        if self._backtest_service is None:
+            from livetwin.jobs.backtest_calibration import backtest_calibration
+
+            self._backtest_service = BacktestService(
+                reader=self.query,
+                core=self.core,
+                archive=None,
+                clock=self.core.clock,
+                calibration=backtest_calibration,
+            )
+        return self._backtest_service
 
     def _ports(self):
         if self._calibration_ports is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import uuid
 import zlib
 
 import httpx
@@ -15,12 +14,11 @@ import pytest
 from cluster_support import LocalShards
 from conftest import PUMP, T0
 from fastapi.testclient import TestClient
-from postgres_support import PG_URL, require_postgres
+from postgres_support import PG_URL
 
 from livetwin.api.cluster import create_cluster_app
 from livetwin.cluster.frontend import ClusterFrontend
 from livetwin.cluster.meta import (
-    drop_cluster,
     open_cluster,
     shard_of,
     shards_of,
@@ -43,14 +41,6 @@ def test_a_twin_s_shard_is_crc32_of_its_utf8_id_modulo_the_shard_count():
 def test_with_schema_sets_the_search_path_and_keeps_the_rest():
     url = with_schema("postgresql://u@h:5432/db?sslmode=require&options=-cx%3D1", "s_01")
     assert url == "postgresql://u@h:5432/db?sslmode=require&options=-csearch_path%3Ds_01"
-
-
-@pytest.fixture
-def cluster_name():
-    require_postgres()
-    name = f"lt{uuid.uuid4().hex[:10]}"
-    yield name
-    drop_cluster(PG_URL, name)
 
 
 def test_the_shard_count_is_fixed_at_creation(cluster_name):
@@ -103,19 +93,6 @@ def test_shards_may_live_in_several_databases(cluster_name):
 
 
 # ---- a front end over shards in this process -------------------------------------------------
-
-
-@pytest.fixture
-def front(cluster_name, tmp_path):
-    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
-    shards = LocalShards(meta)
-    try:
-        frontend = ClusterFrontend(meta, shards, write_timeout_s=10, data_dir=str(tmp_path))
-        with TestClient(create_cluster_app(frontend)) as client:
-            assert client.put("/api/types/pump", json=PUMP).status_code == 200
-            yield client, shards, frontend
-    finally:
-        shards.close()
 
 
 def rows(n: int, twins: int = 20, key: str | None = "k") -> list[dict]:
@@ -334,8 +311,8 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/opcua"), ("GET", "/api/backtests"),
-                         ("POST", "/api/mappings/x"), ("GET", "/api/scenarios")]:  # fmt: skip
+    for method, path in [("GET", "/api/opcua"), ("POST", "/api/mappings/x"),
+                         ("GET", "/api/scenarios")]:  # fmt: skip
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
@@ -414,6 +391,37 @@ def test_calibrating_a_type_runs_on_every_shard_at_once(front):
     run = client.post("/api/functions/cal/run", json={"type": "roller_line"}).json()
     done = wait_until(lambda: client.get(f"/api/runs/{run['id']}").json(), "succeeded")
     assert done["result"]["run"] == run["id"] and len(done["result"]["shards"]) == 4
+
+
+def test_a_heavy_job_s_progress_is_summed_over_the_shards_and_a_cancel_reaches_them(front):
+    from livetwin.errors import LivetwinError
+
+    _, shards, frontend = front
+
+    def slow(shard):
+        def work(job: str) -> int:
+            with shard._job(job) as part:
+                for i in range(60):
+                    part.progress(i + 1, 60)
+                    if part.cancelled:
+                        raise RuntimeError("stopped")
+                    time.sleep(0.02)
+                return shard.index
+
+        return work
+
+    for shard in shards.shards:
+        shard.slow = slow(shard)
+    seen: list[tuple[int, int]] = []
+    calls = {i: ("slow", "job-1") for i in range(4)}
+    answers = frontend.fan_out(calls, job="job-1", progress=lambda d, t: seen.append((d, t)))
+    assert answers == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert any(done < total for done, total in seen) and seen[-1] == (240, 240)
+    assert all(shard._jobs == {} for shard in shards.shards)  # not tracked once finished
+    calls = {i: ("slow", "job-2") for i in range(4)}
+    with pytest.raises(LivetwinError, match="job-2 was cancelled"):
+        frontend.fan_out(calls, job="job-2", cancelled=lambda: True)
+    assert [frontend.state(i) for i in range(4)] == ["live"] * 4  # a cancel is no failure
 
 
 def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
