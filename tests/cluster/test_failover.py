@@ -40,7 +40,7 @@ pytestmark = pytest.mark.services  # PostgreSQL and Ray
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 4
-KILLS = 3  # worker nodes killed one after another (a new node joins after each)
+KILLS = 5  # worker nodes killed one after another (a new node joins after each)
 RECOVERY_LIMIT_S = 10.0
 
 
