@@ -181,3 +181,46 @@ def test_weighted_quantiles_equal_numpy_s_for_equal_weights_and_honour_weights()
     assert weighted_quantiles(x[:200], np.full(200, 3.0), qs) == pytest.approx(
         np.quantile(thinned, qs), abs=0.05
     )
+
+
+def test_a_calibration_back_test_on_the_cluster_equals_the_single_node_one(front, platform, clock):
+    """Changed calibration settings on a roller fleet spread over the shards: each shard
+    filters its own lines under both settings; errors and coverage combine exactly."""
+    from calibration_support import STEP_MS, feed
+    from conftest import T0
+
+    from livetwin.examples.rollers import DRAGS, ROLLER_TYPE, SPEEDS, roller_fleet
+
+    _, _, frontend = front
+    ids = [f"line-{i}" for i in range(8)]
+    assert len(set(shards_of(ids, 4))) > 1
+    clock.now = T0 + 10**8
+    spec = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "backend": "numpy"}}
+    for target in (platform, _Writer(frontend)):
+        target.put_type("roller_line", spec)
+        feed(target, roller_fleet(len(ids), seed=5), ids, 120, 0)
+    body = {
+        "type": "roller_line",
+        "candidate": {"patch": {"calibration": {"measurement_noise": {w: 1.0 for w in SPEEDS}}}},
+        "from": T0,
+        "to": T0 + 120 * STEP_MS,
+    }
+    single, cluster = (
+        service.report(service.run(service.plan(body), f"run_cal_{name}")["backtest"])
+        for name, service in (("one", platform.backtests), ("many", frontend.backtests))
+    )
+    one, many = single["calibration"], cluster["calibration"]
+    assert many["twins"] == one["twins"] == len(ids) and many["steps"] == one["steps"]
+    assert len(many["shards"]) == len(set(shards_of(ids, 4)))
+    for o, m in zip(one["outputs"], many["outputs"], strict=True):
+        assert m["better"] == o["better"]
+        for side in ("baseline", "candidate"):
+            assert m[side]["predictions"] == o[side]["predictions"]
+            for key in ("rms_error", "coverage_95"):
+                assert m[side][key] == pytest.approx(o[side][key], rel=1e-9), (side, key)
+    parameters = {p["name"]: p for p in many["parameters"]}
+    for p in one["parameters"]:
+        assert parameters[p["name"]]["twins_affected"] == p["twins_affected"]
+        assert parameters[p["name"]]["max_abs_diff"] == pytest.approx(p["max_abs_diff"])
+        assert parameters[p["name"]]["rms_diff"] == pytest.approx(p["rms_diff"], rel=1e-9)
+    assert set(parameters) == set(DRAGS) | {p["name"] for p in one["parameters"]}
