@@ -11,7 +11,10 @@ Ray actors in a deployment (`RayShards`), plain objects in the unit tests.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +63,7 @@ LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported l
 HEAVY_TIMEOUT_S = 24 * 3600.0  # the longest a heavy job's part may run on a shard
 POLL_S = 0.5  # how often a heavy job's progress is asked for and a cancel passed on
 RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
+FRONT_END = "front_end"  # the field of a run notice naming the front end whose leader ran it
 
 
 class Shards(Protocol):
@@ -172,6 +176,7 @@ class ClusterFrontend:
         workflow_kind: str = "thread",
     ):
         self.meta, self.shards, self.data_dir = meta, shards, data_dir
+        self.ident = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.workflow_kind = workflow_kind  # "ray" in a Ray cluster: workflow tasks on any node
         self.settings = settings or Settings()
         self.clock = clock
@@ -227,11 +232,14 @@ class ClusterFrontend:
         return scheduler
 
     def _announce_run(self, event: Any) -> None:
-        """A run notice of this front end's scheduler goes to shard 0's webhook service, where
-        the cluster's subscriptions hear it (not waited for: lost if shard 0 is down then)."""
+        """A run notice of this front end's scheduler goes to shard 0, marked with this front
+        end (`data.front_end`): the cluster's webhook subscriptions hear it there, and every
+        other front end's live stream through shard 0's feed (not waited for: lost if shard 0
+        is down then). Notices that came from shard 0 carry their front end and stay here."""
         if isinstance(event, Notice) and event.kind in RUN_NOTICES:
-            call = self.shards.call(0, "webhook", "announce", event)
-            call.add_done_callback(_log_failure)
+            if FRONT_END not in event.data:
+                marked = Notice(event.kind, event.id, {**event.data, FRONT_END: self.ident})
+                self.shards.call(0, "announce", marked).add_done_callback(_log_failure)
 
     def _open_registry(self) -> tuple[LineageStore, Registry]:
         """The model registry and lineage of the cluster: the single node's services over the
@@ -1040,6 +1048,12 @@ class ClusterFeed:
                 time.sleep(self.POLL_S)
 
     def _publish(self, event: Any) -> None:
+        if (
+            isinstance(event, Notice)
+            and event.kind in RUN_NOTICES
+            and event.data.get(FRONT_END) == self.frontend.ident
+        ):
+            return  # this front end's own run notice: published here when it was made
         with self._lock:
             if isinstance(event, StateChanged):
                 self._seq += 1

@@ -251,9 +251,14 @@ class Shard:
             raise ValueError(f"not a shard alarm call: {method}")
         return getattr(self.alarms, method)(*args, **kwargs)
 
+    def announce(self, notice: Any) -> None:
+        """A front end's run notice, published on this shard's bus: its webhook service sends
+        it to the cluster's subscriptions and its feed hands it to every front end's stream."""
+        self.core.bus.publish(notice)
+
     def webhook(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One call of the shard's webhook service: create, subscriptions, get, delete,
-        deliveries, dead, redeliver, announce (a front end's run notice)."""
+        deliveries, dead, redeliver."""
         if method not in WEBHOOK_CALLS:
             raise ValueError(f"not a shard webhook call: {method}")
         if self.webhooks is None:
@@ -402,7 +407,7 @@ CONFIGS = frozenset(
 CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 WEBHOOK_CALLS = frozenset(
-    {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver", "announce"}
+    {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver"}
 )
 READS = frozenset(
     {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}

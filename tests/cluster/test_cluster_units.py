@@ -524,6 +524,39 @@ def test_one_front_end_leads_the_scheduler_and_the_others_stand_by(front, tmp_pa
         other.close()
 
 
+def test_every_front_end_s_live_stream_shows_the_leader_s_run_notices_once(front, tmp_path):
+    from livetwin.engine.events import Notice
+
+    client, shards, frontend = front
+    other = ClusterFrontend(frontend.meta, shards, data_dir=str(tmp_path / "second"))
+    heard: dict[str, list[Notice]] = {"leader": [], "standby": []}
+    try:
+        assert other.scheduler.role == "standby"
+        for name, end in (("leader", frontend), ("standby", other)):
+            end.feed.follow()
+            end.feed.bus.subscribe(
+                lambda e, name=name: heard[name].append(e) if isinstance(e, Notice) else None
+            )
+        time.sleep(0.5)  # both follow shard 0's feed from now on
+        frontend.scheduler.register("hello", lambda ctx: "hi")
+        run = client.post("/api/functions/hello/run", json={})
+        assert run.status_code in (200, 202), run.text
+        run_id = run.json()["id"]
+        deadline = time.monotonic() + 15
+        while not [n for n in heard["standby"] if n.id == run_id or run_id in str(n.data)]:
+            assert time.monotonic() < deadline, heard
+            time.sleep(0.1)
+        time.sleep(0.5)  # the leader's copy from shard 0 would have come back by now
+        for name in heard:
+            mine = [n for n in heard[name] if n.kind == "run" and n.data.get("run") == run_id]
+            assert len(mine) == 1, (name, mine)
+            assert mine[0].data["state"] == "succeeded"
+            if name == "standby":  # it came through shard 0, naming the front end that ran it
+                assert mine[0].data["front_end"] == frontend.ident
+    finally:
+        other.close()
+
+
 def test_a_condition_trigger_is_evaluated_on_the_shards_of_the_twins_that_changed(front):
     client, _, frontend = front
     frontend.scheduler.register("hot", lambda ctx: ctx.trigger["twin"])

@@ -343,11 +343,6 @@ class WebhookService:
             )
         return sub
 
-    def announce(self, notice: Notice) -> None:
-        """Take a notice published elsewhere (a cluster front end's run notices) as if it had
-        come on the bus."""
-        self._on_event(notice)
-
     # ---- bus -> inbox (on the publishing thread: quick) ------------------------------------
 
     def _on_event(self, event: Event) -> None:
