@@ -32,7 +32,7 @@ from livetwin.cluster.backtests import ClusterBacktests
 from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
-from livetwin.engine.events import EventBus, Notice, StateChanged
+from livetwin.engine.events import EventBus, Notice, StateChanged, TypeDefined
 from livetwin.errors import (
     Conflict,
     InvalidInput,
@@ -63,7 +63,8 @@ LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported l
 HEAVY_TIMEOUT_S = 24 * 3600.0  # the longest a heavy job's part may run on a shard
 POLL_S = 0.5  # how often a heavy job's progress is asked for and a cancel passed on
 RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
-FRONT_END = "front_end"  # the field of a run notice naming the front end whose leader ran it
+FRONT_END = "front_end"  # the field of a front end's notice naming it (run, type)
+TYPE_NOTICE = "type"  # a front end's notice that it declared a type (relayed by shard 0)
 
 
 class Shards(Protocol):
@@ -210,9 +211,10 @@ class ClusterFrontend:
         front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
         functions here and workflow tasks where `workflow_kind` says: Ray tasks in a Ray
         cluster), the others are on standby and take over when it is lost. Its built-in job
-        jobs are `calibrate` and `backtest`, fanned out over the shards."""
+        jobs are `calibrate`, `backtest` and `compact`, fanned out over the shards."""
         from livetwin.jobs.backtest import BACKTEST, backtest_job
-        from livetwin.jobs.builtins import register_calibration
+        from livetwin.jobs.builtins import register_calibration, register_compaction
+        from livetwin.jobs.retention import compact_job
 
         scheduler = Scheduler(
             clock=self.clock,
@@ -228,6 +230,11 @@ class ClusterFrontend:
         )
         register_calibration(scheduler, self.calibrate)
         scheduler.register_job(BACKTEST, backtest_job(self.backtests))
+        register_compaction(
+            scheduler,
+            compact_job(self.apply_retention, self.compact_journal, self.clock),
+            self.settings.journal_retention,
+        )
         self.feed.bus.subscribe(self._announce_run)
         return scheduler
 
@@ -238,8 +245,12 @@ class ClusterFrontend:
         is down then). Notices that came from shard 0 carry their front end and stay here."""
         if isinstance(event, Notice) and event.kind in RUN_NOTICES:
             if FRONT_END not in event.data:
-                marked = Notice(event.kind, event.id, {**event.data, FRONT_END: self.ident})
-                self.shards.call(0, "announce", marked).add_done_callback(_log_failure)
+                self._announce(event)
+
+    def _announce(self, notice: Notice) -> None:
+        """Publish a notice of this front end on shard 0, marked with this front end."""
+        marked = Notice(notice.kind, notice.id, {**notice.data, FRONT_END: self.ident})
+        self.shards.call(0, "announce", marked).add_done_callback(_log_failure)
 
     def _open_registry(self) -> tuple[LineageStore, Registry]:
         """The model registry and lineage of the cluster: the single node's services over the
@@ -410,10 +421,20 @@ class ClusterFrontend:
             return dict(self._types)
 
     def put_type(self, name: str, spec: dict) -> dict:
-        """Declare or change a type on every shard (each keeps the same versions)."""
+        """Declare or change a type on every shard (each keeps the same versions); every front
+        end's scheduler hears of it (`_type_defined`)."""
         answers = self._all("put_type", name, spec, timeout=self.write_timeout_s)
         self._refresh_types()
+        self._type_defined(name)
+        notice = Notice(TYPE_NOTICE, f"{name}@{answers[0]['version']}", {"type": name})
+        self._announce(notice)  # the other front ends hear it through shard 0's feed
         return answers[0]
+
+    def _type_defined(self, name: str) -> None:
+        """Tell this front end's scheduler (system schedules) of a type's current version."""
+        ctype = self.compiled_types().get(name)
+        if ctype is not None:
+            self.feed.bus.publish(TypeDefined(0, ctype))
 
     def get_type(self, name: str, version: int | None = None) -> dict:
         return self._one(0, "read", "get_type", name, version)
@@ -783,6 +804,27 @@ class ClusterFrontend:
     def calibration(self, twin_id: str) -> dict:
         return self._one(self.shard(twin_id), "calibration", twin_id)
 
+    def apply_retention(self, type_name: str, now: int) -> dict:
+        """A type's retention (rollups, deletes) applied by every shard to its own twins' history
+        at once; the shards' counts summed, each shard's result under `shards`."""
+        calls = {i: ("compact", type_name, now) for i in range(self.shards.count)}
+        return summed(self.fan_out(calls))
+
+    def compact_journal(self, now: int) -> dict:
+        """Every shard's journal compacted per this front end's `journal_retention` (the
+        leader's setting is the cluster's); summed, each shard's under `shards`."""
+        from livetwin.jobs.retention import journal_retention_ms
+
+        keep = journal_retention_ms(self.settings.journal_retention)
+        if keep is None:
+            return {"journal_retention": None}
+        calls = {i: ("compact_journal", keep, now) for i in range(self.shards.count)}
+        answers = self.fan_out(calls)  # each shard's cut: {upto, deleted, base_seq}
+        return {
+            "deleted": sum(a["deleted"] for a in answers.values()),
+            "shards": {str(i): answers[i] for i in sorted(answers)},
+        }
+
     def calibration_runs(self, type_name: str, limit: int = 20) -> list[dict]:
         """Every shard's recent runs of a type (its part of each cluster run), newest first."""
         runs = [
@@ -975,6 +1017,21 @@ class ClusterWebhooks:
         return {"id": sub_id, "requeued": sum(a["requeued"] for a in answers.values())}
 
 
+def summed(answers: dict[int, dict]) -> dict:
+    """The shards' results of a job whose numbers are counts as one: the counts added up (in
+    nested objects too), other values the first shard's; each shard's own under `shards`."""
+
+    def add(parts: list) -> Any:
+        if all(isinstance(p, dict) for p in parts):
+            return {k: add([p[k] for p in parts if k in p]) for k in dict.fromkeys(
+                k for p in parts for k in p)}  # fmt: skip
+        numbers = all(isinstance(p, int | float) and not isinstance(p, bool) for p in parts)
+        return sum(parts) if numbers else parts[0]
+
+    ordered = [answers[i] for i in sorted(answers)]
+    return {**add(ordered), "shards": {str(i): answers[i] for i in sorted(answers)}}
+
+
 def _quiet(call: Future) -> None:
     """A call whose answer does not matter (a cancel passed on): its failure is not raised."""
     call.exception()
@@ -1048,12 +1105,12 @@ class ClusterFeed:
                 time.sleep(self.POLL_S)
 
     def _publish(self, event: Any) -> None:
-        if (
-            isinstance(event, Notice)
-            and event.kind in RUN_NOTICES
-            and event.data.get(FRONT_END) == self.frontend.ident
-        ):
-            return  # this front end's own run notice: published here when it was made
+        if isinstance(event, Notice) and event.data.get(FRONT_END) == self.frontend.ident:
+            return  # this front end's own notice: published here when it was made
+        if isinstance(event, Notice) and event.kind == TYPE_NOTICE:  # another front end's type
+            self.frontend._refresh_types()
+            self.frontend._type_defined(event.data["type"])
+            return
         with self._lock:
             if isinstance(event, StateChanged):
                 self._seq += 1

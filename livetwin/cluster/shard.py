@@ -320,6 +320,18 @@ class Shard:
         with self._calibration_lock:
             return calibrate(self._ports(), type_name, twins, run=f"{run}-shard{self.index:02d}")
 
+    def compact(self, type_name: str, now: int) -> dict:
+        """A type's retention applied to this shard's history (`compact_type`)."""
+        from livetwin.jobs.retention import compact_type
+
+        return compact_type(self.query, type_name, now)
+
+    def compact_journal(self, keep_ms: int, now: int) -> dict:
+        """This shard's journal cut behind its newest snapshot, keeping `keep_ms`."""
+        from livetwin.journal import compaction
+
+        return compaction.compact(self.core, keep_ms, now)
+
     def backtest_plan(self, body: dict) -> dict | EmptySelection:
         """A back-test request checked against this shard's twins and journal: its args, or
         why this shard has nothing to replay (an error only when every shard says so)."""

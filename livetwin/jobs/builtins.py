@@ -17,7 +17,14 @@ from livetwin.jobs.calibration import CALIBRATE_FUNCTION, calibrate_job, calibra
 from livetwin.jobs.imports import import_job
 from livetwin.jobs.inactivity import check_inactivity_job
 from livetwin.jobs.ports import BaselinePorts
-from livetwin.jobs.retention import COMPACT, COMPACT_FUNCTION, compact_job, retention_schedules
+from livetwin.jobs.retention import (
+    COMPACT,
+    COMPACT_FUNCTION,
+    compact_job,
+    compact_journal,
+    compact_type,
+    retention_schedules,
+)
 from livetwin.jobs.scenario import SCENARIO_FUNCTION
 from livetwin.schedule.model import SYSTEM
 
@@ -50,9 +57,10 @@ def register_builtins(
     scheduler.register_job("check-inactivity", partial(check_inactivity_job, platform=ports))
     if import_file is not None:
         scheduler.register_job("import", import_job(import_file, s3_client))
-    scheduler.register_job(COMPACT, compact_job(query, clock))
-    scheduler.add_system_schedules(
-        retention_schedules(query.settings.journal_retention), {COMPACT: COMPACT_FUNCTION}
+    register_compaction(
+        scheduler,
+        compact_job(partial(compact_type, query), partial(compact_journal, query.core), clock),
+        query.settings.journal_retention,
     )
     if backtests is not None:
         scheduler.register_job(BACKTEST, backtest_job(backtests))
@@ -71,3 +79,12 @@ def register_calibration(scheduler: Any, calibrate: Callable[..., dict]) -> None
     `calibration.every` (all a cluster front end registers: its `calibrate` fans out)."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
+
+
+def register_compaction(scheduler: Any, job: Callable, journal_retention: str | None) -> None:
+    """The `compact` job and the system schedules of the types that declare a `retention` (and
+    of the journal when `journal_retention` is set)."""
+    scheduler.register_job(COMPACT, job)
+    scheduler.add_system_schedules(
+        retention_schedules(journal_retention), {COMPACT: COMPACT_FUNCTION}
+    )

@@ -173,20 +173,26 @@ def compact_journal(core: TwinCore, now: int) -> dict:
     return compaction.compact(core, keep, now)
 
 
-def compact_job(reader: Query, clock: Callable[[], int]) -> Callable[[RunContext], dict]:
-    """The built-in job `compact`: args {type} applies one type's retention, {journal: true}
-    compacts the journal."""
+def compact_job(
+    apply_retention: Callable[[str, int], dict],
+    journal: Callable[[int], dict],
+    clock: Callable[[], int],
+) -> Callable[[RunContext], dict]:
+    """The built-in job `compact`: args {type} applies one type's retention
+    (`apply_retention(type, now)`), {journal: true} compacts the journal (`journal(now)`). A
+    single node passes its core's (`compact_type`, `compact_journal`), a cluster front end its
+    shards' (each compacts its own)."""
 
     def run(ctx: RunContext) -> dict:
         now = clock()
         if ctx.args.get("journal"):
-            result = compact_journal(reader.core, now)
+            result = journal(now)
             ctx.log(f"journal: {result}")
             return result
         type_name = ctx.args.get("type")
         if not isinstance(type_name, str):
             raise ValueError("compact needs args.type (a twin type) or args.journal: true")
-        result = compact_type(reader, type_name, now)
+        result = apply_retention(type_name, now)
         ctx.log(f"{type_name}: {result}")
         return result
 

@@ -424,6 +424,58 @@ def test_a_heavy_job_s_progress_is_summed_over_the_shards_and_a_cancel_reaches_t
     assert [frontend.state(i) for i in range(4)] == ["live"] * 4  # a cancel is no failure
 
 
+def test_retention_and_journal_compaction_run_on_every_shard(cluster_name, tmp_path):
+    """A type with a retention gets its system schedule on the front end; the `compact` run
+    rolls up and deletes on every shard, the journal is cut on every shard."""
+    from conftest import FakeClock
+    from store.test_retention import HOUR, SENSOR, SPAN, STEP
+
+    from livetwin.settings import Settings
+
+    clock = FakeClock(T0 + SPAN)
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards = LocalShards(meta)
+    settings = Settings(journal_retention="1h")
+    frontend = ClusterFrontend(meta, shards, settings=settings, clock=clock, data_dir=str(tmp_path))
+    try:
+        frontend.put_type("sensor", SENSOR)
+        twins = [f"s-{i}" for i in range(8)]
+        assert len(set(shards_of(twins, 4))) > 1
+        for start in range(T0, T0 + SPAN, HOUR):
+            rows = [
+                {"twin": t, "type": "sensor", "ts": ts, "values": {"temp": 20.0 + k, "load": 1.0}}
+                for ts in range(start, start + HOUR, STEP)
+                for k, t in enumerate(twins)
+            ]
+            assert frontend.submit(rows).result(30).accepted == len(rows)
+        for shard in shards.shards:
+            shard.core.snapshot()  # flushes history; the journal can be cut behind it
+        scheduler = frontend.scheduler
+        deadline = time.monotonic() + 15  # the type reaches the scheduler through the feed
+        while {"compact.sensor", "compact.journal"} - {
+            s["id"] for s in scheduler.schedules(namespace="system")
+        }:
+            assert time.monotonic() < deadline, scheduler.schedules(namespace="system")
+            time.sleep(0.1)
+        run = scheduler.wait(scheduler.run_schedule("compact.sensor")["id"], 60)
+        assert run["state"] == "succeeded", run
+        result = run["result"]
+        assert set(result["shards"]) == {"0", "1", "2", "3"}
+        assert result["raw_deleted"] == sum(s["raw_deleted"] for s in result["shards"].values())
+        assert all(s["raw_deleted"] > 0 for s in result["shards"].values())  # raw: 2h
+        for twin in twins:  # older than the raw retention: the 1h rollups answer, on each shard
+            hourly = frontend.history(twin, ["load"], start=T0, every="1h", agg="count")
+            assert hourly["resolution"] == "1h" and hourly["series"]["load"][0] == HOUR / STEP
+        clock.now = int(time.time() * 1000) + 2 * HOUR  # the journal was written on the shards'
+        run = scheduler.wait(scheduler.run_schedule("compact.journal")["id"], 60)  # wall clock
+        assert run["state"] == "succeeded", run
+        cut = run["result"]
+        assert cut["deleted"] > 0 and all(s["upto"] > 0 for s in cut["shards"].values())
+    finally:
+        frontend.close()
+        shards.close()
+
+
 def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
     from livetwin.api.auth import install_auth
 
@@ -553,6 +605,26 @@ def test_every_front_end_s_live_stream_shows_the_leader_s_run_notices_once(front
             assert mine[0].data["state"] == "succeeded"
             if name == "standby":  # it came through shard 0, naming the front end that ran it
                 assert mine[0].data["front_end"] == frontend.ident
+    finally:
+        other.close()
+
+
+def test_a_type_declared_on_a_standby_front_end_reaches_the_leader_s_schedules(front, tmp_path):
+    from store.test_retention import SENSOR
+
+    client, shards, frontend = front
+    frontend.feed.follow()
+    other = ClusterFrontend(frontend.meta, shards, data_dir=str(tmp_path / "second"))
+    try:
+        assert other.scheduler.role == "standby"
+        other.put_type("sensor", SENSOR)  # a retention: the leader schedules its compaction
+        deadline = time.monotonic() + 15
+        while "compact.sensor" not in {
+            s["id"] for s in frontend.scheduler.schedules(namespace="system")
+        }:
+            assert time.monotonic() < deadline, "the leader never heard of the type"
+            time.sleep(0.1)
+        assert "sensor" in frontend.compiled_types()  # and checks its rows
     finally:
         other.close()
 
