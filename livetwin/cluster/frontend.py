@@ -748,7 +748,7 @@ class ClusterFrontend:
             if answer.done() and answer.exception() is None and answer.result() is not None:
                 parts[i] = answer.result()
         for i, future in futures.items():
-            if future.done() and i in parts:
+            if i in parts and future.done() and future.exception() is None:  # finished
                 parts[i] = (parts[i][1], parts[i][1])
         if parts:
             progress(sum(d for d, _ in parts.values()), sum(t for _, t in parts.values()))
