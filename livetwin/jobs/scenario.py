@@ -190,7 +190,9 @@ class Scenarios:
         store.started(scenario_id, started)
 
         def advanced(done: int, total: int) -> None:
-            store.progress(scenario_id, min(1.0, done / total) if total else 0.0)
+            if not total:
+                return  # nothing known yet (a cluster's shards that have not started)
+            store.progress(scenario_id, min(1.0, done / total))
             if progress is not None:
                 progress(done, total)
 
