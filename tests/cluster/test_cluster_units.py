@@ -10,6 +10,7 @@ import zlib
 
 import httpx
 import orjson
+import psycopg
 import pytest
 from cluster_support import LocalShards
 from conftest import PUMP, T0
@@ -477,6 +478,9 @@ def test_a_scenario_is_forecast_by_the_shards_as_a_single_node_forecasts_it(roll
     got = client.get(f"/api/scenarios/{made.json()['id']}", params={"twin": ids}).json()
     assert got["status"] == "succeeded" and got["progress"] == 1
     assert client.get("/api/scenarios").json()[0]["id"] == made.json()["id"]
+    with psycopg.connect(PG_URL) as conn:  # kept in the cluster's service schema
+        stored = conn.execute(f"SELECT id FROM {frontend.meta.name}_scenarios.scenarios")
+        assert stored.fetchall() == [(made.json()["id"],)]
 
     settings = Settings(run_schedules=True, webhooks=False)
     with Platform(tmp_path / "single", settings=settings) as single:
