@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from livetwin.scenario.request import ScenarioRequest
     from livetwin.spec.types import CompiledType
 
+CHECK_TIMEOUT_S = 60.0  # a shard's check reads the history of recorded inputs
+
 
 def cluster_scenarios(frontend: ClusterFrontend) -> Scenarios:
     """The scenario service of a front end (shared by every front end through PostgreSQL)."""
@@ -56,7 +58,7 @@ class ClusterForecasts:
     def check(self, request: ScenarioRequest) -> None:
         _, parts = self._parts(request)
         calls = {i: ("scenario_check", request, *part) for i, part in parts.items()}
-        self.frontend._some(calls, timeout=self.frontend.write_timeout_s)
+        self.frontend.fan_out(calls, timeout=CHECK_TIMEOUT_S)
 
     def forecast(
         self,
