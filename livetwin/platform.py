@@ -41,7 +41,7 @@ from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
 from livetwin.jobs.retention import journal_retention_ms
-from livetwin.jobs.scenario import ScenarioPorts, Scenarios
+from livetwin.jobs.scenario import Forecaster, ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.namespaces import check_namespace
@@ -143,8 +143,7 @@ class Platform:
         self.scenarios = Scenarios(
             ScenarioPorts(
                 clock=self.clock,
-                reader=self.query,
-                calibrations=self.core.store,
+                forecasts=Forecaster(self.query, self.core.store),
                 open_db=self.open_db,
                 lineage=self.lineage,
                 models=self.registry.store,

@@ -147,6 +147,11 @@ class Query:
             st, _ = self.core.engine.locate(twin_id)
             return st.ctype
 
+    def twin_types(self, twin_ids: list[str]) -> dict[str, str | None]:
+        """The type name of each twin, in the order given (None: no such twin)."""
+        with self.core.lock:
+            return {twin: self.core.engine.type_of.get(twin) for twin in twin_ids}
+
     # ---- twins -----------------------------------------------------------------------------
 
     def twin(self, twin_id: str) -> dict:

@@ -1,7 +1,7 @@
 """The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
-registry, lineage, scheduler, webhook and device routes (the same route functions as a single
-node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the
-limit for every other /api route (docs/cluster.md)."""
+registry, lineage, scheduler, back-test, scenario, webhook and device routes (the same route
+functions as a single node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and
+a 501 naming the limit for every other /api route (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
 from livetwin.api.registry import lineage_routes, registry_routes
+from livetwin.api.scenarios import scenario_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.twins import twin_routes
 from livetwin.api.webhooks import webhook_routes
@@ -72,6 +73,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     lineage_routes(app, frontend.lineage)
     schedule_routes(app, frontend.scheduler)
     backtest_routes(app, frontend.backtests, frontend.scheduler)
+    scenario_routes(app, frontend.scenarios)
     webhook_routes(app, frontend.webhooks)
     device_routes(app, frontend.devices)
     login_routes(app)

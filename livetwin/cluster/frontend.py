@@ -30,6 +30,7 @@ from livetwin.api.stream import LiveFeed
 from livetwin.auth.devices import DeviceStore
 from livetwin.cluster.backtests import ClusterBacktests
 from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
+from livetwin.cluster.scenarios import cluster_scenarios
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
 from livetwin.engine.events import EventBus, Notice, StateChanged, TypeDefined
@@ -201,6 +202,7 @@ class ClusterFrontend:
         self.lineage, self.registry = self._open_registry()
         self.backtests = ClusterBacktests(self)
         self.devices = DeviceStore(self.open_db, clock=self.clock)  # opened on first use
+        self.scenarios = cluster_scenarios(self)
         self.scheduler = self._new_scheduler()
         if self.settings.run_schedules:
             self.scheduler.start()
@@ -210,10 +212,14 @@ class ClusterFrontend:
         """The single node's scheduler over the cluster's `<cluster>_schedule` schema: every
         front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
         functions here and workflow tasks where `workflow_kind` says: Ray tasks in a Ray
-        cluster), the others are on standby and take over when it is lost. Its built-in job
-        jobs are `calibrate`, `backtest` and `compact`, fanned out over the shards."""
+        cluster), the others are on standby and take over when it is lost. Its built-in jobs
+        are `calibrate`, `backtest`, `scenario` and `compact`, fanned out over the shards."""
         from livetwin.jobs.backtest import BACKTEST, backtest_job
-        from livetwin.jobs.builtins import register_calibration, register_compaction
+        from livetwin.jobs.builtins import (
+            register_calibration,
+            register_compaction,
+            register_scenarios,
+        )
         from livetwin.jobs.retention import compact_job
 
         scheduler = Scheduler(
@@ -235,6 +241,7 @@ class ClusterFrontend:
             compact_job(self.apply_retention, self.compact_journal, self.clock),
             self.settings.journal_retention,
         )
+        register_scenarios(scheduler, self.scenarios)
         self.feed.bus.subscribe(self._announce_run)
         return scheduler
 
@@ -284,6 +291,7 @@ class ClusterFrontend:
         if self.mqtt is not None:
             self.mqtt.stop()
         self.feed.close()
+        self.scenarios.close()
         self.registry.stop()
         self.backtests.close()
         self.lineage.close()
@@ -470,10 +478,9 @@ class ClusterFrontend:
         if twins is None:
             calls = {i: ("truth", type_name, source, None) for i in range(self.shards.count)}
         else:
-            picked: dict[int, list[str]] = {}
-            for twin in twins:
-                picked.setdefault(self.shard(twin), []).append(twin)
-            calls = {i: ("truth", type_name, source, ids) for i, ids in picked.items()}
+            calls = {
+                i: ("truth", type_name, source, ids) for i, ids in self.by_shard(twins).items()
+            }
         answers = [a for _, a in sorted(self._some(calls).items()) if a is not None]
         ids = [twin for found, _ in answers for twin in found]
         held = [truth for _, truth in answers]
@@ -616,6 +623,20 @@ class ClusterFrontend:
 
     def shard(self, twin_id: str) -> int:
         return shards_of([twin_id], self.shards.count)[0]
+
+    def by_shard(self, twin_ids: list[str]) -> dict[int, list[str]]:
+        """The twins of each shard, in shard order (each in the order given)."""
+        parts: dict[int, list[str]] = {}
+        for twin, shard in zip(twin_ids, shards_of(twin_ids, self.shards.count), strict=True):
+            parts.setdefault(shard, []).append(twin)
+        return dict(sorted(parts.items()))
+
+    def twin_types(self, twin_ids: list[str]) -> dict[str, str | None]:
+        """The type name of each twin, in the order given (None: no such twin), asked of the
+        twins' shards at once."""
+        calls = {i: ("read", "twin_types", ids) for i, ids in self.by_shard(twin_ids).items()}
+        found = {t: name for answer in self._some(calls).values() for t, name in answer.items()}
+        return {twin: found[twin] for twin in twin_ids}
 
     def twin(self, twin_id: str) -> dict:
         return self._one(self.shard(twin_id), "read", "twin", twin_id)
@@ -769,7 +790,7 @@ class ClusterFrontend:
             if answer.done() and answer.exception() is None and answer.result() is not None:
                 parts[i] = answer.result()
         for i, future in futures.items():
-            if future.done() and i in parts:
+            if i in parts and future.done() and future.exception() is None:  # finished
                 parts[i] = (parts[i][1], parts[i][1])
         if parts:
             progress(sum(d for d, _ in parts.values()), sum(t for _, t in parts.values()))
@@ -780,12 +801,9 @@ class ClusterFrontend:
         from livetwin.jobs.calibration import new_run_id
 
         run = run or new_run_id("calibrate")
-        if twins is None:
-            chosen = {i: None for i in range(self.shards.count)}
-        else:
-            chosen = {}
-            for twin in twins:
-                chosen.setdefault(self.shard(twin), []).append(twin)
+        chosen = (
+            self.by_shard(twins) if twins is not None else dict.fromkeys(range(self.shards.count))
+        )
         calls = {i: ("calibrate", type_name, ids, run) for i, ids in chosen.items()}
         answers = self.fan_out(calls, timeout=3600)
         records = [answers[i] for i in sorted(answers)]

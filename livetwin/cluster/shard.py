@@ -215,8 +215,8 @@ class Shard:
         }
 
     def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One of the core's read views (`Query`): get_type, list_types, twin, twins,
-        history, observations, aggregate, stale_after."""
+        """One of the core's read views (`Query`): get_type, list_types, twin, twin_types,
+        twins, history, observations, aggregate, layout."""
         if method not in READS:
             raise ValueError(f"not a shard read: {method}")
         return getattr(self.query, method)(*args, **kwargs)
@@ -311,6 +311,28 @@ class Shard:
         if part is not None:
             part.cancelled = True
         return part is not None
+
+    def scenario_check(self, request: Any, type_name: str, twins: list[str], total: int) -> None:
+        """Every check a cluster scenario's run makes on this shard's twins of it (`total`: the
+        scenario's twins, which its limits count): InvalidInput naming the field."""
+        self._forecaster().fork(request, type_name, twins, total)
+
+    def scenario(
+        self, request: Any, type_name: str, twins: list[str], total: int, job: str
+    ) -> tuple[dict, dict]:
+        """Fork and forecast this shard's twins of a cluster scenario (their calibrated filter
+        state and history are here) as the part `job` of its run; the front end merges the
+        shards' summaries and series (`merge_forecasts`)."""
+        with self._job(job) as part:
+            return self._forecaster().forecast_twins(
+                request, type_name, twins, total=total, progress=part.progress,
+                cancelled=lambda: part.cancelled,
+            )  # fmt: skip
+
+    def _forecaster(self):
+        from livetwin.jobs.scenario import Forecaster
+
+        return Forecaster(self.query, self.core.store)
 
     def calibrate(self, type_name: str, twins: list[str] | None, run: str) -> dict:
         """Calibrate this shard's twins of a type (the batched filter over all of them) as the
@@ -422,8 +444,9 @@ WEBHOOK_CALLS = frozenset(
     {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver"}
 )
 READS = frozenset(
-    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}
-)
+    {"get_type", "list_types", "twin", "twin_types", "twins", "history", "observations",
+     "aggregate", "layout"}
+)  # fmt: skip
 
 
 def shard_name(cluster: str, index: int) -> str:

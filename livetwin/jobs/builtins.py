@@ -65,18 +65,12 @@ def register_builtins(
     if backtests is not None:
         scheduler.register_job(BACKTEST, backtest_job(backtests))
     if scenarios is not None:
-        scheduler.register_job("scenario", scenarios.job())
-
-        def queue_scenario(args: dict) -> str:  # the function is declared on first use
-            scheduler.define_function("scenario", SCENARIO_FUNCTION, SYSTEM)
-            return scheduler.run_function("scenario", SYSTEM, args)["id"]
-
-        scenarios.queue = queue_scenario
+        register_scenarios(scheduler, scenarios)
 
 
 def register_calibration(scheduler: Any, calibrate: Callable[..., dict]) -> None:
     """The `calibrate` job and the system schedules of the types that declare
-    `calibration.every` (all a cluster front end registers: its `calibrate` fans out)."""
+    `calibration.every` (a cluster front end registers them with its fanned-out `calibrate`)."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
 
@@ -88,3 +82,15 @@ def register_compaction(scheduler: Any, job: Callable, journal_retention: str | 
     scheduler.add_system_schedules(
         retention_schedules(journal_retention), {COMPACT: COMPACT_FUNCTION}
     )
+
+
+def register_scenarios(scheduler: Any, scenarios: Any) -> None:
+    """The `scenario` job of `scenarios` (a `Scenarios`), which queues its runs here (a single
+    node's, and a cluster front end's: its scenarios are forecast by the shards)."""
+    scheduler.register_job("scenario", scenarios.job())
+
+    def queue_scenario(args: dict) -> str:  # the function is declared on first use
+        scheduler.define_function("scenario", SCENARIO_FUNCTION, SYSTEM)
+        return scheduler.run_function("scenario", SYSTEM, args)["id"]
+
+    scenarios.queue = queue_scenario

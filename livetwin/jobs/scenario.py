@@ -1,12 +1,14 @@
 """The scenario job: what-if forecasts from twins' calibrated state, beside a baseline.
 
-`Scenarios.submit` checks a request against the twins (names, ranges, calibration) before any
-work, stores it and queues a run of the built-in job `scenario`. The run forks each twin (its
-current values, its calibrated filter rows and type version), runs the calibration's filter
-forward with no measurements under the scenario's inputs and, beside it, under the inputs as
-they are now (the baseline), evaluates the type's derived values and rules on both forecasts,
-and stores the series and a summary under the scenario id with a lineage node of the run. It
-never writes to live state, history or alarms.
+Two parts. `Forecaster` is the pure one: it forks twins of a core (their current values, their
+calibrated filter rows and type version), runs the calibration's filter forward with no
+measurements under the scenario's inputs and, beside it, under the inputs as they are now (the
+baseline), and evaluates the type's derived values and rules on both forecasts; it never writes
+to live state, history or alarms. `Scenarios` is the keeping one: `submit` checks a request
+(4xx before any work), stores it and queues a run of the built-in job `scenario`; the run asks
+its `Forecasts` (a single node's `Forecaster`, or a cluster's shards, each forecasting its own
+twins: `merge_forecasts`) and stores the series and a summary under the scenario id with a
+lineage node of the run.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from livetwin.calibrate import StepResult, choose_backend, chunk_pool, make_filter
-from livetwin.errors import InvalidInput, LivetwinError, NotFound
+from livetwin.errors import InvalidInput, LivetwinError, NotFound, Unavailable
 from livetwin.jobs.calibration import TypeCalibration, _spec, take_rows
 from livetwin.jobs.lineage import model_node
 from livetwin.scenario.forecast import Columns, forward, measurement_var
@@ -39,7 +41,7 @@ from livetwin.scenario.request import (
     recorded_grid,
 )
 from livetwin.scenario.store import SCHEMA, ScenarioStore
-from livetwin.timefmt import format_ts, parse_ts_field
+from livetwin.timefmt import format_ts, parse_ts, parse_ts_field
 
 if TYPE_CHECKING:
     from livetwin.ports import Clock, OpenServiceDB
@@ -55,14 +57,36 @@ SCENARIO_FUNCTION = {
 }
 INLINE_SERIES = 10  # GET /api/scenarios/{id} includes the series of up to this many twins
 
+Progress = Callable[[int, int], None]  # (model steps done, model steps in all)
+Forecast = tuple[dict, dict[str, np.ndarray]]  # the summary, each twin's [side, point, column]
+
+
+class Forecasts(Protocol):
+    """Where a request's twins are forked and forecast: this core (`Forecaster`) or the shards
+    of a cluster (livetwin/cluster/scenarios.py)."""
+
+    def compiled_types(self) -> dict[str, CompiledType]: ...
+
+    def check(self, request: ScenarioRequest) -> None:
+        """Every check a run would make (InvalidInput naming the field), forecasting nothing."""
+
+    def forecast(
+        self,
+        request: ScenarioRequest,
+        *,
+        job: str,
+        progress: Progress | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Forecast:
+        """The request's forecast; `job` is the run's id."""
+
 
 @dataclass(frozen=True)
 class ScenarioPorts:
     """What scenarios read and write through (the composition root builds it)."""
 
     clock: Clock
-    reader: Any  # livetwin.query.Query: twins, type_of, type_rows, history_rows
-    calibrations: Any  # the core's store: calibration_state
+    forecasts: Forecasts
     open_db: OpenServiceDB
     lineage: Any  # LineageStore
     models: Any  # the registry's store: lookup_ref
@@ -89,7 +113,8 @@ class Fork:
 
 
 class Scenarios:
-    """Submit, run and read scenarios (the service behind /api/scenarios and the job)."""
+    """Submit, run and read scenarios (the service behind /api/scenarios and the job), on a
+    single node or a cluster front end: its `ports.forecasts` says where they are forecast."""
 
     def __init__(self, ports: ScenarioPorts):
         self.ports = ports
@@ -106,10 +131,15 @@ class Scenarios:
         if self.queue is None:
             raise LivetwinError("scenarios need the scheduler", fix="run the platform's scheduler")
         request = parse_request(body)
-        self.fork(request)  # every check a run would make, now
+        self.ports.forecasts.check(request)  # every check a run would make, now
         scenario_id = "scn_" + secrets.token_hex(8)
         self.store.create(scenario_id, request.name, body, self.ports.clock())
-        self.store.set_run(scenario_id, self.queue({"scenario": scenario_id}))
+        try:
+            run_id = self.queue({"scenario": scenario_id})
+        except BaseException:  # e.g. a scheduler on standby: no record without a run
+            self.store.delete(scenario_id)
+            raise
+        self.store.set_run(scenario_id, run_id)
         return self.get(scenario_id)
 
     def get(self, scenario_id: str, twins: list[str] | None = None) -> dict:
@@ -140,12 +170,138 @@ class Scenarios:
         self.store.get(scenario_id)  # NotFound, with the fix
         self.store.delete(scenario_id)
 
+    # ---- running -------------------------------------------------------------------------
+
+    def run(
+        self,
+        scenario_id: str,
+        run_id: str,
+        log: Callable[[str], None] = print,
+        *,
+        progress: Progress | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> dict:
+        """Run a stored scenario (the job's body): forecast, store, record its lineage; its
+        summary. `progress(done, total)` hears model steps as they finish; `cancelled()` is
+        asked after each chunk of them (the run then fails as cancelled and stores nothing)."""
+        clock, store = self.ports.clock, self.store
+        started = clock()
+        record = store.get(scenario_id)
+        store.started(scenario_id, started)
+
+        def advanced(done: int, total: int) -> None:
+            if not total:
+                return  # nothing known yet (a cluster's shards that have not started)
+            store.progress(scenario_id, min(1.0, done / total))
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            summary, series = self.ports.forecasts.forecast(
+                parse_request(record["request"]), job=run_id, progress=advanced,
+                cancelled=cancelled,
+            )  # fmt: skip
+            log(f"forecast {len(series)} twins of {summary['type']}, {_steps(summary)} steps")
+            summary["lineage"] = self._lineage(scenario_id, run_id, summary, started)
+        except Exception as exc:
+            store.failed(scenario_id, str(exc) or type(exc).__name__, clock())
+            raise
+        store.succeeded(scenario_id, summary, series, clock())
+        log(f"stored {len(series)} twins' series under {scenario_id}")
+        alarms = {side: len(found) for side, found in summary["alarms"].items()}
+        return {"scenario": scenario_id, "twins": len(series), "alarms": alarms}
+
+    def _lineage(self, scenario_id: str, run_id: str, summary: dict, started: int):
+        """The run's lineage node: fed by the model and the calibration run whose filter state
+        it forked (a lineage problem fails the scenario: its results must say where from)."""
+        lineage, type_name = self.ports.lineage, summary["type"]
+        plan = self.ports.forecasts.compiled_types()[type_name].calibration
+        model_id, model = model_node(lineage, self.ports.models, plan.model.name, plan.model.fn)
+        parents = [model_id]
+        calibrated = lineage.latest("run", f"calibrate:{type_name}")
+        if calibrated is not None:
+            parents.append(calibrated)
+        starts = [t["start"] for t in summary["twins"]]
+        return lineage.record(
+            "run",
+            f"scenario:{type_name}",
+            id=run_id,
+            inputs={
+                "job": "scenario",
+                "scenario": scenario_id,
+                "type": type_name,
+                "type_version": summary["type_version"],
+                "model": model,
+                "twins": len(starts),
+                "fork": {"from": format_ts(min(starts)), "to": format_ts(max(starts))},
+                "model_steps": _steps(summary),
+            },
+            outputs={
+                "scenario": scenario_id,
+                "columns": summary["columns"],
+                "alarms": {k: len(v) for k, v in summary["alarms"].items()},
+            },
+            parents=parents,
+            code_hash=model["code_hash"],
+            started=started,
+            finished=self.ports.clock(),
+        )
+
+    # ---- the job -------------------------------------------------------------------------
+
+    def job(self) -> Callable[[RunContext], dict]:
+        """The built-in job `scenario`: args {scenario: id}."""
+
+        def scenario(ctx: RunContext) -> dict:
+            scenario_id = ctx.args.get("scenario")
+            if not isinstance(scenario_id, str):
+                raise ValueError("scenario needs args.scenario, the id from POST /api/scenarios")
+            return self.run(
+                scenario_id,
+                ctx.run_id,
+                ctx.log,
+                progress=ctx.progress,
+                cancelled=lambda: ctx.cancelled,
+            )
+
+        return scenario
+
+
+class Forecaster:
+    """Forks twins of a core and forecasts them (the pure part of a scenario: it reads the core
+    through `reader`, a `Query`, and its calibrated filter state through `calibrations`, the
+    core's store, and writes nothing). A single node's `Forecasts`; a shard forecasts its own
+    twins of a cluster's scenario with `fork` and `forecast_twins`."""
+
+    def __init__(self, reader: Any, calibrations: Any):
+        self.reader = reader  # compiled_type(s), twin_types, twins, type_rows, history_rows
+        self.calibrations = calibrations  # calibration_state
+
+    def compiled_types(self) -> dict[str, CompiledType]:
+        return self.reader.compiled_types()
+
+    def check(self, request: ScenarioRequest) -> None:
+        self.fork(request, *choose_twins(request.twins, self.reader))
+
+    def forecast(
+        self,
+        request: ScenarioRequest,
+        *,
+        job: str | None = None,
+        progress: Progress | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Forecast:
+        type_name, ids = choose_twins(request.twins, self.reader)
+        return self.forecast_twins(request, type_name, ids, progress=progress, cancelled=cancelled)
+
     # ---- forking -------------------------------------------------------------------------
 
-    def fork(self, request: ScenarioRequest) -> Fork:
-        """The twins forked as the request asks; InvalidInput naming the field otherwise."""
-        reader = self.ports.reader
-        type_name, ids = self._twins(request.twins)
+    def fork(
+        self, request: ScenarioRequest, type_name: str, ids: list[str], total: int | None = None
+    ) -> Fork:
+        """Twins `ids` of `type_name` forked as the request asks; InvalidInput naming the field
+        otherwise. The limits count `total` twins (the whole scenario's; default `ids`)."""
+        reader = self.reader
         ctype = reader.compiled_type(type_name)
         plan = ctype.calibration
         if plan is None:
@@ -154,7 +310,6 @@ class Scenarios:
                 field="twins",
                 fix="choose twins of a type with model: and calibration: sections",
             )
-        saved = self._calibration(ctype, ids)
         dt = plan.dt_ms
         horizon = offset_ms(request.horizon, "horizon")
         every = dt if request.step is None else offset_ms(request.step, "step")
@@ -166,7 +321,7 @@ class Scenarios:
             )
         points = horizon // every
         steps = points * (every // dt)
-        n = len(ids)
+        n = len(ids) if total is None else total
         limits = [
             (points >= 1, "horizon", f"the horizon is shorter than one step ({every} ms)",
              "make the horizon at least one step"),
@@ -182,6 +337,7 @@ class Scenarios:
         for ok, field, message, fix in limits:
             if not ok:
                 raise InvalidInput(message, field=field, fix=fix)
+        saved = self._calibration(ctype, ids)
         _, _, uids, _, current = reader.type_rows(type_name, lambda c: list(c.inputs), ids)
         rows = [saved.ids.index(t) for t in ids]
         start = saved.last_ts[rows].astype(np.int64) + 1
@@ -192,7 +348,7 @@ class Scenarios:
         section = plan.section  # the filter its calibration runs: estimator, backend, precision
         filt = make_filter(
             spec,
-            2 * n,
+            2 * len(ids),
             estimator=section.estimator,
             backend=section.backend,
             precision=section.precision,
@@ -200,54 +356,10 @@ class Scenarios:
         state = take_rows(saved.state, rows + rows)
         return Fork(ctype, ids, start, current, steps, every // dt, scenario, baseline, filt, state)
 
-    def _twins(self, chosen: list[str] | TwinFilter) -> tuple[str, list[str]]:
-        reader = self.ports.reader
-        if isinstance(chosen, list):
-            types = {}
-            for twin in dict.fromkeys(chosen):
-                try:
-                    types[twin] = reader.type_of(twin).name
-                except NotFound:
-                    raise InvalidInput(
-                        f"no twin '{twin}'", field="twins", fix="list existing twin ids"
-                    ) from None
-            if len(set(types.values())) > 1:
-                raise InvalidInput(
-                    f"the twins are of several types ({', '.join(sorted(set(types.values())))})",
-                    field="twins",
-                    fix="run one scenario per type",
-                )
-            return next(iter(types.values())), list(types)
-        ids: list[str] = []
-        try:
-            while True:
-                page = reader.twins(
-                    type=chosen.type, parent=chosen.parent, where=chosen.where,
-                    limit=1000, offset=len(ids),
-                )  # fmt: skip
-                ids += [item["id"] for item in page["items"]]
-                if len(ids) >= page["total"] or not page["items"] or len(ids) > MAX_TWINS:
-                    break
-        except LivetwinError as exc:
-            raise InvalidInput(exc.message, field=f"twins.{exc.field}", fix=exc.fix) from None
-        if not ids:
-            raise InvalidInput(
-                "the twin filter matches no twin",
-                field="twins",
-                fix="check type, parent and where (GET /api/twins takes the same filter)",
-            )
-        if len(ids) > MAX_TWINS:
-            raise InvalidInput(
-                f"the twin filter matches more than {MAX_TWINS} twins",
-                field="twins",
-                fix="narrow it with parent or where",
-            )
-        return chosen.type, ids
-
     def _calibration(self, ctype: CompiledType, ids: list[str]) -> TypeCalibration:
         """The type's stored filter rows, which must hold every twin under the current model."""
         plan = ctype.calibration
-        blob = self.ports.calibrations.calibration_state(ctype.name)
+        blob = self.calibrations.calibration_state(ctype.name)
         saved = TypeCalibration.from_bytes(blob) if blob is not None else None
         fits = saved is not None and (
             saved.state.model == plan.model.name
@@ -325,7 +437,7 @@ class Scenarios:
             )  # fmt: skip
         grid = np.empty((steps, len(ids)))
         for i, uid in enumerate(uids):
-            ts, _, values = self.ports.reader.history_rows(int(uid), ctype.name, [name], begin, end)
+            ts, _, values = self.reader.history_rows(int(uid), ctype.name, [name], begin, end)
             have = ~np.isnan(values[0])
             column = recorded_grid(ts[have], values[0][have], begin, steps, ctype.calibration.dt_ms)
             if column is None:
@@ -338,46 +450,22 @@ class Scenarios:
             grid[:, i] = column * spec.scale + spec.offset
         return grid
 
-    # ---- running -------------------------------------------------------------------------
+    # ---- forecasting ---------------------------------------------------------------------
 
-    def run(
+    def forecast_twins(
         self,
-        scenario_id: str,
-        run_id: str,
-        log: Callable[[str], None] = print,
+        request: ScenarioRequest,
+        type_name: str,
+        ids: list[str],
         *,
-        progress: Callable[[float, float], None] | None = None,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> dict:
-        """Run a stored scenario (the job's body): forecast, evaluate, store; its summary.
+        total: int | None = None,
+        progress: Progress | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Forecast:
+        """Fork twins `ids` (as `fork`) and forecast them: the summary and their series.
         `progress(done, total)` hears model steps as they finish; `cancelled()` is asked after
-        each chunk of them (the run then fails as cancelled and stores nothing)."""
-        clock, store = self.ports.clock, self.store
-        started = clock()
-        record = store.get(scenario_id)
-        store.started(scenario_id, started)
-
-        def advanced(done: int, total: int) -> None:
-            store.progress(scenario_id, min(1.0, done / total))
-            if progress is not None:
-                progress(done, total)
-            if cancelled():
-                raise ScenarioCancelled("the scenario was cancelled")
-
-        try:
-            fork = self.fork(parse_request(record["request"]))
-            log(f"forked {len(fork.twins)} twins of {fork.ctype.name}; {fork.steps} model steps")
-            summary, series = self._forecast(fork, advanced)
-            summary["lineage"] = self._lineage(fork, scenario_id, run_id, summary, started)
-        except Exception as exc:
-            store.failed(scenario_id, str(exc) or type(exc).__name__, clock())
-            raise
-        store.succeeded(scenario_id, summary, series, clock())
-        log(f"stored {len(series)} twins' series under {scenario_id}")
-        alarms = {side: len(found) for side, found in summary["alarms"].items()}
-        return {"scenario": scenario_id, "twins": len(series), "alarms": alarms}
-
-    def _forecast(self, fork: Fork, progress: Callable[[int, int], None]):
+        each chunk of them (ScenarioCancelled)."""
+        fork = self.fork(request, type_name, ids, total)
         ctype, n = fork.ctype, len(fork.twins)
         plan = ctype.calibration
         model_inputs = list(plan.model.inputs)
@@ -405,7 +493,10 @@ class Scenarios:
             fork.filt.executor = pool
             for first, results in forward(fork.filt, fork.state, u, dt, chunk=chunk):
                 self._keep(fork, sides, columns, meas_var, inputs, out, first, results)
-                progress(min(fork.steps, first + len(results.output_mean)), fork.steps)
+                if progress is not None:
+                    progress(min(fork.steps, first + len(results.output_mean)), fork.steps)
+                if cancelled is not None and cancelled():
+                    raise ScenarioCancelled("the scenario was cancelled")
         return self._summary(fork, labels, out, sides), {
             twin: out[:, :, i] for i, twin in enumerate(fork.twins)
         }
@@ -475,61 +566,79 @@ class Scenarios:
             },
         }
 
-    def _lineage(self, fork: Fork, scenario_id: str, run_id: str, summary: dict, started: int):
-        """The run's lineage node: fed by the model and the calibration run whose filter state
-        it forked (a lineage problem fails the scenario: its results must say where from)."""
-        lineage, plan = self.ports.lineage, fork.ctype.calibration
-        model_id, model = model_node(lineage, self.ports.models, plan.model.name, plan.model.fn)
-        parents = [model_id]
-        calibrated = lineage.latest("run", f"calibrate:{fork.ctype.name}")
-        if calibrated is not None:
-            parents.append(calibrated)
-        return lineage.record(
-            "run",
-            f"scenario:{fork.ctype.name}",
-            id=run_id,
-            inputs={
-                "job": "scenario",
-                "scenario": scenario_id,
-                "type": fork.ctype.name,
-                "type_version": fork.ctype.version,
-                "model": model,
-                "twins": len(fork.twins),
-                "fork": {
-                    "from": format_ts(int(fork.start.min())),
-                    "to": format_ts(int(fork.start.max())),
-                },
-                "model_steps": fork.steps,
-            },
-            outputs={
-                "scenario": scenario_id,
-                "columns": summary["columns"],
-                "alarms": {k: len(v) for k, v in summary["alarms"].items()},
-            },
-            parents=parents,
-            code_hash=model["code_hash"],
-            started=started,
-            finished=self.ports.clock(),
-        )
 
-    # ---- the job -------------------------------------------------------------------------
+# ---- choosing twins, merging parts ------------------------------------------------------------
 
-    def job(self) -> Callable[[RunContext], dict]:
-        """The built-in job `scenario`: args {scenario: id}."""
 
-        def scenario(ctx: RunContext) -> dict:
-            scenario_id = ctx.args.get("scenario")
-            if not isinstance(scenario_id, str):
-                raise ValueError("scenario needs args.scenario, the id from POST /api/scenarios")
-            return self.run(
-                scenario_id,
-                ctx.run_id,
-                ctx.log,
-                progress=ctx.progress,
-                cancelled=lambda: ctx.cancelled,
+def choose_twins(chosen: list[str] | TwinFilter, reader: Any) -> tuple[str, list[str]]:
+    """The type and ids of a request's twins: a list (each must exist, all of one type) or a
+    filter (paged through `reader.twins`: at least one, at most MAX_TWINS twins). `reader` is
+    a core's `Query` or a cluster front end (`twin_types`, `twins`)."""
+    if isinstance(chosen, list):
+        types = reader.twin_types(list(dict.fromkeys(chosen)))
+        for twin, type_name in types.items():
+            if type_name is None:
+                raise InvalidInput(f"no twin '{twin}'", field="twins", fix="list existing twin ids")
+        names = set(types.values())
+        if len(names) > 1:
+            raise InvalidInput(
+                f"the twins are of several types ({', '.join(sorted(names))})",
+                field="twins",
+                fix="run one scenario per type",
             )
+        return names.pop(), list(types)
+    ids: list[str] = []
+    try:
+        while True:
+            page = reader.twins(
+                type=chosen.type, parent=chosen.parent, where=chosen.where,
+                limit=1000, offset=len(ids),
+            )  # fmt: skip
+            ids += [item["id"] for item in page["items"]]
+            if len(ids) >= page["total"] or not page["items"] or len(ids) > MAX_TWINS:
+                break
+    except Unavailable:
+        raise  # a cluster's shard that cannot answer now: not the request's fault
+    except LivetwinError as exc:
+        raise InvalidInput(exc.message, field=f"twins.{exc.field}", fix=exc.fix) from None
+    if not ids:
+        raise InvalidInput(
+            "the twin filter matches no twin",
+            field="twins",
+            fix="check type, parent and where (GET /api/twins takes the same filter)",
+        )
+    if len(ids) > MAX_TWINS:
+        raise InvalidInput(
+            f"the twin filter matches more than {MAX_TWINS} twins",
+            field="twins",
+            fix="narrow it with parent or where",
+        )
+    return chosen.type, ids
 
-        return scenario
+
+def merge_forecasts(parts: list[Forecast], ids: list[str]) -> Forecast:
+    """One forecast of twins `ids` from the forecasts of disjoint parts of them (a cluster's
+    shards): twins and series in the order of `ids`, each alarm list concatenated in the order
+    the alarms were raised (a twin's alarms, and so `only_in_*`, come from its part alone)."""
+    order = {twin: i for i, twin in enumerate(ids)}
+    summary = dict(parts[0][0])
+    summary["twins"] = sorted(
+        (t for part, _ in parts for t in part["twins"]), key=lambda t: order[t["twin"]]
+    )
+    summary["alarms"] = {
+        side: sorted(
+            (a for part, _ in parts for a in part["alarms"][side]),
+            key=lambda a: (parse_ts(a["raised"]), order[a["twin"]]),
+        )
+        for side in summary["alarms"]
+    }
+    series = {twin: array for _, part in parts for twin, array in part.items()}
+    return summary, {twin: series[twin] for twin in ids}
+
+
+def _steps(summary: dict) -> int:
+    """A forecast's model steps per twin."""
+    return summary["points"] * summary["step_ms"] // summary["model_step_ms"]
 
 
 # ---- helpers ----------------------------------------------------------------------------------

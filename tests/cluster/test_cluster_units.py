@@ -10,6 +10,7 @@ import zlib
 
 import httpx
 import orjson
+import psycopg
 import pytest
 from cluster_support import LocalShards
 from conftest import PUMP, T0
@@ -311,8 +312,7 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/opcua"), ("POST", "/api/mappings/x"),
-                         ("GET", "/api/scenarios")]:  # fmt: skip
+    for method, path in [("GET", "/api/opcua"), ("POST", "/api/mappings/x")]:
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]
@@ -474,6 +474,148 @@ def test_retention_and_journal_compaction_run_on_every_shard(cluster_name, tmp_p
     finally:
         frontend.close()
         shards.close()
+
+
+SLOW_RULE = {"slow": {"when": "w4 < 30", "for": "1s", "severity": "warning"}}
+BRAKE = {"brake_torque": {"kind": "step", "at": "2s", "factor": 1.3}}
+
+
+@pytest.fixture
+def rollers(front):
+    """Eight roller lines spread over the shards, measured for 100 steps and calibrated there;
+    also the type and the rows, to feed a single node the same."""
+    from calibration_support import STEP_MS
+
+    from livetwin.examples.rollers import ROLLER_TYPE, observations, roller_fleet
+
+    client, shards, frontend = front
+    calibration = {**ROLLER_TYPE["calibration"], "backend": "numpy"}
+    spec = {**ROLLER_TYPE, "rules": SLOW_RULE, "calibration": calibration}
+    ids = [f"line-{i}" for i in range(8)]
+    assert len({shard_of(t, 4) for t in ids}) == 4
+    sim = roller_fleet(len(ids), seed=5)
+    batch = [row for k in range(100) for row in observations(sim.step(), ids, T0 + k * STEP_MS)]
+    assert client.put("/api/types/roller_line", json=spec).status_code == 200
+    assert client.post("/api/ingest", json=batch).json()["accepted"] == len(batch)
+    assert client.post("/api/types/roller_line/calibrate").json()["status"] == "succeeded"
+    return client, shards, frontend, spec, ids, batch
+
+
+def assert_close(got, want, path: str = "") -> None:
+    """JSON values equal, their floats within a relative 1e-6."""
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), path
+        for key in want:
+            assert_close(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), path
+    else:
+        assert got == want, path
+
+
+def test_a_scenario_is_forecast_by_the_shards_as_a_single_node_forecasts_it(rollers, tmp_path):
+    from livetwin.platform import Platform
+    from livetwin.settings import Settings
+
+    client, _, frontend, spec, ids, batch = rollers
+    body = {"twins": ids, "horizon": "20s", "step": "1s", "inputs": BRAKE}
+    made = client.post("/api/scenarios", json=body)
+    assert made.status_code == 202, made.text
+    run = wait_until(lambda: client.get(f"/api/runs/{made.json()['run']}").json(), "succeeded")
+    assert run["function"] == "scenario" and run["result"]["twins"] == 8
+    got = client.get(f"/api/scenarios/{made.json()['id']}", params={"twin": ids}).json()
+    assert got["status"] == "succeeded" and got["progress"] == 1
+    assert client.get("/api/scenarios").json()[0]["id"] == made.json()["id"]
+    with psycopg.connect(PG_URL) as conn:  # kept in the cluster's service schema
+        stored = conn.execute(f"SELECT id FROM {frontend.meta.name}_scenarios.scenarios")
+        assert stored.fetchall() == [(made.json()["id"],)]
+
+    settings = Settings(run_schedules=True, webhooks=False)
+    with Platform(tmp_path / "single", settings=settings) as single:
+        single.put_type("roller_line", spec)
+        assert single.ingest(batch).accepted == len(batch)
+        assert single.calibrate("roller_line")["status"] == "succeeded"
+        record = single.scenarios.submit(body)
+        assert single.scheduler.wait(record["run"], timeout_s=120)["state"] == "succeeded"
+        want = single.scenarios.get(record["id"], ids)
+
+    summary, expected = got.pop("summary"), want.pop("summary")
+    assert [t["twin"] for t in summary["twins"]] == ids  # in request order
+    alarms, expected_alarms = summary.pop("alarms"), expected.pop("alarms")
+    assert_close(
+        {k: v for k, v in summary.items() if k != "lineage"},
+        {k: v for k, v in expected.items() if k != "lineage"},
+    )
+    for side, found in alarms.items():
+        order = lambda a: (a["twin"], a["rule"], a["raised"])  # noqa: E731
+        assert_close(sorted(found, key=order), sorted(expected_alarms[side], key=order), side)
+    assert len(alarms["only_in_scenario"]) >= 2  # twins of several shards
+    assert len({shard_of(a["twin"], 4) for a in alarms["scenario"]}) > 1
+    assert_close(got["series"], want["series"])
+    assert client.get(f"/api/lineage/{run['id']}").status_code == 200
+    node = frontend.lineage.node(run["id"])  # in the cluster's <name>_lineage
+    assert node["inputs"]["scenario"] == got["id"] and node["inputs"]["twins"] == 8
+
+
+def test_a_bad_scenario_gets_the_single_node_s_answer_before_any_work(rollers):
+    client, shards, frontend, spec, ids, _ = rollers
+    assert client.put("/api/types/plain", json={"properties": {"x": {}}}).status_code == 200
+    assert client.put("/api/types/other", json=spec).status_code == 200
+    others = [{"twin": "p-1", "type": "plain", "ts": T0, "values": {"x": 1}},
+              {"twin": "other-0", "type": "other", "ts": T0,
+               "values": {"w1": 1, "brake_torque": 1}}]  # fmt: skip
+    assert client.post("/api/ingest", json=others).json()["accepted"] == 2
+    cases = [
+        ({"twins": [*ids, "ghost"]}, "twins", "no twin 'ghost'"),
+        ({"twins": ["line-0", "p-1"]}, "twins", "several types"),
+        ({"twins": ["p-1"]}, "twins", "has no model"),
+        ({"twins": ["other-0"]}, "twins", "never calibrated"),
+        ({"twins": {"type": "roller_line", "where": "w1 > 1e9"}}, "twins", "matches no twin"),
+        ({"twins": {"type": "nosuch"}}, "twins.type", "no twin type"),
+        ({"twins": {"type": "roller_line", "where": "w1 >"}}, "twins.where", ""),
+        ({"step": "150ms"}, "step", "multiple of the model step"),
+        ({"horizon": "100d"}, "horizon", "model steps"),
+        ({"inputs": {"nope": {"kind": "constant", "value": 1}}}, "inputs.nope", "not an input"),
+        ({"inputs": {"w1": {"kind": "constant", "value": 1}}}, "inputs.w1", "computes it"),
+    ]
+    for change, field, words in cases:
+        answer = client.post("/api/scenarios", json={"twins": ids, "horizon": "10s", **change})
+        assert answer.status_code == 422, (change, answer.text)
+        error = answer.json()["error"]
+        assert error["field"] == field and words in error["message"] and error["fix"], error
+    assert frontend.scenarios.list() == []  # nothing stored, nothing queued
+    assert frontend.scheduler.runs(function="scenario") == []
+    down = shard_of("line-0", 4)
+    shards.down.add(down)  # a shard that cannot answer: 503, not the request's fault
+    for twins in (ids, {"type": "roller_line"}):
+        answer = client.post("/api/scenarios", json={"twins": twins, "horizon": "10s"})
+        assert answer.status_code == 503 and answer.json()["error"]["field"] == "shard"
+    shards.down.clear()
+    deadline = time.monotonic() + 20
+    while frontend.state(down) != "live":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_cluster_scenario_reports_the_shards_progress_and_stops_when_cancelled(rollers):
+    client, shards, frontend, _, ids, _ = rollers
+    body = {"twins": {"type": "roller_line"}, "horizon": "10m", "step": "10s"}
+    made = client.post("/api/scenarios", json=body).json()
+    deadline = time.monotonic() + 30
+    while not client.get(f"/api/scenarios/{made['id']}").json()["progress"]:
+        assert time.monotonic() < deadline  # the shards' parts, summed by the front end
+        time.sleep(0.1)
+    assert client.post(f"/api/runs/{made['run']}/cancel").status_code == 202
+    run = frontend.scheduler.wait(made["run"], timeout_s=60)
+    assert run["state"] != "succeeded" and "cancelled" in run["error"], run
+    got = client.get(f"/api/scenarios/{made['id']}").json()
+    assert got["status"] == "failed" and "cancelled" in got["error"] and 0 < got["progress"] < 1
+    assert got["request"] == body and not got.get("series")
+    assert all(not shard._jobs for shard in shards.shards)  # every part has stopped
 
 
 def test_a_front_end_checks_tokens_kept_in_the_cluster_s_schema(front):
