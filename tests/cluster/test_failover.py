@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -318,6 +319,64 @@ def test_a_workflow_s_tasks_run_as_ray_tasks_on_the_cluster_s_nodes(cluster, tmp
     assert [v[2] for v in values] == [0, 10, 20, 30]
     assert all(pid != os.getpid() for _, pid, _ in values)  # Ray workers ran them
     assert all(node for node, _, _ in values)
+
+
+def _finished(read, timeout: float = 120.0) -> dict:
+    """Poll `read()` until its state or status is final; the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = read()
+        if got.get("state", got.get("status")) in ("succeeded", "failed", "cancelled"):
+            return got
+        assert time.monotonic() < deadline, got
+        time.sleep(0.3)
+
+
+def test_back_tests_and_scenarios_run_on_the_shard_actors(cluster):
+    """The heavy jobs' requests, reports and forecasts travel through Ray (pickled) between
+    the leader front end and the shard actors on the worker nodes."""
+    from backtest_support import END, START, TWINS
+    from backtest_support import record as record_ovens
+    from calibration_support import STEP_MS
+
+    from livetwin.examples.rollers import ROLLER_TYPE, observations, roller_fleet
+
+    _, _, fronts = cluster
+    base = fronts[0].base
+
+    def put_type(name: str, spec: dict) -> None:
+        assert httpx.put(f"{base}/api/types/{name}", json=spec, timeout=60).is_success
+
+    def ingest(rows: list[dict]) -> SimpleNamespace:
+        return SimpleNamespace(**httpx.post(f"{base}/api/ingest", json=rows, timeout=60).json())
+
+    http = SimpleNamespace(put_type=put_type, ingest=ingest, alarms=SimpleNamespace(sync=list))
+    record_ovens(http)  # what `record` calls, over HTTP
+    body = {"type": "oven", "candidate": {"patch": {"derived": {"temp_avg": "avg(temp, '30m')"}}},
+            "from": START, "to": END}  # fmt: skip
+    started = httpx.post(f"{base}/api/backtests", json=body, timeout=60)
+    assert started.status_code == 202, started.text
+    url = f"{base}/api/backtests/{started.json()['id']}"
+    done = _finished(lambda: httpx.get(url, timeout=30).json())
+    assert done["state"] == "succeeded", done
+    report = done["report"]
+    assert report["observations"]["twins"] == len(TWINS) and len(report["shards"]) > 1
+    assert [o["name"] for o in report["outputs"]] == ["temp_avg"]
+
+    ids = [f"line-{i}" for i in range(8)]
+    spec = {**ROLLER_TYPE, "calibration": {**ROLLER_TYPE["calibration"], "backend": "numpy"}}
+    sim = roller_fleet(len(ids), seed=5)
+    rows = [row for k in range(60) for row in observations(sim.step(), ids, T0 + k * STEP_MS)]
+    put_type("roller_line", spec)
+    assert ingest(rows).accepted == len(rows)
+    calibrated = httpx.post(f"{base}/api/types/roller_line/calibrate", timeout=120).json()
+    assert calibrated["status"] == "succeeded", calibrated
+    made = httpx.post(f"{base}/api/scenarios", json={"twins": ids, "horizon": "10s"}, timeout=60)
+    assert made.status_code == 202, made.text
+    url = f"{base}/api/scenarios/{made.json()['id']}"
+    got = _finished(lambda: httpx.get(url, timeout=30).json())
+    assert got["status"] == "succeeded", got
+    assert [t["twin"] for t in got["summary"]["twins"]] == ids and len(got["series"]) == 8
 
 
 def test_killing_the_scheduler_s_leader_front_end_moves_its_schedules_to_another(cluster):
