@@ -16,8 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
-
 from livetwin import tenant
 from livetwin.actions.alarms import AlarmService
 from livetwin.actions.commands import CommandService
@@ -28,10 +26,9 @@ from livetwin.backtest.archive import BacktestArchive
 from livetwin.backtest.service import BacktestService
 from livetwin.core import TwinCore
 from livetwin.engine.events import EventBus
-from livetwin.errors import NotFound, Unavailable
+from livetwin.errors import Unavailable
 from livetwin.ingest.extractors import Extractors, submit_extracted
-from livetwin.ingest.files.mapping import CONFIG_KIND as MAPPINGS
-from livetwin.ingest.files.mapping import ImportMapping
+from livetwin.ingest.files.mapping import ImportMapping, ImportMappings
 from livetwin.ingest.mqtt import MqttBridge
 from livetwin.ingest.observations import Normalized
 from livetwin.ingest.opcua import OpcuaConnectors
@@ -84,6 +81,7 @@ class Platform:
         self.query = Query(self.core)
         self.recovered = self.core.recovered
         self.extractors = Extractors(self.core.store, self.clock)
+        self.mappings = ImportMappings(self.core.store, self.clock)  # file import mappings
         self._calibration_locks: dict[str, threading.Lock] = {}
         self.webhooks = (
             WebhookService(
@@ -371,32 +369,16 @@ class Platform:
 
     def put_mapping(self, name: str, spec: Any) -> dict:
         """Declare (or replace) how a file's columns map to observations (docs/import.md)."""
-        parsed = ImportMapping.from_data(spec, name=name)
-        body = parsed.to_json()
-        self.core.store.put_config(MAPPINGS, name, orjson.dumps(body).decode(), self.clock())
-        return body
+        return self.mappings.put(name, spec)
 
     def get_mapping(self, name: str) -> dict:
-        stored = self.core.store.configs(MAPPINGS).get(name)
-        if stored is None:
-            raise NotFound(
-                f"no import mapping '{name}'",
-                field="mapping",
-                fix=f"declare it with PUT /api/mappings/{name}",
-            )
-        return orjson.loads(stored)
-
-    def mapping_namespace(self, name: str) -> str:
-        """The namespace that owns an import mapping (NotFound for an unknown one)."""
-        return self.get_mapping(name).get("namespace") or DEFAULT_NAMESPACE
+        return self.mappings.get(name)
 
     def list_mappings(self) -> list[dict]:
-        return [orjson.loads(s) for _, s in sorted(self.core.store.configs(MAPPINGS).items())]
+        return self.mappings.list()
 
     def delete_mapping(self, name: str) -> dict:
-        if not self.core.store.delete_config(MAPPINGS, name):
-            self.get_mapping(name)  # NotFound, with the fix
-        return {"name": name, "deleted": True}
+        return self.mappings.delete(name)
 
     def import_file(
         self,
@@ -408,13 +390,9 @@ class Platform:
     ) -> dict:
         """Import a CSV, JSON lines, Excel or Parquet file through ingest under a mapping (its
         stored name, or the mapping itself); the report: accepted, duplicates, rejected rows."""
-        if isinstance(mapping, str):
-            mapping = self.get_mapping(mapping)
-        if not isinstance(mapping, ImportMapping):
-            mapping = ImportMapping.from_data(mapping)
         return _files().importer.import_file(
             path,
-            mapping,
+            self.mappings.resolve(mapping),
             ingest=self.core,
             types=self.query.compiled_types,
             clock=self.clock,

@@ -30,7 +30,7 @@ def export_namespace(platform: Any, namespace: str) -> dict:
         "twins": twins,
         "alarms": alarms,
         "extractors": Access(only).filter(platform.list_extractors()),
-        "mappings": Access(only).filter(platform.list_mappings()),
+        "mappings": Access(only).filter(platform.mappings.list()),
     }
     hooks = platform.webhooks
     if hooks is not None:
@@ -93,9 +93,9 @@ def delete_namespace(platform: Any, namespace: str, *, purge: bool = False) -> d
     for scenario_id in deleted["scenarios"]:
         platform.scenarios.delete(scenario_id)
     only = Access(frozenset({namespace}))
-    deleted["mappings"] = [m["name"] for m in only.filter(platform.list_mappings())]
+    deleted["mappings"] = [m["name"] for m in only.filter(platform.mappings.list())]
     for name in deleted["mappings"]:
-        platform.delete_mapping(name)
+        platform.mappings.delete(name)
     deleted["extractors"] = [e["name"] for e in only.filter(platform.list_extractors())]
     for name in deleted["extractors"]:
         platform.delete_extractor(name)

@@ -29,8 +29,10 @@ from livetwin.api.app import (
 )
 from livetwin.api.backtests import backtest_routes
 from livetwin.api.devices import device_routes
+from livetwin.api.files import file_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
+from livetwin.api.namespaces import namespace_routes
 from livetwin.api.openapi import document
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.scenarios import scenario_routes
@@ -76,6 +78,8 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     scenario_routes(app, frontend.scenarios)
     webhook_routes(app, frontend.webhooks)
     device_routes(app, frontend.devices)
+    file_routes(app, frontend)
+    namespace_routes(app, frontend)
     login_routes(app)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -101,31 +101,31 @@ def file_routes(app: FastAPI, platform: Platform) -> None:
 
     def check_mapping(name: str, access: Access) -> None:
         fix = f"declare it with PUT /api/mappings/{name}"
-        check_owner(platform.mapping_namespace, name, access, "import mapping", fix)
+        check_owner(platform.mappings.namespace, name, access, "import mapping", fix)
 
     @app.get("/api/mappings", tags=["files"])
     def list_mappings(
         access: Access = TENANT, namespace: str | None = NAMESPACE_QUERY
     ) -> list[dict]:
-        return access.pick(namespace).filter(platform.list_mappings())
+        return access.pick(namespace).filter(platform.mappings.list())
 
     @app.put("/api/mappings/{name}", tags=["files"], openapi_extra=MAPPING_BODY)
     async def put_mapping(name: str, request: Request, access: Access = TENANT) -> dict:
         """Declare how a file's columns map to twins, types, times and values (JSON or YAML),
         in the body's `namespace` (default: the token's only one, else `default`)."""
         body = await read_body(request, limit)
-        body = claim("import mapping", name, body, platform.mapping_namespace, access)
-        return await run_in_threadpool(platform.put_mapping, name, body)
+        body = claim("import mapping", name, body, platform.mappings.namespace, access)
+        return await run_in_threadpool(platform.mappings.put, name, body)
 
     @app.get("/api/mappings/{name}", tags=["files"])
     def get_mapping(name: str, access: Access = TENANT) -> dict:
         check_mapping(name, access)
-        return platform.get_mapping(name)
+        return platform.mappings.get(name)
 
     @app.delete("/api/mappings/{name}", tags=["files"])
     def delete_mapping(name: str, access: Access = TENANT) -> dict:
         check_mapping(name, access)
-        return platform.delete_mapping(name)
+        return platform.mappings.delete(name)
 
     @app.post("/api/imports", tags=["files"], openapi_extra=IMPORT_BODY, responses=IMPORT_RESPONSES)
     async def import_file(request: Request):

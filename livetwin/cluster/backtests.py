@@ -98,25 +98,18 @@ class ClusterBacktests:
         twins, plot = body.get("twins"), body.get("plot")
         ids = twins.get("ids") if isinstance(twins, dict) else None
         if _names(ids):
-            bodies = {
-                i: {**body, "twins": {**twins, "ids": own}} for i, own in self._split(ids).items()
-            }
+            own = self.frontend.by_shard(ids)
+            bodies = {i: {**body, "twins": {**twins, "ids": part}} for i, part in own.items()}
         else:
             bodies = {i: dict(body) for i in range(self.frontend.shards.count)}
         if _names(plot) and len(plot) <= MAX_PLOT:  # longer: each shard refuses it as is
-            plotted = self._split(plot)
+            plotted = self.frontend.by_shard(plot)
             for i, part in bodies.items():
                 if plotted.get(i):
                     part["plot"] = plotted[i]
                 else:
                     part.pop("plot", None)
         return bodies
-
-    def _split(self, twin_ids: list[str]) -> dict[int, list[str]]:
-        by_shard: dict[int, list[str]] = {}
-        for twin in twin_ids:
-            by_shard.setdefault(self.frontend.shard(twin), []).append(twin)
-        return by_shard
 
 
 def _names(value: Any) -> bool:

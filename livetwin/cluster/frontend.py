@@ -43,6 +43,7 @@ from livetwin.errors import (
 )
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
 from livetwin.ingest.extractors import Extractors, submit_extracted
+from livetwin.ingest.files.mapping import ImportMappings
 from livetwin.ingest.observations import Normalized, Rejection, normalize
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
 LIVE, RECOVERING, LOST = "live", "recovering", "lost"
 LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
+EXPORT_PAGE_ROWS = 100_000  # rows a shard sends per call of an export
 HEAVY_TIMEOUT_S = 24 * 3600.0  # the longest a heavy job's part may run on a shard
 POLL_S = 0.5  # how often a heavy job's progress is asked for and a cancel passed on
 RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
@@ -195,6 +197,7 @@ class ClusterFrontend:
         self.webhooks = ClusterWebhooks(self)
         # extractors live in shard 0's store, read there each time (any front end may change one)
         self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
+        self.mappings = ImportMappings(_ShardConfigs(self, 0), clock)  # file import, shard 0's
         self.feed = ClusterFeed(self)
         self.mqtt = None  # start_mqtt
         self._layouts: dict[tuple[str, int], tuple] = {}
@@ -619,6 +622,62 @@ class ClusterFrontend:
     def list_extractors(self) -> list[dict]:
         return self.extractors.list()
 
+    def delete_extractor(self, name: str) -> dict:
+        return self.extractors.delete(name)
+
+    # ---- files -----------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """This front end's data directory (uploads are staged under its tmp/)."""
+        return Path(self.data_dir)
+
+    def import_file(self, path: str | Path, mapping: Any, *, filename=None, progress=None):
+        """Import a file under a mapping (`Platform.import_file`) through this front end's
+        ingest: every batch split by shard; a batch a recovering shard could not take stops
+        the import with 503 (import it again: rows stored already count as duplicates)."""
+        from livetwin.ingest.files.importer import import_file
+
+        return import_file(
+            path,
+            self.mappings.resolve(mapping),
+            ingest=self,
+            types=self.compiled_types,
+            clock=self.clock,
+            max_future_ms=self.settings.max_future_ms,
+            filename=filename,
+            progress=progress,
+        )
+
+    def export(self, type_name: str, out: Any, *, start=None, end=None, names=None) -> dict:
+        """A type's history within [start, end) as Parquet (`Platform.export`): each shard's
+        twins in turn, read a page of about EXPORT_PAGE_ROWS rows at a time."""
+        from livetwin.ingest.files.export import export_range, write_parquet
+
+        ctype = self.compiled_types().get(type_name)
+        if ctype is None:
+            self.get_type(type_name)  # NotFound with the fix (or a type declared meanwhile)
+            ctype = self._refresh_types()[type_name]
+        names, start_ms, end_ms = export_range(ctype, start, end, names)
+        twins = 0
+
+        def batches():
+            import pyarrow as pa
+
+            nonlocal twins
+            for shard in range(self.shards.count):
+                offset: int | None = 0
+                while offset is not None:
+                    page, offset, total = self._one(
+                        shard, "export_twins", type_name, names, start_ms, end_ms, offset,
+                        EXPORT_PAGE_ROWS,
+                    )  # fmt: skip
+                    twins += total if offset is None else 0
+                    yield from pa.ipc.open_stream(page)
+
+        rows = write_parquet(out, names, batches())
+        return {"type": type_name, "twins": twins, "rows": rows, "names": names}
+
     # ---- reads -----------------------------------------------------------------------------
 
     def shard(self, twin_id: str) -> int:
@@ -723,6 +782,28 @@ class ClusterFrontend:
 
     def delete_twin(self, twin_id: str, **options: Any) -> dict:
         return self._one(self.shard(twin_id), "change", "delete_twin", twin_id, **options)
+
+    def delete_twins(self, twin_ids: list[str], *, purge: bool = False) -> list[dict]:
+        """`delete_twin` for several twins, on their shards at once."""
+        calls = {i: ("change", "delete_twins", ids) for i, ids in self.by_shard(twin_ids).items()}
+        answers = self._some(calls, timeout=self.write_timeout_s, purge=purge)
+        return [result for i in sorted(answers) for result in answers[i]]
+
+    def export_namespace(self, namespace: str) -> dict:
+        """Everything a namespace owns, over the shards (`livetwin.tenant`)."""
+        from livetwin import tenant
+        from livetwin.namespaces import check_namespace
+
+        return tenant.export_namespace(self, check_namespace(namespace))
+
+    def delete_namespace(
+        self, namespace: str, *, confirm: str | None = None, purge: bool = False
+    ) -> dict:
+        """Remove what a namespace owns, over the shards (`livetwin.tenant`)."""
+        from livetwin import tenant
+
+        tenant.check_confirmed(namespace, confirm)
+        return tenant.delete_namespace(self, namespace, purge=purge)
 
     def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
         """Delete a type on every shard; without `cascade`, refused (409) before any shard

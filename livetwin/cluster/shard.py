@@ -236,6 +236,35 @@ class Shard:
             raise ValueError(f"not a shard config call: {method}")
         return getattr(self.core.store, method)(*args)
 
+    def export_twins(
+        self,
+        type_name: str,
+        names: list[str],
+        start_ms: int,
+        end_ms: int,
+        offset: int,
+        max_rows: int,
+    ) -> tuple[bytes, int | None, int]:
+        """A page of this shard's part of an export: the history of its twins of a type from the
+        `offset`-th on, until about `max_rows` rows, as an Arrow IPC stream; the next offset
+        (None: the last page) and how many twins of the type this shard holds."""
+        import pyarrow as pa
+
+        from livetwin.ingest.files.export import history_batches, schema_of
+
+        _, twins, uids, _, _ = self.query.type_rows(type_name, lambda ct: [])
+        sink, rows, at = pa.BufferOutputStream(), 0, offset
+        with pa.ipc.new_stream(sink, schema_of(names)) as writer:
+            while at < len(twins) and rows < max_rows:
+                one = history_batches(
+                    self.query, type_name, [twins[at]], [int(uids[at])], names, start_ms, end_ms
+                )
+                for batch in one:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+                at += 1
+        return sink.getvalue().to_pybytes(), at if at < len(twins) else None, len(twins)
+
     def calibration(self, twin_id: str) -> dict:
         """A twin's calibrated parameters and virtual sensors with bands, and recent runs."""
         from livetwin.jobs.calibration import calibration_view
@@ -438,7 +467,7 @@ _part_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 CONFIGS = frozenset(
     {"put_extractor", "extractors", "delete_extractor", "configs", "put_config", "delete_config"}
 )
-CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_type"})
+CHANGES = frozenset({"create_twin", "update_twin", "delete_twin", "delete_twins", "delete_type"})
 ALARM_CALLS = frozenset({"list", "counts", "get", "acknowledge", "clear", "comment"})
 WEBHOOK_CALLS = frozenset(
     {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver"}

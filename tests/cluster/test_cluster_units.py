@@ -312,7 +312,7 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
 
 def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
     client, _, _ = front
-    for method, path in [("GET", "/api/opcua"), ("POST", "/api/mappings/x")]:
+    for method, path in [("GET", "/api/opcua"), ("DELETE", "/api/opcua/connectors/x")]:
         answer = client.request(method, path, json={"id": "x", "type": "pump"})
         assert answer.status_code == 501, (method, path)
         error = answer.json()["error"]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 
-from livetwin.errors import InvalidInput, LivetwinError
+from livetwin.errors import InvalidInput, LivetwinError, Unavailable
 from livetwin.ingest.files.columns import Converter
 from livetwin.ingest.files.mapping import ImportMapping
 from livetwin.ingest.files.readers import file_format, read_batches
@@ -93,6 +93,13 @@ def import_file(
 
 def _collect(future: Future, report: dict) -> None:
     result = future.result()
+    unavailable = getattr(result, "unavailable", None)  # a cluster's shards that are down
+    if unavailable:
+        raise Unavailable(
+            f"{len(unavailable)} rows of a batch could not be stored now: their shard is "
+            "recovering",
+            field="shard",
+        )
     report["accepted"] += result.accepted
     report["duplicates"] += result.duplicates
     report["rejected_total"] += len(result.rejected)

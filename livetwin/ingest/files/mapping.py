@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from livetwin.errors import InvalidInput
+from livetwin.errors import InvalidInput, NotFound
+from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from livetwin.namespaces import owner_namespace
 from livetwin.spec import parse_model
 from livetwin.spec.safe_yaml import load_yaml
@@ -187,3 +190,45 @@ class ImportMapping(BaseModel):
 def _one_of(mapping: ImportMapping, a: str, b: str, fix: str) -> None:
     if (getattr(mapping, a) is None) == (getattr(mapping, b) is None):
         raise InvalidInput(f"give exactly one of {a} and {b}", field=a, fix=f"write {fix}")
+
+
+class ImportMappings:
+    """The stored import mappings, by name, in a store's config table (`configs`: a single
+    node's store, or on a cluster shard 0's: `configs`, `put_config`, `delete_config`)."""
+
+    def __init__(self, configs: Any, clock: Callable[[], int]):
+        self.configs, self.clock = configs, clock
+
+    def put(self, name: str, spec: Any) -> dict:
+        """Declare (or replace) how a file's columns map to observations (docs/import.md)."""
+        body = ImportMapping.from_data(spec, name=name).to_json()
+        self.configs.put_config(CONFIG_KIND, name, orjson.dumps(body).decode(), self.clock())
+        return body
+
+    def get(self, name: str) -> dict:
+        stored = self.configs.configs(CONFIG_KIND).get(name)
+        if stored is None:
+            raise NotFound(
+                f"no import mapping '{name}'",
+                field="mapping",
+                fix=f"declare it with PUT /api/mappings/{name}",
+            )
+        return orjson.loads(stored)
+
+    def namespace(self, name: str) -> str:
+        """The namespace that owns an import mapping (NotFound for an unknown one)."""
+        return self.get(name).get("namespace") or DEFAULT_NAMESPACE
+
+    def list(self) -> list[dict]:
+        return [orjson.loads(s) for _, s in sorted(self.configs.configs(CONFIG_KIND).items())]
+
+    def delete(self, name: str) -> dict:
+        if not self.configs.delete_config(CONFIG_KIND, name):
+            self.get(name)  # NotFound, with the fix
+        return {"name": name, "deleted": True}
+
+    def resolve(self, mapping: str | dict | ImportMapping) -> ImportMapping:
+        """A mapping given by its stored name, as data, or as is."""
+        if isinstance(mapping, str):
+            mapping = self.get(mapping)
+        return mapping if isinstance(mapping, ImportMapping) else ImportMapping.from_data(mapping)
