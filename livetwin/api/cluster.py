@@ -1,7 +1,8 @@
-"""The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
-registry, lineage, scheduler, webhook and device routes (the same route functions as a single
-node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the
-limit for every other /api route (docs/cluster.md)."""
+"""The cluster front end's app: the single node's type, type import, NGSI-LD, ingest,
+calibration, twin, alarm, model registry, lineage, scheduler, webhook and device
+routes (the same route functions as a single node's, over a `ClusterFrontend`), `GET
+/api/cluster`, a health check, and a 501 naming the limit for every other /api route
+(docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from livetwin.api.app import (
 )
 from livetwin.api.backtests import backtest_routes
 from livetwin.api.devices import device_routes
+from livetwin.api.interop import interop_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.openapi import document
@@ -59,6 +61,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     document(app)
     install_error_handlers(app)
     type_routes(app, frontend)
+    interop_routes(app, frontend)  # POST /api/types/import, the NGSI-LD view
     extractor_routes(app, frontend)
     ingest_routes(app, frontend)
     calibration_routes(app, frontend)

@@ -195,7 +195,7 @@ class ClusterFrontend:
         self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
         self.feed = ClusterFeed(self)
         self.mqtt = None  # start_mqtt
-        self._layouts: dict[tuple[str, int], tuple] = {}
+        self._versions: dict[tuple[str, int], CompiledType] = {}  # compiled_version
         self._refresh_types()
         self.lineage, self.registry = self._open_registry()
         self.backtests = ClusterBacktests(self)
@@ -391,23 +391,49 @@ class ClusterFrontend:
 
     def _refresh_types(self) -> dict[str, CompiledType]:
         """Compile every type as shard 0 holds it (all shards hold the same)."""
-        from livetwin.models.base import ModelRefs
-
         specs = self._one(0, "type_specs")
-        models = ModelRefs.configured(self.settings, self.data_dir).trusting_modules()
         with self._types_lock:
             for name, (version, spec) in specs.items():
                 known = self._types.get(name)
                 if known is None or known.version != version:
-                    parsed = TwinTypeSpec.model_validate({**spec, "name": name})
-                    self._types[name] = compile_type(parsed, version, resolve_model=models)
+                    self._types[name] = self._compile(name, version, spec)
             for gone in set(self._types) - set(specs):
                 del self._types[gone]
             return dict(self._types)
 
+    def _compile(self, name: str, version: int, spec: dict) -> CompiledType:
+        """A stored type version compiled here (its models resolved as a shard does)."""
+        from livetwin.models.base import ModelRefs
+
+        models = ModelRefs.configured(self.settings, self.data_dir).trusting_modules()
+        parsed = TwinTypeSpec.model_validate({**spec, "name": name})
+        return compile_type(parsed, version, resolve_model=models)
+
     def compiled_types(self) -> dict[str, CompiledType]:
         with self._types_lock:
             return dict(self._types)
+
+    def compiled_type(self, name: str) -> CompiledType | None:
+        """A type's current version (as this front end last read the types), or None."""
+        return self.compiled_types().get(name)
+
+    def compiled_version(self, name: str, version: int) -> CompiledType:
+        """A type version: the current one, or shard 0's stored spec compiled here (cached;
+        NotFound when there is none)."""
+        current = self.compiled_type(name)
+        if current is not None and current.version == version:
+            return current
+        key = (name, version)
+        if key not in self._versions:
+            stored = self._one(0, "read", "get_type", name, version)["spec"]
+            self._versions[key] = self._compile(name, version, stored)
+        return self._versions[key]
+
+    def type_of(self, twin_id: str) -> CompiledType:
+        """The compiled type of a twin, as its shard says (NotFound when there is no such
+        twin)."""
+        twin = self.twin(twin_id)
+        return self.compiled_version(twin["type"], twin["version"])
 
     def put_type(self, name: str, spec: dict) -> dict:
         """Declare or change a type on every shard (each keeps the same versions)."""
@@ -460,10 +486,8 @@ class ClusterFrontend:
 
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which are derived (for the live stream)."""
-        key = (name, version)
-        if key not in self._layouts:
-            self._layouts[key] = self._one(0, "read", "layout", name, version)
-        return self._layouts[key]
+        ctype = self.compiled_version(name, version)
+        return ctype.columns, frozenset(ctype.derived_order)
 
     def type_namespace(self, name: str) -> str:
         return self.get_type(name)["spec"].get("namespace") or DEFAULT_NAMESPACE

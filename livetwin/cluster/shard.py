@@ -410,7 +410,7 @@ WEBHOOK_CALLS = frozenset(
     {"create", "subscriptions", "get", "delete", "deliveries", "dead", "redeliver"}
 )
 READS = frozenset(
-    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate", "layout"}
+    {"get_type", "list_types", "twin", "twins", "history", "observations", "aggregate"}
 )
 
 
