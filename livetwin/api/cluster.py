@@ -1,5 +1,5 @@
 """The cluster front end's app: the single node's type, type import, NGSI-LD, ingest,
-calibration, twin, alarm, model registry, lineage, scheduler, webhook and device
+calibration, twin, desired state, alarm, model registry, lineage, scheduler, webhook and device
 routes (the same route functions as a single node's, over a `ClusterFrontend`), `GET
 /api/cluster`, a health check, and a 501 naming the limit for every other /api route
 (docs/cluster.md)."""
@@ -29,6 +29,7 @@ from livetwin.api.app import (
     type_routes,
 )
 from livetwin.api.backtests import backtest_routes
+from livetwin.api.commands import commands_routes
 from livetwin.api.devices import device_routes
 from livetwin.api.interop import interop_routes
 from livetwin.api.login import login_routes
@@ -65,6 +66,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     extractor_routes(app, frontend)
     ingest_routes(app, frontend)
     calibration_routes(app, frontend)
+    commands_routes(app, frontend, frontend.commands)  # .../desired before the catch-all
     twin_read_routes(app, frontend)
     twin_routes(app, frontend)
     cluster_route(app, frontend.cluster)

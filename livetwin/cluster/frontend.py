@@ -194,7 +194,7 @@ class ClusterFrontend:
         # extractors live in shard 0's store, read there each time (any front end may change one)
         self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
         self.feed = ClusterFeed(self)
-        self.mqtt = None  # start_mqtt
+        self.mqtt = self.commands = None  # start_mqtt
         self._versions: dict[tuple[str, int], CompiledType] = {}  # compiled_version
         self._refresh_types()
         self.lineage, self.registry = self._open_registry()
@@ -270,8 +270,9 @@ class ClusterFrontend:
 
     def close(self) -> None:
         self.scheduler.stop()  # first: running functions may still ingest
-        if self.mqtt is not None:
-            self.mqtt.stop()
+        for service in (self.mqtt, self.commands):
+            if service is not None:
+                service.stop()
         self.feed.close()
         self.registry.stop()
         self.backtests.close()
@@ -586,7 +587,10 @@ class ClusterFrontend:
     def start_mqtt(self, connection: Any) -> None:
         """MQTT ingest through this front end: its subscriptions live in shard 0's store; with
         the connection's share group, several front ends split each topic; device topics are
-        checked against the cluster's device credentials."""
+        checked against the cluster's device credentials. And device commands: the single
+        node's `CommandService` over the cluster's `<cluster>_commands` schema (shared by the
+        front ends), hearing reported values on the merged feed."""
+        from livetwin.actions.commands import CommandService
         from livetwin.ingest.mqtt import MqttBridge
 
         self.mqtt = MqttBridge(
@@ -597,6 +601,10 @@ class ClusterFrontend:
             clock=self.clock,
             device_twins=self.devices.owner,
         ).start()
+        self.commands = CommandService(
+            connection, clock=self.clock, bus=self.feed.bus, reader=self, open_db=self.open_db
+        ).start()
+        self.feed.follow()  # reported values mark desired values reached
 
     def submit_extracted(self, extractor: str, payload: Any, *, atomic: bool = False) -> Future:
         """A device payload mapped by the named extractor, then ingested like `submit`."""

@@ -6,12 +6,23 @@ MQTT and are marked reached by a value reported through the front end."""
 from __future__ import annotations
 
 import json
+import queue
+import time
+import uuid
 from pathlib import Path
 
+import orjson
+import paho.mqtt.client as mqtt
 import pytest
-from conftest import PUMP, T0, obs
+from conftest import MQTT_HOST, MQTT_PORT, PUMP, T0, obs, require_mosquitto
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+from webhook_support import wait_for
 
+from livetwin.api.cluster import create_cluster_app
+from livetwin.cluster.frontend import ClusterFrontend
 from livetwin.cluster.meta import shard_of
+from livetwin.settings import MqttConnection, Settings
 
 pytestmark = pytest.mark.services  # PostgreSQL (and Mosquitto for commands)
 
@@ -119,3 +130,64 @@ def test_types_and_twins_export_as_a_single_node_s(both):
         ours, theirs = cluster.get(path), single.get(path)
         assert ours.status_code == 200, ours.text
         assert ours.json() == theirs.json(), path
+
+
+def test_desired_state_without_mqtt_is_a_409_as_on_a_single_node(front):
+    client, _, _ = front
+    answer = client.put("/api/twins/p-1/desired", json={"values": {"flow": 1}})
+    assert answer.status_code == 409 and answer.json()["error"]["field"] == "mqtt"
+
+
+@pytest.fixture
+def device():
+    """(a topic prefix, a device subscribed under it whose commands land in a queue)."""
+    require_mosquitto()
+    prefix = f"cmd-{uuid.uuid4().hex[:12]}"
+    received: queue.Queue = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{prefix}")
+    client.on_message = lambda c, u, m: received.put((m.topic, orjson.loads(m.payload)))
+    client.connect(MQTT_HOST, MQTT_PORT)
+    client.subscribe(f"{prefix}/#", qos=1)
+    client.loop_start()
+    time.sleep(0.3)  # the SUBACK
+    yield prefix, received
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_a_desired_value_reaches_the_device_and_is_reached_when_reported(front, device, tmp_path):
+    first, shards, frontend = front
+    prefix, received = device
+    fan = {**PUMP, "commands": {"topic": prefix + "/{type}/{twin}/set", "tolerance": 0.01}}
+    assert first.put("/api/types/pump", json=fan).status_code == 200
+    rows = [obs(f"fan-{i}", T0, flow=5) for i in range(8)]
+    assert first.post("/api/ingest", json=rows).json()["accepted"] == 8
+    twin = "fan-3"
+    frontend.start_mqtt(MqttConnection(MQTT_HOST, MQTT_PORT))
+    first = TestClient(create_cluster_app(frontend))  # an app of a front end with MQTT
+    # a second front end that follows the shards' feeds only because it has MQTT
+    quiet = Settings(run_schedules=False)
+    other = ClusterFrontend(frontend.meta, shards, settings=quiet, data_dir=str(tmp_path / "2"))
+    try:
+        other.start_mqtt(MqttConnection(MQTT_HOST, MQTT_PORT))
+        second = TestClient(create_cluster_app(other))
+        wait_for(lambda: other.commands._client.is_connected())
+
+        put = second.put(f"/api/twins/{twin}/desired", json={"values": {"flow": 12.5, "eff": 0.9}})
+        assert put.status_code == 200, put.text
+        assert put.json()["pending"] == ["eff", "flow"]
+        topic, command = received.get(timeout=10)
+        assert topic == f"{prefix}/pump/{twin}/set"
+        assert command["values"] == {"flow": 12.5, "eff": 0.9}
+        assert command["id"] == put.json()["command"]["id"]
+        wait_for(lambda: second.get(f"/api/twins/{twin}/desired").json()["command"]["published"])
+        shown = first.get(f"/api/twins/{twin}/desired").json()  # the shared commands schema
+        assert shown["desired"] == {"eff": 0.9, "flow": 12.5} and shown["command"]["published"]
+
+        report = [obs(twin, T0 + 1000, flow=12.49), obs(twin, T0 + 2000, eff=0.9)]
+        assert first.post("/api/ingest", json=report).json()["accepted"] == 2
+        wait_for(lambda: set(other.commands.desired(twin)["reached"]) == {"eff", "flow"})
+        view = first.get(f"/api/twins/{twin}/desired").json()
+        assert view["pending"] == [] and set(view["reached"]) == {"eff", "flow"}
+    finally:
+        other.close()
