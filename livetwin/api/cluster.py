@@ -1,7 +1,8 @@
-"""The cluster front end's app: the single node's type, ingest, calibration, twin, alarm, model
-registry, lineage, scheduler, back-test, scenario, webhook and device routes (the same route
-functions as a single node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and
-a 501 naming the limit for every other /api route (docs/cluster.md)."""
+"""The cluster front end's app: the single node's type, type import, NGSI-LD, ingest,
+calibration, twin, desired state, alarm, model registry, lineage, scheduler, back-test,
+scenario, webhook, device, file and namespace routes (the same route functions as a single
+node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the
+limit for every other /api route (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from livetwin.api.app import (
     type_routes,
 )
 from livetwin.api.backtests import backtest_routes
+from livetwin.api.commands import commands_routes
 from livetwin.api.devices import device_routes
 from livetwin.api.files import file_routes
+from livetwin.api.interop import interop_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.namespaces import namespace_routes
@@ -62,9 +65,11 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     document(app)
     install_error_handlers(app)
     type_routes(app, frontend)
+    interop_routes(app, frontend)  # POST /api/types/import, the NGSI-LD view
     extractor_routes(app, frontend)
     ingest_routes(app, frontend)
     calibration_routes(app, frontend)
+    commands_routes(app, frontend, frontend.commands)  # .../desired before the catch-all
     twin_read_routes(app, frontend)
     twin_routes(app, frontend)
     cluster_route(app, frontend.cluster)

@@ -4,7 +4,7 @@ and twin routes (livetwin/api/app.py)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Query, Request
@@ -16,7 +16,6 @@ from livetwin.api.openapi import request_body
 from livetwin.api.params import Int64
 from livetwin.interop.importer import declare, is_package, parse_models
 from livetwin.interop.ngsi_ld import CORE_CONTEXT, MAX_LIMIT, NgsiLdView
-from livetwin.platform import Platform
 
 IMPORT_BODY = request_body(
     {
@@ -65,8 +64,9 @@ def _content(schema: dict) -> dict:
     return {"application/json": {"schema": schema}, "application/ld+json": {"schema": schema}}
 
 
-def interop_routes(app: FastAPI, platform: Platform) -> None:
-    """Add the import route and the NGSI-LD view to `app`."""
+def interop_routes(app: FastAPI, platform: Any) -> None:
+    """Add the import route and the NGSI-LD view to `app`, over a `Platform` or a cluster
+    front end (its `query`, `put_type` and `settings`)."""
     limit = platform.settings.max_body_bytes
     view = NgsiLdView(platform.query)
 

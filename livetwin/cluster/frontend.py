@@ -199,8 +199,8 @@ class ClusterFrontend:
         self.extractors = Extractors(_ShardConfigs(self, 0), clock, cache=False)
         self.mappings = ImportMappings(_ShardConfigs(self, 0), clock)  # file import, shard 0's
         self.feed = ClusterFeed(self)
-        self.mqtt = None  # start_mqtt
-        self._layouts: dict[tuple[str, int], tuple] = {}
+        self.mqtt = self.commands = None  # start_mqtt
+        self._versions: dict[tuple[str, int], CompiledType] = {}  # compiled_version
         self._refresh_types()
         self.lineage, self.registry = self._open_registry()
         self.backtests = ClusterBacktests(self)
@@ -291,8 +291,9 @@ class ClusterFrontend:
 
     def close(self) -> None:
         self.scheduler.stop()  # first: running functions may still ingest
-        if self.mqtt is not None:
-            self.mqtt.stop()
+        for service in (self.mqtt, self.commands):
+            if service is not None:
+                service.stop()
         self.feed.close()
         self.scenarios.close()
         self.registry.stop()
@@ -413,23 +414,49 @@ class ClusterFrontend:
 
     def _refresh_types(self) -> dict[str, CompiledType]:
         """Compile every type as shard 0 holds it (all shards hold the same)."""
-        from livetwin.models.base import ModelRefs
-
         specs = self._one(0, "type_specs")
-        models = ModelRefs.configured(self.settings, self.data_dir).trusting_modules()
         with self._types_lock:
             for name, (version, spec) in specs.items():
                 known = self._types.get(name)
                 if known is None or known.version != version:
-                    parsed = TwinTypeSpec.model_validate({**spec, "name": name})
-                    self._types[name] = compile_type(parsed, version, resolve_model=models)
+                    self._types[name] = self._compile(name, version, spec)
             for gone in set(self._types) - set(specs):
                 del self._types[gone]
             return dict(self._types)
 
+    def _compile(self, name: str, version: int, spec: dict) -> CompiledType:
+        """A stored type version compiled here (its models resolved as a shard does)."""
+        from livetwin.models.base import ModelRefs
+
+        models = ModelRefs.configured(self.settings, self.data_dir).trusting_modules()
+        parsed = TwinTypeSpec.model_validate({**spec, "name": name})
+        return compile_type(parsed, version, resolve_model=models)
+
     def compiled_types(self) -> dict[str, CompiledType]:
         with self._types_lock:
             return dict(self._types)
+
+    def compiled_type(self, name: str) -> CompiledType | None:
+        """A type's current version (as this front end last read the types), or None."""
+        return self.compiled_types().get(name)
+
+    def compiled_version(self, name: str, version: int) -> CompiledType:
+        """A type version: the current one, or shard 0's stored spec compiled here (cached;
+        NotFound when there is none)."""
+        current = self.compiled_type(name)
+        if current is not None and current.version == version:
+            return current
+        key = (name, version)
+        if key not in self._versions:
+            stored = self._one(0, "read", "get_type", name, version)["spec"]
+            self._versions[key] = self._compile(name, version, stored)
+        return self._versions[key]
+
+    def type_of(self, twin_id: str) -> CompiledType:
+        """The compiled type of a twin, as its shard says (NotFound when there is no such
+        twin)."""
+        twin = self.twin(twin_id)
+        return self.compiled_version(twin["type"], twin["version"])
 
     def put_type(self, name: str, spec: dict) -> dict:
         """Declare or change a type on every shard (each keeps the same versions); every front
@@ -491,10 +518,8 @@ class ClusterFrontend:
 
     def layout(self, name: str, version: int) -> tuple[tuple[str, ...], frozenset[str]]:
         """The column names of a type version and which are derived (for the live stream)."""
-        key = (name, version)
-        if key not in self._layouts:
-            self._layouts[key] = self._one(0, "read", "layout", name, version)
-        return self._layouts[key]
+        ctype = self.compiled_version(name, version)
+        return ctype.columns, frozenset(ctype.derived_order)
 
     def type_namespace(self, name: str) -> str:
         return self.get_type(name)["spec"].get("namespace") or DEFAULT_NAMESPACE
@@ -593,7 +618,10 @@ class ClusterFrontend:
     def start_mqtt(self, connection: Any) -> None:
         """MQTT ingest through this front end: its subscriptions live in shard 0's store; with
         the connection's share group, several front ends split each topic; device topics are
-        checked against the cluster's device credentials."""
+        checked against the cluster's device credentials. And device commands: the single
+        node's `CommandService` over the cluster's `<cluster>_commands` schema (shared by the
+        front ends), hearing reported values on the merged feed."""
+        from livetwin.actions.commands import CommandService
         from livetwin.ingest.mqtt import MqttBridge
 
         self.mqtt = MqttBridge(
@@ -604,6 +632,10 @@ class ClusterFrontend:
             clock=self.clock,
             device_twins=self.devices.owner,
         ).start()
+        self.commands = CommandService(
+            connection, clock=self.clock, bus=self.feed.bus, reader=self, open_db=self.open_db
+        ).start()
+        self.feed.follow()  # reported values mark desired values reached
 
     def submit_extracted(self, extractor: str, payload: Any, *, atomic: bool = False) -> Future:
         """A device payload mapped by the named extractor, then ingested like `submit`."""

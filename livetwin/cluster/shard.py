@@ -474,7 +474,7 @@ WEBHOOK_CALLS = frozenset(
 )
 READS = frozenset(
     {"get_type", "list_types", "twin", "twin_types", "twins", "history", "observations",
-     "aggregate", "layout"}
+     "aggregate"}
 )  # fmt: skip
 
 

@@ -50,7 +50,8 @@ def parse_id(identifier: str) -> tuple[str | None, str]:
 
 
 class NgsiLdView:
-    """Entities over one core's twins (read through `Query`)."""
+    """Entities over one core's twins (read through `Query`) or a cluster's (its front end):
+    `twins`, `twin`, `compiled_version` and `type_of` are all it reads."""
 
     def __init__(self, query: Query):
         self.query = query
