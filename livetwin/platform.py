@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,7 +38,7 @@ from livetwin.jobs.builtins import register_builtins
 from livetwin.jobs.calibration import calibrate as run_calibration
 from livetwin.jobs.calibration import calibration_view
 from livetwin.jobs.ports import CalibrationPorts
-from livetwin.jobs.retention import journal_retention_ms
+from livetwin.jobs.retention import compact_journal, compact_type, journal_retention_ms
 from livetwin.jobs.scenario import Forecaster, ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
@@ -45,7 +46,7 @@ from livetwin.namespaces import check_namespace
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
-from livetwin.registry.artifacts import S3Config, artifact_store, s3_client
+from livetwin.registry.artifacts import artifact_store, bucket_client
 from livetwin.schedule import Scheduler
 from livetwin.settings import Settings
 from livetwin.spec.extractor import ExtractorSpec
@@ -174,19 +175,13 @@ class Platform:
             ingest=self.core,
             registry=self.registry,
             import_file=self.import_file,
-            s3_client=self._s3_client,
+            s3_client=partial(bucket_client, self.settings.artifacts, self.outbound),
+            compact=(partial(compact_type, self.query), partial(compact_journal, self.core)),
+            journal_retention=self.settings.journal_retention,
             backtests=self.backtests,
             scenarios=self.scenarios,
         )
         return scheduler
-
-    def _s3_client(self, bucket: str) -> Any:
-        """A client on the deployment's S3 endpoint and credentials (the artifact store's
-        LIVETWIN_S3_* settings) for `bucket`, through the outbound policy."""
-        config = S3Config.from_env(
-            {**(self.settings.artifacts or {}), "LIVETWIN_S3_BUCKET": bucket}
-        )
-        return s3_client(config, self.outbound)
 
     def open_db(
         self,

@@ -296,6 +296,14 @@ def serve(
         help="With --cluster: the shard count of a new cluster (fixed for its life; a running "
         "cluster's count is read from the database).",
     ),
+    placement: str = typer.Option(
+        None,
+        "--placement",
+        help="With --cluster: how a new cluster places twins on shards: twin (by id, the "
+        "default) or root (by the id's first segment: a tree of twins such as home-1, "
+        "home-1/kitchen stays on one shard, so parents aggregate their children). Fixed for "
+        "the cluster's life.",
+    ),
     database: str = typer.Option(
         None,
         "--database",
@@ -368,9 +376,9 @@ def serve(
 
     check_https(https, host, settings.auth or default_mode(host), insecure_http)
     check_port(host, port)
-    if cluster is not None or shards is not None:
+    if cluster is not None or shards is not None or placement is not None:
         frontend = cluster_frontend(
-            cluster, shards, cluster_name, data, settings, subscriptions, connectors
+            cluster, shards, placement, cluster_name, data, settings, subscriptions, connectors
         )
         banner = f"livetwin cluster front end at [bold]{'https' if https else 'http'}://"
         banner += f"{host}:{port}[/] (API docs: /docs; shards: GET /api/cluster)"
@@ -403,6 +411,7 @@ def serve(
 def cluster_frontend(
     cluster: str | None,
     shards: int | None,
+    placement: str | None,
     name: str,
     data: Path,
     settings: Settings,
@@ -415,8 +424,11 @@ def cluster_frontend(
 
     try:
         if cluster is None:
+            option = "--shards" if shards is not None else "--placement"
             raise InvalidInput(
-                "--shards needs --cluster", field="shards", fix="add --cluster auto (or an address)"
+                f"{option} needs --cluster",
+                field=option.lstrip("-"),
+                fix="add --cluster auto (or an address)",
             )
         if connectors:
             raise InvalidInput(
@@ -431,6 +443,7 @@ def cluster_frontend(
             settings.database_url,
             shards=shards,
             name=name,
+            placement=placement,
             settings=settings,
             data_dir=str(data),
         )

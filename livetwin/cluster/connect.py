@@ -78,22 +78,23 @@ def open_frontend(
     *,
     shards: int | None = None,
     name: str = "livetwin",
+    placement: str | None = None,
     settings: Settings | None = None,
     data_dir: str = "livetwin-data",
     ready_timeout_s: float = 180.0,
 ) -> ClusterFrontend:
     """A front end on the cluster `name` in `database` over the Ray cluster at `address`,
-    creating the cluster (with `shards`) and starting its shard actors when they do not run;
-    returns once every shard answers."""
+    creating the cluster (with `shards` and `placement`) and starting its shard actors when
+    they do not run; returns once every shard answers."""
     import time
 
     ray_address(address)
-    open_cluster(database, shards=shards, name=name, create=False)  # cheap checks first
+    open_cluster(database, shards=shards, name=name, placement=placement, create=False)
     connect_ray(address)
     import ray
 
     try:
-        meta = open_cluster(database, shards=shards, name=name)
+        meta = open_cluster(database, shards=shards, name=name, placement=placement)
         handles = start_shards(meta)
         calls = {i: h.info.remote() for i, h in enumerate(handles)}
         deadline = time.monotonic() + ready_timeout_s

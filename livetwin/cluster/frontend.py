@@ -216,14 +216,11 @@ class ClusterFrontend:
         front end runs one, the holder of its PostgreSQL lease leads (fires schedules, runs
         functions here and workflow tasks where `workflow_kind` says: Ray tasks in a Ray
         cluster), the others are on standby and take over when it is lost. Its built-in jobs
-        are `calibrate`, `backtest`, `scenario` and `compact`, fanned out over the shards."""
-        from livetwin.jobs.backtest import BACKTEST, backtest_job
-        from livetwin.jobs.builtins import (
-            register_calibration,
-            register_compaction,
-            register_scenarios,
-        )
-        from livetwin.jobs.retention import compact_job
+        are a single node's: calibration, retention, back-tests and scenarios fan out over the
+        shards; baseline training, inactivity checks and file import read and write through
+        this front end."""
+        from livetwin.jobs.builtins import register_builtins
+        from livetwin.registry.artifacts import bucket_client
 
         scheduler = Scheduler(
             clock=self.clock,
@@ -237,14 +234,20 @@ class ClusterFrontend:
             allow_modules=self.settings.scheduler_modules,
             workflow_kind=self.workflow_kind,
         )
-        register_calibration(scheduler, self.calibrate)
-        scheduler.register_job(BACKTEST, backtest_job(self.backtests))
-        register_compaction(
+        register_builtins(
             scheduler,
-            compact_job(self.apply_retention, self.compact_journal, self.clock),
-            self.settings.journal_retention,
+            calibrate=self.calibrate,
+            clock=self.clock,
+            query=self,
+            ingest=self,
+            registry=self.registry,
+            import_file=self.import_file,
+            s3_client=partial(bucket_client, self.settings.artifacts, self.outbound),
+            compact=(self.apply_retention, self.compact_journal),
+            journal_retention=self.settings.journal_retention,
+            backtests=self.backtests,
+            scenarios=self.scenarios,
         )
-        register_scenarios(scheduler, self.scenarios)
         self.feed.bus.subscribe(self._announce_run)
         return scheduler
 
@@ -526,6 +529,10 @@ class ClusterFrontend:
 
     # ---- ingest ----------------------------------------------------------------------------
 
+    def ingest(self, observations: Any, *, atomic: bool = False) -> ClusterIngestResult:
+        """`submit`, waited for (the built-in jobs write their results through it)."""
+        return self.submit(observations, atomic=atomic).result()
+
     def submit(self, observations: Any, *, atomic: bool = False) -> Future:
         """Check a batch, split it by shard and send the parts at once: a future of the
         `ClusterIngestResult`, answered when every shard involved has committed (or failed)."""
@@ -605,7 +612,7 @@ class ClusterFrontend:
         parts: dict[int, Normalized] = {}
         count = self.shards.count
         for batch, index in normalized.batches:
-            owners = np.asarray(shards_of(batch.twins, count), dtype=np.int64)
+            owners = np.asarray(shards_of(batch.twins, count, self.meta.placement), np.int64)
             order = np.argsort(owners, kind="stable")
             cuts = np.flatnonzero(np.diff(owners[order])) + 1
             for rows in np.split(order, cuts):
@@ -713,14 +720,40 @@ class ClusterFrontend:
     # ---- reads -----------------------------------------------------------------------------
 
     def shard(self, twin_id: str) -> int:
-        return shards_of([twin_id], self.shards.count)[0]
+        return shards_of([twin_id], self.shards.count, self.meta.placement)[0]
 
     def by_shard(self, twin_ids: list[str]) -> dict[int, list[str]]:
         """The twins of each shard, in shard order (each in the order given)."""
         parts: dict[int, list[str]] = {}
-        for twin, shard in zip(twin_ids, shards_of(twin_ids, self.shards.count), strict=True):
+        placed = shards_of(twin_ids, self.shards.count, self.meta.placement)
+        for twin, shard in zip(twin_ids, placed, strict=True):
             parts.setdefault(shard, []).append(twin)
         return dict(sorted(parts.items()))
+
+    def type_rows(self, type_name: str, names_of: Any, twins: list[str] | None = None):
+        """`Query.type_rows` over the shards: (the type compiled here, twin ids, uids, last
+        observation times, {name: current values} of `names_of(type)`) for all its twins (shard
+        by shard) or those of `twins` in that order. Uids are each shard's own: -1 here."""
+        ctype = self.compiled_types().get(type_name)
+        if ctype is None:
+            self.get_type(type_name)  # NotFound with the fix (or a type declared meanwhile)
+            ctype = self._refresh_types()[type_name]
+        names = list(names_of(ctype))
+        parts = (
+            {i: None for i in range(self.shards.count)}
+            if twins is None
+            else self.by_shard(list(twins))
+        )
+        calls = {i: ("type_values", type_name, names, ids) for i, ids in parts.items()}
+        found = self._some(calls) if calls else {}
+        answers = [found[i] for i in sorted(found)]
+        ids = [twin for found, _, _ in answers for twin in found]
+        order = np.arange(len(ids)) if twins is None else _positions(ids, list(twins))
+        last = np.concatenate([a[1] for a in answers] or [np.zeros(0, np.int64)])[order]
+        current = {
+            n: np.concatenate([a[2][n] for a in answers] or [np.zeros(0)])[order] for n in names
+        }
+        return ctype, [ids[k] for k in order], np.full(len(ids), -1), last, current
 
     def twin_types(self, twin_ids: list[str]) -> dict[str, str | None]:
         """The type name of each twin, in the order given (None: no such twin), asked of the
@@ -1146,6 +1179,12 @@ class ClusterWebhooks:
         if not answers:  # every shard said it has no such dead letter
             raise next(iter(failures.values()))
         return {"id": sub_id, "requeued": sum(a["requeued"] for a in answers.values())}
+
+
+def _positions(found: list[str], wanted: list[str]) -> np.ndarray:
+    """Where each of `wanted` is in `found` (an index array that puts `found` in that order)."""
+    at = {twin: k for k, twin in enumerate(found)}
+    return np.array([at[twin] for twin in wanted], dtype=np.int64)
 
 
 def summed(answers: dict[int, dict]) -> dict:

@@ -24,14 +24,26 @@ DATABASE_FIX = (
 )
 
 
-def shard_of(twin_id: str, shards: int) -> int:
-    """The shard of a twin: CRC-32 of its UTF-8 id, modulo the shard count."""
-    return zlib.crc32(twin_id.encode()) % shards
+PLACEMENTS = ("twin", "root")  # what a twin's shard is the hash of (fixed at creation)
 
 
-def shards_of(twin_ids: Sequence[str], shards: int) -> list[int]:
+def placement_key(twin_id: str, placement: str = "twin") -> str:
+    """What places a twin: its id (`twin`), or its id's first segment (`root`: the part before
+    the first '/', so `home-1`, `home-1/kitchen` and `home-1/kitchen/fridge` share a shard and a
+    parent's aggregates see all its children)."""
+    return twin_id.split("/", 1)[0] if placement == "root" else twin_id
+
+
+def shard_of(twin_id: str, shards: int, placement: str = "twin") -> int:
+    """The shard of a twin: CRC-32 of its UTF-8 placement key, modulo the shard count."""
+    return zlib.crc32(placement_key(twin_id, placement).encode()) % shards
+
+
+def shards_of(twin_ids: Sequence[str], shards: int, placement: str = "twin") -> list[int]:
     """`shard_of` for many twins."""
     crc32 = zlib.crc32
+    if placement == "root":
+        return [crc32(t.split("/", 1)[0].encode()) % shards for t in twin_ids]
     return [crc32(t.encode()) % shards for t in twin_ids]
 
 
@@ -51,7 +63,8 @@ def with_schema(url: str, schema: str) -> str:
 
 @dataclass(frozen=True)
 class ClusterMeta:
-    """A cluster as stored: its name, shard count, version and the URL of every shard."""
+    """A cluster as stored: its name, shard count, version, the URL of every shard and how
+    twins are placed (`placement_key`)."""
 
     name: str
     shards: int
@@ -59,6 +72,7 @@ class ClusterMeta:
     shard_urls: tuple[str, ...]
     created: int
     base_url: str
+    placement: str = "twin"
 
     @property
     def services_url(self) -> str:
@@ -75,6 +89,7 @@ class ClusterMeta:
         return {
             "name": self.name,
             "shards": self.shards,
+            "placement": self.placement,
             "version": self.version,
             "created": self.created,
             "databases": [safe_url(u) for u in self.shard_urls],
@@ -138,14 +153,24 @@ def open_cluster(
     databases: Sequence[str] = (),
     version: str = __version__,
     create: bool = True,
+    placement: str | None = None,
 ) -> ClusterMeta:
-    """The cluster `name` stored in the database at `url`, created with `shards` shards when it
-    does not exist (shard i's schema lives in `databases[i % len(databases)]`, default `url`).
+    """The cluster `name` stored in the database at `url`, created with `shards` shards and
+    `placement` (default `twin`) when it does not exist (shard i's schema lives in
+    `databases[i % len(databases)]`, default `url`).
 
     Refused with a clear error: no PostgreSQL, no shard count for a new cluster, another shard
-    count than the stored one, another livetwin version than the one that created it. With
-    `create=False` it only checks (nothing is written): what a start does before it commits.
+    count or placement than the stored one, another livetwin version than the one that created
+    it. With `create=False` it only checks (nothing is written): what a start does before it
+    commits.
     """
+    if placement is not None and placement not in PLACEMENTS:
+        raise InvalidInput(
+            f"--placement must be {' or '.join(PLACEMENTS)}, not {placement!r}",
+            field="placement",
+            fix="twin: spread every twin by its id; root: keep each id's first segment (a "
+            "tree of twins) on one shard",
+        )
     url = check_database_url(url)
     name = check_name(name)
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
@@ -171,6 +196,12 @@ def open_cluster(
                 "created bigint NOT NULL)"
             ).format(schema)
         )
+        conn.execute(  # clusters created before placements place by twin id
+            sql.SQL(
+                "ALTER TABLE {}.cluster ADD COLUMN IF NOT EXISTS placement text NOT NULL "
+                "DEFAULT 'twin'"
+            ).format(schema)
+        )
         conn.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {}.shards (shard integer PRIMARY KEY, "
@@ -178,7 +209,7 @@ def open_cluster(
             ).format(schema)
         )
         row = conn.execute(
-            sql.SQL("SELECT shards, version, created FROM {}.cluster").format(schema)
+            sql.SQL("SELECT shards, version, created, placement FROM {}.cluster").format(schema)
         ).fetchone()
         if row is None:
             if shards is None:
@@ -191,9 +222,9 @@ def open_cluster(
                 0
             ]
             conn.execute(
-                sql.SQL("INSERT INTO {}.cluster (shards, version, created) VALUES (%s, %s, %s)")
-                .format(schema),
-                (shards, version, created),
+                sql.SQL("INSERT INTO {}.cluster (shards, version, created, placement) "
+                        "VALUES (%s, %s, %s, %s)").format(schema),
+                (shards, version, created, placement or "twin"),
             )  # fmt: skip
             pool = list(databases) or [url]
             urls = [with_schema(pool[i % len(pool)], shard_schema(name, i)) for i in range(shards)]
@@ -202,14 +233,22 @@ def open_cluster(
                     sql.SQL("INSERT INTO {}.shards VALUES (%s, %s)").format(schema),
                     list(enumerate(urls)),
                 )
-            row = (shards, version, created)
-        stored_shards, stored_version, created = row
+            row = (shards, version, created, placement or "twin")
+        stored_shards, stored_version, created, stored_placement = row
         if shards is not None and shards != stored_shards:
             raise InvalidInput(
                 f"the cluster '{name}' has {stored_shards} shards; it cannot start with {shards}",
                 field="shards",
                 fix=f"start with --shards {stored_shards} (or leave --shards out); the shard "
                 "count is fixed when a cluster is created",
+            )
+        if placement is not None and placement != stored_placement:
+            raise InvalidInput(
+                f"the cluster '{name}' places twins by {stored_placement}; it cannot start with "
+                f"--placement {placement}",
+                field="placement",
+                fix=f"start with --placement {stored_placement} (or leave it out); the placement "
+                "is fixed when a cluster is created",
             )
         if stored_version != version:
             raise Unavailable(
@@ -225,7 +264,7 @@ def open_cluster(
         )
         if not create:
             raise psycopg.Rollback()  # a check only: nothing stays written
-    return ClusterMeta(name, stored_shards, stored_version, urls, created, url)
+    return ClusterMeta(name, stored_shards, stored_version, urls, created, url, stored_placement)
 
 
 def drop_cluster(url: str, name: str) -> None:

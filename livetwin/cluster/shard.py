@@ -236,6 +236,14 @@ class Shard:
             raise ValueError(f"not a shard config call: {method}")
         return getattr(self.core.store, method)(*args)
 
+    def type_values(
+        self, type_name: str, names: list[str], twins: list[str] | None
+    ) -> tuple[list[str], Any, dict]:
+        """This shard's twins of a type (all, or `twins` in that order): ids, last observation
+        times and the current values of `names` (`Query.type_rows` without the type)."""
+        _, ids, _, last, current = self.query.type_rows(type_name, lambda _: names, twins)
+        return ids, last, current
+
     def export_twins(
         self,
         type_name: str,

@@ -21,8 +21,6 @@ from livetwin.jobs.retention import (
     COMPACT,
     COMPACT_FUNCTION,
     compact_job,
-    compact_journal,
-    compact_type,
     retention_schedules,
 )
 from livetwin.jobs.scenario import SCENARIO_FUNCTION
@@ -40,32 +38,32 @@ def register_builtins(
     query: Any,
     ingest: Ingest,
     registry: Any,
-    import_file: Callable[..., dict] | None = None,
-    s3_client: Callable[[str], Any] | None = None,
-    backtests: Any = None,
-    scenarios: Any = None,
+    import_file: Callable[..., dict],
+    s3_client: Callable[[str], Any],
+    compact: tuple[Callable[[str, int], dict], Callable[[int], dict]],
+    journal_retention: str | None,
+    backtests: Any,
+    scenarios: Any,
 ) -> None:
-    """Register the built-in jobs with `scheduler`, bound to their ports: `calibrate(type,
-    twins, run=...)` calibrates a type and returns its record (the platform's entry, which
-    serialises runs of one type); the baseline jobs read through `query`, write through `ingest`
-    and keep their models in `registry`; `import_file(path, mapping)` imports a file (the
-    `import` job; `s3_client(bucket)` for its S3 prefixes); `backtests` (a BacktestService)
-    runs back-tests; `scenarios` (a `Scenarios`) queues its runs here."""
+    """Register the built-in jobs with `scheduler`, bound to their ports (a single node's own,
+    or a cluster front end's, which fan out over the shards): `calibrate(type, twins, run=...)`
+    calibrates a type and returns its record (the entry that serialises runs of one type); the
+    baseline jobs read through `query`, write through `ingest` and keep their models in
+    `registry`; `import_file(path, mapping)` imports a file (the `import` job; `s3_client(bucket)`
+    for its S3 prefixes); `compact` applies a type's retention and compacts the journal (the
+    `compact` job, with system schedules per type and per `journal_retention`); `backtests` (a
+    BacktestService) runs back-tests; `scenarios` (a `Scenarios`) queues its runs here."""
     register_calibration(scheduler, calibrate)
     ports = BaselinePorts(clock=clock, query=query, ingest_port=ingest, registry=registry)
     scheduler.register_job("train-baseline", partial(train_baseline_job, platform=ports))
     scheduler.register_job("check-inactivity", partial(check_inactivity_job, platform=ports))
-    if import_file is not None:
-        scheduler.register_job("import", import_job(import_file, s3_client))
-    register_compaction(
-        scheduler,
-        compact_job(partial(compact_type, query), partial(compact_journal, query.core), clock),
-        query.settings.journal_retention,
+    scheduler.register_job("import", import_job(import_file, s3_client))
+    scheduler.register_job(COMPACT, compact_job(*compact, clock))
+    scheduler.add_system_schedules(
+        retention_schedules(journal_retention), {COMPACT: COMPACT_FUNCTION}
     )
-    if backtests is not None:
-        scheduler.register_job(BACKTEST, backtest_job(backtests))
-    if scenarios is not None:
-        register_scenarios(scheduler, scenarios)
+    scheduler.register_job(BACKTEST, backtest_job(backtests))
+    register_scenarios(scheduler, scenarios)
 
 
 def register_calibration(scheduler: Any, calibrate: Callable[..., dict]) -> None:
@@ -73,15 +71,6 @@ def register_calibration(scheduler: Any, calibrate: Callable[..., dict]) -> None
     `calibration.every` (a cluster front end registers them with its fanned-out `calibrate`)."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
-
-
-def register_compaction(scheduler: Any, job: Callable, journal_retention: str | None) -> None:
-    """The `compact` job and the system schedules of the types that declare a `retention` (and
-    of the journal when `journal_retention` is set)."""
-    scheduler.register_job(COMPACT, job)
-    scheduler.add_system_schedules(
-        retention_schedules(journal_retention), {COMPACT: COMPACT_FUNCTION}
-    )
 
 
 def register_scenarios(scheduler: Any, scenarios: Any) -> None:

@@ -294,6 +294,14 @@ class S3ArtifactStore:
         }
 
 
+def bucket_client(artifacts: dict | None, outbound: OutboundPolicy | None, bucket: str) -> Any:
+    """A client on the deployment's S3 endpoint and credentials (the artifact store's
+    LIVETWIN_S3_* settings, `artifacts`) for another `bucket`, through `outbound` (the `import`
+    job's S3 prefixes)."""
+    config = S3Config.from_env({**(artifacts or {}), "LIVETWIN_S3_BUCKET": bucket})
+    return s3_client(config, outbound)
+
+
 def _s3_chunks(body) -> Iterator[bytes]:
     try:
         yield from body.iter_chunks(CHUNK)

@@ -39,6 +39,26 @@ def test_a_twin_s_shard_is_crc32_of_its_utf8_id_modulo_the_shard_count():
     assert set(shards_of(ids, 8)) == set(range(8))  # spread over every shard
 
 
+def test_root_placement_keeps_a_tree_of_twins_on_one_shard():
+    tree = ["home-1", "home-1/kitchen", "home-1/kitchen/fridge"]
+    assert len({shard_of(t, 8, "root") for t in tree}) == 1
+    assert shards_of(tree, 8, "root") == [shard_of("home-1", 8)] * 3
+    assert len(set(shards_of([f"h{i}/x" for i in range(100)], 8, "root"))) == 8  # trees spread
+    assert shards_of(tree, 8) == [shard_of(t, 8) for t in tree]  # twin: by the whole id
+
+
+def test_the_placement_is_fixed_at_creation(cluster_name):
+    meta = open_cluster(PG_URL, shards=2, name=cluster_name, placement="root")
+    assert meta.placement == "root" and meta.to_dict()["placement"] == "root"
+    assert open_cluster(PG_URL, name=cluster_name).placement == "root"  # read, not given
+    with pytest.raises(InvalidInput) as refused:
+        open_cluster(PG_URL, name=cluster_name, placement="twin")
+    assert "places twins by root" in refused.value.message
+    assert refused.value.field == "placement" and "--placement root" in refused.value.fix
+    with pytest.raises(InvalidInput, match="--placement must be twin or root"):
+        open_cluster(PG_URL, shards=2, name=cluster_name, placement="hash")
+
+
 def test_with_schema_sets_the_search_path_and_keeps_the_rest():
     url = with_schema("postgresql://u@h:5432/db?sslmode=require&options=-cx%3D1", "s_01")
     assert url == "postgresql://u@h:5432/db?sslmode=require&options=-csearch_path%3Ds_01"
@@ -349,6 +369,12 @@ def test_serve_cluster_refusals_name_the_fix(cluster_name, monkeypatch):
         "has 4 shards; it cannot start with 8",
         "--shards 4",
     )
+    refused(run("serve", "--placement", "root", *port), "--placement needs --cluster")
+    refused(
+        run("serve", "--cluster", "auto", "--placement", "root", *db, *port),
+        "places twins by twin; it cannot start with --placement root",
+        "--placement twin",
+    )
 
 
 # ---- heavy jobs fan out ----------------------------------------------------------------------
@@ -497,7 +523,8 @@ def rollers(front):
     batch = [row for k in range(100) for row in observations(sim.step(), ids, T0 + k * STEP_MS)]
     assert client.put("/api/types/roller_line", json=spec).status_code == 200
     assert client.post("/api/ingest", json=batch).json()["accepted"] == len(batch)
-    assert client.post("/api/types/roller_line/calibrate").json()["status"] == "succeeded"
+    calibrated = client.post("/api/types/roller_line/calibrate")
+    assert calibrated.json().get("status") == "succeeded", calibrated.text
     return client, shards, frontend, spec, ids, batch
 
 
@@ -948,3 +975,51 @@ def test_a_subscription_a_shard_cannot_make_is_made_on_none(front):
         time.sleep(0.05)
     assert [shard.webhooks.subscriptions() for shard in shards.shards] == [[]] * 4
     assert client.get("/api/webhooks").json() == []
+
+
+def test_baseline_training_and_inactivity_checks_run_through_a_front_end(
+    cluster_name, tmp_path, platform, clock
+):
+    """The home fleet's scheduled jobs on a front end over four shards: the baselines trained
+    from every shard's history into the cluster's registry, the inactivity verdicts written
+    back to the homes' shards, equal to a single node's of the same fleet."""
+    from conftest import FakeClock
+
+    from livetwin.examples.home import DEMO_NOW, home_job_functions, run_home_demo
+
+    clock.now = DEMO_NOW
+    single = run_home_demo(platform, out=None)
+    expected = {v["twin"]: v["emergency"] for v in single["homes"]}
+    assert any(expected.values()) and not all(expected.values())
+
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name, placement="root")  # homes' rooms
+    shards = LocalShards(meta)  # on their home's shard: a home reads its rooms' activity
+    frontend = ClusterFrontend(meta, shards, clock=FakeClock(DEMO_NOW), data_dir=str(tmp_path))
+    try:
+        fleet = single["fleet"]
+        frontend.put_type("room", platform.get_type("room")["spec"])
+        frontend.put_type("home", platform.get_type("home")["spec"])
+        starts = [{"twin": h, "type": "home", "ts": fleet.start_ms, "values": {"emergency": 0}}
+                  for h in fleet.homes]  # fmt: skip
+        frontend.ingest(starts)
+        rows = fleet.observations()
+        for k in range(0, len(rows), 5000):
+            stored = frontend.ingest(rows[k : k + 5000])
+            assert not stored.rejected, stored.rejected[:3]
+        assert len({shard_of(h, 4) for h in fleet.homes}) > 1
+        scheduler = frontend.scheduler
+        for name, spec in home_job_functions().items():
+            scheduler.define_function(name, spec, "default")
+        for name in ("train-home-baselines", "check-home-inactivity"):
+            run = scheduler.wait(scheduler.run_function(name, "default", {})["id"], 120)
+            assert run["state"] == "succeeded", run
+        verdicts = {v["twin"]: v["emergency"] for v in run["result"]["verdicts"]}
+        assert verdicts == expected
+        trained = {m["name"] for m in frontend.registry.models()}  # in the cluster's registry
+        assert {f"activity.{home}" for home in fleet.homes} <= trained
+        for home, emergency in expected.items():  # written back to the home's shard
+            state = frontend.twin(home)["properties"]
+            assert state["inactivity_emergency"] == float(emergency), home
+    finally:
+        frontend.close()
+        shards.close()
