@@ -83,21 +83,6 @@ class PayloadTooLarge(LivetwinError):
     code = "payload_too_large"
 
 
-class NotServed(LivetwinError):
-    """A route this server does not serve, e.g. one a cluster front end lacks (501): the message
-    names it, the fix where to turn."""
-
-    status = 501
-    code = "not_served_in_cluster_mode"
-
-    def __init__(self, what: str):
-        super().__init__(
-            f"{what} is not served by a cluster front end",
-            fix="see docs/cluster.md (Limits) for what cluster mode serves; run a single-node "
-            "`livetwin serve` for this",
-        )
-
-
 class Unavailable(LivetwinError):
     """The platform cannot serve the request right now (closed, storage failed)."""
 

@@ -1,15 +1,13 @@
-"""The cluster front end's app: the single node's type, type import, NGSI-LD, ingest,
-calibration, twin, desired state, alarm, model registry, lineage, scheduler, back-test,
-scenario, webhook, device, file and namespace routes (the same route functions as a single
-node's, over a `ClusterFrontend`), `GET /api/cluster`, a health check, and a 501 naming the
-limit for every other /api route (docs/cluster.md)."""
+"""The cluster front end's app: every route of a single node (the same route functions, over a
+`ClusterFrontend`), `GET /api/cluster`, a health check and the shards' metrics
+(docs/cluster.md)."""
 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -36,13 +34,13 @@ from livetwin.api.interop import interop_routes
 from livetwin.api.login import login_routes
 from livetwin.api.mqtt import mqtt_routes
 from livetwin.api.namespaces import namespace_routes
+from livetwin.api.opcua import opcua_routes
 from livetwin.api.openapi import document
 from livetwin.api.registry import lineage_routes, registry_routes
 from livetwin.api.scenarios import scenario_routes
 from livetwin.api.schedule import schedule_routes
 from livetwin.api.twins import twin_routes
 from livetwin.api.webhooks import webhook_routes
-from livetwin.errors import NotServed
 from livetwin.ui import mount as mount_ui
 
 
@@ -84,6 +82,7 @@ def create_cluster_app(frontend: Any) -> FastAPI:
     webhook_routes(app, frontend.webhooks)
     device_routes(app, frontend.devices)
     file_routes(app, frontend)
+    opcua_routes(app, frontend)  # run by the leading front end
     namespace_routes(app, frontend)
     login_routes(app)
 
@@ -103,14 +102,6 @@ def create_cluster_app(frontend: Any) -> FastAPI:
         ok = view["live"] == view["shards"]
         body = {"status": "ok" if ok else "degraded", "shards": states}
         return FastJSON(body, status_code=200 if ok else 503)
-
-    @app.api_route(
-        "/api/{rest:path}",
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        include_in_schema=False,
-    )
-    async def not_served(rest: str, request: Request):
-        raise NotServed(f"{request.method} /api/{rest}")
 
     mount_ui(app)
     return app

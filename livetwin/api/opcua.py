@@ -60,11 +60,13 @@ class OpcuaConnectors(BaseModel):
 
 
 def opcua_routes(app: FastAPI, platform: Any) -> None:
-    """Add /api/opcua routes to `app` for `platform.opcua` (an `OpcuaConnectors`), and its
-    metrics and health check to `app.state.monitor`."""
+    """Add /api/opcua routes to `app` for `platform.opcua` (an `OpcuaConnectors`, or a
+    cluster's `LeaderConnectors`), and its metrics and health check to `app.state.monitor`
+    where the app has one (a single node's)."""
     limit = platform.settings.max_body_bytes
     service = platform.opcua
-    _monitoring(app.state.monitor, service)
+    if getattr(app.state, "monitor", None) is not None:
+        _monitoring(app.state.monitor, service)
 
     @app.get(
         "/api/opcua",

@@ -432,10 +432,10 @@ def cluster_frontend(
             )
         if connectors:
             raise InvalidInput(
-                "OPC UA connectors are not served by a cluster front end yet",
+                "a cluster's OPC UA connectors are declared through the API, not --config",
                 field="config",
-                fix="run them on a single-node `livetwin serve` (docs/cluster.md, Limits), or "
-                "leave the opcua: section out of --config",
+                fix="leave the opcua: section out of --config and PUT each connector to "
+                "/api/opcua/connectors/{name} on the leading front end (docs/cluster.md)",
             )
         console.print(f"starting a cluster front end on the Ray cluster at {cluster} ...")
         frontend = open_frontend(

@@ -3,9 +3,9 @@ at once and acknowledges after every shard involved has committed; reads go to t
 shard, fleet queries fan out and merge.
 
 `ClusterFrontend` offers the platform methods the shared API routes call (livetwin/api/app.py),
-so a front end serves the same REST shapes as a single node; what it does not serve raises
-`NotServed` (501) naming the limit (docs/cluster.md). It talks to shards through `Shards`:
-Ray actors in a deployment (`RayShards`), plain objects in the unit tests.
+so a front end serves the same REST shapes as a single node (docs/cluster.md). It talks to
+shards through `Shards`: Ray actors in a deployment (`RayShards`), plain objects in the unit
+tests.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from livetwin.api.stream import LiveFeed
 from livetwin.auth.devices import DeviceStore
 from livetwin.cluster.backtests import ClusterBacktests
 from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
+from livetwin.cluster.opcua import LeaderConnectors
 from livetwin.cluster.scenarios import cluster_scenarios
 from livetwin.cluster.shard import encode_part
 from livetwin.core import done
@@ -207,9 +208,24 @@ class ClusterFrontend:
         self.devices = DeviceStore(self.open_db, clock=self.clock)  # opened on first use
         self.scenarios = cluster_scenarios(self)
         self.scheduler = self._new_scheduler()
+        self.opcua = self._leader_connectors()  # run while this front end's scheduler leads
         if self.settings.run_schedules:
             self.scheduler.start()
             self.feed.follow()  # the scheduler's event triggers hear the shards' changes
+
+    def _leader_connectors(self) -> LeaderConnectors:
+        """The cluster's OPC UA connectors (specs in shard 0's store), run by the leader: each
+        batch goes in whole or fails (a recovering shard), as MQTT's does."""
+        from livetwin.ingest.opcua import OpcuaConnectors
+
+        connectors = OpcuaConnectors(
+            ingest=_WholeBatches(self),
+            configs=_ShardConfigs(self, 0),
+            clock=self.clock,
+            outbound=self.outbound,
+            pki_dir=Path(self.data_dir) / "opcua",
+        )
+        return LeaderConnectors(connectors, self.scheduler)
 
     def _new_scheduler(self) -> Scheduler:
         """The single node's scheduler over the cluster's `<cluster>_schedule` schema: every
@@ -294,7 +310,7 @@ class ClusterFrontend:
 
     def close(self) -> None:
         self.scheduler.stop()  # first: running functions may still ingest
-        for service in (self.mqtt, self.commands):
+        for service in (self.mqtt, self.commands, self.opcua):
             if service is not None:
                 service.stop()
         self.feed.close()

@@ -115,6 +115,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         self.invoker = Invoker(self.jobs, self.outbound)
         self._workflows = None  # an Executor, made by the first register_workflow
         self._system_sources: list[Callable] = []
+        self._role_watchers: list[Callable[[bool], None]] = []  # told when this leads or not
         self._system_functions: dict[str, FunctionSpec] = {}
         self._system_types: dict[str, str] = {}  # system schedule id -> the type it follows
         self._workers = workers
@@ -211,8 +212,24 @@ class Scheduler(Definitions, Firing, RunQueue):
             self._queue.put(Op(self._op_define, (spec,), None))
         self._standby_defs.clear()
         self._queue.put(Op(self._op_wake, (), None))  # dispatch recovered runs, first tick
+        self._tell_role(True)
 
     # ---- leader and standby (PostgreSQL) ---------------------------------------------------
+
+    def watch_role(self, watcher: Callable[[bool], None]) -> None:
+        """Call `watcher(True)` whenever this scheduler starts leading (also at start) and
+        `watcher(False)` when it loses the lead, each on a thread of its own: what must run on
+        exactly one process of a deployment (a cluster's OPC UA connectors) follows the lead."""
+        self._role_watchers.append(watcher)
+
+    def _tell_role(self, leading: bool) -> None:
+        for watcher in self._role_watchers:
+            threading.Thread(target=watcher, args=(leading,), daemon=True).start()
+
+    def refuse_on_standby(self) -> None:
+        """Raise 503 naming the leader unless this scheduler leads."""
+        if not self._leading:
+            raise self._standby_error()
 
     @property
     def role(self) -> str:
@@ -259,6 +276,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         self._delayed.clear()
         self._active.clear()
         log.warning("this scheduler is on standby now (%s)", self._store_name())
+        self._tell_role(False)
 
     def _store_name(self) -> str:
         return getattr(self._store, "schema", "")
@@ -320,8 +338,7 @@ class Scheduler(Definitions, Firing, RunQueue):
         """Apply an operation on the writer thread and wait for its result."""
         if self._closed or self._stopping:
             raise Unavailable("the scheduler is stopped", fix="start the server again")
-        if not self._leading:
-            raise self._standby_error()
+        self.refuse_on_standby()
         op = Op(fn, args, Future())
         if self._thread is None:  # not started: nothing else runs, apply right here
             with self._state_lock:

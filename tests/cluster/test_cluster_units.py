@@ -25,7 +25,7 @@ from livetwin.cluster.meta import (
     shards_of,
     with_schema,
 )
-from livetwin.errors import InvalidInput, Unavailable
+from livetwin.errors import InvalidInput, LivetwinError, Unavailable
 
 pytestmark = pytest.mark.services  # PostgreSQL
 
@@ -330,13 +330,51 @@ def test_mqtt_messages_go_through_a_front_end_to_their_shards(front):
         publisher.loop_stop()
 
 
-def test_routes_a_front_end_does_not_serve_answer_501_naming_the_limit(front):
-    client, _, _ = front
-    for method, path in [("GET", "/api/opcua"), ("DELETE", "/api/opcua/connectors/x")]:
-        answer = client.request(method, path, json={"id": "x", "type": "pump"})
-        assert answer.status_code == 501, (method, path)
-        error = answer.json()["error"]
-        assert "cluster" in error["message"] and "docs/cluster.md" in error["fix"]
+def test_opcua_connectors_run_on_the_leading_front_end_and_move_with_the_lead(
+    cluster_name, tmp_path
+):
+    from ingest.test_opcua import nodes_spec
+    from opcua_support import OpcServer
+    from webhook_support import wait_for
+
+    from livetwin.settings import Settings
+
+    def flow() -> float | None:
+        try:
+            return standby.twin("pump-1")["properties"].get("flow")
+        except LivetwinError:
+            return None
+
+    server = OpcServer().start()
+    meta = open_cluster(PG_URL, shards=4, name=cluster_name)
+    shards = LocalShards(meta)
+    settings = Settings(webhooks=False, outbound_allow=("127.0.0.0/8",))
+    leader = ClusterFrontend(meta, shards, settings=settings, data_dir=str(tmp_path / "a"))
+    standby = ClusterFrontend(meta, shards, settings=settings, data_dir=str(tmp_path / "b"))
+    try:
+        leader.put_type("pump", PUMP)
+        assert (leader.scheduler.role, standby.scheduler.role) == ("leader", "standby")
+        first, second = (
+            TestClient(create_cluster_app(leader)),
+            TestClient(create_cluster_app(standby)),
+        )
+        made = first.put("/api/opcua/connectors/line-1", json=nodes_spec(server))
+        assert made.status_code == 200 and made.json()["status"]["connected"], made.text
+        server.write("pump-1.flow", 3.5)
+        wait_for(lambda: flow() == 3.5)
+        refused = second.get("/api/opcua")  # only the leader runs (and answers for) them
+        assert refused.status_code == 503 and "standby" in refused.json()["error"]["message"]
+        assert second.get("/api/nope").status_code == 404  # every route is served: no 501s
+        leader.close()  # the other front end takes the lead and runs the stored connector
+        wait_for(lambda: standby.scheduler.role == "leader", timeout=15)
+        server.write("pump-1.flow", 4.5)
+        wait_for(lambda: flow() == 4.5, timeout=30)
+        assert [c["name"] for c in second.get("/api/opcua").json()["connectors"]] == ["line-1"]
+    finally:
+        leader.close()
+        standby.close()
+        shards.close()
+        server.close()
 
 
 def test_bad_rows_are_rejected_by_the_front_end_before_any_shard(front):
