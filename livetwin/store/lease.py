@@ -88,11 +88,7 @@ class Lease:
                     "SELECT pg_try_advisory_lock(hashtext(%s))", (self.key,)
                 ).fetchone()
             except psycopg.OperationalError as exc:
-                raise Unavailable(
-                    f"cannot reach PostgreSQL for the lease {self.key}: {exc}".strip(),
-                    field="LIVETWIN_DATABASE_URL",
-                    fix="check the database server; the lease is tried again by itself",
-                ) from None
+                raise self._unreachable(exc) from None
             if not held:
                 conn.close()
                 return False
@@ -100,10 +96,23 @@ class Lease:
             return True
 
     def holder(self) -> str | None:
-        """The process (host:pid) that holds the lease now, None if nobody does."""
-        with self._connect() as conn:
-            row = conn.execute(_HOLDER, (self.key,)).fetchone()
+        """The process (host:pid) that holds the lease now, None if nobody does; Unavailable
+        when the server cannot be reached (or takes no more connections)."""
+        import psycopg
+
+        try:
+            with self._connect() as conn:
+                row = conn.execute(_HOLDER, (self.key,)).fetchone()
+        except psycopg.OperationalError as exc:
+            raise self._unreachable(exc) from None
         return row[0].removeprefix("livetwin-lease ") if row else None
+
+    def _unreachable(self, exc: Exception) -> Unavailable:
+        return Unavailable(
+            f"cannot reach PostgreSQL for the lease {self.key}: {exc}".strip(),
+            field="LIVETWIN_DATABASE_URL",
+            fix="check the database server; the lease is tried again by itself",
+        )
 
     def _alive(self) -> bool:
         """Whether the session that holds the lock still answers."""

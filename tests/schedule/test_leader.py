@@ -126,3 +126,17 @@ def test_killing_the_leader_process_moves_the_schedule_to_the_other_server(tmp_p
             instants = scheduled_for(runs if isinstance(runs, list) else runs["runs"])
             assert len(instants) == len(set(instants))  # no instant fired twice
             assert set(instants) >= calls.fired()  # every call was a run of its own instant
+
+
+def test_a_lease_whose_server_cannot_be_reached_says_so_as_a_503():
+    """Asking who leads (what a standby's refusal names) on a server that cannot be reached or
+    takes no more connections is a clear Unavailable, never an unexpected error (a 500)."""
+    from livetwin.errors import Unavailable
+    from livetwin.store.lease import Lease
+
+    lease = Lease("postgresql://postgres@127.0.0.1:1/nowhere", "x.scheduler", timeout_s=1)
+    for ask in (lease.holder, lease.try_acquire):
+        with pytest.raises(Unavailable) as refused:
+            ask()
+        assert "cannot reach PostgreSQL for the lease x.scheduler" in refused.value.message
+        assert refused.value.field == "LIVETWIN_DATABASE_URL"
