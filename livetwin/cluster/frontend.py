@@ -26,20 +26,21 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from livetwin.api.stream import LiveFeed
 from livetwin.auth.devices import DeviceStore
+from livetwin.cluster.alarms import ClusterAlarms
 from livetwin.cluster.backtests import ClusterBacktests
-from livetwin.cluster.meta import ClusterMeta, cluster_alarm_id, shards_of
+from livetwin.cluster.feed import FRONT_END, RUN_NOTICES, TYPE_NOTICE, ClusterFeed
+from livetwin.cluster.meta import LIVE, LOST, RECOVERING, ClusterMeta, shards_of
 from livetwin.cluster.opcua import LeaderConnectors
 from livetwin.cluster.scenarios import cluster_scenarios
 from livetwin.cluster.shard import encode_part
+from livetwin.cluster.webhooks import ClusterWebhooks
 from livetwin.core import done
-from livetwin.engine.events import EventBus, Notice, StateChanged, TypeDefined
+from livetwin.engine.events import Notice, TypeDefined
 from livetwin.errors import (
     Conflict,
     InvalidInput,
     LivetwinError,
-    NotFound,
     Unavailable,
 )
 from livetwin.expr.aggregates import AGGREGATE_FUNCTIONS
@@ -61,14 +62,10 @@ from livetwin.timefmt import parse_duration, wall_clock_ms
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 2  # what a refused row's answer asks the client to wait
-LIVE, RECOVERING, LOST = "live", "recovering", "lost"
 LOST_AFTER_S = 60.0  # a shard that has not answered for this long is reported lost
 EXPORT_PAGE_ROWS = 100_000  # rows a shard sends per call of an export
 HEAVY_TIMEOUT_S = 24 * 3600.0  # the longest a heavy job's part may run on a shard
 POLL_S = 0.5  # how often a heavy job's progress is asked for and a cancel passed on
-RUN_NOTICES = ("run", "job")  # the scheduler's notices, sent on by shard 0's webhooks
-FRONT_END = "front_end"  # the field of a front end's notice naming it (run, type)
-TYPE_NOTICE = "type"  # a front end's notice that it declared a type (relayed by shard 0)
 
 
 class Shards(Protocol):
@@ -1054,149 +1051,6 @@ def _rows(part: Normalized) -> list[int]:
     return sorted(int(i) for _, index in part.batches for i in index)
 
 
-class ClusterAlarms:
-    """The alarm service's calls (`livetwin/api/alarms.py`) over the shards' alarm services:
-    each shard keeps its twins' alarms in its own schema; an alarm's id in the cluster is
-    `local id x shards + shard`, so a front end finds the shard from the id alone. Lists merge
-    the shards' newest first (by raise time), paged up to offset + limit <= 1000."""
-
-    def __init__(self, frontend: ClusterFrontend):
-        self.frontend = frontend
-        self.count = frontend.shards.count
-
-    def _global(self, alarm: dict, shard: int) -> dict:
-        return {**alarm, "id": cluster_alarm_id(alarm["id"], shard, self.count)}
-
-    def _call(self, alarm_id: int, method: str, *args: Any, **kwargs: Any) -> dict:
-        shard, local = alarm_id % self.count, alarm_id // self.count
-        found = self.frontend._one(shard, "alarm", method, local, *args, **kwargs)
-        return self._global(found, shard)
-
-    def get(self, alarm_id: int) -> dict:
-        return self._call(alarm_id, "get")
-
-    def acknowledge(self, alarm_id: int, **change: Any) -> dict:
-        return self._call(alarm_id, "acknowledge", **change)
-
-    def clear(self, alarm_id: int, **change: Any) -> dict:
-        return self._call(alarm_id, "clear", **change)
-
-    def comment(self, alarm_id: int, text: str, author: str | None = None) -> dict:
-        return self._call(alarm_id, "comment", text, author)
-
-    def list(self, *, limit: int = 100, offset: int = 0, **filters: Any) -> dict:
-        if not 1 <= limit <= 1000:
-            raise InvalidInput(
-                "limit must be between 1 and 1000", field="limit", fix="page with limit and offset"
-            )
-        if offset < 0 or offset + limit > 1000:
-            raise InvalidInput(
-                "a cluster pages alarms up to offset + limit = 1000",
-                field="offset",
-                fix="narrow the list with state, severity, type or twin",
-            )
-        twin = filters.get("twin")
-        shards = [self.frontend.shard(twin)] if twin else range(self.count)
-        calls = {i: ("alarm", "list") for i in shards}
-        answers = self.frontend._some(calls, limit=offset + limit, offset=0, **filters)
-        items = [self._global(a, i) for i, answer in answers.items() for a in answer["items"]]
-        items.sort(key=lambda a: (a["raised"], a["id"]), reverse=True)
-        return {
-            "items": items[offset : offset + limit],
-            "total": sum(answer["total"] for answer in answers.values()),
-            "offset": offset,
-            "limit": limit,
-        }
-
-    def counts(self, namespaces: frozenset[str] | None = None) -> dict:
-        """Open alarms per severity and state, summed over the shards."""
-        answers = self.frontend._all("alarm", "counts", namespaces)
-        total: dict = {}
-        for answer in answers.values():
-            for severity, states in answer.items():
-                into = total.setdefault(severity, dict.fromkeys(states, 0))
-                for state, n in states.items():
-                    into[state] += n
-        return total
-
-
-class ClusterWebhooks:
-    """The webhook service's calls (`livetwin/api/webhooks.py`) over the shards' webhook
-    services: every shard holds the same subscriptions (made on all of them under one id) and
-    the outbox of its own twins' events, which it sends itself and catches up from its own
-    journal after a restart, so each event goes out at least once per subscription, from the
-    shard that committed it. Reads merge the shards' answers; `from_seq` (a position in one
-    shard's journal) is left out."""
-
-    def __init__(self, frontend: ClusterFrontend):
-        self.frontend = frontend
-
-    def _all(self, method: str, *args: Any, **kwargs: Any) -> dict[int, Any]:
-        return self.frontend._all("webhook", method, *args, **kwargs)
-
-    def create(self, body: Any) -> dict:
-        """Check the subscription here, then make it on every shard under one id (when a shard
-        cannot make it, e.g. it is down or its node's outbound policy refuses the URL, it is
-        deleted again from the others and that shard's error is the answer)."""
-        from livetwin.actions.webhooks import validate_subscription
-        from livetwin.actions.webhooks.service import new_subscription_id
-
-        url, _, _ = validate_subscription(body)
-        self.frontend.outbound.check_url(url, unresolved_ok=True)
-        sub_id = new_subscription_id()
-        try:
-            answers = self._all("create", body, sub_id=sub_id)
-        except LivetwinError:
-            calls = {
-                i: self.frontend.shards.call(i, "webhook", "delete", sub_id)
-                for i in range(self.frontend.shards.count)
-                if self.frontend.state(i) == LIVE
-            }
-            self.frontend._gather(calls, self.frontend.read_timeout_s)  # best effort
-            raise
-        return _without_position(answers[0])
-
-    def subscriptions(self) -> list[dict]:
-        return [_without_position(s) for s in self.frontend._one(0, "webhook", "subscriptions")]
-
-    def get(self, sub_id: str) -> dict:
-        """The subscription with its delivery counts and attempts summed over the shards."""
-        answers = [a for _, a in sorted(self._all("get", sub_id).items())]
-        merged = _without_position(answers[0])
-        for key in ("pending", "delivered", "dead"):
-            merged["deliveries"][key] = sum(a["deliveries"][key] for a in answers)
-        for key in ("total", "failed"):
-            merged["attempts"][key] = sum(a["attempts"][key] or 0 for a in answers)
-        last = max(answers, key=lambda a: a["attempts"]["last_at"] or 0)["attempts"]
-        for key in ("last_at", "last_status", "last_error"):
-            merged["attempts"][key] = last[key]
-        return merged
-
-    def delete(self, sub_id: str) -> dict:
-        return self._all("delete", sub_id)[0]
-
-    def deliveries(self, sub_id: str, status: str | None = None, limit: int = 100) -> list[dict]:
-        return _newest(self._all("deliveries", sub_id, status, limit), limit)
-
-    def dead(self, limit: int = 100) -> list[dict]:
-        return _newest(self._all("dead", limit), limit)
-
-    def redeliver(self, sub_id: str, delivery_id: str | None = None) -> dict:
-        """Re-queue dead letters on every shard (one delivery: on the shard that has it)."""
-        self.get(sub_id)  # NotFound for an unknown subscription, 503 for a shard down
-        calls = {
-            i: self.frontend.shards.call(i, "webhook", "redeliver", sub_id, delivery_id)
-            for i in range(self.frontend.shards.count)
-        }
-        answers, failures = self.frontend._gather(calls, self.frontend.read_timeout_s)
-        for index, error in failures.items():
-            if not isinstance(error, NotFound):
-                raise error if isinstance(error, LivetwinError) else self.frontend._refusal(index)
-        if not answers:  # every shard said it has no such dead letter
-            raise next(iter(failures.values()))
-        return {"id": sub_id, "requeued": sum(a["requeued"] for a in answers.values())}
-
-
 def _positions(found: list[str], wanted: list[str]) -> np.ndarray:
     """Where each of `wanted` is in `found` (an index array that puts `found` in that order)."""
     at = {twin: k for k, twin in enumerate(found)}
@@ -1225,86 +1079,7 @@ def _quiet(call: Future) -> None:
 
 def _log_failure(call: Future) -> None:
     if call.exception() is not None:
-        log.warning("a run notice did not reach shard 0's webhooks: %r", call.exception())
-
-
-def _without_position(subscription: dict) -> dict:
-    return {k: v for k, v in subscription.items() if k != "from_seq"}
-
-
-def _newest(answers: dict[int, list[dict]], limit: int) -> list[dict]:
-    """The shards' deliveries merged, newest first (by creation time), up to `limit`."""
-    merged = [d for answer in answers.values() for d in answer]
-    merged.sort(key=lambda d: d["created"], reverse=True)
-    return merged[:limit]
-
-
-class ClusterFeed:
-    """The live stream of a front end: every shard's applied batches and notices, polled from
-    the shards (from the first client on) and published in the order they arrive here (per
-    shard in journal order) on a bus of this front end, whose `LiveFeed` serves the clients.
-    Event ids are this front end's: a client that reconnects to another one starts over with
-    `event: reset`."""
-
-    POLL_S = 0.1
-
-    def __init__(self, frontend: ClusterFrontend):
-        self.frontend = frontend
-        self.bus = EventBus()
-        self.feed = LiveFeed(self.bus)
-        self._seq = 0
-        self._lock = threading.Lock()
-        self._started = False
-
-    def stream(self, **options: Any):
-        """`LiveFeed.stream` of the merged events (starts polling the shards)."""
-        self.follow()
-        return self.feed.stream(**options)
-
-    def follow(self) -> None:
-        """Start polling every shard's feed (once; the stream's first client or the
-        scheduler)."""
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-        for index in range(self.frontend.shards.count):
-            threading.Thread(
-                target=self._poll, args=(index,), name=f"shard-{index}-feed", daemon=True
-            ).start()
-
-    def _poll(self, index: int) -> None:
-        after = None
-        while not self.feed.closed:
-            try:
-                position, events = self.frontend.shards.call(index, "events", after).result(10)
-            except Exception:  # recovering: its state says so; ask again
-                time.sleep(1.0)
-                continue
-            if after is not None and position[0] < after[0]:  # a shard restarted from an older
-                after = None  # snapshot replays nothing new: follow it from now on
-                continue
-            after = position
-            for event in events:
-                self._publish(event)
-            if not events:
-                time.sleep(self.POLL_S)
-
-    def _publish(self, event: Any) -> None:
-        if isinstance(event, Notice) and event.data.get(FRONT_END) == self.frontend.ident:
-            return  # this front end's own notice: published here when it was made
-        if isinstance(event, Notice) and event.kind == TYPE_NOTICE:  # another front end's type
-            self.frontend._refresh_types()
-            self.frontend._type_defined(event.data["type"])
-            return
-        with self._lock:
-            if isinstance(event, StateChanged):
-                self._seq += 1
-                event = StateChanged(self._seq, event.applied)
-            self.bus.publish(event)
-
-    def close(self) -> None:
-        self.feed.close()
+        log.warning("a notice did not reach shard 0: %r", call.exception())
 
 
 class _ShardConfigs:

@@ -24,6 +24,7 @@ DATABASE_FIX = (
 )
 
 
+LIVE, RECOVERING, LOST = "live", "recovering", "lost"  # a shard's state, as a front end sees it
 PLACEMENTS = ("twin", "root")  # what a twin's shard is the hash of (fixed at creation)
 
 
