@@ -30,7 +30,14 @@ from livetwin.auth.devices import DeviceStore
 from livetwin.cluster.alarms import ClusterAlarms
 from livetwin.cluster.backtests import ClusterBacktests
 from livetwin.cluster.feed import FRONT_END, RUN_NOTICES, TYPE_NOTICE, ClusterFeed
-from livetwin.cluster.meta import LIVE, LOST, RECOVERING, ClusterMeta, shards_of
+from livetwin.cluster.meta import (
+    LIVE,
+    LOST,
+    RECOVERING,
+    ClusterMeta,
+    placement_key,
+    shards_of,
+)
 from livetwin.cluster.opcua import LeaderConnectors
 from livetwin.cluster.scenarios import cluster_scenarios
 from livetwin.cluster.shard import encode_part
@@ -564,7 +571,54 @@ class ClusterFrontend:
         normalized = check(self.compiled_types())
         if any(r.field == "type" for r in normalized.rejected):  # declared by another front end?
             normalized = check(self._refresh_types())
+        return self._parents_on_their_shards(normalized)
+
+    def _parents_on_their_shards(self, normalized: Normalized) -> Normalized:
+        """Reject the rows whose parent lives on another shard (the twin's shard could only
+        say the parent does not exist), naming the placement that keeps them together."""
+        batches = []
+        for batch, index in normalized.batches:
+            if batch.parents is None:
+                batches.append((batch, index))
+                continue
+            keep = np.ones(len(batch), dtype=bool)
+            for row, (twin, parent) in enumerate(zip(batch.twins, batch.parents, strict=True)):
+                problem = parent is not None and self._parent_problem(twin, parent)
+                if problem:
+                    keep[row] = False
+                    normalized.rejected.append(Rejection(int(index[row]), "parent", *problem))
+            rows = np.flatnonzero(keep)
+            if len(rows) == len(batch):
+                batches.append((batch, index))
+            elif len(rows):
+                batches.append((batch.take(rows), index[rows]))
+        normalized.batches = batches
+        normalized.rejected.sort(key=lambda r: r.index)
         return normalized
+
+    def _parent_problem(self, twin: str, parent: str) -> tuple[str, str] | None:
+        """(error, fix) when `parent` lives on another shard than `twin`, else None."""
+        if self.shard(parent) == self.shard(twin):
+            return None
+        root = placement_key(parent, "root")
+        fix = (
+            f"name the child under its parent's first segment ('{root}/...'): a tree shares "
+            "a shard in a cluster placed by root"
+            if self.meta.placement == "root"
+            else "create the cluster with --placement root and name children under their "
+            "root's id (home-1/kitchen under home-1): docs/cluster.md, Placement"
+        )
+        error = (
+            f"parent '{parent}' lives on shard {self.shard(parent)} and '{twin}' on shard "
+            f"{self.shard(twin)}: a parent and its children must share a shard"
+        )
+        return error, fix
+
+    def _check_parent(self, twin_id: str, options: dict) -> None:
+        parent = options.get("parent")
+        problem = isinstance(parent, str) and self._parent_problem(twin_id, parent)
+        if problem:
+            raise InvalidInput(problem[0], field="parent", fix=problem[1])
 
     def submit_normalized(self, normalized: Normalized, *, atomic: bool = False) -> Future:
         parts = self.split(normalized)
@@ -851,11 +905,13 @@ class ClusterFrontend:
     # ---- twin lifecycle (journaled by the twin's shard) -----------------------------------
 
     def create_twin(self, twin_id: str, type_name: str, **options: Any) -> dict:
+        self._check_parent(twin_id, options)
         return self._one(
             self.shard(twin_id), "change", "create_twin", twin_id, type_name, **options
         )
 
     def update_twin(self, twin_id: str, **options: Any) -> dict:
+        self._check_parent(twin_id, options)
         return self._one(self.shard(twin_id), "change", "update_twin", twin_id, **options)
 
     def delete_twin(self, twin_id: str, **options: Any) -> dict:

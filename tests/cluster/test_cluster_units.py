@@ -47,6 +47,26 @@ def test_root_placement_keeps_a_tree_of_twins_on_one_shard():
     assert shards_of(tree, 8) == [shard_of(t, 8) for t in tree]  # twin: by the whole id
 
 
+def test_a_row_whose_parent_lives_on_another_shard_is_rejected_naming_the_placement(front):
+    client, _, _ = front
+    assert client.put("/api/types/pump", json={**PUMP, "children": ["pump"]}).status_code == 200
+    apart = next(f"c{i}" for i in range(100) if shard_of(f"c{i}", 4) != shard_of("p1", 4))
+    along = next(f"c{i}" for i in range(100) if shard_of(f"c{i}", 4) == shard_of("p1", 4))
+    batch = [
+        {"twin": "p1", "type": "pump", "ts": T0, "values": {"flow": 1}},
+        {"twin": apart, "type": "pump", "ts": T0, "values": {"flow": 2}, "parent": "p1"},
+        {"twin": along, "type": "pump", "ts": T0, "values": {"flow": 3}, "parent": "p1"},
+    ]
+    answer = client.post("/api/ingest", json=batch).json()
+    assert answer["accepted"] == 2, answer
+    [rejected] = answer["rejected"]
+    assert rejected["index"] == 1 and rejected["field"] == "parent"
+    assert "must share a shard" in rejected["error"] and "--placement root" in rejected["fix"]
+    assert client.get(f"/api/twins/{along}").json()["parent"] == "p1"
+    made = client.post("/api/twins", json={"id": apart, "type": "pump", "parent": "p1"})
+    assert made.status_code == 422 and made.json()["error"]["field"] == "parent"
+
+
 def test_the_placement_is_fixed_at_creation(cluster_name):
     meta = open_cluster(PG_URL, shards=2, name=cluster_name, placement="root")
     assert meta.placement == "root" and meta.to_dict()["placement"] == "root"
@@ -247,8 +267,11 @@ def test_twins_and_types_are_created_changed_and_deleted_on_their_shards(front):
     assert "p7" in owner.core.engine.states["pump"].index
     assert client.post("/api/twins", json={"id": "p7", "type": "pump"}).status_code == 409
     client.post("/api/ingest", json=rows(8, twins=8))
-    patched = client.patch("/api/twins/p7", json={"parent": "p1"})  # the shard's own answer
+    assert shard_of("p7", 4) != shard_of("p1", 4)
+    patched = client.patch("/api/twins/p7", json={"parent": "p1"})  # refused by the front end
     assert patched.status_code == 422 and patched.json()["error"]["field"] == "parent"
+    assert "must share a shard" in patched.json()["error"]["message"]
+    assert "--placement root" in patched.json()["error"]["fix"]
     assert client.delete("/api/twins/p7").json()["removed"] == ["p7"]
     assert client.get("/api/twins/p7").status_code == 404
     refused = client.delete("/api/types/pump")
