@@ -23,6 +23,7 @@ from livetwin.store.open import configured_url
 from livetwin.store.sqlite import immediate
 
 TIMEOUT_S = 5.0  # the longest wait for a PostgreSQL connection
+IDLE_S = 60.0  # seconds a pooled service connection may sit unused before it is closed
 
 
 class Connection(Protocol):
@@ -294,6 +295,7 @@ class PostgresServiceDB:
             kwargs={**connect, "autocommit": True},
             configure=lambda conn: conn.execute(use),
             reconnect_timeout=self.timeout_s,  # a caller's next call tries afresh, no long backoff
+            max_idle=IDLE_S,  # a burst's extra connections go back soon: many services share
             name=f"livetwin-{name}",
             open=False,
         )
