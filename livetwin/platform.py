@@ -42,7 +42,6 @@ from livetwin.jobs.retention import compact_journal, compact_type, journal_reten
 from livetwin.jobs.scenario import Forecaster, ScenarioPorts, Scenarios
 from livetwin.journal.writer import IngestResult
 from livetwin.namespaces import DEFAULT as DEFAULT_NAMESPACE
-from livetwin.namespaces import check_namespace
 from livetwin.outbound import OutboundPolicy
 from livetwin.query import Query, history_frame
 from livetwin.registry import LineageStore, Registry
@@ -501,14 +500,13 @@ class Platform:
 
     def export_namespace(self, namespace: str) -> dict:
         """Everything a namespace owns as one JSON-able document (`livetwin.tenant`)."""
-        return tenant.export_namespace(self, check_namespace(namespace))
+        return tenant.export_namespace(self, namespace)
 
     def delete_namespace(
         self, namespace: str, *, confirm: str | None = None, purge: bool = False
     ) -> dict:
         """Remove what a namespace owns (`confirm` repeats its name; models are archived)."""
-        tenant.check_confirmed(namespace, confirm)
-        return tenant.delete_namespace(self, namespace, purge=purge)
+        return tenant.delete_namespace(self, namespace, confirm=confirm, purge=purge)
 
     def rebuild(self, progress=None) -> dict:
         """Rebuild all twin state from the journal alone (ignoring snapshots), then snapshot it.

@@ -15,6 +15,7 @@ PAGE = 1000
 
 def export_namespace(platform: Any, namespace: str) -> dict:
     """The namespace's objects (reads only; nothing is changed)."""
+    namespace = check_namespace(namespace)
     only = frozenset({namespace})
     types = [t for t in platform.list_types() if t["namespace"] == namespace]
     twins = [platform.twin(twin_id) for twin_id in _twin_ids(platform, namespace)]
@@ -70,11 +71,15 @@ def _twin_ids(platform: Any, namespace: str) -> list[str]:
             return ids
 
 
-def delete_namespace(platform: Any, namespace: str, *, purge: bool = False) -> dict:
-    """Remove what a namespace owns: schedules, functions, webhooks, scenarios, import
-    mappings, extractors, twins (journaled; history kept unless `purge`) and its types (a type
-    that twins of other namespaces still use is kept, and listed). Models and their lineage are
-    never deleted: every version is archived. Alarms and runs stay as records."""
+def delete_namespace(
+    platform: Any, namespace: str, *, confirm: str | None, purge: bool = False
+) -> dict:
+    """Remove what a namespace owns (`confirm` repeats its name): schedules, functions,
+    webhooks, scenarios, import mappings, extractors, twins (journaled; history kept unless
+    `purge`) and its types (a type that twins of other namespaces still use is kept, and
+    listed). Models and their lineage are never deleted: every version is archived. Alarms and
+    runs stay as records."""
+    check_confirmed(namespace, confirm)
     scheduler = platform.scheduler
     deleted: dict[str, list] = {}
     deleted["schedules"] = [s["id"] for s in scheduler.schedules(namespace)]

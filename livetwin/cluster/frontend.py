@@ -463,6 +463,15 @@ class ClusterFrontend:
         """A type's current version (as this front end last read the types), or None."""
         return self.compiled_types().get(name)
 
+    def _current_type(self, name: str) -> CompiledType:
+        """A type's current version, read again from shard 0 when this front end does not know
+        it yet (declared through another front end); NotFound with the fix when there is none."""
+        ctype = self.compiled_type(name)
+        if ctype is None:
+            self.get_type(name)  # NotFound with the fix
+            ctype = self._refresh_types()[name]
+        return ctype
+
     def compiled_version(self, name: str, version: int) -> CompiledType:
         """A type version: the current one, or shard 0's stored spec compiled here (cached;
         NotFound when there is none)."""
@@ -598,7 +607,8 @@ class ClusterFrontend:
 
     def _parent_problem(self, twin: str, parent: str) -> tuple[str, str] | None:
         """(error, fix) when `parent` lives on another shard than `twin`, else None."""
-        if self.shard(parent) == self.shard(twin):
+        parent_shard, twin_shard = shards_of([parent, twin], self.shards.count, self.meta.placement)
+        if parent_shard == twin_shard:
             return None
         root = placement_key(parent, "root")
         fix = (
@@ -609,8 +619,8 @@ class ClusterFrontend:
             "root's id (home-1/kitchen under home-1): docs/cluster.md, Placement"
         )
         error = (
-            f"parent '{parent}' lives on shard {self.shard(parent)} and '{twin}' on shard "
-            f"{self.shard(twin)}: a parent and its children must share a shard"
+            f"parent '{parent}' lives on shard {parent_shard} and '{twin}' on shard "
+            f"{twin_shard}: a parent and its children must share a shard"
         )
         return error, fix
 
@@ -760,10 +770,7 @@ class ClusterFrontend:
         twins in turn, read a page of about EXPORT_PAGE_ROWS rows at a time."""
         from livetwin.ingest.files.export import export_range, write_parquet
 
-        ctype = self.compiled_types().get(type_name)
-        if ctype is None:
-            self.get_type(type_name)  # NotFound with the fix (or a type declared meanwhile)
-            ctype = self._refresh_types()[type_name]
+        ctype = self._current_type(type_name)
         names, start_ms, end_ms = export_range(ctype, start, end, names)
         twins = 0
 
@@ -801,10 +808,7 @@ class ClusterFrontend:
         """`Query.type_rows` over the shards: (the type compiled here, twin ids, uids, last
         observation times, {name: current values} of `names_of(type)`) for all its twins (shard
         by shard) or those of `twins` in that order. Uids are each shard's own: -1 here."""
-        ctype = self.compiled_types().get(type_name)
-        if ctype is None:
-            self.get_type(type_name)  # NotFound with the fix (or a type declared meanwhile)
-            ctype = self._refresh_types()[type_name]
+        ctype = self._current_type(type_name)
         names = list(names_of(ctype))
         parts = (
             {i: None for i in range(self.shards.count)}
@@ -926,9 +930,8 @@ class ClusterFrontend:
     def export_namespace(self, namespace: str) -> dict:
         """Everything a namespace owns, over the shards (`livetwin.tenant`)."""
         from livetwin import tenant
-        from livetwin.namespaces import check_namespace
 
-        return tenant.export_namespace(self, check_namespace(namespace))
+        return tenant.export_namespace(self, namespace)
 
     def delete_namespace(
         self, namespace: str, *, confirm: str | None = None, purge: bool = False
@@ -936,8 +939,7 @@ class ClusterFrontend:
         """Remove what a namespace owns, over the shards (`livetwin.tenant`)."""
         from livetwin import tenant
 
-        tenant.check_confirmed(namespace, confirm)
-        return tenant.delete_namespace(self, namespace, purge=purge)
+        return tenant.delete_namespace(self, namespace, confirm=confirm, purge=purge)
 
     def delete_type(self, name: str, *, cascade: bool = False, purge: bool = False) -> dict:
         """Delete a type on every shard; without `cascade`, refused (409) before any shard

@@ -43,9 +43,8 @@ def shard_of(twin_id: str, shards: int, placement: str = "twin") -> int:
 def shards_of(twin_ids: Sequence[str], shards: int, placement: str = "twin") -> list[int]:
     """`shard_of` for many twins."""
     crc32 = zlib.crc32
-    if placement == "root":
-        return [crc32(t.split("/", 1)[0].encode()) % shards for t in twin_ids]
-    return [crc32(t.encode()) % shards for t in twin_ids]
+    keys = twin_ids if placement == "twin" else [placement_key(t, placement) for t in twin_ids]
+    return [crc32(k.encode()) % shards for k in keys]
 
 
 def cluster_alarm_id(local_id: int, shard: int, shards: int) -> int:

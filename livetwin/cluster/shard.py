@@ -216,7 +216,7 @@ class Shard:
 
     def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """One of the core's read views (`Query`): get_type, list_types, twin, twin_types,
-        twins, history, observations, aggregate, layout."""
+        twins, history, observations, aggregate."""
         if method not in READS:
             raise ValueError(f"not a shard read: {method}")
         return getattr(self.query, method)(*args, **kwargs)
@@ -289,8 +289,9 @@ class Shard:
         return getattr(self.alarms, method)(*args, **kwargs)
 
     def announce(self, notice: Any) -> None:
-        """A front end's run notice, published on this shard's bus: its webhook service sends
-        it to the cluster's subscriptions and its feed hands it to every front end's stream."""
+        """A front end's notice (a run finished, a type declared), published on this shard's
+        bus: its webhook service sends run notices to the cluster's subscriptions and its feed
+        hands every notice to the other front ends."""
         self.core.bus.publish(notice)
 
     def webhook(self, method: str, *args: Any, **kwargs: Any) -> Any:

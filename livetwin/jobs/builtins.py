@@ -68,7 +68,7 @@ def register_builtins(
 
 def register_calibration(scheduler: Any, calibrate: Callable[..., dict]) -> None:
     """The `calibrate` job and the system schedules of the types that declare
-    `calibration.every` (a cluster front end registers them with its fanned-out `calibrate`)."""
+    `calibration.every`."""
     scheduler.register_job("calibrate", calibrate_job(calibrate))
     scheduler.add_system_schedules(calibration_schedules, {"calibrate": CALIBRATE_FUNCTION})
 
