@@ -172,7 +172,7 @@ class OpcuaConnectors:
         with self._lock:
             old = self._running.pop(name, None)
         if old is not None:
-            self._call(old.stop())
+            self._stop(old)
         connector = self._launch(spec, watermarks=old.watermarks if old else None)
         try:
             first = self._call(connector.first_attempt(), self.options["timeout_s"] * 4 + 5)
@@ -181,10 +181,7 @@ class OpcuaConnectors:
         if first is not None and first.config:
             with self._lock:
                 self._running.pop(name, None)
-            try:  # the refusal is the answer, even when the refused connector stops slowly
-                self._call(connector.stop())
-            except FutureTimeout:
-                log.warning("the refused OPC UA connector '%s' did not stop within 30 s", name)
+            self._stop(connector)  # the refusal is the answer, even when it stops slowly
             if old is not None:
                 self._launch(old.spec, watermarks=old.watermarks)
             raise InvalidInput(first.message, field=first.field, fix=first.fix)
@@ -201,7 +198,7 @@ class OpcuaConnectors:
                 running = self._running.pop(name, None)
                 broken = self._broken.pop(name, None)
             if running is not None:
-                self._call(running.stop())
+                self._stop(running)
             deleted = self.configs.delete_config(CONFIG_KIND, name)
         if running is None and broken is None and not deleted:
             raise NotFound(f"no OPC UA connector '{name}'", field="name", fix="list them first")
@@ -269,6 +266,17 @@ class OpcuaConnectors:
             self._thread.start()
             self._loop = loop
             return loop
+
+    def _stop(self, connector: Connector, timeout: float = 30.0) -> None:
+        """Stop a connector already taken out of the running ones (what it received is
+        submitted first). One that does not stop in time is logged and left cancelled on the
+        loop (`stop()` ends what is left): a replacement, a refusal or a deletion goes on."""
+        try:
+            self._call(connector.stop(), timeout)
+        except FutureTimeout:
+            log.warning(
+                "OPC UA connector '%s' did not stop within %.0f s", connector.spec.name, timeout
+            )
 
     def _call(self, coro, timeout: float = 30.0, *, loop=None):
         """Run `coro` on the connectors' loop and wait for its result."""
